@@ -1,0 +1,112 @@
+/*
+ * appendfile.c - rewindable append-only output (see appendfile.h).
+ */
+#include "common/appendfile.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/xalloc.h"
+
+int appendfile_open(appendfile *f, const char *path, char *err, size_t errlen)
+{
+    memset(f, 0, sizeof *f);
+    buf_init(&f->pending);
+    if (strcmp(path, "-") == 0 || strcmp(path, "stdout") == 0) {
+        f->fd = STDOUT_FILENO;
+        f->name = xstrdup("standard output");
+        return 0;
+    }
+    if (strcmp(path, "stderr") == 0) {
+        f->fd = STDERR_FILENO;
+        f->name = xstrdup("standard error");
+        return 0;
+    }
+    f->fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    struct stat st;
+    if (f->fd < 0 || fstat(f->fd, &st) != 0) {
+        snprintf(err, errlen, "cannot open output file '%s': %s", path, strerror(errno));
+        if (f->fd >= 0) close(f->fd);
+        return -1;
+    }
+    f->rewindable = S_ISREG(st.st_mode);
+    f->size = st.st_size;
+    if (lseek(f->fd, 0, SEEK_END) < 0 && f->rewindable) {
+        snprintf(err, errlen, "cannot seek output file '%s': %s", path, strerror(errno));
+        close(f->fd);
+        return -1;
+    }
+    f->name = xstrdup(path);
+    return 0;
+}
+
+int appendfile_flush(appendfile *f, char *err, size_t errlen)
+{
+    size_t done = 0;
+    while (done < f->pending.len) {
+        ssize_t n = write(f->fd, f->pending.data + done, f->pending.len - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            snprintf(err, errlen, "writing %s: %s", f->name, strerror(errno));
+            /* Drop what was written so a retry does not write it twice. */
+            memmove(f->pending.data, f->pending.data + done, f->pending.len - done);
+            f->pending.len -= done;
+            f->size += (int64_t)done;
+            return -1;
+        }
+        done += (size_t)n;
+    }
+    f->size += (int64_t)done;
+    buf_reset(&f->pending);
+    if (f->rewindable && fsync(f->fd) != 0) {
+        snprintf(err, errlen, "syncing %s: %s", f->name, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+void appendfile_save(const appendfile *f, buf *out)
+{
+    buf_put_u32le(out, (uint32_t)f->rewindable);
+    buf_put_i64le(out, f->size);
+}
+
+int appendfile_restore(appendfile *f, const void *state, size_t len, char *err, size_t errlen)
+{
+    reader r;
+    reader_init(&r, state, len);
+    uint32_t was_rewindable = 0;
+    int64_t size = 0;
+    if (reader_u32le(&r, &was_rewindable) || reader_i64le(&r, &size) || reader_left(&r)) {
+        snprintf(err, errlen, "the checkpoint's state for %s is malformed", f->name);
+        return -1;
+    }
+    if (!was_rewindable || !f->rewindable) return 0;
+    if (f->size < size) {
+        snprintf(err, errlen, "%s has %lld bytes but the checkpoint recorded %lld: it was "
+                 "truncated or replaced since. Restore it, or delete the checkpoint directory "
+                 "to reprocess the input from the start",
+                 f->name, (long long)f->size, (long long)size);
+        return -1;
+    }
+    if (ftruncate(f->fd, size) != 0 || lseek(f->fd, size, SEEK_SET) != size) {
+        snprintf(err, errlen, "cannot rewind %s to its checkpointed length: %s", f->name,
+                 strerror(errno));
+        return -1;
+    }
+    f->size = size;
+    return 0;
+}
+
+void appendfile_close(appendfile *f)
+{
+    if (f->rewindable && f->fd >= 0) close(f->fd);
+    buf_free(&f->pending);
+    free(f->name);
+    f->name = NULL;
+}

@@ -1,0 +1,66 @@
+/*
+ * buf.h - a growable byte buffer.
+ *
+ * The one way this project builds variable-length bytes: checkpoint blobs,
+ * JSON output lines, dead-letter entries, CQL frames. Growth aborts on
+ * allocation failure (see xalloc.h): the job cannot do anything useful
+ * without memory and a half-built blob must never be written.
+ */
+#ifndef SESSIONIZER_BUF_H
+#define SESSIONIZER_BUF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct buf {
+    unsigned char *data;
+    size_t len;
+    size_t cap;
+} buf;
+
+void buf_init(buf *b);
+void buf_free(buf *b);
+void buf_reset(buf *b);
+void buf_reserve(buf *b, size_t extra);
+void buf_append(buf *b, const void *data, size_t len);
+void buf_append_str(buf *b, const char *s);
+void buf_append_byte(buf *b, unsigned char c);
+void buf_printf(buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Little-endian fixed-width encoders, the byte order of every format this
+ * project defines itself (checkpoint blobs, session-id input). */
+void buf_put_u32le(buf *b, uint32_t v);
+void buf_put_u64le(buf *b, uint64_t v);
+static inline void buf_put_i64le(buf *b, int64_t v) { buf_put_u64le(b, (uint64_t)v); }
+
+/* Appends s as the body of a JSON string (no quotes), escaping what JSON
+ * requires. The input must be valid UTF-8. */
+void buf_append_json_escaped(buf *b, const char *s, size_t len);
+
+/* A bounds-checked reader over a byte range: every get fails (returns -1 and
+ * latches r->bad) instead of reading past the end, so a truncated blob is
+ * detected rather than misread. */
+typedef struct reader {
+    const unsigned char *p;
+    const unsigned char *end;
+    int bad;
+} reader;
+
+void reader_init(reader *r, const void *data, size_t len);
+int reader_u32le(reader *r, uint32_t *out);
+int reader_u64le(reader *r, uint64_t *out);
+int reader_i64le(reader *r, int64_t *out);
+int reader_bytes(reader *r, const unsigned char **out, size_t len);
+static inline size_t reader_left(const reader *r) { return (size_t)(r->end - r->p); }
+
+static inline uint64_t load_u64le(const unsigned char *p)
+{
+    return (uint64_t)p[0] | (uint64_t)p[1] << 8 | (uint64_t)p[2] << 16 | (uint64_t)p[3] << 24 |
+           (uint64_t)p[4] << 32 | (uint64_t)p[5] << 40 | (uint64_t)p[6] << 48 | (uint64_t)p[7] << 56;
+}
+static inline uint32_t load_u32le(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+#endif

@@ -1,0 +1,19 @@
+/*
+ * xalloc.h - allocation that cannot return NULL.
+ *
+ * Out of memory is not a recoverable condition for a stream processor whose
+ * state is in memory: the honest reaction is to stop before committing
+ * anything, so that a restart resumes from the last good checkpoint.
+ */
+#ifndef SESSIONIZER_XALLOC_H
+#define SESSIONIZER_XALLOC_H
+
+#include <stddef.h>
+
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+
+#endif

@@ -1,0 +1,27 @@
+/*
+ * closed_session.h - what the engine hands to a sink when a session closes.
+ *
+ * Borrowed view: the pointers are valid only during the callback; a sink that
+ * needs the data later copies it.
+ */
+#ifndef SESSIONIZER_CLOSED_SESSION_H
+#define SESSIONIZER_CLOSED_SESSION_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct page_ref {
+    const char *data; /* UTF-8, not NUL-terminated */
+    uint32_t len;
+} page_ref;
+
+typedef struct closed_session {
+    int64_t session_id;
+    int64_t user_id;
+    int64_t first_event_us; /* event time of the first and last visit */
+    int64_t last_event_us;
+    const page_ref *pages;  /* event-time order, ties in log order */
+    size_t n_pages;
+} closed_session;
+
+#endif

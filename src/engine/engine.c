@@ -1,0 +1,751 @@
+/*
+ * engine.c - event-time session windows (rules in engine.h and
+ * docs/semantics.md).
+ *
+ * Data layout, chosen for memory per open session (the limit users hit first
+ * with millions of users):
+ *  - users: open-addressing hash map user_id -> list of that user's open
+ *    sessions, sorted by first event time (almost always one session);
+ *  - each session owns a sorted array of page entries and one byte arena for
+ *    the page strings: three allocations per session, none per visit on the
+ *    common path (pages arrive in order and the arrays grow geometrically);
+ *  - close_heap: a binary min-heap of every open session keyed on
+ *    (last event time, user_id, first position), so that advancing the
+ *    watermark closes exactly the expired sessions, in a deterministic order.
+ *
+ * Invariants (checked by engine_check_invariants() in debug builds and by
+ * the unit tests):
+ *  I1. Two open sessions of one user are more than G apart
+ *      (next.first - prev.last > G), and the list is sorted by first.
+ *  I2. A session's pages are sorted by (t, partition, offset) and number at
+ *      most max_pages; every page time lies in [first, last].
+ *  I3. close_heap[s->heap_idx] == s for every open session.
+ *  I4. closing_wm never decreases, and no open session has
+ *      last + G < closing_wm after any public call returns.
+ */
+#include "engine/engine.h"
+
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/xalloc.h"
+#include "engine/session_id.h"
+
+typedef struct page_entry {
+    int64_t t;
+    int64_t offset;
+    int32_t partition;
+    uint32_t str_off; /* into the session's arena */
+    uint32_t len;
+} page_entry;
+
+typedef struct session {
+    int64_t user_id;
+    int64_t first_t, last_t;
+    log_position first_pos; /* earliest-appended member visit */
+    page_entry *pages;
+    char *arena;
+    uint32_t n_pages, cap_pages;
+    uint32_t arena_len, arena_cap;
+    uint32_t heap_idx;
+    struct session *next;
+} session;
+
+typedef struct user_slot {
+    int64_t user_id;
+    session *head;        /* NULL: free slot, or a user awaiting checkpoint deletion */
+    uint32_t dirty_epoch; /* == engine.epoch: already listed in engine.dirty */
+    uint32_t used;
+} user_slot;
+
+typedef struct partition_state {
+    int32_t id;
+    int caught_up;
+    int64_t max_t; /* INT64_MIN until the partition delivers a visit */
+} partition_state;
+
+struct engine {
+    engine_config cfg;
+    engine_callbacks cb;
+
+    user_slot *slots;
+    size_t n_slots; /* power of two */
+    size_t n_used;
+
+    session **heap;
+    size_t heap_len, heap_cap;
+
+    partition_state *parts;
+    size_t n_parts;
+    int64_t closing_wm;
+
+    uint32_t epoch;
+    int64_t *dirty;
+    size_t n_dirty, cap_dirty;
+
+    page_ref *scratch_refs; /* pages of the session being emitted */
+    size_t cap_refs;
+
+    engine_stats st;
+};
+
+/* ---- small helpers --------------------------------------------------- */
+
+static inline uint64_t mix64(uint64_t x) /* splitmix64 finalizer */
+{
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    return x;
+}
+
+static inline int64_t wm_of(const engine *e, int64_t max_t)
+{
+    return max_t == INT64_MIN ? INT64_MIN : max_t - e->cfg.lateness_us;
+}
+
+static inline int page_before(const page_entry *a, int64_t t, int32_t part, int64_t off)
+{
+    if (a->t != t) return a->t < t;
+    if (a->partition != part) return a->partition < part;
+    return a->offset < off;
+}
+
+/* ---- user map (linear probing, backward-shift deletion) --------------- */
+
+static user_slot *user_find(const engine *e, int64_t user_id)
+{
+    size_t mask = e->n_slots - 1;
+    for (size_t i = mix64((uint64_t)user_id) & mask;; i = (i + 1) & mask) {
+        user_slot *s = &e->slots[i];
+        if (!s->used) return NULL;
+        if (s->user_id == user_id) return s;
+    }
+}
+
+static void user_grow(engine *e);
+
+static user_slot *user_insert(engine *e, int64_t user_id)
+{
+    if ((e->n_used + 1) * 10 > e->n_slots * 7) user_grow(e);
+    size_t mask = e->n_slots - 1;
+    size_t i = mix64((uint64_t)user_id) & mask;
+    while (e->slots[i].used) {
+        if (e->slots[i].user_id == user_id) return &e->slots[i];
+        i = (i + 1) & mask;
+    }
+    user_slot *s = &e->slots[i];
+    s->used = 1;
+    s->user_id = user_id;
+    s->head = NULL;
+    s->dirty_epoch = 0;
+    e->n_used++;
+    return s;
+}
+
+static void user_grow(engine *e)
+{
+    user_slot *old = e->slots;
+    size_t n_old = e->n_slots;
+    e->n_slots = n_old ? n_old * 2 : 1024;
+    e->slots = xcalloc(e->n_slots, sizeof *e->slots);
+    e->n_used = 0;
+    for (size_t i = 0; i < n_old; i++) {
+        if (!old[i].used) continue;
+        user_slot *s = user_insert(e, old[i].user_id);
+        *s = old[i];
+    }
+    free(old);
+}
+
+static void user_remove(engine *e, user_slot *s)
+{
+    size_t mask = e->n_slots - 1;
+    size_t hole = (size_t)(s - e->slots);
+    for (size_t i = (hole + 1) & mask; e->slots[i].used; i = (i + 1) & mask) {
+        size_t home = mix64((uint64_t)e->slots[i].user_id) & mask;
+        /* Move i into the hole unless its home lies cyclically in (hole, i]. */
+        int stays = hole <= i ? (hole < home && home <= i) : (hole < home || home <= i);
+        if (stays) continue;
+        e->slots[hole] = e->slots[i];
+        hole = i;
+    }
+    memset(&e->slots[hole], 0, sizeof e->slots[hole]);
+    e->n_used--;
+}
+
+static void mark_dirty(engine *e, user_slot *u)
+{
+    if (!e->cfg.track_dirty || u->dirty_epoch == e->epoch) return;
+    u->dirty_epoch = e->epoch;
+    if (e->n_dirty == e->cap_dirty) {
+        e->cap_dirty = e->cap_dirty ? e->cap_dirty * 2 : 1024;
+        e->dirty = xrealloc(e->dirty, e->cap_dirty * sizeof *e->dirty);
+    }
+    e->dirty[e->n_dirty++] = u->user_id;
+}
+
+/* A user with no open session leaves the map at once, unless its deletion
+ * still has to reach the checkpoint (then engine_clear_dirty removes it). */
+static void user_release_if_empty(engine *e, user_slot *u)
+{
+    if (u->head == NULL && !e->cfg.track_dirty) user_remove(e, u);
+}
+
+/* ---- close heap -------------------------------------------------------- */
+
+static int heap_less(const session *a, const session *b)
+{
+    if (a->last_t != b->last_t) return a->last_t < b->last_t;
+    if (a->user_id != b->user_id) return a->user_id < b->user_id;
+    return log_position_cmp(&a->first_pos, &b->first_pos) < 0;
+}
+
+static void heap_set(engine *e, size_t i, session *s)
+{
+    e->heap[i] = s;
+    s->heap_idx = (uint32_t)i;
+}
+
+static void heap_sift_up(engine *e, size_t i)
+{
+    session *s = e->heap[i];
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (!heap_less(s, e->heap[parent])) break;
+        heap_set(e, i, e->heap[parent]);
+        i = parent;
+    }
+    heap_set(e, i, s);
+}
+
+static void heap_sift_down(engine *e, size_t i)
+{
+    session *s = e->heap[i];
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        const session *best = s;
+        if (l < e->heap_len && heap_less(e->heap[l], best)) m = l, best = e->heap[l];
+        if (r < e->heap_len && heap_less(e->heap[r], best)) m = r;
+        if (m == i) break;
+        heap_set(e, i, e->heap[m]);
+        i = m;
+    }
+    heap_set(e, i, s);
+}
+
+static void heap_push(engine *e, session *s)
+{
+    if (e->heap_len == e->heap_cap) {
+        e->heap_cap = e->heap_cap ? e->heap_cap * 2 : 1024;
+        e->heap = xrealloc(e->heap, e->heap_cap * sizeof *e->heap);
+    }
+    heap_set(e, e->heap_len++, s);
+    heap_sift_up(e, e->heap_len - 1);
+}
+
+static void heap_fix(engine *e, session *s)
+{
+    heap_sift_up(e, s->heap_idx);
+    heap_sift_down(e, s->heap_idx);
+}
+
+static void heap_remove(engine *e, session *s)
+{
+    size_t i = s->heap_idx;
+    session *last = e->heap[--e->heap_len];
+    if (i == e->heap_len) return;
+    heap_set(e, i, last);
+    heap_fix(e, last);
+}
+
+/* ---- sessions ---------------------------------------------------------- */
+
+static session *session_new(int64_t user_id, const visit *v)
+{
+    session *s = xcalloc(1, sizeof *s);
+    s->user_id = user_id;
+    s->first_t = s->last_t = v->event_time_us;
+    s->first_pos = v->pos;
+    return s;
+}
+
+static void session_free(session *s)
+{
+    free(s->pages);
+    free(s->arena);
+    free(s);
+}
+
+/* Returns the arena offset of a copy of the page, or UINT32_MAX if the arena
+ * would exceed 4 GiB (then the page is treated as over the cap). */
+static uint32_t arena_add(session *s, const char *data, uint32_t len)
+{
+    uint64_t need = (uint64_t)s->arena_len + len;
+    if (need > UINT32_MAX - 1) return UINT32_MAX;
+    if (need > s->arena_cap) {
+        uint64_t cap = s->arena_cap ? s->arena_cap : 32;
+        while (cap < need) cap *= 2;
+        if (cap > UINT32_MAX) cap = UINT32_MAX;
+        s->arena = xrealloc(s->arena, (size_t)cap);
+        s->arena_cap = (uint32_t)cap;
+    }
+    uint32_t off = s->arena_len;
+    if (len) memcpy(s->arena + off, data, len);
+    s->arena_len += len;
+    return off;
+}
+
+static int reject_entry(engine *e, const session *s, const page_entry *p, reject_reason why)
+{
+    visit v = {.user_id = s->user_id,
+               .event_time_us = p->t,
+               .page = s->arena + p->str_off,
+               .page_len = p->len,
+               .pos = {.append_ts_ms = 0, .partition = p->partition, .offset = p->offset}};
+    if (why == REJECT_SESSION_CAP) e->st.rejected_cap++;
+    return e->cb.on_reject ? e->cb.on_reject(e->cb.ctx, &v, why) : 0;
+}
+
+/* Stores the page of v in s, keeping the max_pages earliest. */
+static int session_add_page(engine *e, session *s, const visit *v)
+{
+    int32_t part = v->pos.partition;
+    int64_t off = v->pos.offset, t = v->event_time_us;
+    /* Binary search for the insertion point; in-order arrival hits the end. */
+    uint32_t lo = 0, hi = s->n_pages;
+    if (hi > 0 && page_before(&s->pages[hi - 1], t, part, off)) {
+        lo = hi;
+    } else {
+        while (lo < hi) {
+            uint32_t mid = lo + (hi - lo) / 2;
+            if (page_before(&s->pages[mid], t, part, off)) lo = mid + 1;
+            else hi = mid;
+        }
+    }
+    if (s->n_pages >= e->cfg.max_pages) {
+        if (lo >= s->n_pages) {
+            e->st.rejected_cap++;
+            return e->cb.on_reject ? e->cb.on_reject(e->cb.ctx, v, REJECT_SESSION_CAP) : 0;
+        }
+        int rc = reject_entry(e, s, &s->pages[s->n_pages - 1], REJECT_SESSION_CAP);
+        s->n_pages--;
+        e->st.open_pages--;
+        if (rc) return rc;
+    }
+    uint32_t str_off = arena_add(s, v->page, v->page_len);
+    if (str_off == UINT32_MAX) {
+        e->st.rejected_cap++;
+        return e->cb.on_reject ? e->cb.on_reject(e->cb.ctx, v, REJECT_SESSION_CAP) : 0;
+    }
+    if (s->n_pages == s->cap_pages) {
+        uint32_t cap = s->cap_pages ? s->cap_pages * 2 : 4;
+        if (cap > e->cfg.max_pages) cap = e->cfg.max_pages;
+        s->pages = xrealloc(s->pages, (size_t)cap * sizeof *s->pages);
+        s->cap_pages = cap;
+    }
+    memmove(&s->pages[lo + 1], &s->pages[lo], (size_t)(s->n_pages - lo) * sizeof *s->pages);
+    s->pages[lo] = (page_entry){.t = t, .offset = off, .partition = part, .str_off = str_off,
+                                .len = v->page_len};
+    s->n_pages++;
+    e->st.open_pages++;
+    return 0;
+}
+
+/* Merges b into a (both of one user, b not yet freed); b is destroyed. */
+static int session_merge(engine *e, session *a, session *b)
+{
+    uint32_t n = a->n_pages + b->n_pages;
+    page_entry *pages = xmalloc((size_t)(n ? n : 1) * sizeof *pages);
+    session merged = *a;
+    merged.pages = pages;
+    merged.cap_pages = n;
+    merged.n_pages = 0;
+    merged.arena = NULL;
+    merged.arena_len = merged.arena_cap = 0;
+    uint32_t i = 0, j = 0;
+    int rc = 0;
+    while (i < a->n_pages || j < b->n_pages) {
+        const session *from;
+        const page_entry *p;
+        if (j >= b->n_pages ||
+            (i < a->n_pages && page_before(&a->pages[i], b->pages[j].t, b->pages[j].partition,
+                                           b->pages[j].offset)))
+            from = a, p = &a->pages[i++];
+        else
+            from = b, p = &b->pages[j++];
+        if (merged.n_pages >= e->cfg.max_pages) {
+            if (!rc) rc = reject_entry(e, from, p, REJECT_SESSION_CAP);
+            e->st.open_pages--;
+            continue;
+        }
+        uint32_t str_off = arena_add(&merged, from->arena + p->str_off, p->len);
+        if (str_off == UINT32_MAX) {
+            if (!rc) rc = reject_entry(e, from, p, REJECT_SESSION_CAP);
+            e->st.open_pages--;
+            continue;
+        }
+        merged.pages[merged.n_pages] = *p;
+        merged.pages[merged.n_pages++].str_off = str_off;
+    }
+    free(a->pages);
+    free(a->arena);
+    a->pages = merged.pages;
+    a->cap_pages = merged.cap_pages;
+    a->n_pages = merged.n_pages;
+    a->arena = merged.arena;
+    a->arena_len = merged.arena_len;
+    a->arena_cap = merged.arena_cap;
+    if (b->first_t < a->first_t) a->first_t = b->first_t;
+    if (b->last_t > a->last_t) a->last_t = b->last_t;
+    if (log_position_cmp(&b->first_pos, &a->first_pos) < 0) a->first_pos = b->first_pos;
+    heap_remove(e, b);
+    session_free(b);
+    e->st.open_sessions--;
+    return rc;
+}
+
+/* ---- closing ------------------------------------------------------------ */
+
+static int emit_and_free(engine *e, session *s)
+{
+    if (s->n_pages > e->cap_refs) {
+        e->cap_refs = s->n_pages;
+        e->scratch_refs = xrealloc(e->scratch_refs, e->cap_refs * sizeof *e->scratch_refs);
+    }
+    for (uint32_t i = 0; i < s->n_pages; i++)
+        e->scratch_refs[i] = (page_ref){s->arena + s->pages[i].str_off, s->pages[i].len};
+    closed_session cs = {.session_id = session_id_of(s->user_id, &s->first_pos),
+                         .user_id = s->user_id,
+                         .first_event_us = s->first_t,
+                         .last_event_us = s->last_t,
+                         .pages = e->scratch_refs,
+                         .n_pages = s->n_pages};
+    e->st.sessions_closed++;
+    e->st.pages_closed += s->n_pages;
+    e->st.open_sessions--;
+    e->st.open_pages -= s->n_pages;
+    int rc = e->cb.on_close ? e->cb.on_close(e->cb.ctx, &cs) : 0;
+
+    user_slot *u = user_find(e, s->user_id);
+    assert(u != NULL);
+    session **pp = &u->head;
+    while (*pp != s) pp = &(*pp)->next;
+    *pp = s->next;
+    mark_dirty(e, u);
+    user_release_if_empty(e, u);
+    session_free(s);
+    return rc;
+}
+
+static int close_expired(engine *e)
+{
+    while (e->heap_len > 0) {
+        session *top = e->heap[0];
+        if (e->closing_wm == INT64_MIN || top->last_t + e->cfg.gap_us >= e->closing_wm) break;
+        heap_remove(e, top);
+        int rc = emit_and_free(e, top);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+static partition_state *partition_get(engine *e, int32_t id)
+{
+    for (size_t i = 0; i < e->n_parts; i++)
+        if (e->parts[i].id == id) return &e->parts[i];
+    e->parts = xrealloc(e->parts, (e->n_parts + 1) * sizeof *e->parts);
+    partition_state *p = &e->parts[e->n_parts++];
+    *p = (partition_state){.id = id, .caught_up = 0, .max_t = INT64_MIN};
+    return p;
+}
+
+static void recompute_closing_wm(engine *e)
+{
+    int64_t lo = INT64_MAX, hi = INT64_MIN;
+    int active = 0;
+    for (size_t i = 0; i < e->n_parts; i++) {
+        int64_t wm = wm_of(e, e->parts[i].max_t);
+        if (wm > hi) hi = wm;
+        if (!e->parts[i].caught_up) {
+            active = 1;
+            if (wm < lo) lo = wm;
+        }
+    }
+    int64_t cand = active ? lo : hi;
+    if (e->n_parts > 0 && cand > e->closing_wm) e->closing_wm = cand;
+}
+
+/* ---- public API --------------------------------------------------------- */
+
+engine *engine_new(const engine_config *cfg, const engine_callbacks *cb)
+{
+    engine *e = xcalloc(1, sizeof *e);
+    e->cfg = *cfg;
+    if (e->cfg.max_pages == 0) e->cfg.max_pages = 1;
+    if (cb) e->cb = *cb;
+    e->closing_wm = INT64_MIN;
+    e->epoch = 1;
+    user_grow(e);
+    return e;
+}
+
+void engine_free(engine *e)
+{
+    if (!e) return;
+    for (size_t i = 0; i < e->heap_len; i++) session_free(e->heap[i]);
+    free(e->heap);
+    free(e->slots);
+    free(e->parts);
+    free(e->dirty);
+    free(e->scratch_refs);
+    free(e);
+}
+
+int engine_apply(engine *e, const visit *v)
+{
+    partition_state *p = partition_get(e, v->pos.partition);
+    int64_t t = v->event_time_us;
+    if (t < wm_of(e, p->max_t) || t < e->closing_wm) {
+        e->st.rejected_late++;
+        return e->cb.on_reject ? e->cb.on_reject(e->cb.ctx, v, REJECT_LATE) : 0;
+    }
+    e->st.visits_applied++;
+
+    user_slot *u = user_insert(e, v->user_id);
+    mark_dirty(e, u);
+    int64_t g = e->cfg.gap_us;
+    session **pp = &u->head, *hit = NULL;
+    while (*pp && (*pp)->last_t + g < t) pp = &(*pp)->next;
+    /* *pp is the first session that does not end more than G before t. */
+    if (*pp && (*pp)->first_t - g <= t) hit = *pp;
+
+    int rc = 0;
+    if (!hit) {
+        session *s = session_new(v->user_id, v);
+        s->next = *pp;
+        *pp = s;
+        heap_push(e, s);
+        e->st.open_sessions++;
+        hit = s;
+    } else {
+        session *after = hit->next;
+        if (after && after->first_t - g <= t) { /* t bridges hit and after */
+            hit->next = after->next;
+            rc = session_merge(e, hit, after);
+        }
+        if (t < hit->first_t) hit->first_t = t;
+        if (t > hit->last_t) hit->last_t = t;
+        if (log_position_cmp(&v->pos, &hit->first_pos) < 0) hit->first_pos = v->pos;
+        heap_fix(e, hit);
+    }
+    int rc2 = session_add_page(e, hit, v);
+    if (!rc) rc = rc2;
+    if (rc) return rc;
+
+    if (t > p->max_t) {
+        p->max_t = t;
+        recompute_closing_wm(e);
+    }
+    return close_expired(e);
+}
+
+int engine_set_caught_up(engine *e, int32_t partition, int caught_up)
+{
+    partition_state *p = partition_get(e, partition);
+    if (p->caught_up == (caught_up != 0)) return 0;
+    p->caught_up = caught_up != 0;
+    recompute_closing_wm(e);
+    return close_expired(e);
+}
+
+int engine_close_all(engine *e)
+{
+    while (e->heap_len > 0) {
+        session *top = e->heap[0];
+        heap_remove(e, top);
+        int rc = emit_and_free(e, top);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+int64_t engine_closing_watermark(const engine *e) { return e->closing_wm; }
+
+void engine_get_stats(const engine *e, engine_stats *out)
+{
+    *out = e->st;
+    out->open_users = 0;
+    for (size_t i = 0; i < e->n_slots; i++)
+        if (e->slots[i].used && e->slots[i].head) out->open_users++;
+}
+
+/* ---- checkpoint encoding ----------------------------------------------- */
+
+#define META_VERSION 1u
+
+void engine_save_meta(const engine *e, buf *out)
+{
+    buf_put_u32le(out, META_VERSION);
+    buf_put_i64le(out, e->cfg.gap_us);
+    buf_put_i64le(out, e->cfg.lateness_us);
+    buf_put_u32le(out, e->cfg.max_pages);
+    buf_put_i64le(out, e->closing_wm);
+    const uint64_t counters[] = {e->st.visits_applied, e->st.rejected_late, e->st.rejected_cap,
+                                 e->st.sessions_closed, e->st.pages_closed,
+                                 e->st.open_sessions, e->st.open_pages};
+    for (size_t i = 0; i < sizeof counters / sizeof *counters; i++)
+        buf_put_u64le(out, counters[i]);
+    buf_put_u32le(out, (uint32_t)e->n_parts);
+    for (size_t i = 0; i < e->n_parts; i++) {
+        buf_put_u32le(out, (uint32_t)e->parts[i].id);
+        buf_put_i64le(out, e->parts[i].max_t);
+    }
+}
+
+int engine_load_meta(engine *e, const void *data, size_t len)
+{
+    reader r;
+    reader_init(&r, data, len);
+    uint32_t version = 0, max_pages = 0, n_parts = 0;
+    int64_t gap = 0, lateness = 0, closing = 0;
+    reader_u32le(&r, &version);
+    if (r.bad || version != META_VERSION) return -1;
+    reader_i64le(&r, &gap);
+    reader_i64le(&r, &lateness);
+    reader_u32le(&r, &max_pages);
+    reader_i64le(&r, &closing);
+    uint64_t *counters[] = {&e->st.visits_applied, &e->st.rejected_late, &e->st.rejected_cap,
+                            &e->st.sessions_closed, &e->st.pages_closed,
+                            &e->st.open_sessions, &e->st.open_pages};
+    for (size_t i = 0; i < sizeof counters / sizeof *counters; i++) reader_u64le(&r, counters[i]);
+    reader_u32le(&r, &n_parts);
+    if (r.bad || n_parts > reader_left(&r) / 12) return -1;
+    if (gap != e->cfg.gap_us || lateness != e->cfg.lateness_us || max_pages != e->cfg.max_pages)
+        return -2;
+    e->closing_wm = closing;
+    e->n_parts = 0;
+    for (uint32_t i = 0; i < n_parts; i++) {
+        uint32_t id = 0;
+        int64_t max_t = 0;
+        reader_u32le(&r, &id);
+        reader_i64le(&r, &max_t);
+        partition_get(e, (int32_t)id)->max_t = max_t;
+    }
+    /* Restored sessions are counted again by engine_load_user. */
+    e->st.open_sessions = 0;
+    e->st.open_pages = 0;
+    return r.bad || reader_left(&r) != 0 ? -1 : 0;
+}
+
+static void encode_user(const session *head, buf *out)
+{
+    uint32_t n = 0;
+    for (const session *s = head; s; s = s->next) n++;
+    buf_put_u32le(out, n);
+    for (const session *s = head; s; s = s->next) {
+        buf_put_i64le(out, s->first_t);
+        buf_put_i64le(out, s->last_t);
+        buf_put_i64le(out, s->first_pos.append_ts_ms);
+        buf_put_u32le(out, (uint32_t)s->first_pos.partition);
+        buf_put_i64le(out, s->first_pos.offset);
+        buf_put_u32le(out, s->n_pages);
+        for (uint32_t i = 0; i < s->n_pages; i++) {
+            const page_entry *p = &s->pages[i];
+            buf_put_i64le(out, p->t);
+            buf_put_u32le(out, (uint32_t)p->partition);
+            buf_put_i64le(out, p->offset);
+            buf_put_u32le(out, p->len);
+            buf_append(out, s->arena + p->str_off, p->len);
+        }
+    }
+}
+
+int engine_foreach_dirty(engine *e, engine_dirty_fn fn, void *ctx)
+{
+    buf b;
+    buf_init(&b);
+    int rc = 0;
+    for (size_t i = 0; i < e->n_dirty && !rc; i++) {
+        const user_slot *u = user_find(e, e->dirty[i]);
+        if (!u || !u->head) {
+            rc = fn(ctx, e->dirty[i], NULL, 0);
+            continue;
+        }
+        buf_reset(&b);
+        encode_user(u->head, &b);
+        rc = fn(ctx, e->dirty[i], b.data, b.len);
+    }
+    buf_free(&b);
+    return rc;
+}
+
+void engine_clear_dirty(engine *e)
+{
+    for (size_t i = 0; i < e->n_dirty; i++) {
+        user_slot *u = user_find(e, e->dirty[i]);
+        if (u && !u->head) user_remove(e, u);
+    }
+    e->n_dirty = 0;
+    if (++e->epoch == 0) { /* wrapped: forget every stale mark */
+        for (size_t i = 0; i < e->n_slots; i++) e->slots[i].dirty_epoch = 0;
+        e->epoch = 1;
+    }
+}
+
+int engine_load_user(engine *e, int64_t user_id, const void *blob, size_t len)
+{
+    reader r;
+    reader_init(&r, blob, len);
+    uint32_t n = 0;
+    if (reader_u32le(&r, &n) || n == 0 || n > len / 40) return -1;
+    user_slot *u = user_insert(e, user_id);
+    if (u->head) return -1; /* the same user twice */
+    session **tail = &u->head;
+    int64_t prev_last = INT64_MIN;
+    for (uint32_t k = 0; k < n; k++) {
+        session *s = xcalloc(1, sizeof *s);
+        s->user_id = user_id;
+        uint32_t part = 0, n_pages = 0;
+        reader_i64le(&r, &s->first_t);
+        reader_i64le(&r, &s->last_t);
+        reader_i64le(&r, &s->first_pos.append_ts_ms);
+        reader_u32le(&r, &part);
+        reader_i64le(&r, &s->first_pos.offset);
+        reader_u32le(&r, &n_pages);
+        s->first_pos.partition = (int32_t)part;
+        /* Link first so that a failure below frees s with the rest. */
+        *tail = s;
+        tail = &s->next;
+        heap_push(e, s);
+        e->st.open_sessions++;
+        if (r.bad || n_pages > e->cfg.max_pages || n_pages > reader_left(&r) / 24 ||
+            s->first_t > s->last_t ||
+            (prev_last != INT64_MIN && s->first_t - prev_last <= e->cfg.gap_us))
+            return -1;
+        prev_last = s->last_t;
+        s->pages = xmalloc((size_t)(n_pages ? n_pages : 1) * sizeof *s->pages);
+        s->cap_pages = n_pages;
+        for (uint32_t i = 0; i < n_pages; i++) {
+            page_entry p = {0};
+            uint32_t ppart = 0;
+            const unsigned char *str = NULL;
+            reader_i64le(&r, &p.t);
+            reader_u32le(&r, &ppart);
+            reader_i64le(&r, &p.offset);
+            reader_u32le(&r, &p.len);
+            p.partition = (int32_t)ppart;
+            if (reader_bytes(&r, &str, p.len)) return -1;
+            if (p.t < s->first_t || p.t > s->last_t) return -1;
+            if (i > 0 && !page_before(&s->pages[i - 1], p.t, p.partition, p.offset)) return -1;
+            p.str_off = arena_add(s, (const char *)str, p.len);
+            if (p.str_off == UINT32_MAX) return -1;
+            s->pages[s->n_pages++] = p;
+            e->st.open_pages++;
+        }
+    }
+    return reader_left(&r) == 0 ? 0 : -1;
+}

@@ -1,0 +1,103 @@
+/*
+ * engine.h - event-time session windows per user, with keyed-idempotent ids.
+ *
+ * The engine is pure: no I/O, no clock, no randomness. Its output (closed
+ * sessions and rejected visits, in order) is a function of the visits fed to
+ * it and of the caught-up signals, which makes it testable exhaustively.
+ * docs/semantics.md states the rules with worked examples; in short:
+ *
+ *  - A visit joins a session of its user when first - G <= t <= last + G;
+ *    a visit within G of two open sessions merges them. Sessions are thus the
+ *    connected components of the user's visit times with gaps <= G.
+ *  - Each partition p has a watermark wm[p] = max event time seen on p - L,
+ *    never decreasing. A visit is late (rejected, reason "late") when its
+ *    time is below its own partition's watermark, or below the closing
+ *    watermark.
+ *  - The closing watermark is the minimum of wm[p] over the partitions that
+ *    are not caught up, or the maximum over all once every partition is
+ *    caught up; it never decreases. A session closes when the closing
+ *    watermark exceeds last + G.
+ *  - A session keeps at most max_pages pages: the earliest in (event time,
+ *    partition, offset) order. The others are rejected with reason
+ *    "session_cap". Which pages are kept depends only on the set of visits,
+ *    not on their arrival order.
+ *  - The session id is session_id_of(user, earliest-appended position).
+ */
+#ifndef SESSIONIZER_ENGINE_H
+#define SESSIONIZER_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/buf.h"
+#include "engine/closed_session.h"
+#include "record/visit.h"
+
+typedef struct engine engine;
+
+typedef enum reject_reason {
+    REJECT_LATE = 1,
+    REJECT_SESSION_CAP = 2,
+} reject_reason;
+
+typedef struct engine_callbacks {
+    void *ctx;
+    /* A session closed. Return 0, or non-zero to abort the operation in
+     * progress (the engine's state then no longer matches any checkpoint and
+     * the job must stop without committing). */
+    int (*on_close)(void *ctx, const closed_session *cs);
+    /* A visit was rejected. v->page is valid only during the call. */
+    int (*on_reject)(void *ctx, const visit *v, reject_reason why);
+} engine_callbacks;
+
+typedef struct engine_config {
+    int64_t gap_us;        /* G */
+    int64_t lateness_us;   /* L */
+    uint32_t max_pages;    /* per session; >= 1 */
+    int track_dirty;       /* remember changed users for incremental checkpoints */
+} engine_config;
+
+typedef struct engine_stats {
+    uint64_t visits_applied;   /* accepted into a session (some later capped) */
+    uint64_t rejected_late;
+    uint64_t rejected_cap;
+    uint64_t sessions_closed;
+    uint64_t pages_closed;     /* pages in closed sessions */
+    uint64_t open_sessions;
+    uint64_t open_pages;       /* pages held by open sessions */
+    uint64_t open_users;
+} engine_stats;
+
+engine *engine_new(const engine_config *cfg, const engine_callbacks *cb);
+void engine_free(engine *e);
+
+/* Feeds one visit. Returns 0, or the non-zero value a callback returned. */
+int engine_apply(engine *e, const visit *v);
+
+/* The source's view of a partition: caught_up means it has delivered
+ * everything it had. Partitions the engine has never heard of do not hold
+ * back the closing watermark. */
+int engine_set_caught_up(engine *e, int32_t partition, int caught_up);
+
+/* Closes every open session (end of a bounded run), in closing order. */
+int engine_close_all(engine *e);
+
+int64_t engine_closing_watermark(const engine *e); /* INT64_MIN before any visit */
+void engine_get_stats(const engine *e, engine_stats *out);
+
+/* --- Checkpoint support (encoding only; the engine does no I/O) ---------- */
+
+/* Global state: per-partition watermarks, closing watermark, counters. */
+void engine_save_meta(const engine *e, buf *out);
+int engine_load_meta(engine *e, const void *data, size_t len);
+
+/* Calls fn once per user whose sessions changed since the last
+ * engine_clear_dirty(): blob is the user's encoded open sessions, or NULL if
+ * the user has none left (the stored row is to be deleted). */
+typedef int (*engine_dirty_fn)(void *ctx, int64_t user_id, const void *blob, size_t len);
+int engine_foreach_dirty(engine *e, engine_dirty_fn fn, void *ctx);
+void engine_clear_dirty(engine *e);
+/* Restores one user's sessions from a blob written by engine_foreach_dirty. */
+int engine_load_user(engine *e, int64_t user_id, const void *blob, size_t len);
+
+#endif

@@ -1,0 +1,21 @@
+/*
+ * session_id.c - the session id hash (definition in session_id.h).
+ *
+ * The input is serialized explicitly in little-endian so that the id does not
+ * depend on the host's byte order or struct padding.
+ */
+#include "engine/session_id.h"
+
+#include <xxhash.h>
+
+int64_t session_id_of(int64_t user_id, const log_position *first)
+{
+    unsigned char in[31] = {'s', 'z', '1'};
+    uint64_t u = (uint64_t)user_id, ts = (uint64_t)first->append_ts_ms, off = (uint64_t)first->offset;
+    uint32_t part = (uint32_t)first->partition;
+    for (int i = 0; i < 8; i++) in[3 + i] = (unsigned char)(u >> (8 * i));
+    for (int i = 0; i < 8; i++) in[11 + i] = (unsigned char)(ts >> (8 * i));
+    for (int i = 0; i < 4; i++) in[19 + i] = (unsigned char)(part >> (8 * i));
+    for (int i = 0; i < 8; i++) in[23 + i] = (unsigned char)(off >> (8 * i));
+    return (int64_t)XXH3_64bits(in, sizeof in);
+}

@@ -1,0 +1,335 @@
+/*
+ * job.c - the run loop (commit protocol in job.h).
+ *
+ * Everything with a clock lives here, not in the engine: commit intervals and
+ * the progress line. They decide *when* state is saved or shown, never *what*
+ * a session contains, so results do not depend on them.
+ */
+#include "job/job.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "checkpoint/checkpoint.h"
+#include "deadletter/deadletter.h"
+#include "record/parse.h"
+
+#define MAX_PARTITIONS 4096
+
+typedef struct job {
+    const job_config *cfg;
+    source *src;
+    sink *snk;
+    deadletter *dlq;
+    checkpoint *cp;
+    engine *eng;
+    record_parser *parser;
+    const raw_record *current; /* the record being applied, for dead letters */
+    job_result *res;
+    char *err;
+    size_t errlen;
+    int failed; /* a callback failed; err holds why */
+    buf scratch;
+    partition_info *parts;
+} job;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int write_dead_letter(job *j, const char *reason, const char *detail, const raw_record *raw,
+                             const visit *v)
+{
+    dead_letter dl = {.reason = reason,
+                      .detail = detail,
+                      .source = j->src->ops->describe(j->src),
+                      .raw = raw,
+                      .v = v};
+    j->res->dead_letters++;
+    if (j->dlq->ops->write(j->dlq, &dl, j->err, j->errlen)) {
+        j->failed = 1;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_close(void *ctx, const closed_session *cs)
+{
+    job *j = ctx;
+    if (j->snk->ops->write(j->snk, cs, j->err, j->errlen)) {
+        j->failed = 1;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_reject(void *ctx, const visit *v, reject_reason why)
+{
+    job *j = ctx;
+    const raw_record *raw = j->current;
+    /* A session-cap eviction concerns an earlier record whose bytes are gone. */
+    if (raw && (raw->pos.partition != v->pos.partition || raw->pos.offset != v->pos.offset))
+        raw = NULL;
+    if (why == REJECT_LATE)
+        return write_dead_letter(j, "late", "event time below the watermark", raw, v);
+    return write_dead_letter(j, "session_cap",
+                             "the session already holds --max-pages earlier pages", raw, v);
+}
+
+/* ---- checkpoint ---------------------------------------------------------- */
+
+static int put_user(void *ctx, int64_t user_id, const void *blob, size_t len)
+{
+    job *j = ctx;
+    return checkpoint_put_user(j->cp, user_id, blob, len, j->err, j->errlen);
+}
+
+static void save_counters(const job *j, buf *out)
+{
+    buf_put_u64le(out, j->res->records);
+    buf_put_u64le(out, j->res->dead_letters);
+    buf_put_u64le(out, j->res->invalid);
+}
+
+static int commit(job *j)
+{
+    if (j->snk->ops->flush(j->snk, j->err, j->errlen)) return -1;
+    if (j->dlq->ops->flush(j->dlq, j->err, j->errlen)) return -1;
+    if (!j->cp) return 0;
+    buf *b = &j->scratch;
+    if (checkpoint_begin(j->cp, j->err, j->errlen)) return -1;
+    if (engine_foreach_dirty(j->eng, put_user, j) != 0) goto fail;
+#define PUT(key, fill)                                                                   \
+    do {                                                                                 \
+        buf_reset(b);                                                                    \
+        fill;                                                                            \
+        if (checkpoint_put(j->cp, key, b->data, b->len, j->err, j->errlen)) goto fail;   \
+    } while (0)
+    PUT("source_uri", buf_append_str(b, j->cfg->source_uri));
+    PUT("source_position", j->src->ops->position(j->src, b));
+    PUT("engine", engine_save_meta(j->eng, b));
+    PUT("counters", save_counters(j, b));
+    if (j->snk->ops->save) PUT("sink", j->snk->ops->save(j->snk, b));
+    if (j->dlq->ops->save) PUT("deadletter", j->dlq->ops->save(j->dlq, b));
+#undef PUT
+    if (checkpoint_commit(j->cp, j->err, j->errlen)) return -1;
+    engine_clear_dirty(j->eng);
+    if (j->src->ops->committed) j->src->ops->committed(j->src);
+    j->res->commits++;
+    return 0;
+fail:
+    checkpoint_abort(j->cp);
+    return -1;
+}
+
+static int load_user(void *ctx, int64_t user_id, const void *blob, size_t len)
+{
+    return engine_load_user(ctx, user_id, blob, len);
+}
+
+static int restore(job *j)
+{
+    buf *b = &j->scratch;
+    char *err = j->err;
+    size_t errlen = j->errlen;
+    int got = checkpoint_get(j->cp, "source_uri", b, err, errlen);
+    if (got < 0) return -1;
+    if (got == 0 || b->len != strlen(j->cfg->source_uri) ||
+        memcmp(b->data, j->cfg->source_uri, b->len) != 0) {
+        snprintf(err, errlen, "checkpoint %s belongs to the source '%.*s', not '%s'. Use "
+                 "another --checkpoint directory for this source",
+                 j->cfg->checkpoint_dir, (int)(b->len > 200 ? 200 : b->len),
+                 b->data ? (const char *)b->data : "", j->cfg->source_uri);
+        return -1;
+    }
+    got = checkpoint_get(j->cp, "engine", b, err, errlen);
+    if (got < 0) return -1;
+    int rc = got == 1 ? engine_load_meta(j->eng, b->data, b->len) : -1;
+    if (rc == -2) {
+        snprintf(err, errlen, "checkpoint %s was written with other session settings "
+                 "(--gap, --lateness or --max-pages). Rerun with the settings it was written "
+                 "with, or use a new checkpoint directory to reprocess the input",
+                 j->cfg->checkpoint_dir);
+        return -1;
+    }
+    if (rc != 0) {
+        snprintf(err, errlen, "checkpoint %s is corrupt (engine state does not decode). "
+                 "Delete it to reprocess the input from the beginning: the replay rewrites "
+                 "the same rows", j->cfg->checkpoint_dir);
+        return -1;
+    }
+    if (checkpoint_load_users(j->cp, load_user, j->eng, err, errlen)) return -1;
+    got = checkpoint_get(j->cp, "counters", b, err, errlen);
+    if (got < 0) return -1;
+    reader r;
+    reader_init(&r, b->data, b->len);
+    reader_u64le(&r, &j->res->records);
+    reader_u64le(&r, &j->res->dead_letters);
+    reader_u64le(&r, &j->res->invalid);
+    if (got == 0 || r.bad) {
+        snprintf(err, errlen, "checkpoint %s is corrupt (counters). Delete it to reprocess "
+                 "the input from the beginning", j->cfg->checkpoint_dir);
+        return -1;
+    }
+    got = checkpoint_get(j->cp, "source_position", b, err, errlen);
+    if (got < 0) return -1;
+    if (got == 1 && j->src->ops->seek(j->src, b->data, b->len, err, errlen)) return -1;
+    if (j->snk->ops->restore) {
+        got = checkpoint_get(j->cp, "sink", b, err, errlen);
+        if (got < 0 || (got == 1 && j->snk->ops->restore(j->snk, b->data, b->len, err, errlen)))
+            return -1;
+    }
+    if (j->dlq->ops->restore) {
+        got = checkpoint_get(j->cp, "deadletter", b, err, errlen);
+        if (got < 0 || (got == 1 && j->dlq->ops->restore(j->dlq, b->data, b->len, err, errlen)))
+            return -1;
+    }
+    j->res->resumed = 1;
+    return 0;
+}
+
+/* ---- progress ------------------------------------------------------------ */
+
+static int update_partitions(job *j, int print_progress, double rate)
+{
+    if (!j->src->ops->partitions) return 0;
+    size_t n = j->src->ops->partitions(j->src, j->parts, MAX_PARTITIONS);
+    if (n > MAX_PARTITIONS) n = MAX_PARTITIONS;
+    int64_t behind = 0;
+    int known = 1;
+    for (size_t i = 0; i < n; i++) {
+        if (engine_set_caught_up(j->eng, j->parts[i].partition, j->parts[i].caught_up)) return -1;
+        if (j->parts[i].lag < 0) known = 0;
+        else behind += j->parts[i].lag;
+    }
+    if (!print_progress) return 0;
+    int tty = isatty(STDERR_FILENO);
+    buf *b = &j->scratch;
+    buf_reset(b);
+    buf_printf(b, "%s%" PRIu64 " records, %.0f/s", tty ? "\r\033[K" : "", j->res->records, rate);
+    if (known && n > 0) {
+        buf_printf(b, ", %" PRId64 " behind", behind);
+        if (n > 1 && n <= 16) {
+            buf_append_str(b, " (");
+            for (size_t i = 0; i < n; i++)
+                buf_printf(b, "%sp%d:%" PRId64, i ? " " : "", j->parts[i].partition,
+                           j->parts[i].lag);
+            buf_append_str(b, ")");
+        }
+        if (behind > 0 && rate > 0) buf_printf(b, ", caught up in ~%.0fs", (double)behind / rate);
+    }
+    buf_append_str(b, tty ? "" : "\n");
+    fwrite(b->data, 1, b->len, stderr);
+    return 0;
+}
+
+/* ---- main loop ----------------------------------------------------------- */
+
+static int run_loop(job *j)
+{
+    const job_config *cfg = j->cfg;
+    double start = now_s(), last_commit = start, last_progress = start;
+    uint64_t since_commit = 0, at_last_progress = j->res->records;
+    int tty = isatty(STDERR_FILENO);
+    double progress_every = cfg->progress == 0 ? 0 : tty ? 1.0 : cfg->progress == 2 ? 10.0 : 0;
+    char detail[256];
+    for (;;) {
+        if (cfg->stop && *cfg->stop) {
+            j->res->stopped_by_signal = 1;
+            return commit(j);
+        }
+        raw_record rec;
+        int st = j->src->ops->poll(j->src, &rec, 100, j->err, j->errlen);
+        if (st == SOURCE_ERROR) return -1;
+        if (st == SOURCE_RECORD) {
+            j->res->records++;
+            j->res->records_this_run++;
+            since_commit++;
+            visit v;
+            parse_error pe = record_parse(j->parser, &rec, &v, detail, sizeof detail);
+            if (pe != PARSE_OK) {
+                j->res->invalid++;
+                if (write_dead_letter(j, parse_error_code(pe), detail, &rec, NULL)) return -1;
+            } else {
+                j->current = &rec;
+                int rc = engine_apply(j->eng, &v);
+                j->current = NULL;
+                if (rc || j->failed) return -1;
+            }
+        }
+        if (st == SOURCE_END) {
+            if (update_partitions(j, 0, 0)) return -1;
+            if (cfg->until_end && engine_close_all(j->eng)) return -1;
+            return commit(j);
+        }
+        /* Clock checks are cheap but not free: look every 1024 records. */
+        if (st == SOURCE_IDLE || (j->res->records & 1023) == 0) {
+            double t = now_s();
+            int show = progress_every > 0 && t - last_progress >= progress_every;
+            if (st == SOURCE_IDLE || show) {
+                double rate = (double)(j->res->records - at_last_progress) / (t - last_progress);
+                if (update_partitions(j, show, rate)) return -1;
+                if (show) last_progress = t, at_last_progress = j->res->records;
+            }
+            if ((cfg->commit_interval_ms > 0 && (t - last_commit) * 1000 >= (double)cfg->commit_interval_ms &&
+                 since_commit > 0)) {
+                if (commit(j)) return -1;
+                last_commit = t;
+                since_commit = 0;
+            }
+        }
+        if (cfg->commit_every && since_commit >= cfg->commit_every) {
+            if (commit(j)) return -1;
+            last_commit = now_s();
+            since_commit = 0;
+        }
+    }
+}
+
+int job_run(const job_config *cfg, job_result *res, char *err, size_t errlen)
+{
+    memset(res, 0, sizeof *res);
+    double start = now_s();
+    job j = {.cfg = cfg, .res = res, .err = err, .errlen = errlen};
+    buf_init(&j.scratch);
+    int rc = -1;
+    j.src = source_open(cfg->source_uri, &cfg->source, err, errlen);
+    if (!j.src) goto out;
+    j.snk = sink_open(cfg->sink_uri, &cfg->sink, err, errlen);
+    if (!j.snk) goto out;
+    j.dlq = deadletter_open(cfg->dlq_uri ? cfg->dlq_uri : "jsonl:stderr", cfg->dlq_props, err,
+                            errlen);
+    if (!j.dlq) goto out;
+    engine_config ec = cfg->engine;
+    ec.track_dirty = cfg->checkpoint_dir != NULL;
+    engine_callbacks cb = {.ctx = &j, .on_close = on_close, .on_reject = on_reject};
+    j.eng = engine_new(&ec, &cb);
+    j.parser = record_parser_new();
+    j.parts = calloc(MAX_PARTITIONS, sizeof *j.parts);
+    if (cfg->checkpoint_dir) {
+        j.cp = checkpoint_open(cfg->checkpoint_dir, err, errlen);
+        if (!j.cp) goto out;
+        if (checkpoint_has_state(j.cp) && restore(&j)) goto out;
+    }
+    rc = run_loop(&j);
+out:
+    if (j.eng) engine_get_stats(j.eng, &res->engine);
+    if (j.cp) res->checkpoint_bytes = checkpoint_disk_bytes(j.cp);
+    res->seconds = now_s() - start;
+    checkpoint_close(j.cp);
+    record_parser_free(j.parser);
+    engine_free(j.eng);
+    if (j.dlq) j.dlq->ops->close(j.dlq);
+    if (j.snk) j.snk->ops->close(j.snk);
+    if (j.src) j.src->ops->close(j.src);
+    free(j.parts);
+    buf_free(&j.scratch);
+    return rc;
+}

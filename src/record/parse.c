@@ -1,0 +1,267 @@
+/*
+ * parse.c - visit records from JSON lines, via yajl's callback parser.
+ *
+ * One yajl handle is reused across records (yajl_allow_multiple_values), so
+ * the common path allocates nothing; after an error the handle is replaced,
+ * because yajl cannot recover from one. The callbacks track nesting depth so
+ * that only the top-level object's fields are taken, and count top-level
+ * values so that a line holding two values is refused.
+ */
+#include "record/parse.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yajl/yajl_parse.h>
+
+#include "common/utf8.h"
+#include "common/xalloc.h"
+#include "record/timestamp.h"
+
+enum field { F_NONE, F_USER_ID, F_PAGE, F_EVENT_TIME };
+
+struct record_parser {
+    yajl_handle h;
+    /* per-record state */
+    int depth;
+    int top_values;
+    enum field pending; /* the top-level key just read */
+    unsigned seen;      /* bit per field */
+    parse_error err;
+    char *detail;
+    size_t detail_len;
+    int64_t user_id;
+    int64_t event_time_us;
+    buf page;
+};
+
+__attribute__((format(printf, 3, 4)))
+static int fail(record_parser *p, parse_error e, const char *fmt, ...)
+{
+    if (p->err == PARSE_OK) {
+        p->err = e;
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(p->detail, p->detail_len, fmt, ap);
+        va_end(ap);
+    }
+    return 0; /* stops yajl: yajl_status_client_canceled */
+}
+
+static const char *field_name(enum field f)
+{
+    return f == F_USER_ID ? "user_id" : f == F_PAGE ? "page" : "event_time";
+}
+
+/* A value at depth 1 of the top-level object, under key p->pending.
+ * kind: 'n' number, 's' string, 'o' other (bool, null, map, array). */
+static int top_value(record_parser *p, char kind, const char *s, size_t len)
+{
+    enum field f = p->pending;
+    p->pending = F_NONE;
+    if (f == F_NONE) return 1;
+    if (f == F_USER_ID) {
+        if (kind != 'n') return fail(p, PARSE_MISTYPED_FIELD, "\"%s\" must be an integer", "user_id");
+        /* Strict integer: optional '-', digits, no fraction or exponent. */
+        size_t i = s[0] == '-';
+        if (i == len) return fail(p, PARSE_MISTYPED_FIELD, "\"%s\" must be an integer", "user_id");
+        uint64_t v = 0, limit = s[0] == '-' ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+        for (; i < len; i++) {
+            unsigned d = (unsigned char)s[i] - '0';
+            if (d > 9) return fail(p, PARSE_MISTYPED_FIELD, "\"%s\" must be an integer", "user_id");
+            if (v > (limit - d) / 10)
+                return fail(p, PARSE_USER_ID_RANGE, "\"%s\" does not fit a signed 64-bit integer",
+                            "user_id");
+            v = v * 10 + d;
+        }
+        p->user_id = s[0] == '-' ? (int64_t)(0 - v) : (int64_t)v;
+        return 1;
+    }
+    if (kind != 's') return fail(p, PARSE_MISTYPED_FIELD, "\"%s\" must be a string", field_name(f));
+    if (f == F_PAGE) {
+        if (memchr(s, '\0', len))
+            return fail(p, PARSE_INVALID_PAGE, "\"%s\" contains a NUL character", "page");
+        if (len > UINT32_MAX) return fail(p, PARSE_INVALID_PAGE, "\"%s\" is too long", "page");
+        buf_reset(&p->page);
+        buf_append(&p->page, s, len);
+        return 1;
+    }
+    if (parse_iso8601_us(s, len, &p->event_time_us))
+        return fail(p, PARSE_BAD_EVENT_TIME,
+                    "\"%s\" is not an ISO-8601 time such as 2023-02-20T03:03:20", "event_time");
+    return 1;
+}
+
+static int on_scalar(record_parser *p, char kind, const char *s, size_t len)
+{
+    if (p->depth == 0) return fail(p, PARSE_NOT_AN_OBJECT, "%s", "the record is not a JSON object");
+    if (p->depth == 1) return top_value(p, kind, s, len);
+    return 1;
+}
+
+static int cb_null(void *ctx) { return on_scalar(ctx, 'o', NULL, 0); }
+static int cb_bool(void *ctx, int v) { (void)v; return on_scalar(ctx, 'o', NULL, 0); }
+static int cb_number(void *ctx, const char *s, size_t len) { return on_scalar(ctx, 'n', s, len); }
+static int cb_string(void *ctx, const unsigned char *s, size_t len)
+{
+    return on_scalar(ctx, 's', (const char *)s, len);
+}
+
+static int cb_start_map(void *ctx)
+{
+    record_parser *p = ctx;
+    if (p->depth == 0 && p->top_values++ > 0)
+        return fail(p, PARSE_INVALID_JSON, "%s", "more than one JSON value on the line");
+    if (p->depth == 1 && !on_scalar(p, 'o', NULL, 0)) return 0;
+    p->depth++;
+    return 1;
+}
+
+static int cb_map_key(void *ctx, const unsigned char *key, size_t len)
+{
+    record_parser *p = ctx;
+    if (p->depth != 1) return 1;
+    enum field f = F_NONE;
+    if (len == 7 && memcmp(key, "user_id", 7) == 0) f = F_USER_ID;
+    else if (len == 4 && memcmp(key, "page", 4) == 0) f = F_PAGE;
+    else if (len == 10 && memcmp(key, "event_time", 10) == 0) f = F_EVENT_TIME;
+    if (f != F_NONE) {
+        if (p->seen & (1u << f))
+            return fail(p, PARSE_DUPLICATE_FIELD, "field \"%s\" appears twice", field_name(f));
+        p->seen |= 1u << f;
+    }
+    p->pending = f;
+    return 1;
+}
+
+static int cb_end_map(void *ctx)
+{
+    record_parser *p = ctx;
+    p->depth--;
+    return 1;
+}
+
+static int cb_start_array(void *ctx)
+{
+    record_parser *p = ctx;
+    if (p->depth == 0) return fail(p, PARSE_NOT_AN_OBJECT, "%s", "the record is not a JSON object");
+    if (p->depth == 1 && !on_scalar(p, 'o', NULL, 0)) return 0;
+    p->depth++;
+    return 1;
+}
+
+static int cb_end_array(void *ctx) { return cb_end_map(ctx); }
+
+static const yajl_callbacks callbacks = {
+    .yajl_null = cb_null,
+    .yajl_boolean = cb_bool,
+    .yajl_number = cb_number,
+    .yajl_string = cb_string,
+    .yajl_start_map = cb_start_map,
+    .yajl_map_key = cb_map_key,
+    .yajl_end_map = cb_end_map,
+    .yajl_start_array = cb_start_array,
+    .yajl_end_array = cb_end_array,
+};
+
+static void new_handle(record_parser *p)
+{
+    if (p->h) yajl_free(p->h);
+    p->h = yajl_alloc(&callbacks, NULL, p);
+    if (!p->h) xmalloc((size_t)-1); /* reports out of memory */
+    yajl_config(p->h, yajl_allow_multiple_values, 1);
+}
+
+record_parser *record_parser_new(void)
+{
+    record_parser *p = xcalloc(1, sizeof *p);
+    buf_init(&p->page);
+    new_handle(p);
+    return p;
+}
+
+void record_parser_free(record_parser *p)
+{
+    if (!p) return;
+    yajl_free(p->h);
+    buf_free(&p->page);
+    free(p);
+}
+
+parse_error record_parse(record_parser *p, const raw_record *r, visit *out, char *detail,
+                         size_t detail_len)
+{
+    p->depth = 0;
+    p->top_values = 0;
+    p->pending = F_NONE;
+    p->seen = 0;
+    p->err = PARSE_OK;
+    p->detail = detail;
+    p->detail_len = detail_len;
+    if (detail_len) detail[0] = '\0';
+
+    if (r->oversized) {
+        snprintf(detail, detail_len, "record longer than the limit (--max-record-bytes)");
+        return PARSE_OVERSIZED;
+    }
+    /* The trailing space ends a bare top-level number, which yajl would
+     * otherwise hold back waiting for more digits. */
+    yajl_status st = yajl_parse(p->h, (const unsigned char *)r->data, r->len);
+    if (st == yajl_status_ok) st = yajl_parse(p->h, (const unsigned char *)" ", 1);
+    if (st == yajl_status_ok && (p->depth != 0 || p->top_values == 0)) {
+        /* Incomplete value (or an empty line): say so, and start afresh. */
+        new_handle(p);
+        if (p->top_values == 0 && p->depth == 0 && p->err == PARSE_OK) {
+            snprintf(detail, detail_len, "empty record");
+            return PARSE_INVALID_JSON;
+        }
+        snprintf(detail, detail_len, "truncated JSON value");
+        return PARSE_INVALID_JSON;
+    }
+    if (st != yajl_status_ok) {
+        if (p->err == PARSE_OK) {
+            unsigned char *msg = yajl_get_error(p->h, 0, NULL, 0);
+            const char *m = (const char *)msg;
+            p->err = strstr(m, "UTF8") || !utf8_valid(r->data, r->len) ? PARSE_INVALID_UTF8
+                                                                       : PARSE_INVALID_JSON;
+            /* yajl's messages end in ".\n"; keep one clean line. */
+            size_t n = strcspn(m, "\n");
+            snprintf(detail, detail_len, "%.*s", (int)n, m);
+            yajl_free_error(p->h, msg);
+        }
+        new_handle(p);
+        return p->err;
+    }
+    if (p->err != PARSE_OK) return p->err;
+    static const enum field required[] = {F_USER_ID, F_PAGE, F_EVENT_TIME};
+    for (size_t i = 0; i < 3; i++)
+        if (!(p->seen & (1u << required[i]))) {
+            snprintf(detail, detail_len, "missing field \"%s\"", field_name(required[i]));
+            return PARSE_MISSING_FIELD;
+        }
+    out->user_id = p->user_id;
+    out->event_time_us = p->event_time_us;
+    out->page = p->page.data ? (const char *)p->page.data : "";
+    out->page_len = (uint32_t)p->page.len;
+    out->pos = r->pos;
+    return PARSE_OK;
+}
+
+const char *parse_error_code(parse_error e)
+{
+    switch (e) {
+    case PARSE_OK: return "ok";
+    case PARSE_INVALID_JSON: return "invalid_json";
+    case PARSE_INVALID_UTF8: return "invalid_utf8";
+    case PARSE_NOT_AN_OBJECT: return "not_an_object";
+    case PARSE_MISSING_FIELD: return "missing_field";
+    case PARSE_MISTYPED_FIELD: return "mistyped_field";
+    case PARSE_DUPLICATE_FIELD: return "duplicate_field";
+    case PARSE_USER_ID_RANGE: return "user_id_out_of_range";
+    case PARSE_BAD_EVENT_TIME: return "bad_event_time";
+    case PARSE_INVALID_PAGE: return "invalid_page";
+    case PARSE_OVERSIZED: return "oversized";
+    }
+    return "unknown";
+}

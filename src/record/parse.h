@@ -1,0 +1,45 @@
+/*
+ * parse.h - one JSON line to a visit, or the reason it is not one.
+ *
+ * {"user_id": <int64>, "page": <string>, "event_time": <ISO-8601 string>};
+ * unknown fields are ignored. The JSON grammar and UTF-8 are checked by
+ * yajl (Debian libyajl), a streaming parser: no tree is built, so a record
+ * costs no allocation.
+ */
+#ifndef SESSIONIZER_PARSE_H
+#define SESSIONIZER_PARSE_H
+
+#include <stddef.h>
+
+#include "common/buf.h"
+#include "record/visit.h"
+
+typedef enum parse_error {
+    PARSE_OK = 0,
+    PARSE_INVALID_JSON,
+    PARSE_INVALID_UTF8,
+    PARSE_NOT_AN_OBJECT,
+    PARSE_MISSING_FIELD,
+    PARSE_MISTYPED_FIELD,
+    PARSE_DUPLICATE_FIELD,
+    PARSE_USER_ID_RANGE,
+    PARSE_BAD_EVENT_TIME,
+    PARSE_INVALID_PAGE,
+    PARSE_OVERSIZED,
+} parse_error;
+
+typedef struct record_parser record_parser;
+
+record_parser *record_parser_new(void);
+void record_parser_free(record_parser *p);
+
+/* Parses r into *out (out->page points into the parser; valid until the
+ * next call). On failure returns the error and writes a one-line detail
+ * ("missing field \"page\"") into detail. */
+parse_error record_parse(record_parser *p, const raw_record *r, visit *out, char *detail,
+                         size_t detail_len);
+
+/* Stable machine-readable reason code ("invalid_json", "late", ...). */
+const char *parse_error_code(parse_error e);
+
+#endif

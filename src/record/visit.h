@@ -1,0 +1,39 @@
+/*
+ * visit.h - a record as read from the log, and the visit parsed from it.
+ *
+ * Every source (file, stdin, Kafka) yields raw_record: the bytes plus the
+ * immutable coordinates the log gave them. Those coordinates, never the wall
+ * clock, are what session ids are made of (see engine/session_id.h).
+ */
+#ifndef SESSIONIZER_VISIT_H
+#define SESSIONIZER_VISIT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Where a record sits in the input log. For a file: partition 0, offset =
+ * byte offset of the line's first byte, append_ts_ms = 0 (a file has no
+ * append time). For Kafka: the record's partition, offset and timestamp. */
+typedef struct log_position {
+    int64_t append_ts_ms;
+    int32_t partition;
+    int64_t offset;
+} log_position;
+
+typedef struct raw_record {
+    const char *data; /* not NUL-terminated; valid until the next poll */
+    size_t len;
+    log_position pos;
+    int64_t line;       /* 1-based line number for files, 0 where meaningless */
+    int oversized;      /* the source cut the record at its size limit */
+} raw_record;
+
+typedef struct visit {
+    int64_t user_id;
+    int64_t event_time_us; /* microseconds since 1970-01-01T00:00:00Z */
+    const char *page;      /* UTF-8, unescaped; not NUL-terminated */
+    uint32_t page_len;
+    log_position pos;
+} visit;
+
+#endif

@@ -1,0 +1,16 @@
+/*
+ * session_json.h - the JSON spellings of a closed session shared by sinks:
+ * the pages array (SQLite stores it as TEXT) and the full JSONL row.
+ */
+#ifndef SESSIONIZER_SESSION_JSON_H
+#define SESSIONIZER_SESSION_JSON_H
+
+#include "common/buf.h"
+#include "engine/closed_session.h"
+
+/* ["A.html","B.html"] */
+void session_json_pages(buf *out, const closed_session *cs);
+/* {"session_id":..,"user_id":..,"pages":[..],"ingestion_time":".."}\n */
+void session_json_row(buf *out, const closed_session *cs, const char *ingestion_time);
+
+#endif

@@ -1,0 +1,68 @@
+/*
+ * sink.h - where closed sessions go.
+ *
+ * A sink is a URI scheme plus a small table of callbacks, one file per sink
+ * (sqlite.c, jsonl.c, null.c, postgresql.c, cql.c), registered in sink.c the
+ * way Fluent Bit registers its out_* plugins.
+ *
+ * Contract (the idempotency guarantee rests on it):
+ *  - write() may buffer; flush() returns 0 only when every session written
+ *    since the previous flush is durably acknowledged by the store. The job
+ *    commits its checkpoint only after a successful flush.
+ *  - Writes are upserts keyed on (session_id, user_id): writing the same
+ *    session twice leaves one row, with the later ingestion_time.
+ *  - Transient failures (lost connection, timeouts, overload) are retried
+ *    inside flush() with backoff; flush() fails only for errors that retrying
+ *    cannot fix (bad credentials, missing permissions, schema mismatch), or
+ *    when the job is asked to stop while waiting.
+ *  - ingestion_time is the wall-clock time of the write, in UTC.
+ *  - Errors are written to err (never containing credentials).
+ */
+#ifndef SESSIONIZER_SINK_H
+#define SESSIONIZER_SINK_H
+
+#include <stddef.h>
+
+#include "common/buf.h"
+#include "engine/closed_session.h"
+
+typedef struct sink sink;
+
+/* Options common to every sink, parsed by the CLI. A sink reads the ones
+ * that concern it and ignores the rest. */
+typedef struct sink_options {
+    const char *const *props; /* "key=value" pairs from --sink-opt, NULL-terminated */
+    int create_schema;        /* create keyspace/table when missing (default 1) */
+} sink_options;
+
+typedef struct sink_ops {
+    const char *scheme; /* URI scheme without ':' ("sqlite", "jsonl", ...) */
+    const char *usage;  /* one line for --help */
+    /* Opens the sink described by the part of the URI after "scheme:". */
+    sink *(*open)(const char *target, const sink_options *opts, char *err, size_t errlen);
+    int (*write)(sink *s, const closed_session *cs, char *err, size_t errlen);
+    int (*flush)(sink *s, char *err, size_t errlen);
+    /* Optional: state to store in the checkpoint so that a restart can undo
+     * writes that were made after the checkpoint (an append-only file
+     * truncates to its checkpointed length). NULL when writes are upserts. */
+    void (*save)(sink *s, buf *out);
+    int (*restore)(sink *s, const void *state, size_t len, char *err, size_t errlen);
+    void (*close)(sink *s);
+} sink_ops;
+
+/* Every sink embeds this header first. */
+struct sink {
+    const sink_ops *ops;
+};
+
+/* Finds the sink for a URI ("sqlite:out.db", "postgresql://...") and opens it. */
+sink *sink_open(const char *uri, const sink_options *opts, char *err, size_t errlen);
+/* Lists the registered sinks' usage lines (for --help). */
+void sink_usage(buf *out);
+
+/* Shared by sinks: wall-clock now as ISO-8601 UTC with milliseconds
+ * ("2024-01-27T06:20:45.422Z") and as milliseconds since the epoch. */
+void sink_now_iso8601(char out[32]);
+long long sink_now_ms(void);
+
+#endif

@@ -1,0 +1,168 @@
+/*
+ * sqlite.c - sessions into an SQLite table, the embedded default sink.
+ *
+ * Table sessions(session_id INTEGER, user_id INTEGER, pages TEXT (a JSON
+ * array), ingestion_time TEXT (ISO-8601 UTC), PRIMARY KEY(session_id,
+ * user_id)), created when missing. Every flush is one transaction of upserts
+ * through one prepared statement; the database runs in WAL mode with
+ * synchronous=FULL so that a committed flush survives power loss, which is
+ * what lets the job advance its checkpoint after it.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sqlite3.h>
+#include <unistd.h>
+
+#include "common/xalloc.h"
+#include "sink/session_json.h"
+#include "sink/sink.h"
+
+typedef struct sqlite_sink {
+    sink base;
+    sqlite3 *db;
+    sqlite3_stmt *upsert;
+    int in_txn;
+    buf pages;
+    char *path;
+} sqlite_sink;
+
+extern const sink_ops sqlite_sink_ops;
+
+static int fail_db(sqlite_sink *s, const char *what, char *err, size_t errlen)
+{
+    snprintf(err, errlen, "SQLite sink %s: %s: %s", s->path, what, sqlite3_errmsg(s->db));
+    return -1;
+}
+
+/* An existing table must have exactly the expected columns. */
+static int check_schema(sqlite_sink *s, char *err, size_t errlen)
+{
+    static const char *const want[] = {"session_id", "user_id", "pages", "ingestion_time"};
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, "SELECT name FROM pragma_table_info('sessions')", -1, &st,
+                           NULL) != SQLITE_OK)
+        return fail_db(s, "reading the schema", err, errlen);
+    size_t n = 0;
+    int ok = 1;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+        if (n >= 4 || strcmp(name, want[n]) != 0) ok = 0;
+        n++;
+    }
+    sqlite3_finalize(st);
+    if (n == 0) return 1; /* no table */
+    if (!ok || n != 4) {
+        snprintf(err, errlen, "SQLite sink %s: table 'sessions' exists with other columns than "
+                 "(session_id, user_id, pages, ingestion_time); use another database file",
+                 s->path);
+        return -1;
+    }
+    return 0;
+}
+
+static sink *sqlite_open(const char *target, const sink_options *opts, char *err, size_t errlen)
+{
+    sqlite_sink *s = xcalloc(1, sizeof *s);
+    s->base.ops = &sqlite_sink_ops;
+    s->path = xstrdup(target);
+    buf_init(&s->pages);
+    if (sqlite3_open_v2(target, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
+        SQLITE_OK) {
+        fail_db(s, "cannot open", err, errlen);
+        sqlite_sink_ops.close(&s->base);
+        return NULL;
+    }
+    sqlite3_busy_timeout(s->db, 10000);
+    int missing = check_schema(s, err, errlen);
+    if (missing < 0) goto fail;
+    if (missing && !opts->create_schema) {
+        snprintf(err, errlen, "SQLite sink %s: table 'sessions' is missing and schema creation "
+                 "is disabled", target);
+        goto fail;
+    }
+    char *msg = NULL;
+    if (sqlite3_exec(s->db,
+                     "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+                     "CREATE TABLE IF NOT EXISTS sessions ("
+                     " session_id INTEGER NOT NULL, user_id INTEGER NOT NULL,"
+                     " pages TEXT NOT NULL, ingestion_time TEXT NOT NULL,"
+                     " PRIMARY KEY (session_id, user_id)) WITHOUT ROWID;",
+                     NULL, NULL, &msg) != SQLITE_OK) {
+        snprintf(err, errlen, "SQLite sink %s: cannot prepare the database: %s", target,
+                 msg ? msg : "unknown error");
+        sqlite3_free(msg);
+        goto fail;
+    }
+    if (sqlite3_prepare_v2(s->db,
+                           "INSERT INTO sessions (session_id, user_id, pages, ingestion_time) "
+                           "VALUES (?1, ?2, ?3, ?4) ON CONFLICT (session_id, user_id) DO UPDATE "
+                           "SET pages = excluded.pages, ingestion_time = excluded.ingestion_time",
+                           -1, &s->upsert, NULL) != SQLITE_OK) {
+        fail_db(s, "preparing the upsert", err, errlen);
+        goto fail;
+    }
+    return &s->base;
+fail:
+    sqlite_sink_ops.close(&s->base);
+    return NULL;
+}
+
+static int sqlite_write(sink *base, const closed_session *cs, char *err, size_t errlen)
+{
+    sqlite_sink *s = (sqlite_sink *)base;
+    if (!s->in_txn) {
+        if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+            return fail_db(s, "BEGIN", err, errlen);
+        s->in_txn = 1;
+    }
+    char now[32];
+    sink_now_iso8601(now);
+    buf_reset(&s->pages);
+    session_json_pages(&s->pages, cs);
+    sqlite3_bind_int64(s->upsert, 1, cs->session_id);
+    sqlite3_bind_int64(s->upsert, 2, cs->user_id);
+    sqlite3_bind_text(s->upsert, 3, (const char *)s->pages.data, (int)s->pages.len, SQLITE_STATIC);
+    sqlite3_bind_text(s->upsert, 4, now, -1, SQLITE_TRANSIENT);
+    int rc = sqlite3_step(s->upsert);
+    sqlite3_reset(s->upsert);
+    if (rc != SQLITE_DONE) return fail_db(s, "upsert", err, errlen);
+    return 0;
+}
+
+static int sqlite_flush(sink *base, char *err, size_t errlen)
+{
+    sqlite_sink *s = (sqlite_sink *)base;
+    if (!s->in_txn) return 0;
+    /* COMMIT can meet a reader holding the WAL: busy_timeout waits, and we
+     * retry a little longer before giving up. */
+    for (int attempt = 0;; attempt++) {
+        int rc = sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
+        if (rc == SQLITE_OK) break;
+        if ((rc != SQLITE_BUSY && rc != SQLITE_LOCKED) || attempt >= 5)
+            return fail_db(s, "COMMIT", err, errlen);
+        usleep(100000u << attempt);
+    }
+    s->in_txn = 0;
+    return 0;
+}
+
+static void sqlite_close(sink *base)
+{
+    sqlite_sink *s = (sqlite_sink *)base;
+    if (s->in_txn) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    sqlite3_finalize(s->upsert);
+    sqlite3_close(s->db);
+    buf_free(&s->pages);
+    free(s->path);
+    free(s);
+}
+
+const sink_ops sqlite_sink_ops = {
+    .scheme = "sqlite",
+    .usage = "sqlite:PATH   table 'sessions' in an SQLite database (created when missing)",
+    .open = sqlite_open,
+    .write = sqlite_write,
+    .flush = sqlite_flush,
+    .close = sqlite_close,
+};

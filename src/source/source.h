@@ -1,0 +1,72 @@
+/*
+ * source.h - where visits come from.
+ *
+ * A source is a URI scheme plus a small table of callbacks, one file per
+ * source (file.c, kafka.c), registered in source.c.
+ *
+ * A source delivers raw records (bytes + log position); parsing is shared
+ * (record/parse.h). Its read position is opaque to the job: position() saves
+ * it into the checkpoint and seek() restores it, so that the checkpoint is
+ * the only source of truth for where to resume.
+ */
+#ifndef SESSIONIZER_SOURCE_H
+#define SESSIONIZER_SOURCE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/buf.h"
+#include "record/visit.h"
+
+typedef struct source source;
+
+typedef struct source_options {
+    const char *const *props; /* "-X key=value" pairs, NULL-terminated */
+    const char *group;        /* consumer group (Kafka) */
+    int start_latest;         /* no checkpoint: start at the end, not the beginning */
+    int until_end;            /* stop at the end of the input as it was at start */
+    size_t max_record_bytes;  /* longer records are cut and flagged oversized */
+} source_options;
+
+enum source_status {
+    SOURCE_RECORD = 1,  /* *out holds a record */
+    SOURCE_IDLE = 0,    /* nothing right now (live input) */
+    SOURCE_END = -1,    /* end of input reached (bounded input, or --until-end) */
+    SOURCE_ERROR = -2,  /* fatal; err says why */
+};
+
+/* Per-partition progress, for the watermark and the progress line. */
+typedef struct partition_info {
+    int32_t partition;
+    int caught_up;   /* has delivered everything there was to deliver */
+    int64_t lag;     /* records behind the end, -1 if unknown */
+} partition_info;
+
+typedef struct source_ops {
+    const char *scheme;
+    const char *usage;
+    source *(*open)(const char *target, const source_options *opts, char *err, size_t errlen);
+    /* Waits up to timeout_ms for the next record. */
+    int (*poll)(source *s, raw_record *out, int timeout_ms, char *err, size_t errlen);
+    /* Position after the last record returned by poll(). */
+    void (*position)(source *s, buf *out);
+    /* Resume after a saved position (called before the first poll). */
+    int (*seek)(source *s, const void *pos, size_t len, char *err, size_t errlen);
+    /* Optional: the checkpoint holding position() was committed (Kafka
+     * commits the offsets to its consumer group so lag tools see progress). */
+    void (*committed)(source *s);
+    /* Optional: fill up to max partition_info, return how many partitions. */
+    size_t (*partitions)(source *s, partition_info *out, size_t max);
+    /* A human description of the input for messages ("file visits.jsonl"). */
+    const char *(*describe)(source *s);
+    void (*close)(source *s);
+} source_ops;
+
+struct source {
+    const source_ops *ops;
+};
+
+source *source_open(const char *uri, const source_options *opts, char *err, size_t errlen);
+void source_usage(buf *out);
+
+#endif
