@@ -1,0 +1,1160 @@
+/*
+ * postgresql.c - the PostgreSQL sink: closed sessions upserted over libpq.
+ *
+ * What it is for: many teams keep their sessions in PostgreSQL, and it is the
+ * production database that runs on the project's own machines, so this is
+ * also where the sink contract of sink.h is held against a real server.
+ *
+ *   --sink postgresql://user@host:5432/db?sslmode=require   (or postgres://)
+ *
+ * The target is any libpq connection string: a URI (the usual case) or, after
+ * "postgresql:", a "key=value ..." conninfo. Settings of the sink itself come
+ * as "key=value" props (see PG_OPTIONS_HELP): table=, batch_rows=,
+ * retry_timeout=, retry_backoff_max=, io_timeout=.
+ *
+ * Table: sessions (session_id bigint, user_id bigint, pages text[],
+ * ingestion_time timestamptz, PRIMARY KEY (session_id, user_id)), created
+ * when missing unless create_schema is 0. An existing table must have exactly
+ * these columns and a unique key on (session_id, user_id); anything else is
+ * refused at open with a message that says what differs, because writing
+ * "something like" the expected table would break keyed idempotency quietly.
+ *
+ * How it writes, and why:
+ *  - write() only copies the session into memory (deduplicated on the key, the
+ *    last write winning, since one statement may not touch a row twice).
+ *  - flush() sends everything buffered since the last flush in ONE
+ *    transaction, batch_rows rows per statement. A statement is
+ *      INSERT ... SELECT FROM unnest($1::int8[], $2::int8[], $3::text[])
+ *      ON CONFLICT (session_id, user_id) DO UPDATE SET pages, ingestion_time
+ *    prepared once per connection, with the three arrays sent in binary: one
+ *    round trip for many rows, one plan whatever the row count, and values
+ *    that are always bound, never spliced into SQL. bench/pg_sink.sh measures
+ *    it against one row per statement, a multi-row VALUES statement and COPY
+ *    into a staging table (docs/postgresql.md has the figures).
+ *  - flush() returns 0 only after COMMIT is acknowledged, with
+ *    synchronous_commit raised to "on" if the server had it "off": that is
+ *    what lets the job commit its checkpoint afterwards.
+ *  - Transient failures (connection refused or lost, server starting up or
+ *    shutting down, admin shutdown, serialization failure, deadlock, too many
+ *    connections, read-only standby, a statement that does not answer within
+ *    io_timeout) drop the connection, wait with capped exponential backoff
+ *    (100 ms doubling to retry_backoff_max, +-20% jitter), reconnect and
+ *    retry the whole transaction. That is safe because the rows are upserts
+ *    on a key derived from the input: a transaction whose COMMIT was lost in
+ *    flight and is replayed rewrites the same rows. Retrying stops after
+ *    retry_timeout, or when a signal interrupts the wait (the job is being
+ *    asked to stop), and flush() then fails without the checkpoint advancing.
+ *  - Permanent failures (authentication, missing privilege, missing database,
+ *    schema mismatch, data the server refuses) fail at once: retrying cannot
+ *    fix them and the operator must see them.
+ *  - Errors are classified by SQLSTATE. Connection-time errors carry none in
+ *    the libpq API, so the connection is made with verbose error messages,
+ *    which put the server's SQLSTATE in the text ("FATAL:  28P01: ..."); an
+ *    error with no SQLSTATE is libpq's own (refused, reset, timed out): those
+ *    are transient, except the few that are configuration mistakes (no
+ *    password given, SSL demanded but unsupported, bad certificate).
+ *  - No message contains a password: errors name the target by a copy of the
+ *    connection string with the password replaced by "***", and every message
+ *    passes through pg_redact() before it leaves this file.
+ */
+#include <errno.h>
+#include <libpq-fe.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/buf.h"
+#include "common/xalloc.h"
+#include "sink/sink.h"
+
+/* Type OIDs (fixed in PostgreSQL's catalog; the server headers that name them
+ * are not part of libpq-dev). */
+#define PG_INT8OID 20
+#define PG_TEXTOID 25
+#define PG_INT8ARRAYOID 1016
+#define PG_TEXTARRAYOID 1009
+#define PG_TIMESTAMPTZOID 1184
+
+#define PG_DEFAULT_TABLE "sessions"
+#define PG_DEFAULT_BATCH_ROWS 2000
+#define PG_MAX_BATCH_ROWS 1000000
+#define PG_DEFAULT_RETRY_TIMEOUT_MS (10LL * 60 * 1000)
+#define PG_DEFAULT_BACKOFF_MAX_MS (10LL * 1000)
+#define PG_BACKOFF_START_MS 100LL
+#define PG_DEFAULT_IO_TIMEOUT_MS (60LL * 1000)
+#define PG_STMT_NAME "sessionizer_upsert"
+
+#define PG_OPTIONS_HELP                                                                      \
+    "table=[SCHEMA.]NAME, batch_rows=N, retry_timeout=DURATION (0 = forever), "            \
+    "retry_backoff_max=DURATION, io_timeout=DURATION"
+
+enum { PG_OK = 0, PG_TRANSIENT = 1, PG_PERMANENT = 2 };
+
+typedef struct pg_row {
+    int64_t session_id;
+    int64_t user_id;
+    size_t off; /* pages as an array literal, in pg_sink.literals */
+    size_t len;
+} pg_row;
+
+typedef struct pg_sink {
+    sink base;
+    char *conninfo; /* as given to libpq: contains the password, never printed */
+    char *display;  /* conninfo with the password masked, for messages */
+    char *secrets[3];
+    size_t n_secrets;
+    char *table_sql;     /* quoted identifier: "schema"."name" or "name" */
+    char *table_display; /* as the user wrote it */
+    int create_schema;
+    size_t batch_rows;
+    long long retry_timeout_ms; /* 0 = forever */
+    long long backoff_max_ms;
+    long long io_timeout_ms;
+    PGconn *conn;
+    char *upsert_sql;
+
+    /* Sessions written since the last successful flush. */
+    pg_row *rows;
+    size_t n_rows, cap_rows;
+    buf literals;
+    uint32_t *slots; /* open addressing on (session_id, user_id): row index + 1 */
+    size_t n_slots;
+
+    buf p_sid, p_uid, p_pages; /* parameter scratch */
+    uint64_t rng;
+} pg_sink;
+
+/* ---- small helpers ------------------------------------------------------ */
+
+/* A monotonic clock for deadlines and backoff: the wall clock (sink_now_ms)
+ * may jump, and a retry deadline must not. */
+static long long mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void put_be32(buf *b, uint32_t v)
+{
+    unsigned char o[4] = {(unsigned char)(v >> 24), (unsigned char)(v >> 16),
+                          (unsigned char)(v >> 8), (unsigned char)v};
+    buf_append(b, o, 4);
+}
+
+static void put_be64(buf *b, uint64_t v)
+{
+    unsigned char o[8];
+    for (int i = 0; i < 8; i++) o[i] = (unsigned char)(v >> (56 - 8 * i));
+    buf_append(b, o, 8);
+}
+
+/* "1500ms", "30s", "10m", "1h", or a bare number of seconds. */
+static int parse_duration_ms(const char *s, long long *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || errno || v < 0) return -1;
+    double mult = 1000;
+    if (strcmp(end, "ms") == 0) mult = 1;
+    else if (strcmp(end, "s") == 0 || *end == '\0') mult = 1000;
+    else if (strcmp(end, "m") == 0 || strcmp(end, "min") == 0) mult = 60000;
+    else if (strcmp(end, "h") == 0) mult = 3600000;
+    else return -1;
+    double ms = v * mult;
+    if (ms > 1e15) return -1;
+    *out = (long long)ms;
+    return 0;
+}
+
+/* Identifier quoting as SQL defines it: "..." with " doubled. Identifiers
+ * cannot be bound as parameters; this is the only text spliced into SQL. */
+static void quote_ident(buf *b, const char *s, size_t n)
+{
+    buf_append_byte(b, '"');
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '"') buf_append_byte(b, '"');
+        buf_append_byte(b, (unsigned char)s[i]);
+    }
+    buf_append_byte(b, '"');
+}
+
+static char *buf_steal_str(buf *b)
+{
+    buf_append_byte(b, 0);
+    char *s = (char *)b->data;
+    buf_init(b);
+    return s;
+}
+
+/* ---- keeping passwords out of messages ----------------------------------- */
+
+static void add_secret(pg_sink *s, const char *p, size_t n)
+{
+    /* Masking a one- or two-character string everywhere would garble every
+     * message; such a password is not a secret worth the name anyway, and it
+     * still never appears: libpq does not print passwords, and the connection
+     * string itself is always replaced whole by its masked copy. */
+    if (n < 3 || s->n_secrets == sizeof s->secrets / sizeof *s->secrets) return;
+    s->secrets[s->n_secrets++] = xstrndup(p, n);
+}
+
+/* Copies in to out, replacing the raw connection string by its masked copy
+ * and any password by "***". */
+static void pg_redact(const pg_sink *s, const char *in, char *out, size_t outlen)
+{
+    buf b;
+    buf_init(&b);
+    size_t clen = s->conninfo ? strlen(s->conninfo) : 0;
+    for (const char *p = in; *p;) {
+        if (clen && strncmp(p, s->conninfo, clen) == 0) {
+            buf_append_str(&b, s->display);
+            p += clen;
+            continue;
+        }
+        size_t hit = 0;
+        for (size_t i = 0; i < s->n_secrets && !hit; i++) {
+            size_t n = strlen(s->secrets[i]);
+            if (strncmp(p, s->secrets[i], n) == 0) hit = n;
+        }
+        if (hit) {
+            buf_append_str(&b, "***");
+            p += hit;
+            continue;
+        }
+        buf_append_byte(&b, (unsigned char)*p++);
+    }
+    buf_append_byte(&b, 0);
+    snprintf(out, outlen, "%s", (const char *)b.data);
+    buf_free(&b);
+}
+
+__attribute__((format(printf, 4, 5))) static int pg_fail(const pg_sink *s, char *err,
+                                                          size_t errlen, const char *fmt, ...)
+{
+    char tmp[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (err && errlen) pg_redact(s, tmp, err, errlen);
+    return -1;
+}
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Percent-decoding, as libpq applies it to URI components. */
+static char *pct_decode(const char *p, size_t n)
+{
+    char *o = xmalloc(n + 1);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == '%' && i + 2 < n && hexval(p[i + 1]) >= 0 && hexval(p[i + 2]) >= 0) {
+            o[k++] = (char)(hexval(p[i + 1]) * 16 + hexval(p[i + 2]));
+            i += 2;
+        } else {
+            o[k++] = p[i];
+        }
+    }
+    o[k] = 0;
+    return o;
+}
+
+/* Builds s->display and the list of secrets from s->conninfo. */
+static void pg_build_display(pg_sink *s)
+{
+    const char *ci = s->conninfo;
+    buf d;
+    buf_init(&d);
+    const char *sep = strstr(ci, "://");
+    if (sep && (strncmp(ci, "postgresql://", 13) == 0 || strncmp(ci, "postgres://", 11) == 0)) {
+        /* URI: scheme://[user[:password]@]hosts[/db][?k=v&...]. Like libpq,
+         * the credentials end at the first '@' before any '/'. */
+        const char *auth = sep + 3;
+        const char *p = auth;
+        while (*p && *p != '@' && *p != '/') p++;
+        buf_append(&d, ci, (size_t)(auth - ci));
+        const char *rest = auth;
+        if (*p == '@') {
+            const char *colon = memchr(auth, ':', (size_t)(p - auth));
+            if (colon) {
+                buf_append(&d, auth, (size_t)(colon - auth));
+                buf_append_str(&d, ":***");
+                add_secret(s, colon + 1, (size_t)(p - colon - 1));
+                char *dec = pct_decode(colon + 1, (size_t)(p - colon - 1));
+                add_secret(s, dec, strlen(dec));
+                free(dec);
+            } else {
+                buf_append(&d, auth, (size_t)(p - auth));
+            }
+            buf_append_byte(&d, '@');
+            rest = p + 1;
+        }
+        /* Query parameters: mask password=... */
+        const char *q = strchr(rest, '?');
+        if (!q) {
+            buf_append_str(&d, rest);
+        } else {
+            buf_append(&d, rest, (size_t)(q - rest) + 1);
+            const char *kv = q + 1;
+            while (*kv) {
+                const char *amp = strchr(kv, '&');
+                size_t n = amp ? (size_t)(amp - kv) : strlen(kv);
+                if (n >= 9 && strncmp(kv, "password=", 9) == 0) {
+                    buf_append_str(&d, "password=***");
+                    add_secret(s, kv + 9, n - 9);
+                    char *dec = pct_decode(kv + 9, n - 9);
+                    add_secret(s, dec, strlen(dec));
+                    free(dec);
+                } else {
+                    buf_append(&d, kv, n);
+                }
+                if (!amp) break;
+                buf_append_byte(&d, '&');
+                kv = amp + 1;
+            }
+        }
+    } else {
+        /* key=value conninfo: rebuild it from libpq's parse, password masked. */
+        char *perr = NULL;
+        PQconninfoOption *opts = PQconninfoParse(ci, &perr);
+        if (!opts) {
+            buf_append_str(&d, "(unparsable connection string)");
+        } else {
+            for (PQconninfoOption *o = opts; o->keyword; o++) {
+                if (!o->val) continue;
+                if (d.len) buf_append_byte(&d, ' ');
+                if (strcmp(o->keyword, "password") == 0) {
+                    buf_printf(&d, "%s=***", o->keyword);
+                    add_secret(s, o->val, strlen(o->val));
+                } else {
+                    buf_printf(&d, "%s=%s", o->keyword, o->val);
+                }
+            }
+            PQconninfoFree(opts);
+        }
+        PQfreemem(perr);
+    }
+    s->display = buf_steal_str(&d);
+}
+
+/* ---- connection and statements ------------------------------------------ */
+
+/* SQLSTATEs that retrying on a fresh connection can fix. */
+static int sqlstate_transient(const char *st)
+{
+    if (!st || strlen(st) != 5) return 1; /* not from the server: libpq's own, I/O */
+    if (strncmp(st, "08", 2) == 0) return 1; /* connection exception */
+    if (strncmp(st, "40", 2) == 0) return 1; /* serialization failure, deadlock */
+    if (strncmp(st, "53", 2) == 0) return 1; /* too many connections, out of memory, disk full */
+    if (strcmp(st, "57P04") == 0) return 0;  /* database dropped */
+    if (strncmp(st, "57", 2) == 0) return 1; /* admin/crash shutdown, cannot connect now, canceled */
+    if (strncmp(st, "58", 2) == 0) return 1; /* I/O error on the server */
+    if (strcmp(st, "55P03") == 0) return 1;  /* lock not available */
+    if (strcmp(st, "55006") == 0) return 1;  /* object in use */
+    if (strcmp(st, "25006") == 0) return 1;  /* read-only transaction: a standby, wait for promotion */
+    if (strcmp(st, "25P03") == 0) return 1;  /* idle-in-transaction timeout */
+    return 0;
+}
+
+/* Finds the SQLSTATE a verbose libpq message carries ("FATAL:  28P01: ..."). */
+static int find_sqlstate(const char *msg, char out[6])
+{
+    for (const char *p = strstr(msg, ":  "); p; p = strstr(p + 1, ":  ")) {
+        const char *c = p + 3;
+        int ok = 1;
+        for (int i = 0; i < 5; i++)
+            if (!((c[i] >= '0' && c[i] <= '9') || (c[i] >= 'A' && c[i] <= 'Z'))) ok = 0;
+        if (ok && c[5] == ':') {
+            memcpy(out, c, 5);
+            out[5] = 0;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* libpq's message on one line: LOCATION lines dropped, newlines joined. */
+static void tidy_message(const char *in, char *out, size_t outlen)
+{
+    buf b;
+    buf_init(&b);
+    const char *p = in;
+    while (*p) {
+        while (*p == ' ' || *p == '\t') p++;
+        const char *nl = strchr(p, '\n');
+        size_t n = nl ? (size_t)(nl - p) : strlen(p);
+        if (n && strncmp(p, "LOCATION:", 9) != 0) {
+            if (b.len) buf_append_str(&b, b.data[b.len - 1] == '.' ? " " : "; ");
+            buf_append(&b, p, n);
+        }
+        p += n + (nl ? 1 : 0);
+    }
+    buf_append_byte(&b, 0);
+    snprintf(out, outlen, "%s", (const char *)b.data);
+    buf_free(&b);
+}
+
+/* Server notices: NOTICE and below are chatter ("relation already exists,
+ * skipping"); a WARNING is worth the operator's eye. */
+static void pg_notice(void *arg, const PGresult *r)
+{
+    (void)arg;
+    const char *sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+    const char *msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+    if (sev && msg && strcmp(sev, "WARNING") == 0)
+        fprintf(stderr, "sessionizer: postgresql: server warning: %s\n", msg);
+}
+
+static void pg_drop(pg_sink *s)
+{
+    if (!s->conn) return;
+    if (PQstatus(s->conn) == CONNECTION_OK && PQtransactionStatus(s->conn) == PQTRANS_ACTIVE) {
+        /* A statement is still running (we timed out waiting): cancel it, so
+         * that its locks do not outlive us and block the retry. */
+        PGcancel *c = PQgetCancel(s->conn);
+        if (c) {
+            char e[256];
+            PQcancel(c, e, sizeof e);
+            PQfreeCancel(c);
+        }
+    }
+    PQfinish(s->conn);
+    s->conn = NULL;
+}
+
+/* Waits until the connection's socket is readable (or writable). Returns 1
+ * when ready, 0 on timeout, -1 when there is no socket. */
+static int pg_wait(PGconn *conn, int for_write, long long deadline)
+{
+    for (;;) {
+        int fd = PQsocket(conn);
+        if (fd < 0) return -1;
+        long long left = deadline - mono_ms();
+        if (left <= 0) return 0;
+        struct pollfd pfd = {.fd = fd, .events = (short)(for_write ? POLLOUT : POLLIN)};
+        int r = poll(&pfd, 1, left > 1000000 ? 1000000 : (int)left);
+        if (r > 0) return 1;
+        if (r < 0 && errno != EINTR) return -1;
+        /* r == 0: loop to re-check the deadline; EINTR: a signal during a
+         * statement does not abandon it (the commit in flight completes). */
+    }
+}
+
+static int classify_connect_failure(PGconn *c, const char *msg)
+{
+    char st[6];
+    if (find_sqlstate(msg, st)) return sqlstate_transient(st) ? PG_TRANSIENT : PG_PERMANENT;
+    if (c && PQconnectionNeedsPassword(c)) return PG_PERMANENT;
+    static const char *const permanent[] = {
+        "password",       "does not support SSL", "certificate", "sslmode",    "channel binding",
+        "GSSAPI",         "invalid",              "unsupported", "SSL error: ", "no pg_hba",
+        "authentication", "requirepeer",
+    };
+    for (size_t i = 0; i < sizeof permanent / sizeof *permanent; i++)
+        if (strstr(msg, permanent[i])) return PG_PERMANENT;
+    return PG_TRANSIENT;
+}
+
+/* Sends what libpq has buffered and collects every result of the current
+ * command. The first error result wins; *out receives the result to check
+ * (NULL when the connection failed before any result arrived). */
+static int pg_collect(pg_sink *s, PGresult **out, int *timed_out)
+{
+    PGconn *c = s->conn;
+    long long deadline = mono_ms() + s->io_timeout_ms;
+    *out = NULL;
+    *timed_out = 0;
+    for (;;) {
+        int f = PQflush(c);
+        if (f == 0) break;
+        if (f < 0) return -1;
+        int w = pg_wait(c, 1, deadline);
+        if (w == 0) {
+            *timed_out = 1;
+            return -1;
+        }
+        if (w < 0) return -1;
+        if (!PQconsumeInput(c)) return -1;
+    }
+    for (;;) {
+        while (PQisBusy(c)) {
+            int w = pg_wait(c, 0, deadline);
+            if (w == 0) {
+                *timed_out = 1;
+                return -1;
+            }
+            if (w < 0 || !PQconsumeInput(c)) return -1;
+        }
+        PGresult *r = PQgetResult(c);
+        if (!r) break;
+        ExecStatusType st = PQresultStatus(r);
+        int is_err = st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK;
+        if (!*out) {
+            *out = r;
+        } else if (is_err && (PQresultStatus(*out) == PGRES_COMMAND_OK ||
+                              PQresultStatus(*out) == PGRES_TUPLES_OK)) {
+            PQclear(*out);
+            *out = r;
+        } else {
+            PQclear(r);
+        }
+        if (PQstatus(c) == CONNECTION_BAD) break;
+    }
+    return 0;
+}
+
+/* Checks the outcome of a command sent with PQsend*(): sent is the PQsend*
+ * return value. Returns PG_OK and the result in *res (when res is not NULL,
+ * the caller clears it), or a failure class with the message in err. */
+static int pg_finish_cmd(pg_sink *s, int sent, const char *what, PGresult **res, char *err,
+                         size_t errlen)
+{
+    PGresult *r = NULL;
+    int timed_out = 0;
+    if (res) *res = NULL;
+    if (!sent || pg_collect(s, &r, &timed_out) < 0 || !r) {
+        if (r) PQclear(r);
+        if (timed_out) {
+            pg_fail(s, err, errlen, "postgresql: %s: no answer from the server within %lld ms (io_timeout)",
+                    what, s->io_timeout_ms);
+            return PG_TRANSIENT;
+        }
+        char m[1024];
+        tidy_message(PQerrorMessage(s->conn), m, sizeof m);
+        pg_fail(s, err, errlen, "postgresql: %s: %s", what, *m ? m : "connection lost");
+        return PG_TRANSIENT;
+    }
+    ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+        if (res) *res = r;
+        else PQclear(r);
+        return PG_OK;
+    }
+    const char *code = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    const char *primary = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+    const char *detail = PQresultErrorField(r, PG_DIAG_MESSAGE_DETAIL);
+    const char *hint = PQresultErrorField(r, PG_DIAG_MESSAGE_HINT);
+    char m[1024];
+    tidy_message(primary ? primary : PQresultErrorMessage(r), m, sizeof m);
+    if (!*m) tidy_message(PQerrorMessage(s->conn), m, sizeof m);
+    int transient = PQstatus(s->conn) == CONNECTION_BAD || sqlstate_transient(code);
+    pg_fail(s, err, errlen, "postgresql: %s: %s%s%s%s%s%s%s%s", what, m, code ? " (SQLSTATE " : "",
+            code ? code : "", code ? ")" : "", detail ? "; " : "", detail ? detail : "",
+            hint ? "; hint: " : "", hint ? hint : "");
+    PQclear(r);
+    return transient ? PG_TRANSIENT : PG_PERMANENT;
+}
+
+static int pg_exec(pg_sink *s, const char *sql, const char *what, char *err, size_t errlen)
+{
+    return pg_finish_cmd(s, PQsendQuery(s->conn, sql), what, NULL, err, errlen);
+}
+
+/* Appends a one-dimensional binary array header (PostgreSQL's array_send format). */
+static void array_header(buf *b, size_t n, uint32_t elem_oid)
+{
+    put_be32(b, n ? 1 : 0);
+    put_be32(b, 0); /* no NULLs */
+    put_be32(b, elem_oid);
+    if (n) {
+        put_be32(b, (uint32_t)n);
+        put_be32(b, 1);
+    }
+}
+
+/* Executes the prepared upsert for rows [from, to) with ingestion time ts. */
+static int pg_upsert(pg_sink *s, size_t from, size_t to, const char *ts, char *err, size_t errlen)
+{
+    size_t n = to - from;
+    buf_reset(&s->p_sid);
+    buf_reset(&s->p_uid);
+    buf_reset(&s->p_pages);
+    array_header(&s->p_sid, n, PG_INT8OID);
+    array_header(&s->p_uid, n, PG_INT8OID);
+    array_header(&s->p_pages, n, PG_TEXTOID);
+    buf_reserve(&s->p_sid, n * 12);
+    buf_reserve(&s->p_uid, n * 12);
+    for (size_t i = from; i < to; i++) {
+        const pg_row *r = &s->rows[i];
+        put_be32(&s->p_sid, 8);
+        put_be64(&s->p_sid, (uint64_t)r->session_id);
+        put_be32(&s->p_uid, 8);
+        put_be64(&s->p_uid, (uint64_t)r->user_id);
+        put_be32(&s->p_pages, (uint32_t)r->len);
+        buf_append(&s->p_pages, s->literals.data + r->off, r->len);
+    }
+    if (s->p_pages.len > 0x3fffffff)
+        return pg_fail(s, err, errlen,
+                       "postgresql: a batch of %zu sessions is over 1 GB; lower batch_rows", n),
+               PG_PERMANENT;
+    const char *values[4] = {(const char *)s->p_sid.data, (const char *)s->p_uid.data,
+                             (const char *)s->p_pages.data, ts};
+    int lengths[4] = {(int)s->p_sid.len, (int)s->p_uid.len, (int)s->p_pages.len, 0};
+    int formats[4] = {1, 1, 1, 0};
+    int sent = PQsendQueryPrepared(s->conn, PG_STMT_NAME, 4, values, lengths, formats, 0);
+    return pg_finish_cmd(s, sent, "upsert", NULL, err, errlen);
+}
+
+/* Makes sure the table exists with the expected shape; prepares the upsert
+ * and runs it once on no rows, which checks the privileges it needs. */
+static int pg_setup(pg_sink *s, char *err, size_t errlen)
+{
+    int st;
+    if (PQserverVersion(s->conn) < 90500)
+        return pg_fail(s, err, errlen,
+                       "postgresql: server version %d is too old: INSERT ... ON CONFLICT needs 9.5 or later",
+                       PQserverVersion(s->conn)),
+               PG_PERMANENT;
+
+    /* flush() promises durability: a server configured with
+     * synchronous_commit=off would acknowledge commits it may still lose. */
+    st = pg_exec(s,
+                 "SELECT set_config('synchronous_commit', 'on', false) "
+                 "WHERE current_setting('synchronous_commit') = 'off'",
+                 "setting synchronous_commit", err, errlen);
+    if (st) return st;
+
+    static const char *const want_name[4] = {"session_id", "user_id", "pages", "ingestion_time"};
+    static const char *const want_type[4] = {"bigint", "bigint", "text[]",
+                                             "timestamp with time zone"};
+    for (int round = 0;; round++) {
+        const char *params[1] = {s->table_sql};
+        int sent = PQsendQueryParams(
+            s->conn,
+            "SELECT c.relkind::text, a.attname::text, format_type(a.atttypid, a.atttypmod) "
+            "FROM pg_class c LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 "
+            "AND NOT a.attisdropped WHERE c.oid = to_regclass($1) ORDER BY a.attnum",
+            1, NULL, params, NULL, NULL, 0);
+        PGresult *r;
+        st = pg_finish_cmd(s, sent, "looking up the table", &r, err, errlen);
+        if (st) return st;
+        int rows = PQntuples(r);
+        if (rows == 0) {
+            PQclear(r);
+            if (!s->create_schema)
+                return pg_fail(s, err, errlen,
+                               "postgresql: table %s does not exist in %s, and creating it is "
+                               "turned off (create_schema); create it with: CREATE TABLE %s "
+                               "(session_id bigint, user_id bigint, pages text[], ingestion_time "
+                               "timestamptz, PRIMARY KEY (session_id, user_id))",
+                               s->table_display, s->display, s->table_sql),
+                       PG_PERMANENT;
+            if (round > 0)
+                return pg_fail(s, err, errlen, "postgresql: table %s is still missing after CREATE TABLE",
+                               s->table_display),
+                       PG_PERMANENT;
+            buf q;
+            buf_init(&q);
+            buf_printf(&q,
+                       "CREATE TABLE IF NOT EXISTS %s (session_id bigint, user_id bigint, pages "
+                       "text[], ingestion_time timestamptz, PRIMARY KEY (session_id, user_id))",
+                       s->table_sql);
+            buf_append_byte(&q, 0);
+            char cerr[1024];
+            st = pg_exec(s, (const char *)q.data, "creating the table", cerr, sizeof cerr);
+            buf_free(&q);
+            /* Two jobs creating the table at once: the loser's IF NOT EXISTS
+             * can still trip on the catalog's unique index. Look again. */
+            if (st && !strstr(cerr, "23505") && !strstr(cerr, "42P07")) {
+                snprintf(err, errlen, "%s", cerr);
+                return st;
+            }
+            continue;
+        }
+        const char *relkind = PQgetvalue(r, 0, 0);
+        if (strcmp(relkind, "r") != 0 && strcmp(relkind, "p") != 0) {
+            PQclear(r);
+            return pg_fail(s, err, errlen,
+                           "postgresql: %s is not a table (relkind '%s'); give another name with "
+                           "table=",
+                           s->table_display, relkind),
+                   PG_PERMANENT;
+        }
+        buf why;
+        buf_init(&why);
+        int seen[4] = {0, 0, 0, 0};
+        for (int i = 0; i < rows; i++) {
+            if (PQgetisnull(r, i, 1)) continue;
+            const char *name = PQgetvalue(r, i, 1), *type = PQgetvalue(r, i, 2);
+            int k = -1;
+            for (int j = 0; j < 4; j++)
+                if (strcmp(name, want_name[j]) == 0) k = j;
+            if (k < 0) {
+                buf_printf(&why, "%sunexpected column %s %s", why.len ? "; " : "", name, type);
+            } else {
+                seen[k] = 1;
+                if (strcmp(type, want_type[k]) != 0)
+                    buf_printf(&why, "%scolumn %s is %s, expected %s", why.len ? "; " : "", name,
+                               type, want_type[k]);
+            }
+        }
+        for (int j = 0; j < 4; j++)
+            if (!seen[j])
+                buf_printf(&why, "%smissing column %s %s", why.len ? "; " : "", want_name[j],
+                           want_type[j]);
+        PQclear(r);
+        if (why.len) {
+            buf_append_byte(&why, 0);
+            pg_fail(s, err, errlen,
+                    "postgresql: existing table %s does not have the sessions layout "
+                    "(session_id bigint, user_id bigint, pages text[], ingestion_time "
+                    "timestamptz): %s; use another table (table=) or fix this one",
+                    s->table_display, (const char *)why.data);
+            buf_free(&why);
+            return PG_PERMANENT;
+        }
+        buf_free(&why);
+        break;
+    }
+
+    static const Oid types[4] = {PG_INT8ARRAYOID, PG_INT8ARRAYOID, PG_TEXTARRAYOID,
+                                 PG_TIMESTAMPTZOID};
+    st = pg_finish_cmd(s, PQsendPrepare(s->conn, PG_STMT_NAME, s->upsert_sql, 4, types),
+                       "preparing the upsert", NULL, err, errlen);
+    if (st) return st;
+    /* A dry run on no rows: the planner checks that a unique index matches
+     * the ON CONFLICT target, and the executor checks the INSERT and UPDATE
+     * privileges even when nothing is written; so both fail at open. */
+    char ts[32], derr[1024];
+    sink_now_iso8601(ts);
+    st = pg_upsert(s, 0, 0, ts, derr, sizeof derr);
+    if (st && strstr(derr, "42P10"))
+        return pg_fail(s, err, errlen,
+                       "postgresql: table %s has no primary key or unique constraint on "
+                       "(session_id, user_id), which the upsert needs: ALTER TABLE %s ADD "
+                       "PRIMARY KEY (session_id, user_id)",
+                       s->table_display, s->table_sql),
+               PG_PERMANENT;
+    if (st) snprintf(err, errlen, "%s", derr);
+    return st;
+}
+
+static int pg_connect(pg_sink *s, char *err, size_t errlen)
+{
+    static const char *const keys[] = {"dbname", "fallback_application_name", "client_encoding",
+                                       NULL};
+    const char *vals[] = {s->conninfo, "sessionizer", "UTF8", NULL};
+    pg_drop(s);
+    PGconn *c = PQconnectStartParams(keys, vals, 1);
+    if (!c) return pg_fail(s, err, errlen, "postgresql: out of memory"), PG_PERMANENT;
+    PQsetErrorVerbosity(c, PQERRORS_VERBOSE);
+    long long deadline = mono_ms() + s->io_timeout_ms;
+    PostgresPollingStatusType ps = PGRES_POLLING_WRITING;
+    if (PQstatus(c) == CONNECTION_BAD) ps = PGRES_POLLING_FAILED;
+    while (ps != PGRES_POLLING_OK) {
+        if (ps == PGRES_POLLING_FAILED) {
+            char m[1024];
+            tidy_message(PQerrorMessage(c), m, sizeof m);
+            int cls = classify_connect_failure(c, m);
+            pg_fail(s, err, errlen, "postgresql: cannot connect to %s: %s", s->display, m);
+            PQfinish(c);
+            return cls;
+        }
+        int w = pg_wait(c, ps == PGRES_POLLING_WRITING, deadline);
+        if (w == 0) {
+            PQfinish(c);
+            return pg_fail(s, err, errlen,
+                           "postgresql: cannot connect to %s: no answer within %lld ms (io_timeout)",
+                           s->display, s->io_timeout_ms),
+                   PG_TRANSIENT;
+        }
+        ps = PQconnectPoll(c);
+    }
+    PQsetErrorVerbosity(c, PQERRORS_DEFAULT);
+    PQsetNoticeReceiver(c, pg_notice, NULL);
+    if (PQsetnonblocking(c, 1) != 0) {
+        PQfinish(c);
+        return pg_fail(s, err, errlen, "postgresql: cannot make the connection non-blocking"),
+               PG_TRANSIENT;
+    }
+    s->conn = c;
+    int st = pg_setup(s, err, errlen);
+    if (st) pg_drop(s);
+    return st;
+}
+
+/* One attempt at committing everything buffered. */
+static int pg_commit_rows(pg_sink *s, char *err, size_t errlen)
+{
+    char ts[32];
+    sink_now_iso8601(ts); /* one ingestion time per transaction */
+    int st = pg_exec(s, "BEGIN", "BEGIN", err, errlen);
+    for (size_t i = 0; !st && i < s->n_rows; i += s->batch_rows) {
+        size_t to = i + s->batch_rows < s->n_rows ? i + s->batch_rows : s->n_rows;
+        st = pg_upsert(s, i, to, ts, err, errlen);
+    }
+    if (st) return st;
+    PGresult *r;
+    st = pg_finish_cmd(s, PQsendQuery(s->conn, "COMMIT"), "COMMIT", &r, err, errlen);
+    if (st) return st;
+    /* A transaction that failed answers COMMIT with ROLLBACK. */
+    int committed = strcmp(PQcmdStatus(r), "COMMIT") == 0;
+    PQclear(r);
+    if (!committed)
+        return pg_fail(s, err, errlen, "postgresql: COMMIT was answered with a rollback"),
+               PG_TRANSIENT;
+    return PG_OK;
+}
+
+static int pg_sleep_ms(long long ms)
+{
+    struct timespec ts = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000};
+    /* Not resumed after a signal: the job is being asked to stop. */
+    return nanosleep(&ts, NULL);
+}
+
+/* Runs op (or just connects when op is NULL), retrying transient failures
+ * with capped exponential backoff until retry_timeout. */
+static int pg_retry(pg_sink *s, int (*op)(pg_sink *, char *, size_t), const char *what, char *err,
+                    size_t errlen)
+{
+    long long start = mono_ms();
+    long long backoff = PG_BACKOFF_START_MS;
+    char logged[2048] = ""; /* the last error written to stderr */
+    for (int attempt = 1;; attempt++) {
+        int st = s->conn ? PG_OK : pg_connect(s, err, errlen);
+        if (st == PG_OK && op) st = op(s, err, errlen);
+        if (st == PG_OK) {
+            if (attempt > 1)
+                fprintf(stderr, "sessionizer: postgresql: %s succeeded after %d attempts (%.1f s)\n",
+                        what, attempt, (double)(mono_ms() - start) / 1000);
+            return 0;
+        }
+        /* Whatever happened, the connection's state is now unknown (a failed
+         * transaction, a half-read result): start afresh. */
+        pg_drop(s);
+        if (st == PG_PERMANENT) return -1;
+        long long elapsed = mono_ms() - start;
+        if (s->retry_timeout_ms > 0 && elapsed + backoff > s->retry_timeout_ms) {
+            char last[1536];
+            snprintf(last, sizeof last, "%s", err);
+            snprintf(err, errlen, "%s: gave up after %d attempts in %.1f s (retry_timeout=%.0fs): %s",
+                     what, attempt, (double)elapsed / 1000, (double)s->retry_timeout_ms / 1000,
+                     last);
+            return -1;
+        }
+        /* +-20% jitter so that several jobs do not reconnect in lockstep. */
+        s->rng ^= s->rng << 13, s->rng ^= s->rng >> 7, s->rng ^= s->rng << 17;
+        long long wait = backoff * 8 / 10 + (long long)(s->rng % (uint64_t)(backoff * 4 / 10 + 1));
+        if (strcmp(logged, err) != 0) {
+            fprintf(stderr, "sessionizer: %s; retrying %s in %.1f s (attempt %d)\n", err, what,
+                    (double)wait / 1000, attempt + 1);
+            snprintf(logged, sizeof logged, "%s", err);
+        } else {
+            fprintf(stderr, "sessionizer: postgresql: same error; retrying %s in %.1f s (attempt %d)\n",
+                    what, (double)wait / 1000, attempt + 1);
+        }
+        if (pg_sleep_ms(wait) != 0) {
+            char last[1536];
+            snprintf(last, sizeof last, "%s", err);
+            snprintf(err, errlen, "%s: interrupted while waiting to retry: %s", what, last);
+            return -1;
+        }
+        backoff = backoff * 2 > s->backoff_max_ms ? s->backoff_max_ms : backoff * 2;
+    }
+}
+
+/* ---- the sink ------------------------------------------------------------ */
+
+static uint64_t key_hash(int64_t sid, int64_t uid)
+{
+    uint64_t x = (uint64_t)sid * 0x9E3779B97F4A7C15ull ^ (uint64_t)uid;
+    x ^= x >> 30;
+    x *= 0xBF58476D1CE4E5B9ull;
+    x ^= x >> 27;
+    x *= 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+static void slots_rebuild(pg_sink *s, size_t n_slots)
+{
+    free(s->slots);
+    s->slots = xcalloc(n_slots, sizeof *s->slots);
+    s->n_slots = n_slots;
+    for (size_t i = 0; i < s->n_rows; i++) {
+        size_t h = (size_t)key_hash(s->rows[i].session_id, s->rows[i].user_id) & (n_slots - 1);
+        while (s->slots[h]) h = (h + 1) & (n_slots - 1);
+        s->slots[h] = (uint32_t)(i + 1);
+    }
+}
+
+static int pg_write(sink *base, const closed_session *cs, char *err, size_t errlen)
+{
+    pg_sink *s = (pg_sink *)base;
+    if (s->n_rows >= 0xFFFFFFF0u)
+        return pg_fail(s, err, errlen, "postgresql: too many sessions between two flushes");
+    /* pages as a text[] literal: {"a","b"} with \ and " escaped. */
+    size_t off = s->literals.len;
+    buf_append_byte(&s->literals, '{');
+    for (size_t i = 0; i < cs->n_pages; i++) {
+        const page_ref *p = &cs->pages[i];
+        if (memchr(p->data, 0, p->len)) {
+            s->literals.len = off;
+            return pg_fail(s, err, errlen,
+                           "postgresql: session %lld of user %lld has a page containing a NUL "
+                           "character, which PostgreSQL text cannot store",
+                           (long long)cs->session_id, (long long)cs->user_id);
+        }
+        if (i) buf_append_byte(&s->literals, ',');
+        buf_append_byte(&s->literals, '"');
+        buf_reserve(&s->literals, p->len);
+        for (uint32_t k = 0; k < p->len; k++) {
+            char ch = p->data[k];
+            if (ch == '"' || ch == '\\') buf_append_byte(&s->literals, '\\');
+            buf_append_byte(&s->literals, (unsigned char)ch);
+        }
+        buf_append_byte(&s->literals, '"');
+    }
+    buf_append_byte(&s->literals, '}');
+    size_t len = s->literals.len - off;
+
+    if ((s->n_rows + 1) * 2 > s->n_slots) slots_rebuild(s, s->n_slots ? s->n_slots * 2 : 1024);
+    size_t h = (size_t)key_hash(cs->session_id, cs->user_id) & (s->n_slots - 1);
+    while (s->slots[h]) {
+        pg_row *r = &s->rows[s->slots[h] - 1];
+        if (r->session_id == cs->session_id && r->user_id == cs->user_id) {
+            r->off = off; /* the later write of the same key wins */
+            r->len = len;
+            return 0;
+        }
+        h = (h + 1) & (s->n_slots - 1);
+    }
+    if (s->n_rows == s->cap_rows) {
+        s->cap_rows = s->cap_rows ? s->cap_rows * 2 : 1024;
+        s->rows = xrealloc(s->rows, s->cap_rows * sizeof *s->rows);
+    }
+    s->rows[s->n_rows] = (pg_row){cs->session_id, cs->user_id, off, len};
+    s->slots[h] = (uint32_t)(++s->n_rows);
+    return 0;
+}
+
+static void pg_clear_pending(pg_sink *s)
+{
+    s->n_rows = 0;
+    buf_reset(&s->literals);
+    if (s->slots) memset(s->slots, 0, s->n_slots * sizeof *s->slots);
+}
+
+static int pg_flush(sink *base, char *err, size_t errlen)
+{
+    pg_sink *s = (pg_sink *)base;
+    if (s->n_rows == 0) return 0;
+    char e[2048];
+    if (pg_retry(s, pg_commit_rows, "commit", e, sizeof e) != 0) {
+        snprintf(err, errlen, "%s", e);
+        return -1;
+    }
+    pg_clear_pending(s);
+    /* Do not let one large burst pin its memory for the rest of the run. */
+    if (s->literals.cap > (64u << 20)) buf_free(&s->literals);
+    return 0;
+}
+
+static void pg_close(sink *base)
+{
+    pg_sink *s = (pg_sink *)base;
+    if (!s) return;
+    pg_drop(s);
+    free(s->conninfo);
+    free(s->display);
+    for (size_t i = 0; i < s->n_secrets; i++) free(s->secrets[i]);
+    free(s->table_sql);
+    free(s->table_display);
+    free(s->upsert_sql);
+    free(s->rows);
+    free(s->slots);
+    buf_free(&s->literals);
+    buf_free(&s->p_sid);
+    buf_free(&s->p_uid);
+    buf_free(&s->p_pages);
+    free(s);
+}
+
+static int pg_set_table(pg_sink *s, const char *name, char *err, size_t errlen)
+{
+    if (!*name) return pg_fail(s, err, errlen, "postgresql: table= needs a name");
+    const char *dot = strchr(name, '.');
+    if (dot && strchr(dot + 1, '.'))
+        return pg_fail(s, err, errlen, "postgresql: table=%s: use NAME or SCHEMA.NAME", name);
+    if (dot && (dot == name || !dot[1]))
+        return pg_fail(s, err, errlen, "postgresql: table=%s: empty schema or table name", name);
+    buf q;
+    buf_init(&q);
+    if (dot) {
+        quote_ident(&q, name, (size_t)(dot - name));
+        buf_append_byte(&q, '.');
+        quote_ident(&q, dot + 1, strlen(dot + 1));
+    } else {
+        quote_ident(&q, name, strlen(name));
+    }
+    free(s->table_sql);
+    free(s->table_display);
+    s->table_sql = buf_steal_str(&q);
+    s->table_display = xstrdup(name);
+    return 0;
+}
+
+static int pg_parse_props(pg_sink *s, const char *const *props, char *err, size_t errlen)
+{
+    for (size_t i = 0; props && props[i]; i++) {
+        const char *kv = props[i];
+        const char *eq = strchr(kv, '=');
+        if (!eq)
+            return pg_fail(s, err, errlen, "postgresql: option '%s' is not key=value (known: %s)",
+                           kv, PG_OPTIONS_HELP);
+        size_t kl = (size_t)(eq - kv);
+        const char *v = eq + 1;
+#define KEY_IS(k) (kl == strlen(k) && strncmp(kv, k, kl) == 0)
+        if (KEY_IS("table")) {
+            if (pg_set_table(s, v, err, errlen)) return -1;
+        } else if (KEY_IS("batch_rows")) {
+            char *end;
+            errno = 0;
+            long long n = strtoll(v, &end, 10);
+            if (errno || end == v || *end || n < 1 || n > PG_MAX_BATCH_ROWS)
+                return pg_fail(s, err, errlen, "postgresql: batch_rows=%s: expected 1 to %d", v,
+                               PG_MAX_BATCH_ROWS);
+            s->batch_rows = (size_t)n;
+        } else if (KEY_IS("retry_timeout") || KEY_IS("retry_backoff_max") ||
+                   KEY_IS("io_timeout")) {
+            long long ms;
+            if (parse_duration_ms(v, &ms))
+                return pg_fail(s, err, errlen,
+                               "postgresql: %.*s=%s: expected a duration such as 500ms, 30s, 10m",
+                               (int)kl, kv, v);
+            if (KEY_IS("retry_timeout")) {
+                s->retry_timeout_ms = ms;
+            } else if (ms < 1) {
+                return pg_fail(s, err, errlen, "postgresql: %.*s must be positive", (int)kl, kv);
+            } else if (KEY_IS("io_timeout")) {
+                s->io_timeout_ms = ms;
+            } else {
+                s->backoff_max_ms = ms < PG_BACKOFF_START_MS ? PG_BACKOFF_START_MS : ms;
+            }
+        } else {
+            return pg_fail(s, err, errlen, "postgresql: unknown option '%.*s' (known: %s)", (int)kl,
+                           kv, PG_OPTIONS_HELP);
+        }
+#undef KEY_IS
+    }
+    return 0;
+}
+
+static sink *pg_open_as(const char *scheme, const char *target, const sink_options *opts,
+                        char *err, size_t errlen)
+{
+    pg_sink *s = xcalloc(1, sizeof *s);
+    buf c;
+    buf_init(&c);
+    /* The sink receives what follows "postgresql:"; libpq wants the URI whole.
+     * Anything else ("host=... dbname=...") is a key=value conninfo. */
+    if (strncmp(target, "//", 2) == 0) buf_printf(&c, "%s:%s", scheme, target);
+    else buf_append_str(&c, target);
+    s->conninfo = buf_steal_str(&c);
+    pg_build_display(s);
+    s->create_schema = opts ? opts->create_schema : 1;
+    s->batch_rows = PG_DEFAULT_BATCH_ROWS;
+    s->retry_timeout_ms = PG_DEFAULT_RETRY_TIMEOUT_MS;
+    s->backoff_max_ms = PG_DEFAULT_BACKOFF_MAX_MS;
+    s->io_timeout_ms = PG_DEFAULT_IO_TIMEOUT_MS;
+    s->rng = (uint64_t)mono_ms() * 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid() ^ 1;
+    buf_init(&s->literals);
+    buf_init(&s->p_sid);
+    buf_init(&s->p_uid);
+    buf_init(&s->p_pages);
+    if (pg_set_table(s, PG_DEFAULT_TABLE, err, errlen) ||
+        pg_parse_props(s, opts ? opts->props : NULL, err, errlen)) {
+        pg_close(&s->base);
+        return NULL;
+    }
+    /* Reject a malformed connection string now, with libpq's reason. */
+    char *perr = NULL;
+    PQconninfoOption *parsed = PQconninfoParse(s->conninfo, &perr);
+    if (!parsed) {
+        char m[1024];
+        tidy_message(perr ? perr : "out of memory", m, sizeof m);
+        pg_fail(s, err, errlen, "postgresql: bad connection string %s: %s", s->display, m);
+        PQfreemem(perr);
+        pg_close(&s->base);
+        return NULL;
+    }
+    for (PQconninfoOption *o = parsed; o->keyword; o++)
+        if (strcmp(o->keyword, "password") == 0 && o->val) add_secret(s, o->val, strlen(o->val));
+    PQconninfoFree(parsed);
+
+    buf q;
+    buf_init(&q);
+    buf_printf(&q,
+               "INSERT INTO %s AS t (session_id, user_id, pages, ingestion_time) "
+               "SELECT r.session_id, r.user_id, r.pages::text[], $4 "
+               "FROM unnest($1::int8[], $2::int8[], $3::text[]) AS r(session_id, user_id, pages) "
+               "ON CONFLICT (session_id, user_id) DO UPDATE "
+               "SET pages = EXCLUDED.pages, ingestion_time = EXCLUDED.ingestion_time",
+               s->table_sql);
+    s->upsert_sql = buf_steal_str(&q);
+
+    /* Connect now, so that a wrong password or a missing grant stops the job
+     * before it reads anything; a server that is down is waited for. */
+    char e[2048];
+    if (pg_retry(s, NULL, "connect", e, sizeof e) != 0) {
+        snprintf(err, errlen, "%s", e);
+        pg_close(&s->base);
+        return NULL;
+    }
+    return &s->base;
+}
+
+extern const sink_ops postgresql_sink_ops;
+extern const sink_ops postgres_sink_ops;
+
+static sink *pg_open_postgresql(const char *target, const sink_options *opts, char *err,
+                                size_t errlen)
+{
+    sink *s = pg_open_as("postgresql", target, opts, err, errlen);
+    if (s) s->ops = &postgresql_sink_ops;
+    return s;
+}
+
+static sink *pg_open_postgres(const char *target, const sink_options *opts, char *err,
+                              size_t errlen)
+{
+    sink *s = pg_open_as("postgres", target, opts, err, errlen);
+    if (s) s->ops = &postgres_sink_ops;
+    return s;
+}
+
+const sink_ops postgresql_sink_ops = {
+    .scheme = "postgresql",
+    .usage = "postgresql://[user[:password]@][host][:port][/db][?param=value...]  upsert into a "
+             "PostgreSQL table (libpq URI; options: " PG_OPTIONS_HELP ")",
+    .open = pg_open_postgresql,
+    .write = pg_write,
+    .flush = pg_flush,
+    .save = NULL,
+    .restore = NULL,
+    .close = pg_close,
+};
+
+const sink_ops postgres_sink_ops = {
+    .scheme = "postgres",
+    .usage = "postgres://...  same as postgresql://",
+    .open = pg_open_postgres,
+    .write = pg_write,
+    .flush = pg_flush,
+    .save = NULL,
+    .restore = NULL,
+    .close = pg_close,
+};

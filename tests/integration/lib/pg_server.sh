@@ -1,0 +1,270 @@
+#!/usr/bin/env bash
+# pg_server.sh - a private, throw-away PostgreSQL server for tests and benchmarks.
+#
+# Why: the PostgreSQL sink is held to its contract against a real server, not
+# a mock, and the fault campaign needs to stop, restart and crash that server
+# at will. Each test gets its own cluster (initdb) in a fresh temporary
+# directory, on a private port and a private unix-socket directory, so tests
+# never touch a system cluster and can run side by side. PostgreSQL refuses
+# to run as root, so when the caller is root the server runs as an
+# unprivileged account (PG_SERVER_OS_USER, default "nobody") via runuser.
+#
+# Two ways to use it:
+#
+#   Sourced (bash):
+#     . tests/integration/lib/pg_server.sh
+#     trap pg_server_cleanup EXIT        # stop and delete, even on failure
+#     pg_server_start                    # sets the PG_SERVER_* variables and PG_URI*
+#     pg_server_psql -c 'SELECT 1'       # psql as the superuser over the socket
+#     pg_server_restart 2                # fast shutdown, 2 s down, start again
+#     pg_server_stop fast|smart|immediate ; pg_server_start_again
+#     pg_server_kill                     # SIGKILL the postmaster (crash), no restart
+#
+#   As a command (any language):
+#     eval "$(tests/integration/lib/pg_server.sh start /tmp/some-empty-dir)"
+#     tests/integration/lib/pg_server.sh psql /tmp/some-empty-dir -c 'SELECT 1'
+#     tests/integration/lib/pg_server.sh restart|stop|start-again|kill /tmp/some-empty-dir
+#     tests/integration/lib/pg_server.sh destroy /tmp/some-empty-dir
+#   "start" prints `export VAR=...` lines (also saved in DIR/env).
+#
+# Variables set by pg_server_start:
+#   PG_SERVER_DIR         the private directory (data/, sock/, server.log)
+#   PG_SERVER_PORT        TCP port on 127.0.0.1 (also the socket's port number)
+#   PG_SERVER_SOCKET_DIR  unix-socket directory
+#   PG_SERVER_SUPERUSER   "postgres"
+#   PG_SERVER_PASSWORD    the superuser's (random) password, needed over TCP
+#   PG_URI                superuser over the unix socket, no password (trust)
+#   PG_URI_TCP            superuser over TCP 127.0.0.1, with the password (scram)
+#
+# Knobs (environment, read by pg_server_start):
+#   PG_SERVER_BIN      default /usr/lib/postgresql/15/bin (or the newest installed)
+#   PG_SERVER_OS_USER  account the server runs as when the caller is root (nobody)
+#   PG_SERVER_FSYNC    on|off, default off (tests); benchmarks set on
+#   PG_SERVER_CONF     extra postgresql.conf lines, newline-separated
+#   PG_SERVER_TMP      parent of the private directory (default ${TMPDIR:-/tmp});
+#                      it must be traversable by PG_SERVER_OS_USER
+
+_pg_server_bin() {
+    if [ -n "${PG_SERVER_BIN:-}" ]; then
+        printf '%s\n' "$PG_SERVER_BIN"
+        return
+    fi
+    if [ -x /usr/lib/postgresql/15/bin/pg_ctl ]; then
+        printf '%s\n' /usr/lib/postgresql/15/bin
+        return
+    fi
+    local d
+    d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    printf '%s\n' "$d"
+}
+
+# Runs a command as the server's OS user (as ourselves when not root), from /
+# so that an unreadable working directory cannot get in the way.
+_pg_as() {
+    if [ "$(id -u)" = 0 ]; then
+        (cd / && runuser -u "$PG_SERVER_OS_USER" -- "$@")
+    else
+        (cd / && "$@")
+    fi
+}
+
+_pg_port_free() {
+    # Nothing listening on 127.0.0.1:$1 (a connect that fails) and no socket file.
+    ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+_pg_write_env() {
+    {
+        printf 'export PG_SERVER_DIR=%q\n' "$PG_SERVER_DIR"
+        printf 'export PG_SERVER_PORT=%q\n' "$PG_SERVER_PORT"
+        printf 'export PG_SERVER_SOCKET_DIR=%q\n' "$PG_SERVER_SOCKET_DIR"
+        printf 'export PG_SERVER_SUPERUSER=%q\n' "$PG_SERVER_SUPERUSER"
+        printf 'export PG_SERVER_PASSWORD=%q\n' "$PG_SERVER_PASSWORD"
+        printf 'export PG_SERVER_OS_USER=%q\n' "$PG_SERVER_OS_USER"
+        printf 'export PG_SERVER_BIN=%q\n' "$PG_SERVER_BIN"
+        printf 'export PG_URI=%q\n' "$PG_URI"
+        printf 'export PG_URI_TCP=%q\n' "$PG_URI_TCP"
+    } >"$PG_SERVER_DIR/env"
+}
+
+_pg_load_env() {
+    # For the command form: reload the variables of a server started earlier.
+    if [ ! -f "$1/env" ]; then
+        echo "pg_server.sh: $1 holds no server started by pg_server.sh start" >&2
+        return 1
+    fi
+    # shellcheck disable=SC1090
+    . "$1/env"
+}
+
+pg_server_start() {
+    PG_SERVER_BIN=$(_pg_server_bin)
+    if [ -z "$PG_SERVER_BIN" ] || [ ! -x "$PG_SERVER_BIN/initdb" ]; then
+        echo "pg_server: PostgreSQL server binaries not found (install the Debian package postgresql)" >&2
+        return 1
+    fi
+    PG_SERVER_OS_USER=${PG_SERVER_OS_USER:-nobody}
+    if [ "$(id -u)" != 0 ]; then
+        PG_SERVER_OS_USER=$(id -un)
+    fi
+    local parent=${PG_SERVER_TMP:-${TMPDIR:-/tmp}}
+    if [ -z "${PG_SERVER_DIR:-}" ]; then
+        PG_SERVER_DIR=$(mktemp -d "$parent/pg-server.XXXXXX") || return 1
+    fi
+    mkdir -p "$PG_SERVER_DIR" || return 1
+    chmod 0755 "$PG_SERVER_DIR"
+    PG_SERVER_SOCKET_DIR=$PG_SERVER_DIR/sock
+    PG_SERVER_SUPERUSER=postgres
+    PG_SERVER_PASSWORD=$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')
+    mkdir -p "$PG_SERVER_DIR/data" "$PG_SERVER_SOCKET_DIR"
+    printf '%s\n' "$PG_SERVER_PASSWORD" >"$PG_SERVER_DIR/pwfile"
+    if [ "$(id -u)" = 0 ]; then
+        chown "$PG_SERVER_OS_USER" "$PG_SERVER_DIR/data" "$PG_SERVER_SOCKET_DIR" "$PG_SERVER_DIR/pwfile"
+        touch "$PG_SERVER_DIR/server.log"
+        chown "$PG_SERVER_OS_USER" "$PG_SERVER_DIR/server.log"
+    fi
+    chmod 0700 "$PG_SERVER_DIR/data"
+    chmod 0600 "$PG_SERVER_DIR/pwfile"
+    if ! _pg_as "$PG_SERVER_BIN/initdb" -D "$PG_SERVER_DIR/data" -U "$PG_SERVER_SUPERUSER" \
+        --pwfile="$PG_SERVER_DIR/pwfile" --auth-local=trust --auth-host=scram-sha-256 \
+        -E UTF8 --no-locale --no-sync >"$PG_SERVER_DIR/initdb.log" 2>&1; then
+        echo "pg_server: initdb failed:" >&2
+        cat "$PG_SERVER_DIR/initdb.log" >&2
+        return 1
+    fi
+    rm -f "$PG_SERVER_DIR/pwfile"
+
+    local try port
+    for try in 1 2 3 4 5 6 7 8; do
+        port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+        _pg_port_free "$port" || continue
+        [ -e "$PG_SERVER_SOCKET_DIR/.s.PGSQL.$port" ] && continue
+        {
+            echo "# added by pg_server.sh"
+            echo "port = $port"
+            echo "listen_addresses = '127.0.0.1'"
+            echo "unix_socket_directories = '$PG_SERVER_SOCKET_DIR'"
+            echo "fsync = ${PG_SERVER_FSYNC:-off}"
+            echo "max_connections = 50"
+            echo "log_min_messages = warning"
+            echo "log_connections = off"
+            if [ -n "${PG_SERVER_CONF:-}" ]; then printf '%s\n' "$PG_SERVER_CONF"; fi
+        } >"$PG_SERVER_DIR/port.conf"
+        if [ "$(id -u)" = 0 ]; then chown "$PG_SERVER_OS_USER" "$PG_SERVER_DIR/port.conf"; fi
+        # Included last, so a retry with another port simply rewrites it.
+        grep -q "^include_if_exists = '$PG_SERVER_DIR/port.conf'" "$PG_SERVER_DIR/data/postgresql.conf" ||
+            echo "include_if_exists = '$PG_SERVER_DIR/port.conf'" >>"$PG_SERVER_DIR/data/postgresql.conf"
+        PG_SERVER_PORT=$port
+        if pg_server_start_again; then
+            PG_URI="postgresql://$PG_SERVER_SUPERUSER@/postgres?host=$PG_SERVER_SOCKET_DIR&port=$PG_SERVER_PORT"
+            PG_URI_TCP="postgresql://$PG_SERVER_SUPERUSER:$PG_SERVER_PASSWORD@127.0.0.1:$PG_SERVER_PORT/postgres"
+            export PG_SERVER_DIR PG_SERVER_PORT PG_SERVER_SOCKET_DIR PG_SERVER_SUPERUSER \
+                PG_SERVER_PASSWORD PG_SERVER_OS_USER PG_SERVER_BIN PG_URI PG_URI_TCP
+            _pg_write_env
+            return 0
+        fi
+        # Most likely the port was taken between the check and the bind: try another.
+    done
+    echo "pg_server: could not start PostgreSQL; last log lines:" >&2
+    tail -n 20 "$PG_SERVER_DIR/server.log" >&2
+    return 1
+}
+
+# Starts the (stopped) server of PG_SERVER_DIR again, same port and data.
+pg_server_start_again() {
+    _pg_as "$PG_SERVER_BIN/pg_ctl" -D "$PG_SERVER_DIR/data" -l "$PG_SERVER_DIR/server.log" \
+        -w -t 60 start >/dev/null
+}
+
+# pg_server_stop [smart|fast|immediate]: stops the server, keeps the data.
+pg_server_stop() {
+    _pg_as "$PG_SERVER_BIN/pg_ctl" -D "$PG_SERVER_DIR/data" -m "${1:-fast}" -w -t 60 stop >/dev/null
+}
+
+# pg_server_restart [seconds_down]: fast shutdown (clients get admin_shutdown,
+# 57P01), optionally stays down a while, starts again on the same port.
+pg_server_restart() {
+    pg_server_stop fast || return 1
+    if [ -n "${1:-}" ]; then sleep "$1"; fi
+    pg_server_start_again
+}
+
+# pg_server_kill: SIGKILL the postmaster, as a crash would (children notice and
+# exit). The server stays down until pg_server_start_again, which runs recovery.
+pg_server_kill() {
+    local pid children p i
+    pid=$(head -n 1 "$PG_SERVER_DIR/data/postmaster.pid" 2>/dev/null) || return 1
+    children=$(pgrep -P "$pid" 2>/dev/null)
+    kill -KILL "$pid" 2>/dev/null
+    # The backends notice their postmaster's death and exit on their own; wait
+    # for them, or the next start finds the shared memory still in use.
+    for i in $(seq 1 100); do
+        local alive=
+        for p in $pid $children; do
+            if kill -0 "$p" 2>/dev/null; then alive=1; fi
+        done
+        [ -z "$alive" ] && break
+        sleep 0.1
+    done
+    return 0
+}
+
+# Is the server accepting connections?
+pg_server_ready() {
+    "$PG_SERVER_BIN/pg_isready" -q -h "$PG_SERVER_SOCKET_DIR" -p "$PG_SERVER_PORT"
+}
+
+# psql as the superuser over the private socket; -X -q -v ON_ERROR_STOP=1.
+pg_server_psql() {
+    psql -X -q -v ON_ERROR_STOP=1 -h "$PG_SERVER_SOCKET_DIR" -p "$PG_SERVER_PORT" \
+        -U "$PG_SERVER_SUPERUSER" -d postgres "$@"
+}
+
+# Stops the server whatever its state and removes the private directory.
+# Safe to call twice and from an EXIT trap.
+pg_server_cleanup() {
+    if [ -z "${PG_SERVER_DIR:-}" ] || [ ! -d "$PG_SERVER_DIR" ]; then
+        return 0
+    fi
+    if [ -f "$PG_SERVER_DIR/data/postmaster.pid" ]; then
+        pg_server_stop fast 2>/dev/null || pg_server_stop immediate 2>/dev/null || true
+        local pid
+        pid=$(head -n 1 "$PG_SERVER_DIR/data/postmaster.pid" 2>/dev/null)
+        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null; fi
+    fi
+    rm -rf "$PG_SERVER_DIR"
+    PG_SERVER_DIR=
+}
+
+# Command form.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    set -u
+    cmd=${1:-}
+    dir=${2:-}
+    if [ -z "$cmd" ] || [ -z "$dir" ]; then
+        echo "usage: $0 start|psql|restart|stop|start-again|kill|destroy DIR [args]" >&2
+        exit 2
+    fi
+    shift 2
+    case $cmd in
+    start)
+        PG_SERVER_DIR=$dir
+        if [ -e "$dir/env" ]; then
+            echo "pg_server.sh: $dir already holds a server" >&2
+            exit 1
+        fi
+        pg_server_start || { pg_server_cleanup; exit 1; }
+        cat "$PG_SERVER_DIR/env"
+        ;;
+    psql) _pg_load_env "$dir" && pg_server_psql "$@" ;;
+    restart) _pg_load_env "$dir" && pg_server_restart "$@" ;;
+    stop) _pg_load_env "$dir" && pg_server_stop "$@" ;;
+    start-again) _pg_load_env "$dir" && pg_server_start_again ;;
+    kill) _pg_load_env "$dir" && pg_server_kill ;;
+    destroy) _pg_load_env "$dir" && pg_server_cleanup ;;
+    *)
+        echo "pg_server.sh: unknown command '$cmd'" >&2
+        exit 2
+        ;;
+    esac
+fi
