@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the Debian packages sessionizer needs to build and test, when any
+# is missing. CI starts from a bare Debian 12 machine; a developer machine
+# that has them all installs nothing.
+set -euo pipefail
+
+packages=(
+  build-essential cmake pkg-config clang libclang-rt-14-dev
+  libsqlite3-dev sqlite3          # embedded sink and the checkpoint store
+  libyajl-dev                     # JSON parser
+  libxxhash-dev                   # session-id and checksum hash
+  librdkafka-dev kcat             # Kafka source; kcat is the tests' producer
+  libpq-dev postgresql            # PostgreSQL sink; the tests start a real server
+  libssl-dev                      # TLS for the CQL client
+  python3 python3-cassandra       # independent check of the CQL bytes
+  procps psmisc                   # pkill/killall for the crash tests
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "install-deps: installing ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
