@@ -83,6 +83,9 @@ static int top_value(record_parser *p, char kind, const char *s, size_t len)
         if (memchr(s, '\0', len))
             return fail(p, PARSE_INVALID_PAGE, "\"%s\" contains a NUL character", "page");
         if (len > UINT32_MAX) return fail(p, PARSE_INVALID_PAGE, "\"%s\" is too long", "page");
+        /* yajl lets encoded surrogates through; every sink needs strict UTF-8. */
+        if (!utf8_valid(s, len))
+            return fail(p, PARSE_INVALID_UTF8, "\"%s\" is not valid UTF-8", "page");
         buf_reset(&p->page);
         buf_append(&p->page, s, len);
         return 1;
