@@ -13,6 +13,7 @@ packages=(
   libpq-dev postgresql            # PostgreSQL sink; the tests start a real server
   libssl-dev                      # TLS for the CQL client
   python3 python3-cassandra       # independent check of the CQL bytes
+  python3-xxhash                  # the tests' independent session-id oracle
   procps psmisc                   # pkill/killall for the crash tests
 )
 

@@ -1,0 +1,367 @@
+#!/usr/bin/python3
+"""Core scenarios of the embedded default (file/stdin in, SQLite/JSONL out):
+
+  core_test.py golden | replay | oracle | sigkill | batches | deadletter |
+               corrupt | cli | stdin | sigterm | resume_open
+
+Each prints "N passed, N failed" and exits non-zero on a failure.
+"""
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+import oracle  # noqa: E402
+from harness import BIN, ROOT, Checks, content, generate, run, summary, table, tmpdir  # noqa: E402
+
+SAMPLE = os.path.join(ROOT, "samples", "visits.jsonl")
+
+# The walkthrough's sessions (docs/semantics.md explains each id).
+GOLDEN = {
+    (9083342062386381219, 1): ["A.html", "B.html"],
+    (2197506010493845107, 1): ["C.html"],
+    (6602007354676743790, 2): ["D.html"],
+}
+
+
+def job(src, db, cp=None, *extra, check=True, stdin=None):
+    args = ["run", "--source", src, "--sink", f"sqlite:{db}", "--until-end", *extra]
+    if cp:
+        args += ["--checkpoint", cp]
+    return run(*args, check=check, stdin=stdin)
+
+
+def t_golden(c):
+    d = tmpdir()
+    db = f"{d}/s.db"
+    job(f"file:{SAMPLE}", db, f"{d}/cp", "--dlq", f"jsonl:{d}/dlq.jsonl")
+    c.eq(content(db), GOLDEN, "sample gives the walkthrough's sessions and ids")
+    rows, _ = oracle.sessions(open(SAMPLE, "rb").read())
+    c.eq(content(db), rows, "and the independent oracle agrees")
+    c.eq(os.path.getsize(f"{d}/dlq.jsonl"), 0, "no dead letters")
+
+
+def t_replay(c):
+    d = tmpdir()
+    db = f"{d}/s.db"
+    job(f"file:{SAMPLE}", db, f"{d}/cp")
+    first = table(db)
+    time.sleep(0.01)
+    shutil.rmtree(f"{d}/cp")  # the checkpoint is lost
+    job(f"file:{SAMPLE}", db, f"{d}/cp")
+    second = table(db)
+    c.eq(set(second), set(first), "same keys after the replay: no new rows")
+    c.eq({k: v[0] for k, v in second.items()}, {k: v[0] for k, v in first.items()}, "same pages")
+    c.check(all(second[k][1] > first[k][1] for k in first), "every ingestion_time is newer")
+    # and with the checkpoint kept, a rerun has nothing left to do
+    p = run("run", "--source", f"file:{SAMPLE}", "--sink", f"sqlite:{db}", "--checkpoint",
+            f"{d}/cp", "--until-end")
+    c.check(b"resumed from checkpoint" in p.stderr, "second run resumes")
+    c.eq(table(db), second, "a resumed run at the end rewrites nothing")
+
+
+def t_oracle(c):
+    d = tmpdir()
+    log, db = f"{d}/visits.jsonl", f"{d}/s.db"
+    generate(log, 30000, "--users", 300, "--bad", 0.02, "--dup", 0.02, "--disorder", 20,
+             "--bots", 2, "--seed", 7)
+    for gap, late, cap in [("50s", "10s", 10000), ("20s", "0s", 50), ("5s", "30s", 3)]:
+        if os.path.exists(db):
+            os.remove(db)
+        p = job(f"file:{log}", db, None, "--gap", gap, "--lateness", late, "--max-pages", str(cap),
+                "--dlq", f"jsonl:{d}/dlq.jsonl")
+        g_us, l_us = int(gap[:-1]) * 1000000, int(late[:-1]) * 1000000
+        rows, counts = oracle.sessions(open(log, "rb").read(), g_us, l_us, cap)
+        got = content(db)
+        c.eq(len(got), len(rows), f"[{gap}/{late}/{cap}] session count equals the oracle's")
+        c.eq(got, rows, f"[{gap}/{late}/{cap}] sessions, ids and pages equal the oracle's")
+        s = summary(p.stderr)
+        c.eq((s["records"], s["invalid"], s["late"], s["capped"], s["closed_visits"]),
+             (counts["records"], counts["invalid"], counts["late"], counts["capped"],
+              counts["visits"]), f"[{gap}/{late}/{cap}] counts equal the oracle's")
+        c.eq(s["records"], s["closed_visits"] + s["dead"], "records = visits in sessions + dead letters")
+
+
+def run_with_kills(args, rnd, max_delay):
+    """Runs the job, SIGKILLing it at random instants, until one run completes.
+    Returns the number of kills."""
+    kills = 0
+    while True:
+        p = subprocess.Popen([BIN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            p.wait(timeout=rnd.uniform(0.005, max_delay))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            kills += 1
+            if kills > 500:
+                raise AssertionError("the job never completed between kills")
+            continue
+        err = p.stderr.read()
+        if p.returncode != 0:
+            raise AssertionError(f"run failed: {err.decode(errors='replace')}")
+        return kills, err
+
+
+def t_sigkill(c):
+    d = tmpdir()
+    log = f"{d}/visits.jsonl"
+    generate(log, 120000, "--users", 2000, "--bad", 0.01, "--dup", 0.01, "--disorder", 20,
+             "--seed", 3)
+    base = ["run", "--source", f"file:{log}", "--until-end", "--commit-every", "2000"]
+    run(*base, "--sink", f"sqlite:{d}/ref.db", "--dlq", f"jsonl:{d}/ref.dlq", "-q")
+    ref = content(f"{d}/ref.db")
+    rnd = random.Random(int(os.environ.get("SEED", "11")))
+    total = 0
+    for trial in range(5):
+        t = f"{d}/t{trial}"
+        os.mkdir(t)
+        kills, err = run_with_kills(
+            [*base, "--sink", f"sqlite:{t}/s.db", "--checkpoint", f"{t}/cp", "--dlq",
+             f"jsonl:{t}/dlq.jsonl"], rnd, 0.12)
+        total += kills
+        c.eq(content(f"{t}/s.db"), ref, f"trial {trial}: table after {kills} SIGKILLs equals an uninterrupted run's")
+        c.eq(open(f"{t}/dlq.jsonl", "rb").read(), open(f"{d}/ref.dlq", "rb").read(),
+             f"trial {trial}: dead letters exactly once")
+        s = summary(err)
+        c.eq(s["records"], 120000, f"trial {trial}: every record counted once across restarts")
+        c.eq(s["records"], s["closed_visits"] + s["dead"], f"trial {trial}: counts reconcile")
+    c.check(total >= 10, f"the job was really killed mid-run ({total} kills)")
+    print(f"sigkill: {total} kills over 5 trials")
+
+
+def t_batches(c):
+    d = tmpdir()
+    log = f"{d}/visits.jsonl"
+    generate(log, 20000, "--users", 500, "--bad", 0.01, "--disorder", 15, "--seed", 5)
+    ref = None
+    for i, opts in enumerate([["--commit-every", "1"], ["--commit-every", "7"],
+                              ["--commit-every", "100000"],
+                              ["--commit-every", "0", "--commit-interval", "1ms"]]):
+        db = f"{d}/s{i}.db"
+        run("run", "--source", f"file:{log}", "--sink", f"sqlite:{db}", "--until-end", "-q",
+            "--checkpoint", f"{d}/cp{i}", "--dlq", f"jsonl:{d}/dlq{i}", *opts)
+        got = (content(db), open(f"{d}/dlq{i}", "rb").read())
+        if ref is None:
+            ref = got
+        else:
+            c.eq(got, ref, f"commit setting {opts} gives the same table and dead letters")
+    # and bounded runs over a growing file: the checkpoint carries open sessions
+    lines = open(log, "rb").read().splitlines(keepends=True)
+    part = f"{d}/growing.jsonl"
+    open(part, "wb").close()
+    for k in range(0, len(lines), 4000):
+        with open(part, "ab") as f:
+            f.writelines(lines[k:k + 4000])
+        last = k + 4000 >= len(lines)
+        args = ["run", "--source", f"file:{part}", "--sink", f"sqlite:{d}/grow.db", "-q",
+                "--checkpoint", f"{d}/cpg", "--dlq", f"jsonl:{d}/dlqg"]
+        run(*args, *(["--until-end"] if last else []))
+    def letters(path):  # dead letters less their source name, which differs here
+        import json
+        return [{k: v for k, v in json.loads(x).items() if k != "source"} for x in open(path, "rb")]
+    c.eq(content(f"{d}/grow.db"), ref[0], "five runs over a growing file give the table of one run")
+    c.eq(letters(f"{d}/dlqg"), letters(f"{d}/dlq0"), "and the same dead letters")
+
+
+def t_deadletter(c):
+    import json
+    d = tmpdir()
+    log = f"{d}/bad.jsonl"
+    good = b'{"user_id": 1, "page": "A.html", "event_time": "2023-02-20T03:03:20"}'
+    lines = [
+        good,
+        b'{"user_id": 1, "page": "B.html", "event_time": "2023-02-20T03:10:00"}',
+        b'{"user_id": 2, "page": "late.html", "event_time": "2023-02-20T03:00:00"}',
+        b"not json",
+        b'{"user_id": "1", "page": "x", "event_time": "2023-02-20T03:03:20"}',
+        b'{"user_id": 1, "page": "x", "event_time": "2023-02-30T03:03:20"}',
+        b'{"user_id": 1, "event_time": "2023-02-20T03:03:20"}',
+        b'{"user_id": 1, "page": "\xff", "event_time": "2023-02-20T03:03:20"}',
+        b"",
+        b'{"user_id": 3, "page": "' + b"x" * 300 + b'", "event_time": "2023-02-20T03:10:00"}',
+        b'{"user_id": 1, "page": "C.html", "event_time": "2023-02-20T03:10:01"}\r',
+    ]
+    open(log, "wb").write(b"\n".join(lines))  # no final newline: the last line still counts
+    p = job(f"file:{log}", f"{d}/s.db", None, "--dlq", f"jsonl:{d}/dlq.jsonl",
+            "--max-record-bytes", "200")
+    dl = [json.loads(x) for x in open(f"{d}/dlq.jsonl")]
+    c.eq([x["reason"] for x in dl],
+         ["late", "invalid_json", "mistyped_field", "bad_event_time", "missing_field",
+          "invalid_utf8", "invalid_json", "oversized"], "each bad record with its reason, in order")
+    c.eq([x["line"] for x in dl], [3, 4, 5, 6, 7, 8, 9, 10], "with its line number")
+    c.eq(dl[0]["record"], lines[2].decode(), "with its original text")
+    c.check("record_base64" in dl[5], "invalid UTF-8 kept as base64")
+    c.eq(dl[1]["offset"], sum(len(x) + 1 for x in lines[:3]), "with its byte offset")
+    s = summary(p.stderr)
+    c.eq((s["records"], s["dead"], s["invalid"], s["late"]), (11, 8, 7, 1), "summary counts")
+    c.eq(s["records"], s["closed_visits"] + s["dead"], "records = visits in sessions + dead letters")
+    c.eq(sorted(v for v in content(f"{d}/s.db").values()), [["A.html"], ["B.html", "C.html"]],
+         "the good records still make their sessions")
+    # the session cap: the earliest pages kept, the rest dead-lettered
+    cap = f"{d}/cap.jsonl"
+    open(cap, "wb").write(b"".join(
+        b'{"user_id": 9, "page": "p%d", "event_time": "2023-02-20T03:03:%02d"}\n' % (i, 40 - i)
+        for i in range(10)))
+    p = job(f"file:{cap}", f"{d}/cap.db", None, "--dlq", f"jsonl:{d}/cap.dlq", "--max-pages", "4",
+            "--lateness", "1m")
+    c.eq(list(content(f"{d}/cap.db").values()), [["p9", "p8", "p7", "p6"]], "cap keeps the 4 earliest")
+    dl = [json.loads(x) for x in open(f"{d}/cap.dlq")]
+    c.eq(len(dl), 6, "and dead-letters the 6 others")
+    c.check(all(x["reason"] == "session_cap" for x in dl), "with reason session_cap")
+
+
+def t_corrupt(c):
+    d = tmpdir()
+    log = f"{d}/visits.jsonl"
+    generate(log, 5000, "--users", 2000, "--seed", 9)
+    args = ["run", "--source", f"file:{log}", "--sink", f"sqlite:{d}/s.db", "--checkpoint", f"{d}/cp"]
+    run(*args)  # no --until-end: open sessions stay in the checkpoint
+    db = f"{d}/cp/checkpoint.db"
+    good = open(db, "rb").read()
+    con = sqlite3.connect(db)
+    n_users = con.execute("SELECT count(*) FROM users").fetchone()[0]
+    con.close()
+    c.check(n_users > 100, f"the checkpoint holds open sessions ({n_users} users)")
+    # a bit flipped inside a stored session: refused by its checksum
+    con = sqlite3.connect(db)
+    uid, blob = con.execute("SELECT user_id, state FROM users LIMIT 1").fetchone()
+    blob = bytearray(blob)
+    blob[len(blob) // 2] ^= 0x10
+    con.execute("UPDATE users SET state = ? WHERE user_id = ?", (bytes(blob), uid))
+    con.commit()
+    con.close()
+    p = run(*args, check=False)
+    err = p.stderr.decode()
+    c.eq(p.returncode, 1, "a flipped bit is refused")
+    c.check("corrupt" in err and "delete" in err.lower(), f"with a message naming the way out: {err.strip()[:300]}")
+    # truncated file
+    open(db, "wb").write(good[: len(good) // 3])
+    for suffix in ("-wal", "-shm"):
+        if os.path.exists(db + suffix):
+            os.remove(db + suffix)
+    p = run(*args, check=False)
+    c.eq(p.returncode, 1, "a truncated checkpoint is refused")
+    c.check(b"corrupt" in p.stderr, "as corrupt: " + p.stderr.decode().strip()[:200])
+    # random bytes over the header
+    buf = bytearray(good)
+    buf[0:16] = b"garbage garbage!"
+    open(db, "wb").write(bytes(buf))
+    p = run(*args, check=False)
+    c.eq(p.returncode, 1, "a checkpoint that is not a database is refused")
+    # the settings it was written with are enforced
+    shutil.rmtree(f"{d}/cp")
+    run(*args)
+    p = run(*args, "--gap", "30s", check=False)
+    c.eq(p.returncode, 1, "another --gap is refused")
+    c.check(b"--gap" in p.stderr, "naming the setting")
+    p = run("run", "--source", f"file:{SAMPLE}", "--sink", f"sqlite:{d}/s.db", "--checkpoint", f"{d}/cp",
+            check=False)
+    c.eq(p.returncode, 1, "another source is refused")
+    c.check(b"belongs to the source" in p.stderr, "saying whose checkpoint it is")
+    # two jobs on one checkpoint
+    holder = subprocess.Popen([BIN, *args[:-2], "--checkpoint", f"{d}/cp2", "--source", "-"],
+                              stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    p = run(*args[:-2], "--checkpoint", f"{d}/cp2", check=False)
+    holder.stdin.close()
+    holder.wait()
+    c.eq(p.returncode, 1, "a checkpoint in use is refused")
+    c.check(b"in use" in p.stderr, "saying it is in use")
+
+
+def t_cli(c):
+    d = tmpdir()
+    p = run("--help")
+    c.check(b"--source" in p.stdout and b"sqlite:PATH" in p.stdout, "--help lists options and sinks")
+    p = run("--version")
+    c.check(p.stdout.startswith(b"sessionizer "), "--version")
+    for args, needle in [(["run", "--sink", "null:"], b"--source is required"),
+                         (["run", "--source", "-"], b"--sink is required"),
+                         (["run", "--source", "-", "--sink", "null:", "--gap", "fifty"], b"fifty"),
+                         (["run", "--source", "-", "--sink", "null:", "--bogus"], b"bogus"),
+                         (["frobnicate"], b"frobnicate")]:
+        p = run(*args, check=False)
+        c.eq(p.returncode, 2, f"usage error exits 2: {args}")
+        c.check(needle in p.stderr, f"and names the problem: {p.stderr[:200]!r}")
+    p = run("run", "--source", f"file:{d}/missing.jsonl", "--sink", "null:", check=False)
+    c.eq(p.returncode, 1, "missing input exits 1")
+    c.check(f"{d}/missing.jsonl".encode() in p.stderr, "naming the file")
+    p = run("run", "--source", "-", "--sink", "oracle:xyz", check=False, stdin=b"")
+    c.check(p.returncode == 1 and b"unknown sink" in p.stderr, "unknown sink named")
+    p = run("run", "--source", "-", "--sink", f"sqlite:{d}/nodir/x.db", check=False, stdin=b"")
+    c.check(p.returncode == 1 and b"nodir" in p.stderr, "unwritable sink named")
+
+
+def t_stdin(c):
+    d = tmpdir()
+    log = f"{d}/visits.jsonl"
+    generate(log, 5000, "--users", 100, "--bad", 0.01, "--seed", 4)
+    job(f"file:{log}", f"{d}/a.db")
+    data = open(log, "rb").read()
+    job("-", f"{d}/b.db", stdin=data)
+    c.eq(content(f"{d}/b.db"), content(f"{d}/a.db"), "stdin gives the same table as the file")
+    # stdin with a checkpoint: the replayed stream is skipped up to the saved position
+    half = data[: len(data) // 2]
+    half = half[: half.rfind(b"\n") + 1]
+    run("run", "--source", "-", "--sink", f"sqlite:{d}/c.db", "--checkpoint", f"{d}/cp", "-q", stdin=half)
+    run("run", "--source", "-", "--sink", f"sqlite:{d}/c.db", "--checkpoint", f"{d}/cp", "-q",
+        "--until-end", stdin=data)
+    c.eq(content(f"{d}/c.db"), content(f"{d}/a.db"), "stdin resumed from a checkpoint")
+    # JSONL sink to stdout
+    p = run("run", "--source", f"file:{SAMPLE}", "--sink", "jsonl:-", "--until-end", "-q")
+    import json
+    rows = {(r["session_id"], r["user_id"]): r["pages"] for r in map(json.loads, p.stdout.splitlines())}
+    c.eq(rows, GOLDEN, "jsonl:- prints the sessions")
+
+
+def t_sigterm(c):
+    d = tmpdir()
+    log = f"{d}/visits.jsonl"
+    generate(log, 200000, "--users", 5000, "--seed", 8)
+    run("run", "--source", f"file:{log}", "--sink", f"sqlite:{d}/ref.db", "--until-end", "-q")
+    args = ["run", "--source", f"file:{log}", "--sink", f"sqlite:{d}/s.db", "--checkpoint", f"{d}/cp",
+            "--until-end", "--commit-every", "5000"]
+    p = subprocess.Popen([BIN, *args], stderr=subprocess.PIPE)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGTERM)
+    err = p.stderr.read()
+    p.wait()
+    c.eq(p.returncode, 0, "SIGTERM exits 0 after the commit in flight")
+    stopped = b"stopped by signal" in err
+    c.check(stopped or b"records/s" in err, "and says so")
+    run(*args, "-q")
+    c.eq(content(f"{d}/s.db"), content(f"{d}/ref.db"), "the resumed run completes the same table")
+
+
+def t_resume_open(c):
+    """Open sessions survive in the checkpoint between bounded runs."""
+    d = tmpdir()
+    first = f"{d}/a.jsonl"
+    open(first, "wb").write(open(SAMPLE, "rb").read().split(b"\n", 2)[0] + b"\n")  # visit A only
+    args = ["run", "--source", f"file:{first}", "--sink", f"sqlite:{d}/s.db", "--checkpoint", f"{d}/cp", "-q"]
+    run(*args)
+    c.eq(content(f"{d}/s.db"), {}, "A alone: session still open, nothing written")
+    with open(first, "ab") as f:
+        f.write(b"\n".join(open(SAMPLE, "rb").read().split(b"\n")[1:]))
+    run(*args, "--until-end")
+    c.eq(content(f"{d}/s.db"), GOLDEN, "after appending B, C, D: the walkthrough's table")
+
+
+TESTS = {name[2:]: fn for name, fn in globals().items() if name.startswith("t_")}
+
+if __name__ == "__main__":
+    name = sys.argv[1]
+    c = Checks(f"core.{name}")
+    try:
+        TESTS[name](c)
+    except Exception as e:  # a crash is a failure, reported as such
+        import traceback
+        traceback.print_exc()
+        c.failed += 1
+    c.done()

@@ -1,0 +1,130 @@
+"""An independent batch computation of the sessions a JSON-lines log must
+give, written from docs/semantics.md without looking at the C engine: the
+tests compare the job's table with it.
+
+Single-partition logs (a file): the log position of a line is its byte
+offset, its append time 0, its partition 0.
+"""
+import json
+import re
+import struct
+
+import xxhash
+
+TS = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?"
+                r"(Z|z|[+-]\d{2}:\d{2})?$")
+DIM = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+
+
+def days_from_civil(y, m, d):
+    y -= m <= 2
+    era = (y if y >= 0 else y - 399) // 400
+    yoe = y - era * 400
+    doy = (153 * (m - 3 if m > 2 else m + 9) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+def parse_ts(s):
+    m = TS.match(s)
+    if not m:
+        return None
+    y, mo, d, h, mi, se = (int(g) for g in m.groups()[:6])
+    leap = y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+    if not (1 <= mo <= 12 and 1 <= d <= (29 if mo == 2 and leap else DIM[mo - 1])
+            and h <= 23 and mi <= 59 and se <= 59):
+        return None
+    frac = m.group(7)
+    us = int((frac[1:] + "000000")[:6]) if frac else 0
+    off = 0
+    z = m.group(8)
+    if z and z not in "Zz":
+        oh, om = int(z[1:3]), int(z[4:6])
+        if oh > 23 or om > 59:
+            return None
+        off = (oh * 3600 + om * 60) * (-1 if z[0] == "-" else 1)
+    return ((days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se - off) * 1000000 + us)
+
+
+def session_id(user, append_ts=0, partition=0, offset=0):
+    h = xxhash.xxh3_64_intdigest(b"sz1" + struct.pack("<qqiq", user, append_ts, partition, offset))
+    return h - (1 << 64) if h >= 1 << 63 else h
+
+
+def _reject(name):
+    raise ValueError(name)
+
+
+def _no_duplicates(pairs):
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("duplicate key")
+    return dict(pairs)
+
+
+def parse_line(raw):
+    """Returns (user, t_us, page) or None for a record that must be dead-lettered."""
+    try:
+        text = raw.decode("utf-8")
+        obj = json.loads(text, parse_constant=_reject, object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    u, p, t = obj.get("user_id"), obj.get("page"), obj.get("event_time")
+    if type(u) is not int or not -(1 << 63) <= u < (1 << 63):
+        return None
+    if type(p) is not str or "\0" in p or type(t) is not str:
+        return None
+    try:
+        p.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates from \ud800 escapes
+        return None
+    tu = parse_ts(t)
+    if tu is None:
+        return None
+    return u, tu, p
+
+
+def sessions(data, gap_us=50_000_000, lateness_us=10_000_000, max_pages=10000):
+    """data: the bytes of a JSONL file. Returns (rows, counts): rows maps
+    (session_id, user_id) -> list of pages; counts has records, invalid, late,
+    capped, visits."""
+    offset = 0
+    visits = []
+    counts = dict(records=0, invalid=0, late=0, capped=0, visits=0)
+    max_t = None
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for raw in lines:
+        pos = offset
+        offset += len(raw) + 1
+        counts["records"] += 1
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        v = parse_line(raw)
+        if v is None:
+            counts["invalid"] += 1
+            continue
+        u, t, p = v
+        if max_t is not None and t < max_t - lateness_us:
+            counts["late"] += 1
+            continue
+        max_t = t if max_t is None else max(max_t, t)
+        visits.append((u, t, pos, p))
+    visits.sort()
+    rows = {}
+    i = 0
+    while i < len(visits):
+        j = i + 1
+        while j < len(visits) and visits[j][0] == visits[i][0] and visits[j][1] - visits[j - 1][1] <= gap_us:
+            j += 1
+        group = visits[i:j]
+        first = min(v[2] for v in group)
+        pages = [v[3] for v in group]
+        counts["capped"] += max(0, len(pages) - max_pages)
+        counts["visits"] += min(len(pages), max_pages)
+        rows[(session_id(group[0][0], 0, 0, first), group[0][0])] = pages[:max_pages]
+        i = j
+    return rows, counts
