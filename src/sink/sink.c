@@ -14,12 +14,14 @@ extern const sink_ops sqlite_sink_ops;
 extern const sink_ops jsonl_sink_ops;
 extern const sink_ops null_sink_ops;
 extern const sink_ops postgresql_sink_ops, postgres_sink_ops;
+extern const sink_ops cql_sink_ops;
 
 static const sink_ops *const registry[] = {
     &sqlite_sink_ops,
     &jsonl_sink_ops,
     &null_sink_ops,
     &postgresql_sink_ops, &postgres_sink_ops,
+    &cql_sink_ops,
 };
 
 sink *sink_open(const char *uri, const sink_options *opts, char *err, size_t errlen)
