@@ -1316,7 +1316,17 @@ cql_prepared *cql_client_prepare(cql_client *c, const char *cql, char *err, size
     cql_put_long_string(&r->part, cql, strlen(cql));
     cql_result res;
     memset(&res, 0, sizeof res);
-    if (run_sync(c, r, &res, err, errlen)) return NULL;
+    list_push(&c->ready, r, L_READY);
+    while (!r->done) pump(c, 200);
+    int answered_by = r->host;
+    if (!r->ok) {
+        snprintf(err, errlen, "%s", r->error);
+        req_free(r);
+        return NULL;
+    }
+    res = r->result;
+    memset(&r->result, 0, sizeof r->result);
+    req_free(r);
     if (res.r.h.opcode != CQL_OP_RESULT || res.r.kind != CQL_RESULT_PREPARED) {
         snprintf(err, errlen, "PREPARE answered with something else than a prepared result");
         cql_result_free(&res);
@@ -1333,7 +1343,7 @@ cql_prepared *cql_client_prepare(cql_client *c, const char *cql, char *err, size
     /* and on every other connected node, so that the first writes there do
      * not all come back UNPREPARED */
     for (int i = 0; i < c->n_hosts; i++) {
-        if (!c->hosts[i].conn) continue;
+        if (!c->hosts[i].conn || i == answered_by) continue;
         req *q = req_new(c, K_INTERNAL, CQL_OP_PREPARE);
         cql_put_long_string(&q->part, cql, strlen(cql));
         q->stmt = p;
@@ -1407,7 +1417,6 @@ int cql_client_execute(cql_client *c, cql_prepared *p, const cql_values *values,
     r->stmt = p;
     cql_query_params qp = {.consistency = consistency,
                            .values = values,
-                           .skip_metadata = 1,
                            .has_timestamp = timestamp_us >= 0,
                            .timestamp = timestamp_us};
     /* the params after the id: reuse the frame encoder, keep its tail */

@@ -23,7 +23,7 @@ PYTHON = '/usr/bin/python3'
 
 class TestServer:
     def __init__(self, nodes=1, auth=None, tls=None, faults=(), tokens=8, max_seconds=300,
-                 port=0):
+                 port=0, dump_frames=None):
         cmd = [PYTHON, SERVER, '--port', str(port), '--control-port', '0', '--nodes', str(nodes),
                '--tokens', str(tokens), '--max-seconds', str(max_seconds)]
         if auth:
@@ -32,6 +32,8 @@ class TestServer:
             cmd += ['--tls-cert', tls[0], '--tls-key', tls[1]]
         for f in faults:
             cmd += ['--fault', f]
+        if dump_frames:
+            cmd += ['--dump-frames', dump_frames]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True)
         deadline = time.time() + 15
         line = ''
