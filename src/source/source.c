@@ -7,9 +7,11 @@
 #include <string.h>
 
 extern const source_ops file_source_ops;
+extern const source_ops kafka_source_ops;
 
 static const source_ops *const registry[] = {
     &file_source_ops,
+    &kafka_source_ops,
 };
 
 source *source_open(const char *uri, const source_options *opts, char *err, size_t errlen)

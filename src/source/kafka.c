@@ -1,0 +1,829 @@
+/*
+ * kafka.c - visits from a Kafka topic (librdkafka), every partition of it.
+ *
+ *   kafka://HOST:PORT[,HOST:PORT...]/TOPIC   with -X key=value, --group ID,
+ *   --start earliest|latest, --until-end; docs/kafka.md is the user's view.
+ *
+ * Why it is built the way it is:
+ *
+ *  - Positions are ours. The checkpoint holds the next offset of every
+ *    partition and is the only source of truth; the consumer group's
+ *    committed offsets are written after each checkpoint commit, for lag
+ *    tools only, and never read. Every assignment is made with explicit
+ *    offsets, and every delivered record is checked against the position:
+ *    a record below it (a re-fetch after a rebalance or an outage) is dropped,
+ *    because the engine is not idempotent per record (a page applied twice
+ *    would appear twice in its session).
+ *
+ *  - One instance reads every partition. A user's visits can be in any
+ *    partition (the reference producer is unkeyed), so a session is only
+ *    right when one engine sees all of them; and engine state cannot be split
+ *    per partition on revocation. The source still joins the consumer group
+ *    (subscribe) so that a second instance is noticed: an instance that is
+ *    offered less than the whole topic before it ever read anything refuses
+ *    to run (it exits and so leaves the group); an instance that was running
+ *    pauses, delivering nothing, until the group hands it the whole topic
+ *    again (the newcomer has left), or gives up after
+ *    sessionizer.rebalance.wait.ms. A lost assignment (the group session
+ *    timed out during an outage) is the same case: the group gives the whole
+ *    topic back and reading resumes at our positions.
+ *
+ *  - Caught-up flags drive the engine's closing watermark (engine.h): a
+ *    partition is caught up when its position reaches its end: the end
+ *    offsets at start for --until-end, else the high watermark last seen by
+ *    the fetcher. Empty partitions are caught up from the start, so they
+ *    never stall closing; an unassigned partition is not, so nothing closes
+ *    on the strength of partitions we cannot see.
+ *
+ *  - Throughput: records are taken from librdkafka in batches
+ *    (rd_kafka_consume_batch_queue, no wait) and handed out in place, one per
+ *    poll, the message freed on the next poll; only when the local queue is
+ *    empty does poll block in rd_kafka_consumer_poll, so a live record is
+ *    delivered as soon as it arrives.
+ *
+ *  - Failures: librdkafka reconnects by itself, so a broker outage is only
+ *    reported (poll returns IDLE meanwhile) and reading resumes at our
+ *    positions; errors that no waiting can cure (authorization, unknown
+ *    topic, offsets gone by retention, fatal client errors) fail the job
+ *    without committing. At start-up the cluster must answer within
+ *    sessionizer.startup.timeout.ms (default 15 s), or the job stops with an
+ *    error that says so.
+ */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include "common/xalloc.h"
+#include "source/kafka.h"
+#include "source/source.h"
+
+#define BATCH 1024
+#define POSITION_VERSION 1u
+#define DEFAULT_STARTUP_MS 15000
+#define DEFAULT_REBALANCE_WAIT_MS 60000
+#define OFFSET_UNKNOWN (-1)
+
+typedef struct kpart {
+    int64_t pos;      /* next offset to deliver; OFFSET_UNKNOWN: from the log start */
+    int64_t end;      /* --until-end: end offset at start */
+    int64_t high;     /* last known high watermark, -1 if none */
+    int64_t low;      /* log start at open */
+    int assigned;     /* the group gave it to us and we are reading it */
+} kpart;
+
+typedef struct kafka_source {
+    source base;
+    rd_kafka_t *rk;
+    rd_kafka_queue_t *q;
+    char *brokers, *topic, *group, *describe;
+    const char *const *props;
+    kpart *parts;
+    int32_t n_parts;
+    int until_end;
+    size_t max_record;
+    int64_t startup_ms, rebalance_wait_ms;
+    int reset_is_error; /* auto.offset.reset=error (ours) rather than the user's choice */
+    int debug;          /* -X debug=...: pass librdkafka's debug log through */
+
+    rd_kafka_message_t *batch[BATCH];
+    size_t batch_n, batch_i;
+    rd_kafka_message_t *cur; /* delivered by the last poll, alive until the next */
+
+    int active, ever_active;
+    int64_t paused_since_ms; /* 0: not paused */
+    int32_t done;            /* --until-end: partitions at or past their end */
+    int ts_type;             /* last logged timestamp type, -1 none */
+    int64_t outage_since_ms; /* 0: no outage being reported */
+    rd_kafka_resp_err_t last_err;
+    int64_t last_err_ms;
+    char last_err_str[512];
+    int fatal;
+    char fatal_msg[768];
+} kafka_source;
+
+extern const source_ops kafka_source_ops;
+static kafka_source *g_open; /* see kafka.h */
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+__attribute__((format(printf, 2, 3)))
+static void fail(kafka_source *ks, const char *fmt, ...)
+{
+    if (ks->fatal) return; /* the first cause is the one to report */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ks->fatal_msg, sizeof ks->fatal_msg, fmt, ap);
+    va_end(ap);
+    ks->fatal = 1;
+}
+
+/* ---- librdkafka callbacks (all served on the job's thread, from poll,
+ * except the logger) ------------------------------------------------------ */
+
+static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *msg)
+{
+    const kafka_source *ks = rd_kafka_opaque(rk);
+    /* Warnings and worse only, unless -X debug=... asked for more;
+     * connection failures also reach error_cb, which reports them once per
+     * outage instead of once per retry. */
+    if ((ks && ks->debug) || (level <= 4 && strcmp(fac, "FAIL") != 0))
+        fprintf(stderr, "sessionizer: kafka: %s: %s\n", fac, msg);
+}
+
+static int is_permanent(rd_kafka_resp_err_t err)
+{
+    switch (err) {
+    case RD_KAFKA_RESP_ERR__FATAL:
+    case RD_KAFKA_RESP_ERR__AUTHENTICATION:
+    case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+    case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+    case RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET:
+    case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
+    case RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE:
+    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED:
+    case RD_KAFKA_RESP_ERR_INVALID_GROUP_ID:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static void on_error(kafka_source *ks, rd_kafka_resp_err_t err, const char *reason)
+{
+    snprintf(ks->last_err_str, sizeof ks->last_err_str, "%s", reason);
+    if (err == RD_KAFKA_RESP_ERR__FATAL) {
+        char why[512];
+        rd_kafka_resp_err_t orig = rd_kafka_fatal_error(ks->rk, why, sizeof why);
+        fail(ks, "Kafka client failed: %s: %s", rd_kafka_err2name(orig), why);
+        return;
+    }
+    if (is_permanent(err)) {
+        if (err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET ||
+            err == RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE)
+            fail(ks, "topic %s: %s. The records at the saved position were deleted (retention) "
+                 "before they were read. To go on without them, rerun with "
+                 "-X auto.offset.reset=earliest; to reprocess what is left from the start, use "
+                 "a new --checkpoint directory", ks->topic, reason);
+        else
+            fail(ks, "topic %s: %s (%s)", ks->topic, reason, rd_kafka_err2name(err));
+        return;
+    }
+    /* Transient: librdkafka retries on its own. One line per kind of error
+     * every 10 s is enough to see an outage without drowning the log. */
+    int64_t t = now_ms();
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN || err == RD_KAFKA_RESP_ERR__TRANSPORT ||
+        err == RD_KAFKA_RESP_ERR__RESOLVE) {
+        if (!ks->outage_since_ms) {
+            ks->outage_since_ms = t;
+            fprintf(stderr, "sessionizer: kafka: cluster %s unreachable (%s); waiting for it, "
+                    "reading resumes where it stopped\n", ks->brokers, reason);
+            ks->last_err = err;
+            ks->last_err_ms = t;
+            return;
+        }
+    }
+    if (err != ks->last_err || t - ks->last_err_ms >= 10000) {
+        fprintf(stderr, "sessionizer: kafka: %s\n", reason);
+        ks->last_err = err;
+        ks->last_err_ms = t;
+    }
+}
+
+static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    (void)rk;
+    on_error(opaque, (rd_kafka_resp_err_t)err, reason);
+}
+
+static void commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                      rd_kafka_topic_partition_list_t *offsets, void *opaque)
+{
+    (void)rk, (void)offsets;
+    kafka_source *ks = opaque;
+    /* Only lag tools read these offsets; a failed commit is retried with the
+     * next checkpoint, so it is worth a line, not a failure. */
+    if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET && now_ms() - ks->last_err_ms >= 10000) {
+        fprintf(stderr, "sessionizer: kafka: committing offsets to group %s failed: %s "
+                "(lag tools lag behind; the checkpoint is unaffected)\n", ks->group,
+                rd_kafka_err2str(err));
+        ks->last_err_ms = now_ms();
+    }
+}
+
+static void grow_parts(kafka_source *ks, int32_t n)
+{
+    if (n <= ks->n_parts) return;
+    ks->parts = xrealloc(ks->parts, (size_t)n * sizeof *ks->parts);
+    for (int32_t p = ks->n_parts; p < n; p++) {
+        /* A partition added while we run: all of it is new, read it from its
+         * start; --until-end had nothing of it at start, so it is done. */
+        ks->parts[p] = (kpart){.pos = OFFSET_UNKNOWN, .end = 0, .high = -1, .low = 0};
+        if (ks->until_end) ks->done++;
+    }
+    ks->n_parts = n;
+}
+
+static void unassign_all(kafka_source *ks)
+{
+    rd_kafka_assign(ks->rk, NULL);
+    for (int32_t p = 0; p < ks->n_parts; p++) ks->parts[p].assigned = 0;
+    ks->active = 0;
+}
+
+static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *list, void *opaque)
+{
+    kafka_source *ks = opaque;
+    if (strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0) {
+        fail(ks, "group %s uses a cooperative assignor, which sessionizer does not support "
+             "(remove partition.assignment.strategy from -X)", ks->group);
+        return;
+    }
+    if (err != RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        if (ks->active)
+            fprintf(stderr, "sessionizer: kafka: partitions %s by group %s%s\n",
+                    rd_kafka_assignment_lost(rk) ? "lost" : "revoked", ks->group,
+                    rd_kafka_assignment_lost(rk)
+                        ? " (its session timed out, e.g. during an outage); rejoining" : "");
+        unassign_all(ks);
+        return;
+    }
+    int32_t max_id = -1, count = 0;
+    for (int i = 0; i < list->cnt; i++) {
+        if (strcmp(list->elems[i].topic, ks->topic) != 0) continue;
+        count++;
+        if (list->elems[i].partition > max_id) max_id = list->elems[i].partition;
+    }
+    grow_parts(ks, max_id + 1);
+    if (count < ks->n_parts) {
+        unassign_all(ks);
+        if (!ks->ever_active) {
+            fail(ks, "consumer group %s has another member: it offered this instance %d of "
+                 "the %d partitions of topic %s. One sessionizer instance must read every "
+                 "partition (a user's visits may be in any of them), so this one refuses to "
+                 "run. Stop the other member, or use another --group", ks->group, (int)count,
+                 (int)ks->n_parts, ks->topic);
+            return;
+        }
+        if (!ks->paused_since_ms) ks->paused_since_ms = now_ms();
+        fprintf(stderr, "sessionizer: kafka: group %s now has another member (this instance "
+                "was offered %d of %d partitions): paused, waiting up to %" PRId64 " ms for "
+                "the whole topic to come back\n", ks->group, (int)count, (int)ks->n_parts,
+                ks->rebalance_wait_ms);
+        return;
+    }
+    for (int i = 0; i < list->cnt; i++) {
+        rd_kafka_topic_partition_t *tp = &list->elems[i];
+        if (strcmp(tp->topic, ks->topic) != 0) continue;
+        kpart *kp = &ks->parts[tp->partition];
+        tp->offset = kp->pos >= 0 ? kp->pos : RD_KAFKA_OFFSET_BEGINNING;
+        kp->assigned = 1;
+    }
+    rd_kafka_resp_err_t e = rd_kafka_assign(rk, list);
+    if (e) {
+        fail(ks, "cannot assign the partitions of %s: %s", ks->topic, rd_kafka_err2str(e));
+        return;
+    }
+    if (ks->paused_since_ms)
+        fprintf(stderr, "sessionizer: kafka: group %s gave back all %d partitions after %.1f "
+                "s: resuming\n", ks->group, (int)ks->n_parts,
+                (double)(now_ms() - ks->paused_since_ms) / 1000.0);
+    ks->paused_since_ms = 0;
+    ks->active = ks->ever_active = 1;
+}
+
+/* ---- opening ------------------------------------------------------------ */
+
+static int parse_ms(const char *v, int64_t *out)
+{
+    char *end;
+    long long n = strtoll(v, &end, 10);
+    if (end == v || *end || n < 0 || n > 86400000LL) return -1;
+    *out = n;
+    return 0;
+}
+
+static int valid_topic(const char *t)
+{
+    size_t n = strlen(t);
+    if (n == 0 || n > 249 || strcmp(t, ".") == 0 || strcmp(t, "..") == 0) return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = t[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+static int conf_set(rd_kafka_conf_t *conf, const char *k, const char *v, char *err, size_t errlen)
+{
+    char why[512];
+    if (rd_kafka_conf_set(conf, k, v, why, sizeof why) != RD_KAFKA_CONF_OK) {
+        snprintf(err, errlen, "Kafka property -X %s=%s: %s", k, v, why);
+        return -1;
+    }
+    return 0;
+}
+
+/* Applies the -X properties: librdkafka's own, ours (sessionizer.*), and
+ * skips the dead-letter producer's (dlq.*). */
+static int apply_props(kafka_source *ks, rd_kafka_conf_t *conf, char *err, size_t errlen)
+{
+    for (const char *const *pp = ks->props; pp && *pp; pp++) {
+        const char *eq = strchr(*pp, '=');
+        if (!eq) continue; /* the CLI already refused these */
+        char key[256];
+        snprintf(key, sizeof key, "%.*s", (int)(eq - *pp), *pp);
+        const char *v = eq + 1;
+        if (strncmp(key, "dlq.", 4) == 0) continue;
+        if (strcmp(key, "sessionizer.startup.timeout.ms") == 0 ||
+            strcmp(key, "sessionizer.rebalance.wait.ms") == 0) {
+            int64_t *dst = key[12] == 's' ? &ks->startup_ms : &ks->rebalance_wait_ms;
+            if (parse_ms(v, dst)) {
+                snprintf(err, errlen, "-X %s=%s: expected milliseconds (0 to 86400000)", key, v);
+                return -1;
+            }
+            continue;
+        }
+        if (strncmp(key, "sessionizer.", 12) == 0) {
+            snprintf(err, errlen, "unknown property -X %s (sessionizer.startup.timeout.ms and "
+                     "sessionizer.rebalance.wait.ms are the sessionizer ones)", key);
+            return -1;
+        }
+        if (strcmp(key, "bootstrap.servers") == 0 || strcmp(key, "metadata.broker.list") == 0 ||
+            strcmp(key, "group.id") == 0) {
+            snprintf(err, errlen, "-X %s: give the brokers in the URI (kafka://HOST:PORT/TOPIC) "
+                     "and the group with --group", key);
+            return -1;
+        }
+        if (strcmp(key, "enable.auto.commit") == 0 ||
+            strcmp(key, "enable.auto.offset.store") == 0 ||
+            strcmp(key, "enable.partition.eof") == 0 || strcmp(key, "group.protocol") == 0) {
+            snprintf(err, errlen, "-X %s cannot be changed: sessionizer keeps its positions "
+                     "in the checkpoint and commits them to the group itself", key);
+            return -1;
+        }
+        if (strcmp(key, "partition.assignment.strategy") == 0 && strstr(v, "cooperative")) {
+            snprintf(err, errlen, "-X %s=%s: cooperative assignors are not supported (one "
+                     "instance reads every partition, see docs/kafka.md)", key, v);
+            return -1;
+        }
+        if (strcmp(key, "auto.offset.reset") == 0) ks->reset_is_error = strcmp(v, "error") == 0;
+        if (strcmp(key, "debug") == 0) ks->debug = 1;
+        if (conf_set(conf, key, v, err, errlen)) return -1;
+    }
+    return 0;
+}
+
+static void destroy(kafka_source *ks)
+{
+    if (!ks) return;
+    if (ks->rk) {
+        if (ks->q) rd_kafka_queue_destroy(ks->q);
+        rd_kafka_destroy(ks->rk);
+    }
+    free(ks->parts);
+    free(ks->brokers);
+    free(ks->topic);
+    free(ks->group);
+    free(ks->describe);
+    if (g_open == ks) g_open = NULL;
+    free(ks);
+}
+
+/* Waits for the cluster to answer a metadata request for the topic, serving
+ * error_cb meanwhile so that the failure names its cause. */
+static int wait_for_cluster(kafka_source *ks, char *err, size_t errlen)
+{
+    int64_t deadline = now_ms() + ks->startup_ms;
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(ks->rk, ks->topic, NULL);
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR__TIMED_OUT;
+    for (;;) {
+        int64_t left = deadline - now_ms();
+        if (left <= 0) break;
+        e = rd_kafka_metadata(ks->rk, 0, rkt, &md, (int)(left < 1000 ? left : 1000));
+        rd_kafka_poll(ks->rk, 0);
+        if (e == RD_KAFKA_RESP_ERR_NO_ERROR) break;
+        md = NULL;
+    }
+    rd_kafka_topic_destroy(rkt);
+    if (!md) {
+        snprintf(err, errlen, "cannot reach the Kafka cluster at %s within %.1f s (%s%s%s). "
+                 "Check the address in --source, or wait longer with "
+                 "-X sessionizer.startup.timeout.ms=MS", ks->brokers,
+                 (double)ks->startup_ms / 1000.0, rd_kafka_err2str(e),
+                 ks->last_err_str[0] ? "; last error: " : "", ks->last_err_str);
+        return -1;
+    }
+    int rc = 0;
+    if (md->topic_cnt != 1 || md->topics[0].err || md->topics[0].partition_cnt <= 0) {
+        rd_kafka_resp_err_t te = md->topic_cnt == 1 ? md->topics[0].err
+                                                    : RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
+        if (te == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || te == RD_KAFKA_RESP_ERR_NO_ERROR)
+            snprintf(err, errlen, "topic '%s' does not exist on the Kafka cluster at %s "
+                     "(sessionizer does not create its input topic)", ks->topic, ks->brokers);
+        else
+            snprintf(err, errlen, "topic '%s' on %s: %s", ks->topic, ks->brokers,
+                     rd_kafka_err2str(te));
+        rc = -1;
+    } else {
+        grow_parts(ks, md->topics[0].partition_cnt);
+    }
+    rd_kafka_metadata_destroy(md);
+    return rc;
+}
+
+static source *kafka_open(const char *target, const source_options *opts, char *err,
+                          size_t errlen)
+{
+    if (strncmp(target, "//", 2) != 0) {
+        snprintf(err, errlen, "Kafka source '%s': expected kafka://HOST:PORT[,HOST:PORT...]/TOPIC",
+                 target);
+        return NULL;
+    }
+    const char *hosts = target + 2, *slash = strchr(hosts, '/');
+    if (!slash || slash == hosts || !valid_topic(slash + 1)) {
+        snprintf(err, errlen, "Kafka source 'kafka:%s': expected kafka://HOST:PORT[,HOST:PORT...]"
+                 "/TOPIC with a topic of letters, digits, '.', '_' and '-'", target);
+        return NULL;
+    }
+    kafka_source *ks = xcalloc(1, sizeof *ks);
+    ks->brokers = xstrndup(hosts, (size_t)(slash - hosts));
+    ks->topic = xstrdup(slash + 1);
+    ks->group = xstrdup(opts->group && *opts->group ? opts->group : "sessionizer");
+    ks->props = opts->props;
+    ks->until_end = opts->until_end;
+    ks->max_record = opts->max_record_bytes ? opts->max_record_bytes : (1u << 20);
+    ks->startup_ms = DEFAULT_STARTUP_MS;
+    ks->rebalance_wait_ms = DEFAULT_REBALANCE_WAIT_MS;
+    ks->reset_is_error = 1;
+    ks->ts_type = -1;
+    size_t dn = strlen(ks->topic) + strlen(ks->brokers) + strlen(ks->group) + 64;
+    ks->describe = xmalloc(dn);
+    snprintf(ks->describe, dn, "kafka topic %s at %s (group %s)", ks->topic, ks->brokers,
+             ks->group);
+
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (conf_set(conf, "bootstrap.servers", ks->brokers, err, errlen) ||
+        conf_set(conf, "group.id", ks->group, err, errlen) ||
+        conf_set(conf, "client.id", "sessionizer", err, errlen) ||
+        conf_set(conf, "auto.offset.reset", "error", err, errlen) ||
+        apply_props(ks, conf, err, errlen) ||
+        conf_set(conf, "enable.auto.commit", "false", err, errlen) ||
+        conf_set(conf, "enable.auto.offset.store", "false", err, errlen) ||
+        conf_set(conf, "enable.partition.eof", "true", err, errlen)) {
+        rd_kafka_conf_destroy(conf);
+        destroy(ks);
+        return NULL;
+    }
+    rd_kafka_conf_set_opaque(conf, ks);
+    rd_kafka_conf_set_log_cb(conf, log_cb);
+    rd_kafka_conf_set_error_cb(conf, error_cb);
+    rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
+    rd_kafka_conf_set_offset_commit_cb(conf, commit_cb);
+    char why[512];
+    ks->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, why, sizeof why);
+    if (!ks->rk) {
+        rd_kafka_conf_destroy(conf);
+        snprintf(err, errlen, "Kafka consumer for %s: %s", ks->describe, why);
+        destroy(ks);
+        return NULL;
+    }
+    if (wait_for_cluster(ks, err, errlen)) {
+        destroy(ks);
+        return NULL;
+    }
+    /* Where each partition starts without a checkpoint, and where it ends for
+     * --until-end: both need the watermarks now, bounded by the same
+     * start-up deadline. */
+    int64_t deadline = now_ms() + ks->startup_ms;
+    for (int32_t p = 0; p < ks->n_parts; p++) {
+        int64_t lo = 0, hi = 0, left = deadline - now_ms();
+        rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(
+            ks->rk, ks->topic, p, &lo, &hi, (int)(left > 1000 ? left : 1000));
+        if (e) {
+            snprintf(err, errlen, "cannot read the offsets of %s partition %d: %s", ks->topic,
+                     (int)p, rd_kafka_err2str(e));
+            destroy(ks);
+            return NULL;
+        }
+        kpart *kp = &ks->parts[p];
+        kp->low = lo;
+        kp->high = hi;
+        kp->end = hi;
+        kp->pos = opts->start_latest ? hi : lo;
+    }
+    if (ks->until_end) {
+        ks->done = 0;
+        for (int32_t p = 0; p < ks->n_parts; p++) ks->done += ks->parts[p].pos >= ks->parts[p].end;
+    }
+    ks->q = rd_kafka_queue_get_consumer(ks->rk);
+    rd_kafka_poll_set_consumer(ks->rk);
+    rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(sub, ks->topic, RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t e = rd_kafka_subscribe(ks->rk, sub);
+    rd_kafka_topic_partition_list_destroy(sub);
+    if (e) {
+        snprintf(err, errlen, "cannot subscribe to %s: %s", ks->topic, rd_kafka_err2str(e));
+        destroy(ks);
+        return NULL;
+    }
+    ks->base.ops = &kafka_source_ops;
+    g_open = ks;
+    return &ks->base;
+}
+
+/* ---- reading ------------------------------------------------------------ */
+
+static void log_ts_type(kafka_source *ks, rd_kafka_timestamp_type_t t)
+{
+    if ((int)t == ks->ts_type) return;
+    ks->ts_type = (int)t;
+    const char *name = t == RD_KAFKA_TIMESTAMP_CREATE_TIME       ? "CreateTime"
+                       : t == RD_KAFKA_TIMESTAMP_LOG_APPEND_TIME ? "LogAppendTime"
+                                                                 : "no";
+    fprintf(stderr, "sessionizer: kafka: topic %s records carry %s timestamps; session ids "
+            "use (timestamp, partition, offset) of a session's earliest record%s\n",
+            ks->topic, name,
+            t == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE ? " (timestamp taken as 0)" : "");
+}
+
+static void advance(kafka_source *ks, kpart *kp, int64_t next)
+{
+    if (ks->until_end && kp->pos < kp->end && next >= kp->end) ks->done++;
+    kp->pos = next;
+}
+
+/* Takes one message from librdkafka. Returns 1 when it is a record to
+ * deliver (then it becomes ks->cur), 0 when it was consumed otherwise. */
+static int take(kafka_source *ks, rd_kafka_message_t *m, raw_record *out)
+{
+    if (m->err) {
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF && m->rkt &&
+            m->partition >= 0 && m->partition < ks->n_parts) {
+            kpart *kp = &ks->parts[m->partition];
+            /* Everything below the end offset was delivered (or never will
+             * be: transaction markers, compacted records): move past it, but
+             * never past --until-end's end, whose records beyond were dropped. */
+            int64_t to = ks->until_end && m->offset > kp->end ? kp->end : m->offset;
+            if (kp->assigned && to > kp->pos) advance(ks, kp, to);
+            if (m->offset > kp->high) kp->high = m->offset;
+            if (ks->outage_since_ms) {
+                fprintf(stderr, "sessionizer: kafka: cluster reachable again after %.1f s\n",
+                        (double)(now_ms() - ks->outage_since_ms) / 1000.0);
+                ks->outage_since_ms = 0;
+            }
+        } else {
+            on_error(ks, m->err, rd_kafka_message_errstr(m));
+        }
+        rd_kafka_message_destroy(m);
+        return 0;
+    }
+    int32_t p = m->partition;
+    if (p < 0 || p >= ks->n_parts || !ks->parts[p].assigned) {
+        rd_kafka_message_destroy(m); /* from an assignment we no longer hold */
+        return 0;
+    }
+    kpart *kp = &ks->parts[p];
+    if ((kp->pos >= 0 && m->offset < kp->pos) || (ks->until_end && m->offset >= kp->end)) {
+        rd_kafka_message_destroy(m); /* already applied, or beyond --until-end */
+        return 0;
+    }
+    if (ks->outage_since_ms) {
+        fprintf(stderr, "sessionizer: kafka: cluster reachable again after %.1f s\n",
+                (double)(now_ms() - ks->outage_since_ms) / 1000.0);
+        ks->outage_since_ms = 0;
+    }
+    rd_kafka_timestamp_type_t tt;
+    int64_t ts = rd_kafka_message_timestamp(m, &tt);
+    if ((int)tt != ks->ts_type) log_ts_type(ks, tt);
+    out->pos.append_ts_ms = tt == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE || ts < 0 ? 0 : ts;
+    out->pos.partition = p;
+    out->pos.offset = m->offset;
+    out->line = 0;
+    out->data = m->payload ? m->payload : "";
+    out->len = m->len;
+    out->oversized = m->len > ks->max_record;
+    if (out->oversized) out->len = ks->max_record;
+    advance(ks, kp, m->offset + 1);
+    ks->cur = m;
+    return 1;
+}
+
+static int kafka_poll(source *s, raw_record *out, int timeout_ms, char *err, size_t errlen)
+{
+    kafka_source *ks = (kafka_source *)s;
+    if (ks->cur) {
+        rd_kafka_message_destroy(ks->cur);
+        ks->cur = NULL;
+    }
+    int waited = 0;
+    for (;;) {
+        if (ks->fatal) {
+            snprintf(err, errlen, "%s", ks->fatal_msg);
+            return SOURCE_ERROR;
+        }
+        if (ks->until_end && ks->done >= ks->n_parts) return SOURCE_END;
+        while (ks->batch_i < ks->batch_n) {
+            rd_kafka_message_t *m = ks->batch[ks->batch_i++];
+            if (take(ks, m, out)) return SOURCE_RECORD;
+            if (ks->fatal || (ks->until_end && ks->done >= ks->n_parts)) break;
+        }
+        if (ks->batch_i < ks->batch_n) continue; /* report the failure or the end first */
+        ks->batch_i = ks->batch_n = 0;
+        if (ks->paused_since_ms && now_ms() - ks->paused_since_ms > ks->rebalance_wait_ms) {
+            snprintf(err, errlen, "consumer group %s kept part of topic %s with another member "
+                     "for more than %" PRId64 " ms. One sessionizer instance must read every "
+                     "partition: stop the other member, then restart this job (it resumes "
+                     "from its checkpoint)", ks->group, ks->topic, ks->rebalance_wait_ms);
+            return SOURCE_ERROR;
+        }
+        if (waited) return SOURCE_IDLE;
+        ssize_t n = rd_kafka_consume_batch_queue(ks->q, 0, ks->batch, BATCH);
+        if (n < 0) {
+            snprintf(err, errlen, "reading %s: %s", ks->describe,
+                     rd_kafka_err2str(rd_kafka_last_error()));
+            return SOURCE_ERROR;
+        }
+        if (n > 0) {
+            ks->batch_n = (size_t)n;
+            continue;
+        }
+        /* Nothing queued: wait for the next message, served as soon as it
+         * arrives (the batch call above does not wait). */
+        waited = 1;
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(ks->rk, timeout_ms);
+        if (m) {
+            ks->batch[0] = m;
+            ks->batch_n = 1;
+        }
+    }
+}
+
+/* ---- positions ---------------------------------------------------------- */
+
+/* Position: le32 version, le32 count, then per partition le32 id, le64 next
+ * offset (negative: from the log start). */
+static void kafka_position(source *s, buf *out)
+{
+    kafka_source *ks = (kafka_source *)s;
+    buf_put_u32le(out, POSITION_VERSION);
+    buf_put_u32le(out, (uint32_t)ks->n_parts);
+    for (int32_t p = 0; p < ks->n_parts; p++) {
+        buf_put_u32le(out, (uint32_t)p);
+        buf_put_i64le(out, ks->parts[p].pos);
+    }
+}
+
+static int kafka_seek(source *s, const void *pos, size_t len, char *err, size_t errlen)
+{
+    kafka_source *ks = (kafka_source *)s;
+    reader r;
+    reader_init(&r, pos, len);
+    uint32_t version = 0, n = 0;
+    reader_u32le(&r, &version);
+    reader_u32le(&r, &n);
+    if (r.bad || version != POSITION_VERSION || n > 1000000 || reader_left(&r) != (size_t)n * 12) {
+        snprintf(err, errlen, "the checkpoint's position for %s is not a Kafka position "
+                 "(was it written for another source?)", ks->describe);
+        return -1;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t id = 0;
+        int64_t off = 0;
+        reader_u32le(&r, &id);
+        reader_i64le(&r, &off);
+        if (id >= (uint32_t)ks->n_parts) {
+            snprintf(err, errlen, "the checkpoint has a position for partition %u of topic %s, "
+                     "which has only %d partitions now: was the topic deleted and recreated? "
+                     "Use a new --checkpoint directory to reprocess it", id, ks->topic,
+                     (int)ks->n_parts);
+            return -1;
+        }
+        kpart *kp = &ks->parts[id];
+        if (off >= 0 && off > kp->high) {
+            snprintf(err, errlen, "the checkpoint resumes %s partition %u at offset %" PRId64
+                     " but the partition ends at %" PRId64 ": the topic was recreated, or this "
+                     "is another cluster. Use a new --checkpoint directory to reprocess it",
+                     ks->topic, id, off, kp->high);
+            return -1;
+        }
+        if (off >= 0 && off < kp->low) {
+            if (ks->reset_is_error) {
+                snprintf(err, errlen, "the checkpoint resumes %s partition %u at offset %" PRId64
+                         " but the log now starts at %" PRId64 ": %" PRId64 " records were "
+                         "deleted (retention) before they were read. To go on without them, "
+                         "rerun with -X auto.offset.reset=earliest; to reprocess what is left, "
+                         "use a new --checkpoint directory", ks->topic, id, off, kp->low,
+                         kp->low - off);
+                return -1;
+            }
+            fprintf(stderr, "sessionizer: kafka: %s partition %u: offsets %" PRId64 " to %" PRId64
+                    " were deleted before they were read; going on without them "
+                    "(auto.offset.reset)\n", ks->topic, id, off, kp->low - 1);
+            off = kp->low;
+        }
+        kp->pos = off >= 0 ? off : OFFSET_UNKNOWN;
+    }
+    if (ks->until_end) {
+        ks->done = 0;
+        for (int32_t p = 0; p < ks->n_parts; p++)
+            ks->done += ks->parts[p].pos >= ks->parts[p].end;
+    }
+    return 0;
+}
+
+static void kafka_committed(source *s)
+{
+    kafka_source *ks = (kafka_source *)s;
+    if (!ks->active) return; /* the group would refuse a commit from a non-member */
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(ks->n_parts);
+    for (int32_t p = 0; p < ks->n_parts; p++)
+        if (ks->parts[p].assigned && ks->parts[p].pos >= 0)
+            rd_kafka_topic_partition_list_add(l, ks->topic, p)->offset = ks->parts[p].pos;
+    if (l->cnt > 0) rd_kafka_commit(ks->rk, l, 1);
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+static size_t kafka_partitions(source *s, partition_info *out, size_t max)
+{
+    kafka_source *ks = (kafka_source *)s;
+    for (int32_t p = 0; p < ks->n_parts && (size_t)p < max; p++) {
+        kpart *kp = &ks->parts[p];
+        int64_t end;
+        int caught_up;
+        if (ks->until_end) {
+            end = kp->end;
+            caught_up = kp->pos >= end;
+        } else {
+            int64_t lo = -1, hi = -1;
+            if (rd_kafka_get_watermark_offsets(ks->rk, ks->topic, p, &lo, &hi) == 0 &&
+                hi > kp->high)
+                kp->high = hi;
+            end = kp->high;
+            caught_up = kp->assigned && kp->pos >= 0 && kp->pos >= end;
+        }
+        int64_t lag = kp->pos < 0 || end < 0 ? -1 : end > kp->pos ? end - kp->pos : 0;
+        out[p] = (partition_info){.partition = p, .caught_up = caught_up, .lag = lag};
+    }
+    return (size_t)ks->n_parts;
+}
+
+static const char *kafka_describe(source *s) { return ((kafka_source *)s)->describe; }
+
+static void kafka_close(source *s)
+{
+    kafka_source *ks = (kafka_source *)s;
+    if (!ks) return;
+    if (ks->cur) rd_kafka_message_destroy(ks->cur);
+    for (size_t i = ks->batch_i; i < ks->batch_n; i++) rd_kafka_message_destroy(ks->batch[i]);
+    /* Leave the group now rather than when its session times out, so that
+     * another instance can take over at once. */
+    rd_kafka_consumer_close(ks->rk);
+    destroy(ks);
+}
+
+/* ---- shared with the Kafka dead-letter output (kafka.h) ----------------- */
+
+const char *kafka_source_bootstrap(void) { return g_open ? g_open->brokers : NULL; }
+
+const char *const *kafka_source_props(void) { return g_open ? g_open->props : NULL; }
+
+int kafka_source_key(const raw_record *raw, const void **key, size_t *len)
+{
+    if (!g_open || !g_open->cur || !raw || raw->pos.partition != g_open->cur->partition ||
+        raw->pos.offset != g_open->cur->offset)
+        return 0;
+    *key = g_open->cur->key;
+    *len = g_open->cur->key_len;
+    return 1;
+}
+
+const source_ops kafka_source_ops = {
+    .scheme = "kafka",
+    .usage = "kafka://HOST:PORT[,HOST:PORT...]/TOPIC  a Kafka topic, every partition "
+             "(-X, --group, --start)",
+    .open = kafka_open,
+    .poll = kafka_poll,
+    .position = kafka_position,
+    .seek = kafka_seek,
+    .committed = kafka_committed,
+    .partitions = kafka_partitions,
+    .describe = kafka_describe,
+    .close = kafka_close,
+};
