@@ -1,15 +1,18 @@
 /*
  * parse.c - visit records from JSON lines, via yajl's callback parser.
  *
- * One yajl handle is reused across records (yajl_allow_multiple_values), so
- * the common path allocates nothing; after an error the handle is replaced,
- * because yajl cannot recover from one. The callbacks track nesting depth so
- * that only the top-level object's fields are taken, and count top-level
- * values so that a line holding two values is refused.
+ * Each record gets a fresh yajl handle, so that no lexer or parser state can
+ * leak from one record into the next (a reused handle in
+ * yajl_allow_multiple_values mode did: a stray quote after a complete object
+ * stayed in its lexer). A handle costs a few allocations; they come from a
+ * bump arena reset per record, so the common path still calls malloc zero
+ * times. The callbacks track nesting depth so that only the top-level
+ * object's fields are taken.
  */
 #include "record/parse.h"
 
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,13 +24,75 @@
 
 enum field { F_NONE, F_USER_ID, F_PAGE, F_EVENT_TIME };
 
+/* ---- per-record arena for yajl's allocations ---------------------------- */
+
+#define ARENA_BYTES 16384
+
+typedef struct arena_block {
+    struct arena_block *next; /* overflow blocks, freed at reset */
+} arena_block;
+
+typedef struct arena {
+    max_align_t store[ARENA_BYTES / sizeof(max_align_t)];
+    size_t used;
+    arena_block *overflow;
+} arena;
+
+/* Each allocation is preceded by one max_align_t slot holding its size (for
+ * realloc), so that what is returned stays maximally aligned. */
+#define SLOT sizeof(max_align_t)
+
+static void *arena_malloc(void *ctx, size_t n)
+{
+    arena *a = ctx;
+    size_t need = SLOT + ((n + SLOT - 1) & ~(SLOT - 1));
+    unsigned char *p;
+    if (need <= sizeof a->store - a->used) {
+        p = (unsigned char *)a->store + a->used;
+        a->used += need;
+    } else {
+        arena_block *b = xmalloc(SLOT + need);
+        b->next = a->overflow;
+        a->overflow = b;
+        p = (unsigned char *)b + SLOT;
+    }
+    memcpy(p, &n, sizeof n);
+    return p + SLOT;
+}
+
+static void arena_free(void *ctx, void *ptr) { (void)ctx, (void)ptr; }
+
+static void *arena_realloc(void *ctx, void *ptr, size_t n)
+{
+    if (!ptr) return arena_malloc(ctx, n);
+    size_t old;
+    memcpy(&old, (unsigned char *)ptr - SLOT, sizeof old);
+    if (n <= old) return ptr;
+    void *q = arena_malloc(ctx, n);
+    memcpy(q, ptr, old);
+    return q;
+}
+
+static void arena_reset(arena *a)
+{
+    while (a->overflow) {
+        arena_block *next = a->overflow->next;
+        free(a->overflow);
+        a->overflow = next;
+    }
+    a->used = 0;
+}
+
 struct record_parser {
+    arena arena;        /* holds the current record's yajl handle */
+    yajl_alloc_funcs alloc_funcs;
     yajl_handle h;
     /* per-record state */
     int depth;
     int top_values;
     enum field pending; /* the top-level key just read */
     unsigned seen;      /* bit per field */
+    size_t end;         /* bytes up to the end of the top-level object */
     parse_error err;
     char *detail;
     size_t detail_len;
@@ -96,9 +161,17 @@ static int top_value(record_parser *p, char kind, const char *s, size_t len)
     return 1;
 }
 
+/* A value that is not an object at the top level. */
+static int top_level_non_object(record_parser *p)
+{
+    if (p->top_values > 0)
+        return fail(p, PARSE_INVALID_JSON, "%s", "more than one JSON value on the line");
+    return fail(p, PARSE_NOT_AN_OBJECT, "%s", "the record is not a JSON object");
+}
+
 static int on_scalar(record_parser *p, char kind, const char *s, size_t len)
 {
-    if (p->depth == 0) return fail(p, PARSE_NOT_AN_OBJECT, "%s", "the record is not a JSON object");
+    if (p->depth == 0) return top_level_non_object(p);
     if (p->depth == 1) return top_value(p, kind, s, len);
     return 1;
 }
@@ -141,20 +214,25 @@ static int cb_map_key(void *ctx, const unsigned char *key, size_t len)
 static int cb_end_map(void *ctx)
 {
     record_parser *p = ctx;
-    p->depth--;
+    if (--p->depth == 0) p->end = yajl_get_bytes_consumed(p->h);
     return 1;
 }
 
 static int cb_start_array(void *ctx)
 {
     record_parser *p = ctx;
-    if (p->depth == 0) return fail(p, PARSE_NOT_AN_OBJECT, "%s", "the record is not a JSON object");
+    if (p->depth == 0) return top_level_non_object(p);
     if (p->depth == 1 && !on_scalar(p, 'o', NULL, 0)) return 0;
     p->depth++;
     return 1;
 }
 
-static int cb_end_array(void *ctx) { return cb_end_map(ctx); }
+static int cb_end_array(void *ctx)
+{
+    record_parser *p = ctx;
+    p->depth--;
+    return 1;
+}
 
 static const yajl_callbacks callbacks = {
     .yajl_null = cb_null,
@@ -168,26 +246,18 @@ static const yajl_callbacks callbacks = {
     .yajl_end_array = cb_end_array,
 };
 
-static void new_handle(record_parser *p)
-{
-    if (p->h) yajl_free(p->h);
-    p->h = yajl_alloc(&callbacks, NULL, p);
-    if (!p->h) xmalloc((size_t)-1); /* reports out of memory */
-    yajl_config(p->h, yajl_allow_multiple_values, 1);
-}
-
 record_parser *record_parser_new(void)
 {
     record_parser *p = xcalloc(1, sizeof *p);
     buf_init(&p->page);
-    new_handle(p);
+    p->alloc_funcs = (yajl_alloc_funcs){arena_malloc, arena_realloc, arena_free, &p->arena};
     return p;
 }
 
 void record_parser_free(record_parser *p)
 {
     if (!p) return;
-    yajl_free(p->h);
+    arena_reset(&p->arena);
     buf_free(&p->page);
     free(p);
 }
@@ -199,6 +269,7 @@ parse_error record_parse(record_parser *p, const raw_record *r, visit *out, char
     p->top_values = 0;
     p->pending = F_NONE;
     p->seen = 0;
+    p->end = 0;
     p->err = PARSE_OK;
     p->detail = detail;
     p->detail_len = detail_len;
@@ -208,18 +279,26 @@ parse_error record_parse(record_parser *p, const raw_record *r, visit *out, char
         snprintf(detail, detail_len, "record longer than the limit (--max-record-bytes)");
         return PARSE_OVERSIZED;
     }
-    /* The trailing space ends a bare top-level number, which yajl would
-     * otherwise hold back waiting for more digits. */
+    size_t first = 0;
+    while (first < r->len && (r->data[first] == ' ' || r->data[first] == '\t' ||
+                              r->data[first] == '\r' || r->data[first] == '\n'))
+        first++;
+    if (first == r->len) {
+        snprintf(detail, detail_len, "empty record");
+        return PARSE_INVALID_JSON;
+    }
+    arena_reset(&p->arena);
+    p->h = yajl_alloc(&callbacks, &p->alloc_funcs, p);
+    /* yajl_complete_parse ends a bare top-level number and reports a value
+     * cut short, or anything after the value, as an error. */
     yajl_status st = yajl_parse(p->h, (const unsigned char *)r->data, r->len);
-    if (st == yajl_status_ok) st = yajl_parse(p->h, (const unsigned char *)" ", 1);
-    if (st == yajl_status_ok && (p->depth != 0 || p->top_values == 0)) {
-        /* Incomplete value (or an empty line): say so, and start afresh. */
-        new_handle(p);
-        if (p->top_values == 0 && p->depth == 0 && p->err == PARSE_OK) {
-            snprintf(detail, detail_len, "empty record");
-            return PARSE_INVALID_JSON;
-        }
-        snprintf(detail, detail_len, "truncated JSON value");
+    if (st == yajl_status_ok) st = yajl_complete_parse(p->h);
+    /* ...except an unfinished token after the value (a stray quote), which
+     * yajl's lexer holds and then ignores: only JSON whitespace may follow. */
+    for (size_t i = p->end; st == yajl_status_ok && p->err == PARSE_OK && i < r->len; i++) {
+        char c = r->data[i];
+        if (c == ' ' || c == '\t' || c == '\r' || c == '\n') continue;
+        snprintf(detail, detail_len, "data after the JSON object");
         return PARSE_INVALID_JSON;
     }
     if (st != yajl_status_ok) {
@@ -233,7 +312,6 @@ parse_error record_parse(record_parser *p, const raw_record *r, visit *out, char
             snprintf(detail, detail_len, "%.*s", (int)n, m);
             yajl_free_error(p->h, msg);
         }
-        new_handle(p);
         return p->err;
     }
     if (p->err != PARSE_OK) return p->err;

@@ -48,6 +48,8 @@ static void test_parse_invalid(void)
         {"{\"user_id\":1,\"page\":\"a\",\"event_time\":\"2023-02-20T03:03:20\"", PARSE_INVALID_JSON},
         {"{\"user_id\":1,\"page\":\"a\",\"event_time\":\"2023-02-20T03:03:20\"} {}", PARSE_INVALID_JSON},
         {"{\"user_id\":1,\"page\":\"a\",\"event_time\":\"2023-02-20T03:03:20\",}", PARSE_INVALID_JSON},
+        {"{\"user_id\":1,\"page\":\"a\",\"event_time\":\"2023-02-20T03:03:20\"}\"e,v", PARSE_INVALID_JSON},
+        {"{\"user_id\":1,\"page\":\"a\",\"event_time\":\"2023-02-20T03:03:20\"} 5", PARSE_INVALID_JSON},
         {"[1,2]", PARSE_NOT_AN_OBJECT},
         {"42", PARSE_NOT_AN_OBJECT},
         {"\"str\"", PARSE_NOT_AN_OBJECT},
