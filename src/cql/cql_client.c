@@ -412,10 +412,19 @@ static int add_host(cql_client *c, const struct sockaddr *sa, socklen_t salen,
 
 static void requeue_inflight_of(cql_client *c, int hi, const char *reason);
 
+/* Messages from the connection start with "ip:port: "; drop it where the
+ * caller names the node itself. */
+static const char *after_name(const host *h, const char *msg)
+{
+    size_t n = strlen(h->name);
+    return strncmp(msg, h->name, n) == 0 && msg[n] == ':' && msg[n + 1] == ' ' ? msg + n + 2 : msg;
+}
+
 static void host_down(cql_client *c, int hi, const char *reason)
 {
     host *h = &c->hosts[hi];
     if (!h->conn) return;
+    reason = after_name(h, reason);
     logf_(c, CQL_LOG_WARN, "node %s lost: %s", h->name, reason);
     cql_conn_free(h->conn);
     h->conn = NULL;
@@ -472,7 +481,7 @@ static void reconnect_due(cql_client *c, int64_t now)
         int fatal = 0;
         if (host_connect(c, i, &fatal, err, sizeof err)) {
             warn_throttled(c, "reconnecting to %s failed (next attempt in %d ms): %s", h->name,
-                           h->backoff_ms, err);
+                           h->backoff_ms, after_name(h, err));
             if (fatal && !c->fatal) {
                 c->fatal = 1;
                 snprintf(c->fatal_error, sizeof c->fatal_error, "%s", err);
@@ -596,7 +605,8 @@ static void dispatch(cql_client *c)
 static void requeue_inflight_of(cql_client *c, int hi, const char *reason)
 {
     char msg[700];
-    snprintf(msg, sizeof msg, "connection to %s lost: %s", c->hosts[hi].name, reason);
+    snprintf(msg, sizeof msg, "connection to %s lost: %s", c->hosts[hi].name,
+             after_name(&c->hosts[hi], reason));
     req *r = c->inflight.head;
     while (r) {
         req *next = r->next;
@@ -719,8 +729,9 @@ static void handle_response(cql_client *c, int hi, const cql_header *h, const un
             p->pin = hi;
             p->parked = r;
             list_push_front(&c->ready, p, L_READY);
-        } else if (is_retryable_code(code) ||
-                   (code == CQL_ERR_UNPREPARED)) {
+        } else if ((is_retryable_code(code) && (code != CQL_ERR_SERVER || r->attempts < 2)) ||
+                   code == CQL_ERR_UNPREPARED) {
+            /* a server error may be a bug that repeats: try twice more, no more */
             /* overloaded/bootstrapping: that node is the problem, try another */
             int avoid = code == CQL_ERR_OVERLOADED || code == CQL_ERR_IS_BOOTSTRAPPING ||
                                 code == CQL_ERR_UNAVAILABLE
@@ -1079,7 +1090,8 @@ static void connect_all(cql_client *c)
         char err[600];
         int fatal;
         if (host_connect(c, i, &fatal, err, sizeof err))
-            logf_(c, CQL_LOG_WARN, "cannot connect to %s (will retry): %s", h->name, err);
+            logf_(c, CQL_LOG_WARN, "cannot connect to %s (will retry): %s", h->name,
+                  after_name(h, err));
     }
 }
 
@@ -1233,7 +1245,8 @@ cql_client *cql_client_connect(const cql_client_config *cfg, char *err, size_t e
     for (int i = 0; i < c->n_hosts && c->control < 0; i++) {
         int fatal = 0;
         if (host_connect(c, i, &fatal, last, sizeof last) == 0) break;
-        logf_(c, CQL_LOG_WARN, "contact point %s: %s", c->hosts[i].name, last);
+        logf_(c, CQL_LOG_WARN, "contact point %s: %s", c->hosts[i].name,
+              after_name(&c->hosts[i], last));
         if (fatal) {
             snprintf(err, errlen, "%s", last);
             goto fail;
