@@ -4,6 +4,7 @@
 #   make demo     the reference walkthrough's visits into SQLite, table printed
 #   make bench    the benchmark suite (bench/run)
 
+MAKEFLAGS  += --no-print-directory
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
@@ -43,7 +44,7 @@ demo: build
 	  --checkpoint demo/checkpoint --dlq jsonl:demo/deadletter.jsonl --until-end
 	@echo
 	@sqlite3 -header -column demo/sessions.db \
-	  "SELECT session_id, user_id, pages, ingestion_time FROM sessions ORDER BY user_id, session_id"
+	  "SELECT session_id, user_id, pages, ingestion_time FROM sessions ORDER BY user_id, pages"
 
 bench: build
 	bench/run
