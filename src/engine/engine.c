@@ -40,17 +40,25 @@ typedef struct page_entry {
     uint32_t len;
 } page_entry;
 
+/* One block holds a session's pages: cap_pages entries, then arena_cap
+ * bytes of page text. One allocation instead of two saves a malloc header
+ * and a pointer per session, which is most of the overhead at 1M sessions. */
 typedef struct session {
     int64_t user_id;
     int64_t first_t, last_t;
     log_position first_pos; /* earliest-appended member visit */
-    page_entry *pages;
-    char *arena;
+    unsigned char *store;   /* page_entry[cap_pages] followed by arena_cap bytes */
+    struct session *next;
     uint32_t n_pages, cap_pages;
     uint32_t arena_len, arena_cap;
     uint32_t heap_idx;
-    struct session *next;
 } session;
+
+static inline page_entry *pages_of(const session *s) { return (page_entry *)(void *)s->store; }
+static inline char *arena_of(const session *s)
+{
+    return (char *)s->store + (size_t)s->cap_pages * sizeof(page_entry);
+}
 
 typedef struct user_slot {
     int64_t user_id;
@@ -275,26 +283,37 @@ static session *session_new(int64_t user_id, const visit *v)
 
 static void session_free(session *s)
 {
-    free(s->pages);
-    free(s->arena);
+    free(s->store);
     free(s);
 }
 
-/* Returns the arena offset of a copy of the page, or UINT32_MAX if the arena
- * would exceed 4 GiB (then the page is treated as over the cap). */
-static uint32_t arena_add(session *s, const char *data, uint32_t len)
+/* Makes room for `pages` more entries and `bytes` more text. Returns -1 if
+ * the text would pass 4 GiB (the page is then treated as over the cap). */
+static int session_reserve(session *s, uint32_t max_pages, uint32_t pages, uint32_t bytes)
 {
-    uint64_t need = (uint64_t)s->arena_len + len;
-    if (need > UINT32_MAX - 1) return UINT32_MAX;
-    if (need > s->arena_cap) {
-        uint64_t cap = s->arena_cap ? s->arena_cap : 32;
-        while (cap < need) cap *= 2;
-        if (cap > UINT32_MAX) cap = UINT32_MAX;
-        s->arena = xrealloc(s->arena, (size_t)cap);
-        s->arena_cap = (uint32_t)cap;
-    }
+    uint64_t need_pages = (uint64_t)s->n_pages + pages, need_bytes = (uint64_t)s->arena_len + bytes;
+    if (need_bytes > UINT32_MAX - 1) return -1;
+    if (need_pages <= s->cap_pages && need_bytes <= s->arena_cap) return 0;
+    uint64_t cap_pages = s->cap_pages, cap_bytes = s->arena_cap;
+    /* Exact fit for the first page (most sessions have one), doubling after. */
+    while (cap_pages < need_pages) cap_pages = cap_pages ? cap_pages * 2 : 1;
+    if (cap_pages > max_pages && need_pages <= max_pages) cap_pages = max_pages;
+    while (cap_bytes < need_bytes) cap_bytes = cap_bytes ? cap_bytes * 2 : need_bytes;
+    if (cap_bytes > UINT32_MAX - 1) cap_bytes = UINT32_MAX - 1;
+    size_t old_text = (size_t)s->cap_pages * sizeof(page_entry);
+    size_t new_text = (size_t)cap_pages * sizeof(page_entry);
+    s->store = xrealloc(s->store, new_text + (size_t)cap_bytes);
+    if (new_text != old_text) memmove(s->store + new_text, s->store + old_text, s->arena_len);
+    s->cap_pages = (uint32_t)cap_pages;
+    s->arena_cap = (uint32_t)cap_bytes;
+    return 0;
+}
+
+/* Appends the text of a page to the arena (room reserved); returns its offset. */
+static uint32_t arena_push(session *s, const char *data, uint32_t len)
+{
     uint32_t off = s->arena_len;
-    if (len) memcpy(s->arena + off, data, len);
+    if (len) memcpy(arena_of(s) + off, data, len);
     s->arena_len += len;
     return off;
 }
@@ -303,7 +322,7 @@ static int reject_entry(engine *e, const session *s, const page_entry *p, reject
 {
     visit v = {.user_id = s->user_id,
                .event_time_us = p->t,
-               .page = s->arena + p->str_off,
+               .page = arena_of(s) + p->str_off,
                .page_len = p->len,
                .pos = {.append_ts_ms = 0, .partition = p->partition, .offset = p->offset}};
     if (why == REJECT_SESSION_CAP) e->st.rejected_cap++;
@@ -316,13 +335,14 @@ static int session_add_page(engine *e, session *s, const visit *v)
     int32_t part = v->pos.partition;
     int64_t off = v->pos.offset, t = v->event_time_us;
     /* Binary search for the insertion point; in-order arrival hits the end. */
+    page_entry *pages = pages_of(s);
     uint32_t lo = 0, hi = s->n_pages;
-    if (hi > 0 && page_before(&s->pages[hi - 1], t, part, off)) {
+    if (hi > 0 && page_before(&pages[hi - 1], t, part, off)) {
         lo = hi;
     } else {
         while (lo < hi) {
             uint32_t mid = lo + (hi - lo) / 2;
-            if (page_before(&s->pages[mid], t, part, off)) lo = mid + 1;
+            if (page_before(&pages[mid], t, part, off)) lo = mid + 1;
             else hi = mid;
         }
     }
@@ -331,25 +351,20 @@ static int session_add_page(engine *e, session *s, const visit *v)
             e->st.rejected_cap++;
             return e->cb.on_reject ? e->cb.on_reject(e->cb.ctx, v, REJECT_SESSION_CAP) : 0;
         }
-        int rc = reject_entry(e, s, &s->pages[s->n_pages - 1], REJECT_SESSION_CAP);
+        int rc = reject_entry(e, s, &pages[s->n_pages - 1], REJECT_SESSION_CAP);
         s->n_pages--;
         e->st.open_pages--;
         if (rc) return rc;
     }
-    uint32_t str_off = arena_add(s, v->page, v->page_len);
-    if (str_off == UINT32_MAX) {
+    if (session_reserve(s, e->cfg.max_pages, 1, v->page_len)) {
         e->st.rejected_cap++;
         return e->cb.on_reject ? e->cb.on_reject(e->cb.ctx, v, REJECT_SESSION_CAP) : 0;
     }
-    if (s->n_pages == s->cap_pages) {
-        uint32_t cap = s->cap_pages ? s->cap_pages * 2 : 4;
-        if (cap > e->cfg.max_pages) cap = e->cfg.max_pages;
-        s->pages = xrealloc(s->pages, (size_t)cap * sizeof *s->pages);
-        s->cap_pages = cap;
-    }
-    memmove(&s->pages[lo + 1], &s->pages[lo], (size_t)(s->n_pages - lo) * sizeof *s->pages);
-    s->pages[lo] = (page_entry){.t = t, .offset = off, .partition = part, .str_off = str_off,
-                                .len = v->page_len};
+    pages = pages_of(s);
+    uint32_t str_off = arena_push(s, v->page, v->page_len);
+    memmove(&pages[lo + 1], &pages[lo], (size_t)(s->n_pages - lo) * sizeof *pages);
+    pages[lo] = (page_entry){.t = t, .offset = off, .partition = part, .str_off = str_off,
+                             .len = v->page_len};
     s->n_pages++;
     e->st.open_pages++;
     return 0;
@@ -358,45 +373,38 @@ static int session_add_page(engine *e, session *s, const visit *v)
 /* Merges b into a (both of one user, b not yet freed); b is destroyed. */
 static int session_merge(engine *e, session *a, session *b)
 {
-    uint32_t n = a->n_pages + b->n_pages;
-    page_entry *pages = xmalloc((size_t)(n ? n : 1) * sizeof *pages);
     session merged = *a;
-    merged.pages = pages;
-    merged.cap_pages = n;
-    merged.n_pages = 0;
-    merged.arena = NULL;
-    merged.arena_len = merged.arena_cap = 0;
+    merged.store = NULL;
+    merged.n_pages = merged.cap_pages = merged.arena_len = merged.arena_cap = 0;
+    uint64_t total = (uint64_t)a->arena_len + b->arena_len;
+    uint32_t n = a->n_pages + b->n_pages;
+    if (n > e->cfg.max_pages) n = e->cfg.max_pages;
+    session_reserve(&merged, e->cfg.max_pages, n, total > UINT32_MAX - 1 ? 0 : (uint32_t)total);
+    const page_entry *pa = pages_of(a), *pb = pages_of(b);
     uint32_t i = 0, j = 0;
     int rc = 0;
     while (i < a->n_pages || j < b->n_pages) {
         const session *from;
         const page_entry *p;
         if (j >= b->n_pages ||
-            (i < a->n_pages && page_before(&a->pages[i], b->pages[j].t, b->pages[j].partition,
-                                           b->pages[j].offset)))
-            from = a, p = &a->pages[i++];
+            (i < a->n_pages && page_before(&pa[i], pb[j].t, pb[j].partition, pb[j].offset)))
+            from = a, p = &pa[i++];
         else
-            from = b, p = &b->pages[j++];
-        if (merged.n_pages >= e->cfg.max_pages) {
+            from = b, p = &pb[j++];
+        if (merged.n_pages >= e->cfg.max_pages ||
+            session_reserve(&merged, e->cfg.max_pages, 1, p->len)) {
             if (!rc) rc = reject_entry(e, from, p, REJECT_SESSION_CAP);
             e->st.open_pages--;
             continue;
         }
-        uint32_t str_off = arena_add(&merged, from->arena + p->str_off, p->len);
-        if (str_off == UINT32_MAX) {
-            if (!rc) rc = reject_entry(e, from, p, REJECT_SESSION_CAP);
-            e->st.open_pages--;
-            continue;
-        }
-        merged.pages[merged.n_pages] = *p;
-        merged.pages[merged.n_pages++].str_off = str_off;
+        page_entry q = *p;
+        q.str_off = arena_push(&merged, arena_of(from) + p->str_off, p->len);
+        pages_of(&merged)[merged.n_pages++] = q;
     }
-    free(a->pages);
-    free(a->arena);
-    a->pages = merged.pages;
+    free(a->store);
+    a->store = merged.store;
     a->cap_pages = merged.cap_pages;
     a->n_pages = merged.n_pages;
-    a->arena = merged.arena;
     a->arena_len = merged.arena_len;
     a->arena_cap = merged.arena_cap;
     if (b->first_t < a->first_t) a->first_t = b->first_t;
@@ -416,8 +424,10 @@ static int emit_and_free(engine *e, session *s)
         e->cap_refs = s->n_pages;
         e->scratch_refs = xrealloc(e->scratch_refs, e->cap_refs * sizeof *e->scratch_refs);
     }
+    const page_entry *pages = pages_of(s);
+    const char *text = arena_of(s);
     for (uint32_t i = 0; i < s->n_pages; i++)
-        e->scratch_refs[i] = (page_ref){s->arena + s->pages[i].str_off, s->pages[i].len};
+        e->scratch_refs[i] = (page_ref){text + pages[i].str_off, pages[i].len};
     closed_session cs = {.session_id = session_id_of(s->user_id, &s->first_pos),
                          .user_id = s->user_id,
                          .first_event_us = s->first_t,
@@ -654,12 +664,12 @@ static void encode_user(const session *head, buf *out)
         buf_put_i64le(out, s->first_pos.offset);
         buf_put_u32le(out, s->n_pages);
         for (uint32_t i = 0; i < s->n_pages; i++) {
-            const page_entry *p = &s->pages[i];
+            const page_entry *p = &pages_of(s)[i];
             buf_put_i64le(out, p->t);
             buf_put_u32le(out, (uint32_t)p->partition);
             buf_put_i64le(out, p->offset);
             buf_put_u32le(out, p->len);
-            buf_append(out, s->arena + p->str_off, p->len);
+            buf_append(out, arena_of(s) + p->str_off, p->len);
         }
     }
 }
@@ -727,8 +737,7 @@ int engine_load_user(engine *e, int64_t user_id, const void *blob, size_t len)
             (prev_last != INT64_MIN && s->first_t - prev_last <= e->cfg.gap_us))
             return -1;
         prev_last = s->last_t;
-        s->pages = xmalloc((size_t)(n_pages ? n_pages : 1) * sizeof *s->pages);
-        s->cap_pages = n_pages;
+        session_reserve(s, e->cfg.max_pages, n_pages, 0);
         for (uint32_t i = 0; i < n_pages; i++) {
             page_entry p = {0};
             uint32_t ppart = 0;
@@ -740,10 +749,10 @@ int engine_load_user(engine *e, int64_t user_id, const void *blob, size_t len)
             p.partition = (int32_t)ppart;
             if (reader_bytes(&r, &str, p.len)) return -1;
             if (p.t < s->first_t || p.t > s->last_t) return -1;
-            if (i > 0 && !page_before(&s->pages[i - 1], p.t, p.partition, p.offset)) return -1;
-            p.str_off = arena_add(s, (const char *)str, p.len);
-            if (p.str_off == UINT32_MAX) return -1;
-            s->pages[s->n_pages++] = p;
+            if (i > 0 && !page_before(&pages_of(s)[i - 1], p.t, p.partition, p.offset)) return -1;
+            if (session_reserve(s, e->cfg.max_pages, 0, p.len)) return -1;
+            p.str_off = arena_push(s, (const char *)str, p.len);
+            pages_of(s)[s->n_pages++] = p;
             e->st.open_pages++;
         }
     }
