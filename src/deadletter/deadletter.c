@@ -2,6 +2,7 @@
  * deadletter.c - dead-letter registry, the shared JSON encoding, and the
  * JSON-lines output (file, standard output or standard error).
  */
+#include "common/uri.h"
 #include "deadletter/deadletter.h"
 
 #include <inttypes.h>
@@ -136,11 +137,10 @@ static const deadletter_ops *const registry[] = {
 
 deadletter *deadletter_open(const char *uri, const char *const *props, char *err, size_t errlen)
 {
-    const char *colon = strchr(uri, ':');
-    size_t n = colon ? (size_t)(colon - uri) : 0;
-    for (size_t i = 0; colon && i < sizeof registry / sizeof *registry; i++)
-        if (strlen(registry[i]->scheme) == n && memcmp(registry[i]->scheme, uri, n) == 0)
-            return registry[i]->open(colon + 1, props, err, errlen);
+    for (size_t i = 0; i < sizeof registry / sizeof *registry; i++) {
+        const char *target = uri_after_scheme(uri, registry[i]->scheme);
+        if (target) return registry[i]->open(target, props, err, errlen);
+    }
     snprintf(err, errlen, "unknown dead-letter output '%s' (see --help)", uri);
     return NULL;
 }

@@ -3,6 +3,7 @@
  *
  * Adding a sink is one file plus one line in the table below.
  */
+#include "common/uri.h"
 #include "sink/sink.h"
 
 #include <stdio.h>
@@ -26,12 +27,9 @@ static const sink_ops *const registry[] = {
 
 sink *sink_open(const char *uri, const sink_options *opts, char *err, size_t errlen)
 {
-    const char *colon = strchr(uri, ':');
-    size_t n = colon ? (size_t)(colon - uri) : 0;
-    for (size_t i = 0; colon && i < sizeof registry / sizeof *registry; i++) {
-        const sink_ops *ops = registry[i];
-        if (strlen(ops->scheme) == n && memcmp(ops->scheme, uri, n) == 0)
-            return ops->open(colon + 1, opts, err, errlen);
+    for (size_t i = 0; i < sizeof registry / sizeof *registry; i++) {
+        const char *target = uri_after_scheme(uri, registry[i]->scheme);
+        if (target) return registry[i]->open(target, opts, err, errlen);
     }
     snprintf(err, errlen, "unknown sink '%s' (see --help for the supported sinks)", uri);
     return NULL;

@@ -1,6 +1,7 @@
 /*
  * source.c - the source registry: maps a URI scheme to its source_ops.
  */
+#include "common/uri.h"
 #include "source/source.h"
 
 #include <stdio.h>
@@ -17,12 +18,9 @@ static const source_ops *const registry[] = {
 source *source_open(const char *uri, const source_options *opts, char *err, size_t errlen)
 {
     if (strcmp(uri, "-") == 0) return file_source_ops.open("-", opts, err, errlen);
-    const char *colon = strchr(uri, ':');
-    size_t n = colon ? (size_t)(colon - uri) : 0;
-    for (size_t i = 0; colon && i < sizeof registry / sizeof *registry; i++) {
-        const source_ops *ops = registry[i];
-        if (strlen(ops->scheme) == n && memcmp(ops->scheme, uri, n) == 0)
-            return ops->open(colon + 1, opts, err, errlen);
+    for (size_t i = 0; i < sizeof registry / sizeof *registry; i++) {
+        const char *target = uri_after_scheme(uri, registry[i]->scheme);
+        if (target) return registry[i]->open(target, opts, err, errlen);
     }
     snprintf(err, errlen, "unknown source '%s' (see --help for the supported sources)", uri);
     return NULL;
