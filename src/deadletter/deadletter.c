@@ -2,7 +2,6 @@
  * deadletter.c - dead-letter registry, the shared JSON encoding, and the
  * JSON-lines output (file, standard output or standard error).
  */
-#include "common/uri.h"
 #include "deadletter/deadletter.h"
 
 #include <inttypes.h>
@@ -11,6 +10,7 @@
 #include <string.h>
 
 #include "common/appendfile.h"
+#include "common/uri.h"
 #include "common/utf8.h"
 #include "common/xalloc.h"
 #include "record/timestamp.h"

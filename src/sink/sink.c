@@ -3,13 +3,14 @@
  *
  * Adding a sink is one file plus one line in the table below.
  */
-#include "common/uri.h"
 #include "sink/sink.h"
 
 #include <stdio.h>
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
+
+#include "common/uri.h"
 
 extern const sink_ops sqlite_sink_ops;
 extern const sink_ops jsonl_sink_ops;

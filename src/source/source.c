@@ -1,11 +1,12 @@
 /*
  * source.c - the source registry: maps a URI scheme to its source_ops.
  */
-#include "common/uri.h"
 #include "source/source.h"
 
 #include <stdio.h>
 #include <string.h>
+
+#include "common/uri.h"
 
 extern const source_ops file_source_ops;
 extern const source_ops kafka_source_ops;
