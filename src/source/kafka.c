@@ -65,7 +65,8 @@
 #define BATCH 1024
 #define POSITION_VERSION 1u
 #define DEFAULT_STARTUP_MS 15000
-#define DEFAULT_REBALANCE_WAIT_MS 60000
+#define DEFAULT_SESSION_TIMEOUT_MS 10000
+#define DEFAULT_SESSION_TIMEOUT "10000"
 #define OFFSET_UNKNOWN (-1)
 
 typedef struct kpart {
@@ -86,7 +87,7 @@ typedef struct kafka_source {
     int32_t n_parts;
     int until_end;
     size_t max_record;
-    int64_t startup_ms, rebalance_wait_ms;
+    int64_t startup_ms, rebalance_wait_ms, session_timeout_ms;
     int reset_is_error; /* auto.offset.reset=error (ours) rather than the user's choice */
     int debug;          /* -X debug=...: pass librdkafka's debug log through */
 
@@ -95,6 +96,9 @@ typedef struct kafka_source {
     rd_kafka_message_t *cur; /* delivered by the last poll, alive until the next */
 
     int active, ever_active;
+    int64_t opened_ms;       /* for the 'still waiting for the group' line */
+    int wait_logged;
+    int closing;             /* leaving the group: the revocation is ours */
     int64_t paused_since_ms; /* 0: not paused */
     int32_t done;            /* --until-end: partitions at or past their end */
     int ts_type;             /* last logged timestamp type, -1 none */
@@ -243,6 +247,18 @@ static void unassign_all(kafka_source *ks)
     ks->active = 0;
 }
 
+/* How long an instance offered part of the topic waits for all of it. A
+ * newcomer cannot tell a live member from a crashed one (a SIGKILLed
+ * predecessor stays in the group until its session times out), so it waits
+ * for that eviction and then refuses; the running instance waits longer, so
+ * that it outlasts the newcomer and takes the whole topic back. */
+static int64_t pause_limit_ms(const kafka_source *ks)
+{
+    if (!ks->ever_active) return 2 * ks->session_timeout_ms + 5000;
+    if (ks->rebalance_wait_ms >= 0) return ks->rebalance_wait_ms;
+    return 4 * ks->session_timeout_ms + 30000;
+}
+
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *list, void *opaque)
 {
@@ -253,7 +269,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         return;
     }
     if (err != RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-        if (ks->active)
+        if (ks->active && !ks->closing)
             fprintf(stderr, "sessionizer: kafka: partitions %s by group %s%s\n",
                     rd_kafka_assignment_lost(rk) ? "lost" : "revoked", ks->group,
                     rd_kafka_assignment_lost(rk)
@@ -270,19 +286,13 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     grow_parts(ks, max_id + 1);
     if (count < ks->n_parts) {
         unassign_all(ks);
-        if (!ks->ever_active) {
-            fail(ks, "consumer group %s has another member: it offered this instance %d of "
-                 "the %d partitions of topic %s. One sessionizer instance must read every "
-                 "partition (a user's visits may be in any of them), so this one refuses to "
-                 "run. Stop the other member, or use another --group", ks->group, (int)count,
-                 (int)ks->n_parts, ks->topic);
-            return;
-        }
         if (!ks->paused_since_ms) ks->paused_since_ms = now_ms();
-        fprintf(stderr, "sessionizer: kafka: group %s now has another member (this instance "
-                "was offered %d of %d partitions): paused, waiting up to %" PRId64 " ms for "
-                "the whole topic to come back\n", ks->group, (int)count, (int)ks->n_parts,
-                ks->rebalance_wait_ms);
+        fprintf(stderr, "sessionizer: kafka: group %s has another member (this instance was "
+                "offered %d of %d partitions of %s): %s, up to %.0f s\n", ks->group, (int)count,
+                (int)ks->n_parts, ks->topic,
+                ks->ever_active ? "paused until it leaves"
+                                : "waiting in case it is a crashed instance about to be evicted",
+                (double)pause_limit_ms(ks) / 1000.0);
         return;
     }
     for (int i = 0; i < list->cnt; i++) {
@@ -298,8 +308,8 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         return;
     }
     if (ks->paused_since_ms)
-        fprintf(stderr, "sessionizer: kafka: group %s gave back all %d partitions after %.1f "
-                "s: resuming\n", ks->group, (int)ks->n_parts,
+        fprintf(stderr, "sessionizer: kafka: group %s gave this instance all %d partitions "
+                "after %.1f s: reading\n", ks->group, (int)ks->n_parts,
                 (double)(now_ms() - ks->paused_since_ms) / 1000.0);
     ks->paused_since_ms = 0;
     ks->active = ks->ever_active = 1;
@@ -383,6 +393,10 @@ static int apply_props(kafka_source *ks, rd_kafka_conf_t *conf, char *err, size_
             return -1;
         }
         if (strcmp(key, "auto.offset.reset") == 0) ks->reset_is_error = strcmp(v, "error") == 0;
+        if (strcmp(key, "session.timeout.ms") == 0 && parse_ms(v, &ks->session_timeout_ms)) {
+            snprintf(err, errlen, "-X %s=%s: expected milliseconds", key, v);
+            return -1;
+        }
         if (strcmp(key, "debug") == 0) ks->debug = 1;
         if (conf_set(conf, key, v, err, errlen)) return -1;
     }
@@ -470,7 +484,8 @@ static source *kafka_open(const char *target, const source_options *opts, char *
     ks->until_end = opts->until_end;
     ks->max_record = opts->max_record_bytes ? opts->max_record_bytes : (1u << 20);
     ks->startup_ms = DEFAULT_STARTUP_MS;
-    ks->rebalance_wait_ms = DEFAULT_REBALANCE_WAIT_MS;
+    ks->rebalance_wait_ms = -1; /* derived from the session timeout */
+    ks->session_timeout_ms = DEFAULT_SESSION_TIMEOUT_MS;
     ks->reset_is_error = 1;
     ks->ts_type = -1;
     size_t dn = strlen(ks->topic) + strlen(ks->brokers) + strlen(ks->group) + 64;
@@ -483,6 +498,7 @@ static source *kafka_open(const char *target, const source_options *opts, char *
         conf_set(conf, "group.id", ks->group, err, errlen) ||
         conf_set(conf, "client.id", "sessionizer", err, errlen) ||
         conf_set(conf, "auto.offset.reset", "error", err, errlen) ||
+        conf_set(conf, "session.timeout.ms", DEFAULT_SESSION_TIMEOUT, err, errlen) ||
         apply_props(ks, conf, err, errlen) ||
         conf_set(conf, "enable.auto.commit", "false", err, errlen) ||
         conf_set(conf, "enable.auto.offset.store", "false", err, errlen) ||
@@ -544,6 +560,7 @@ static source *kafka_open(const char *target, const source_options *opts, char *
         return NULL;
     }
     ks->base.ops = &kafka_source_ops;
+    ks->opened_ms = now_ms();
     g_open = ks;
     return &ks->base;
 }
@@ -646,12 +663,22 @@ static int kafka_poll(source *s, raw_record *out, int timeout_ms, char *err, siz
         }
         if (ks->batch_i < ks->batch_n) continue; /* report the failure or the end first */
         ks->batch_i = ks->batch_n = 0;
-        if (ks->paused_since_ms && now_ms() - ks->paused_since_ms > ks->rebalance_wait_ms) {
-            snprintf(err, errlen, "consumer group %s kept part of topic %s with another member "
-                     "for more than %" PRId64 " ms. One sessionizer instance must read every "
-                     "partition: stop the other member, then restart this job (it resumes "
-                     "from its checkpoint)", ks->group, ks->topic, ks->rebalance_wait_ms);
+        if (ks->paused_since_ms && now_ms() - ks->paused_since_ms > pause_limit_ms(ks)) {
+            snprintf(err, errlen, "consumer group %s has another member holding part of topic "
+                     "%s (for more than %.0f s). One sessionizer instance must read every "
+                     "partition (a user's visits may be in any of them), so this one %s. Stop "
+                     "the other member, or use another --group", ks->group, ks->topic,
+                     (double)pause_limit_ms(ks) / 1000.0,
+                     ks->ever_active ? "stops; a restart resumes from its checkpoint"
+                                     : "refuses to run");
             return SOURCE_ERROR;
+        }
+        if (!ks->ever_active && !ks->paused_since_ms && !ks->wait_logged &&
+            now_ms() - ks->opened_ms > 10000) {
+            ks->wait_logged = 1;
+            fprintf(stderr, "sessionizer: kafka: still waiting for group %s to assign the "
+                    "partitions of %s (a member that crashed stays in the group until its "
+                    "session times out)\n", ks->group, ks->topic);
         }
         if (waited) return SOURCE_IDLE;
         ssize_t n = rd_kafka_consume_batch_queue(ks->q, 0, ks->batch, BATCH);
@@ -794,6 +821,7 @@ static void kafka_close(source *s)
     for (size_t i = ks->batch_i; i < ks->batch_n; i++) rd_kafka_message_destroy(ks->batch[i]);
     /* Leave the group now rather than when its session times out, so that
      * another instance can take over at once. */
+    ks->closing = 1;
     rd_kafka_consumer_close(ks->rk);
     destroy(ks);
 }

@@ -1,0 +1,88 @@
+"""The sessions a Kafka topic must give, computed independently of the C code
+from docs/semantics.md and docs/kafka.md, for the Kafka tests.
+
+Input: a dump of the topic, one record per line as kcat prints it with
+-f '%p\\t%o\\t%T\\t%s\\n' (partition, offset, timestamp ms, payload).
+Output: the expected table as "session_id|user_id|pages" lines, ordered like
+`SELECT ... ORDER BY session_id, user_id`, and the counts on stderr.
+
+The model for a bounded replay of every partition (--until-end, or a live run
+that is compared once it has read everything): a partition's watermark is
+the highest event time accepted on it minus the lateness, and a visit is late
+exactly when it is below its own partition's watermark. (The closing
+watermark never exceeds the watermark of a partition that still has records
+to deliver, so it adds no rejection of its own.) Sessions are the connected
+components of each user's accepted visit times with gaps <= G, across
+partitions; pages in (event time, partition, offset) order; the id hashes the
+user with the (timestamp, partition, offset) of the session's earliest
+record in that order.
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+import oracle  # noqa: E402  (the core's: parse_line, session_id)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gap", type=float, default=50.0, help="seconds")
+    ap.add_argument("--lateness", type=float, default=10.0, help="seconds")
+    ap.add_argument("--counts", action="store_true", help="print the counts as JSON instead")
+    ap.add_argument("dump")
+    a = ap.parse_args()
+    gap, lateness = int(a.gap * 1e6), int(a.lateness * 1e6)
+
+    by_part = {}
+    with open(a.dump, "rb") as f:
+        for line in f:
+            line = line.rstrip(b"\n")
+            p, o, ts, payload = line.split(b"\t", 3)
+            by_part.setdefault(int(p), []).append((int(o), int(ts), payload))
+    counts = dict(records=0, invalid=0, late=0, visits=0, sessions=0)
+    visits = []
+    for p, recs in by_part.items():
+        recs.sort()
+        max_t = None
+        for off, ts, payload in recs:
+            counts["records"] += 1
+            v = oracle.parse_line(payload)
+            if v is None:
+                counts["invalid"] += 1
+                continue
+            u, t, page = v
+            if max_t is not None and t < max_t - lateness:
+                counts["late"] += 1
+                continue
+            max_t = t if max_t is None else max(max_t, t)
+            visits.append((u, t, p, off, ts, page))
+    visits.sort(key=lambda v: (v[0], v[1], v[2], v[3]))
+    rows = []
+    i = 0
+    while i < len(visits):
+        j = i + 1
+        while j < len(visits) and visits[j][0] == visits[i][0] and \
+                visits[j][1] - visits[j - 1][1] <= gap:
+            j += 1
+        group = visits[i:j]
+        first = min(group, key=lambda v: (v[4], v[2], v[3]))
+        sid = oracle.session_id(group[0][0], first[4], first[2], first[3])
+        pages = json.dumps([v[5] for v in group], separators=(",", ":"), ensure_ascii=False)
+        rows.append((sid, group[0][0], pages))
+        counts["visits"] += len(group)
+        counts["sessions"] += 1
+        i = j
+    rows.sort()
+    if a.counts:
+        print(json.dumps(counts))
+        return
+    out = sys.stdout
+    for sid, u, pages in rows:
+        out.write(f"{sid}|{u}|{pages}\n")
+    print(json.dumps(counts), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
