@@ -353,6 +353,63 @@ def t_resume_open(c):
     c.eq(content(f"{d}/s.db"), GOLDEN, "after appending B, C, D: the walkthrough's table")
 
 
+def mounted_tmpfs(path, size):
+    os.makedirs(path, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], check=True)
+    import atexit
+    atexit.register(subprocess.run, ["umount", "-l", path])
+
+
+def t_diskfull(c):
+    """A full disk under the checkpoint or the sink stops the job cleanly with
+    the last good checkpoint intact; a read-only one is refused clearly.
+    Needs root to mount a small tmpfs (CI runs as root)."""
+    d = tmpdir()
+    log = f"{d}/visits.jsonl"
+    generate(log, 150000, "--users", 50000, "--seed", 12)
+    run("run", "--source", f"file:{log}", "--sink", f"sqlite:{d}/ref.db", "--until-end", "-q")
+    ref = content(f"{d}/ref.db")
+
+    # 1. the checkpoint's disk fills up
+    small = f"{d}/small"
+    mounted_tmpfs(small, "1m")
+    args = ["run", "--source", f"file:{log}", "--sink", f"sqlite:{d}/s.db", "--until-end",
+            "--commit-every", "5000"]
+    p = run(*args, "--checkpoint", f"{small}/cp", check=False)
+    err = p.stderr.decode()
+    c.eq(p.returncode, 1, "a full checkpoint disk stops the job with status 1")
+    c.check("full" in err and "intact" in err, f"saying the disk is full and the checkpoint intact: {err.strip()[:300]}")
+    shutil.copytree(f"{small}/cp", f"{d}/cp", ignore=shutil.ignore_patterns("lock"))
+    p = run(*args, "--checkpoint", f"{d}/cp", "-q", check=False)
+    c.eq(p.returncode, 0, "the last good checkpoint resumes on a disk with room")
+    c.eq(content(f"{d}/s.db"), ref, "and completes the table of an uninterrupted run")
+
+    # 2. the sink's disk fills up
+    sinkdir = f"{d}/sinkdisk"
+    mounted_tmpfs(sinkdir, "2m")
+    args = ["run", "--source", f"file:{log}", "--until-end", "--commit-every", "5000",
+            "--checkpoint", f"{d}/cp2"]
+    p = run(*args, "--sink", f"sqlite:{sinkdir}/s.db", check=False)
+    c.eq(p.returncode, 1, "a full sink disk stops the job with status 1")
+    c.check(b"full" in p.stderr, "saying the disk is full: " + p.stderr.decode().strip()[:300])
+    shutil.copy(f"{sinkdir}/s.db", f"{d}/s2.db")
+    for suffix in ("-wal", "-shm"):
+        if os.path.exists(f"{sinkdir}/s.db{suffix}"):
+            shutil.copy(f"{sinkdir}/s.db{suffix}", f"{d}/s2.db{suffix}")
+    run(*args, "--sink", f"sqlite:{d}/s2.db", "-q")
+    c.eq(content(f"{d}/s2.db"), ref, "resuming into the rescued sink completes the same table")
+
+    # 3. a read-only checkpoint
+    ro = f"{d}/ro"
+    mounted_tmpfs(ro, "4m")
+    run("run", "--source", f"file:{SAMPLE}", "--sink", "null:", "--checkpoint", f"{ro}/cp", "-q")
+    subprocess.run(["mount", "-o", "remount,ro", ro], check=True)
+    p = run("run", "--source", f"file:{SAMPLE}", "--sink", "null:", "--checkpoint", f"{ro}/cp", check=False)
+    c.eq(p.returncode, 1, "a read-only checkpoint is refused")
+    c.check(b"checkpoint" in p.stderr and b"read-only" in p.stderr.lower() or b"readonly" in p.stderr.lower(),
+            "saying so: " + p.stderr.decode().strip()[:300])
+
+
 TESTS = {name[2:]: fn for name, fn in globals().items() if name.startswith("t_")}
 
 if __name__ == "__main__":
