@@ -9,9 +9,14 @@
  *  - each session owns a sorted array of page entries and one byte arena for
  *    the page strings: three allocations per session, none per visit on the
  *    common path (pages arrive in order and the arrays grow geometrically);
- *  - close_heap: a binary min-heap of every open session keyed on
- *    (last event time, user_id, first position), so that advancing the
- *    watermark closes exactly the expired sessions, in a deterministic order.
+ *  - close_heap: a binary min-heap with one entry per session, keyed on
+ *    (last event time, user_id) and holding the key inline, so that sifting
+ *    touches one compact array rather than a session per level. Keys are
+ *    updated lazily: a visit that extends a session only raises s->last_t;
+ *    its entry is re-keyed when it reaches the top. Since keys only grow, an
+ *    entry's key never exceeds its session's, so the top is popped only once
+ *    it is exact and minimal: sessions close in (last, user_id) order, a
+ *    total order among open sessions (two of one user are > G apart).
  *
  * Invariants (checked by engine_check_invariants() in debug builds and by
  * the unit tests):
@@ -19,7 +24,9 @@
  *      (next.first - prev.last > G), and the list is sorted by first.
  *  I2. A session's pages are sorted by (t, partition, offset) and number at
  *      most max_pages; every page time lies in [first, last].
- *  I3. close_heap[s->heap_idx] == s for every open session.
+ *  I3. Every open or merged-away session has exactly one heap entry, whose
+ *      key is <= the session's (last_t, user_id); merged-away sessions are
+ *      marked dead and freed when their entry is popped.
  *  I4. closing_wm never decreases, and no open session has
  *      last + G < closing_wm after any public call returns.
  */
@@ -51,7 +58,7 @@ typedef struct session {
     struct session *next;
     uint32_t n_pages, cap_pages;
     uint32_t arena_len, arena_cap;
-    uint32_t heap_idx;
+    uint32_t dead; /* merged into another session; freed when its heap entry pops */
 } session;
 
 static inline page_entry *pages_of(const session *s) { return (page_entry *)(void *)s->store; }
@@ -59,6 +66,12 @@ static inline char *arena_of(const session *s)
 {
     return (char *)s->store + (size_t)s->cap_pages * sizeof(page_entry);
 }
+
+typedef struct heap_entry {
+    int64_t last_t; /* <= s->last_t: stale until re-keyed at the top */
+    int64_t user_id;
+    session *s;
+} heap_entry;
 
 typedef struct user_slot {
     int64_t user_id;
@@ -81,7 +94,7 @@ struct engine {
     size_t n_slots; /* power of two */
     size_t n_used;
 
-    session **heap;
+    heap_entry *heap;
     size_t heap_len, heap_cap;
 
     partition_state *parts;
@@ -205,44 +218,36 @@ static void user_release_if_empty(engine *e, user_slot *u)
 
 /* ---- close heap -------------------------------------------------------- */
 
-static int heap_less(const session *a, const session *b)
+static inline int heap_less(const heap_entry *a, const heap_entry *b)
 {
     if (a->last_t != b->last_t) return a->last_t < b->last_t;
-    if (a->user_id != b->user_id) return a->user_id < b->user_id;
-    return log_position_cmp(&a->first_pos, &b->first_pos) < 0;
-}
-
-static void heap_set(engine *e, size_t i, session *s)
-{
-    e->heap[i] = s;
-    s->heap_idx = (uint32_t)i;
+    return a->user_id < b->user_id;
 }
 
 static void heap_sift_up(engine *e, size_t i)
 {
-    session *s = e->heap[i];
+    heap_entry x = e->heap[i];
     while (i > 0) {
         size_t parent = (i - 1) / 2;
-        if (!heap_less(s, e->heap[parent])) break;
-        heap_set(e, i, e->heap[parent]);
+        if (!heap_less(&x, &e->heap[parent])) break;
+        e->heap[i] = e->heap[parent];
         i = parent;
     }
-    heap_set(e, i, s);
+    e->heap[i] = x;
 }
 
 static void heap_sift_down(engine *e, size_t i)
 {
-    session *s = e->heap[i];
+    heap_entry x = e->heap[i];
     for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        const session *best = s;
-        if (l < e->heap_len && heap_less(e->heap[l], best)) m = l, best = e->heap[l];
-        if (r < e->heap_len && heap_less(e->heap[r], best)) m = r;
-        if (m == i) break;
-        heap_set(e, i, e->heap[m]);
+        size_t l = 2 * i + 1, r = l + 1, m = l;
+        if (l >= e->heap_len) break;
+        if (r < e->heap_len && heap_less(&e->heap[r], &e->heap[l])) m = r;
+        if (!heap_less(&e->heap[m], &x)) break;
+        e->heap[i] = e->heap[m];
         i = m;
     }
-    heap_set(e, i, s);
+    e->heap[i] = x;
 }
 
 static void heap_push(engine *e, session *s)
@@ -251,23 +256,33 @@ static void heap_push(engine *e, session *s)
         e->heap_cap = e->heap_cap ? e->heap_cap * 2 : 1024;
         e->heap = xrealloc(e->heap, e->heap_cap * sizeof *e->heap);
     }
-    heap_set(e, e->heap_len++, s);
+    e->heap[e->heap_len++] = (heap_entry){s->last_t, s->user_id, s};
     heap_sift_up(e, e->heap_len - 1);
 }
 
-static void heap_fix(engine *e, session *s)
+static void heap_pop(engine *e)
 {
-    heap_sift_up(e, s->heap_idx);
-    heap_sift_down(e, s->heap_idx);
+    e->heap[0] = e->heap[--e->heap_len];
+    if (e->heap_len > 0) heap_sift_down(e, 0);
 }
 
-static void heap_remove(engine *e, session *s)
+/* The open session that closes first, after discarding dead entries and
+ * re-keying stale ones; NULL if none is open. */
+static session *heap_top(engine *e)
 {
-    size_t i = s->heap_idx;
-    session *last = e->heap[--e->heap_len];
-    if (i == e->heap_len) return;
-    heap_set(e, i, last);
-    heap_fix(e, last);
+    while (e->heap_len > 0) {
+        heap_entry *top = &e->heap[0];
+        if (top->s->dead) {
+            free(top->s);
+            heap_pop(e);
+        } else if (top->last_t != top->s->last_t) {
+            top->last_t = top->s->last_t;
+            heap_sift_down(e, 0);
+        } else {
+            return top->s;
+        }
+    }
+    return NULL;
 }
 
 /* ---- sessions ---------------------------------------------------------- */
@@ -410,8 +425,9 @@ static int session_merge(engine *e, session *a, session *b)
     if (b->first_t < a->first_t) a->first_t = b->first_t;
     if (b->last_t > a->last_t) a->last_t = b->last_t;
     if (log_position_cmp(&b->first_pos, &a->first_pos) < 0) a->first_pos = b->first_pos;
-    heap_remove(e, b);
-    session_free(b);
+    free(b->store);
+    b->store = NULL;
+    b->dead = 1; /* its heap entry still points here */
     e->st.open_sessions--;
     return rc;
 }
@@ -453,10 +469,10 @@ static int emit_and_free(engine *e, session *s)
 
 static int close_expired(engine *e)
 {
-    while (e->heap_len > 0) {
-        session *top = e->heap[0];
-        if (e->closing_wm == INT64_MIN || top->last_t + e->cfg.gap_us >= e->closing_wm) break;
-        heap_remove(e, top);
+    if (e->closing_wm == INT64_MIN) return 0;
+    session *top;
+    while ((top = heap_top(e)) && top->last_t + e->cfg.gap_us < e->closing_wm) {
+        heap_pop(e);
         int rc = emit_and_free(e, top);
         if (rc) return rc;
     }
@@ -506,7 +522,7 @@ engine *engine_new(const engine_config *cfg, const engine_callbacks *cb)
 void engine_free(engine *e)
 {
     if (!e) return;
-    for (size_t i = 0; i < e->heap_len; i++) session_free(e->heap[i]);
+    for (size_t i = 0; i < e->heap_len; i++) session_free(e->heap[i].s);
     free(e->heap);
     free(e->slots);
     free(e->parts);
@@ -550,7 +566,6 @@ int engine_apply(engine *e, const visit *v)
         if (t < hit->first_t) hit->first_t = t;
         if (t > hit->last_t) hit->last_t = t;
         if (log_position_cmp(&v->pos, &hit->first_pos) < 0) hit->first_pos = v->pos;
-        heap_fix(e, hit);
     }
     int rc2 = session_add_page(e, hit, v);
     if (!rc) rc = rc2;
@@ -574,9 +589,9 @@ int engine_set_caught_up(engine *e, int32_t partition, int caught_up)
 
 int engine_close_all(engine *e)
 {
-    while (e->heap_len > 0) {
-        session *top = e->heap[0];
-        heap_remove(e, top);
+    session *top;
+    while ((top = heap_top(e))) {
+        heap_pop(e);
         int rc = emit_and_free(e, top);
         if (rc) return rc;
     }
