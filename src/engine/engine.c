@@ -578,6 +578,26 @@ int engine_apply(engine *e, const visit *v)
     return close_expired(e);
 }
 
+void engine_prefetch(const engine *e, int64_t user_id, int stage)
+{
+    const user_slot *u = &e->slots[mix64((uint64_t)user_id) & (e->n_slots - 1)];
+    if (stage == 0) {
+        __builtin_prefetch(u);
+        return;
+    }
+    /* Only the common case of a user in its home slot is worth a hint. */
+    if (!u->used || u->user_id != user_id || !u->head) return;
+    const session *s = u->head;
+    if (stage == 1) {
+        __builtin_prefetch(s);
+        return;
+    }
+    if (s->store && s->n_pages > 0) {
+        __builtin_prefetch(&pages_of(s)[s->n_pages - 1], 1);
+        __builtin_prefetch(arena_of(s) + s->arena_len, 1);
+    }
+}
+
 int engine_set_caught_up(engine *e, int32_t partition, int caught_up)
 {
     partition_state *p = partition_get(e, partition);

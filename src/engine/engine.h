@@ -74,6 +74,12 @@ void engine_free(engine *e);
 /* Feeds one visit. Returns 0, or the non-zero value a callback returned. */
 int engine_apply(engine *e, const visit *v);
 
+/* A hint, no effect on results: start loading what engine_apply will touch
+ * for this user. The job calls it for visits a few records ahead, in stages
+ * 0, 1, 2 (the user's slot, then the session, then its last page), each
+ * stage reading only what the previous one brought into cache. */
+void engine_prefetch(const engine *e, int64_t user_id, int stage);
+
 /* The source's view of a partition: caught_up means it has delivered
  * everything it had. Partitions the engine has never heard of do not hold
  * back the closing watermark. */

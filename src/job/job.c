@@ -20,6 +20,23 @@
 
 #define MAX_PARTITIONS 4096
 
+/* Parsed visits wait this many records before the engine applies them, so
+ * that the memory they will touch (user slot, session, last page) can be
+ * prefetched in three stages: an engine with 100k users is bound by memory
+ * latency, not by instructions. Results are unaffected: visits are applied
+ * strictly in input order, and the queue is drained before anything that
+ * must see every polled record applied (caught-up signals, commits, end). */
+#define PIPELINE 12
+
+typedef struct pending {
+    visit v;
+    parse_error pe; /* an invalid record waits its turn too: dead letters stay in input order */
+    char detail[160];
+    raw_record raw; /* data points into bytes */
+    buf bytes;      /* copies: the source and parser reuse their buffers */
+    buf page;
+} pending;
+
 typedef struct job {
     const job_config *cfg;
     source *src;
@@ -35,6 +52,8 @@ typedef struct job {
     int failed; /* a callback failed; err holds why */
     buf scratch;
     partition_info *parts;
+    pending queue[PIPELINE];
+    size_t q_head, q_len; /* oldest at q_head */
 } job;
 
 static double now_s(void)
@@ -83,6 +102,55 @@ static int on_reject(void *ctx, const visit *v, reject_reason why)
                              "the session already holds --max-pages earlier pages", raw, v);
 }
 
+/* ---- the prefetch pipeline ------------------------------------------------ */
+
+static int apply_oldest(job *j)
+{
+    pending *p = &j->queue[j->q_head];
+    j->q_head = (j->q_head + 1) % PIPELINE;
+    j->q_len--;
+    if (p->pe != PARSE_OK) {
+        j->res->invalid++;
+        return write_dead_letter(j, parse_error_code(p->pe), p->detail, &p->raw, NULL);
+    }
+    j->current = &p->raw;
+    int rc = engine_apply(j->eng, &p->v);
+    j->current = NULL;
+    return rc || j->failed ? -1 : 0;
+}
+
+static int drain(job *j)
+{
+    while (j->q_len > 0)
+        if (apply_oldest(j)) return -1;
+    return 0;
+}
+
+/* Parses a record into the queue; applies the oldest once the queue is full. */
+static int enqueue(job *j, const raw_record *rec)
+{
+    if (j->q_len == PIPELINE && apply_oldest(j)) return -1;
+    pending *p = &j->queue[(j->q_head + j->q_len++) % PIPELINE];
+    buf_reset(&p->bytes);
+    buf_append(&p->bytes, rec->data, rec->len);
+    p->raw = *rec;
+    p->raw.data = p->bytes.data ? (const char *)p->bytes.data : "";
+    visit v;
+    p->pe = record_parse(j->parser, rec, &v, p->detail, sizeof p->detail);
+    if (p->pe != PARSE_OK) return 0;
+    buf_reset(&p->page);
+    buf_append(&p->page, v.page, v.page_len);
+    p->v = v;
+    p->v.page = p->page.data ? (const char *)p->page.data : "";
+    /* stage 0 for the newest, 1 and 2 for those a third and two thirds along */
+    engine_prefetch(j->eng, v.user_id, 0);
+    if (j->q_len > PIPELINE / 3)
+        engine_prefetch(j->eng, j->queue[(j->q_head + j->q_len - 1 - PIPELINE / 3) % PIPELINE].v.user_id, 1);
+    if (j->q_len > 2 * PIPELINE / 3)
+        engine_prefetch(j->eng, j->queue[(j->q_head + j->q_len - 1 - 2 * PIPELINE / 3) % PIPELINE].v.user_id, 2);
+    return 0;
+}
+
 /* ---- checkpoint ---------------------------------------------------------- */
 
 static int put_user(void *ctx, int64_t user_id, const void *blob, size_t len)
@@ -100,6 +168,8 @@ static void save_counters(const job *j, buf *out)
 
 static int commit(job *j)
 {
+    /* The source position covers every polled record: apply them all first. */
+    if (drain(j)) return -1;
     if (j->snk->ops->flush(j->snk, j->err, j->errlen)) return -1;
     if (j->dlq->ops->flush(j->dlq, j->err, j->errlen)) return -1;
     if (!j->cp) return 0;
@@ -200,6 +270,8 @@ static int restore(job *j)
 static int update_partitions(job *j, int print_progress, double rate)
 {
     if (!j->src->ops->partitions) return 0;
+    /* A caught-up signal speaks of every record polled so far. */
+    if (drain(j)) return -1;
     size_t n = j->src->ops->partitions(j->src, j->parts, MAX_PARTITIONS);
     if (n > MAX_PARTITIONS) n = MAX_PARTITIONS;
     int64_t behind = 0;
@@ -239,7 +311,6 @@ static int run_loop(job *j)
     uint64_t since_commit = 0, at_last_progress = j->res->records;
     int tty = isatty(STDERR_FILENO);
     double progress_every = cfg->progress == 0 ? 0 : tty ? 1.0 : cfg->progress == 2 ? 10.0 : 0;
-    char detail[256];
     for (;;) {
         if (cfg->stop && *cfg->stop) {
             j->res->stopped_by_signal = 1;
@@ -252,20 +323,10 @@ static int run_loop(job *j)
             j->res->records++;
             j->res->records_this_run++;
             since_commit++;
-            visit v;
-            parse_error pe = record_parse(j->parser, &rec, &v, detail, sizeof detail);
-            if (pe != PARSE_OK) {
-                j->res->invalid++;
-                if (write_dead_letter(j, parse_error_code(pe), detail, &rec, NULL)) return -1;
-            } else {
-                j->current = &rec;
-                int rc = engine_apply(j->eng, &v);
-                j->current = NULL;
-                if (rc || j->failed) return -1;
-            }
+            if (enqueue(j, &rec)) return -1;
         }
         if (st == SOURCE_END) {
-            if (update_partitions(j, 0, 0)) return -1;
+            if (drain(j) || update_partitions(j, 0, 0)) return -1;
             if (cfg->until_end && engine_close_all(j->eng)) return -1;
             return commit(j);
         }
@@ -330,6 +391,10 @@ out:
     if (j.snk) j.snk->ops->close(j.snk);
     if (j.src) j.src->ops->close(j.src);
     free(j.parts);
+    for (size_t i = 0; i < PIPELINE; i++) {
+        buf_free(&j.queue[i].bytes);
+        buf_free(&j.queue[i].page);
+    }
     buf_free(&j.scratch);
     return rc;
 }
