@@ -455,7 +455,7 @@ static int host_connect(cql_client *c, int hi, int *fatal, char *err, size_t err
     h->conn = cql_conn_open((const struct sockaddr *)&h->sa, h->salen, &o, fatal, err, errlen);
     if (!h->conn) {
         h->backoff_ms = h->backoff_ms ? h->backoff_ms * 2 : 500;
-        if (h->backoff_ms > 30000) h->backoff_ms = 30000;
+        if (h->backoff_ms > 10000) h->backoff_ms = 10000;
         h->next_attempt_ms = cql_now_ms() + h->backoff_ms;
         return -1;
     }
