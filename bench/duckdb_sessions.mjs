@@ -13,7 +13,11 @@
 //                   dropped: the peer of sessionizer's null: sink.
 //   --mode store    they are written to a table in a DuckDB database file
 //                   (--out, default bench/out/duck.db, recreated) and
-//                   CHECKPOINTed to disk: the peer of the sqlite: sink.
+//                   CHECKPOINTed to disk (CREATE TABLE AS: no key).
+//   --mode keyed    the same, into a table with a PRIMARY KEY (user_id,
+//                   session_no) through INSERT OR REPLACE: an upsert on a
+//                   key, like the sqlite: sink's PRIMARY KEY (session_id,
+//                   user_id). The like-for-like peer of the sqlite: sink.
 //
 // Prints one JSON line: {"seconds": wall time of the timed part (connect +
 // query [+ CHECKPOINT]), "sessions", "pages", "max_pages", "signature"} with
@@ -44,12 +48,12 @@ for (let i = 0; i < args.length; i++) {
   else if (args[i] === '--out') out = args[++i];
   else file = args[i];
 }
-if (!file || !['discard', 'store'].includes(mode)) {
-  console.error('usage: duckdb_sessions.mjs FILE [--threads N] [--gap-s S] [--mode discard|store] [--out DB]');
+if (!file || !['discard', 'store', 'keyed'].includes(mode)) {
+  console.error('usage: duckdb_sessions.mjs FILE [--threads N] [--gap-s S] [--mode discard|store|keyed] [--out DB]');
   process.exit(2);
 }
 const lit = (s) => "'" + s.replaceAll("'", "''") + "'";
-if (mode === 'store') for (const f of [out, out + '.wal']) rmSync(f, { force: true });
+if (mode !== 'discard') for (const f of [out, out + '.wal']) rmSync(f, { force: true });
 
 const sessions = `
 WITH v AS (
@@ -80,7 +84,7 @@ SELECT count(*) AS sessions, sum(len(pages)) AS pages, max(len(pages)) AS max_pa
 FROM ${rel}`;
 
 const t0 = process.hrtime.bigint();
-const db = await DuckDBInstance.create(mode === 'store' ? out : ':memory:', { threads: String(threads) });
+const db = await DuckDBInstance.create(mode === 'discard' ? ':memory:' : out, { threads: String(threads) });
 const con = await db.connect();
 let row;
 if (mode === 'discard') {
@@ -92,12 +96,17 @@ SELECT count(*) AS sessions, sum(len(pages)) AS pages, max(len(pages)) AS max_pa
        bit_xor(hash(user_id, pages)) AS h
 FROM s`);
   row = r.getRowObjectsJson()[0];
-} else {
+} else if (mode === 'store') {
   await con.run(`CREATE TABLE sessions AS ${sessions}`);
+  await con.run('CHECKPOINT');
+} else {
+  await con.run(`CREATE TABLE sessions (user_id BIGINT, session_no HUGEINT, pages VARCHAR[],
+                                        PRIMARY KEY (user_id, session_no))`);
+  await con.run(`INSERT OR REPLACE INTO sessions ${sessions}`);
   await con.run('CHECKPOINT');
 }
 const t1 = process.hrtime.bigint();
-if (mode === 'store') row = (await con.runAndReadAll(summary('sessions'))).getRowObjectsJson()[0];
+if (mode !== 'discard') row = (await con.runAndReadAll(summary('sessions'))).getRowObjectsJson()[0];
 console.log(JSON.stringify({
   mode,
   seconds: Number(t1 - t0) / 1e9,

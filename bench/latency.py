@@ -8,12 +8,13 @@ while an observer polls the SQLite sink's table; nothing inside sessionizer is
 instrumented. The stream is built so that the moment each session must close
 is known exactly:
 
-  - visit i has event time T0 + i ms (strictly increasing, so nothing is late
-    and no two sessions tie), and belongs to user i // 5: every user makes one
-    session of 5 visits and never comes back;
+  - visit i has event time T0 + i * STEP, STEP = SPEEDUP / RATE (1 ms at
+    20000 visits/s), strictly increasing, so nothing is late and no two
+    sessions tie; it belongs to user i // 5: every user makes one session of
+    5 visits and never comes back;
   - the closing watermark is max event time - L and a session closes when it
     exceeds last + G, i.e. on the first visit whose time is more than
-    last + G + L: visit last_index + (G + L) / 1 ms + 1. That visit is the
+    last + G + L: visit last_index + (G + L) / STEP + 1. That visit is the
     one that makes the watermark pass the session's close.
   - sessions close in the order of their last visit, and a sink commit makes
     a prefix of that order visible, so "count(*) = k" at time T means the
@@ -37,8 +38,8 @@ import time
 G_MS, L_MS, VISITS_PER_SESSION = 50000, 10000, 5
 
 
-def line(i):
-    s, ms = divmod(i, 1000)
+def line(i, step_ms):
+    s, ms = divmod(i * step_ms, 1000)
     m, s = divmod(s, 60)
     h, m = divmod(m, 60)
     return (b'{"user_id": %d, "page": "page_%d.html", "event_time": "2023-02-20T%02d:%02d:%02d.%03d"}\n'
@@ -54,9 +55,13 @@ def percentile(sorted_vals, q):
     return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (k - lo)
 
 
-def measure(sessionizer, out_dir, seconds=8.0, rate=20000, commit_interval="1s", poll_s=0.002):
+def measure(sessionizer, out_dir, seconds=8.0, rate=20000, commit_interval="1s", poll_s=0.002,
+            speedup=20):
     n = int(seconds * rate)
-    data = [line(i) for i in range(n)]
+    step_ms = speedup * 1000 // rate
+    if step_ms < 1 or (G_MS + L_MS) % step_ms:
+        raise ValueError(f"rate {rate}: the event-time step must be a divisor of {G_MS + L_MS} ms")
+    data = [line(i, step_ms) for i in range(n)]
     db = os.path.join(out_dir, "latency.db")
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(db + suffix):
@@ -117,7 +122,7 @@ def measure(sessionizer, out_dir, seconds=8.0, rate=20000, commit_interval="1s",
     for t, c in seen:
         while k < c:
             last = k * VISITS_PER_SESSION + VISITS_PER_SESSION - 1
-            closer = last + G_MS + L_MS + 1
+            closer = last + (G_MS + L_MS) // step_ms + 1
             if closer >= n:
                 raise RuntimeError(f"session {k} is visible but its closing visit was never sent")
             lat.append(t - sent_at[closer])
@@ -138,8 +143,9 @@ def main():
     ap.add_argument("--seconds", type=float, default=8)
     ap.add_argument("--rate", type=int, default=20000)
     ap.add_argument("--commit-interval", default="1s")
+    ap.add_argument("--speedup", type=int, default=20, help="event seconds per wall second")
     a = ap.parse_args()
-    r = measure(a.sessionizer, a.out, a.seconds, a.rate, a.commit_interval)
+    r = measure(a.sessionizer, a.out, a.seconds, a.rate, a.commit_interval, speedup=a.speedup)
     print(r)
 
 
