@@ -242,7 +242,6 @@ static void grow_parts(kafka_source *ks, int32_t n)
 
 static void unassign_all(kafka_source *ks)
 {
-    rd_kafka_assign(ks->rk, NULL);
     for (int32_t p = 0; p < ks->n_parts; p++) ks->parts[p].assigned = 0;
     ks->active = 0;
 }
@@ -275,6 +274,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                     rd_kafka_assignment_lost(rk)
                         ? " (its session timed out, e.g. during an outage); rejoining" : "");
         unassign_all(ks);
+        rd_kafka_assign(rk, NULL);
         return;
     }
     int32_t max_id = -1, count = 0;
@@ -284,8 +284,24 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         if (list->elems[i].partition > max_id) max_id = list->elems[i].partition;
     }
     grow_parts(ks, max_id + 1);
+    for (int i = 0; i < list->cnt; i++) {
+        rd_kafka_topic_partition_t *tp = &list->elems[i];
+        if (strcmp(tp->topic, ks->topic) != 0) continue;
+        kpart *kp = &ks->parts[tp->partition];
+        tp->offset = kp->pos >= 0 ? kp->pos : RD_KAFKA_OFFSET_BEGINNING;
+    }
     if (count < ks->n_parts) {
+        /* The group protocol needs the assignment accepted (an unassign here
+         * would leave the consumer waiting for an assign call and deaf to
+         * the next rebalance), so accept it, paused, and read nothing. */
         unassign_all(ks);
+        rd_kafka_resp_err_t e = rd_kafka_assign(rk, list);
+        if (!e) e = rd_kafka_pause_partitions(rk, list);
+        if (e) {
+            fail(ks, "cannot hold the partial assignment of %s: %s", ks->topic,
+                 rd_kafka_err2str(e));
+            return;
+        }
         if (!ks->paused_since_ms) ks->paused_since_ms = now_ms();
         fprintf(stderr, "sessionizer: kafka: group %s has another member (this instance was "
                 "offered %d of %d partitions of %s): %s, up to %.0f s\n", ks->group, (int)count,
@@ -295,14 +311,11 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 (double)pause_limit_ms(ks) / 1000.0);
         return;
     }
-    for (int i = 0; i < list->cnt; i++) {
-        rd_kafka_topic_partition_t *tp = &list->elems[i];
-        if (strcmp(tp->topic, ks->topic) != 0) continue;
-        kpart *kp = &ks->parts[tp->partition];
-        tp->offset = kp->pos >= 0 ? kp->pos : RD_KAFKA_OFFSET_BEGINNING;
-        kp->assigned = 1;
-    }
+    for (int i = 0; i < list->cnt; i++)
+        if (strcmp(list->elems[i].topic, ks->topic) == 0) ks->parts[list->elems[i].partition].assigned = 1;
     rd_kafka_resp_err_t e = rd_kafka_assign(rk, list);
+    /* A pause from an earlier partial assignment may stick to a partition. */
+    if (!e) e = rd_kafka_resume_partitions(rk, list);
     if (e) {
         fail(ks, "cannot assign the partitions of %s: %s", ks->topic, rd_kafka_err2str(e));
         return;

@@ -105,4 +105,4 @@ rows "$WORK/$name.db" >"$WORK/$name.rows"
 cmp -s "$WORK/expected.rows" "$WORK/$name.rows" ||
     { diff "$WORK/expected.rows" "$WORK/$name.rows" | head >&2; die "crash: table differs after $kills kills"; }
 log "crash: $kills SIGKILLs, $(wc -l <"$WORK/$name.rows") sessions, identical to the oracle"
-echo "kafka_0002_replay: 1 passed, 0 failed"
+echo "kafka_0002_replay: passed"

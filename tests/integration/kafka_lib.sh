@@ -124,3 +124,6 @@ check_oracle() {
         die "table $db differs from the oracle ($(wc -l <"$WORK/expected.rows") expected rows, $(wc -l <"$WORK/actual.rows") actual)"
     fi
 }
+
+# has_rows DB N: the table has exactly N rows (for wait_until).
+has_rows() { [ "$(count_rows "$1")" = "$2" ]; }
