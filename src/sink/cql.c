@@ -220,6 +220,14 @@ bad_ks:
 }
 
 static void cql_sink_close(sink *base);
+
+/* The buffer's bytes as a C string (buf does not NUL-terminate). */
+static const char *cstr(buf *b)
+{
+    buf_reserve(b, 1);
+    b->data[b->len] = '\0';
+    return (const char *)b->data;
+}
 extern const sink_ops cql_sink_ops;
 
 static const char *const expected_cols[4][4] = {
@@ -318,7 +326,7 @@ static int setup_schema(cql_sink *s, int create_schema, char *err, size_t errlen
         /* exactly the reference init.cql, with the keyspace of the URI */
         buf_printf(&q, "CREATE KEYSPACE IF NOT EXISTS %s WITH replication = {'class': "
                    "'SimpleStrategy', 'replication_factor': 1}", s->keyspace);
-        if (cql_client_query(s->client, (const char *)q.data, NULL, s->consistency, NULL, e,
+        if (cql_client_query(s->client, cstr(&q), NULL, s->consistency, NULL, e,
                              sizeof e)) {
             fail(err, errlen, "cql: creating keyspace %s: %s", s->keyspace, e);
             goto out;
@@ -327,7 +335,7 @@ static int setup_schema(cql_sink *s, int create_schema, char *err, size_t errlen
         buf_printf(&q, "CREATE TABLE IF NOT EXISTS %s.sessions (session_id bigint, user_id "
                    "bigint, pages list<text>, ingestion_time timestamp, PRIMARY KEY(session_id, "
                    "user_id))", s->keyspace);
-        if (cql_client_query(s->client, (const char *)q.data, NULL, s->consistency, NULL, e,
+        if (cql_client_query(s->client, cstr(&q), NULL, s->consistency, NULL, e,
                              sizeof e)) {
             fail(err, errlen, "cql: creating table %s.sessions: %s", s->keyspace, e);
             goto out;
@@ -353,7 +361,7 @@ static int setup_schema(cql_sink *s, int create_schema, char *err, size_t errlen
     buf_reset(&q);
     buf_printf(&q, "INSERT INTO %s.sessions (session_id, user_id, pages, ingestion_time) "
                "VALUES (?, ?, ?, ?)", s->keyspace);
-    s->insert = cql_client_prepare(s->client, (const char *)q.data, e, sizeof e);
+    s->insert = cql_client_prepare(s->client, cstr(&q), e, sizeof e);
     if (!s->insert) {
         fail(err, errlen, "cql: preparing the INSERT into %s.sessions: %s", s->keyspace, e);
         goto out;
