@@ -18,8 +18,8 @@
  *    it is exact and minimal: sessions close in (last, user_id) order, a
  *    total order among open sessions (two of one user are > G apart).
  *
- * Invariants (checked by engine_check_invariants() in debug builds and by
- * the unit tests):
+ * Invariants (checked by engine_check_invariants(), which the unit tests
+ * call after every operation on random inputs):
  *  I1. Two open sessions of one user are more than G apart
  *      (next.first - prev.last > G), and the list is sorted by first.
  *  I2. A session's pages are sorted by (t, partition, offset) and number at
@@ -29,6 +29,7 @@
  *      marked dead and freed when their entry is popped.
  *  I4. closing_wm never decreases, and no open session has
  *      last + G < closing_wm after any public call returns.
+ *  I5. The counters open_sessions and open_pages match the state.
  */
 #include "engine/engine.h"
 
@@ -626,6 +627,42 @@ void engine_get_stats(const engine *e, engine_stats *out)
     out->open_users = 0;
     for (size_t i = 0; i < e->n_slots; i++)
         if (e->slots[i].used && e->slots[i].head) out->open_users++;
+}
+
+int engine_check_invariants(const engine *e)
+{
+    uint64_t sessions = 0, pages = 0;
+    for (size_t i = 0; i < e->n_slots; i++) {
+        const user_slot *u = &e->slots[i];
+        if (!u->used) continue;
+        for (const session *s = u->head; s; s = s->next) {
+            sessions++;
+            pages += s->n_pages;
+            if (s->user_id != u->user_id || s->dead || s->first_t > s->last_t) return 1;
+            if (s->next && s->next->first_t - s->last_t <= e->cfg.gap_us) return 1;
+            const page_entry *p = pages_of(s);
+            if (s->n_pages > e->cfg.max_pages || s->n_pages > s->cap_pages ||
+                s->arena_len > s->arena_cap)
+                return 2;
+            for (uint32_t k = 0; k < s->n_pages; k++) {
+                if (p[k].t < s->first_t || p[k].t > s->last_t) return 2;
+                if ((uint64_t)p[k].str_off + p[k].len > s->arena_len) return 2;
+                if (k > 0 && !page_before(&p[k - 1], p[k].t, p[k].partition, p[k].offset)) return 2;
+            }
+            if (e->closing_wm != INT64_MIN && s->last_t + e->cfg.gap_us < e->closing_wm) return 4;
+        }
+    }
+    uint64_t live = 0;
+    for (size_t i = 0; i < e->heap_len; i++) {
+        const heap_entry *h = &e->heap[i];
+        if (h->s->dead) continue;
+        live++;
+        if (h->user_id != h->s->user_id || h->last_t > h->s->last_t) return 3;
+        if (i > 0 && heap_less(h, &e->heap[(i - 1) / 2])) return 3;
+    }
+    if (live != sessions) return 3;
+    if (sessions != e->st.open_sessions || pages != e->st.open_pages) return 5;
+    return 0;
 }
 
 /* ---- checkpoint encoding ----------------------------------------------- */

@@ -91,6 +91,10 @@ int engine_close_all(engine *e);
 int64_t engine_closing_watermark(const engine *e); /* INT64_MIN before any visit */
 void engine_get_stats(const engine *e, engine_stats *out);
 
+/* Checks the invariants written atop engine.c (O(state): for tests). Returns
+ * 0, or the number of the first invariant found broken (1-5). */
+int engine_check_invariants(const engine *e);
+
 /* --- Checkpoint support (encoding only; the engine does no I/O) ---------- */
 
 /* Global state: per-partition watermarks, closing watermark, counters. */

@@ -361,15 +361,21 @@ static void test_random_vs_oracle_and_restore(void)
         engine *e2 = new_engine(&o2, g, l, cap);
         store st = {0};
         buf_init(&st.meta);
+        int broken = 0;
         for (size_t i = 0; i < n; i++) {
             visit v = mk(in[i].user, in[i].page, in[i].t, 0, in[i].off);
             engine_apply(e1, &v);
             engine_apply(e2, &v);
+            if (!broken) broken = engine_check_invariants(e1);
+            if (!broken) broken = engine_check_invariants(e2);
             if (rnd() % 10 == 0) e2 = checkpoint_and_restore(e2, &st, &o2, g, l, cap);
         }
+        CHECK_EQ_I64(broken, 0);
         engine_close_all(e1);
         e2 = checkpoint_and_restore(e2, &st, &o2, g, l, cap);
+        CHECK_EQ_I64(engine_check_invariants(e2), 0);
         engine_close_all(e2);
+        CHECK_EQ_I64(engine_check_invariants(e1), 0);
         size_t n1;
         char **got = close_lines(text(&o1), &n1);
         int same = n1 == n_exp;
@@ -429,6 +435,10 @@ static void test_partition_interleavings(void)
                 visit v = mk(r->user, r->page, r->t, p, r->off);
                 engine_apply(e, &v);
                 if (idx[p] == N) engine_set_caught_up(e, p, 1);
+                if (engine_check_invariants(e) != 0) {
+                    CHECK_EQ_I64(engine_check_invariants(e), 0);
+                    break;
+                }
             }
             engine_close_all(e);
             size_t n;
