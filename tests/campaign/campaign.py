@@ -111,6 +111,9 @@ class SqliteTarget:
     def inject(self, fault, rnd):
         pass
 
+    def sink_opts(self, trial):
+        return []
+
 
 class JsonlTarget(SqliteTarget):
     """The JSONL sink is a log of writes: read keyed, the later line winning."""
@@ -128,7 +131,103 @@ class JsonlTarget(SqliteTarget):
         return rows
 
 
-TARGETS = {"sqlite": SqliteTarget, "jsonl": JsonlTarget}
+class PostgresTarget(SqliteTarget):
+    """A real PostgreSQL server (tests/integration/lib/pg_server.sh), restarted
+    or crashed (SIGKILL of the postmaster, then crash recovery) mid-run."""
+    name = "postgresql"
+    faults = ["pg_restart", "pg_crash"]
+    SCRIPT = os.path.join(ROOT, "tests", "integration", "lib", "pg_server.sh")
+
+    def start(self):
+        self.dir = os.path.join(self.workdir, "pg")
+        os.makedirs(self.dir)
+        os.chmod(self.workdir, 0o755)
+        out = subprocess.run([self.SCRIPT, "start", self.dir], capture_output=True, text=True,
+                             check=True, env={**os.environ, "PG_SERVER_TMP": self.workdir}).stdout
+        env = dict(line[len("export "):].split("=", 1) for line in out.splitlines()
+                   if line.startswith("export "))
+        self.uri = env["PG_URI_TCP"].strip("'\"")
+        self.trial_index = 0
+
+    def stop(self):
+        subprocess.run([self.SCRIPT, "destroy", self.dir], capture_output=True)
+
+    def sink(self, trial):
+        return self.uri
+
+    def sink_opts(self, trial):
+        return ["--sink-opt", f"table=sessions_{os.path.basename(trial.dir)}"]
+
+    def table(self, trial):
+        out = subprocess.run([self.SCRIPT, "psql", self.dir, "-At", "-F", "\t", "-c",
+                              f"SELECT session_id, user_id, array_to_json(pages) FROM "
+                              f"sessions_{os.path.basename(trial.dir)}"],
+                             capture_output=True, text=True, check=True).stdout
+        rows = {}
+        for line in out.splitlines():
+            sid, uid, pages = line.split("\t")
+            rows[(int(sid), int(uid))] = json.loads(pages)
+        return rows
+
+    def inject(self, fault, rnd):
+        if fault == "pg_restart":
+            subprocess.run([self.SCRIPT, "restart", self.dir], capture_output=True, check=True)
+        else:
+            subprocess.run([self.SCRIPT, "kill", self.dir], capture_output=True, check=True)
+            time.sleep(rnd.uniform(0, 1))
+            subprocess.run([self.SCRIPT, "start-again", self.dir], capture_output=True, check=True)
+
+
+class CqlTarget(SqliteTarget):
+    """The CQL test server (3 fake nodes) returning errors, dropping
+    connections and answering late; the table is read back with the DataStax
+    Python driver, an independent client."""
+    name = "cql"
+    faults = ["cql_timeout", "cql_overload", "cql_drop", "cql_delay", "cql_node_down"]
+
+    def start(self):
+        sys.path.insert(0, os.path.join(ROOT, "tests", "cql"))
+        from cqltest import TestServer
+        self.server = TestServer(nodes=3, max_seconds=24 * 3600)
+        from cassandra.cluster import Cluster
+        self.cluster = Cluster(["127.0.0.1"], port=self.server.port, protocol_version=4)
+        self.session = self.cluster.connect()
+
+    def stop(self):
+        if getattr(self, "cluster", None):
+            self.cluster.shutdown()
+        if getattr(self, "server", None):
+            self.server.stop()
+
+    def keyspace(self, trial):
+        return "ks_" + os.path.basename(trial.dir)
+
+    def sink(self, trial):
+        return f"cql://127.0.0.1:{self.server.port}/{self.keyspace(trial)}"
+
+    def sink_opts(self, trial):
+        return ["--sink-opt", "retry_timeout_ms=0"]
+
+    def table(self, trial):
+        self.server.control("clear")
+        rows = self.session.execute(f"SELECT session_id, user_id, pages FROM {self.keyspace(trial)}.sessions")
+        return {(r.session_id, r.user_id): list(r.pages or []) for r in rows}
+
+    def inject(self, fault, rnd):
+        n = rnd.randrange(1, 20)
+        spec = {"cql_timeout": f"fault error code=0x1100 op=EXECUTE count={n} apply={rnd.randrange(2)}",
+                "cql_overload": f"fault error code=0x1001 op=EXECUTE count={n}",
+                "cql_drop": f"fault drop op=EXECUTE count={rnd.randrange(1, 4)} apply={rnd.randrange(2)}",
+                "cql_delay": f"fault delay ms={rnd.randrange(50, 800)} op=EXECUTE count={n}",
+                "cql_node_down": f"kill node={rnd.randrange(2, 4)}"}[fault]
+        self.server.control(spec)
+        if fault == "cql_node_down":
+            time.sleep(rnd.uniform(0.2, 1.5))
+            self.server.control(spec.replace("kill", "revive"))
+
+
+TARGETS = {"sqlite": SqliteTarget, "jsonl": JsonlTarget, "postgresql": PostgresTarget,
+           "cql": CqlTarget}
 
 
 def run_until_complete(trial, target, rnd, stats, deadline):
@@ -146,7 +245,7 @@ def run_until_complete(trial, target, rnd, stats, deadline):
         args = [BIN, "run", "--source", f"file:{trial.log}", "--sink", target.sink(trial),
                 "--until-end", *trial.settings,
                 "--commit-every", str(rnd.choice([10, 500, 5000, 100000])),
-                "--dlq", f"jsonl:{trial.dir}/{target.name}.dlq"]
+                "--dlq", f"jsonl:{trial.dir}/{target.name}.dlq", *target.sink_opts(trial)]
         if fault == "diskfull" and small is None:
             small = os.path.join(trial.dir, f"small-{target.name}")
             os.makedirs(small)
@@ -168,8 +267,9 @@ def run_until_complete(trial, target, rnd, stats, deadline):
                     stats[fault] += 1
         elif fault in target.faults:
             time.sleep(rnd.uniform(0.02, 1.0) * max(trial.clean_seconds, 0.05))
-            target.inject(fault, rnd)
-            stats[fault] += 1
+            if p.poll() is None:
+                target.inject(fault, rnd)
+                stats[fault] += 1
         err = p.communicate(timeout=600)[1].decode(errors="replace")
         if fault == "lose" and os.path.exists(cp):
             # the whole checkpoint is lost: the next run replays from the
