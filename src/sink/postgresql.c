@@ -89,9 +89,9 @@
 #define PG_DEFAULT_IO_TIMEOUT_MS (60LL * 1000)
 #define PG_STMT_NAME "sessionizer_upsert"
 
-#define PG_OPTIONS_HELP                                                                      \
-    "table=[SCHEMA.]NAME, batch_rows=N, retry_timeout=DURATION (0 = forever), "            \
-    "retry_backoff_max=DURATION, io_timeout=DURATION"
+#define PG_OPTIONS_HELP                                                                    \
+    "table=[SCHEMA.]NAME, batch_rows=N, retry_timeout=DUR (0: forever), retry_backoff_max=DUR, " \
+    "io_timeout=DUR"
 
 enum { PG_OK = 0, PG_TRANSIENT = 1, PG_PERMANENT = 2 };
 
@@ -1138,8 +1138,8 @@ static sink *pg_open_postgres(const char *target, const sink_options *opts, char
 
 const sink_ops postgresql_sink_ops = {
     .scheme = "postgresql",
-    .usage = "postgresql://[user[:password]@][host][:port][/db][?param=value...]  upsert into a "
-             "PostgreSQL table (libpq URI; options: " PG_OPTIONS_HELP ")",
+    .usage = "postgresql://...  upsert into a PostgreSQL table 'sessions' (any libpq URI, e.g. "
+             "postgresql://user@host:5432/db?sslmode=require; --sink-opt " PG_OPTIONS_HELP ")",
     .open = pg_open_postgresql,
     .write = pg_write,
     .flush = pg_flush,
@@ -1150,7 +1150,7 @@ const sink_ops postgresql_sink_ops = {
 
 const sink_ops postgres_sink_ops = {
     .scheme = "postgres",
-    .usage = "postgres://...  same as postgresql://",
+    .usage = "postgres://...    same as postgresql://",
     .open = pg_open_postgres,
     .write = pg_write,
     .flush = pg_flush,

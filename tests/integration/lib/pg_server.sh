@@ -60,12 +60,24 @@ _pg_server_bin() {
 
 # Runs a command as the server's OS user (as ourselves when not root), from /
 # so that an unreadable working directory cannot get in the way.
+# The server must not inherit the caller's extra file descriptors: a test that
+# feeds the job through a pipe on fd 3 would never see EOF on it while the
+# postmaster keeps a copy open.
 _pg_as() {
     if [ "$(id -u)" = 0 ]; then
-        (cd / && runuser -u "$PG_SERVER_OS_USER" -- "$@")
+        (cd / && _pg_closefds runuser -u "$PG_SERVER_OS_USER" -- "$@")
     else
-        (cd / && "$@")
+        (cd / && _pg_closefds "$@")
     fi
+}
+
+_pg_closefds() {
+    local fd
+    for fd in /proc/$BASHPID/fd/*; do
+        fd=${fd##*/}
+        if [ "$fd" -gt 2 ] 2>/dev/null; then eval "exec $fd>&-" 2>/dev/null; fi
+    done
+    "$@"
 }
 
 _pg_port_free() {
