@@ -40,7 +40,7 @@ check() { # check "description" command...
 }
 
 pg_server_start || { echo "cannot start PostgreSQL"; exit 1; }
-q() { pg_server_psql -At -c "$1"; }
+q() { PGOPTIONS="-c client_min_messages=warning" pg_server_psql -At -c "$1"; }
 dump() { # dump FILE: the sessions table as session_id \t user_id \t pages (JSON)
     pg_server_psql -At -F $'\t' -c \
         "SELECT session_id, user_id, array_to_json(pages) FROM sessions ORDER BY 1, 2" >"$1"
@@ -64,8 +64,8 @@ check "walkthrough run exits 0 ($(tr '\n' ' ' <"$work/err1"))" [ $? = 0 ]
 sqlite_run "$sample" "$work/ref1.db"
 check "walkthrough: PostgreSQL rows = SQLite rows" same_as_sqlite "$work/ref1.db"
 check "walkthrough: 3 sessions" [ "$(q 'SELECT count(*) FROM sessions')" = 3 ]
-check "walkthrough: user 1's first session is A.html, B.html" \
-    [ "$(q "SELECT array_to_string(pages, ',') FROM sessions WHERE user_id = 1 ORDER BY pages[1] LIMIT 1")" = "A.html,B.html" ]
+check "walkthrough: user 1's sessions hold A.html, B.html, C.html in order" \
+    [ "$(q "SELECT string_agg(array_to_string(pages, ','), ',' ORDER BY pages[1]) FROM sessions WHERE user_id = 1")" = "A.html,B.html,C.html" ]
 check "walkthrough: ingestion_time is the write time (within the last minute)" \
     [ "$(q "SELECT bool_and(ingestion_time BETWEEN now() - interval '1 minute' AND now()) FROM sessions")" = t ]
 

@@ -85,18 +85,19 @@ _pg_port_free() {
     ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
+# Single-quoted values ('...' with ' written as '\''), which a shell can eval
+# and another language can read by stripping the quotes.
+_pg_q() {
+    local v=${1//\'/\'\\\'\'}
+    printf "'%s'" "$v"
+}
+
 _pg_write_env() {
-    {
-        printf 'export PG_SERVER_DIR=%q\n' "$PG_SERVER_DIR"
-        printf 'export PG_SERVER_PORT=%q\n' "$PG_SERVER_PORT"
-        printf 'export PG_SERVER_SOCKET_DIR=%q\n' "$PG_SERVER_SOCKET_DIR"
-        printf 'export PG_SERVER_SUPERUSER=%q\n' "$PG_SERVER_SUPERUSER"
-        printf 'export PG_SERVER_PASSWORD=%q\n' "$PG_SERVER_PASSWORD"
-        printf 'export PG_SERVER_OS_USER=%q\n' "$PG_SERVER_OS_USER"
-        printf 'export PG_SERVER_BIN=%q\n' "$PG_SERVER_BIN"
-        printf 'export PG_URI=%q\n' "$PG_URI"
-        printf 'export PG_URI_TCP=%q\n' "$PG_URI_TCP"
-    } >"$PG_SERVER_DIR/env"
+    local var
+    for var in PG_SERVER_DIR PG_SERVER_PORT PG_SERVER_SOCKET_DIR PG_SERVER_SUPERUSER \
+        PG_SERVER_PASSWORD PG_SERVER_OS_USER PG_SERVER_BIN PG_URI PG_URI_TCP; do
+        printf 'export %s=%s\n' "$var" "$(_pg_q "${!var}")"
+    done >"$PG_SERVER_DIR/env"
 }
 
 _pg_load_env() {
@@ -184,8 +185,11 @@ pg_server_start() {
 
 # Starts the (stopped) server of PG_SERVER_DIR again, same port and data.
 pg_server_start_again() {
-    _pg_as "$PG_SERVER_BIN/pg_ctl" -D "$PG_SERVER_DIR/data" -l "$PG_SERVER_DIR/server.log" \
-        -w -t 60 start >/dev/null
+    if ! _pg_as "$PG_SERVER_BIN/pg_ctl" -D "$PG_SERVER_DIR/data" -l "$PG_SERVER_DIR/server.log" \
+        -w -t 60 start >"$PG_SERVER_DIR/pg_ctl.out" 2>&1; then
+        cat "$PG_SERVER_DIR/pg_ctl.out" >&2
+        return 1
+    fi
 }
 
 # pg_server_stop [smart|fast|immediate]: stops the server, keeps the data.
@@ -241,7 +245,7 @@ pg_server_cleanup() {
     if [ -f "$PG_SERVER_DIR/data/postmaster.pid" ]; then
         pg_server_stop fast 2>/dev/null || pg_server_stop immediate 2>/dev/null || true
         local pid
-        pid=$(head -n 1 "$PG_SERVER_DIR/data/postmaster.pid" 2>/dev/null)
+        pid=$(head -n 1 "$PG_SERVER_DIR/data/postmaster.pid" 2>/dev/null || true)
         if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null; fi
     fi
     rm -rf "$PG_SERVER_DIR"
