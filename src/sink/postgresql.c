@@ -674,7 +674,8 @@ static int pg_setup(pg_sink *s, char *err, size_t errlen)
             }
             continue;
         }
-        const char *relkind = PQgetvalue(r, 0, 0);
+        char relkind[8];
+        snprintf(relkind, sizeof relkind, "%s", PQgetvalue(r, 0, 0));
         if (strcmp(relkind, "r") != 0 && strcmp(relkind, "p") != 0) {
             PQclear(r);
             return pg_fail(s, err, errlen,
