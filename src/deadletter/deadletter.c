@@ -131,8 +131,11 @@ const deadletter_ops jsonl_deadletter_ops = {
     .close = jsonl_dl_close,
 };
 
+extern const deadletter_ops kafka_deadletter_ops;
+
 static const deadletter_ops *const registry[] = {
     &jsonl_deadletter_ops,
+    &kafka_deadletter_ops,
 };
 
 deadletter *deadletter_open(const char *uri, const char *const *props, char *err, size_t errlen)

@@ -307,7 +307,7 @@ static int update_partitions(job *j, int print_progress, double rate)
 static int run_loop(job *j)
 {
     const job_config *cfg = j->cfg;
-    double start = now_s(), last_commit = start, last_progress = start;
+    double start = now_s(), last_commit = start, last_progress = start, last_partitions = start;
     uint64_t since_commit = 0, at_last_progress = j->res->records;
     int tty = isatty(STDERR_FILENO);
     double progress_every = cfg->progress == 0 ? 0 : tty ? 1.0 : cfg->progress == 2 ? 10.0 : 0;
@@ -334,9 +334,14 @@ static int run_loop(job *j)
         if (st == SOURCE_IDLE || (j->res->records & 1023) == 0) {
             double t = now_s();
             int show = progress_every > 0 && t - last_progress >= progress_every;
-            if (st == SOURCE_IDLE || show) {
+            /* Caught-up flags also when busy (an idle partition must not hold
+             * back closing while the others stream), and only once every
+             * polled record is applied: a partition's last records must not
+             * meet a closing watermark that its caught-up flag advanced. */
+            if (st == SOURCE_IDLE || show || t - last_partitions >= 1.0) {
                 double rate = (double)(j->res->records - at_last_progress) / (t - last_progress);
-                if (update_partitions(j, show, rate)) return -1;
+                if (drain(j) || update_partitions(j, show, rate)) return -1;
+                last_partitions = t;
                 if (show) last_progress = t, at_last_progress = j->res->records;
             }
             if ((cfg->commit_interval_ms > 0 && (t - last_commit) * 1000 >= (double)cfg->commit_interval_ms &&

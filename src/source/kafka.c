@@ -63,9 +63,11 @@
 #include "source/source.h"
 
 #define BATCH 1024
+#define RECENT 64 /* > the job's pipeline depth */
 #define POSITION_VERSION 1u
 #define DEFAULT_STARTUP_MS 15000
 #define DEFAULT_SESSION_TIMEOUT_MS 10000
+#define DEFAULT_IDLE_MS 2000
 #define DEFAULT_SESSION_TIMEOUT "10000"
 #define OFFSET_UNKNOWN (-1)
 
@@ -74,6 +76,8 @@ typedef struct kpart {
     int64_t end;      /* --until-end: end offset at start */
     int64_t high;     /* last known high watermark, -1 if none */
     int64_t low;      /* log start at open */
+    int64_t eof_at;   /* offset of the last end-of-partition event, -1 none */
+    int64_t last_ms;  /* when it last delivered a record (batch time) */
     int assigned;     /* the group gave it to us and we are reading it */
 } kpart;
 
@@ -87,13 +91,18 @@ typedef struct kafka_source {
     int32_t n_parts;
     int until_end;
     size_t max_record;
-    int64_t startup_ms, rebalance_wait_ms, session_timeout_ms;
+    int64_t startup_ms, rebalance_wait_ms, session_timeout_ms, idle_ms;
+    int64_t batch_ms; /* when the current batch was taken from librdkafka */
     int reset_is_error; /* auto.offset.reset=error (ours) rather than the user's choice */
     int debug;          /* -X debug=...: pass librdkafka's debug log through */
 
     rd_kafka_message_t *batch[BATCH];
     size_t batch_n, batch_i;
-    rd_kafka_message_t *cur; /* delivered by the last poll, alive until the next */
+    /* The last RECENT records delivered, still alive: the job may write a
+     * dead letter for a record a few polls after it (its parse pipeline),
+     * and the Kafka dead-letter output wants that record's key. */
+    rd_kafka_message_t *recent[RECENT];
+    size_t recent_i;
 
     int active, ever_active;
     int64_t opened_ms;       /* for the 'still waiting for the group' line */
@@ -234,7 +243,7 @@ static void grow_parts(kafka_source *ks, int32_t n)
     for (int32_t p = ks->n_parts; p < n; p++) {
         /* A partition added while we run: all of it is new, read it from its
          * start; --until-end had nothing of it at start, so it is done. */
-        ks->parts[p] = (kpart){.pos = OFFSET_UNKNOWN, .end = 0, .high = -1, .low = 0};
+        ks->parts[p] = (kpart){.pos = OFFSET_UNKNOWN, .end = 0, .high = -1, .low = 0, .eof_at = -1};
         if (ks->until_end) ks->done++;
     }
     ks->n_parts = n;
@@ -242,7 +251,7 @@ static void grow_parts(kafka_source *ks, int32_t n)
 
 static void unassign_all(kafka_source *ks)
 {
-    for (int32_t p = 0; p < ks->n_parts; p++) ks->parts[p].assigned = 0;
+    for (int32_t p = 0; p < ks->n_parts; p++) ks->parts[p].assigned = 0, ks->parts[p].eof_at = -1;
     ks->active = 0;
 }
 
@@ -374,8 +383,10 @@ static int apply_props(kafka_source *ks, rd_kafka_conf_t *conf, char *err, size_
         const char *v = eq + 1;
         if (strncmp(key, "dlq.", 4) == 0) continue;
         if (strcmp(key, "sessionizer.startup.timeout.ms") == 0 ||
-            strcmp(key, "sessionizer.rebalance.wait.ms") == 0) {
-            int64_t *dst = key[12] == 's' ? &ks->startup_ms : &ks->rebalance_wait_ms;
+            strcmp(key, "sessionizer.rebalance.wait.ms") == 0 ||
+            strcmp(key, "sessionizer.idle.ms") == 0) {
+            int64_t *dst = key[12] == 's' ? &ks->startup_ms
+                           : key[12] == 'r' ? &ks->rebalance_wait_ms : &ks->idle_ms;
             if (parse_ms(v, dst)) {
                 snprintf(err, errlen, "-X %s=%s: expected milliseconds (0 to 86400000)", key, v);
                 return -1;
@@ -383,8 +394,9 @@ static int apply_props(kafka_source *ks, rd_kafka_conf_t *conf, char *err, size_
             continue;
         }
         if (strncmp(key, "sessionizer.", 12) == 0) {
-            snprintf(err, errlen, "unknown property -X %s (sessionizer.startup.timeout.ms and "
-                     "sessionizer.rebalance.wait.ms are the sessionizer ones)", key);
+            snprintf(err, errlen, "unknown property -X %s (the sessionizer ones are "
+                     "sessionizer.startup.timeout.ms, sessionizer.rebalance.wait.ms and "
+                     "sessionizer.idle.ms)", key);
             return -1;
         }
         if (strcmp(key, "bootstrap.servers") == 0 || strcmp(key, "metadata.broker.list") == 0 ||
@@ -499,6 +511,7 @@ static source *kafka_open(const char *target, const source_options *opts, char *
     ks->startup_ms = DEFAULT_STARTUP_MS;
     ks->rebalance_wait_ms = -1; /* derived from the session timeout */
     ks->session_timeout_ms = DEFAULT_SESSION_TIMEOUT_MS;
+    ks->idle_ms = DEFAULT_IDLE_MS;
     ks->reset_is_error = 1;
     ks->ts_type = -1;
     size_t dn = strlen(ks->topic) + strlen(ks->brokers) + strlen(ks->group) + 64;
@@ -556,6 +569,7 @@ static source *kafka_open(const char *target, const source_options *opts, char *
         kp->high = hi;
         kp->end = hi;
         kp->pos = opts->start_latest ? hi : lo;
+        kp->eof_at = -1;
     }
     if (ks->until_end) {
         ks->done = 0;
@@ -600,7 +614,7 @@ static void advance(kafka_source *ks, kpart *kp, int64_t next)
 }
 
 /* Takes one message from librdkafka. Returns 1 when it is a record to
- * deliver (then it becomes ks->cur), 0 when it was consumed otherwise. */
+ * deliver (then it joins ks->recent), 0 when it was consumed otherwise. */
 static int take(kafka_source *ks, rd_kafka_message_t *m, raw_record *out)
 {
     if (m->err) {
@@ -613,6 +627,7 @@ static int take(kafka_source *ks, rd_kafka_message_t *m, raw_record *out)
             int64_t to = ks->until_end && m->offset > kp->end ? kp->end : m->offset;
             if (kp->assigned && to > kp->pos) advance(ks, kp, to);
             if (m->offset > kp->high) kp->high = m->offset;
+            if (kp->assigned) kp->eof_at = m->offset;
             if (ks->outage_since_ms) {
                 fprintf(stderr, "sessionizer: kafka: cluster reachable again after %.1f s\n",
                         (double)(now_ms() - ks->outage_since_ms) / 1000.0);
@@ -651,17 +666,16 @@ static int take(kafka_source *ks, rd_kafka_message_t *m, raw_record *out)
     out->oversized = m->len > ks->max_record;
     if (out->oversized) out->len = ks->max_record;
     advance(ks, kp, m->offset + 1);
-    ks->cur = m;
+    kp->last_ms = ks->batch_ms;
+    rd_kafka_message_t **slot = &ks->recent[ks->recent_i++ % RECENT];
+    if (*slot) rd_kafka_message_destroy(*slot);
+    *slot = m;
     return 1;
 }
 
 static int kafka_poll(source *s, raw_record *out, int timeout_ms, char *err, size_t errlen)
 {
     kafka_source *ks = (kafka_source *)s;
-    if (ks->cur) {
-        rd_kafka_message_destroy(ks->cur);
-        ks->cur = NULL;
-    }
     int waited = 0;
     for (;;) {
         if (ks->fatal) {
@@ -702,6 +716,7 @@ static int kafka_poll(source *s, raw_record *out, int timeout_ms, char *err, siz
         }
         if (n > 0) {
             ks->batch_n = (size_t)n;
+            ks->batch_ms = now_ms();
             continue;
         }
         /* Nothing queued: wait for the next message, served as soon as it
@@ -711,6 +726,7 @@ static int kafka_poll(source *s, raw_record *out, int timeout_ms, char *err, siz
         if (m) {
             ks->batch[0] = m;
             ks->batch_n = 1;
+            ks->batch_ms = now_ms();
         }
     }
 }
@@ -803,6 +819,7 @@ static void kafka_committed(source *s)
 static size_t kafka_partitions(source *s, partition_info *out, size_t max)
 {
     kafka_source *ks = (kafka_source *)s;
+    int64_t now = now_ms();
     for (int32_t p = 0; p < ks->n_parts && (size_t)p < max; p++) {
         kpart *kp = &ks->parts[p];
         int64_t end;
@@ -811,12 +828,21 @@ static size_t kafka_partitions(source *s, partition_info *out, size_t max)
             end = kp->end;
             caught_up = kp->pos >= end;
         } else {
+            /* Caught up: the fetcher reported the end of the partition, no
+             * record was delivered since, and none for sessionizer.idle.ms
+             * (Flink's "idleness"). The high watermark alone would do for
+             * the lag but not for this: after a pause or a restart it can be
+             * stale. And a partition taken for caught up stops holding back
+             * the closing watermark, so a backlog, or a burst that arrives
+             * right after the end was seen, would turn late if it lagged the
+             * other partitions by more than the lateness. */
             int64_t lo = -1, hi = -1;
             if (rd_kafka_get_watermark_offsets(ks->rk, ks->topic, p, &lo, &hi) == 0 &&
                 hi > kp->high)
                 kp->high = hi;
             end = kp->high;
-            caught_up = kp->assigned && kp->pos >= 0 && kp->pos >= end;
+            caught_up = kp->assigned && kp->eof_at >= 0 && kp->pos == kp->eof_at &&
+                        (kp->last_ms == 0 || now - kp->last_ms >= ks->idle_ms);
         }
         int64_t lag = kp->pos < 0 || end < 0 ? -1 : end > kp->pos ? end - kp->pos : 0;
         out[p] = (partition_info){.partition = p, .caught_up = caught_up, .lag = lag};
@@ -830,7 +856,8 @@ static void kafka_close(source *s)
 {
     kafka_source *ks = (kafka_source *)s;
     if (!ks) return;
-    if (ks->cur) rd_kafka_message_destroy(ks->cur);
+    for (size_t i = 0; i < RECENT; i++)
+        if (ks->recent[i]) rd_kafka_message_destroy(ks->recent[i]);
     for (size_t i = ks->batch_i; i < ks->batch_n; i++) rd_kafka_message_destroy(ks->batch[i]);
     /* Leave the group now rather than when its session times out, so that
      * another instance can take over at once. */
@@ -847,12 +874,16 @@ const char *const *kafka_source_props(void) { return g_open ? g_open->props : NU
 
 int kafka_source_key(const raw_record *raw, const void **key, size_t *len)
 {
-    if (!g_open || !g_open->cur || !raw || raw->pos.partition != g_open->cur->partition ||
-        raw->pos.offset != g_open->cur->offset)
-        return 0;
-    *key = g_open->cur->key;
-    *len = g_open->cur->key_len;
-    return 1;
+    if (!g_open || !raw) return 0;
+    for (size_t i = 0; i < RECENT; i++) {
+        const rd_kafka_message_t *m = g_open->recent[i];
+        if (m && m->partition == raw->pos.partition && m->offset == raw->pos.offset) {
+            *key = m->key;
+            *len = m->key_len;
+            return 1;
+        }
+    }
+    return 0;
 }
 
 const source_ops kafka_source_ops = {

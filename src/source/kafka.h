@@ -23,9 +23,10 @@ const char *kafka_source_bootstrap(void);
  * NULL. */
 const char *const *kafka_source_props(void);
 
-/* When raw is the record the Kafka source delivered last (still alive until
- * the next poll), sets *key and *len to its key (NULL and 0 for a record without
- * key) and returns 1; otherwise returns 0. */
+/* When raw is one of the last 64 records the Kafka source delivered (the
+ * job writes dead letters a few records late, after its parse pipeline),
+ * sets *key and *len to its key (NULL and 0 for a record without key) and
+ * returns 1; otherwise returns 0. Matched by (partition, offset). */
 int kafka_source_key(const raw_record *raw, const void **key, size_t *len);
 
 #endif

@@ -1,0 +1,288 @@
+/*
+ * kafka.c - dead letters to a Kafka topic: `--dlq kafka:TOPIC`, or
+ * `--dlq kafka://HOST:PORT[,HOST:PORT...]/TOPIC` for another cluster.
+ *
+ * Each dead letter is one message: the value is the original record's bytes
+ * (unchanged, so that it can be fixed and produced again), the key is the
+ * original record's key when the record came from the Kafka source, and the
+ * headers say why and where from:
+ *   reason               machine code: invalid_json, late, session_cap, ...
+ *   detail               one human line
+ *   source               the input's description ("kafka topic visits at ...")
+ *   source_partition     decimal
+ *   source_offset        decimal (byte offset for a file)
+ *   source_timestamp_ms  decimal, when the input record had a timestamp
+ *   line                 decimal, for a file input
+ *   reconstructed        "true" when the original bytes were gone (a visit
+ *                        evicted by the session cap) and the value is the
+ *                        visit re-encoded as JSON
+ *
+ * Brokers and connection settings: `kafka:TOPIC` uses the cluster of the
+ * Kafka source and its -X properties that concern the connection (security,
+ * SASL, TLS, client id, sockets, debug); `-X dlq.KEY=VALUE` sets KEY on the
+ * dead-letter producer only. The `kafka://` form needs no Kafka source.
+ *
+ * Delivery: the producer is idempotent (no duplicates from its own retries);
+ * flush(), which the job calls before every checkpoint commit, waits until
+ * every dead letter is acknowledged by the cluster or has failed, and a
+ * failure fails the commit. A broker outage is thus waited out up to
+ * message.timeout.ms (librdkafka's default 300 s, settable with -X
+ * dlq.message.timeout.ms). A topic cannot be rewound, so dead letters
+ * produced after the last commit are produced again when a crashed job
+ * replays them: the topic is at-least-once; (source_partition,
+ * source_offset) identifies duplicates.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include "common/buf.h"
+#include "common/xalloc.h"
+#include "deadletter/deadletter.h"
+#include "record/timestamp.h"
+#include "source/kafka.h"
+
+#define STARTUP_MS 15000
+
+typedef struct kafka_deadletter {
+    deadletter base;
+    rd_kafka_t *rk;
+    char *topic, *brokers;
+    uint64_t failed;       /* delivery failures since open */
+    char first_error[256];
+    buf value; /* a reconstructed record */
+} kafka_deadletter;
+
+extern const deadletter_ops kafka_deadletter_ops;
+
+static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    (void)rk;
+    kafka_deadletter *d = opaque;
+    if (!m->err) return;
+    if (d->failed++ == 0)
+        snprintf(d->first_error, sizeof d->first_error, "%s", rd_kafka_err2str(m->err));
+}
+
+/* Source properties that describe the connection rather than the consumer,
+ * and so apply to the dead-letter producer as well. */
+static int connection_prop(const char *key)
+{
+    static const char *const prefixes[] = {"security.", "sasl.", "ssl.", "ssl_", "socket.",
+                                           "broker.", "client.", "enable.ssl", "debug",
+                                           "api.version", "reconnect.", "connections."};
+    for (size_t i = 0; i < sizeof prefixes / sizeof *prefixes; i++)
+        if (strncmp(key, prefixes[i], strlen(prefixes[i])) == 0) return 1;
+    return 0;
+}
+
+static int apply(rd_kafka_conf_t *conf, const char *const *props, char *err, size_t errlen)
+{
+    for (const char *const *pp = props; pp && *pp; pp++) {
+        const char *eq = strchr(*pp, '=');
+        if (!eq) continue;
+        char key[256];
+        snprintf(key, sizeof key, "%.*s", (int)(eq - *pp), *pp);
+        const char *k = key;
+        if (strncmp(key, "dlq.", 4) == 0) k = key + 4;
+        else if (!connection_prop(key)) continue;
+        char why[512];
+        if (rd_kafka_conf_set(conf, k, eq + 1, why, sizeof why) != RD_KAFKA_CONF_OK) {
+            snprintf(err, errlen, "dead-letter producer: -X %s: %s", key, why);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void destroy(kafka_deadletter *d)
+{
+    if (d->rk) rd_kafka_destroy(d->rk);
+    free(d->topic);
+    free(d->brokers);
+    buf_free(&d->value);
+    free(d);
+}
+
+static deadletter *kdl_open(const char *target, const char *const *props, char *err,
+                            size_t errlen)
+{
+    const char *topic = target;
+    const char *brokers = NULL;
+    size_t brokers_len = 0;
+    if (strncmp(target, "//", 2) == 0) {
+        const char *slash = strchr(target + 2, '/');
+        if (!slash || slash == target + 2) {
+            snprintf(err, errlen, "dead-letter output 'kafka:%s': expected kafka:TOPIC or "
+                     "kafka://HOST:PORT[,HOST:PORT...]/TOPIC", target);
+            return NULL;
+        }
+        brokers = target + 2;
+        brokers_len = (size_t)(slash - brokers);
+        topic = slash + 1;
+    } else {
+        brokers = kafka_source_bootstrap();
+        if (!brokers) {
+            snprintf(err, errlen, "dead-letter output 'kafka:%s' takes the brokers of a "
+                     "kafka:// source; with another source write "
+                     "--dlq kafka://HOST:PORT/%s", target, target);
+            return NULL;
+        }
+        brokers_len = strlen(brokers);
+        if (!props) props = kafka_source_props();
+    }
+    if (!*topic || strchr(topic, '/')) {
+        snprintf(err, errlen, "dead-letter output 'kafka:%s': no topic name", target);
+        return NULL;
+    }
+    kafka_deadletter *d = xcalloc(1, sizeof *d);
+    d->topic = xstrdup(topic);
+    d->brokers = xstrndup(brokers, brokers_len);
+    buf_init(&d->value);
+
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    char why[512];
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", d->brokers, why, sizeof why) ||
+        rd_kafka_conf_set(conf, "client.id", "sessionizer-dlq", why, sizeof why) ||
+        rd_kafka_conf_set(conf, "enable.idempotence", "true", why, sizeof why) ||
+        /* a typo in --dlq must not create a topic that nobody reads */
+        rd_kafka_conf_set(conf, "allow.auto.create.topics", "false", why, sizeof why)) {
+        snprintf(err, errlen, "dead-letter producer: %s", why);
+        rd_kafka_conf_destroy(conf);
+        destroy(d);
+        return NULL;
+    }
+    if (apply(conf, props, err, errlen)) {
+        rd_kafka_conf_destroy(conf);
+        destroy(d);
+        return NULL;
+    }
+    rd_kafka_conf_set_opaque(conf, d);
+    rd_kafka_conf_set_dr_msg_cb(conf, dr_cb);
+    d->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, why, sizeof why);
+    if (!d->rk) {
+        rd_kafka_conf_destroy(conf);
+        snprintf(err, errlen, "dead-letter producer: %s", why);
+        destroy(d);
+        return NULL;
+    }
+    /* Refuse a missing topic now rather than after message.timeout.ms of
+     * retries at the first dead letter (on clusters that do not create
+     * topics on demand; the mock cluster always does). */
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(d->rk, d->topic, NULL);
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t e = rd_kafka_metadata(d->rk, 0, rkt, &md, STARTUP_MS);
+    rd_kafka_topic_destroy(rkt);
+    int rc = 0;
+    if (e) {
+        snprintf(err, errlen, "dead-letter output: cannot reach the Kafka cluster at %s within "
+                 "%d s (%s)", d->brokers, STARTUP_MS / 1000, rd_kafka_err2str(e));
+        rc = -1;
+    } else if (md->topic_cnt != 1 || md->topics[0].err) {
+        snprintf(err, errlen, "dead-letter topic '%s' is not available on %s (%s): create it "
+                 "first", d->topic, d->brokers,
+                 rd_kafka_err2str(md->topic_cnt == 1 ? md->topics[0].err
+                                                     : RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART));
+        rc = -1;
+    }
+    if (md) rd_kafka_metadata_destroy(md);
+    if (rc) {
+        destroy(d);
+        return NULL;
+    }
+    d->base.ops = &kafka_deadletter_ops;
+    return &d->base;
+}
+
+/* Numeric headers, as decimal text like every Kafka tool shows them. */
+static void add_number(rd_kafka_headers_t *h, const char *name, int64_t v)
+{
+    char text[24];
+    int n = snprintf(text, sizeof text, "%" PRId64, v);
+    rd_kafka_header_add(h, name, -1, text, n);
+}
+
+static int kdl_write(deadletter *base, const dead_letter *dl, char *err, size_t errlen)
+{
+    kafka_deadletter *d = (kafka_deadletter *)base;
+    const log_position *pos = dl->raw ? &dl->raw->pos : &dl->v->pos;
+    rd_kafka_headers_t *h = rd_kafka_headers_new(8);
+    rd_kafka_header_add(h, "reason", -1, dl->reason, -1);
+    rd_kafka_header_add(h, "detail", -1, dl->detail, -1);
+    rd_kafka_header_add(h, "source", -1, dl->source, -1);
+    add_number(h, "source_partition", pos->partition);
+    add_number(h, "source_offset", pos->offset);
+    if (pos->append_ts_ms)
+        add_number(h, "source_timestamp_ms", pos->append_ts_ms);
+    if (dl->raw && dl->raw->line) add_number(h, "line", dl->raw->line);
+
+    const void *value, *key = NULL;
+    size_t value_len, key_len = 0;
+    if (dl->raw) {
+        value = dl->raw->data;
+        value_len = dl->raw->len;
+        kafka_source_key(dl->raw, &key, &key_len);
+    } else {
+        char when[40];
+        format_iso8601_us(dl->v->event_time_us, when);
+        buf_reset(&d->value);
+        buf_printf(&d->value, "{\"user_id\":%" PRId64 ",\"page\":\"", dl->v->user_id);
+        buf_append_json_escaped(&d->value, dl->v->page, dl->v->page_len);
+        buf_printf(&d->value, "\",\"event_time\":\"%s\"}", when);
+        value = d->value.data;
+        value_len = d->value.len;
+        rd_kafka_header_add(h, "reconstructed", -1, "true", 4);
+    }
+    for (;;) {
+        rd_kafka_resp_err_t e = rd_kafka_producev(
+            d->rk, RD_KAFKA_V_TOPIC(d->topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+            RD_KAFKA_V_VALUE((void *)value, value_len), RD_KAFKA_V_KEY(key, key_len),
+            RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END);
+        if (!e) break;
+        if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+            rd_kafka_poll(d->rk, 100); /* back-pressure: let deliveries drain */
+            continue;
+        }
+        rd_kafka_headers_destroy(h);
+        snprintf(err, errlen, "dead-letter topic %s: %s", d->topic, rd_kafka_err2str(e));
+        return -1;
+    }
+    rd_kafka_poll(d->rk, 0);
+    return 0;
+}
+
+static int kdl_flush(deadletter *base, char *err, size_t errlen)
+{
+    kafka_deadletter *d = (kafka_deadletter *)base;
+    /* Every message ends delivered or failed within message.timeout.ms. */
+    while (rd_kafka_outq_len(d->rk) > 0) rd_kafka_flush(d->rk, 1000);
+    if (d->failed) {
+        snprintf(err, errlen, "%" PRIu64 " dead letters could not be written to topic %s at %s "
+                 "(%s); the checkpoint was not committed, a restart writes them again",
+                 d->failed, d->topic, d->brokers, d->first_error);
+        return -1;
+    }
+    return 0;
+}
+
+static void kdl_close(deadletter *base)
+{
+    kafka_deadletter *d = (kafka_deadletter *)base;
+    if (!d) return;
+    rd_kafka_flush(d->rk, 10000);
+    destroy(d);
+}
+
+const deadletter_ops kafka_deadletter_ops = {
+    .scheme = "kafka",
+    .usage = "kafka:TOPIC   a Kafka topic on the source's cluster, or kafka://HOST:PORT/TOPIC",
+    .open = kdl_open,
+    .write = kdl_write,
+    .flush = kdl_flush,
+    .save = NULL,
+    .restore = NULL,
+    .close = kdl_close,
+};
