@@ -94,6 +94,8 @@ checkpoint *checkpoint_open(const char *dir, char *err, size_t errlen)
     char *msg = NULL;
     if (sqlite3_exec(cp->db,
                      "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+                     /* a large commit leaves the WAL at its peak size otherwise */
+                     "PRAGMA journal_size_limit=67108864;"
                      "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL,"
                      " checksum INTEGER NOT NULL) WITHOUT ROWID;"
                      "CREATE TABLE IF NOT EXISTS users (user_id INTEGER PRIMARY KEY,"

@@ -78,7 +78,8 @@ typedef struct user_slot {
     int64_t user_id;
     session *head;        /* NULL: free slot, or a user awaiting checkpoint deletion */
     uint32_t dirty_epoch; /* == engine.epoch: already listed in engine.dirty */
-    uint32_t used;
+    uint16_t used;
+    uint16_t persisted; /* the checkpoint holds a row for this user */
 } user_slot;
 
 typedef struct partition_state {
@@ -161,6 +162,7 @@ static user_slot *user_insert(engine *e, int64_t user_id)
     }
     user_slot *s = &e->slots[i];
     s->used = 1;
+    s->persisted = 0;
     s->user_id = user_id;
     s->head = NULL;
     s->dirty_epoch = 0;
@@ -746,15 +748,26 @@ static void encode_user(const session *head, buf *out)
     }
 }
 
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
 int engine_foreach_dirty(engine *e, engine_dirty_fn fn, void *ctx)
 {
+    /* In key order: a B-tree store then writes each page once, in sequence
+     * (docs/checkpoint.md measured 6 s -> 1.3 s for 1M users into SQLite). */
+    qsort(e->dirty, e->n_dirty, sizeof *e->dirty, cmp_i64);
     buf b;
     buf_init(&b);
     int rc = 0;
     for (size_t i = 0; i < e->n_dirty && !rc; i++) {
         const user_slot *u = user_find(e, e->dirty[i]);
         if (!u || !u->head) {
-            rc = fn(ctx, e->dirty[i], NULL, 0);
+            /* A user whose sessions opened and closed between two commits
+             * never reached the checkpoint: nothing to delete. */
+            if (u && u->persisted) rc = fn(ctx, e->dirty[i], NULL, 0);
             continue;
         }
         buf_reset(&b);
@@ -769,7 +782,9 @@ void engine_clear_dirty(engine *e)
 {
     for (size_t i = 0; i < e->n_dirty; i++) {
         user_slot *u = user_find(e, e->dirty[i]);
-        if (u && !u->head) user_remove(e, u);
+        if (!u) continue;
+        u->persisted = u->head != NULL;
+        if (!u->head) user_remove(e, u);
     }
     e->n_dirty = 0;
     if (++e->epoch == 0) { /* wrapped: forget every stale mark */
@@ -786,6 +801,7 @@ int engine_load_user(engine *e, int64_t user_id, const void *blob, size_t len)
     if (reader_u32le(&r, &n) || n == 0 || n > len / 40) return -1;
     user_slot *u = user_insert(e, user_id);
     if (u->head) return -1; /* the same user twice */
+    u->persisted = 1;
     session **tail = &u->head;
     int64_t prev_last = INT64_MIN;
     for (uint32_t k = 0; k < n; k++) {
