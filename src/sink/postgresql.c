@@ -127,6 +127,7 @@ typedef struct pg_sink {
 
     buf p_sid, p_uid, p_pages; /* parameter scratch */
     uint64_t rng;
+    int interrupted; /* a signal arrived while we waited on the server */
 } pg_sink;
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -420,24 +421,19 @@ static void pg_notice(void *arg, const PGresult *r)
 
 static void pg_drop(pg_sink *s)
 {
+    /* No cancel request for a statement that did not answer in time: the
+     * server (or the network) that did not answer would most likely leave
+     * PQcancel() blocked too. The backend notices the closed connection by
+     * itself (client_connection_check_interval, set in pg_setup) and rolls
+     * back, releasing its locks. */
     if (!s->conn) return;
-    if (PQstatus(s->conn) == CONNECTION_OK && PQtransactionStatus(s->conn) == PQTRANS_ACTIVE) {
-        /* A statement is still running (we timed out waiting): cancel it, so
-         * that its locks do not outlive us and block the retry. */
-        PGcancel *c = PQgetCancel(s->conn);
-        if (c) {
-            char e[256];
-            PQcancel(c, e, sizeof e);
-            PQfreeCancel(c);
-        }
-    }
     PQfinish(s->conn);
     s->conn = NULL;
 }
 
 /* Waits until the connection's socket is readable (or writable). Returns 1
  * when ready, 0 on timeout, -1 when there is no socket. */
-static int pg_wait(PGconn *conn, int for_write, long long deadline)
+static int pg_wait(pg_sink *s, PGconn *conn, int for_write, long long deadline)
 {
     for (;;) {
         int fd = PQsocket(conn);
@@ -448,8 +444,10 @@ static int pg_wait(PGconn *conn, int for_write, long long deadline)
         int r = poll(&pfd, 1, left > 1000000 ? 1000000 : (int)left);
         if (r > 0) return 1;
         if (r < 0 && errno != EINTR) return -1;
-        /* r == 0: loop to re-check the deadline; EINTR: a signal during a
-         * statement does not abandon it (the commit in flight completes). */
+        /* r == 0: loop to re-check the deadline. EINTR: a signal (the job
+         * is asked to stop) does not abandon the statement in flight, which
+         * may be the COMMIT; but should it fail, there is no retry. */
+        if (r < 0) s->interrupted = 1;
     }
 }
 
@@ -481,7 +479,7 @@ static int pg_collect(pg_sink *s, PGresult **out, int *timed_out)
         int f = PQflush(c);
         if (f == 0) break;
         if (f < 0) return -1;
-        int w = pg_wait(c, 1, deadline);
+        int w = pg_wait(s, c, 1, deadline);
         if (w == 0) {
             *timed_out = 1;
             return -1;
@@ -491,7 +489,7 @@ static int pg_collect(pg_sink *s, PGresult **out, int *timed_out)
     }
     for (;;) {
         while (PQisBusy(c)) {
-            int w = pg_wait(c, 0, deadline);
+            int w = pg_wait(s, c, 0, deadline);
             if (w == 0) {
                 *timed_out = 1;
                 return -1;
@@ -626,6 +624,15 @@ static int pg_setup(pg_sink *s, char *err, size_t errlen)
                  "WHERE current_setting('synchronous_commit') = 'off'",
                  "setting synchronous_commit", err, errlen);
     if (st) return st;
+    /* When we give up on a statement (io_timeout) and close the connection,
+     * the backend running it should stop too rather than finish it, holding
+     * row locks that the retry then waits for: from PostgreSQL 14 on, a
+     * backend can check for a vanished client while a statement runs. */
+    if (PQserverVersion(s->conn) >= 140000) {
+        st = pg_exec(s, "SET client_connection_check_interval = '2s'",
+                     "setting client_connection_check_interval", err, errlen);
+        if (st) return st;
+    }
 
     static const char *const want_name[4] = {"session_id", "user_id", "pages", "ingestion_time"};
     static const char *const want_type[4] = {"bigint", "bigint", "text[]",
@@ -764,7 +771,7 @@ static int pg_connect(pg_sink *s, char *err, size_t errlen)
             PQfinish(c);
             return cls;
         }
-        int w = pg_wait(c, ps == PGRES_POLLING_WRITING, deadline);
+        int w = pg_wait(s, c, ps == PGRES_POLLING_WRITING, deadline);
         if (w == 0) {
             PQfinish(c);
             return pg_fail(s, err, errlen,
@@ -824,6 +831,7 @@ static int pg_retry(pg_sink *s, int (*op)(pg_sink *, char *, size_t), const char
 {
     long long start = mono_ms();
     long long backoff = PG_BACKOFF_START_MS;
+    s->interrupted = 0;
     char logged[2048] = ""; /* the last error written to stderr */
     for (int attempt = 1;; attempt++) {
         int st = s->conn ? PG_OK : pg_connect(s, err, errlen);
@@ -858,7 +866,7 @@ static int pg_retry(pg_sink *s, int (*op)(pg_sink *, char *, size_t), const char
             fprintf(stderr, "sessionizer: postgresql: same error; retrying %s in %.1f s (attempt %d)\n",
                     what, (double)wait / 1000, attempt + 1);
         }
-        if (pg_sleep_ms(wait) != 0) {
+        if (s->interrupted || pg_sleep_ms(wait) != 0) {
             char last[1536];
             snprintf(last, sizeof last, "%s", err);
             snprintf(err, errlen, "%s: interrupted while waiting to retry: %s", what, last);

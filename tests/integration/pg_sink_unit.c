@@ -419,6 +419,42 @@ static void test_restarts(void)
     s->ops->close(s);
 }
 
+/* The server hangs (every process stopped): connections are accepted by the
+ * kernel and never answered. The flush must not hang with it: the statement
+ * times out (io_timeout), reconnecting times out too, and once the server
+ * runs again the flush commits, whole and once. */
+static void test_hang(void)
+{
+    char err[2048] = "";
+    sql("DROP TABLE IF EXISTS sessions");
+    const char *const props[] = {"io_timeout=1s", "retry_backoff_max=300ms", NULL};
+    sink *s = open_sink(uri_tcp, props, 1, err, sizeof err);
+    check(s != NULL, "open with io_timeout=1s (%s)", err);
+    if (!s) return;
+    static const char *const one[] = {"A.html"};
+    for (int i = 0; i < 5000; i++) write_session(s, i, 7, one, 1, err, sizeof err);
+    check(s->ops->flush(s, err, sizeof err) == 0, "first flush");
+    server("freeze");
+    for (int i = 0; i < 5000; i++) write_session(s, 100000 + i, 7, one, 1, err, sizeof err);
+    pid_t pid = fork();
+    if (pid == 0) {
+        sleep(3);
+        char line[2048];
+        snprintf(line, sizeof line, "%s thaw %s", server_script, server_dir);
+        _exit(system(line) == 0 ? 0 : 1);
+    }
+    double t0 = now_s();
+    int rc = s->ops->flush(s, err, sizeof err);
+    double took = now_s() - t0;
+    int status;
+    while (waitpid(pid, &status, 0) < 0) {
+    }
+    check(rc == 0 && took > 2.5 && took < 20,
+          "flush outlives a 3 s hang of the server (%.1f s; %s)", took, rc ? err : "");
+    check(strcmp(sql_value("SELECT count(*) FROM sessions"), "10000") == 0, "all 10000 rows there");
+    s->ops->close(s);
+}
+
 int main(void)
 {
     uri = getenv("PG_URI");
@@ -437,6 +473,7 @@ int main(void)
     test_auth();
     test_permissions();
     test_restarts();
+    test_hang();
     if (admin) PQfinish(admin);
     printf("%d failed\n", failures);
     return failures > 90 ? 90 : failures;

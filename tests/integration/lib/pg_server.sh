@@ -19,11 +19,12 @@
 #     pg_server_restart 2                # fast shutdown, 2 s down, start again
 #     pg_server_stop fast|smart|immediate ; pg_server_start_again
 #     pg_server_kill                     # SIGKILL the postmaster (crash), no restart
+#     pg_server_freeze ; pg_server_thaw  # SIGSTOP / SIGCONT the whole server (a hang)
 #
 #   As a command (any language):
 #     eval "$(tests/integration/lib/pg_server.sh start /tmp/some-empty-dir)"
 #     tests/integration/lib/pg_server.sh psql /tmp/some-empty-dir -c 'SELECT 1'
-#     tests/integration/lib/pg_server.sh restart|stop|start-again|kill /tmp/some-empty-dir
+#     tests/integration/lib/pg_server.sh restart|stop|start-again|kill|freeze|thaw /tmp/some-empty-dir
 #     tests/integration/lib/pg_server.sh destroy /tmp/some-empty-dir
 #   "start" prints `export VAR=...` lines (also saved in DIR/env).
 #
@@ -225,6 +226,25 @@ pg_server_kill() {
     return 0
 }
 
+# pg_server_freeze / pg_server_thaw: SIGSTOP / SIGCONT the postmaster and all
+# its processes: a server that hangs without closing anything (connections
+# are accepted by the kernel and never answered), as a stuck host would.
+_pg_server_pids() {
+    local pid
+    pid=$(head -n 1 "$PG_SERVER_DIR/data/postmaster.pid" 2>/dev/null) || return 1
+    echo "$pid" $(pgrep -P "$pid" 2>/dev/null)
+}
+
+pg_server_freeze() {
+    # shellcheck disable=SC2046
+    kill -STOP $(_pg_server_pids)
+}
+
+pg_server_thaw() {
+    # shellcheck disable=SC2046
+    kill -CONT $(_pg_server_pids)
+}
+
 # Is the server accepting connections?
 pg_server_ready() {
     "$PG_SERVER_BIN/pg_isready" -q -h "$PG_SERVER_SOCKET_DIR" -p "$PG_SERVER_PORT"
@@ -258,7 +278,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     cmd=${1:-}
     dir=${2:-}
     if [ -z "$cmd" ] || [ -z "$dir" ]; then
-        echo "usage: $0 start|psql|restart|stop|start-again|kill|destroy DIR [args]" >&2
+        echo "usage: $0 start|psql|restart|stop|start-again|kill|freeze|thaw|destroy DIR [args]" >&2
         exit 2
     fi
     shift 2
@@ -277,6 +297,8 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     stop) _pg_load_env "$dir" && pg_server_stop "$@" ;;
     start-again) _pg_load_env "$dir" && pg_server_start_again ;;
     kill) _pg_load_env "$dir" && pg_server_kill ;;
+    freeze) _pg_load_env "$dir" && pg_server_freeze ;;
+    thaw) _pg_load_env "$dir" && pg_server_thaw ;;
     destroy) _pg_load_env "$dir" && pg_server_cleanup ;;
     *)
         echo "pg_server.sh: unknown command '$cmd'" >&2
