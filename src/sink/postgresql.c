@@ -431,8 +431,9 @@ static void pg_drop(pg_sink *s)
     s->conn = NULL;
 }
 
-/* Waits until the connection's socket is readable (or writable). Returns 1
- * when ready, 0 on timeout, -1 when there is no socket. */
+/* Waits until the connection's socket is readable (for_write 0), writable
+ * (1) or either (2). Returns 1 when ready, 0 on timeout, -1 when there is no
+ * socket. */
 static int pg_wait(pg_sink *s, PGconn *conn, int for_write, long long deadline)
 {
     for (;;) {
@@ -440,7 +441,11 @@ static int pg_wait(pg_sink *s, PGconn *conn, int for_write, long long deadline)
         if (fd < 0) return -1;
         long long left = deadline - mono_ms();
         if (left <= 0) return 0;
-        struct pollfd pfd = {.fd = fd, .events = (short)(for_write ? POLLOUT : POLLIN)};
+        /* 2: while sending a statement, also wake up for input: the server
+         * may be talking back (notices, an early error) and must not be left
+         * blocked. 1: connecting, exactly what PQconnectPoll asked for. */
+        short ev = for_write == 2 ? POLLOUT | POLLIN : for_write ? POLLOUT : POLLIN;
+        struct pollfd pfd = {.fd = fd, .events = ev};
         int r = poll(&pfd, 1, left > 1000000 ? 1000000 : (int)left);
         if (r > 0) return 1;
         if (r < 0 && errno != EINTR) return -1;
@@ -479,7 +484,7 @@ static int pg_collect(pg_sink *s, PGresult **out, int *timed_out)
         int f = PQflush(c);
         if (f == 0) break;
         if (f < 0) return -1;
-        int w = pg_wait(s, c, 1, deadline);
+        int w = pg_wait(s, c, 2, deadline);
         if (w == 0) {
             *timed_out = 1;
             return -1;
