@@ -228,14 +228,131 @@ class Bench:
             for k, v in res.items():
                 r[f"{tag}.{k}"] = v
 
-    # ---- peer scripts written by other engineers (bench/kafka*, pg_*, *cql*)
+    # ---- scripts written by the engineers of other parts ----------------
+    # Scripts with their own output format get an adapter here (they are run
+    # as their authors wrote them); any other executable bench/kafka*,
+    # bench/pg_* or bench/*cql* must follow the BENCH-line contract
+    # (docs/performance.md).
+    def adapters(self):
+        return {"pg_sink.sh": self.peer_pg, "bench_cql.py": self.peer_cql,
+                "kafka.sh": self.peer_kafka}
+
     def peer_scripts(self):
         found = []
         for pat in ("kafka*", "pg_*", "*cql*"):
             for p in sorted(glob.glob(os.path.join(HERE, pat))):
-                if os.path.isfile(p) and os.access(p, os.X_OK) and p not in found:
+                name = os.path.basename(p)
+                if name in self.adapters() or p in found or not os.path.isfile(p):
+                    continue
+                if os.access(p, os.X_OK):
                     found.append(p)
         return found
+
+    def meta(self, r, key, **info):
+        r.setdefault("_peer_meta", {})[key] = info
+
+    def peer_kafka(self, r):
+        """bench/kafka.sh (Kafka engineer): records/s from the mock cluster (16
+        partitions) end to end into null:, against a bare librdkafka consumer on
+        the same topic, start-up excluded from both. REPEAT=1: the rounds here
+        repeat it."""
+        b = self.a.build_dir
+        if not b or not all(os.path.exists(os.path.join(b, t)) for t in ("kafka-mock",
+                                                                       "kafka-bare")):
+            self.notes.append("kafka.sh: skipped (kafka-mock or kafka-bare not built)")
+            return
+        env = dict(os.environ, REPEAT="1")
+        p = subprocess.run([os.path.join(HERE, "kafka.sh"), b], cwd=ROOT, env=env,
+                           capture_output=True, timeout=self.a.peer_timeout)
+        out = p.stdout.decode(errors="replace")
+        m = re.search(r"best: bare-poll (\d+)/s, bare-batch (\d+)/s, sessionizer (\d+)/s", out)
+        if p.returncode != 0 or not m:
+            self.notes.append(f"kafka.sh: exit {p.returncode}: "
+                              + (out + p.stderr.decode(errors="replace")).strip()[-300:])
+            return
+        poll, batch, sz = (float(x) for x in m.groups())
+        if "WARNING" in p.stderr.decode(errors="replace"):
+            self.notes.append("kafka.sh: the mock dropped the head of the log")
+        r["kafka.poll.value"], r["kafka.poll.peer_value"] = sz, poll
+        self.meta(r, "kafka.poll", section="kafka", unit="/s",
+                  peer="bare librdkafka consumer (poll)", target=">= 0.8x", target_ratio=0.8,
+                  figure="Kafka (mock, 16 partitions) -> null: records/s")
+        r["kafka.batch.value"], r["kafka.batch.peer_value"] = sz, batch
+        self.meta(r, "kafka.batch", section="kafka", unit="/s",
+                  peer="bare consumer (consume_batch)",
+                  figure="Kafka (mock, 16 partitions) -> null: records/s")
+        rss = re.search(r"peak RSS (\d+) KiB", out)
+        if rss:
+            r["kafka.rss_mb"] = int(rss.group(1)) / 1024
+
+    def peer_pg(self, r):
+        """bench/pg_sink.sh (PostgreSQL engineer): upserts/s of the sink's batches
+        against one row per statement and COPY into a staging table + merge, on a
+        private server with fsync on."""
+        core = os.path.join(self.a.build_dir or "", "libsessionizer_core.a")
+        if not self.a.build_dir or not os.path.exists(core):
+            self.notes.append("pg_sink.sh: skipped (no build directory with libsessionizer_core.a)")
+            return
+        env = dict(os.environ, N=str(self.a.pg_sessions), SINGLE_N=str(self.a.pg_sessions // 10))
+        p = subprocess.run([os.path.join(HERE, "pg_sink.sh"), self.a.build_dir], cwd=ROOT,
+                           env=env, capture_output=True, timeout=self.a.peer_timeout)
+        out = p.stdout.decode(errors="replace")
+        if p.returncode != 0:
+            self.notes.append(f"pg_sink.sh: exit {p.returncode}: "
+                              + p.stderr.decode(errors="replace").strip()[-300:])
+            return
+        unix, got = True, {}
+        for line in out.splitlines():
+            if line.startswith("# the same over TCP"):
+                unix = False
+            f = line.split()
+            if len(f) == 6 and f[0] in ("single", "values", "sink", "copy", "copyraw") and unix:
+                got[(f[0], f[1], f[2])] = float(f[5])
+        sink = [k for k in got if k[0] == "sink" and k[1] == "2000"]
+        if not sink:
+            self.notes.append("pg_sink.sh: no 'sink 2000' line in its output")
+            return
+        for phase, what in (("insert", "new rows"), ("update", "replay, same rows")):
+            k = f"pg.{phase}"
+            r[k + ".value"] = got.get(("sink", "2000", phase))
+            r[k + ".peer_value"] = got.get(("copy", "0", phase))
+            self.meta(r, k, section="sinks", unit="/s", peer="COPY + merge (the limit)",
+                      figure=f"PostgreSQL sink upserts/s, {what}")
+        r["pg.single.value"] = got.get(("sink", "2000", "insert"))
+        r["pg.single.peer_value"] = got.get(("single", "0", "insert"))
+        self.meta(r, "pg.single", section="sinks", unit="/s", peer="one row per statement",
+                  figure="PostgreSQL sink upserts/s vs row at a time")
+
+    def peer_cql(self, r):
+        """bench/bench_cql.py (CQL engineer): sessions/s written by the cql sink into
+        the CQL test server (a Python program, usually the bottleneck)."""
+        tool = os.path.join(self.a.build_dir or "", "tests", "cql", "cql_sink_tool")
+        if not os.path.exists(tool):
+            self.notes.append("bench_cql.py: skipped (no cql_sink_tool in the build directory)")
+            return
+        p = subprocess.run(["/usr/bin/python3", os.path.join(HERE, "bench_cql.py"),
+                            self.a.build_dir, str(self.a.cql_sessions)], cwd=ROOT,
+                           capture_output=True, timeout=self.a.peer_timeout)
+        out = p.stdout.decode(errors="replace")
+        rows = {}
+        for line in out.splitlines():
+            f = [x.strip() for x in line.strip().strip("|").split("|")]
+            if len(f) == 7 and f[4].isdigit():
+                rows[(f[0], f[1], f[2])] = float(f[4])
+        if p.returncode != 0 or not rows:
+            self.notes.append(f"bench_cql.py: exit {p.returncode}, {len(rows)} rows")
+            return
+        one = "one at a time (max_in_flight=1)"
+        for name, lat, nodes, label in (
+                ("in flight (max_in_flight=512)", "none", "1", "1 node"),
+                ("in flight (max_in_flight=512)", "none", "3", "3 nodes"),
+                ("in flight (max_in_flight=512)", "1 ms", "1", "1 node, +1 ms per write"),
+                ("in flight, batch=unlogged (16/node)", "none", "1", "1 node, unlogged batches")):
+            k = f"cql.{label}"
+            r[k + ".value"] = rows.get((name, lat, nodes))
+            r[k + ".peer_value"] = rows.get((one, lat, nodes))
+            self.meta(r, k, section="sinks", unit="/s", peer="one write at a time",
+                      figure=f"CQL sink sessions/s (test server), {label}")
 
     def run_peer_script(self, path, r):
         name = os.path.basename(path)
@@ -306,6 +423,15 @@ class Bench:
         if self.a.latency_seconds > 0:
             log(f"round {i + 1}: latency while visits flow")
             self.latency(r)
+        if self.a.kafka and os.path.exists(os.path.join(HERE, "kafka.sh")):
+            log(f"round {i + 1}: Kafka source (bench/kafka.sh)")
+            self.peer_kafka(r)
+        if self.a.pg_sessions > 0 and os.path.exists(os.path.join(HERE, "pg_sink.sh")):
+            log(f"round {i + 1}: PostgreSQL sink (bench/pg_sink.sh)")
+            self.peer_pg(r)
+        if self.a.cql_sessions > 0 and os.path.exists(os.path.join(HERE, "bench_cql.py")):
+            log(f"round {i + 1}: CQL sink (bench/bench_cql.py)")
+            self.peer_cql(r)
         if i == 0 or self.a.peers_every_round:
             for p in self.peer_scripts():
                 log(f"round {i + 1}: {os.path.basename(p)}")
@@ -328,7 +454,7 @@ class Bench:
 
     # ---- the table
     def med(self, key):
-        vals = [r[key] for r in self.rounds if key in r]
+        vals = [r[key] for r in self.rounds if r.get(key) is not None]
         return statistics.median(vals) if vals else None
 
     def report(self):
@@ -341,7 +467,9 @@ class Bench:
                          "" if met is None else ("yes" if met else "NO")))
 
         def rate(v):
-            return f"{v / 1e6:.2f} M/s" if v is not None else "n/a"
+            if v is None:
+                return "n/a"
+            return f"{v / 1e6:.2f} M/s" if v >= 1e6 else f"{v / 1e3:.1f} k/s"
 
         n_null, n_sql = m("null.rate"), m("sqlite.rate")
         dd, ds, io = m("duck_discard.rate"), m("duck_store.rate"), m("io.rate")
@@ -407,6 +535,8 @@ class Bench:
             add(info.get("section", "peers"), info.get("figure", key), fmt(v) if v is not None
                 else "n/a", info.get("peer", ""), fmt(pv) if pv is not None else "", ratio,
                 target, met)
+        order = ["engine", "kafka", "sinks", "memory", "latency"]
+        rows.sort(key=lambda row: order.index(row[0]) if row[0] in order else len(order))
         self.rows = rows
         return rows
 
@@ -446,6 +576,12 @@ def main():
     ap.add_argument("--peer-timeout", type=float, default=600)
     ap.add_argument("--peers-every-round", action="store_true")
     ap.add_argument("--machine", default="")
+    ap.add_argument("--build-dir", help="build directory (for the PostgreSQL and CQL scripts)")
+    ap.add_argument("--pg-sessions", type=int, default=50000, help="0 skips bench/pg_sink.sh")
+    ap.add_argument("--no-kafka", dest="kafka", action="store_false",
+                    help="skip bench/kafka.sh")
+    ap.add_argument("--cql-sessions", type=int, default=10000,
+                    help="0 skips bench/bench_cql.py")
     ap.add_argument("--from-json", help="re-render the table of a previous results.json")
     a = ap.parse_args()
     sys.path.insert(0, HERE)
