@@ -19,27 +19,31 @@
  *    partition (the reference producer is unkeyed), so a session is only
  *    right when one engine sees all of them; and engine state cannot be split
  *    per partition on revocation. The source still joins the consumer group
- *    (subscribe) so that a second instance is noticed: an instance that is
- *    offered less than the whole topic before it ever read anything refuses
- *    to run (it exits and so leaves the group); an instance that was running
- *    pauses, delivering nothing, until the group hands it the whole topic
- *    again (the newcomer has left), or gives up after
- *    sessionizer.rebalance.wait.ms. A lost assignment (the group session
- *    timed out during an outage) is the same case: the group gives the whole
- *    topic back and reading resumes at our positions.
+ *    (subscribe) so that a second instance is noticed. An instance offered
+ *    less than the whole topic reads nothing (it accepts the assignment
+ *    paused: the group protocol requires the accept). One that never read
+ *    waits long enough for a crashed predecessor to be evicted from the
+ *    group (2 x session.timeout.ms + 5 s), then refuses to run and leaves;
+ *    one that was reading waits longer (sessionizer.rebalance.wait.ms,
+ *    default 4 x session.timeout.ms + 30 s) and goes on from its own
+ *    positions when the whole topic comes back. A lost assignment (the group
+ *    session timed out during an outage) is the same case.
  *
- *  - Caught-up flags drive the engine's closing watermark (engine.h): a
- *    partition is caught up when its position reaches its end: the end
- *    offsets at start for --until-end, else the high watermark last seen by
- *    the fetcher. Empty partitions are caught up from the start, so they
- *    never stall closing; an unassigned partition is not, so nothing closes
- *    on the strength of partitions we cannot see.
+ *  - Caught-up flags drive the engine's closing watermark (engine.h). With
+ *    --until-end a partition is caught up when its position reaches the end
+ *    offset it had at start: deterministic, which is what makes replays
+ *    identical. Live, it is caught up when librdkafka reported the end of
+ *    the partition, nothing was delivered since, and nothing for
+ *    sessionizer.idle.ms (Flink's idleness); empty partitions qualify at
+ *    their first fetch, so they never stall closing, and an unassigned
+ *    partition never does.
  *
  *  - Throughput: records are taken from librdkafka in batches
  *    (rd_kafka_consume_batch_queue, no wait) and handed out in place, one per
- *    poll, the message freed on the next poll; only when the local queue is
- *    empty does poll block in rd_kafka_consumer_poll, so a live record is
- *    delivered as soon as it arrives.
+ *    poll; only when the local queue is empty does poll block in
+ *    rd_kafka_consumer_poll, so a live record is delivered as soon as it
+ *    arrives. The last RECENT messages stay alive, for the dead-letter
+ *    output's key lookup (kafka.h).
  *
  *  - Failures: librdkafka reconnects by itself, so a broker outage is only
  *    reported (poll returns IDLE meanwhile) and reading resumes at our
@@ -108,6 +112,7 @@ typedef struct kafka_source {
     int64_t opened_ms;       /* for the 'still waiting for the group' line */
     int wait_logged;
     int closing;             /* leaving the group: the revocation is ours */
+    int starting;            /* in open(): errors are kept for its message */
     int64_t paused_since_ms; /* 0: not paused */
     int32_t done;            /* --until-end: partitions at or past their end */
     int ts_type;             /* last logged timestamp type, -1 none */
@@ -194,6 +199,8 @@ static void on_error(kafka_source *ks, rd_kafka_resp_err_t err, const char *reas
             fail(ks, "topic %s: %s (%s)", ks->topic, reason, rd_kafka_err2name(err));
         return;
     }
+    /* At start-up the error the caller gets will quote the last one. */
+    if (ks->starting) return;
     /* Transient: librdkafka retries on its own. One line per kind of error
      * every 10 s is enough to see an outage without drowning the log. */
     int64_t t = now_ms();
@@ -546,6 +553,7 @@ static source *kafka_open(const char *target, const source_options *opts, char *
         destroy(ks);
         return NULL;
     }
+    ks->starting = 1;
     if (wait_for_cluster(ks, err, errlen)) {
         destroy(ks);
         return NULL;
@@ -575,6 +583,7 @@ static source *kafka_open(const char *target, const source_options *opts, char *
         ks->done = 0;
         for (int32_t p = 0; p < ks->n_parts; p++) ks->done += ks->parts[p].pos >= ks->parts[p].end;
     }
+    ks->starting = 0;
     ks->q = rd_kafka_queue_get_consumer(ks->rk);
     rd_kafka_poll_set_consumer(ks->rk);
     rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# bench/kafka.sh - visits/s from a Kafka topic, end to end, beside a bare
+# librdkafka consumer reading the same topic, in one run.
+#
+#   bench/kafka.sh [BUILD_DIR]      (default: build; needs sessionizer,
+#                                    kafka-mock and kafka-bare built there)
+#
+# The topic: 16 partitions on build/kafka-mock (librdkafka's mock cluster, on
+# loopback), VISITS_PER_PARTITION visits each (default 45000: the mock keeps
+# only about 5 MB per partition, and the log must be whole), 100k users,
+# produced once with kcat. Then, each REPEAT times (default 3), in turn:
+#   bare-poll   kafka-bare with rd_kafka_consumer_poll()
+#   bare-batch  kafka-bare with rd_kafka_consume_batch_queue()
+#   sessionizer run --until-end --sink null: (new consumer group each time)
+# Rates are records per second from the first record delivered to the last:
+# the bare consumer measures that itself; for sessionizer the script stamps
+# its stderr lines (the first-record line and the summary) as they arrive,
+# so start-up (metadata, the consumer group join: 3 s on the mock) is left
+# out of both. The ratio is sessionizer's best over bare-poll's best.
+# Everything shares the machine's cores with the mock cluster's threads.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+B=${1:-build}
+PER=${VISITS_PER_PARTITION:-45000}
+REPEAT=${REPEAT:-3}
+PARTS=16
+for t in sessionizer kafka-mock kafka-bare; do
+    [ -x "$B/$t" ] || { echo "bench/kafka.sh: $B/$t is missing (build first)" >&2; exit 1; }
+done
+W=$(mktemp -d "${TMPDIR:-/tmp}/sz-kafka-bench.XXXXXX")
+MOCK=
+cleanup() { [ -n "$MOCK" ] && kill "$MOCK" 2>/dev/null; wait 2>/dev/null; rm -rf "$W"; }
+trap cleanup EXIT
+
+"$B/kafka-mock" --partitions $PARTS >"$W/addr" 2>"$W/mock.err" </dev/null &
+MOCK=$!
+for _ in $(seq 100); do [ -s "$W/addr" ] && break; sleep 0.05; done
+BROKERS=$(head -n1 "$W/addr")
+
+/usr/bin/python3 - "$W" $PARTS "$PER" <<'EOF'
+import sys
+w, parts, per = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+base = 1676851200  # 2023-02-20T00:00:00Z
+for p in range(parts):
+    with open(f"{w}/p{p}.jsonl", "w") as f:
+        for i in range(per):
+            t = base + (i * 997 + p * 131) % (per * 3) // 3 + i // 10  # roughly increasing
+            u = (i * 7919 + p * 104729) % 100000
+            hh, mm, ss = t % 86400 // 3600, t % 3600 // 60, t % 60
+            f.write(f'{{"user_id": {u}, "page": "/product/{(i * 31 + p) % 5000}.html", '
+                    f'"event_time": "2023-02-{20 + (t - base) // 86400:02d}T{hh:02d}:{mm:02d}:{ss:02d}"}}\n')
+EOF
+t0=$(date +%s.%N)
+producers=()
+for p in $(seq 0 $((PARTS - 1))); do
+    kcat -P -b "$BROKERS" -t visits -p "$p" -l -X linger.ms=20 -X batch.num.messages=10000 \
+        "$W/p$p.jsonl" &
+    producers+=($!)
+done
+wait "${producers[@]}"
+low=$(kcat -C -b "$BROKERS" -t visits -o beginning -e -q -c 1 -f '%o' -p 0 2>/dev/null || true)
+echo "topic visits: $PARTS partitions, $((PARTS * PER)) visits produced in" \
+     "$(echo "$(date +%s.%N) - $t0" | bc) s; first offset of partition 0: ${low:-?}"
+[ "${low:-0}" = 0 ] || echo "WARNING: the mock dropped the head of the log (5 MB limit); lower VISITS_PER_PARTITION" >&2
+
+stamp() { while IFS= read -r line; do printf '%s %s\n' "$(date +%s.%N)" "$line"; done; }
+best_bare_poll=0 best_bare_batch=0 best_sz=0
+for r in $(seq "$REPEAT"); do
+    out=$("$B/kafka-bare" "$BROKERS" visits poll)
+    echo "run $r: $out"
+    rate=$(sed -E 's/.*= ([0-9]+) records.*/\1/' <<<"$out")
+    [ "$rate" -gt "$best_bare_poll" ] && best_bare_poll=$rate
+    out=$("$B/kafka-bare" "$BROKERS" visits batch)
+    echo "run $r: $out"
+    rate=$(sed -E 's/.*= ([0-9]+) records.*/\1/' <<<"$out")
+    [ "$rate" -gt "$best_bare_batch" ] && best_bare_batch=$rate
+    /usr/bin/time -f "%M" -o "$W/rss" "$B/sessionizer" run --source "kafka://$BROKERS/visits" \
+        --sink null: --until-end --group "bench-$r-$$" --dlq "jsonl:$W/dlq" 2>&1 >/dev/null |
+        stamp >"$W/sz.err" || true
+    # From the first-record line to the summary line (printed after the
+    # consumer has left its group: a few ms against sessionizer).
+    first=$(grep -m1 "timestamps" "$W/sz.err" | cut -d' ' -f1)
+    last=$(grep -m1 " records: " "$W/sz.err" | cut -d' ' -f1)
+    n=$(grep -m1 " records: " "$W/sz.err" | sed -E 's/.*sessionizer: ([0-9]+) records: .*/\1/')
+    secs=$(echo "$last - $first" | bc -l)
+    rate=$(echo "$n / $secs" | bc)
+    printf 'run %d: sessionizer: %d records in %.3f s (from the first record) = %d records/s, peak RSS %d KiB\n' \
+        "$r" "$n" "$secs" "$rate" "$(cat "$W/rss")"
+    [ "$rate" -gt "$best_sz" ] && best_sz=$rate
+done
+echo
+printf 'best: bare-poll %d/s, bare-batch %d/s, sessionizer %d/s; sessionizer / bare-poll = %.2f, / bare-batch = %.2f\n' \
+    "$best_bare_poll" "$best_bare_batch" "$best_sz" \
+    "$(echo "$best_sz / $best_bare_poll" | bc -l)" "$(echo "$best_sz / $best_bare_batch" | bc -l)"
