@@ -13,6 +13,39 @@
 
 #include "common/xalloc.h"
 
+/* Every write is whole lines, so a file that does not end in a newline was
+ * cut by a crash in the middle of a write. The torn line is removed: with a
+ * checkpoint it lies past the checkpointed length anyway, and without one
+ * the replay writes its content again. */
+static int drop_torn_line(appendfile *f, const char *path, char *err, size_t errlen)
+{
+    char tail[4096];
+    off_t end = f->size;
+    int first = 1;
+    while (end > 0) {
+        size_t n = end < (off_t)sizeof tail ? (size_t)end : sizeof tail;
+        if (pread(f->fd, tail, n, end - (off_t)n) != (ssize_t)n) {
+            snprintf(err, errlen, "cannot read output file '%s': %s", path, strerror(errno));
+            return -1;
+        }
+        if (first && tail[n - 1] == '\n') return 0; /* intact */
+        first = 0;
+        size_t i = n;
+        while (i > 0 && tail[i - 1] != '\n') i--;
+        end -= (off_t)(n - i);
+        if (i > 0) break;
+    }
+    if (end == f->size) return 0; /* empty */
+    fprintf(stderr, "sessionizer: %s ended in a line cut short by a crash; removed its %lld bytes\n",
+            path, (long long)(f->size - end));
+    if (ftruncate(f->fd, end) != 0) {
+        snprintf(err, errlen, "cannot truncate output file '%s': %s", path, strerror(errno));
+        return -1;
+    }
+    f->size = end;
+    return 0;
+}
+
 int appendfile_open(appendfile *f, const char *path, char *err, size_t errlen)
 {
     memset(f, 0, sizeof *f);
@@ -27,7 +60,7 @@ int appendfile_open(appendfile *f, const char *path, char *err, size_t errlen)
         f->name = xstrdup("standard error");
         return 0;
     }
-    f->fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    f->fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     struct stat st;
     if (f->fd < 0 || fstat(f->fd, &st) != 0) {
         snprintf(err, errlen, "cannot open output file '%s': %s", path, strerror(errno));
@@ -36,6 +69,10 @@ int appendfile_open(appendfile *f, const char *path, char *err, size_t errlen)
     }
     f->rewindable = S_ISREG(st.st_mode);
     f->size = st.st_size;
+    if (f->rewindable && drop_torn_line(f, path, err, errlen)) {
+        close(f->fd);
+        return -1;
+    }
     if (lseek(f->fd, 0, SEEK_END) < 0 && f->rewindable) {
         snprintf(err, errlen, "cannot seek output file '%s': %s", path, strerror(errno));
         close(f->fd);

@@ -353,6 +353,23 @@ def t_resume_open(c):
     c.eq(content(f"{d}/s.db"), GOLDEN, "after appending B, C, D: the walkthrough's table")
 
 
+def t_torn(c):
+    """A crash in the middle of a write leaves a JSONL output without its
+    final newline; the next run removes the torn line before appending."""
+    import json
+    d = tmpdir()
+    out, dlq = f"{d}/out.jsonl", f"{d}/dlq.jsonl"
+    open(out, "wb").write(b'{"session_id":1,"user_id":1,"pages":[],"ingestion_time":"x"}\n{"session_id":2,"us')
+    open(dlq, "wb").write(b'{"reason":"late"')
+    bad = f"{d}/bad.jsonl"
+    open(bad, "wb").write(open(SAMPLE, "rb").read() + b"not json\n")
+    p = run("run", "--source", f"file:{bad}", "--sink", f"jsonl:{out}", "--dlq", f"jsonl:{dlq}", "--until-end")
+    c.check(b"cut short by a crash" in p.stderr, "the repair is reported")
+    rows = [json.loads(x) for x in open(out)]
+    c.eq(len(rows), 4, "the intact line and the three sessions remain, every line valid JSON")
+    c.eq([json.loads(x)["reason"] for x in open(dlq)], ["invalid_json"], "the dead-letter file too")
+
+
 def mounted_tmpfs(path, size):
     os.makedirs(path, exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], check=True)
