@@ -89,6 +89,16 @@ check "replay: user 1's rows have a new ingestion_time" \
 echo "# seed walkthrough, first run:"; sed 's/^/#   /' "$work/walk1"
 echo "# after checkpoint loss and replay:"; sed 's/^/#   /' "$work/walk2"
 
+# The other spellings of the target: the postgres:// alias, and everything
+# from libpq's environment variables.
+q "DROP TABLE sessions"
+"$bin" run -q --source "file:$sample" --sink "${PG_URI/postgresql:/postgres:}" --until-end
+check "postgres:// works as postgresql://" [ "$(q 'SELECT count(*) FROM sessions')" = 3 ]
+q "DROP TABLE sessions"
+PGHOST=$PG_SERVER_SOCKET_DIR PGPORT=$PG_SERVER_PORT PGUSER=postgres PGDATABASE=postgres \
+    "$bin" run -q --source "file:$sample" --sink "postgresql:" --until-end
+check "postgresql: alone takes libpq's environment" [ "$(q 'SELECT count(*) FROM sessions')" = 3 ]
+
 echo "# 2. replay of a larger input after checkpoint loss"
 "$here/pg_gen_visits.py" 60000 11 >"$work/v60k.jsonl"
 q "DROP TABLE sessions"
@@ -163,6 +173,7 @@ wait "$job_pid"
 rc=$?
 job_pid=
 check "job exits 0 through $restarts restarts/crashes of the server" [ "$rc" = 0 ]
+[ "$rc" = 0 ] || grep -v "same error" "$work/err4" | tail -n 5 | sed 's/^/#   /' 
 check "restarts happened while the job was writing ($(grep -c 'retrying commit' "$work/err4") retries)" \
     grep -q "retrying commit" "$work/err4"
 check "restarts: = SQLite run of the same input" same_as_sqlite "$work/ref4.db"
