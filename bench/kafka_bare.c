@@ -3,13 +3,15 @@
  * that reads every partition of a topic from the beginning to the end
  * offsets it had at start, touches every payload byte, and nothing else.
  *
- *   kafka-bare BROKERS TOPIC [poll|batch] [-X key=value]...
+ *   kafka-bare BROKERS TOPIC [poll|batch|subscribe] [-X key=value]...
  *
  * It is the practical ceiling for build/sessionizer reading the same topic
  * (bench/kafka.sh runs both in one go): same library, same cluster, same
  * fetch settings, no parsing, no sessions. "poll" is the usual
  * rd_kafka_consumer_poll() loop, "batch" the rd_kafka_consume_batch_queue()
- * one that the Kafka source uses. It prints one line:
+ * one that the Kafka source uses; "subscribe" is "poll" in a consumer group
+ * (partitions assigned by the group, as the Kafka source gets them). It
+ * prints one line:
  *   bare-MODE: N records B bytes in S s (from the first record) = R records/s
  */
 #include <inttypes.h>
@@ -36,16 +38,18 @@ static void die(const char *what, const char *why)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: kafka-bare BROKERS TOPIC [poll|batch] [-X key=value]...\n");
+        fprintf(stderr, "usage: kafka-bare BROKERS TOPIC [poll|batch|subscribe] [-X key=value]...\n");
         return 2;
     }
     const char *brokers = argv[1], *topic = argv[2];
     int batch = argc > 3 && strcmp(argv[3], "batch") == 0;
+    int sub = argc > 3 && strcmp(argv[3], "subscribe") == 0;
     char err[512];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     if (rd_kafka_conf_set(conf, "bootstrap.servers", brokers, err, sizeof err) ||
         rd_kafka_conf_set(conf, "group.id", "kafka-bare", err, sizeof err) ||
-        rd_kafka_conf_set(conf, "enable.auto.commit", "false", err, sizeof err))
+        rd_kafka_conf_set(conf, "enable.auto.commit", "false", err, sizeof err) ||
+        rd_kafka_conf_set(conf, "auto.offset.reset", "earliest", err, sizeof err))
         die("config", err);
     for (int i = 3; i < argc; i++) {
         if (strcmp(argv[i], "-X") != 0 || i + 1 >= argc) continue;
@@ -78,7 +82,16 @@ int main(int argc, char **argv)
         total += hi - lo;
         rd_kafka_topic_partition_list_add(list, topic, p)->offset = lo;
     }
-    e = rd_kafka_assign(rk, list);
+    if (sub) {
+        /* the group's committed offsets are not used: none are ever committed
+         * and auto.offset.reset=earliest is set below */
+        rd_kafka_topic_partition_list_t *s1 = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(s1, topic, RD_KAFKA_PARTITION_UA);
+        e = rd_kafka_subscribe(rk, s1);
+        rd_kafka_topic_partition_list_destroy(s1);
+    } else {
+        e = rd_kafka_assign(rk, list);
+    }
     if (e) die("assign", rd_kafka_err2str(e));
     rd_kafka_topic_partition_list_destroy(list);
 
@@ -110,7 +123,7 @@ int main(int argc, char **argv)
     }
     double secs = now_s() - first;
     printf("bare-%s: %" PRId64 " records %" PRId64 " bytes in %.3f s (from the first record) "
-           "= %.0f records/s (checksum %" PRIu64 ")\n", batch ? "batch" : "poll", got, bytes,
+           "= %.0f records/s (checksum %" PRIu64 ")\n", batch ? "batch" : sub ? "subscribe" : "poll", got, bytes,
            secs, (double)got / secs, sum % 1000);
     rd_kafka_queue_destroy(q);
     rd_kafka_consumer_close(rk);

@@ -532,6 +532,12 @@ static source *kafka_open(const char *target, const source_options *opts, char *
         conf_set(conf, "client.id", "sessionizer", err, errlen) ||
         conf_set(conf, "auto.offset.reset", "error", err, errlen) ||
         conf_set(conf, "session.timeout.ms", DEFAULT_SESSION_TIMEOUT, err, errlen) ||
+        /* librdkafka checks queued.min.messages against the consumer queue
+         * that every partition forwards to, i.e. against the total: with the
+         * default (100000) and many partitions the fetcher stops after one
+         * round and waits for the queue to drain, stalling up to a second at
+         * a time. The queue stays bounded by queued.max.messages.kbytes. */
+        conf_set(conf, "queued.min.messages", "1000000", err, errlen) ||
         apply_props(ks, conf, err, errlen) ||
         conf_set(conf, "enable.auto.commit", "false", err, errlen) ||
         conf_set(conf, "enable.auto.offset.store", "false", err, errlen) ||
