@@ -81,6 +81,20 @@ _pg_closefds() {
     "$@"
 }
 
+# The children of process $1, from /proc (no dependency on procps).
+_pg_children() {
+    local parent=$1 f line fields
+    for f in /proc/[0-9]*/stat; do
+        read -r line 2>/dev/null <"$f" || continue
+        line=${line##*) } # after "pid (comm) ", comm may hold spaces
+        read -r -a fields <<<"$line" # state ppid ...
+        if [ "${fields[1]:-}" = "$parent" ]; then
+            f=${f#/proc/}
+            echo "${f%/stat}"
+        fi
+    done
+}
+
 _pg_port_free() {
     # Nothing listening on 127.0.0.1:$1 (a connect that fails) and no socket file.
     ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
@@ -211,7 +225,7 @@ pg_server_restart() {
 pg_server_kill() {
     local pid children p i
     pid=$(head -n 1 "$PG_SERVER_DIR/data/postmaster.pid" 2>/dev/null) || return 1
-    children=$(pgrep -P "$pid" 2>/dev/null)
+    children=$(_pg_children "$pid")
     kill -KILL "$pid" 2>/dev/null
     # The backends notice their postmaster's death and exit on their own; wait
     # for them, or the next start finds the shared memory still in use.
@@ -232,7 +246,7 @@ pg_server_kill() {
 _pg_server_pids() {
     local pid
     pid=$(head -n 1 "$PG_SERVER_DIR/data/postmaster.pid" 2>/dev/null) || return 1
-    echo "$pid" $(pgrep -P "$pid" 2>/dev/null)
+    echo "$pid" $(_pg_children "$pid")
 }
 
 pg_server_freeze() {
