@@ -280,7 +280,7 @@ class Bench:
         r["kafka.batch.value"], r["kafka.batch.peer_value"] = sz, batch
         self.meta(r, "kafka.batch", section="kafka", unit="/s",
                   peer="bare consumer (consume_batch)",
-                  figure="Kafka (mock, 16 partitions) -> null: records/s")
+                  figure="Kafka -> null: vs a batch-consuming bare consumer")
         rss = re.search(r"peak RSS (\d+) KiB", out)
         if rss:
             r["kafka.rss_mb"] = int(rss.group(1)) / 1024
@@ -522,7 +522,7 @@ class Bench:
         meta = {}
         for r in self.rounds:
             meta.update(r.get("_peer_meta", {}))
-        for key, info in sorted(meta.items()):
+        for key, info in meta.items():
             v, pv = m(key + ".value"), m(key + ".peer_value")
             unit = info.get("unit", "")
             fmt = (lambda x: rate(x) if unit in ("/s", "visits/s", "records/s", "sessions/s")
