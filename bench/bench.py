@@ -147,7 +147,9 @@ class Bench:
     # inspected (VmRSS) after it has applied everything and before it exits.
     def rss_after(self, path):
         size = os.path.getsize(path)
-        p = subprocess.Popen([self.sz, "run", "--source", "-", "--sink", "null:"],
+        # Dead letters to a file: a full stderr pipe must not block the run.
+        p = subprocess.Popen([self.sz, "run", "--source", "-", "--sink", "null:", "--dlq",
+                              "jsonl:" + os.path.join(self.out, "dlq-memory.jsonl")],
                              stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             with open(path, "rb") as f:
