@@ -283,6 +283,12 @@ class Bench:
         self.meta(r, "kafka.batch", section="kafka", unit="/s",
                   peer="bare consumer (consume_batch)",
                   figure="Kafka -> null: vs a batch-consuming bare consumer")
+        f = re.search(r"best: .*\bfile (\d+)/s", out)
+        if f and float(f.group(1)) > 0:
+            r["kafka.file.value"], r["kafka.file.peer_value"] = sz, float(f.group(1))
+            self.meta(r, "kafka.file", section="kafka", unit="/s",
+                      peer="the same visits from a file",
+                      figure="Kafka -> null: vs the same visits from a file")
         rss = re.search(r"peak RSS (\d+) KiB", out)
         if rss:
             r["kafka.rss_mb"] = int(rss.group(1)) / 1024
