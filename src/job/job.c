@@ -50,6 +50,7 @@ typedef struct job {
     char *err;
     size_t errlen;
     int failed; /* a callback failed; err holds why */
+    uint64_t closed_since_commit; /* sessions written but not yet flushed */
     buf scratch;
     partition_info *parts;
     pending queue[PIPELINE];
@@ -82,6 +83,7 @@ static int write_dead_letter(job *j, const char *reason, const char *detail, con
 static int on_close(void *ctx, const closed_session *cs)
 {
     job *j = ctx;
+    j->closed_since_commit++;
     if (j->snk->ops->write(j->snk, cs, j->err, j->errlen)) {
         j->failed = 1;
         return -1;
@@ -171,6 +173,7 @@ static int commit(job *j)
     /* The source position covers every polled record: apply them all first. */
     if (drain(j)) return -1;
     if (j->snk->ops->flush(j->snk, j->err, j->errlen)) return -1;
+    j->closed_since_commit = 0;
     if (j->dlq->ops->flush(j->dlq, j->err, j->errlen)) return -1;
     if (!j->cp) return 0;
     buf *b = &j->scratch;
@@ -345,7 +348,9 @@ static int run_loop(job *j)
                 if (show) last_progress = t, at_last_progress = j->res->records;
             }
             if ((cfg->commit_interval_ms > 0 && (t - last_commit) * 1000 >= (double)cfg->commit_interval_ms &&
-                 since_commit > 0)) {
+                 (since_commit > 0 || j->closed_since_commit > 0))) {
+                /* also when only sessions closed: a caught-up flag can close
+                 * them while no record arrives, and they must reach the sink */
                 if (commit(j)) return -1;
                 last_commit = t;
                 since_commit = 0;

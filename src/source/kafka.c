@@ -97,6 +97,8 @@ typedef struct kafka_source {
     size_t max_record;
     int64_t startup_ms, rebalance_wait_ms, session_timeout_ms, idle_ms;
     int64_t batch_ms; /* when the current batch was taken from librdkafka */
+    int64_t last_any_ms; /* when any partition last delivered a record */
+    int64_t burst_ms;    /* when records came back after a pause, see poll() */
     int reset_is_error; /* auto.offset.reset=error (ours) rather than the user's choice */
     int debug;          /* -X debug=...: pass librdkafka's debug log through */
 
@@ -681,7 +683,7 @@ static int take(kafka_source *ks, rd_kafka_message_t *m, raw_record *out)
     out->oversized = m->len > ks->max_record;
     if (out->oversized) out->len = ks->max_record;
     advance(ks, kp, m->offset + 1);
-    kp->last_ms = ks->batch_ms;
+    kp->last_ms = ks->last_any_ms = ks->batch_ms;
     rd_kafka_message_t **slot = &ks->recent[ks->recent_i++ % RECENT];
     if (*slot) rd_kafka_message_destroy(*slot);
     *slot = m;
@@ -699,7 +701,21 @@ static int kafka_poll(source *s, raw_record *out, int timeout_ms, char *err, siz
         }
         if (ks->until_end && ks->done >= ks->n_parts) return SOURCE_END;
         while (ks->batch_i < ks->batch_n) {
-            rd_kafka_message_t *m = ks->batch[ks->batch_i++];
+            rd_kafka_message_t *m = ks->batch[ks->batch_i];
+            /* Records after a pause of sessionizer.idle.ms: by now every
+             * partition counts as caught up, and the first record would
+             * advance the closing watermark to its own partition's, while a
+             * record produced at the same moment to another partition may be
+             * a fetch behind (the reference walkthrough produces B and C
+             * together, to different partitions). Return IDLE once first, so
+             * that the job refreshes the caught-up flags, which stay down for
+             * sessionizer.idle.ms after a burst begins. */
+            if (!ks->until_end && !m->err && ks->last_any_ms &&
+                ks->batch_ms - ks->last_any_ms >= ks->idle_ms) {
+                ks->burst_ms = ks->last_any_ms = ks->batch_ms;
+                return SOURCE_IDLE;
+            }
+            ks->batch_i++;
             if (take(ks, m, out)) return SOURCE_RECORD;
             if (ks->fatal || (ks->until_end && ks->done >= ks->n_parts)) break;
         }
@@ -857,7 +873,8 @@ static size_t kafka_partitions(source *s, partition_info *out, size_t max)
                 kp->high = hi;
             end = kp->high;
             caught_up = kp->assigned && kp->eof_at >= 0 && kp->pos == kp->eof_at &&
-                        (kp->last_ms == 0 || now - kp->last_ms >= ks->idle_ms);
+                        (kp->last_ms == 0 || now - kp->last_ms >= ks->idle_ms) &&
+                        now - ks->burst_ms >= ks->idle_ms;
         }
         int64_t lag = kp->pos < 0 || end < 0 ? -1 : end > kp->pos ? end - kp->pos : 0;
         out[p] = (partition_info){.partition = p, .caught_up = caught_up, .lag = lag};
