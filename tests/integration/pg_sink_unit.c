@@ -101,7 +101,14 @@ static sink *open_sink(const char *u, const char *const *props, int create, char
                        size_t errlen)
 {
     sink_options o = {.props = props, .create_schema = create};
+    err[0] = 0;
     return sink_open(u, &o, err, errlen);
+}
+
+static int flush_sink(sink *s, char *err, size_t errlen)
+{
+    err[0] = 0;
+    return s->ops->flush(s, err, errlen);
 }
 
 static int write_session(sink *s, int64_t sid, int64_t uid, const char *const *pages, size_t n,
@@ -130,7 +137,7 @@ static void test_roundtrip(void)
     check(write_session(s, 9, 2, NULL, 0, err, sizeof err) == 0, "write a session with no pages");
     check(strcmp(sql_value("SELECT count(*) FROM sessions"), "0") == 0,
           "nothing visible before flush");
-    check(s->ops->flush(s, err, sizeof err) == 0, "flush (%s)", err);
+    check(flush_sink(s, err, sizeof err) == 0, "flush (%s)", err);
     check(strcmp(sql_value("SELECT count(*) FROM sessions"), "3") == 0, "3 rows after flush");
     char *pages = sql_value("SELECT array_to_json(pages)::text FROM sessions WHERE session_id = "
                             "4249952624734199298 AND user_id = 1");
@@ -155,7 +162,7 @@ static void test_roundtrip(void)
              sql_value("SELECT ingestion_time FROM sessions WHERE session_id = -7"));
     usleep(20000);
     check(write_session(s, -7, INT64_MAX, one, 1, err, sizeof err) == 0, "rewrite");
-    check(s->ops->flush(s, err, sizeof err) == 0, "flush rewrite (%s)", err);
+    check(flush_sink(s, err, sizeof err) == 0, "flush rewrite (%s)", err);
     check(strcmp(sql_value("SELECT count(*) FROM sessions"), "3") == 0, "still 3 rows");
     char q[256];
     snprintf(q, sizeof q,
@@ -169,7 +176,7 @@ static void test_roundtrip(void)
     check(write_session(s, 77, 5, v1, 1, err, sizeof err) == 0 &&
               write_session(s, 77, 5, v2, 2, err, sizeof err) == 0,
           "write the same key twice");
-    check(s->ops->flush(s, err, sizeof err) == 0, "flush duplicates (%s)", err);
+    check(flush_sink(s, err, sizeof err) == 0, "flush duplicates (%s)", err);
     check(strcmp(sql_value("SELECT array_to_string(pages, ' ') FROM sessions WHERE session_id = 77"),
                  "new.html newer.html") == 0,
           "the later write of a key wins");
@@ -179,7 +186,7 @@ static void test_roundtrip(void)
     closed_session cs = {.session_id = 1, .user_id = 1, .pages = &nul, .n_pages = 1};
     check(s->ops->write(s, &cs, err, sizeof err) != 0 && strstr(err, "NUL"),
           "a page with a NUL byte is refused: %s", err);
-    check(s->ops->flush(s, err, sizeof err) == 0, "empty flush is a no-op");
+    check(flush_sink(s, err, sizeof err) == 0, "empty flush is a no-op");
     s->ops->close(s);
 }
 
@@ -197,7 +204,7 @@ static void test_batches(void)
         snprintf(page, sizeof page, "p%d.html", i);
         if (write_session(s, i * 1000003LL, i % 13, pp, 1, err, sizeof err) != 0) break;
     }
-    check(s->ops->flush(s, err, sizeof err) == 0, "flush 1000 rows in batches of 7 (%s)", err);
+    check(flush_sink(s, err, sizeof err) == 0, "flush 1000 rows in batches of 7 (%s)", err);
     check(strcmp(sql_value("SELECT count(*) FROM batched"), "1000") == 0, "1000 rows");
     check(strcmp(sql_value("SELECT count(DISTINCT ingestion_time) FROM batched"), "1") == 0,
           "one transaction, one ingestion_time");
@@ -214,7 +221,7 @@ static void test_batches(void)
     if (s) {
         const char *one[] = {"x"};
         write_session(s, 1, 1, one, 1, err, sizeof err);
-        check(s->ops->flush(s, err, sizeof err) == 0, "flush into it");
+        check(flush_sink(s, err, sizeof err) == 0, "flush into it");
         check(strcmp(sql_value("SELECT count(*) FROM \"Other\".\"My \"\"Sessions\"\"\""), "1") == 0,
               "row is in \"Other\".\"My \"\"Sessions\"\"\"");
         s->ops->close(s);
@@ -348,12 +355,12 @@ static void test_permissions(void)
     if (!s) return;
     static const char *const one[] = {"A.html"};
     write_session(s, 1, 1, one, 1, err, sizeof err);
-    check(s->ops->flush(s, err, sizeof err) == 0, "and writes (%s)", err);
+    check(flush_sink(s, err, sizeof err) == 0, "and writes (%s)", err);
     /* The grant is revoked while the job runs: the next flush fails fast. */
     sql("REVOKE UPDATE ON sessions FROM reader");
     write_session(s, 1, 1, one, 1, err, sizeof err);
     t0 = now_s();
-    check(s->ops->flush(s, err, sizeof err) != 0 && strstr(err, "permission denied") &&
+    check(flush_sink(s, err, sizeof err) != 0 && strstr(err, "permission denied") &&
               now_s() - t0 < 3,
           "revoked grant: flush fails fast: %s", err);
     s->ops->close(s);
@@ -372,10 +379,10 @@ static void test_restarts(void)
     /* The server restarts between two flushes: the connection is dead, the
      * next flush notices, reconnects and commits. */
     write_session(s, 1, 1, one, 1, err, sizeof err);
-    check(s->ops->flush(s, err, sizeof err) == 0, "flush before restart");
+    check(flush_sink(s, err, sizeof err) == 0, "flush before restart");
     server("restart");
     write_session(s, 2, 1, one, 1, err, sizeof err);
-    check(s->ops->flush(s, err, sizeof err) == 0, "flush after a restart reconnects (%s)", err);
+    check(flush_sink(s, err, sizeof err) == 0, "flush after a restart reconnects (%s)", err);
     check(strcmp(sql_value("SELECT count(*) FROM sessions"), "2") == 0, "both rows there");
 
     /* The server is down when the flush starts and comes back 2 s later:
@@ -390,7 +397,7 @@ static void test_restarts(void)
         _exit(system(line) == 0 ? 0 : 1);
     }
     double t0 = now_s();
-    int rc = s->ops->flush(s, err, sizeof err);
+    int rc = flush_sink(s, err, sizeof err);
     double took = now_s() - t0;
     check(rc == 0 && took > 1.5, "flush waits for the server to come back (%.1f s; %s)", took,
           rc ? err : "");
@@ -409,12 +416,12 @@ static void test_restarts(void)
     server("stop");
     write_session(s, 4, 1, one, 1, err, sizeof err);
     t0 = now_s();
-    rc = s->ops->flush(s, err, sizeof err);
+    rc = flush_sink(s, err, sizeof err);
     took = now_s() - t0;
     check(rc != 0 && strstr(err, "gave up") && took < 3, "flush gives up after retry_timeout (%.1f s): %s",
           took, err);
     server("start-again");
-    check(s->ops->flush(s, err, sizeof err) == 0, "a later flush commits the kept rows (%s)", err);
+    check(flush_sink(s, err, sizeof err) == 0, "a later flush commits the kept rows (%s)", err);
     check(strcmp(sql_value("SELECT count(*) FROM sessions"), "4") == 0, "all 4 rows there");
     s->ops->close(s);
 }
@@ -433,7 +440,7 @@ static void test_hang(void)
     if (!s) return;
     static const char *const one[] = {"A.html"};
     for (int i = 0; i < 5000; i++) write_session(s, i, 7, one, 1, err, sizeof err);
-    check(s->ops->flush(s, err, sizeof err) == 0, "first flush");
+    check(flush_sink(s, err, sizeof err) == 0, "first flush");
     server("freeze");
     for (int i = 0; i < 5000; i++) write_session(s, 100000 + i, 7, one, 1, err, sizeof err);
     pid_t pid = fork();
@@ -444,7 +451,7 @@ static void test_hang(void)
         _exit(system(line) == 0 ? 0 : 1);
     }
     double t0 = now_s();
-    int rc = s->ops->flush(s, err, sizeof err);
+    int rc = flush_sink(s, err, sizeof err);
     double took = now_s() - t0;
     int status;
     while (waitpid(pid, &status, 0) < 0) {
