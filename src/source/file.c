@@ -11,12 +11,19 @@
  * Lines are found with memchr in a 1 MiB buffer and handed out in place:
  * no copy, no allocation per record. A line longer than max_record_bytes is
  * delivered cut and flagged oversized, and the rest of it skipped.
+ *
+ * A pipe or terminal (stdin, a FIFO) can go quiet without ending: poll()
+ * waits at most the job's timeout and the source reports itself idle, so
+ * that the job commits (and writes the sessions already closed) while the
+ * producer pauses.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/xalloc.h"
@@ -28,6 +35,7 @@ typedef struct file_source {
     source base;
     int fd;
     int is_stdin;
+    int is_stream;       /* not a regular file: may be idle without ending */
     char *path;
     char *describe;
     char *buf;
@@ -40,7 +48,9 @@ typedef struct file_source {
     int skipping;        /* inside the tail of an oversized line */
 } file_source;
 
-static int fill(file_source *f, char *err, size_t errlen)
+/* Reads more input: 0 when some came or the input ended, 1 when a stream
+ * had nothing within timeout_ms (-1: wait), -1 on error. */
+static int fill(file_source *f, int timeout_ms, char *err, size_t errlen)
 {
     if (f->start > 0) {
         memmove(f->buf, f->buf + f->start, f->end - f->start);
@@ -50,6 +60,15 @@ static int fill(file_source *f, char *err, size_t errlen)
     if (f->end == f->cap) {
         f->cap *= 2;
         f->buf = xrealloc(f->buf, f->cap);
+    }
+    if (f->is_stream && timeout_ms >= 0) {
+        struct pollfd pfd = {.fd = f->fd, .events = POLLIN};
+        int ready = poll(&pfd, 1, timeout_ms);
+        if (ready == 0 || (ready < 0 && errno == EINTR)) return 1;
+        if (ready < 0) {
+            snprintf(err, errlen, "waiting for %s: %s", f->describe, strerror(errno));
+            return -1;
+        }
     }
     for (;;) {
         ssize_t n = read(f->fd, f->buf + f->end, f->cap - f->end);
@@ -88,6 +107,8 @@ static source *file_open(const char *target, const source_options *opts, char *e
         f->describe = xmalloc(n);
         snprintf(f->describe, n, "file %s", target);
     }
+    struct stat st;
+    f->is_stream = fstat(f->fd, &st) == 0 && !S_ISREG(st.st_mode);
     f->max_record = opts->max_record_bytes ? opts->max_record_bytes : (1u << 20);
     f->cap = READ_CHUNK;
     while (f->cap < f->max_record + 1) f->cap *= 2;
@@ -99,8 +120,8 @@ static source *file_open(const char *target, const source_options *opts, char *e
 
 static int file_poll(source *s, raw_record *out, int timeout_ms, char *err, size_t errlen)
 {
-    (void)timeout_ms; /* a file is never idle: it has data or it has ended */
     file_source *f = (file_source *)s;
+    int rc;
     for (;;) {
         char *p = f->buf + f->start;
         size_t avail = f->end - f->start;
@@ -111,13 +132,15 @@ static int file_poll(source *s, raw_record *out, int timeout_ms, char *err, size
             f->offset += (int64_t)drop;
             if (nl) f->skipping = 0;
             else if (f->eof) return SOURCE_END;
-            else if (fill(f, err, errlen)) return SOURCE_ERROR;
+            else if ((rc = fill(f, timeout_ms, err, errlen)) != 0)
+                return rc < 0 ? SOURCE_ERROR : SOURCE_IDLE;
             continue;
         }
         size_t len = nl ? (size_t)(nl - p) : avail;
         int oversized = len > f->max_record;
         if (!nl && !oversized && !f->eof) {
-            if (fill(f, err, errlen)) return SOURCE_ERROR;
+            if ((rc = fill(f, timeout_ms, err, errlen)) != 0)
+                return rc < 0 ? SOURCE_ERROR : SOURCE_IDLE;
             continue;
         }
         if (!nl && avail == 0) return SOURCE_END; /* eof */
@@ -176,7 +199,7 @@ static int file_seek(source *s, const void *pos, size_t len, char *err, size_t e
                              (long long)f->offset, (long long)offset);
                     return -1;
                 }
-                if (fill(f, err, errlen)) return -1;
+                if (fill(f, -1, err, errlen) < 0) return -1;
                 continue;
             }
             size_t drop = f->end - f->start;

@@ -370,6 +370,28 @@ def t_torn(c):
     c.eq([json.loads(x)["reason"] for x in open(dlq)], ["invalid_json"], "the dead-letter file too")
 
 
+def t_idle(c):
+    """A quiet pipe: sessions closed before the pause are written during it."""
+    d = tmpdir()
+    lines = open(SAMPLE, "rb").read().splitlines(keepends=True)
+    p = subprocess.Popen([BIN, "run", "--source", "-", "--sink", f"sqlite:{d}/s.db", "--checkpoint",
+                          f"{d}/cp", "--commit-interval", "200ms", "-q"], stdin=subprocess.PIPE)
+    p.stdin.write(b"".join(lines))  # D closes A-B and C; D's session stays open
+    p.stdin.flush()
+    deadline = time.time() + 10
+    rows = {}
+    while time.time() < deadline and len(rows) < 2:
+        time.sleep(0.1)
+        try:
+            rows = content(f"{d}/s.db")
+        except sqlite3.Error:
+            pass
+    c.eq(rows, {k: v for k, v in GOLDEN.items() if k[1] == 1},
+         "the closed sessions are written while the producer pauses, stdin still open")
+    p.stdin.close()
+    c.eq(p.wait(timeout=10), 0, "end of input ends the run")
+
+
 def mounted_tmpfs(path, size):
     os.makedirs(path, exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], check=True)
