@@ -66,6 +66,8 @@ static void usage(FILE *out)
         "  --group ID              Kafka consumer group (default sessionizer)\n"
         "  --start earliest|latest where a run without checkpoint starts (default earliest)\n"
         "  --progress              progress lines on stderr even when it is not a terminal\n"
+        "  --stats                 measure and print the latency from a session's close\n"
+        "                          to the sink's acknowledgement (p50, p99, max)\n"
         "  -q, --quiet             no progress and no summary\n"
         "  -h, --help              this help\n"
         "  -V, --version           the version\n"
@@ -101,6 +103,14 @@ static void print_summary(const job_config *cfg, const job_result *r)
             r->dead_letters, r->invalid, e->rejected_late, e->rejected_cap, r->seconds, rate,
             r->resumed ? ", resumed from checkpoint" : "",
             r->stopped_by_signal ? ", stopped by signal after a final commit" : "");
+    if (cfg->latency_stats) {
+        const histogram *h = &r->close_to_ack_us;
+        fprintf(stderr,
+                "sessionizer: close-to-ack latency over %" PRIu64 " sessions: p50 %.1f ms, "
+                "p99 %.1f ms, max %.1f ms\n",
+                h->count, (double)histogram_quantile(h, 0.5) / 1000,
+                (double)histogram_quantile(h, 0.99) / 1000, (double)h->max / 1000);
+    }
     if (e->open_sessions > 0 && !cfg->checkpoint_dir)
         fprintf(stderr, "sessionizer: warning: %" PRIu64 " open sessions were not written: "
                 "use --until-end to close them at the end of the input, or --checkpoint to "
@@ -141,7 +151,7 @@ int main(int argc, char **argv)
     int quiet = 0;
     enum { O_SOURCE = 256, O_SINK, O_CHECKPOINT, O_GAP, O_LATENESS, O_UNTIL_END, O_DLQ,
            O_MAX_PAGES, O_MAX_RECORD, O_COMMIT_EVERY, O_COMMIT_INTERVAL, O_SINK_OPT,
-           O_NO_SCHEMA, O_GROUP, O_START, O_PROGRESS };
+           O_NO_SCHEMA, O_GROUP, O_START, O_PROGRESS, O_STATS };
     static const struct option longopts[] = {
         {"source", required_argument, NULL, O_SOURCE},
         {"sink", required_argument, NULL, O_SINK},
@@ -159,6 +169,7 @@ int main(int argc, char **argv)
         {"group", required_argument, NULL, O_GROUP},
         {"start", required_argument, NULL, O_START},
         {"progress", no_argument, NULL, O_PROGRESS},
+        {"stats", no_argument, NULL, O_STATS},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -220,6 +231,7 @@ int main(int argc, char **argv)
             cfg.source.start_latest = strcmp(optarg, "latest") == 0;
             break;
         case O_PROGRESS: cfg.progress = 2; break;
+        case O_STATS: cfg.latency_stats = 1; break;
         case 'q': quiet = 1; cfg.progress = 0; break;
         case 'h': usage(stdout); return 0;
         default: return usage_error("%s", "invalid option");

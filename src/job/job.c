@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "checkpoint/checkpoint.h"
+#include "common/xalloc.h"
 #include "deadletter/deadletter.h"
 #include "record/parse.h"
 
@@ -51,18 +52,22 @@ typedef struct job {
     size_t errlen;
     int failed; /* a callback failed; err holds why */
     uint64_t closed_since_commit; /* sessions written but not yet flushed */
+    int64_t *close_stamps;        /* with latency_stats: when each of them closed */
+    size_t cap_stamps;
     buf scratch;
     partition_info *parts;
     pending queue[PIPELINE];
     size_t q_head, q_len; /* oldest at q_head */
 } job;
 
-static double now_s(void)
+static int64_t now_us(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
+
+static double now_s(void) { return (double)now_us() / 1e6; }
 
 static int write_dead_letter(job *j, const char *reason, const char *detail, const raw_record *raw,
                              const visit *v)
@@ -83,6 +88,13 @@ static int write_dead_letter(job *j, const char *reason, const char *detail, con
 static int on_close(void *ctx, const closed_session *cs)
 {
     job *j = ctx;
+    if (j->cfg->latency_stats) {
+        if (j->closed_since_commit == j->cap_stamps) {
+            j->cap_stamps = j->cap_stamps ? 2 * j->cap_stamps : 1024;
+            j->close_stamps = xrealloc(j->close_stamps, j->cap_stamps * sizeof *j->close_stamps);
+        }
+        j->close_stamps[j->closed_since_commit] = now_us();
+    }
     j->closed_since_commit++;
     if (j->snk->ops->write(j->snk, cs, j->err, j->errlen)) {
         j->failed = 1;
@@ -173,6 +185,11 @@ static int commit(job *j)
     /* The source position covers every polled record: apply them all first. */
     if (drain(j)) return -1;
     if (j->snk->ops->flush(j->snk, j->err, j->errlen)) return -1;
+    if (j->cfg->latency_stats) {
+        int64_t acked = now_us();
+        for (uint64_t i = 0; i < j->closed_since_commit; i++)
+            histogram_add(&j->res->close_to_ack_us, (uint64_t)(acked - j->close_stamps[i]));
+    }
     j->closed_since_commit = 0;
     if (j->dlq->ops->flush(j->dlq, j->err, j->errlen)) return -1;
     if (!j->cp) return 0;
@@ -402,6 +419,7 @@ out:
     if (j.snk) j.snk->ops->close(j.snk);
     if (j.src) j.src->ops->close(j.src);
     free(j.parts);
+    free(j.close_stamps);
     for (size_t i = 0; i < PIPELINE; i++) {
         buf_free(&j.queue[i].bytes);
         buf_free(&j.queue[i].page);

@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/histogram.h"
 #include "engine/engine.h"
 #include "sink/sink.h"
 #include "source/source.h"
@@ -36,6 +37,7 @@ typedef struct job_config {
     uint64_t commit_every;        /* records between commits (0: only by time) */
     int64_t commit_interval_ms;   /* wall-clock time between commits (0: only by count) */
     int progress;                 /* 0 never, 1 auto (terminal), 2 always (plain lines) */
+    int latency_stats;            /* measure close-to-acknowledgement latency */
     volatile sig_atomic_t *stop;  /* set by a signal handler: commit and return */
 } job_config;
 
@@ -50,6 +52,9 @@ typedef struct job_result {
     int resumed;             /* started from a checkpoint */
     int stopped_by_signal;
     int64_t checkpoint_bytes;
+    /* With latency_stats: from the apply that closed a session to the sink's
+     * acknowledgement of the flush that carried it, in microseconds. */
+    histogram close_to_ack_us;
 } job_result;
 
 /* Returns 0 on success; otherwise err says what failed. */

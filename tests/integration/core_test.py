@@ -289,6 +289,8 @@ def t_cli(c):
         p = run(*args, check=False)
         c.eq(p.returncode, 2, f"usage error exits 2: {args}")
         c.check(needle in p.stderr, f"and names the problem: {p.stderr[:200]!r}")
+    p = run("run", "--source", f"file:{SAMPLE}", "--sink", "null:", "--until-end", "--stats")
+    c.check(b"close-to-ack latency over 3 sessions: p50 " in p.stderr, "--stats reports the latency of the 3 sessions")
     p = run("run", "--source", f"file:{d}/missing.jsonl", "--sink", "null:", check=False)
     c.eq(p.returncode, 1, "missing input exits 1")
     c.check(f"{d}/missing.jsonl".encode() in p.stderr, "naming the file")
