@@ -183,7 +183,7 @@ pg_server_start() {
         grep -q "^include_if_exists = '$PG_SERVER_DIR/port.conf'" "$PG_SERVER_DIR/data/postgresql.conf" ||
             echo "include_if_exists = '$PG_SERVER_DIR/port.conf'" >>"$PG_SERVER_DIR/data/postgresql.conf"
         PG_SERVER_PORT=$port
-        if pg_server_start_again; then
+        if _pg_start_once; then
             PG_URI="postgresql://$PG_SERVER_SUPERUSER@/postgres?host=$PG_SERVER_SOCKET_DIR&port=$PG_SERVER_PORT"
             PG_URI_TCP="postgresql://$PG_SERVER_SUPERUSER:$PG_SERVER_PASSWORD@127.0.0.1:$PG_SERVER_PORT/postgres"
             export PG_SERVER_DIR PG_SERVER_PORT PG_SERVER_SOCKET_DIR PG_SERVER_SUPERUSER \
@@ -198,17 +198,37 @@ pg_server_start() {
     return 1
 }
 
-# Starts the (stopped) server of PG_SERVER_DIR again, same port and data.
-pg_server_start_again() {
+_pg_start_once() {
     if ! _pg_as "$PG_SERVER_BIN/pg_ctl" -D "$PG_SERVER_DIR/data" -l "$PG_SERVER_DIR/server.log" \
         -w -t 60 start >"$PG_SERVER_DIR/pg_ctl.out" 2>&1; then
-        cat "$PG_SERVER_DIR/pg_ctl.out" >&2
         return 1
     fi
 }
 
+# Starts the (stopped) server of PG_SERVER_DIR again, same port and data.
+# After a kill, the lock files name a dead postmaster; if its pid has been
+# reused meanwhile by an unrelated process, PostgreSQL refuses to start: such
+# stale lock files are removed and the start tried again (3 times at most).
+pg_server_start_again() {
+    local try pid
+    for try in 1 2 3; do
+        _pg_start_once && return 0
+        pid=$(head -n 1 "$PG_SERVER_DIR/data/postmaster.pid" 2>/dev/null || true)
+        if [ -n "$pid" ] && ! _pg_postmaster_pid >/dev/null; then
+            rm -f "$PG_SERVER_DIR/data/postmaster.pid" "$PG_SERVER_SOCKET_DIR"/.s.PGSQL.*.lock
+        fi
+        sleep 0.5
+    done
+    cat "$PG_SERVER_DIR/pg_ctl.out" >&2
+    tail -n 5 "$PG_SERVER_DIR/server.log" >&2
+    return 1
+}
+
 # pg_server_stop [smart|fast|immediate]: stops the server, keeps the data.
 pg_server_stop() {
+    # Only a running server: with a stale lock file, pg_ctl would signal
+    # whatever process now has the dead postmaster's pid.
+    _pg_postmaster_pid >/dev/null || return 1
     _pg_as "$PG_SERVER_BIN/pg_ctl" -D "$PG_SERVER_DIR/data" -m "${1:-fast}" -w -t 60 stop >/dev/null
 }
 
@@ -224,9 +244,10 @@ pg_server_restart() {
 # exit). The server stays down until pg_server_start_again, which runs recovery.
 pg_server_kill() {
     local pid children p i
-    pid=$(head -n 1 "$PG_SERVER_DIR/data/postmaster.pid" 2>/dev/null) || return 1
+    pid=$(_pg_postmaster_pid) || return 1
     children=$(_pg_children "$pid")
-    kill -KILL "$pid" 2>/dev/null
+    # As the server's account: a pid that is not ours cannot be hit.
+    _pg_signal KILL "$pid"
     # The backends notice their postmaster's death and exit on their own; wait
     # for them, or the next start finds the shared memory still in use.
     for i in $(seq 1 100); do
@@ -240,23 +261,47 @@ pg_server_kill() {
     return 0
 }
 
+# _pg_signal SIG PID...: sends SIG as the server's account (bash's own kill,
+# no procps needed), so that no process of another account can be hit.
+_pg_signal() {
+    local sig=$1
+    shift
+    _pg_as /bin/bash -c 'sig=$1; shift; kill -s "$sig" "$@" 2>/dev/null' _ "$sig" "$@"
+}
+
+# The pid of this server's running postmaster, checked: after a crash the
+# lock file names a dead process whose pid may since have been given to any
+# other process (pid_max can be as low as 32768), which must never be signalled.
+_pg_postmaster_pid() {
+    local pid cmd
+    pid=$(head -n 1 "$PG_SERVER_DIR/data/postmaster.pid" 2>/dev/null) || return 1
+    [ -n "$pid" ] || return 1
+    [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$(readlink -f "$PG_SERVER_BIN/postgres")" ] || return 1
+    cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+    case $cmd in *"$PG_SERVER_DIR/data"*) echo "$pid" ;; *) return 1 ;; esac
+}
+
 # pg_server_freeze / pg_server_thaw: SIGSTOP / SIGCONT the postmaster and all
 # its processes: a server that hangs without closing anything (connections
 # are accepted by the kernel and never answered), as a stuck host would.
 _pg_server_pids() {
     local pid
-    pid=$(head -n 1 "$PG_SERVER_DIR/data/postmaster.pid" 2>/dev/null) || return 1
+    pid=$(_pg_postmaster_pid) || return 1
     echo "$pid" $(_pg_children "$pid")
 }
 
 pg_server_freeze() {
-    # shellcheck disable=SC2046
-    kill -STOP $(_pg_server_pids)
+    local pids
+    pids=$(_pg_server_pids) || return 1
+    # shellcheck disable=SC2086
+    _pg_signal STOP $pids
 }
 
 pg_server_thaw() {
-    # shellcheck disable=SC2046
-    kill -CONT $(_pg_server_pids)
+    local pids
+    pids=$(_pg_server_pids) || return 1
+    # shellcheck disable=SC2086
+    _pg_signal CONT $pids
 }
 
 # Is the server accepting connections?
@@ -279,8 +324,7 @@ pg_server_cleanup() {
     if [ -f "$PG_SERVER_DIR/data/postmaster.pid" ]; then
         pg_server_stop fast 2>/dev/null || pg_server_stop immediate 2>/dev/null || true
         local pid
-        pid=$(head -n 1 "$PG_SERVER_DIR/data/postmaster.pid" 2>/dev/null || true)
-        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null; fi
+        if pid=$(_pg_postmaster_pid); then _pg_signal KILL "$pid"; fi
     fi
     rm -rf "$PG_SERVER_DIR"
     PG_SERVER_DIR=
