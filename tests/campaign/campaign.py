@@ -303,8 +303,6 @@ def run_until_complete(trial, target, rnd, stats, deadline):
             continue
         if p.returncode == -signal.SIGTERM and fault == "term":
             continue  # arrived before main() installed its handler: a kill, in effect
-        if p.returncode == 1 and fault in target.faults:
-            continue  # the target's fault made this run give up; the next resumes
         raise RuntimeError(f"run failed unexpectedly (status {p.returncode}, fault {fault}):\n{err}")
 
 
