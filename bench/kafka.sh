@@ -2,8 +2,10 @@
 # bench/kafka.sh - visits/s from a Kafka topic, end to end, beside a bare
 # librdkafka consumer reading the same topic, in one run.
 #
-#   bench/kafka.sh [BUILD_DIR]      (default: build; needs sessionizer,
-#                                    kafka-mock and kafka-bare built there)
+#   bench/kafka.sh [BUILD_DIR]      (default: build, or the directory of
+#                                    $BENCH_SESSIONIZER under bench/run; needs
+#                                    sessionizer, kafka-mock and kafka-bare
+#                                    built there)
 #
 # The topic: 16 partitions on build/kafka-mock (librdkafka's mock cluster, on
 # loopback), VISITS_PER_PARTITION visits each (default 45000: the mock keeps
@@ -27,6 +29,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${1:-build}
+[ -z "${1:-}" ] && [ -n "${BENCH_SESSIONIZER:-}" ] && B=$(dirname "$BENCH_SESSIONIZER")
 PER=${VISITS_PER_PARTITION:-45000}
 REPEAT=${REPEAT:-3}
 PARTS=16
@@ -112,3 +115,8 @@ echo
 printf 'best: bare-poll %d/s, bare-batch %d/s, sessionizer %d/s, file %d/s; sessionizer / bare-poll = %.2f, / bare-batch = %.2f\n' \
     "$best_bare_poll" "$best_bare_batch" "$best_sz" "$best_file" \
     "$(echo "$best_sz / $best_bare_poll" | bc -l)" "$(echo "$best_sz / $best_bare_batch" | bc -l)"
+# For bench/run's table (docs/performance.md).
+printf 'BENCH {"section": "kafka", "figure": "end to end, 16 partitions, null sink", "value": %d, "peer": "bare librdkafka consumer (consumer_poll)", "peer_value": %d, "unit": "records/s", "target": ">= 0.8x", "target_ratio": 0.8}\n' \
+    "$best_sz" "$best_bare_poll"
+printf 'BENCH {"section": "kafka", "figure": "same visits from a file (engine alone)", "value": %d, "peer": "bare librdkafka consumer (consumer_poll)", "peer_value": %d, "unit": "records/s"}\n' \
+    "$best_file" "$best_bare_poll"
