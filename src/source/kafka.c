@@ -119,6 +119,7 @@ typedef struct kafka_source {
     int32_t done;            /* --until-end: partitions at or past their end */
     int ts_type;             /* last logged timestamp type, -1 none */
     int64_t outage_since_ms; /* 0: no outage being reported */
+    int64_t outage_probe_ms;
     rd_kafka_resp_err_t last_err;
     int64_t last_err_ms;
     char last_err_str[512];
@@ -839,6 +840,9 @@ static void kafka_committed(source *s)
 {
     kafka_source *ks = (kafka_source *)s;
     if (!ks->active) return; /* the group would refuse a commit from a non-member */
+    /* During an outage a commit would only queue up behind the coordinator,
+     * and hold up a shutdown; the next checkpoint commits newer offsets. */
+    if (ks->outage_since_ms) return;
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(ks->n_parts);
     for (int32_t p = 0; p < ks->n_parts; p++)
         if (ks->parts[p].assigned && ks->parts[p].pos >= 0)
@@ -851,6 +855,17 @@ static size_t kafka_partitions(source *s, partition_info *out, size_t max)
 {
     kafka_source *ks = (kafka_source *)s;
     int64_t now = now_ms();
+    /* A quiet stream gives no sign that an outage is over (no record, no
+     * new end-of-partition event): ask, briefly, every few seconds. */
+    if (ks->outage_since_ms && now - ks->outage_probe_ms >= 5000) {
+        int64_t lo, hi;
+        ks->outage_probe_ms = now;
+        if (rd_kafka_query_watermark_offsets(ks->rk, ks->topic, 0, &lo, &hi, 200) == 0) {
+            fprintf(stderr, "sessionizer: kafka: cluster reachable again after %.1f s\n",
+                    (double)(now_ms() - ks->outage_since_ms) / 1000.0);
+            ks->outage_since_ms = 0;
+        }
+    }
     for (int32_t p = 0; p < ks->n_parts && (size_t)p < max; p++) {
         kpart *kp = &ks->parts[p];
         int64_t end;
@@ -894,7 +909,17 @@ static void kafka_close(source *s)
     /* Leave the group now rather than when its session times out, so that
      * another instance can take over at once. */
     ks->closing = 1;
-    rd_kafka_consumer_close(ks->rk);
+    /* No reference of ours into the consumer may outlive the close. */
+    rd_kafka_queue_destroy(ks->q);
+    ks->q = NULL;
+    if (ks->outage_since_ms) {
+        /* Leaving needs the coordinator, which is unreachable: closing would
+         * wait for it ~10 s. The group evicts us when our session expires. */
+        rd_kafka_destroy_flags(ks->rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+        ks->rk = NULL;
+    } else {
+        rd_kafka_consumer_close(ks->rk);
+    }
     destroy(ks);
 }
 
