@@ -211,7 +211,9 @@ class CqlTarget(SqliteTarget):
         return "ks_" + os.path.basename(trial.dir)
 
     def sink(self, trial):
-        return f"cql://127.0.0.1:{self.server.port}/{self.keyspace(trial)}"
+        # every node a contact point, as in production: one may be down at start-up
+        hosts = ",".join(f"127.0.0.{i}:{self.server.port}" for i in (1, 2, 3))
+        return f"cql://{hosts}/{self.keyspace(trial)}"
 
     def sink_opts(self, trial):
         return ["--sink-opt", "retry_timeout_ms=0"]
