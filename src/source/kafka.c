@@ -97,8 +97,8 @@ typedef struct kafka_source {
     size_t max_record;
     int64_t startup_ms, rebalance_wait_ms, session_timeout_ms, idle_ms;
     int64_t batch_ms; /* when the current batch was taken from librdkafka */
-    int64_t last_any_ms; /* when any partition last delivered a record */
     int64_t burst_ms;    /* when records came back after a pause, see poll() */
+    int quiet;           /* poll returned IDLE since the last record */
     int reset_is_error; /* auto.offset.reset=error (ours) rather than the user's choice */
     int debug;          /* -X debug=...: pass librdkafka's debug log through */
 
@@ -684,7 +684,8 @@ static int take(kafka_source *ks, rd_kafka_message_t *m, raw_record *out)
     out->oversized = m->len > ks->max_record;
     if (out->oversized) out->len = ks->max_record;
     advance(ks, kp, m->offset + 1);
-    kp->last_ms = ks->last_any_ms = ks->batch_ms;
+    kp->last_ms = ks->batch_ms;
+    ks->quiet = 0;
     rd_kafka_message_t **slot = &ks->recent[ks->recent_i++ % RECENT];
     if (*slot) rd_kafka_message_destroy(*slot);
     *slot = m;
@@ -703,17 +704,20 @@ static int kafka_poll(source *s, raw_record *out, int timeout_ms, char *err, siz
         if (ks->until_end && ks->done >= ks->n_parts) return SOURCE_END;
         while (ks->batch_i < ks->batch_n) {
             rd_kafka_message_t *m = ks->batch[ks->batch_i];
-            /* Records after a pause of sessionizer.idle.ms: by now every
-             * partition counts as caught up, and the first record would
-             * advance the closing watermark to its own partition's, while a
-             * record produced at the same moment to another partition may be
-             * a fetch behind (the reference walkthrough produces B and C
+            /* The first record after the input went quiet: partitions that
+             * count as caught up (empty ones, idle ones) would let it advance
+             * the closing watermark to its own partition's, while a record
+             * produced at the same moment to another partition may be a
+             * fetch behind (the reference walkthrough produces B and C
              * together, to different partitions). Return IDLE once first, so
              * that the job refreshes the caught-up flags, which stay down for
-             * sessionizer.idle.ms after a burst begins. */
-            if (!ks->until_end && !m->err && ks->last_any_ms &&
-                ks->batch_ms - ks->last_any_ms >= ks->idle_ms) {
-                ks->burst_ms = ks->last_any_ms = ks->batch_ms;
+             * sessionizer.idle.ms after a burst begins. A steady stream has
+             * no quiet moment and is not affected; a trickle closes sessions
+             * in steps of sessionizer.idle.ms. */
+            if (!ks->until_end && !m->err && ks->quiet &&
+                ks->batch_ms - ks->burst_ms >= ks->idle_ms) {
+                ks->burst_ms = ks->batch_ms;
+                ks->quiet = 0;
                 return SOURCE_IDLE;
             }
             ks->batch_i++;
@@ -739,7 +743,10 @@ static int kafka_poll(source *s, raw_record *out, int timeout_ms, char *err, siz
                     "partitions of %s (a member that crashed stays in the group until its "
                     "session times out)\n", ks->group, ks->topic);
         }
-        if (waited) return SOURCE_IDLE;
+        if (waited) {
+            ks->quiet = 1;
+            return SOURCE_IDLE;
+        }
         ssize_t n = rd_kafka_consume_batch_queue(ks->q, 0, ks->batch, BATCH);
         if (n < 0) {
             snprintf(err, errlen, "reading %s: %s", ks->describe,
