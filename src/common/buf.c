@@ -108,7 +108,7 @@ void buf_append_json_escaped(buf *b, const char *s, size_t len)
 void reader_init(reader *r, const void *data, size_t len)
 {
     r->p = data;
-    r->end = r->p + len;
+    r->end = data ? r->p + len : r->p; /* NULL + 0 is undefined in C */
     r->bad = 0;
 }
 

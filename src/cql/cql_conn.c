@@ -243,6 +243,7 @@ int cql_conn_next(cql_conn *c, cql_header *h, const unsigned char **body, char *
 {
     size_t flen;
     char why[200];
+    if (c->rpos == c->rbuf.len) return 0; /* nothing buffered (and maybe no buffer yet) */
     int rc = cql_frame_split(c->rbuf.data + c->rpos, c->rbuf.len - c->rpos, h, &flen, why,
                              sizeof why);
     if (rc < 0) {
