@@ -36,7 +36,10 @@
  *    the partition, nothing was delivered since, and nothing for
  *    sessionizer.idle.ms (Flink's idleness); empty partitions qualify at
  *    their first fetch, so they never stall closing, and an unassigned
- *    partition never does.
+ *    partition never does. After a quiet moment, every flag goes down for
+ *    sessionizer.idle.ms before the next record is applied (poll()), so
+ *    that records produced together to two partitions cannot close each
+ *    other's sessions early.
  *
  *  - Throughput: records are taken from librdkafka in batches
  *    (rd_kafka_consume_batch_queue, no wait) and handed out in place, one per
