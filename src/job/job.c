@@ -180,7 +180,15 @@ static void save_counters(const job *j, buf *out)
     buf_put_u64le(out, j->res->invalid);
 }
 
-static int commit(job *j)
+/* A new checkpoint is committed before the first record, with no source
+ * position (a restart starts where a first run would) but with the outputs'
+ * lengths: a crash before the first real commit then rewinds the JSON-lines
+ * outputs to what they held before this checkpoint's history began. */
+static int commit_at(job *j, int with_position);
+
+static int commit(job *j) { return commit_at(j, 1); }
+
+static int commit_at(job *j, int with_position)
 {
     /* The source position covers every polled record: apply them all first. */
     if (drain(j)) return -1;
@@ -203,7 +211,7 @@ static int commit(job *j)
         if (checkpoint_put(j->cp, key, b->data, b->len, j->err, j->errlen)) goto fail;   \
     } while (0)
     PUT("source_uri", buf_append_str(b, j->cfg->source_uri));
-    PUT("source_position", j->src->ops->position(j->src, b));
+    if (with_position) PUT("source_position", j->src->ops->position(j->src, b));
     PUT("engine", engine_save_meta(j->eng, b));
     PUT("counters", save_counters(j, b));
     if (j->snk->ops->save) PUT("sink", j->snk->ops->save(j->snk, b));
@@ -405,7 +413,7 @@ int job_run(const job_config *cfg, job_result *res, char *err, size_t errlen)
     if (cfg->checkpoint_dir) {
         j.cp = checkpoint_open(cfg->checkpoint_dir, err, errlen);
         if (!j.cp) goto out;
-        if (checkpoint_has_state(j.cp) && restore(&j)) goto out;
+        if (checkpoint_has_state(j.cp) ? restore(&j) : commit_at(&j, 0)) goto out;
     }
     rc = run_loop(&j);
 out:

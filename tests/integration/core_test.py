@@ -126,8 +126,12 @@ def t_sigkill(c):
              f"jsonl:{t}/dlq.jsonl"], rnd, 0.12)
         total += kills
         c.eq(content(f"{t}/s.db"), ref, f"trial {trial}: table after {kills} SIGKILLs equals an uninterrupted run's")
-        c.eq(open(f"{t}/dlq.jsonl", "rb").read(), open(f"{d}/ref.dlq", "rb").read(),
-             f"trial {trial}: dead letters exactly once")
+        got_dl, ref_dl = open(f"{t}/dlq.jsonl", "rb").read(), open(f"{d}/ref.dlq", "rb").read()
+        if not c.check(got_dl == ref_dl, f"trial {trial}: dead letters exactly once"):
+            import difflib
+            for line in list(difflib.unified_diff(ref_dl.decode().splitlines(), got_dl.decode().splitlines(),
+                                                  lineterm="", n=1))[:12]:
+                print("  " + line[:300], file=sys.stderr)
         s = summary(err)
         c.eq(s["records"], 120000, f"trial {trial}: every record counted once across restarts")
         c.eq(s["records"], s["closed_visits"] + s["dead"], f"trial {trial}: counts reconcile")
