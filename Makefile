@@ -46,7 +46,7 @@ demo: build
 	@sqlite3 -header -column demo/sessions.db \
 	  "SELECT session_id, user_id, pages, ingestion_time FROM sessions ORDER BY user_id, pages"
 
-bench: build
+bench: deps
 	bench/run
 
 clean:
