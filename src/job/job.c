@@ -298,7 +298,9 @@ static int restore(job *j)
 static int update_partitions(job *j, int print_progress, double rate)
 {
     if (!j->src->ops->partitions) return 0;
-    /* A caught-up signal speaks of every record polled so far. */
+    /* A caught-up signal speaks of every record polled so far: they must all
+     * be applied first, or a partition's last records could meet a closing
+     * watermark that its own flag advanced. */
     if (drain(j)) return -1;
     size_t n = j->src->ops->partitions(j->src, j->parts, MAX_PARTITIONS);
     if (n > MAX_PARTITIONS) n = MAX_PARTITIONS;
@@ -354,7 +356,7 @@ static int run_loop(job *j)
             if (enqueue(j, &rec)) return -1;
         }
         if (st == SOURCE_END) {
-            if (drain(j) || update_partitions(j, 0, 0)) return -1;
+            if (update_partitions(j, 0, 0)) return -1;
             if (cfg->until_end && engine_close_all(j->eng)) return -1;
             return commit(j);
         }
@@ -363,13 +365,11 @@ static int run_loop(job *j)
         if (st == SOURCE_IDLE || (j->res->records & 63) == 0) {
             double t = now_s();
             int show = progress_every > 0 && t - last_progress >= progress_every;
-            /* Caught-up flags also when busy (an idle partition must not hold
-             * back closing while the others stream), and only once every
-             * polled record is applied: a partition's last records must not
-             * meet a closing watermark that its caught-up flag advanced. */
+            /* Caught-up flags also when busy: an idle partition must not hold
+             * back closing while the others stream. */
             if (st == SOURCE_IDLE || show || t - last_partitions >= 1.0) {
                 double rate = (double)(j->res->records - at_last_progress) / (t - last_progress);
-                if (drain(j) || update_partitions(j, show, rate)) return -1;
+                if (update_partitions(j, show, rate)) return -1;
                 last_partitions = t;
                 if (show) last_progress = t, at_last_progress = j->res->records;
             }
@@ -409,7 +409,7 @@ int job_run(const job_config *cfg, job_result *res, char *err, size_t errlen)
     engine_callbacks cb = {.ctx = &j, .on_close = on_close, .on_reject = on_reject};
     j.eng = engine_new(&ec, &cb);
     j.parser = record_parser_new();
-    j.parts = calloc(MAX_PARTITIONS, sizeof *j.parts);
+    j.parts = xcalloc(MAX_PARTITIONS, sizeof *j.parts);
     if (cfg->checkpoint_dir) {
         j.cp = checkpoint_open(cfg->checkpoint_dir, err, errlen);
         if (!j.cp) goto out;
