@@ -523,7 +523,8 @@ class KafkaTarget(SqliteTarget):
         return (f"kafka: topics by layout {self.layouts}; runs by fetch sizes {self.fetches}; "
                 f"broker_down: one broker {self.down_one}, all brokers {self.down_all}; "
                 f"runs that reported the cluster unreachable {self.outages_seen}; "
-                f"restarts in the group of a SIGKILLed run {self.waited_eviction}")
+                f"runs that reused the group of a run drawn for SIGKILL (or checkpoint loss, a SIGKILL too; "
+                f"whether or not it landed) {self.waited_eviction}")
 
 
 TARGETS = {"sqlite": SqliteTarget, "jsonl": JsonlTarget, "postgresql": PostgresTarget,
