@@ -41,12 +41,38 @@
  *    that records produced together to two partitions cannot close each
  *    other's sessions early.
  *
- *  - Throughput: records are taken from librdkafka in batches
- *    (rd_kafka_consume_batch_queue, no wait) and handed out in place, one per
- *    poll; only when the local queue is empty does poll block in
- *    rd_kafka_consumer_poll, so a live record is delivered as soon as it
- *    arrives. The last RECENT messages stay alive, for the dead-letter
- *    output's key lookup (kafka.h).
+ *  - Throughput: a consumer thread (started by the first poll(), after
+ *    seek()) takes the messages from librdkafka in batches
+ *    (rd_kafka_consume_batch_queue, no wait; rd_kafka_consumer_poll when
+ *    nothing is queued, so a live record is delivered as soon as it arrives)
+ *    and hands them to the job's thread through a bounded single-producer
+ *    single-consumer ring; poll() hands them out in place, one per call. So
+ *    taking a record from librdkafka overlaps with parsing and the engine.
+ *    The messages the job is done with go back to the thread through a
+ *    second ring and are destroyed there: freeing them on the job's thread
+ *    cost it about as much as the engine (they come from the fetcher's
+ *    malloc arena, whose lock it then fought over). The last RECENT
+ *    messages stay alive, for the dead-letter output's key lookup (kafka.h).
+ *
+ *  - Threads: the consumer thread only moves messages. It reads and writes
+ *    none of the source's state (positions, flags, assignment, errors): the
+ *    callbacks librdkafka serves on it (rebalance, error, offset commit)
+ *    become events in the ring, in order with the messages, and are handled
+ *    on the job's thread when poll() reaches them; a rebalance callback waits
+ *    on the consumer thread until the job's thread has handled it
+ *    (rd_kafka_assign and friends are thread-safe), since the group protocol
+ *    goes on when the callback returns. So position() speaks only of records
+ *    handed to the job, never of records still in the ring, and everything
+ *    else is as single-threaded as before. close() stops the thread first,
+ *    handling what it still hands over (a pending rebalance), then
+ *    rd_kafka_consumer_close serves the last callbacks on the job's thread.
+ *    Shared between the threads: the ring slots (published with seq_cst /
+ *    release stores of the indices, read after acquire loads), the stop and
+ *    sleep flags (atomics), and an event's `done` (under ring_mu). The logger
+ *    runs on librdkafka's threads and reads only `debug`, set before
+ *    rd_kafka_new. Memory held outside librdkafka's queue accounting: at
+ *    most RING messages and RING_BYTES of payload (checked before each
+ *    batch) in the ring, plus RECENT, plus retired ones not yet destroyed.
  *
  *  - Failures: librdkafka reconnects by itself, so a broker outage is only
  *    reported (poll returns IDLE meanwhile) and reading resumes at our
@@ -57,19 +83,30 @@
  *    error that says so.
  */
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include <librdkafka/rdkafka.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 
 #include "common/xalloc.h"
 #include "source/kafka.h"
 #include "source/source.h"
 
-#define BATCH 1024
+#define BATCH 1024       /* most messages the consumer thread takes at once */
+#define RING 4096        /* messages between the consumer thread and the job, power of 2 */
+#define RING_BYTES (16u << 20) /* and at most this many payload bytes (big records) */
+#define PUBLISH_EVERY 32 /* the job frees ring slots in steps of this many */
+#define THREAD_WAIT_MS 100
+#define JOB_STALL_MS 1000 /* the thread stops polling librdkafka when the job has not polled for this long */
+#define RETIRE_RING 8192 /* messages the job hands back to the thread to destroy */
 #define RECENT 64 /* > the job's pipeline depth */
 #define POSITION_VERSION 1u
 #define DEFAULT_STARTUP_MS 15000
@@ -88,6 +125,23 @@ typedef struct kpart {
     int assigned;     /* the group gave it to us and we are reading it */
 } kpart;
 
+/* What a librdkafka callback served on the consumer thread hands to the job's
+ * thread, in order with the messages (see "Threads" at the top). */
+enum kevent_kind { EV_ERROR, EV_COMMIT, EV_REBALANCE, EV_FAIL };
+typedef struct kevent {
+    enum kevent_kind kind;
+    rd_kafka_resp_err_t err;
+    char reason[512];                      /* EV_ERROR, EV_FAIL */
+    rd_kafka_topic_partition_list_t *list; /* EV_REBALANCE: the callback's own */
+    int done;                              /* EV_REBALANCE: handled (under ring_mu) */
+} kevent;
+
+/* A ring slot: a message, or (m == NULL) an event. */
+typedef struct kentry {
+    rd_kafka_message_t *m;
+    kevent *ev;
+} kentry;
+
 typedef struct kafka_source {
     source base;
     rd_kafka_t *rk;
@@ -105,8 +159,41 @@ typedef struct kafka_source {
     int reset_is_error; /* auto.offset.reset=error (ours) rather than the user's choice */
     int debug;          /* -X debug=...: pass librdkafka's debug log through */
 
-    rd_kafka_message_t *batch[BATCH];
-    size_t batch_n, batch_i;
+    /* The ring from the consumer thread (producer) to the job's thread
+     * (consumer): single producer, single consumer. Slots [head, tail) are
+     * the job's; the thread writes a slot only after the job published its
+     * head past it. Indices count up forever (mod RING for the slot). */
+    kentry ring[RING];
+    char pad0[64];
+    _Atomic size_t ring_tail;    /* written by the thread */
+    char pad1[64];
+    _Atomic size_t ring_head;    /* written by the job (every PUBLISH_EVERY) */
+    _Atomic size_t ring_bytes;   /* payload bytes in the ring */
+    atomic_int job_waiting;      /* the job sleeps on ring_data */
+    atomic_int thread_waiting;   /* the thread sleeps on ring_space */
+    atomic_int stop;             /* close(): the thread is to exit */
+    atomic_int exited;           /* the thread has exited */
+    _Atomic int64_t job_alive_ms; /* the job last looked at the ring */
+    /* The way back: messages the job is done with, destroyed on the
+     * thread (freeing them on the job's thread costs it as much as the
+     * engine: they come from the fetcher's malloc arena, whose lock it then
+     * fights over). Slots [retire_head, retire_tail) are the thread's. */
+    rd_kafka_message_t *retired[RETIRE_RING];
+    char pad2[64];
+    _Atomic size_t retire_tail;  /* written by the job (with ring_head) */
+    _Atomic size_t retire_head;  /* written by the thread */
+    char pad3[64];
+    /* the job's side */
+    size_t head, tail_seen, head_published, bytes_popped;
+    size_t r_tail, r_head_seen;
+    /* the thread's side */
+    size_t t_tail, t_head_seen, t_retire_head;
+    rd_kafka_message_t *t_batch[BATCH];
+    pthread_mutex_t ring_mu;
+    pthread_cond_t ring_data, ring_space, ring_done;
+    int ring_init;               /* ring_mu and the conds exist */
+    pthread_t thread;
+    int thread_started;
     /* The last RECENT records delivered, still alive: the job may write a
      * dead letter for a record a few polls after it (its parse pipeline),
      * and the Kafka dead-letter output wants that record's key. */
@@ -151,8 +238,157 @@ static void fail(kafka_source *ks, const char *fmt, ...)
     ks->fatal = 1;
 }
 
-/* ---- librdkafka callbacks (all served on the job's thread, from poll,
- * except the logger) ------------------------------------------------------ */
+/* ---- the ring between the consumer thread and the job's thread ----------
+ *
+ * Both sides publish their index with a seq_cst store and then look whether
+ * the other side sleeps (job_waiting, thread_waiting); a sleeper sets its
+ * flag under ring_mu and looks at the index again before it waits, so no
+ * wake-up is lost (and every wait is timed besides). */
+
+static _Thread_local int on_consumer_thread;
+
+static struct timespec deadline_in(int ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+    return ts;
+}
+
+/* The thread sleeps until a quarter of the ring is free (fewer wake-ups). */
+static int ring_roomy(size_t tail, size_t head, size_t bytes)
+{
+    return tail - head <= RING - RING / 4 && bytes < RING_BYTES;
+}
+
+/* Thread: destroys the messages the job handed back. */
+static void ring_reap(kafka_source *ks)
+{
+    size_t t = atomic_load_explicit(&ks->retire_tail, memory_order_acquire);
+    if (t == ks->t_retire_head) return;
+    for (; ks->t_retire_head != t; ks->t_retire_head++)
+        rd_kafka_message_destroy(ks->retired[ks->t_retire_head % RETIRE_RING]);
+    atomic_store_explicit(&ks->retire_head, t, memory_order_release);
+}
+
+/* Job: a message it is done with, for the thread to destroy (or itself,
+ * when there is no thread or no room). */
+static void retire(kafka_source *ks, rd_kafka_message_t *m)
+{
+    if (ks->thread_started && !atomic_load_explicit(&ks->stop, memory_order_relaxed)) {
+        if (ks->r_tail - ks->r_head_seen >= RETIRE_RING)
+            ks->r_head_seen = atomic_load_explicit(&ks->retire_head, memory_order_acquire);
+        if (ks->r_tail - ks->r_head_seen < RETIRE_RING) {
+            ks->retired[ks->r_tail++ % RETIRE_RING] = m;
+            return;
+        }
+    }
+    rd_kafka_message_destroy(m);
+}
+
+/* Thread: makes the slots filled so far visible to the job. */
+static void ring_publish_tail(kafka_source *ks)
+{
+    atomic_store(&ks->ring_tail, ks->t_tail);
+    if (atomic_load(&ks->job_waiting)) {
+        pthread_mutex_lock(&ks->ring_mu);
+        pthread_cond_signal(&ks->ring_data);
+        pthread_mutex_unlock(&ks->ring_mu);
+    }
+}
+
+/* Thread: returns when there is a free slot (and, bytes_too, the ring holds
+ * less than RING_BYTES of payload). The job always frees slots in the end:
+ * it polls, and close() drains the ring until the thread has exited. */
+static void ring_wait_room(kafka_source *ks, int bytes_too)
+{
+    for (;;) {
+        if (ks->t_tail - ks->t_head_seen < RING &&
+            (!bytes_too || atomic_load(&ks->ring_bytes) < RING_BYTES))
+            return;
+        ks->t_head_seen = atomic_load(&ks->ring_head);
+        if (ks->t_tail - ks->t_head_seen < RING &&
+            (!bytes_too || atomic_load(&ks->ring_bytes) < RING_BYTES))
+            return;
+        ring_publish_tail(ks);
+        pthread_mutex_lock(&ks->ring_mu);
+        atomic_store(&ks->thread_waiting, 1);
+        if (!ring_roomy(ks->t_tail, atomic_load(&ks->ring_head), atomic_load(&ks->ring_bytes))) {
+            struct timespec ts = deadline_in(THREAD_WAIT_MS);
+            pthread_cond_timedwait(&ks->ring_space, &ks->ring_mu, &ts);
+        }
+        atomic_store(&ks->thread_waiting, 0);
+        pthread_mutex_unlock(&ks->ring_mu);
+        ring_reap(ks);
+    }
+}
+
+/* Thread: appends a message or an event (not yet visible to the job). */
+static void ring_push(kafka_source *ks, rd_kafka_message_t *m, kevent *ev)
+{
+    ring_wait_room(ks, 0);
+    ks->ring[ks->t_tail % RING] = (kentry){.m = m, .ev = ev};
+    ks->t_tail++;
+}
+
+/* Job: gives the slots taken so far back to the thread. */
+static void ring_publish_head(kafka_source *ks)
+{
+    atomic_store_explicit(&ks->retire_tail, ks->r_tail, memory_order_release);
+    if (ks->head == ks->head_published) return;
+    atomic_store(&ks->ring_head, ks->head);
+    size_t bytes = atomic_fetch_sub(&ks->ring_bytes, ks->bytes_popped) - ks->bytes_popped;
+    ks->head_published = ks->head;
+    ks->bytes_popped = 0;
+    if (atomic_load(&ks->thread_waiting) &&
+        ring_roomy(atomic_load(&ks->ring_tail), ks->head, bytes)) {
+        pthread_mutex_lock(&ks->ring_mu);
+        pthread_cond_signal(&ks->ring_space);
+        pthread_mutex_unlock(&ks->ring_mu);
+    }
+}
+
+/* Job: the oldest slot, NULL when there is none. */
+static const kentry *ring_peek(kafka_source *ks)
+{
+    if (ks->head == ks->tail_seen) {
+        ks->tail_seen = atomic_load_explicit(&ks->ring_tail, memory_order_acquire);
+        if (ks->head == ks->tail_seen) return NULL;
+        ks->batch_ms = now_ms();
+        atomic_store_explicit(&ks->job_alive_ms, ks->batch_ms, memory_order_relaxed);
+    }
+    return &ks->ring[ks->head % RING];
+}
+
+/* Job: frees the oldest slot (after it copied it). */
+static void ring_pop(kafka_source *ks, const kentry *e)
+{
+    if (e->m) ks->bytes_popped += e->m->len;
+    ks->head++;
+    if (ks->head - ks->head_published >= PUBLISH_EVERY) ring_publish_head(ks);
+}
+
+/* Job: waits up to timeout_ms for the thread to publish something. */
+static void ring_wait_data(kafka_source *ks, int timeout_ms)
+{
+    ring_publish_head(ks);
+    atomic_store_explicit(&ks->job_alive_ms, now_ms(), memory_order_relaxed);
+    pthread_mutex_lock(&ks->ring_mu);
+    if (atomic_load(&ks->thread_waiting)) pthread_cond_signal(&ks->ring_space); /* maybe stalled */
+    atomic_store(&ks->job_waiting, 1);
+    if (atomic_load(&ks->ring_tail) == ks->head && !atomic_load(&ks->exited)) {
+        struct timespec ts = deadline_in(timeout_ms);
+        pthread_cond_timedwait(&ks->ring_data, &ks->ring_mu, &ts);
+    }
+    atomic_store(&ks->job_waiting, 0);
+    pthread_mutex_unlock(&ks->ring_mu);
+}
+
+/* ---- librdkafka callbacks (served on the consumer thread while it runs,
+ * which passes them on as events; on the job's thread in open() and
+ * close(); the logger on librdkafka's threads) ----------------------------- */
 
 static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *msg)
 {
@@ -228,10 +464,22 @@ static void on_error(kafka_source *ks, rd_kafka_resp_err_t err, const char *reas
     }
 }
 
+static void on_commit(kafka_source *ks, rd_kafka_resp_err_t err);
+
 static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
     (void)rk;
-    on_error(opaque, (rd_kafka_resp_err_t)err, reason);
+    kafka_source *ks = opaque;
+    if (!on_consumer_thread) {
+        on_error(ks, (rd_kafka_resp_err_t)err, reason);
+        return;
+    }
+    kevent *ev = xcalloc(1, sizeof *ev);
+    ev->kind = EV_ERROR;
+    ev->err = (rd_kafka_resp_err_t)err;
+    snprintf(ev->reason, sizeof ev->reason, "%s", reason);
+    ring_push(ks, NULL, ev);
+    ring_publish_tail(ks);
 }
 
 static void commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
@@ -239,6 +487,19 @@ static void commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 {
     (void)rk, (void)offsets;
     kafka_source *ks = opaque;
+    if (!on_consumer_thread) {
+        on_commit(ks, err);
+        return;
+    }
+    kevent *ev = xcalloc(1, sizeof *ev);
+    ev->kind = EV_COMMIT;
+    ev->err = err;
+    ring_push(ks, NULL, ev);
+    ring_publish_tail(ks);
+}
+
+static void on_commit(kafka_source *ks, rd_kafka_resp_err_t err)
+{
     /* Only lag tools read these offsets; a failed commit is retried with the
      * next checkpoint, so it is worth a line, not a failure. */
     if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET && now_ms() - ks->last_err_ms >= 10000) {
@@ -280,10 +541,36 @@ static int64_t pause_limit_ms(const kafka_source *ks)
     return 4 * ks->session_timeout_ms + 30000;
 }
 
+/* A rebalance served on the consumer thread waits there for the job's
+ * thread to handle it (rebalance() below, from poll() or close()): the
+ * group protocol goes on once the callback returns, and rd_kafka_assign()
+ * may be called from any thread. */
+static void rebalance(kafka_source *ks, rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                      rd_kafka_topic_partition_list_t *list);
+
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *list, void *opaque)
 {
     kafka_source *ks = opaque;
+    if (!on_consumer_thread) {
+        rebalance(ks, rk, err, list);
+        return;
+    }
+    kevent *ev = xcalloc(1, sizeof *ev);
+    ev->kind = EV_REBALANCE;
+    ev->err = err;
+    ev->list = list;
+    ring_push(ks, NULL, ev);
+    ring_publish_tail(ks);
+    pthread_mutex_lock(&ks->ring_mu);
+    while (!ev->done) pthread_cond_wait(&ks->ring_done, &ks->ring_mu);
+    pthread_mutex_unlock(&ks->ring_mu);
+    free(ev);
+}
+
+static void rebalance(kafka_source *ks, rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                      rd_kafka_topic_partition_list_t *list)
+{
     if (strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0) {
         fail(ks, "group %s uses a cooperative assignor, which sessionizer does not support "
              "(remove partition.assignment.strategy from -X)", ks->group);
@@ -447,6 +734,12 @@ static void destroy(kafka_source *ks)
     if (ks->rk) {
         if (ks->q) rd_kafka_queue_destroy(ks->q);
         rd_kafka_destroy(ks->rk);
+    }
+    if (ks->ring_init) {
+        pthread_mutex_destroy(&ks->ring_mu);
+        pthread_cond_destroy(&ks->ring_data);
+        pthread_cond_destroy(&ks->ring_space);
+        pthread_cond_destroy(&ks->ring_done);
     }
     free(ks->parts);
     free(ks->brokers);
@@ -657,17 +950,17 @@ static int take(kafka_source *ks, rd_kafka_message_t *m, raw_record *out)
         } else {
             on_error(ks, m->err, rd_kafka_message_errstr(m));
         }
-        rd_kafka_message_destroy(m);
+        retire(ks, m);
         return 0;
     }
     int32_t p = m->partition;
     if (p < 0 || p >= ks->n_parts || !ks->parts[p].assigned) {
-        rd_kafka_message_destroy(m); /* from an assignment we no longer hold */
+        retire(ks, m); /* from an assignment we no longer hold */
         return 0;
     }
     kpart *kp = &ks->parts[p];
     if ((kp->pos >= 0 && m->offset < kp->pos) || (ks->until_end && m->offset >= kp->end)) {
-        rd_kafka_message_destroy(m); /* already applied, or beyond --until-end */
+        retire(ks, m); /* already applied, or beyond --until-end */
         return 0;
     }
     if (ks->outage_since_ms) {
@@ -690,9 +983,143 @@ static int take(kafka_source *ks, rd_kafka_message_t *m, raw_record *out)
     kp->last_ms = ks->batch_ms;
     ks->quiet = 0;
     rd_kafka_message_t **slot = &ks->recent[ks->recent_i++ % RECENT];
-    if (*slot) rd_kafka_message_destroy(*slot);
+    if (*slot) retire(ks, *slot);
     *slot = m;
     return 1;
+}
+
+/* ---- the consumer thread ------------------------------------------------ */
+
+/* It only moves messages from librdkafka into the ring, and the events of
+ * the callbacks librdkafka serves on it (rebalance, error, commit) in order
+ * with them; it reads nothing of the source's state. */
+static void *consumer_thread(void *arg)
+{
+    kafka_source *ks = arg;
+    on_consumer_thread = 1;
+#ifdef __linux__
+    prctl(PR_SET_NAME, "sz:kafka-poll", 0, 0, 0); /* for top and perf */
+#endif
+    while (!atomic_load(&ks->stop)) {
+        ring_reap(ks);
+        if (now_ms() - atomic_load_explicit(&ks->job_alive_ms, memory_order_relaxed) > JOB_STALL_MS) {
+            /* The job is busy elsewhere (a long commit) or stuck: stop
+             * polling too, as a single-threaded consumer would, so that
+             * librdkafka's max.poll.interval.ms still notices a stuck job
+             * even when the ring is not full. */
+            ring_publish_tail(ks);
+            pthread_mutex_lock(&ks->ring_mu);
+            atomic_store(&ks->thread_waiting, 1);
+            if (now_ms() - atomic_load(&ks->job_alive_ms) > JOB_STALL_MS) {
+                struct timespec ts = deadline_in(THREAD_WAIT_MS);
+                pthread_cond_timedwait(&ks->ring_space, &ks->ring_mu, &ts);
+            }
+            atomic_store(&ks->thread_waiting, 0);
+            pthread_mutex_unlock(&ks->ring_mu);
+            continue;
+        }
+        ring_wait_room(ks, 1);
+        size_t room = RING - (ks->t_tail - ks->t_head_seen);
+        ssize_t n = rd_kafka_consume_batch_queue(ks->q, 0, ks->t_batch, room < BATCH ? room : BATCH);
+        if (n == 0) {
+            /* Nothing queued: let the job see what there is, and wait for
+             * the next message, served as soon as it arrives. */
+            ring_publish_tail(ks);
+            rd_kafka_message_t *m = rd_kafka_consumer_poll(ks->rk, THREAD_WAIT_MS);
+            if (m) ks->t_batch[0] = m, n = 1;
+        }
+        if (n < 0) {
+            kevent *ev = xcalloc(1, sizeof *ev);
+            ev->kind = EV_FAIL;
+            snprintf(ev->reason, sizeof ev->reason, "%s",
+                     rd_kafka_err2str(rd_kafka_last_error()));
+            ring_push(ks, NULL, ev);
+            break;
+        }
+        size_t bytes = 0;
+        for (ssize_t i = 0; i < n; i++) bytes += ks->t_batch[i]->len;
+        if (bytes) atomic_fetch_add(&ks->ring_bytes, bytes);
+        for (ssize_t i = 0; i < n; i++) ring_push(ks, ks->t_batch[i], NULL);
+        ring_publish_tail(ks);
+    }
+    ring_publish_tail(ks);
+    pthread_mutex_lock(&ks->ring_mu);
+    atomic_store(&ks->exited, 1);
+    pthread_cond_broadcast(&ks->ring_data);
+    pthread_mutex_unlock(&ks->ring_mu);
+    return NULL;
+}
+
+static int start_thread(kafka_source *ks, char *err, size_t errlen)
+{
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(&ks->ring_mu, NULL);
+    pthread_cond_init(&ks->ring_data, &ca);
+    pthread_cond_init(&ks->ring_space, &ca);
+    pthread_cond_init(&ks->ring_done, &ca);
+    pthread_condattr_destroy(&ca);
+    ks->ring_init = 1;
+    atomic_store(&ks->job_alive_ms, now_ms());
+    int e = pthread_create(&ks->thread, NULL, consumer_thread, ks);
+    if (e) {
+        snprintf(err, errlen, "reading %s: cannot start the consumer thread: %s", ks->describe,
+                 strerror(e));
+        return -1;
+    }
+    ks->thread_started = 1;
+    return 0;
+}
+
+/* Job: an event from the consumer thread, in its place among the messages. */
+static void handle_event(kafka_source *ks, kevent *ev)
+{
+    switch (ev->kind) {
+    case EV_ERROR:
+        on_error(ks, ev->err, ev->reason);
+        break;
+    case EV_COMMIT:
+        on_commit(ks, ev->err);
+        break;
+    case EV_FAIL:
+        fail(ks, "reading %s: %s", ks->describe, ev->reason);
+        break;
+    case EV_REBALANCE:
+        rebalance(ks, ks->rk, ev->err, ev->list);
+        /* the thread frees ev once it sees done */
+        pthread_mutex_lock(&ks->ring_mu);
+        ev->done = 1;
+        pthread_cond_broadcast(&ks->ring_done);
+        pthread_mutex_unlock(&ks->ring_mu);
+        return;
+    }
+    free(ev);
+}
+
+/* Job: stops the thread, handling what it still hands over (a rebalance
+ * waits for that), and drops the messages. */
+static void stop_thread(kafka_source *ks)
+{
+    if (!ks->thread_started) return;
+    atomic_store(&ks->stop, 1);
+    rd_kafka_queue_yield(ks->q);
+    for (;;) {
+        const kentry *e;
+        while ((e = ring_peek(ks))) {
+            kentry c = *e;
+            ring_pop(ks, &c);
+            if (c.m) rd_kafka_message_destroy(c.m);
+            else handle_event(ks, c.ev);
+        }
+        if (atomic_load(&ks->exited) && ks->head == atomic_load(&ks->ring_tail)) break;
+        ring_wait_data(ks, 10);
+    }
+    ring_publish_head(ks);
+    pthread_join(ks->thread, NULL);
+    ks->thread_started = 0;
+    for (size_t i = atomic_load(&ks->retire_head); i != ks->r_tail; i++)
+        rd_kafka_message_destroy(ks->retired[i % RETIRE_RING]);
 }
 
 static int kafka_poll(source *s, raw_record *out, int timeout_ms, char *err, size_t errlen)
@@ -705,8 +1132,14 @@ static int kafka_poll(source *s, raw_record *out, int timeout_ms, char *err, siz
             return SOURCE_ERROR;
         }
         if (ks->until_end && ks->done >= ks->n_parts) return SOURCE_END;
-        while (ks->batch_i < ks->batch_n) {
-            rd_kafka_message_t *m = ks->batch[ks->batch_i];
+        const kentry *e = ring_peek(ks);
+        if (e) {
+            kentry c = *e;
+            if (!c.m) {
+                ring_pop(ks, &c);
+                handle_event(ks, c.ev);
+                continue;
+            }
             /* The first record after the input went quiet: partitions that
              * count as caught up (empty ones, idle ones) would let it advance
              * the closing watermark to its own partition's, while a record
@@ -717,18 +1150,16 @@ static int kafka_poll(source *s, raw_record *out, int timeout_ms, char *err, siz
              * sessionizer.idle.ms after a burst begins. A steady stream has
              * no quiet moment and is not affected; a trickle closes sessions
              * in steps of sessionizer.idle.ms. */
-            if (!ks->until_end && !m->err && ks->quiet &&
+            if (!ks->until_end && !c.m->err && ks->quiet &&
                 ks->batch_ms - ks->burst_ms >= ks->idle_ms) {
                 ks->burst_ms = ks->batch_ms;
                 ks->quiet = 0;
                 return SOURCE_IDLE;
             }
-            ks->batch_i++;
-            if (take(ks, m, out)) return SOURCE_RECORD;
-            if (ks->fatal || (ks->until_end && ks->done >= ks->n_parts)) break;
+            ring_pop(ks, &c);
+            if (take(ks, c.m, out)) return SOURCE_RECORD;
+            continue; /* the loop's top reports a failure or the end first */
         }
-        if (ks->batch_i < ks->batch_n) continue; /* report the failure or the end first */
-        ks->batch_i = ks->batch_n = 0;
         if (ks->paused_since_ms && now_ms() - ks->paused_since_ms > pause_limit_ms(ks)) {
             snprintf(err, errlen, "consumer group %s has another member holding part of topic "
                      "%s (for more than %.0f s). One sessionizer instance must read every "
@@ -750,26 +1181,11 @@ static int kafka_poll(source *s, raw_record *out, int timeout_ms, char *err, siz
             ks->quiet = 1;
             return SOURCE_IDLE;
         }
-        ssize_t n = rd_kafka_consume_batch_queue(ks->q, 0, ks->batch, BATCH);
-        if (n < 0) {
-            snprintf(err, errlen, "reading %s: %s", ks->describe,
-                     rd_kafka_err2str(rd_kafka_last_error()));
-            return SOURCE_ERROR;
-        }
-        if (n > 0) {
-            ks->batch_n = (size_t)n;
-            ks->batch_ms = now_ms();
-            continue;
-        }
-        /* Nothing queued: wait for the next message, served as soon as it
-         * arrives (the batch call above does not wait). */
+        /* The thread starts at the first poll, after seek(). */
+        if (!ks->thread_started && start_thread(ks, err, errlen)) return SOURCE_ERROR;
         waited = 1;
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(ks->rk, timeout_ms);
-        if (m) {
-            ks->batch[0] = m;
-            ks->batch_n = 1;
-            ks->batch_ms = now_ms();
-        }
+        /* In steps shorter than JOB_STALL_MS: a job that waits is alive. */
+        ring_wait_data(ks, timeout_ms < JOB_STALL_MS / 2 ? timeout_ms : JOB_STALL_MS / 2);
     }
 }
 
@@ -915,10 +1331,12 @@ static void kafka_close(source *s)
     if (!ks) return;
     for (size_t i = 0; i < RECENT; i++)
         if (ks->recent[i]) rd_kafka_message_destroy(ks->recent[i]);
-    for (size_t i = ks->batch_i; i < ks->batch_n; i++) rd_kafka_message_destroy(ks->batch[i]);
     /* Leave the group now rather than when its session times out, so that
      * another instance can take over at once. */
     ks->closing = 1;
+    /* From here on librdkafka serves its callbacks on this thread (in
+     * rd_kafka_consumer_close). */
+    stop_thread(ks);
     /* No reference of ours into the consumer may outlive the close. */
     rd_kafka_queue_destroy(ks->q);
     ks->q = NULL;

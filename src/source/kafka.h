@@ -6,7 +6,8 @@
  * Neither fact travels through the generic interfaces (a raw_record has no
  * key, a dead-letter output is opened with its own URI only), so the Kafka
  * source publishes them here while it is open. There is at most one source
- * per process, and the job is single-threaded.
+ * per process. These are called on the job's thread only: the Kafka source's
+ * consumer thread never touches what they read (kafka.c, "Threads").
  */
 #ifndef SESSIONIZER_SOURCE_KAFKA_H
 #define SESSIONIZER_SOURCE_KAFKA_H
