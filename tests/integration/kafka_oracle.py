@@ -57,23 +57,10 @@ def main():
                 counts["late"] += 1
                 continue
             max_t = t if max_t is None else max(max_t, t)
-            visits.append((u, t, p, off, ts, page))
-    visits.sort(key=lambda v: (v[0], v[1], v[2], v[3]))
-    rows = []
-    i = 0
-    while i < len(visits):
-        j = i + 1
-        while j < len(visits) and visits[j][0] == visits[i][0] and \
-                visits[j][1] - visits[j - 1][1] <= gap:
-            j += 1
-        group = visits[i:j]
-        first = min(group, key=lambda v: (v[4], v[2], v[3]))
-        sid = oracle.session_id(group[0][0], first[4], first[2], first[3])
-        pages = json.dumps([v[5] for v in group], separators=(",", ":"), ensure_ascii=False)
-        rows.append((sid, group[0][0], pages))
-        counts["visits"] += len(group)
-        counts["sessions"] += 1
-        i = j
+            visits.append((u, t, ts, p, off, page))
+    table = oracle.group_sessions(visits, gap, None, counts)
+    rows = [(sid, u, json.dumps(pages, separators=(",", ":"), ensure_ascii=False))
+            for (sid, u), pages in table.items()]
     rows.sort()
     if a.counts:
         print(json.dumps(counts))

@@ -112,8 +112,18 @@ def sessions(data, gap_us=50_000_000, lateness_us=10_000_000, max_pages=10000):
             counts["late"] += 1
             continue
         max_t = t if max_t is None else max(max_t, t)
-        visits.append((u, t, pos, p))
-    visits.sort()
+        visits.append((u, t, 0, 0, pos, p))
+    rows = group_sessions(visits, gap_us, max_pages, counts)
+    return rows, counts
+
+
+def group_sessions(visits, gap_us, max_pages=None, counts=None):
+    """The sessions of accepted visits, each (user, t, append_ts, partition,
+    offset, page): per user, runs of times with gaps <= G; pages in (t,
+    partition, offset) order, the first max_pages kept; the id from the
+    earliest-appended visit by (append_ts, partition, offset). Returns
+    {(session_id, user_id): pages}; adds visits and capped to counts."""
+    visits = sorted(visits, key=lambda v: (v[0], v[1], v[3], v[4]))
     rows = {}
     i = 0
     while i < len(visits):
@@ -121,10 +131,13 @@ def sessions(data, gap_us=50_000_000, lateness_us=10_000_000, max_pages=10000):
         while j < len(visits) and visits[j][0] == visits[i][0] and visits[j][1] - visits[j - 1][1] <= gap_us:
             j += 1
         group = visits[i:j]
-        first = min(v[2] for v in group)
-        pages = [v[3] for v in group]
-        counts["capped"] += max(0, len(pages) - max_pages)
-        counts["visits"] += min(len(pages), max_pages)
-        rows[(session_id(group[0][0], 0, 0, first), group[0][0])] = pages[:max_pages]
+        first = min(group, key=lambda v: (v[2], v[3], v[4]))
+        pages = [v[5] for v in group]
+        kept = pages if max_pages is None else pages[:max_pages]
+        if counts is not None:
+            counts["capped"] = counts.get("capped", 0) + len(pages) - len(kept)
+            counts["visits"] = counts.get("visits", 0) + len(kept)
+            counts["sessions"] = counts.get("sessions", 0) + 1
+        rows[(session_id(group[0][0], first[2], first[3], first[4]), group[0][0])] = kept
         i = j
-    return rows, counts
+    return rows
