@@ -116,10 +116,10 @@ class SqliteTarget:
         pass
 
     def sink(self, trial):
-        return f"sqlite:{trial.dir}/target.db"
+        return f"sqlite:{trial.dir}/{self.name}.db"  # one table per target
 
     def table(self, trial):
-        return content(f"{trial.dir}/target.db")
+        return content(f"{trial.dir}/{self.name}.db")
 
     def inject(self, fault, rnd):
         pass
