@@ -45,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/keyed_sort.h"
 #include "common/xalloc.h"
 #include "engine/session_id.h"
 
@@ -76,10 +77,10 @@ static inline char *arena_of(const session *s)
     return (char *)s->store + (size_t)s->cap_pages * sizeof(page_entry);
 }
 
-typedef struct close_entry {
-    uint64_t key; /* close_key(t) for some t <= s->last_t: stale until re-keyed */
-    session *s;
-} close_entry;
+/* An entry of the close queue: key = close_key(t) for some t <= the
+ * session's last_t (stale until re-keyed), ptr = the session. */
+typedef keyed close_entry;
+static inline session *entry_session(const close_entry *c) { return c->ptr; }
 
 typedef struct close_bucket {
     close_entry *v;
@@ -236,8 +237,7 @@ static void user_release_if_empty(engine *e, user_slot *u)
 
 /* ---- close queue (radix heap) ------------------------------------------ */
 
-/* Event times as unsigned keys in the same order. */
-static inline uint64_t close_key(int64_t t) { return (uint64_t)t ^ (UINT64_C(1) << 63); }
+static inline uint64_t close_key(int64_t last_t) { return keyed_from_i64(last_t); }
 
 static inline unsigned cq_bucket_of(uint64_t last, uint64_t key)
 {
@@ -258,12 +258,6 @@ static void cq_place(engine *e, uint64_t key, session *s)
 }
 
 static void close_queue_push(engine *e, session *s) { cq_place(e, close_key(s->last_t), s); }
-
-static int cmp_entry_user(const void *a, const void *b)
-{
-    int64_t x = ((const close_entry *)a)->s->user_id, y = ((const close_entry *)b)->s->user_id;
-    return (x > y) - (x < y);
-}
 
 static int emit_and_free(engine *e, session *s);
 
@@ -287,7 +281,7 @@ static int close_upto(engine *e, uint64_t upto)
             uint64_t min = UINT64_MAX;
             size_t n = 0;
             for (size_t i = 0; i < q->len; i++) {
-                session *s = q->v[i].s;
+                session *s = entry_session(&q->v[i]);
                 if (s->dead) {
                     free(s);
                     continue;
@@ -308,28 +302,31 @@ static int close_upto(engine *e, uint64_t upto)
             uint64_t hi = lo | ((UINT64_C(1) << (b - 1)) - 1);
             uint64_t last = min < upto ? min : upto;
             e->cq_last = last < hi ? last : hi;
-            for (size_t i = 0; i < n; i++) cq_place(e, q->v[i].key, q->v[i].s);
+            for (size_t i = 0; i < n; i++) cq_place(e, q->v[i].key, entry_session(&q->v[i]));
             continue;
         }
         /* Bucket 0: keys equal to last <= upto. Entries whose session grew
-         * since go back in at their new key (> last: a bucket above 0). */
+         * since go back in at their new key (> last: a bucket above 0). The
+         * others close, in user_id order: their key field (all equal to
+         * last) now holds the user id, mapped to an unsigned in order. */
         size_t n = 0, len = b0->len;
         for (size_t i = 0; i < len; i++) {
-            session *s = b0->v[i].s;
+            session *s = entry_session(&b0->v[i]);
             if (s->dead) {
                 free(s);
             } else if (close_key(s->last_t) != e->cq_last) {
                 cq_place(e, close_key(s->last_t), s);
             } else {
-                b0->v[n++] = b0->v[i];
+                b0->v[n++] = (close_entry){keyed_from_i64(s->user_id), s};
             }
         }
-        if (n > 1) qsort(b0->v, n, sizeof *b0->v, cmp_entry_user);
+        keyed_sort(b0->v, n);
         for (size_t i = 0; i < n; i++) {
-            int rc = emit_and_free(e, b0->v[i].s);
+            int rc = emit_and_free(e, entry_session(&b0->v[i]));
             if (rc) { /* keep the rest queued, so that engine_free finds them */
                 memmove(b0->v, b0->v + i + 1, (n - i - 1) * sizeof *b0->v);
                 b0->len = n - i - 1;
+                for (size_t k = 0; k < b0->len; k++) b0->v[k].key = e->cq_last;
                 return rc;
             }
         }
@@ -573,7 +570,7 @@ void engine_free(engine *e)
 {
     if (!e) return;
     for (size_t b = 0; b < CLOSE_BUCKETS; b++) {
-        for (size_t i = 0; i < e->cq[b].len; i++) session_free(e->cq[b].v[i].s);
+        for (size_t i = 0; i < e->cq[b].len; i++) session_free(entry_session(&e->cq[b].v[i]));
         free(e->cq[b].v);
     }
     free(e->slots);
@@ -701,9 +698,9 @@ int engine_check_invariants(const engine *e)
         for (size_t i = 0; i < q->len; i++) {
             const close_entry *c = &q->v[i];
             if (c->key < e->cq_last || cq_bucket_of(e->cq_last, c->key) != b) return 3;
-            if (c->s->dead) continue;
+            if (entry_session(c)->dead) continue;
             live++;
-            if (c->key > close_key(c->s->last_t)) return 3;
+            if (c->key > close_key(entry_session(c)->last_t)) return 3;
         }
     }
     if (live != sessions) return 3;
