@@ -101,12 +101,12 @@
 #include "source/source.h"
 
 #define BATCH 1024       /* most messages the consumer thread takes at once */
-#define RING 4096        /* messages between the consumer thread and the job, power of 2 */
+#define RING 32768       /* messages between the consumer thread and the job, power of 2 */
 #define RING_BYTES (16u << 20) /* and at most this many payload bytes (big records) */
 #define PUBLISH_EVERY 32 /* the job frees ring slots in steps of this many */
 #define THREAD_WAIT_MS 100
 #define JOB_STALL_MS 1000 /* the thread stops polling librdkafka when the job has not polled for this long */
-#define RETIRE_RING 8192 /* messages the job hands back to the thread to destroy */
+#define RETIRE_RING (2 * RING) /* messages the job hands back to the thread to destroy */
 #define RECENT 64 /* > the job's pipeline depth */
 #define POSITION_VERSION 1u
 #define DEFAULT_STARTUP_MS 15000
@@ -257,10 +257,12 @@ static struct timespec deadline_in(int ms)
     return ts;
 }
 
-/* The thread sleeps until a quarter of the ring is free (fewer wake-ups). */
+/* The thread sleeps until half the ring is free: each wake-up is a futex
+ * syscall on the job's thread, and with a quarter of a 4096-slot ring they
+ * took 10% of its time on the Kafka benchmark (docs/performance.md). */
 static int ring_roomy(size_t tail, size_t head, size_t bytes)
 {
-    return tail - head <= RING - RING / 4 && bytes < RING_BYTES;
+    return tail - head <= RING / 2 && bytes < RING_BYTES / 2;
 }
 
 /* Thread: destroys the messages the job handed back. */
