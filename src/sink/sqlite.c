@@ -20,6 +20,7 @@
 #include <sqlite3.h>
 #include <unistd.h>
 
+#include "common/keyed_sort.h"
 #include "common/xalloc.h"
 #include "sink/session_json.h"
 #include "sink/sink.h"
@@ -34,16 +35,10 @@ typedef struct sqlite_sink {
         int64_t session_id, user_id;
         size_t pages_off, pages_len;
     } *pending;    /* written since the last flush */
+    keyed *order;  /* the pending rows by session_id, at flush */
     size_t n_pending, cap_pending;
     char *path;
 } sqlite_sink;
-
-static int pending_cmp(const void *a, const void *b)
-{
-    const struct pending_row *x = a, *y = b;
-    if (x->session_id != y->session_id) return x->session_id < y->session_id ? -1 : 1;
-    return (x->user_id > y->user_id) - (x->user_id < y->user_id);
-}
 
 extern const sink_ops sqlite_sink_ops;
 
@@ -134,6 +129,7 @@ static int sqlite_write(sink *base, const closed_session *cs, char *err, size_t 
     if (s->n_pending == s->cap_pending) {
         s->cap_pending = s->cap_pending ? s->cap_pending * 2 : 1024;
         s->pending = xrealloc(s->pending, s->cap_pending * sizeof *s->pending);
+        s->order = xrealloc(s->order, s->cap_pending * sizeof *s->order);
     }
     struct pending_row *row = &s->pending[s->n_pending++];
     row->session_id = cs->session_id;
@@ -148,14 +144,18 @@ static int sqlite_flush(sink *base, char *err, size_t errlen)
 {
     sqlite_sink *s = (sqlite_sink *)base;
     if (s->n_pending == 0) return 0;
-    qsort(s->pending, s->n_pending, sizeof *s->pending, pending_cmp);
+    /* Rows of equal session_id (different users: a 64-bit hash collision)
+     * are distinct rows, so their relative order does not matter. */
+    for (size_t i = 0; i < s->n_pending; i++)
+        s->order[i] = (keyed){keyed_from_i64(s->pending[i].session_id), &s->pending[i]};
+    keyed_sort(s->order, s->n_pending);
     char now[32];
     sink_now_iso8601(now); /* the write's time: one transaction, one instant */
     if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
         return fail_db(s, "BEGIN", err, errlen);
     s->in_txn = 1;
     for (size_t i = 0; i < s->n_pending; i++) {
-        const struct pending_row *row = &s->pending[i];
+        const struct pending_row *row = s->order[i].ptr;
         sqlite3_bind_int64(s->upsert, 1, row->session_id);
         sqlite3_bind_int64(s->upsert, 2, row->user_id);
         sqlite3_bind_text(s->upsert, 3, (const char *)s->pages.data + row->pages_off,
@@ -188,6 +188,7 @@ static void sqlite_close(sink *base)
     sqlite3_close(s->db);
     buf_free(&s->pages);
     free(s->pending);
+    free(s->order);
     free(s->path);
     free(s);
 }
