@@ -19,7 +19,8 @@
  * a checksum of the closed sessions so that A/B runs of an engine change can
  * be checked for equal output. An idle second thread runs throughout: in a
  * job the engine shares the process with librdkafka's threads, and glibc's
- * malloc locks its arena only in a multi-threaded process.
+ * malloc locks its arena only in a multi-threaded process; the allocator is
+ * tuned as in sessionizer's main() (xalloc_keep_heap).
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -27,6 +28,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/xalloc.h"
 #include "engine/engine.h"
 
 #define PARTS 16
@@ -118,6 +120,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: engine-order [CHUNK>0] [ROUNDS 1..100]\n");
         return 2;
     }
+    xalloc_keep_heap(); /* as sessionizer's main() does */
     pthread_t idle; /* glibc malloc now knows the process has threads */
     if (pthread_create(&idle, NULL, idle_thread, NULL) != 0) return 1;
     pthread_join(idle, NULL);

@@ -8,9 +8,6 @@
  * checkpoint is intact), 2 usage error.
  */
 #include <getopt.h>
-#ifdef __GLIBC__
-#include <malloc.h>
-#endif
 #include <inttypes.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -20,6 +17,7 @@
 
 #include "common/buf.h"
 #include "common/units.h"
+#include "common/xalloc.h"
 #include "deadletter/deadletter.h"
 #include "job/job.h"
 
@@ -120,24 +118,9 @@ static void print_summary(const job_config *cfg, const job_result *r)
                 "keep them for the next run\n", e->open_sessions);
 }
 
-/* The engine allocates and frees a session's pages at the visit rate, and
- * a job's memory only grows to its peak. glibc's defaults hand freed memory
- * at the top of the heap back to the kernel (above 128 KiB) and serve large
- * blocks with mmap: the next burst of sessions then takes a page fault per
- * fresh page, which measured 10% of the job thread's time on the Kafka
- * benchmark (docs/performance.md). Keep the heap instead. */
-static void tune_allocator(void)
-{
-#ifdef __GLIBC__
-    mallopt(M_TRIM_THRESHOLD, 512 << 20);
-    mallopt(M_TOP_PAD, 16 << 20);
-    mallopt(M_MMAP_THRESHOLD, 32 << 20);
-#endif
-}
-
 int main(int argc, char **argv)
 {
-    tune_allocator();
+    xalloc_keep_heap();
     if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
                       strcmp(argv[1], "help") == 0)) {
         usage(stdout);

@@ -16,4 +16,8 @@ void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 
+/* Process-wide, at start-up: keep freed memory in the heap rather than
+ * giving it back to the kernel (see xalloc.c). */
+void xalloc_keep_heap(void);
+
 #endif
