@@ -127,6 +127,43 @@ class Bench:
         r[f"{tag}.sessions_rate"] = s["sessions_closed"] / res["wall"]
         return s
 
+    def tool(self, name):
+        """A benchmark program built beside the sessionizer binary, or None."""
+        path = os.path.join(os.path.dirname(self.sz), name)
+        if os.access(path, os.X_OK):
+            return path
+        note = f"{name} is not built beside {self.sz}: its figures are skipped"
+        if note not in self.notes:
+            self.notes.append(note)
+        return None
+
+    def sqlite_limit(self, r, db):
+        """SQLite alone writing the rows the sink wrote, in the same transactions."""
+        tool = self.tool("sqlite-limit")
+        if not tool:
+            return
+        res = timed([tool, db, os.path.join(self.out, "sqlite-limit.db")], self.out,
+                    "sqlite_limit")
+        mt = re.search(r"(\d+) rows in (\d+) transactions in ([0-9.]+) s", res["stdout"])
+        r["sqlite_limit.seconds"] = float(mt.group(3))
+        r["sqlite_limit.transactions"] = int(mt.group(2))
+        r["sqlite_limit.rate"] = self.n_visits / float(mt.group(3))
+        rm(os.path.join(self.out, "sqlite-limit.db"))
+
+    def engine_order(self, r):
+        """The engine alone on Kafka's delivery order (bench/engine_order.c)."""
+        tool = self.tool("engine-order")
+        if not tool:
+            return
+        res = timed([tool], self.out, "engine_order")
+        b = re.search(r"batched by \d+ per partition: +(\d+) ns/visit", res["stdout"])
+        i = re.search(r"interleaved: +(\d+) ns/visit", res["stdout"])
+        r["kafka.engine.value"] = 1e9 / int(b.group(1))
+        r["kafka.engine.peer_value"] = 1e9 / int(i.group(1))
+        self.meta(r, "kafka.engine", section="kafka", unit="/s",
+                  peer="the same, interleaved",
+                  figure="engine alone, Kafka's order (bench/engine_order.c): visits/s")
+
     def duckdb(self, r, mode):
         tag = "duck_" + mode
         db = os.path.join(self.out, "duck.db")
@@ -402,6 +439,8 @@ class Bench:
         rm(db)
         log(f"round {i + 1}: sessionizer file -> sqlite:")
         s_sql = self.sz_file(r, "sqlite:" + db, "sqlite")
+        log(f"round {i + 1}: SQLite alone, the same rows in the same transactions")
+        self.sqlite_limit(r, db)
         log(f"round {i + 1}: DuckDB, sessions stored in a database file")
         d_store = self.duckdb(r, "store")
         log(f"round {i + 1}: DuckDB, sessions upserted into a keyed table")
@@ -434,6 +473,8 @@ class Bench:
         if self.a.kafka and os.path.exists(os.path.join(HERE, "kafka.sh")):
             log(f"round {i + 1}: Kafka source (bench/kafka.sh)")
             self.peer_kafka(r)
+            log(f"round {i + 1}: the engine alone on Kafka's delivery order")
+            self.engine_order(r)
         if self.a.pg_sessions > 0 and os.path.exists(os.path.join(HERE, "pg_sink.sh")):
             log(f"round {i + 1}: PostgreSQL sink (bench/pg_sink.sh)")
             self.peer_pg(r)
@@ -498,6 +539,10 @@ class Bench:
             "DuckDB, keyed upsert", rate(dk), n_sql / dk, "", None)
         add("engine", "file -> sqlite: vs DuckDB discarded", rate(n_sql), "DuckDB, discarded",
             rate(dd), n_sql / dd, "", None)
+        sl = m("sqlite_limit.rate")
+        if sl:
+            add("engine", "file -> sqlite: vs SQLite alone (same rows, same transactions)",
+                rate(n_sql), "SQLite's upserts only", rate(sl), n_sql / sl, "", None)
         add("engine", "peak RSS, null: / DuckDB discarded", f"{m('null.rss_mb'):.0f} MB",
             "DuckDB process", f"{m('duck_discard.rss_mb'):.0f} MB",
             m("duck_discard.rss_mb") / m("null.rss_mb"), "", None)

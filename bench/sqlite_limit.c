@@ -1,0 +1,119 @@
+/*
+ * sqlite_limit.c - what SQLite alone takes to write the rows the SQLite sink
+ * wrote, in the same transactions: the limit of file -> sqlite:.
+ *
+ *   build-bench/sqlite-limit SOURCE.db TARGET.db
+ *
+ * SOURCE.db is a table written by `sessionizer ... --sink sqlite:SOURCE.db`.
+ * Its rows are read into memory in rowid order, which is the order the sink
+ * inserted them: flush after flush, each flush sorted by session_id, so a
+ * session_id lower than the previous one marks where a flush (one
+ * transaction) began. TARGET.db (removed first) gets the same schema, the
+ * same pragmas and the same upsert statement as src/sink/sqlite.c, and the
+ * rows in the same transactions. No parsing, no engine, no JSON: the time
+ * printed is SQLite's share of file -> sqlite:, and anything the sink is
+ * slower than this is sessionizer's overhead.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+typedef struct row {
+    int64_t session_id, user_id;
+    char *pages;
+    int pages_len;
+} row;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void die(sqlite3 *db, const char *what)
+{
+    fprintf(stderr, "sqlite-limit: %s: %s\n", what, db ? sqlite3_errmsg(db) : "?");
+    exit(1);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 3) {
+        fprintf(stderr, "usage: sqlite-limit SOURCE.db TARGET.db\n");
+        return 2;
+    }
+    sqlite3 *src;
+    if (sqlite3_open_v2(argv[1], &src, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) die(src, "open source");
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(src, "SELECT session_id, user_id, pages FROM sessions ORDER BY rowid", -1,
+                           &st, NULL) != SQLITE_OK)
+        die(src, "read source");
+    size_t n = 0, cap = 1 << 20, flushes = 0;
+    row *rows = malloc(cap * sizeof *rows);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        if (n == cap) rows = realloc(rows, (cap *= 2) * sizeof *rows);
+        if (!rows) return 1;
+        row *r = &rows[n++];
+        r->session_id = sqlite3_column_int64(st, 0);
+        r->user_id = sqlite3_column_int64(st, 1);
+        r->pages_len = sqlite3_column_bytes(st, 2);
+        r->pages = malloc((size_t)r->pages_len + 1);
+        memcpy(r->pages, sqlite3_column_text(st, 2), (size_t)r->pages_len);
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(src);
+
+    char wal[4096], shm[4096];
+    snprintf(wal, sizeof wal, "%s-wal", argv[2]);
+    snprintf(shm, sizeof shm, "%s-shm", argv[2]);
+    unlink(argv[2]), unlink(wal), unlink(shm);
+    double t0 = now_s();
+    sqlite3 *db;
+    if (sqlite3_open(argv[2], &db) != SQLITE_OK) die(db, "open target");
+    /* as src/sink/sqlite.c */
+    if (sqlite3_exec(db,
+                     "PRAGMA page_size=16384; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+                     "PRAGMA cache_size=-262144;"
+                     "CREATE TABLE IF NOT EXISTS sessions ("
+                     " session_id INTEGER NOT NULL, user_id INTEGER NOT NULL,"
+                     " pages TEXT NOT NULL, ingestion_time TEXT NOT NULL,"
+                     " PRIMARY KEY (session_id, user_id));",
+                     NULL, NULL, NULL) != SQLITE_OK)
+        die(db, "schema");
+    sqlite3_stmt *up;
+    if (sqlite3_prepare_v2(db,
+                           "INSERT INTO sessions (session_id, user_id, pages, ingestion_time) "
+                           "VALUES (?1, ?2, ?3, ?4) ON CONFLICT (session_id, user_id) DO UPDATE "
+                           "SET pages = excluded.pages, ingestion_time = excluded.ingestion_time",
+                           -1, &up, NULL) != SQLITE_OK)
+        die(db, "prepare");
+    const char *now = "2026-01-01T00:00:00.000000Z";
+    for (size_t i = 0; i < n; i++) {
+        if (i == 0 || rows[i].session_id < rows[i - 1].session_id) { /* a new flush */
+            if (i > 0 && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) die(db, "commit");
+            if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) die(db, "begin");
+            flushes++;
+        }
+        sqlite3_bind_int64(up, 1, rows[i].session_id);
+        sqlite3_bind_int64(up, 2, rows[i].user_id);
+        sqlite3_bind_text(up, 3, rows[i].pages, rows[i].pages_len, SQLITE_STATIC);
+        sqlite3_bind_text(up, 4, now, -1, SQLITE_STATIC);
+        if (sqlite3_step(up) != SQLITE_DONE) die(db, "upsert");
+        sqlite3_reset(up);
+    }
+    if (n > 0 && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) die(db, "commit");
+    sqlite3_finalize(up);
+    sqlite3_close(db);
+    double secs = now_s() - t0;
+    printf("sqlite-limit: %zu rows in %zu transactions in %.3f s = %.0f rows/s\n", n, flushes, secs,
+           (double)n / secs);
+    for (size_t i = 0; i < n; i++) free(rows[i].pages);
+    free(rows);
+    return 0;
+}
