@@ -167,6 +167,13 @@ static int enqueue(job *j, const raw_record *rec)
 
 /* ---- checkpoint ---------------------------------------------------------- */
 
+/* What the checkpoint is bound to: the log, not the spelling of its URI. */
+static void source_identity(job *j, buf *out)
+{
+    if (j->src->ops->identity) j->src->ops->identity(j->src, out);
+    else buf_append_str(out, j->cfg->source_uri);
+}
+
 static int put_user(void *ctx, int64_t user_id, const void *blob, size_t len)
 {
     job *j = ctx;
@@ -211,6 +218,7 @@ static int commit_at(job *j, int with_position)
         if (checkpoint_put(j->cp, key, b->data, b->len, j->err, j->errlen)) goto fail;   \
     } while (0)
     PUT("source_uri", buf_append_str(b, j->cfg->source_uri));
+    PUT("source_id", source_identity(j, b));
     if (with_position) PUT("source_position", j->src->ops->position(j->src, b));
     PUT("engine", engine_save_meta(j->eng, b));
     PUT("counters", save_counters(j, b));
@@ -237,16 +245,34 @@ static int restore(job *j)
     buf *b = &j->scratch;
     char *err = j->err;
     size_t errlen = j->errlen;
-    int got = checkpoint_get(j->cp, "source_uri", b, err, errlen);
-    if (got < 0) return -1;
-    if (got == 0 || b->len != strlen(j->cfg->source_uri) ||
-        memcmp(b->data, j->cfg->source_uri, b->len) != 0) {
-        snprintf(err, errlen, "checkpoint %s belongs to the source '%.*s', not '%s'. Use "
-                 "another --checkpoint directory for this source",
-                 j->cfg->checkpoint_dir, (int)(b->len > 200 ? 200 : b->len),
-                 b->data ? (const char *)b->data : "", j->cfg->source_uri);
-        return -1;
+    /* The log's identity when the checkpoint has one; checkpoints written
+     * before it existed are bound to the exact URI. */
+    buf now_id;
+    buf_init(&now_id);
+    buf_reset(b); /* checkpoint_get leaves it alone when the key is missing */
+    int got = checkpoint_get(j->cp, "source_id", b, err, errlen);
+    if (got == 1) {
+        source_identity(j, &now_id);
+    } else if (got == 0) {
+        got = checkpoint_get(j->cp, "source_uri", b, err, errlen);
+        buf_append_str(&now_id, j->cfg->source_uri);
     }
+    int same = got == 1 && b->len == now_id.len && memcmp(b->data, now_id.data, b->len) == 0;
+    if (got >= 0 && !same) {
+        buf was;
+        buf_init(&was);
+        if (checkpoint_get(j->cp, "source_uri", &was, err, errlen) < 0) buf_reset(&was);
+        snprintf(err, errlen, "checkpoint %s belongs to the source '%.*s' (%.*s), not '%s' (%.*s). "
+                 "Use another --checkpoint directory for this source",
+                 j->cfg->checkpoint_dir, (int)(was.len > 200 ? 200 : was.len),
+                 was.data ? (const char *)was.data : "", (int)(b->len > 200 ? 200 : b->len),
+                 b->data ? (const char *)b->data : "", j->cfg->source_uri,
+                 (int)(now_id.len > 200 ? 200 : now_id.len),
+                 now_id.data ? (const char *)now_id.data : "");
+        buf_free(&was);
+    }
+    buf_free(&now_id);
+    if (got < 0 || !same) return -1;
     got = checkpoint_get(j->cp, "engine", b, err, errlen);
     if (got < 0) return -1;
     int rc = got == 1 ? engine_load_meta(j->eng, b->data, b->len) : -1;

@@ -38,6 +38,7 @@ typedef struct file_source {
     int is_stream;       /* not a regular file: may be idle without ending */
     char *path;
     char *describe;
+    char *identity; /* "file:" and the real path, or "stdin" */
     char *buf;
     size_t cap;
     size_t start, end;   /* unconsumed bytes are buf[start, end) */
@@ -95,6 +96,7 @@ static source *file_open(const char *target, const source_options *opts, char *e
     if (f->is_stdin) {
         f->fd = STDIN_FILENO;
         f->describe = xstrdup("standard input");
+        f->identity = xstrdup("stdin");
     } else {
         f->fd = open(target, O_RDONLY | O_CLOEXEC);
         if (f->fd < 0) {
@@ -106,6 +108,12 @@ static source *file_open(const char *target, const source_options *opts, char *e
         size_t n = strlen(target) + 6;
         f->describe = xmalloc(n);
         snprintf(f->describe, n, "file %s", target);
+        char *real = realpath(target, NULL);
+        const char *name = real ? real : target;
+        n = strlen(name) + 6;
+        f->identity = xmalloc(n);
+        snprintf(f->identity, n, "file:%s", name);
+        free(real);
     }
     struct stat st;
     f->is_stream = fstat(f->fd, &st) == 0 && !S_ISREG(st.st_mode);
@@ -239,6 +247,8 @@ static size_t file_partitions(source *s, partition_info *out, size_t max)
 
 static const char *file_describe(source *s) { return ((file_source *)s)->describe; }
 
+static void file_identity(source *s, buf *out) { buf_append_str(out, ((file_source *)s)->identity); }
+
 static void file_close(source *s)
 {
     file_source *f = (file_source *)s;
@@ -247,6 +257,7 @@ static void file_close(source *s)
     free(f->buf);
     free(f->path);
     free(f->describe);
+    free(f->identity);
     free(f);
 }
 
@@ -260,5 +271,6 @@ const source_ops file_source_ops = {
     .committed = NULL,
     .partitions = file_partitions,
     .describe = file_describe,
+    .identity = file_identity,
     .close = file_close,
 };

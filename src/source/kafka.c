@@ -147,6 +147,7 @@ typedef struct kafka_source {
     rd_kafka_t *rk;
     rd_kafka_queue_t *q;
     char *brokers, *topic, *group, *describe;
+    char *identity; /* "kafka:cluster=ID/topic=T", see identity() */
     const char *const *props;
     kpart *parts;
     int32_t n_parts;
@@ -748,6 +749,7 @@ static void destroy(kafka_source *ks)
     free(ks->topic);
     free(ks->group);
     free(ks->describe);
+    free(ks->identity);
     if (g_open == ks) g_open = NULL;
     free(ks);
 }
@@ -865,6 +867,16 @@ static source *kafka_open(const char *target, const source_options *opts, char *
         destroy(ks);
         return NULL;
     }
+    /* The cluster's id names the log with the topic, whatever the bootstrap
+     * list says (brokers added, renamed or listed in another order). A
+     * cluster too old to have one (Kafka < 0.10.1) binds the checkpoint to
+     * the bootstrap list, as the URI did. */
+    char *cluster = rd_kafka_clusterid(ks->rk, 2000);
+    size_t in = strlen(ks->topic) + strlen(cluster ? cluster : ks->brokers) + 32;
+    ks->identity = xmalloc(in);
+    snprintf(ks->identity, in, cluster ? "kafka:cluster=%s/topic=%s" : "kafka:bootstrap=%s/topic=%s",
+             cluster ? cluster : ks->brokers, ks->topic);
+    if (cluster) rd_kafka_mem_free(ks->rk, cluster);
     /* Where each partition starts without a checkpoint, and where it ends for
      * --until-end: both need the watermarks now, bounded by the same
      * start-up deadline. */
@@ -1327,6 +1339,8 @@ static size_t kafka_partitions(source *s, partition_info *out, size_t max)
 
 static const char *kafka_describe(source *s) { return ((kafka_source *)s)->describe; }
 
+static void kafka_identity(source *s, buf *out) { buf_append_str(out, ((kafka_source *)s)->identity); }
+
 static void kafka_close(source *s)
 {
     kafka_source *ks = (kafka_source *)s;
@@ -1384,5 +1398,6 @@ const source_ops kafka_source_ops = {
     .committed = kafka_committed,
     .partitions = kafka_partitions,
     .describe = kafka_describe,
+    .identity = kafka_identity,
     .close = kafka_close,
 };

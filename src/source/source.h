@@ -59,6 +59,11 @@ typedef struct source_ops {
     size_t (*partitions)(source *s, partition_info *out, size_t max);
     /* A human description of the input for messages ("file visits.jsonl"). */
     const char *(*describe)(source *s);
+    /* Optional: the log's identity, which a checkpoint is bound to. Two URIs
+     * naming the same log give the same identity ("kafka://a:9092,b:9092/t"
+     * and "kafka://b:9092/t" on one cluster; "file:x" and "file:./x"), two
+     * logs never do. Without it, the URI itself. */
+    void (*identity)(source *s, buf *out);
     void (*close)(source *s);
 } source_ops;
 

@@ -268,6 +268,16 @@ def t_corrupt(c):
             check=False)
     c.eq(p.returncode, 1, "another source is refused")
     c.check(b"belongs to the source" in p.stderr, "saying whose checkpoint it is")
+    # the same file spelt another way is the same log: the checkpoint is bound
+    # to the log, not to the URI (a symlink, a relative path)
+    os.symlink(log, f"{d}/link.jsonl")
+    p = run("run", "--source", f"file:{d}/link.jsonl", "--sink", f"sqlite:{d}/s.db",
+            "--checkpoint", f"{d}/cp", check=False)
+    c.eq(p.returncode, 0, "the same file through a symlink resumes the checkpoint")
+    p = subprocess.run([BIN, "run", "--source", "file:./visits.jsonl", "--sink", "sqlite:s.db",
+                        "--checkpoint", "cp"], cwd=d, capture_output=True)
+    c.eq(p.returncode, 0, "and by a relative path")
+    c.check(b"resumed from checkpoint" in p.stderr, "resuming, not starting over")
     # two jobs on one checkpoint
     holder = subprocess.Popen([BIN, *args[:-2], "--checkpoint", f"{d}/cp2", "--source", "-"],
                               stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)

@@ -3,16 +3,19 @@
 # group session timeout, and comes back; the job waits it out and resumes,
 # losing and duplicating nothing.
 #
-# The log is produced first; the job reads it with tiny fetches (so that the
-# outage lands mid-stream) and --until-end. While the cluster is down the job
-# must stay up and say so; the group session times out (6 s), so the
+# The log is produced first; the job reads it with tiny fetches and
+# --until-end, and the log is long enough (36k records, ~4 s of such
+# fetches) for the outage to land mid-stream even on a loaded machine (the
+# consumer thread's ring can hold the whole log: only the fetches pace the
+# job). While the cluster is down the job must stay up and say so; the group
+# session times out (6 s), so the
 # assignment is lost and given back after the reconnection. The final table
 # must equal the oracle's for the whole log, and the checkpointed positions
 # must be at the end of every partition.
 source "$(dirname "$0")/kafka_lib.sh"
 
 start_mock 3
-"$PY" "$TEST_DIR/kafka_gen.py" --partitions 3 --records 5000 --users 50 --seed 3 "$WORK/log"
+"$PY" "$TEST_DIR/kafka_gen.py" --partitions 3 --records 20000 --users 50 --seed 3 "$WORK/log"
 for p in 0 1 2; do kcat -P -b "$BROKERS" -t visits -p $p -l "$WORK/log/p$p.jsonl"; done
 dump_topic visits >"$WORK/topic.dump"
 "$PY" "$TEST_DIR/kafka_oracle.py" "$WORK/topic.dump" >"$WORK/expected.rows"

@@ -73,4 +73,18 @@ wait_job "$JOB_PID" 30
 grep -q "^sessionizer: 0 records" "$WORK/latest.err" || die "4: --start latest read old records"
 log "4: --start latest read nothing of the 4 records already there"
 
+# 6 (the checkpoint of the live job of 3) ---------------------------------
+# The same cluster by other addresses: every broker listed, last first, and
+# "localhost" for 127.0.0.1.
+others=$(echo "$BROKERS" | tr ',' '\n' | sed 's/^127\.0\.0\.1:/localhost:/' | tac | paste -sd, -)
+[ "$others" != "$BROKERS" ] || die "6: no other spelling of $BROKERS"
+start_job respelt --source "kafka://$others/visits" --sink "sqlite:$WORK/live.db" \
+    --checkpoint "$WORK/ck-live" --group g-respelt --until-end "${FAST[@]}"
+wait_job "$JOB_PID" 60
+[ "$RC" = 0 ] || die "6: the same cluster as kafka://$others was refused: $(cat "$WORK/respelt.err")"
+grep -q "resumed from checkpoint" "$WORK/respelt.err" || die "6: did not resume: $(cat "$WORK/respelt.err")"
+check_refusal othertopic "belongs to the source" --source "kafka://$BROKERS/clicks" \
+    --checkpoint "$WORK/ck-live" --group g-other --until-end
+log "6: kafka://$others resumed the checkpoint of kafka://$BROKERS; topic clicks refused"
+
 echo "kafka_0007_edges: passed"
