@@ -13,7 +13,7 @@
 #   small   tiny fetches (a few records per partition per fetch), so the
 #           partitions interleave record by record
 #   big     one huge fetch per partition, so they arrive in long runs
-#   crash   checkpoint every 150 records, SIGKILL at random instants while
+#   crash   checkpoint every 50 records, SIGKILL at random instants while
 #           consuming, restart until a run finishes
 # and the counts reconcile: records = visits in sessions + dead letters.
 source "$(dirname "$0")/kafka_lib.sh"
@@ -74,8 +74,11 @@ run_variant big -X fetch.max.bytes=52428800 -X max.partition.fetch.bytes=1048576
     -X queued.min.messages=1000000
 
 # Crash points. The first record's log line says consumption has begun;
-# kill at a random instant after it, then resume from the checkpoint. Tiny
-# fetches stretch consumption so that the kill lands mid-stream.
+# kill at a random instant within 1 s after it, then resume from the
+# checkpoint. Tiny fetches and a commit (two fsyncs) every 50 records stretch
+# consumption to a few seconds, so that the kill lands mid-stream (with a
+# commit every 150 records, a resumed run of today's job could finish inside
+# the window).
 name=crash
 attempt=0 kills=0
 RANDOM=$SEED
@@ -83,7 +86,7 @@ while :; do
     attempt=$((attempt + 1))
     [ $attempt -le 12 ] || die "crash: no run finished after 12 attempts"
     start_job "$name.$attempt" --source "$SRC" --sink "sqlite:$WORK/$name.db" --until-end \
-        --checkpoint "$WORK/$name.ckpt" --commit-every 150 --dlq "jsonl:$WORK/$name.dlq" \
+        --checkpoint "$WORK/$name.ckpt" --commit-every 50 --dlq "jsonl:$WORK/$name.dlq" \
         --group "g-$name" "${FAST[@]}" -X message.max.bytes=1000 -X fetch.max.bytes=3000 \
         -X max.partition.fetch.bytes=400 \
         -X fetch.wait.max.ms=1 -X queued.min.messages=1
