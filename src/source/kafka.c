@@ -147,7 +147,7 @@ typedef struct kafka_source {
     rd_kafka_t *rk;
     rd_kafka_queue_t *q;
     char *brokers, *topic, *group, *describe;
-    char *identity; /* "kafka:cluster=ID/topic=T", see identity() */
+    char *identity; /* "kafka:cluster=ID/topic=T", made in kafka_open() */
     const char *const *props;
     kpart *parts;
     int32_t n_parts;
