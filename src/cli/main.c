@@ -144,7 +144,7 @@ int main(int argc, char **argv)
         .dlq_uri = "jsonl:stderr",
         .engine = {.gap_us = 50000000, .lateness_us = 10000000, .max_pages = 10000},
         .source = {.props = src_props, .group = "sessionizer", .max_record_bytes = 1 << 20},
-        .sink = {.props = sink_props, .create_schema = 1},
+        .sink = {.props = sink_props, .create_schema = 1, .stop = &stop_requested},
         .commit_every = 100000,
         .commit_interval_ms = 1000,
         .progress = 1,

@@ -1405,6 +1405,15 @@ int cql_prepared_token(const cql_prepared *p, const cql_values *values, int64_t 
     return 1;
 }
 
+/* The caller asked to stop waiting (see cql_client_config.cancel). */
+static int cancelled(const cql_client *c, char *err, size_t errlen)
+{
+    if (!c->cfg.cancel || !*c->cfg.cancel) return 0;
+    snprintf(err, errlen, "interrupted with %zu request%s not acknowledged (the job is stopping)",
+             c->outstanding, c->outstanding == 1 ? "" : "s");
+    return 1;
+}
+
 static int submit_wait_room(cql_client *c, char *err, size_t errlen)
 {
     maybe_refresh(c);
@@ -1413,6 +1422,7 @@ static int submit_wait_room(cql_client *c, char *err, size_t errlen)
         return -1;
     }
     while (c->outstanding >= (size_t)c->cfg.max_in_flight) {
+        if (cancelled(c, err, errlen)) return -1;
         pump(c, 200);
         if (c->fatal) {
             snprintf(err, errlen, "%s", c->fatal_error);
@@ -1480,7 +1490,10 @@ int cql_client_batch(cql_client *c, cql_prepared *p, const cql_values *const *it
 
 int cql_client_wait(cql_client *c, char *err, size_t errlen)
 {
-    while (c->outstanding > 0) pump(c, 200);
+    while (c->outstanding > 0) {
+        if (cancelled(c, err, errlen)) return -1;
+        pump(c, 200);
+    }
     /* internal requests (re-prepares, REGISTER) finish in the background */
     int failed = c->failed_since_wait;
     c->failed_since_wait = 0;

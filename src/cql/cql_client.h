@@ -25,6 +25,7 @@
 #ifndef SESSIONIZER_CQL_CLIENT_H
 #define SESSIONIZER_CQL_CLIENT_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -57,6 +58,10 @@ typedef struct cql_client_config {
     const char *local_dc;       /* NULL: the data center of the first node reached */
     void (*log)(void *ud, int level, const char *msg); /* NULL: WARN and worse to stderr */
     void *log_ud;
+    /* When set (a signal handler's flag): cql_client_wait and a submit
+     * waiting for room give up within one I/O round (<= 200 ms) with an
+     * "interrupted" error, leaving the requests unacknowledged. NULL: never. */
+    volatile sig_atomic_t *cancel;
 } cql_client_config;
 
 void cql_client_config_defaults(cql_client_config *cfg);

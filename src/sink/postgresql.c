@@ -128,6 +128,7 @@ typedef struct pg_sink {
     buf p_sid, p_uid, p_pages; /* parameter scratch */
     uint64_t rng;
     int interrupted; /* a signal arrived while we waited on the server */
+    volatile sig_atomic_t *stop; /* sink_options.stop */
 } pg_sink;
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -822,11 +823,19 @@ static int pg_commit_rows(pg_sink *s, char *err, size_t errlen)
     return PG_OK;
 }
 
-static int pg_sleep_ms(long long ms)
+/* Sleeps ms, in slices, so that a stop is seen within 100 ms even when the
+ * signal went to another thread (librdkafka's, with a Kafka source). Returns
+ * non-zero when the job is being asked to stop (flag set, or interrupted). */
+static int pg_sleep_ms(pg_sink *s, long long ms)
 {
-    struct timespec ts = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000};
-    /* Not resumed after a signal: the job is being asked to stop. */
-    return nanosleep(&ts, NULL);
+    while (ms > 0) {
+        if (s->stop && *s->stop) return 1;
+        long long slice = ms > 100 ? 100 : ms;
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)slice * 1000000};
+        if (nanosleep(&ts, NULL) != 0) return 1; /* not resumed after a signal */
+        ms -= slice;
+    }
+    return s->stop && *s->stop;
 }
 
 /* Runs op (or just connects when op is NULL), retrying transient failures
@@ -871,7 +880,7 @@ static int pg_retry(pg_sink *s, int (*op)(pg_sink *, char *, size_t), const char
             fprintf(stderr, "sessionizer: postgresql: same error; retrying %s in %.1f s (attempt %d)\n",
                     what, (double)wait / 1000, attempt + 1);
         }
-        if (s->interrupted || pg_sleep_ms(wait) != 0) {
+        if (s->interrupted || pg_sleep_ms(s, wait) != 0) {
             char last[1536];
             snprintf(last, sizeof last, "%s", err);
             snprintf(err, errlen, "%s: interrupted while waiting to retry: %s", what, last);
@@ -1071,6 +1080,7 @@ static sink *pg_open_as(const char *scheme, const char *target, const sink_optio
                         char *err, size_t errlen)
 {
     pg_sink *s = xcalloc(1, sizeof *s);
+    s->stop = opts->stop;
     buf c;
     buf_init(&c);
     /* The sink receives what follows "postgresql:"; libpq wants the URI whole.

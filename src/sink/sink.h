@@ -21,6 +21,7 @@
 #ifndef SESSIONIZER_SINK_H
 #define SESSIONIZER_SINK_H
 
+#include <signal.h>
 #include <stddef.h>
 
 #include "common/buf.h"
@@ -33,6 +34,10 @@ typedef struct sink sink;
 typedef struct sink_options {
     const char *const *props; /* "key=value" pairs from --sink-opt, NULL-terminated */
     int create_schema;        /* create keyspace/table when missing (default 1) */
+    /* Set (by a signal handler) when the job is asked to stop: a sink
+     * waiting out an outage inside flush() gives up soon after, and the
+     * checkpoint does not advance. NULL: never. */
+    volatile sig_atomic_t *stop;
 } sink_options;
 
 typedef struct sink_ops {

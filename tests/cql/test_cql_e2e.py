@@ -14,13 +14,18 @@ compared with a SQLite run of the same input:
  4. the server down in the middle of a run (input on a pipe), back 3 s later:
     the job waits, nothing lost, = SQLite;
  5. wrong credentials and a TLS handshake failure: exit 1 at once, clear
-    message, no credential in it.
+    message, no credential in it;
+ 6. SIGTERM while the only node is down: the job stops within seconds (not
+    after retry_timeout_ms, 5 minutes), exit 1, "interrupted", its checkpoint
+    not advanced past what was acknowledged; the same command after the node
+    is back completes the table: = SQLite.
 """
 
 import datetime
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -219,6 +224,43 @@ def outage():
         same_as(want, cql_rows(srv.port), 'outage: nothing lost, nothing duplicated')
 
 
+def stop_in_outage():
+    inp = input40k()
+    want = sqlite_rows(inp)
+    with TestServer() as srv:
+        uri = 'cql://127.0.0.1:%d/dedp' % srv.port
+        cmd = [BIN, 'run', '-q', '--source', 'file:' + inp, '--sink', uri, '--checkpoint',
+               os.path.join(WORK, 'ck9'), '--until-end', '--commit-every', '2000',
+               '--dlq', 'jsonl:' + os.path.join(WORK, 'dlq9')]
+        job = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.time() + 30
+            while time.time() < deadline and srv.stats()['tables'].get('dedp.sessions', 0) == 0:
+                time.sleep(0.05)
+            srv.control('kill node=0')
+            time.sleep(1.5)  # the job is now retrying inside a flush
+            res.check(job.poll() is None, 'stop in outage: job still running while the node is down')
+            t = time.time()
+            job.send_signal(signal.SIGTERM)
+            try:
+                rc = job.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                rc = None  # still retrying: reported below
+            took = time.time() - t
+        finally:
+            if job.poll() is None:
+                job.kill()
+                job.wait()
+        err = job.stderr.read()
+        res.check(took < 5, 'stop in outage: stopped %.1f s after SIGTERM (retry_timeout is 300 s)' % took)
+        res.check(rc == 1 and 'interrupted' in err,
+                  'stop in outage: exit 1, interrupted: rc=%s %s' % (rc, err.strip()[-200:]))
+        srv.control('revive node=0')
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        res.equal(p.returncode, 0, 'stop in outage: the same command after the outage exits 0')
+        same_as(want, cql_rows(srv.port), 'stop in outage: nothing lost, nothing duplicated')
+
+
 def failures():
     d = tmpdir()
     try:
@@ -249,7 +291,8 @@ def failures():
 
 
 try:
-    for scenario in (sys.argv[2:] or ['walkthrough', 'replay', 'faults', 'outage', 'failures']):
+    for scenario in (sys.argv[2:] or ['walkthrough', 'replay', 'faults', 'outage', 'stop_in_outage',
+                                      'failures']):
         print('# ' + scenario, flush=True)
         globals()[scenario]()
 finally:
