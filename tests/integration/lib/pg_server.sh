@@ -164,7 +164,11 @@ pg_server_start() {
 
     local try port
     for try in 1 2 3 4 5 6 7 8; do
-        port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+        # Below the kernel's ephemeral range (32768-60999 on Linux): the
+        # server stops and starts again on this port in the tests, and while
+        # it is down any outgoing connection on the machine could be given
+        # an ephemeral port equal to it, and the restart would then fail.
+        port=$((20000 + (RANDOM * 32768 + RANDOM) % 12000))
         _pg_port_free "$port" || continue
         [ -e "$PG_SERVER_SOCKET_DIR/.s.PGSQL.$port" ] && continue
         {
