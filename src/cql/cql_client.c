@@ -111,6 +111,7 @@ struct cql_client {
     int rr;
     reqlist ready, backoff, inflight;
     size_t outstanding; /* user requests not yet completed */
+    int64_t cancel_seen_ms; /* when a wait first saw cfg.cancel set; 0: not yet */
     cql_prepared *prepared;
     char first_error[600];
     int failed_since_wait;
@@ -1405,12 +1406,19 @@ int cql_prepared_token(const cql_prepared *p, const cql_values *values, int64_t 
     return 1;
 }
 
-/* The caller asked to stop waiting (see cql_client_config.cancel). */
-static int cancelled(const cql_client *c, char *err, size_t errlen)
+/* The caller asked to stop waiting (see cql_client_config.cancel). Requests
+ * a healthy cluster is about to answer get CANCEL_GRACE_MS: a job stopping
+ * on SIGTERM still makes its final commit; only an outage is given up on. */
+#define CANCEL_GRACE_MS 2000
+static int cancelled(cql_client *c, char *err, size_t errlen)
 {
     if (!c->cfg.cancel || !*c->cfg.cancel) return 0;
-    snprintf(err, errlen, "interrupted with %zu request%s not acknowledged (the job is stopping)",
-             c->outstanding, c->outstanding == 1 ? "" : "s");
+    int64_t now = cql_now_ms();
+    if (c->cancel_seen_ms == 0) c->cancel_seen_ms = now;
+    if (now - c->cancel_seen_ms < CANCEL_GRACE_MS) return 0;
+    snprintf(err, errlen, "interrupted with %zu request%s not acknowledged %.1f s after the job was "
+             "asked to stop", c->outstanding, c->outstanding == 1 ? "" : "s",
+             (double)(now - c->cancel_seen_ms) / 1000);
     return 1;
 }
 

@@ -59,8 +59,9 @@ typedef struct cql_client_config {
     void (*log)(void *ud, int level, const char *msg); /* NULL: WARN and worse to stderr */
     void *log_ud;
     /* When set (a signal handler's flag): cql_client_wait and a submit
-     * waiting for room give up within one I/O round (<= 200 ms) with an
-     * "interrupted" error, leaving the requests unacknowledged. NULL: never. */
+     * waiting for room give up 2 s later (requests a healthy cluster answers
+     * complete first) with an "interrupted" error, leaving the requests
+     * unacknowledged. NULL: never. */
     volatile sig_atomic_t *cancel;
 } cql_client_config;
 

@@ -18,7 +18,8 @@ compared with a SQLite run of the same input:
  6. SIGTERM while the only node is down: the job stops within seconds (not
     after retry_timeout_ms, 5 minutes), exit 1, "interrupted", its checkpoint
     not advanced past what was acknowledged; the same command after the node
-    is back completes the table: = SQLite.
+    is back completes the table: = SQLite. And SIGTERM while the node is up:
+    the final commit is made, exit 0.
 """
 
 import datetime
@@ -227,8 +228,31 @@ def outage():
 def stop_in_outage():
     inp = input40k()
     want = sqlite_rows(inp)
+    with TestServer() as srv:  # healthy: SIGTERM makes the final commit and exits 0
+        uri = 'cql://127.0.0.1:%d/dedp' % srv.port
+        with open(inp) as f:
+            lines = f.readlines()
+        job = subprocess.Popen([BIN, 'run', '--source', '-', '--sink', uri, '--checkpoint',
+                                os.path.join(WORK, 'ck10'), '--dlq', 'jsonl:' + os.path.join(WORK, 'dlq10')],
+                               stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            job.stdin.writelines(lines[:20000])
+            job.stdin.flush()
+            deadline = time.time() + 30
+            while time.time() < deadline and srv.stats()['tables'].get('dedp.sessions', 0) == 0:
+                time.sleep(0.05)
+            job.send_signal(signal.SIGTERM)
+            rc = job.wait(timeout=60)
+        finally:
+            if job.poll() is None:
+                job.kill()
+                job.wait()
+        err = job.stderr.read()
+        res.check(rc == 0 and 'stopped by signal after a final commit' in err,
+                  'stop while healthy: final commit, exit 0: rc=%s %s' % (rc, err.strip()[-200:]))
     with TestServer() as srv:
         uri = 'cql://127.0.0.1:%d/dedp' % srv.port
+
         cmd = [BIN, 'run', '-q', '--source', 'file:' + inp, '--sink', uri, '--checkpoint',
                os.path.join(WORK, 'ck9'), '--until-end', '--commit-every', '2000',
                '--dlq', 'jsonl:' + os.path.join(WORK, 'dlq9')]
