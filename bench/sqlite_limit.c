@@ -23,6 +23,8 @@
 
 #include <sqlite3.h>
 
+#include "sink/sqlite_sql.h"
+
 typedef struct row {
     int64_t session_id, user_id;
     char *pages;
@@ -76,22 +78,11 @@ int main(int argc, char **argv)
     double t0 = now_s();
     sqlite3 *db;
     if (sqlite3_open(argv[2], &db) != SQLITE_OK) die(db, "open target");
-    /* as src/sink/sqlite.c */
-    if (sqlite3_exec(db,
-                     "PRAGMA page_size=16384; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
-                     "PRAGMA cache_size=-262144;"
-                     "CREATE TABLE IF NOT EXISTS sessions ("
-                     " session_id INTEGER NOT NULL, user_id INTEGER NOT NULL,"
-                     " pages TEXT NOT NULL, ingestion_time TEXT NOT NULL,"
-                     " PRIMARY KEY (session_id, user_id));",
-                     NULL, NULL, NULL) != SQLITE_OK)
+    /* the sink's own statements (src/sink/sqlite_sql.h) */
+    if (sqlite3_exec(db, SQLITE_SINK_SETUP, NULL, NULL, NULL) != SQLITE_OK)
         die(db, "schema");
     sqlite3_stmt *up;
-    if (sqlite3_prepare_v2(db,
-                           "INSERT INTO sessions (session_id, user_id, pages, ingestion_time) "
-                           "VALUES (?1, ?2, ?3, ?4) ON CONFLICT (session_id, user_id) DO UPDATE "
-                           "SET pages = excluded.pages, ingestion_time = excluded.ingestion_time",
-                           -1, &up, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(db, SQLITE_SINK_UPSERT, -1, &up, NULL) != SQLITE_OK)
         die(db, "prepare");
     const char *now = "2026-01-01T00:00:00.000000Z";
     for (size_t i = 0; i < n; i++) {

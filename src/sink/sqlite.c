@@ -24,6 +24,7 @@
 #include "common/xalloc.h"
 #include "sink/session_json.h"
 #include "sink/sink.h"
+#include "sink/sqlite_sql.h"
 
 typedef struct sqlite_sink {
     sink base;
@@ -95,24 +96,13 @@ static sink *sqlite_open(const char *target, const sink_options *opts, char *err
         goto fail;
     }
     char *msg = NULL;
-    if (sqlite3_exec(s->db,
-                     "PRAGMA page_size=16384; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
-                     "PRAGMA cache_size=-262144;"
-                     "CREATE TABLE IF NOT EXISTS sessions ("
-                     " session_id INTEGER NOT NULL, user_id INTEGER NOT NULL,"
-                     " pages TEXT NOT NULL, ingestion_time TEXT NOT NULL,"
-                     " PRIMARY KEY (session_id, user_id));",
-                     NULL, NULL, &msg) != SQLITE_OK) {
+    if (sqlite3_exec(s->db, SQLITE_SINK_SETUP, NULL, NULL, &msg) != SQLITE_OK) {
         snprintf(err, errlen, "SQLite sink %s: cannot prepare the database: %s", target,
                  msg ? msg : "unknown error");
         sqlite3_free(msg);
         goto fail;
     }
-    if (sqlite3_prepare_v2(s->db,
-                           "INSERT INTO sessions (session_id, user_id, pages, ingestion_time) "
-                           "VALUES (?1, ?2, ?3, ?4) ON CONFLICT (session_id, user_id) DO UPDATE "
-                           "SET pages = excluded.pages, ingestion_time = excluded.ingestion_time",
-                           -1, &s->upsert, NULL) != SQLITE_OK) {
+    if (sqlite3_prepare_v2(s->db, SQLITE_SINK_UPSERT, -1, &s->upsert, NULL) != SQLITE_OK) {
         fail_db(s, "preparing the upsert", err, errlen);
         goto fail;
     }

@@ -132,6 +132,13 @@ def walkthrough():
                 print('#   session_id=%d user_id=%d pages=%s ingestion_time=%s' % (k[0], k[1], v[0], v[1]))
 
 
+def wait_for_rows(srv, seconds=30):
+    """Until the job has written its first sessions (or seconds pass)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and srv.stats()['tables'].get('dedp.sessions', 0) == 0:
+        time.sleep(0.05)
+
+
 def input40k():
     inp = os.path.join(WORK, 'v40k.jsonl')
     if not os.path.exists(inp):
@@ -198,9 +205,7 @@ def outage():
         try:
             job.stdin.writelines(lines[:20000])
             job.stdin.flush()
-            deadline = time.time() + 30
-            while time.time() < deadline and srv.stats()['tables'].get('dedp.sessions', 0) == 0:
-                time.sleep(0.1)
+            wait_for_rows(srv)
             srv.control('kill node=0')
 
             def feed():  # the job stops reading while its sink waits: feed from a thread
@@ -238,9 +243,7 @@ def stop_in_outage():
         try:
             job.stdin.writelines(lines[:20000])
             job.stdin.flush()
-            deadline = time.time() + 30
-            while time.time() < deadline and srv.stats()['tables'].get('dedp.sessions', 0) == 0:
-                time.sleep(0.05)
+            wait_for_rows(srv)
             job.send_signal(signal.SIGTERM)
             rc = job.wait(timeout=60)
         finally:
@@ -258,9 +261,7 @@ def stop_in_outage():
                '--dlq', 'jsonl:' + os.path.join(WORK, 'dlq9')]
         job = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
         try:
-            deadline = time.time() + 30
-            while time.time() < deadline and srv.stats()['tables'].get('dedp.sessions', 0) == 0:
-                time.sleep(0.05)
+            wait_for_rows(srv)
             srv.control('kill node=0')
             time.sleep(1.5)  # the job is now retrying inside a flush
             res.check(job.poll() is None, 'stop in outage: job still running while the node is down')
