@@ -19,6 +19,7 @@
  */
 #include "record/parse.h"
 
+#include <assert.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -97,6 +98,7 @@ struct record_parser {
     yajl_handle h;
     int fast_path;      /* on unless a test turns it off */
     /* per-record state */
+    const char *raw;    /* the record's bytes, as given to yajl in one piece */
     int depth;
     int top_values;
     enum field pending; /* the top-level key just read */
@@ -126,6 +128,60 @@ static int fail(record_parser *p, parse_error e, const char *fmt, ...)
 static const char *field_name(enum field f)
 {
     return f == F_USER_ID ? "user_id" : f == F_PAGE ? "page" : "event_time";
+}
+
+static unsigned hex4(const char *s)
+{
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        unsigned char c = (unsigned char)s[i];
+        v = v * 16 + (c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
+    }
+    return v;
+}
+
+/* 1 if every \u escape of a surrogate in the JSON string body s (between
+ * its quotes, already lexed by yajl so every escape is complete) is a high
+ * one followed at once by a low one. yajl decodes a lone high surrogate to
+ * "?" and pairs a high one with whatever \u follows (\ud800\ud800 became
+ * U+10000): the page would be other text than the record's, so the raw
+ * escapes are checked instead of the decoded bytes. */
+static int surrogates_paired(const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] != '\\') continue;
+        if (s[++i] != 'u') continue; /* \" \\ \n ...: the next byte is consumed */
+        assert(i + 4 < len); /* yajl lexed four hex digits */
+        unsigned u = hex4(s + i + 1);
+        i += 4;
+        if (u >= 0xDC00 && u <= 0xDFFF) return 0;
+        if (u < 0xD800 || u > 0xDBFF) continue;
+        if (i + 6 >= len || s[i + 1] != '\\' || s[i + 2] != 'u') return 0;
+        unsigned lo = hex4(s + i + 3);
+        if (lo < 0xDC00 || lo > 0xDFFF) return 0;
+        i += 6;
+    }
+    return 1;
+}
+
+/* The body of the string token yajl has just reported: it ends right before
+ * the bytes consumed so far (a closing quote); it starts after the last
+ * quote before that which is not escaped, i.e. not preceded by an odd number
+ * of backslashes. */
+static void string_token(const record_parser *p, const char **body, size_t *len)
+{
+    size_t close = yajl_get_bytes_consumed(p->h) - 1, open = close;
+    assert(p->raw[close] == '"');
+    for (;;) {
+        assert(open > 0);
+        open--;
+        if (p->raw[open] != '"') continue;
+        size_t bs = 0;
+        while (bs < open && p->raw[open - 1 - bs] == '\\') bs++;
+        if (bs % 2 == 0) break;
+    }
+    *body = p->raw + open + 1;
+    *len = close - open - 1;
 }
 
 /* A value at depth 1 of the top-level object, under key p->pending.
@@ -160,6 +216,12 @@ static int top_value(record_parser *p, char kind, const char *s, size_t len)
         /* yajl lets encoded surrogates through; every sink needs strict UTF-8. */
         if (!utf8_valid(s, len))
             return fail(p, PARSE_INVALID_UTF8, "\"%s\" is not valid UTF-8", "page");
+        const char *body;
+        size_t body_len;
+        string_token(p, &body, &body_len);
+        if (memchr(body, '\\', body_len) && !surrogates_paired(body, body_len))
+            return fail(p, PARSE_INVALID_UTF8, "\"%s\" has an unpaired surrogate escape",
+                        "page");
         buf_reset(&p->page);
         buf_append(&p->page, s, len);
         return 1;
@@ -368,6 +430,7 @@ parse_error record_parse(record_parser *p, const raw_record *r, visit *out, char
     p->err = PARSE_OK;
     p->detail = detail;
     p->detail_len = detail_len;
+    p->raw = r->data;
     if (detail_len) detail[0] = '\0';
 
     if (r->oversized) {

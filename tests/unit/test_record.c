@@ -55,6 +55,10 @@ static void test_parse_valid(void)
                           "\"page\":\"a\\\"b\\u00e9\\ud83d\\ude00\",\"user_id\":-9223372036854775808,\"y\":null}", &v), PARSE_OK);
     CHECK_EQ_I64(v.user_id, INT64_MIN);
     CHECK(v.page_len == 9 && memcmp(v.page, "a\"b\xc3\xa9\xf0\x9f\x98\x80", 9) == 0);
+    /* a paired surrogate after an escaped backslash, and an escaped backslash
+     * before "ud800" text, which is no escape at all */
+    CHECK_EQ_I64(parse(p, "{\"user_id\":1,\"page\":\"\\\\\\ud83d\\ude00\\\\ud800\",\"event_time\":\"2023-02-20T03:03:20\"}", &v), PARSE_OK);
+    CHECK(v.page_len == 11 && memcmp(v.page, "\\\xf0\x9f\x98\x80\\ud800", 11) == 0);
     CHECK_EQ_I64(parse(p, "{\"user_id\":9223372036854775807,\"page\":\"\",\"event_time\":\"2023-02-20T03:03:20.5+01:00\"}", &v), PARSE_OK);
     CHECK_EQ_I64(v.user_id, INT64_MAX);
     CHECK_EQ_I64(v.page_len, 0);
@@ -95,6 +99,13 @@ static void test_parse_invalid(void)
         {"{\"user_id\":1,\"page\":\"\xff\",\"event_time\":\"2023-02-20T03:03:20\"}", PARSE_INVALID_UTF8},
         {"{\"user_id\":1,\"page\":\"\xed\xa0\x80\",\"event_time\":\"2023-02-20T03:03:20\"}", PARSE_INVALID_UTF8},
         {"\xff\xfe", PARSE_INVALID_UTF8},
+        /* unpaired surrogate escapes: yajl turned these into "a?b" and U+10000 */
+        {"{\"user_id\":1,\"page\":\"a\\ud800b\",\"event_time\":\"2023-02-20T03:03:20\"}", PARSE_INVALID_UTF8},
+        {"{\"user_id\":1,\"page\":\"\\ud800\\ud800\",\"event_time\":\"2023-02-20T03:03:20\"}", PARSE_INVALID_UTF8},
+        {"{\"user_id\":1,\"page\":\"\\ud800\",\"event_time\":\"2023-02-20T03:03:20\"}", PARSE_INVALID_UTF8},
+        {"{\"user_id\":1,\"page\":\"\\udc00\\ud800\",\"event_time\":\"2023-02-20T03:03:20\"}", PARSE_INVALID_UTF8},
+        {"{\"user_id\":1,\"page\":\"\\ud800\\u0041\",\"event_time\":\"2023-02-20T03:03:20\"}", PARSE_INVALID_UTF8},
+        {"{\"user_id\":1,\"page\":\"\\\\\\ud800\",\"event_time\":\"2023-02-20T03:03:20\"}", PARSE_INVALID_UTF8},
     };
     record_parser *p = record_parser_new();
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
