@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "common/sqlite_path.h"
 #include "common/xalloc.h"
 
 #define FORMAT_VERSION "sessionizer-checkpoint-1"
@@ -64,6 +65,14 @@ static int db_error(checkpoint *cp, const char *what, char *err, size_t errlen)
 
 checkpoint *checkpoint_open(const char *dir, char *err, size_t errlen)
 {
+    /* The lock file and checkpoint.db must be in the same directory, or a
+     * second job gets past the lock. */
+    if (sqlite_path_is_uri(dir)) {
+        snprintf(err, errlen, "checkpoint directory '%s' would be read by SQLite as a URI: its "
+                 "database would not be in that directory. Write --checkpoint ./%s for a "
+                 "directory of that name", dir, dir);
+        return NULL;
+    }
     if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
         snprintf(err, errlen, "cannot create checkpoint directory '%s': %s", dir, strerror(errno));
         return NULL;

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "common/keyed_sort.h"
+#include "common/sqlite_path.h"
 #include "common/xalloc.h"
 #include "sink/session_json.h"
 #include "sink/sink.h"
@@ -75,8 +76,30 @@ static int check_schema(sqlite_sink *s, char *err, size_t errlen)
     return 0;
 }
 
+/* Names SQLite gives a database that is not the file the user named: the
+ * rows would be thrown away when the job ends while it reports success. */
+static int refuse_path(const char *target, char *err, size_t errlen)
+{
+    if (!*target)
+        snprintf(err, errlen, "SQLite sink: no database file given (write sqlite:PATH, e.g. "
+                 "sqlite:sessions.db; an empty name is a temporary database SQLite deletes "
+                 "at the end)");
+    else if (strcmp(target, ":memory:") == 0)
+        snprintf(err, errlen, "SQLite sink 'sqlite::memory:' is an in-memory database: every "
+                 "row would be lost when the job ends. Give a database file (sqlite:PATH), or "
+                 "use the null: sink to discard the sessions on purpose");
+    else if (sqlite_path_is_uri(target))
+        snprintf(err, errlen, "SQLite sink path '%s' would be read by SQLite as a URI (which "
+                 "can name an in-memory or another database), not as a file. Give a file "
+                 "path: sqlite:./%s means the file of that name", target, target);
+    else
+        return 0;
+    return -1;
+}
+
 static sink *sqlite_open(const char *target, const sink_options *opts, char *err, size_t errlen)
 {
+    if (refuse_path(target, err, errlen)) return NULL;
     sqlite_sink *s = xcalloc(1, sizeof *s);
     s->base.ops = &sqlite_sink_ops;
     s->path = xstrdup(target);

@@ -2,7 +2,8 @@
 """Core scenarios of the embedded default (file/stdin in, SQLite/JSONL out):
 
   core_test.py golden | replay | oracle | sigkill | batches | deadletter |
-               corrupt | cli | stdin | sigterm | resume_open
+               corrupt | cli | stdin | sigterm | resume_open | diskfull | torn |
+               idle | sqlite_paths
 
 Each prints "N passed, N failed" and exits non-zero on a failure.
 """
@@ -406,6 +407,47 @@ def t_idle(c):
          "the closed sessions are written while the producer pauses, stdin still open")
     p.stdin.close()
     c.eq(p.wait(timeout=10), 0, "end of input ends the run")
+
+
+def t_sqlite_paths(c):
+    """Names SQLite does not read as the file they spell: an empty path, an
+    in-memory database, a URI. Each would lose every row while exiting 0, or
+    (the checkpoint) put the database away from its lock."""
+    d = tmpdir()
+    for target, needle in [("", b"no database file"), (":memory:", b"in-memory"),
+                           ("file:x?mode=memory", b"URI"), ("file:out.db", b"URI")]:
+        p = subprocess.run([BIN, "run", "--source", f"file:{SAMPLE}", "--sink", f"sqlite:{target}",
+                            "--until-end"], cwd=d, capture_output=True)
+        c.eq(p.returncode, 1, f"sqlite:{target} is refused")
+        c.check(needle in p.stderr and b"sqlite:" in p.stderr,
+                f"saying why and what to write: {p.stderr.decode().strip()[:300]}")
+    c.eq(sorted(os.listdir(d)), [], "and nothing was created")
+    # the spelling that means a file of that name works, and is that file
+    p = subprocess.run([BIN, "run", "--source", f"file:{SAMPLE}", "--sink", "sqlite:./file:out.db",
+                        "--until-end", "-q"], cwd=d, capture_output=True)
+    c.eq(p.returncode, 0, "sqlite:./file:out.db is accepted")
+    c.eq(content(f"{d}/file:out.db"), GOLDEN, "and writes the file named file:out.db")
+
+    # --checkpoint file:ck: refused before a lock or a database is made
+    args = [BIN, "run", "--source", "-", "--sink", "null:", "--checkpoint"]
+    p = subprocess.run([*args, "file:ck"], cwd=d, capture_output=True, stdin=subprocess.DEVNULL)
+    c.eq(p.returncode, 1, "--checkpoint file:ck is refused")
+    c.check(b"./file:ck" in p.stderr, f"naming the spelling to use: {p.stderr.decode().strip()[:300]}")
+    c.eq(sorted(os.listdir(d)), ["file:out.db"], "without creating file:ck/ or ck/")
+    # ./file:ck holds both the lock and the database, so a second job is refused
+    holder = subprocess.Popen([*args, "./file:ck"], cwd=d, stdin=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.time() + 10
+    while time.time() < deadline and not os.path.exists(f"{d}/file:ck/checkpoint.db"):
+        time.sleep(0.05)
+    p = subprocess.run([*args, "./file:ck"], cwd=d, capture_output=True, stdin=subprocess.DEVNULL)
+    holder.stdin.close()
+    holder.wait(timeout=30)
+    c.eq(p.returncode, 1, "a second job on ./file:ck is refused")
+    c.check(b"in use" in p.stderr, "by the lock: " + p.stderr.decode().strip()[:300])
+    c.eq(sorted(os.listdir(f"{d}/file:ck")), ["checkpoint.db", "lock"],
+         "the database lives next to its lock")
+    c.check(not os.path.exists(f"{d}/ck"), "and nothing went to ./ck")
 
 
 def mounted_tmpfs(path, size):
