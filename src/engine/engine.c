@@ -672,6 +672,15 @@ int engine_set_caught_up(engine *e, int32_t partition, int caught_up)
     return close_expired(e);
 }
 
+int engine_advance_partition(engine *e, int32_t partition, int64_t max_t)
+{
+    partition_state *p = partition_get(e, partition);
+    if (max_t <= p->max_t) return 0;
+    p->max_t = max_t;
+    recompute_closing_wm(e);
+    return close_expired(e);
+}
+
 int engine_close_all(engine *e) { return close_upto(e, UINT64_MAX); }
 
 int64_t engine_closing_watermark(const engine *e) { return e->closing_wm; }

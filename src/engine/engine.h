@@ -85,6 +85,13 @@ void engine_prefetch(const engine *e, int64_t user_id, int stage);
  * back the closing watermark. */
 int engine_set_caught_up(engine *e, int32_t partition, int caught_up);
 
+/* A partition's progress learnt from elsewhere than its visits: its highest
+ * event time so far is at least max_t. The scale-out session stage
+ * (src/task/) sees only the visits of its users, and hears the source
+ * partition's own maximum from the stage that read it; a value below what
+ * the engine already has changes nothing (watermarks never decrease). */
+int engine_advance_partition(engine *e, int32_t partition, int64_t max_t);
+
 /* Closes every open session (end of a bounded run), in closing order. */
 int engine_close_all(engine *e);
 
