@@ -41,6 +41,8 @@ void dead_letter_json(buf *out, const dead_letter *dl)
                pos->offset);
     if (pos->append_ts_ms) buf_printf(out, ",\"append_ts_ms\":%" PRId64, pos->append_ts_ms);
     if (dl->raw && dl->raw->line) buf_printf(out, ",\"line\":%" PRId64, dl->raw->line);
+    if (dl->raw && dl->raw->oversized)
+        buf_printf(out, ",\"truncated\":true,\"original_bytes\":%zu", dl->raw->full_len);
     if (dl->raw) {
         if (utf8_valid(dl->raw->data, dl->raw->len)) {
             buf_append_str(out, ",\"record\":\"");

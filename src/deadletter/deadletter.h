@@ -49,7 +49,8 @@ void deadletter_usage(buf *out);
  * {"reason":..,"detail":..,"source":..,"partition":..,"offset":..,
  *  "append_ts_ms":..,"line":..,"record":"<original text>"} where the record
  * is "record_base64" instead when it is not valid UTF-8, and is rebuilt from
- * the visit (with "reconstructed":true) when the bytes are gone. */
+ * the visit (with "reconstructed":true) when the bytes are gone. A record cut
+ * at --max-record-bytes adds "truncated":true,"original_bytes":N. */
 void dead_letter_json(buf *out, const dead_letter *dl);
 
 #endif

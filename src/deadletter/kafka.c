@@ -3,9 +3,11 @@
  * `--dlq kafka://HOST:PORT[,HOST:PORT...]/TOPIC` for another cluster.
  *
  * Each dead letter is one message: the value is the original record's bytes
- * (unchanged, so that it can be fixed and produced again), the key is the
- * original record's key when the record came from the Kafka source, and the
- * headers say why and where from:
+ * (unchanged, so that it can be fixed and produced again), the key and the
+ * first headers are the original record's when it came from the Kafka source
+ * (as Kafka Connect's dead-letter queue keeps them), and the headers after
+ * those say why and where from (a reader taking the last value of a name
+ * gets these even when the original record had a header of that name):
  *   reason               machine code: invalid_json, late, session_cap, ...
  *   detail               one human line
  *   source               the input's description ("kafka topic visits at ...")
@@ -16,6 +18,9 @@
  *   reconstructed        "true" when the original bytes were gone (a visit
  *                        evicted by the session cap) and the value is the
  *                        visit re-encoded as JSON
+ *   truncated            "true" when the record was cut at --max-record-bytes:
+ *                        the value holds its first --max-record-bytes bytes
+ *   original_bytes       decimal, with truncated: its length before the cut
  *
  * Brokers and connection settings: `kafka:TOPIC` uses the cluster of the
  * Kafka source and its -X properties that concern the connection (security,
@@ -209,7 +214,11 @@ static int kdl_write(deadletter *base, const dead_letter *dl, char *err, size_t 
 {
     kafka_deadletter *d = (kafka_deadletter *)base;
     const log_position *pos = dl->raw ? &dl->raw->pos : &dl->v->pos;
-    rd_kafka_headers_t *h = rd_kafka_headers_new(8);
+    rd_kafka_headers_t *h = NULL, *orig = NULL;
+    if (dl->raw && dl->raw->origin &&
+        rd_kafka_message_headers(dl->raw->origin, &orig) == RD_KAFKA_RESP_ERR_NO_ERROR)
+        h = rd_kafka_headers_copy(orig);
+    if (!h) h = rd_kafka_headers_new(10);
     rd_kafka_header_add(h, "reason", -1, dl->reason, -1);
     rd_kafka_header_add(h, "detail", -1, dl->detail, -1);
     rd_kafka_header_add(h, "source", -1, dl->source, -1);
@@ -218,13 +227,18 @@ static int kdl_write(deadletter *base, const dead_letter *dl, char *err, size_t 
     if (pos->append_ts_ms)
         add_number(h, "source_timestamp_ms", pos->append_ts_ms);
     if (dl->raw && dl->raw->line) add_number(h, "line", dl->raw->line);
+    if (dl->raw && dl->raw->oversized) {
+        rd_kafka_header_add(h, "truncated", -1, "true", 4);
+        add_number(h, "original_bytes", (int64_t)dl->raw->full_len);
+    }
 
     const void *value, *key = NULL;
     size_t value_len, key_len = 0;
     if (dl->raw) {
         value = dl->raw->data;
         value_len = dl->raw->len;
-        kafka_source_key(dl->raw, &key, &key_len);
+        key = dl->raw->key;
+        key_len = dl->raw->key_len;
     } else {
         char when[40];
         format_iso8601_us(dl->v->event_time_us, when);

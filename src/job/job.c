@@ -28,6 +28,7 @@
  * strictly in input order, and the queue is drained before anything that
  * must see every polled record applied (caught-up signals, commits, end). */
 #define PIPELINE 12
+_Static_assert(PIPELINE < RAW_RECORD_KEEP, "a record's key must outlive its wait in the queue");
 
 typedef struct pending {
     visit v;

@@ -20,12 +20,24 @@ typedef struct log_position {
     int64_t offset;
 } log_position;
 
+/* How many more records a source may deliver while an earlier raw_record's
+ * key and origin stay valid (its data is valid until the next poll): the job
+ * writes dead letters after its parse pipeline, a few records late, and the
+ * Kafka source keeps that many messages alive for them. */
+#define RAW_RECORD_KEEP 64
+
 typedef struct raw_record {
     const char *data; /* not NUL-terminated; valid until the next poll */
     size_t len;
     log_position pos;
     int64_t line;       /* 1-based line number for files, 0 where meaningless */
-    int oversized;      /* the source cut the record at its size limit */
+    int oversized;      /* the source cut the record at its size limit... */
+    size_t full_len;    /* ...which was this long before the cut (else == len) */
+    /* Kafka: the record's key (NULL: none) and the librdkafka message it came
+     * from (for its headers); NULL for files. See RAW_RECORD_KEEP. */
+    const void *key;
+    size_t key_len;
+    const void *origin;
 } raw_record;
 
 typedef struct visit {

@@ -10,7 +10,10 @@
  *
  * Lines are found with memchr in a 1 MiB buffer and handed out in place:
  * no copy, no allocation per record. A line longer than max_record_bytes is
- * delivered cut and flagged oversized, and the rest of it skipped.
+ * cut: its first max_record_bytes are kept aside, the rest skipped, and it is
+ * delivered flagged oversized, with its full length, once its end is found.
+ * Delivering it only then also keeps the saved position on a line boundary
+ * (a commit while skipping would otherwise resume mid-line).
  *
  * A pipe or terminal (stdin, a FIFO) can go quiet without ending: poll()
  * waits at most the job's timeout and the source reports itself idle, so
@@ -46,7 +49,10 @@ typedef struct file_source {
     size_t max_record;
     int64_t offset;      /* file offset of buf[start] */
     int64_t line;        /* lines delivered so far */
-    int skipping;        /* inside the tail of an oversized line */
+    int skipping;        /* inside the tail of an oversized line... */
+    char *cut;           /* ...whose first max_record bytes are kept here */
+    int64_t cut_offset;  /* its offset */
+    size_t cut_len;      /* its length so far, without the newline */
 } file_source;
 
 /* Reads more input: 0 when some came or the input ended, 1 when a stream
@@ -134,44 +140,47 @@ static int file_poll(source *s, raw_record *out, int timeout_ms, char *err, size
         char *p = f->buf + f->start;
         size_t avail = f->end - f->start;
         char *nl = avail ? memchr(p, '\n', avail) : NULL;
+        *out = (raw_record){0};
         if (f->skipping) { /* drop the rest of an oversized line */
-            size_t drop = nl ? (size_t)(nl - p) + 1 : avail;
-            f->start += drop;
-            f->offset += (int64_t)drop;
-            if (nl) f->skipping = 0;
-            else if (f->eof) return SOURCE_END;
-            else if ((rc = fill(f, timeout_ms, err, errlen)) != 0)
-                return rc < 0 ? SOURCE_ERROR : SOURCE_IDLE;
-            continue;
+            size_t take = nl ? (size_t)(nl - p) : avail;
+            f->cut_len += take;
+            f->start += take + (nl != NULL);
+            f->offset += (int64_t)(take + (nl != NULL));
+            if (!nl && !f->eof) {
+                if ((rc = fill(f, timeout_ms, err, errlen)) != 0)
+                    return rc < 0 ? SOURCE_ERROR : SOURCE_IDLE;
+                continue;
+            }
+            f->skipping = 0;
+            out->pos.offset = f->cut_offset;
+            out->line = ++f->line;
+            out->data = f->cut;
+            out->len = f->max_record;
+            out->oversized = 1;
+            out->full_len = f->cut_len;
+            return SOURCE_RECORD;
         }
         size_t len = nl ? (size_t)(nl - p) : avail;
-        int oversized = len > f->max_record;
-        if (!nl && !oversized && !f->eof) {
+        if (len > f->max_record) {
+            if (!f->cut) f->cut = xmalloc(f->max_record);
+            memcpy(f->cut, p, f->max_record);
+            f->cut_offset = f->offset;
+            f->cut_len = 0;
+            f->skipping = 1;
+            continue;
+        }
+        if (!nl && !f->eof) {
             if ((rc = fill(f, timeout_ms, err, errlen)) != 0)
                 return rc < 0 ? SOURCE_ERROR : SOURCE_IDLE;
             continue;
         }
         if (!nl && avail == 0) return SOURCE_END; /* eof */
-        out->pos.append_ts_ms = 0;
-        out->pos.partition = 0;
         out->pos.offset = f->offset;
         out->line = ++f->line;
+        /* The record stays valid until the next poll: fill() moves the
+         * buffer only in a later poll, so start may move past it now. */
         out->data = p;
-        out->oversized = oversized;
-        if (oversized) {
-            out->len = f->max_record;
-            f->skipping = 1;
-            size_t used = len; /* everything up to the newline or buffer end */
-            if (nl) used += 1, f->skipping = 0;
-            /* The record stays valid until the next poll: consume lazily by
-             * advancing start only past what we hand out; the caller copies
-             * nothing. Advancing now is safe because fill() runs only in a
-             * later poll. */
-            f->start += used;
-            f->offset += (int64_t)used;
-            return SOURCE_RECORD;
-        }
-        out->len = len && p[len - 1] == '\r' ? len - 1 : len;
+        out->len = out->full_len = len && p[len - 1] == '\r' ? len - 1 : len;
         size_t used = nl ? len + 1 : len;
         f->start += used;
         f->offset += (int64_t)used;
@@ -183,7 +192,8 @@ static int file_poll(source *s, raw_record *out, int timeout_ms, char *err, size
 static void file_position(source *s, buf *out)
 {
     file_source *f = (file_source *)s;
-    buf_put_i64le(out, f->offset);
+    /* Inside an oversized line not yet delivered: resume at its start. */
+    buf_put_i64le(out, f->skipping ? f->cut_offset : f->offset);
     buf_put_i64le(out, f->line);
 }
 
@@ -255,6 +265,7 @@ static void file_close(source *s)
     if (!f) return;
     if (!f->is_stdin && f->fd >= 0) close(f->fd);
     free(f->buf);
+    free(f->cut);
     free(f->path);
     free(f->describe);
     free(f->identity);

@@ -108,6 +108,7 @@
 #define JOB_STALL_MS 1000 /* the thread stops polling librdkafka when the job has not polled for this long */
 #define RETIRE_RING (2 * RING) /* messages the job hands back to the thread to destroy */
 #define RECENT 64 /* > the job's pipeline depth */
+_Static_assert(RECENT >= RAW_RECORD_KEEP, "delivered records' keys must outlive the job's use");
 #define POSITION_VERSION 1u
 #define DEFAULT_STARTUP_MS 15000
 #define DEFAULT_SESSION_TIMEOUT_MS 10000
@@ -197,7 +198,8 @@ typedef struct kafka_source {
     int thread_started;
     /* The last RECENT records delivered, still alive: the job may write a
      * dead letter for a record a few polls after it (its parse pipeline),
-     * and the Kafka dead-letter output wants that record's key. */
+     * and the Kafka dead-letter output wants that record's key and headers
+     * (raw_record.key and .origin point into the message). */
     rd_kafka_message_t *recent[RECENT];
     size_t recent_i;
 
@@ -992,7 +994,11 @@ static int take(kafka_source *ks, rd_kafka_message_t *m, raw_record *out)
     out->data = m->payload ? m->payload : "";
     out->len = m->len;
     out->oversized = m->len > ks->max_record;
+    out->full_len = m->len;
     if (out->oversized) out->len = ks->max_record;
+    out->key = m->key;
+    out->key_len = m->key ? m->key_len : 0;
+    out->origin = m;
     advance(ks, kp, m->offset + 1);
     kp->last_ms = ks->batch_ms;
     ks->quiet = 0;
@@ -1372,20 +1378,6 @@ static void kafka_close(source *s)
 const char *kafka_source_bootstrap(void) { return g_open ? g_open->brokers : NULL; }
 
 const char *const *kafka_source_props(void) { return g_open ? g_open->props : NULL; }
-
-int kafka_source_key(const raw_record *raw, const void **key, size_t *len)
-{
-    if (!g_open || !raw) return 0;
-    for (size_t i = 0; i < RECENT; i++) {
-        const rd_kafka_message_t *m = g_open->recent[i];
-        if (m && m->partition == raw->pos.partition && m->offset == raw->pos.offset) {
-            *key = m->key;
-            *len = m->key_len;
-            return 1;
-        }
-    }
-    return 0;
-}
 
 const source_ops kafka_source_ops = {
     .scheme = "kafka",

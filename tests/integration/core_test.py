@@ -203,6 +203,10 @@ def t_deadletter(c):
     c.eq(dl[0]["record"], lines[2].decode(), "with its original text")
     c.check("record_base64" in dl[5], "invalid UTF-8 kept as base64")
     c.eq(dl[1]["offset"], sum(len(x) + 1 for x in lines[:3]), "with its byte offset")
+    c.eq((dl[7].get("truncated"), dl[7].get("original_bytes"), len(dl[7]["record"])),
+         (True, len(lines[9]), 200), "a record cut at --max-record-bytes says so, with its length")
+    c.check(not any("truncated" in x for x in dl[:7]), "and only that one")
+    c.eq(dl[7]["offset"], sum(len(x) + 1 for x in lines[:9]), "the cut record's own offset")
     s = summary(p.stderr)
     c.eq((s["records"], s["dead"], s["invalid"], s["late"]), (11, 8, 7, 1), "summary counts")
     c.eq(s["records"], s["closed_visits"] + s["dead"], "records = visits in sessions + dead letters")
