@@ -23,11 +23,13 @@
 #include "common/units.h"
 #include "common/xalloc.h"
 #include "deadletter/deadletter.h"
+#include "record/mapping.h"
 
 /* Longest a time can be without the engine's arithmetic overflowing. */
 #define HUNDRED_YEARS_US 3155760000000000ULL
 #define MAX_LIST 256 /* values of one repeatable option */
 #define MAX_OPTS 64
+_Static_assert(TIME_EPOCH_NS == 4, "time_format_choices follows enum time_format");
 
 /* The field f of cli_options, checked at compile time to have the C type the
  * option's type stores (a mismatch is "no association" in _Generic). */
@@ -47,6 +49,9 @@
                    .size = sizeof(CLI_FIELD(f))
 
 static const char *const start_choices[] = {"earliest", "latest", NULL};
+/* In the order of enum time_format (record/mapping.h). */
+static const char *const time_format_choices[] = {"iso8601", "epoch_s", "epoch_ms", "epoch_us",
+                                                  "epoch_ns", NULL};
 
 const opt_def cli_option_table[] = {
     {.name = "source", .type = OPT_STRING, .arg = "URI", AT_STRING(job.source_uri),
@@ -64,6 +69,13 @@ const opt_def cli_option_table[] = {
      .help = "allowed lateness L behind the watermark"},
     {.name = "until-end", .type = OPT_BOOL, .def = "false", AT_INT(job.until_end),
      .help = "stop at the end of the input and close every session"},
+    {.name = "field", .type = OPT_LIST, .arg = "NAME=POINTER", AT_LIST(fields),
+     .help = "where a field of the record is, as a JSON Pointer (repeatable): user=/userId, "
+             "page=/context/url, time=/ts (default /user_id, /page, /event_time)"},
+    {.name = "time-format", .type = OPT_ENUM, .arg = "FORMAT", .def = "iso8601",
+     .choices = time_format_choices, AT_INT(time_format),
+     .help = "how the event time is written: iso8601, or epoch_s, epoch_ms, epoch_us, epoch_ns "
+             "(a JSON number or numeric string)"},
     {.name = "dlq", .type = OPT_STRING, .arg = "URI", .def = "jsonl:stderr", AT_STRING(job.dlq_uri),
      .help = "where bad and late records go, with their reason (see Dead-letter outputs)"},
     {.name = "max-pages", .type = OPT_COUNT, .arg = "N", .def = "10000", .min = 1,
@@ -378,6 +390,16 @@ int options_parse(cli_options *o, int argc, char **argv, int first)
     for (size_t k = 0; k < nn; k++) free(names[k]);
     for (size_t k = 0; k < N_OPTS; k++) free(wheres[k]);
     if (rc) return rc;
+
+    /* The record layout, checked and resolved once. */
+    char why[512];
+    record_mapping *m = &o->job.records;
+    record_mapping_default(m);
+    m->time_format = (time_format)o->time_format;
+    for (size_t k = 0; o->fields && o->fields[k]; k++)
+        if (record_mapping_set_field(m, o->fields[k], why, sizeof why))
+            return usage_error("%s", why);
+    if (record_mapping_check(m, why, sizeof why)) return usage_error("%s", why);
 
     /* Settings that follow from others. */
     o->job.source.until_end = o->job.until_end;

@@ -32,6 +32,9 @@ typedef struct cli_options {
     int quiet;              /* no progress and no summary */
     int progress;           /* progress lines even when stderr is not a terminal */
     const char *config;     /* --config FILE */
+    /* The record layout as given; resolved into job.records after parsing. */
+    const char *const *fields; /* --field NAME=POINTER */
+    int time_format;           /* index in time_format order (record/mapping.h) */
     struct opt_state *st;   /* the parser's bookkeeping (owned strings, lists, origins) */
 } cli_options;
 

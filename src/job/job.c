@@ -222,6 +222,7 @@ static int commit_at(job *j, int with_position)
     PUT("source_id", source_identity(j, b));
     if (with_position) PUT("source_position", j->src->ops->position(j->src, b));
     PUT("engine", engine_save_meta(j->eng, b));
+    PUT("records", record_mapping_describe(&j->cfg->records, b));
     PUT("counters", save_counters(j, b));
     if (j->snk->ops->save) PUT("sink", j->snk->ops->save(j->snk, b));
     if (j->dlq->ops->save) PUT("deadletter", j->dlq->ops->save(j->dlq, b));
@@ -239,6 +240,34 @@ fail:
 static int load_user(void *ctx, int64_t user_id, const void *blob, size_t len)
 {
     return engine_load_user(ctx, user_id, blob, len);
+}
+
+/* The record layout is bound to the checkpoint like --gap: the same log
+ * read with another mapping is another input. Checkpoints written before the
+ * options existed used the default layout. */
+static int check_records(job *j)
+{
+    buf was, now;
+    buf_init(&was);
+    buf_init(&now);
+    int got = checkpoint_get(j->cp, "records", &was, j->err, j->errlen);
+    record_mapping_describe(&j->cfg->records, &now);
+    if (got == 0) {
+        record_mapping def;
+        record_mapping_default(&def);
+        record_mapping_describe(&def, &was);
+    }
+    int same = got >= 0 && was.len == now.len && memcmp(was.data, now.data, now.len) == 0;
+    if (got >= 0 && !same)
+        snprintf(j->err, j->errlen, "checkpoint %s was written with other record settings "
+                 "(%.*s), not (%.*s). Rerun with the settings it was written with (--field, "
+                 "--user-type, --time-format, --time-from, --user-from), or use a new checkpoint "
+                 "directory to reprocess the input", j->cfg->checkpoint_dir,
+                 (int)(was.len > 400 ? 400 : was.len), (const char *)was.data,
+                 (int)(now.len > 400 ? 400 : now.len), (const char *)now.data);
+    buf_free(&was);
+    buf_free(&now);
+    return same ? 0 : -1;
 }
 
 static int restore(job *j)
@@ -290,6 +319,7 @@ static int restore(job *j)
                  "the same rows", j->cfg->checkpoint_dir);
         return -1;
     }
+    if (check_records(j)) return -1;
     if (checkpoint_load_users(j->cp, load_user, j->eng, err, errlen)) return -1;
     got = checkpoint_get(j->cp, "counters", b, err, errlen);
     if (got < 0) return -1;
@@ -435,7 +465,7 @@ int job_run(const job_config *cfg, job_result *res, char *err, size_t errlen)
     ec.track_dirty = cfg->checkpoint_dir != NULL;
     engine_callbacks cb = {.ctx = &j, .on_close = on_close, .on_reject = on_reject};
     j.eng = engine_new(&ec, &cb);
-    j.parser = record_parser_new();
+    j.parser = record_parser_new(&cfg->records);
     j.parts = xcalloc(MAX_PARTITIONS, sizeof *j.parts);
     if (cfg->checkpoint_dir) {
         j.cp = checkpoint_open(cfg->checkpoint_dir, err, errlen);

@@ -21,6 +21,7 @@
 
 #include "common/histogram.h"
 #include "engine/engine.h"
+#include "record/mapping.h"
 #include "sink/sink.h"
 #include "source/source.h"
 
@@ -30,6 +31,7 @@ typedef struct job_config {
     const char *dlq_uri;          /* default "jsonl:stderr" */
     const char *checkpoint_dir;   /* NULL: no checkpoint, start at the beginning */
     engine_config engine;
+    record_mapping records;       /* where the fields are (record_mapping_default) */
     source_options source;
     sink_options sink;
     const char *const *dlq_props;

@@ -6,12 +6,15 @@
  * yajl_allow_multiple_values mode did: a stray quote after a complete object
  * stayed in its lexer). A handle costs a few allocations; they come from a
  * bump arena reset per record, so the common path still calls malloc zero
- * times. The callbacks track nesting depth so that only the top-level
- * object's fields are taken.
+ * times. The callbacks track the path from the top-level object down, as a
+ * stack of frames holding which of the three JSON Pointers (record/mapping.h)
+ * still match, so that only the values the mapping names are taken, however
+ * deep, and a record costs the same whatever its other fields hold.
  *
  * In front of yajl sits a fast path for the one shape almost every record
- * has: an object of exactly the three fields, integers without fraction,
- * strings of printable ASCII without escapes. It accepts a record only when
+ * has when the three fields are top-level keys (the default layout, or a
+ * mapping of one-token pointers): an object of exactly the three fields,
+ * integers without fraction, strings of printable ASCII without escapes. It accepts a record only when
  * it has checked all of it, and hands anything else, valid or not, to yajl,
  * which stays the judge of what is JSON and words every error. A fuzz target
  * (fuzz_record_parse) holds the two to the same answers. Parsing was 42% of
@@ -31,7 +34,15 @@
 #include "common/xalloc.h"
 #include "record/timestamp.h"
 
-enum field { F_NONE, F_USER_ID, F_PAGE, F_EVENT_TIME };
+/* A frame per open container on the path, up to the deepest pointer. */
+#define MAX_FRAMES (POINTER_MAX_TOKENS + 1)
+
+typedef struct frame {
+    unsigned mask;  /* pointers (bit per field) that run through this container */
+    unsigned seen;  /* of those, the ones whose key was met here (objects) */
+    int64_t index;  /* next element's index (arrays) */
+    int is_array;
+} frame;
 
 /* ---- per-record arena for yajl's allocations ---------------------------- */
 
@@ -96,13 +107,17 @@ struct record_parser {
     arena arena;        /* holds the current record's yajl handle */
     yajl_alloc_funcs alloc_funcs;
     yajl_handle h;
+    record_mapping m;
+    unsigned wanted;    /* fields read from the JSON (not from the Kafka key or timestamp) */
+    int flat;           /* every wanted field is a top-level key: the fast path applies */
     int fast_path;      /* on unless a test turns it off */
     /* per-record state */
     const char *raw;    /* the record's bytes, as given to yajl in one piece */
     int depth;
     int top_values;
-    enum field pending; /* the top-level key just read */
-    unsigned seen;      /* bit per field */
+    unsigned pending;   /* pointers selecting the value that comes next */
+    unsigned seen;      /* fields found, bit per field */
+    frame frames[MAX_FRAMES];
     size_t end;         /* bytes up to the end of the top-level object */
     parse_error err;
     char *detail;
@@ -110,6 +125,7 @@ struct record_parser {
     int64_t user_id;
     int64_t event_time_us;
     buf page;
+    buf user;
 };
 
 __attribute__((format(printf, 3, 4)))
@@ -125,9 +141,10 @@ static int fail(record_parser *p, parse_error e, const char *fmt, ...)
     return 0; /* stops yajl: yajl_status_client_canceled */
 }
 
-static const char *field_name(enum field f)
+static const char *field_name(const record_parser *p, int f)
 {
-    return f == F_USER_ID ? "user_id" : f == F_PAGE ? "page" : "event_time";
+    if (f == FIELD_USER && p->m.user_from_key) return "Kafka key";
+    return record_mapping_field_name(&p->m, f);
 }
 
 static unsigned hex4(const char *s)
@@ -184,52 +201,161 @@ static void string_token(const record_parser *p, const char **body, size_t *len)
     *len = close - open - 1;
 }
 
-/* A value at depth 1 of the top-level object, under key p->pending.
- * kind: 'n' number, 's' string, 'o' other (bool, null, map, array). */
-static int top_value(record_parser *p, char kind, const char *s, size_t len)
+/* An unpaired surrogate escape in the string value yajl just reported. */
+static int unpaired_surrogate(const record_parser *p)
 {
-    enum field f = p->pending;
-    p->pending = F_NONE;
-    if (f == F_NONE) return 1;
-    if (f == F_USER_ID) {
-        if (kind != 'n') return fail(p, PARSE_MISTYPED_FIELD, "\"%s\" must be an integer", "user_id");
-        /* Strict integer: optional '-', digits, no fraction or exponent. */
-        size_t i = s[0] == '-';
-        if (i == len) return fail(p, PARSE_MISTYPED_FIELD, "\"%s\" must be an integer", "user_id");
-        uint64_t v = 0, limit = s[0] == '-' ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
-        for (; i < len; i++) {
-            unsigned d = (unsigned char)s[i] - '0';
-            if (d > 9) return fail(p, PARSE_MISTYPED_FIELD, "\"%s\" must be an integer", "user_id");
-            if (v > (limit - d) / 10)
-                return fail(p, PARSE_USER_ID_RANGE, "\"%s\" does not fit a signed 64-bit integer",
-                            "user_id");
-            v = v * 10 + d;
+    const char *body;
+    size_t body_len;
+    string_token(p, &body, &body_len);
+    return memchr(body, '\\', body_len) && !surrogates_paired(body, body_len);
+}
+
+/* Strict integer: optional '-', digits, no fraction or exponent. 0, or the
+ * error (mistyped or out of range) already reported. */
+static int parse_user_int(record_parser *p, const char *s, size_t len, int64_t *out)
+{
+    const char *name = field_name(p, FIELD_USER);
+    size_t i = len > 0 && s[0] == '-';
+    if (i == len) return fail(p, PARSE_MISTYPED_FIELD, "\"%s\" must be an integer", name), -1;
+    uint64_t v = 0, limit = s[0] == '-' ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+    for (; i < len; i++) {
+        unsigned d = (unsigned)((unsigned char)s[i] - '0');
+        if (d > 9) return fail(p, PARSE_MISTYPED_FIELD, "\"%s\" must be an integer", name), -1;
+        if (v > (limit - d) / 10)
+            return fail(p, PARSE_USER_ID_RANGE, "\"%s\" does not fit a signed 64-bit integer",
+                        name), -1;
+        v = v * 10 + d;
+    }
+    *out = s[0] == '-' ? (int64_t)(0 - v) : (int64_t)v;
+    return 0;
+}
+
+/* A string user id: 1 to USER_MAX_BYTES bytes of UTF-8 without NUL. */
+static int check_user_string(record_parser *p, const char *s, size_t len)
+{
+    const char *name = field_name(p, FIELD_USER);
+    if (len == 0) return fail(p, PARSE_INVALID_USER_ID, "\"%s\" is empty", name), -1;
+    if (len > USER_MAX_BYTES)
+        return fail(p, PARSE_INVALID_USER_ID, "\"%s\" is longer than %d bytes", name,
+                    USER_MAX_BYTES), -1;
+    if (memchr(s, '\0', len))
+        return fail(p, PARSE_INVALID_USER_ID, "\"%s\" contains a NUL character", name), -1;
+    if (!utf8_valid(s, len))
+        return fail(p, PARSE_INVALID_UTF8, "\"%s\" is not valid UTF-8", name), -1;
+    return 0;
+}
+
+static const char *time_example(time_format f)
+{
+    switch (f) {
+    case TIME_ISO8601: return "an ISO-8601 time such as 2023-02-20T03:03:20";
+    case TIME_EPOCH_S: return "epoch seconds such as 1676862200 or \"1676862200.5\"";
+    case TIME_EPOCH_MS: return "epoch milliseconds such as 1676862200000";
+    case TIME_EPOCH_US: return "epoch microseconds such as 1676862200000000";
+    case TIME_EPOCH_NS: return "epoch nanoseconds such as 1676862200000000000";
+    }
+    return "a time";
+}
+
+static const int time_decimals[] = {0, 0, 3, 6, 9};
+
+/* The event time from a JSON value of kind 'n' (number) or 's' (string). */
+static int parse_time(record_parser *p, char kind, const char *s, size_t len, int64_t *out)
+{
+    const char *name = field_name(p, FIELD_TIME);
+    time_format f = p->m.time_format;
+    if (f == TIME_ISO8601) {
+        if (kind != 's') return fail(p, PARSE_MISTYPED_FIELD, "\"%s\" must be a string", name), -1;
+        if (parse_iso8601_us(s, len, out))
+            return fail(p, PARSE_BAD_EVENT_TIME, "\"%s\" is not %s", name, time_example(f)), -1;
+        return 0;
+    }
+    if (kind != 's' && kind != 'n')
+        return fail(p, PARSE_MISTYPED_FIELD, "\"%s\" must be a number or a numeric string",
+                    name), -1;
+    if (parse_epoch_us(s, len, time_decimals[f], out))
+        return fail(p, PARSE_BAD_EVENT_TIME, "\"%s\" is not %s (no exponent; years 0000-9999)",
+                    name, time_example(f)), -1;
+    return 0;
+}
+
+/* The value of field f. kind: 'n' number, 's' string, 'o' other (bool,
+ * null, object, array). */
+static int field_value(record_parser *p, int f, char kind, const char *s, size_t len)
+{
+    if (f == FIELD_USER) {
+        if (p->m.user_type == USER_INT) {
+            if (kind != 'n')
+                return fail(p, PARSE_MISTYPED_FIELD, "\"%s\" must be an integer",
+                            field_name(p, f));
+            return parse_user_int(p, s, len, &p->user_id) == 0;
         }
-        p->user_id = s[0] == '-' ? (int64_t)(0 - v) : (int64_t)v;
-        return 1;
-    }
-    if (kind != 's') return fail(p, PARSE_MISTYPED_FIELD, "\"%s\" must be a string", field_name(f));
-    if (f == F_PAGE) {
-        if (memchr(s, '\0', len))
-            return fail(p, PARSE_INVALID_PAGE, "\"%s\" contains a NUL character", "page");
-        if (len > UINT32_MAX) return fail(p, PARSE_INVALID_PAGE, "\"%s\" is too long", "page");
-        /* yajl lets encoded surrogates through; every sink needs strict UTF-8. */
-        if (!utf8_valid(s, len))
-            return fail(p, PARSE_INVALID_UTF8, "\"%s\" is not valid UTF-8", "page");
-        const char *body;
-        size_t body_len;
-        string_token(p, &body, &body_len);
-        if (memchr(body, '\\', body_len) && !surrogates_paired(body, body_len))
+        if (kind != 's')
+            return fail(p, PARSE_MISTYPED_FIELD, "\"%s\" must be a string (--user-type string)",
+                        field_name(p, f));
+        if (check_user_string(p, s, len)) return 0;
+        if (unpaired_surrogate(p))
             return fail(p, PARSE_INVALID_UTF8, "\"%s\" has an unpaired surrogate escape",
-                        "page");
-        buf_reset(&p->page);
-        buf_append(&p->page, s, len);
+                        field_name(p, f));
+        p->user_id = 0;
+        buf_reset(&p->user);
+        buf_append(&p->user, s, len);
         return 1;
     }
-    if (parse_iso8601_us(s, len, &p->event_time_us))
-        return fail(p, PARSE_BAD_EVENT_TIME,
-                    "\"%s\" is not an ISO-8601 time such as 2023-02-20T03:03:20", "event_time");
+    if (f == FIELD_TIME) return parse_time(p, kind, s, len, &p->event_time_us) == 0;
+    if (kind != 's') return fail(p, PARSE_MISTYPED_FIELD, "\"%s\" must be a string", field_name(p, f));
+    if (memchr(s, '\0', len))
+        return fail(p, PARSE_INVALID_PAGE, "\"%s\" contains a NUL character", field_name(p, f));
+    if (len > UINT32_MAX) return fail(p, PARSE_INVALID_PAGE, "\"%s\" is too long", field_name(p, f));
+    /* yajl lets encoded surrogates through; every sink needs strict UTF-8. */
+    if (!utf8_valid(s, len))
+        return fail(p, PARSE_INVALID_UTF8, "\"%s\" is not valid UTF-8", field_name(p, f));
+    if (unpaired_surrogate(p))
+        return fail(p, PARSE_INVALID_UTF8, "\"%s\" has an unpaired surrogate escape",
+                    field_name(p, f));
+    buf_reset(&p->page);
+    buf_append(&p->page, s, len);
     return 1;
+}
+
+/* Which pointers select the value starting now: those of the enclosing
+ * object's last key, or of the enclosing array whose token is this index. */
+static unsigned selecting(record_parser *p)
+{
+    if (p->depth == 0 || p->depth > MAX_FRAMES) return 0;
+    frame *fr = &p->frames[p->depth - 1];
+    if (!fr->mask) return 0;
+    if (!fr->is_array) {
+        unsigned m = p->pending;
+        p->pending = 0;
+        return m;
+    }
+    int64_t i = fr->index++;
+    unsigned m = 0;
+    for (int f = 0; f < FIELD_COUNT; f++)
+        if ((fr->mask >> f & 1) && p->m.field[f].index[p->depth - 1] == i) m |= 1u << f;
+    return m;
+}
+
+/* A value at depth >= 1 selected by the pointers in sel: the end of a
+ * pointer takes it as its field; a container passes the others down. */
+static int selected_value(record_parser *p, unsigned sel, char kind, const char *s, size_t len)
+{
+    for (int f = 0; f < FIELD_COUNT; f++) {
+        if (!(sel >> f & 1) || p->m.field[f].n != (uint32_t)p->depth) continue;
+        p->seen |= 1u << f;
+        if (!field_value(p, f, kind, s, len)) return 0;
+    }
+    return 1;
+}
+
+/* The mask of pointers that go on below a container opened at p->depth. */
+static unsigned going_deeper(const record_parser *p, unsigned sel)
+{
+    unsigned m = 0;
+    for (int f = 0; f < FIELD_COUNT; f++)
+        if ((sel >> f & 1) && p->m.field[f].n > (uint32_t)p->depth) m |= 1u << f;
+    return m;
 }
 
 /* A value that is not an object at the top level. */
@@ -243,7 +369,28 @@ static int top_level_non_object(record_parser *p)
 static int on_scalar(record_parser *p, char kind, const char *s, size_t len)
 {
     if (p->depth == 0) return top_level_non_object(p);
-    if (p->depth == 1) return top_value(p, kind, s, len);
+    unsigned sel = selecting(p);
+    return sel ? selected_value(p, sel, kind, s, len) : 1;
+}
+
+/* A container opens: at the top, the record itself; below, a value that
+ * some pointer may select (then it is mistyped) or run through. */
+static int open_container(record_parser *p, int is_array)
+{
+    unsigned down;
+    if (p->depth == 0) {
+        if (is_array) return top_level_non_object(p);
+        if (p->top_values++ > 0)
+            return fail(p, PARSE_INVALID_JSON, "%s", "more than one JSON value on the line");
+        down = p->wanted;
+    } else {
+        unsigned sel = selecting(p);
+        if (sel && !selected_value(p, sel, 'o', NULL, 0)) return 0;
+        down = going_deeper(p, sel);
+    }
+    if (p->depth < MAX_FRAMES)
+        p->frames[p->depth] = (frame){.mask = down, .seen = 0, .index = 0, .is_array = is_array};
+    p->depth++;
     return 1;
 }
 
@@ -255,30 +402,33 @@ static int cb_string(void *ctx, const unsigned char *s, size_t len)
     return on_scalar(ctx, 's', (const char *)s, len);
 }
 
-static int cb_start_map(void *ctx)
-{
-    record_parser *p = ctx;
-    if (p->depth == 0 && p->top_values++ > 0)
-        return fail(p, PARSE_INVALID_JSON, "%s", "more than one JSON value on the line");
-    if (p->depth == 1 && !on_scalar(p, 'o', NULL, 0)) return 0;
-    p->depth++;
-    return 1;
-}
+static int cb_start_map(void *ctx) { return open_container(ctx, 0); }
 
 static int cb_map_key(void *ctx, const unsigned char *key, size_t len)
 {
     record_parser *p = ctx;
-    if (p->depth != 1) return 1;
-    enum field f = F_NONE;
-    if (len == 7 && memcmp(key, "user_id", 7) == 0) f = F_USER_ID;
-    else if (len == 4 && memcmp(key, "page", 4) == 0) f = F_PAGE;
-    else if (len == 10 && memcmp(key, "event_time", 10) == 0) f = F_EVENT_TIME;
-    if (f != F_NONE) {
-        if (p->seen & (1u << f))
-            return fail(p, PARSE_DUPLICATE_FIELD, "field \"%s\" appears twice", field_name(f));
-        p->seen |= 1u << f;
+    p->pending = 0;
+    if (p->depth > MAX_FRAMES) return 1;
+    frame *fr = &p->frames[p->depth - 1];
+    if (!fr->mask) return 1;
+    unsigned m = 0;
+    for (int f = 0; f < FIELD_COUNT; f++) {
+        const json_pointer *ptr = &p->m.field[f];
+        int d = p->depth - 1;
+        if ((fr->mask >> f & 1) && ptr->len[d] == len && memcmp(ptr->store + ptr->off[d], key, len) == 0)
+            m |= 1u << f;
     }
-    p->pending = f;
+    /* A key on a pointer's path met twice in one object: which value was
+     * meant is ambiguous. */
+    if (m & fr->seen) {
+        int f = __builtin_ctz(m & fr->seen);
+        if (p->m.field[f].n == (uint32_t)p->depth)
+            return fail(p, PARSE_DUPLICATE_FIELD, "field \"%s\" appears twice", field_name(p, f));
+        return fail(p, PARSE_DUPLICATE_FIELD, "key \"%.*s\" on the path of \"%s\" appears twice",
+                    (int)(len > 64 ? 64 : len), (const char *)key, p->m.field[f].text);
+    }
+    fr->seen |= m;
+    p->pending = m;
     return 1;
 }
 
@@ -289,14 +439,7 @@ static int cb_end_map(void *ctx)
     return 1;
 }
 
-static int cb_start_array(void *ctx)
-{
-    record_parser *p = ctx;
-    if (p->depth == 0) return top_level_non_object(p);
-    if (p->depth == 1 && !on_scalar(p, 'o', NULL, 0)) return 0;
-    p->depth++;
-    return 1;
-}
+static int cb_start_array(void *ctx) { return open_container(ctx, 1); }
 
 static int cb_end_array(void *ctx)
 {
@@ -337,6 +480,24 @@ static inline const char *plain_string_end(const char *c, const char *e)
     return NULL;
 }
 
+/* The end of a JSON number's text that parse_epoch_us reads
+ * (-?(0|[1-9][0-9]*)(.[0-9]+)?), or NULL when it is not one (an exponent,
+ * a leading zero: yajl's to judge and word). */
+static inline const char *plain_number_end(const char *c, const char *e)
+{
+    c += c < e && *c == '-';
+    if (c == e || *c < '0' || *c > '9') return NULL;
+    if (*c == '0' && c + 1 < e && c[1] >= '0' && c[1] <= '9') return NULL; /* 01 */
+    while (c < e && *c >= '0' && *c <= '9') c++;
+    if (c < e && *c == '.') {
+        const char *d = ++c;
+        while (c < e && *c >= '0' && *c <= '9') c++;
+        if (c == d) return NULL;
+    }
+    if (c < e && (*c == 'e' || *c == 'E' || *c == '.')) return NULL;
+    return c;
+}
+
 /* 1 and *out filled if r is a valid visit of the common shape, else 0. */
 static int fast_parse(record_parser *p, const raw_record *r, visit *out)
 {
@@ -353,14 +514,17 @@ static int fast_parse(record_parser *p, const raw_record *r, visit *out)
         if (c == e || *c++ != ':') return 0;
         c = skip_ws(c, e);
         if (c == e) return 0;
-        enum field f;
-        if (key_len == 7 && memcmp(key, "user_id", 7) == 0) f = F_USER_ID;
-        else if (key_len == 4 && memcmp(key, "page", 4) == 0) f = F_PAGE;
-        else if (key_len == 10 && memcmp(key, "event_time", 10) == 0) f = F_EVENT_TIME;
-        else return 0;
+        int f = 0;
+        for (; f < FIELD_COUNT; f++) {
+            const json_pointer *ptr = &p->m.field[f];
+            if ((p->wanted >> f & 1) && ptr->len[0] == key_len &&
+                memcmp(ptr->store, key, key_len) == 0)
+                break;
+        }
+        if (f == FIELD_COUNT) return 0;
         if (seen & (1u << f)) return 0;
         seen |= 1u << f;
-        if (f == F_USER_ID) {
+        if (f == FIELD_USER && p->m.user_type == USER_INT) {
             int neg = *c == '-';
             c += neg;
             if (c == e || *c < '0' || *c > '9') return 0;
@@ -372,15 +536,29 @@ static int fast_parse(record_parser *p, const raw_record *r, visit *out)
                 v = v * 10 + d;
             }
             out->user_id = neg ? (int64_t)(0 - v) : (int64_t)v;
+        } else if (f == FIELD_TIME && p->m.time_format != TIME_ISO8601 && *c != '"') {
+            const char *v = c;
+            if (!(c = plain_number_end(c, e))) return 0;
+            if (parse_epoch_us(v, (size_t)(c - v), time_decimals[p->m.time_format],
+                               &out->event_time_us))
+                return 0;
         } else {
             if (*c++ != '"') return 0;
             const char *v = c;
             if (!(c = plain_string_end(c, e))) return 0;
             size_t len = (size_t)(c++ - v);
-            if (f == F_PAGE) {
+            if (f == FIELD_PAGE) {
                 out->page = v; /* in the record, valid as long as it is */
                 out->page_len = (uint32_t)len;
-            } else if (parse_iso8601_us(v, len, &out->event_time_us)) {
+            } else if (f == FIELD_USER) {
+                if (len == 0 || len > USER_MAX_BYTES) return 0;
+                out->user_id = 0; /* the engine's to assign */
+                out->user = v;
+                out->user_len = (uint32_t)len;
+            } else if (p->m.time_format == TIME_ISO8601
+                           ? parse_iso8601_us(v, len, &out->event_time_us)
+                           : parse_epoch_us(v, len, time_decimals[p->m.time_format],
+                                            &out->event_time_us)) {
                 return 0;
             }
         }
@@ -393,21 +571,59 @@ static int fast_parse(record_parser *p, const raw_record *r, visit *out)
         if (*c++ != '}') return 0;
         break;
     }
-    if (skip_ws(c, e) != e || seen != ((1u << F_USER_ID) | (1u << F_PAGE) | (1u << F_EVENT_TIME)))
-        return 0;
-    (void)p;
+    if (skip_ws(c, e) != e || seen != p->wanted) return 0;
     out->pos = r->pos;
     return 1;
 }
 
+/* The fields a Kafka record carries outside its value: the key as the
+ * user, the record timestamp as the event time. */
+static parse_error from_kafka(record_parser *p, const raw_record *r, visit *out)
+{
+    if (p->m.user_from_key) {
+        if (!r->key) {
+            fail(p, PARSE_MISSING_FIELD, "%s", "the Kafka record has no key (--user-from key)");
+            return p->err;
+        }
+        if (p->m.user_type == USER_INT) {
+            if (parse_user_int(p, r->key, r->key_len, &out->user_id)) return p->err;
+        } else {
+            if (check_user_string(p, r->key, r->key_len)) return p->err;
+            out->user_id = 0;
+            out->user = r->key; /* valid as long as the record's key is */
+            out->user_len = (uint32_t)r->key_len;
+        }
+    }
+    if (p->m.time_from_kafka) {
+        /* within years 0000-9999, like every other event time */
+        if (!r->has_ts || r->pos.append_ts_ms < INT64_C(-62167219200000) ||
+            r->pos.append_ts_ms > INT64_C(253402300799999)) {
+            fail(p, PARSE_BAD_EVENT_TIME, "%s", "the Kafka record has no timestamp in years "
+                 "0000-9999 (--time-from kafka)");
+            return p->err;
+        }
+        out->event_time_us = r->pos.append_ts_ms * 1000;
+    }
+    return PARSE_OK;
+}
+
 void record_parser_set_fast_path(record_parser *p, int on) { p->fast_path = on; }
 
-record_parser *record_parser_new(void)
+record_parser *record_parser_new(const record_mapping *m)
 {
     record_parser *p = xcalloc(1, sizeof *p);
     buf_init(&p->page);
+    buf_init(&p->user);
     p->alloc_funcs = (yajl_alloc_funcs){arena_malloc, arena_realloc, arena_free, &p->arena};
     p->fast_path = 1;
+    if (m) p->m = *m;
+    else record_mapping_default(&p->m);
+    p->wanted = (1u << FIELD_PAGE) | (p->m.user_from_key ? 0 : 1u << FIELD_USER) |
+                (p->m.time_from_kafka ? 0 : 1u << FIELD_TIME);
+    p->flat = 1;
+    for (int f = 0; f < FIELD_COUNT; f++)
+        if ((p->wanted >> f & 1) && p->m.field[f].n != 1) p->flat = 0;
+    _Static_assert(FIELD_COUNT <= 8 * sizeof(unsigned), "a bit per field");
     return p;
 }
 
@@ -416,6 +632,7 @@ void record_parser_free(record_parser *p)
     if (!p) return;
     arena_reset(&p->arena);
     buf_free(&p->page);
+    buf_free(&p->user);
     free(p);
 }
 
@@ -424,7 +641,7 @@ parse_error record_parse(record_parser *p, const raw_record *r, visit *out, char
 {
     p->depth = 0;
     p->top_values = 0;
-    p->pending = F_NONE;
+    p->pending = 0;
     p->seen = 0;
     p->end = 0;
     p->err = PARSE_OK;
@@ -432,6 +649,8 @@ parse_error record_parse(record_parser *p, const raw_record *r, visit *out, char
     p->detail_len = detail_len;
     p->raw = r->data;
     if (detail_len) detail[0] = '\0';
+    out->user = NULL;
+    out->user_len = 0;
 
     if (r->oversized) {
         snprintf(detail, detail_len, "record longer than the limit (--max-record-bytes)");
@@ -445,7 +664,9 @@ parse_error record_parse(record_parser *p, const raw_record *r, visit *out, char
         snprintf(detail, detail_len, "empty record");
         return PARSE_INVALID_JSON;
     }
-    if (p->fast_path && fast_parse(p, r, out)) return PARSE_OK;
+    if (p->fast_path && p->flat && fast_parse(p, r, out)) return from_kafka(p, r, out);
+    out->user = NULL;
+    out->user_len = 0;
     arena_reset(&p->arena);
     p->h = yajl_alloc(&callbacks, &p->alloc_funcs, p);
     /* yajl_complete_parse ends a bare top-level number and reports a value
@@ -474,18 +695,21 @@ parse_error record_parse(record_parser *p, const raw_record *r, visit *out, char
         return p->err;
     }
     if (p->err != PARSE_OK) return p->err;
-    static const enum field required[] = {F_USER_ID, F_PAGE, F_EVENT_TIME};
-    for (size_t i = 0; i < 3; i++)
-        if (!(p->seen & (1u << required[i]))) {
-            snprintf(detail, detail_len, "missing field \"%s\"", field_name(required[i]));
+    for (int f = 0; f < FIELD_COUNT; f++)
+        if ((p->wanted >> f & 1) && !(p->seen & (1u << f))) {
+            snprintf(detail, detail_len, "missing field \"%s\"", field_name(p, f));
             return PARSE_MISSING_FIELD;
         }
     out->user_id = p->user_id;
+    if (p->m.user_type == USER_STRING && !p->m.user_from_key) {
+        out->user = (const char *)p->user.data;
+        out->user_len = (uint32_t)p->user.len;
+    }
     out->event_time_us = p->event_time_us;
     out->page = p->page.data ? (const char *)p->page.data : "";
     out->page_len = (uint32_t)p->page.len;
     out->pos = r->pos;
-    return PARSE_OK;
+    return from_kafka(p, r, out);
 }
 
 const char *parse_error_code(parse_error e)
@@ -502,6 +726,7 @@ const char *parse_error_code(parse_error e)
     case PARSE_BAD_EVENT_TIME: return "bad_event_time";
     case PARSE_INVALID_PAGE: return "invalid_page";
     case PARSE_OVERSIZED: return "oversized";
+    case PARSE_INVALID_USER_ID: return "invalid_user_id";
     }
     return "unknown";
 }

@@ -1,8 +1,10 @@
 /*
  * parse.h - one JSON line to a visit, or the reason it is not one.
  *
- * {"user_id": <int64>, "page": <string>, "event_time": <ISO-8601 string>};
- * unknown fields are ignored. The JSON grammar and UTF-8 are checked by
+ * By default {"user_id": <int64>, "page": <string>, "event_time": <ISO-8601
+ * string>}; a record_mapping (record/mapping.h) moves the fields anywhere in
+ * the record (JSON Pointers), makes the user a string and the time an epoch
+ * number, or takes them from the Kafka record. Unknown fields are ignored. The JSON grammar and UTF-8 are checked by
  * yajl (Debian libyajl), a streaming parser: no tree is built, so a record
  * costs no allocation.
  */
@@ -12,6 +14,7 @@
 #include <stddef.h>
 
 #include "common/buf.h"
+#include "record/mapping.h"
 #include "record/visit.h"
 
 typedef enum parse_error {
@@ -26,15 +29,18 @@ typedef enum parse_error {
     PARSE_BAD_EVENT_TIME,
     PARSE_INVALID_PAGE,
     PARSE_OVERSIZED,
+    PARSE_INVALID_USER_ID,
 } parse_error;
 
 typedef struct record_parser record_parser;
 
-record_parser *record_parser_new(void);
+/* m: the layout (copied; NULL for the default). The mapping is resolved
+ * here, once: parsing a record only compares bytes. */
+record_parser *record_parser_new(const record_mapping *m);
 void record_parser_free(record_parser *p);
 
-/* Parses r into *out (out->page points into the parser or into r's bytes;
- * valid until the next call and while r's bytes are). On failure returns the error and writes a one-line detail
+/* Parses r into *out (out->page and out->user point into the parser or into
+ * r's bytes; valid until the next call and while r's bytes are). On failure returns the error and writes a one-line detail
  * ("missing field \"page\"") into detail. */
 parse_error record_parse(record_parser *p, const raw_record *r, visit *out, char *detail,
                          size_t detail_len);

@@ -96,6 +96,55 @@ int parse_iso8601_us(const char *s, size_t len, int64_t *out_us)
     return 0;
 }
 
+int parse_epoch_us(const char *s, size_t len, int decimals, int64_t *out_us)
+{
+    /* The same range as ISO-8601: 0000-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z. */
+    const uint64_t max_past = UINT64_C(62167219200000000), max_future = UINT64_C(253402300799999999);
+    size_t i = 0;
+    int neg = len > 0 && s[0] == '-';
+    i += (size_t)neg;
+    size_t int_start = i;
+    while (i < len && s[i] >= '0' && s[i] <= '9') i++;
+    size_t int_end = i, frac_start = i, frac_end = i;
+    if (int_end == int_start) return -1;
+    if (i < len && s[i] == '.') {
+        frac_start = ++i;
+        while (i < len && s[i] >= '0' && s[i] <= '9') i++;
+        frac_end = i;
+        if (frac_end == frac_start) return -1;
+    }
+    if (i != len) return -1;
+    /* The digits, read as one number with its point moved 6 - decimals
+     * places to the right, give microseconds; digits past that are the
+     * remainder, which only matters for rounding negative times down. */
+    size_t n_int = int_end - int_start, n_frac = frac_end - frac_start;
+    int64_t point = (int64_t)n_int + 6 - decimals; /* digits before the microsecond point */
+    uint64_t v = 0;
+    int rest = 0;
+    for (size_t k = 0; k < n_int + n_frac; k++) {
+        char c = k < n_int ? s[int_start + k] : s[frac_start + k - n_int];
+        unsigned d = (unsigned)(c - '0');
+        if ((int64_t)k < point) {
+            if (v > (max_future + 1) / 10) return -1; /* far out of range; stop before overflow */
+            v = v * 10 + d;
+        } else if (d) {
+            rest = 1;
+        }
+    }
+    for (int64_t k = (int64_t)(n_int + n_frac); k < point; k++) {
+        if (v > (max_future + 1) / 10) return -1;
+        v *= 10;
+    }
+    if (neg) {
+        if (v + (uint64_t)rest > max_past) return -1;
+        *out_us = -(int64_t)v - rest;
+    } else {
+        if (v > max_future) return -1;
+        *out_us = (int64_t)v;
+    }
+    return 0;
+}
+
 size_t format_iso8601_us(int64_t us, char out[40])
 {
     int64_t secs = us / 1000000, frac = us % 1000000;

@@ -38,10 +38,16 @@ typedef struct raw_record {
     const void *key;
     size_t key_len;
     const void *origin;
+    int has_ts;         /* pos.append_ts_ms is the record's own timestamp (Kafka) */
 } raw_record;
 
+/* The user is an int64 (--user-type int) or a string (--user-type string):
+ * then user/user_len hold its UTF-8 bytes, and user_id is the engine's
+ * dense id for it, which the engine assigns (engine.h). */
 typedef struct visit {
     int64_t user_id;
+    const char *user;      /* string users: not NUL-terminated; NULL for int users */
+    uint32_t user_len;
     int64_t event_time_us; /* microseconds since 1970-01-01T00:00:00Z */
     const char *page;      /* UTF-8, unescaped; not NUL-terminated */
     uint32_t page_len;

@@ -7,6 +7,7 @@
 
 Each prints "N passed, N failed" and exits non-zero on a failure.
 """
+import json
 import os
 import random
 import shutil
@@ -509,6 +510,68 @@ def t_diskfull(c):
     c.eq(p.returncode, 1, "a read-only checkpoint is refused")
     c.check(b"checkpoint" in p.stderr and b"read-only" in p.stderr.lower() or b"readonly" in p.stderr.lower(),
             "saying so: " + p.stderr.decode().strip()[:300])
+
+
+def nested_log(src, dst, rnd, user_type="int"):
+    """Rewrites a generated log into another layout: the user at
+    /event/user/id, the page at /ctx/url, the time as epoch milliseconds
+    (a number, sometimes a numeric string) at /ts, with other fields around.
+    Lines that are not visits stay as they are (they stay bad)."""
+    out = []
+    for raw in open(src, "rb").read().split(b"\n")[:-1]:
+        v = oracle.parse_line(raw)
+        if v is None:
+            out.append(raw)
+            continue
+        u, t_us, page = v
+        ms = t_us // 1000
+        user = u if user_type == "int" else f"u-{u:08x}-{u * 7919 % 65536:04x}"
+        rec = {"v": 2, "event": {"kind": "view", "user": {"name": "n", "id": user}, "tags": [1, None]},
+               "ctx": {"url": page, "ref": {"url": "ignored"}},
+               "ts": str(ms) if rnd.random() < 0.2 else ms}
+        out.append(json.dumps(rec).encode())
+    open(dst, "wb").write(b"\n".join(out) + b"\n")
+
+
+MAPPED = ["--field", "user=/event/user/id", "--field", "page=/ctx/url", "--field", "time=/ts",
+          "--time-format", "epoch_ms"]
+MAPPED_LAYOUT = {"user": "/event/user/id", "page": "/ctx/url", "time": "/ts", "time_format": "epoch_ms"}
+
+
+def t_mapping(c):
+    d = tmpdir()
+    log, mapped, db = f"{d}/visits.jsonl", f"{d}/mapped.jsonl", f"{d}/s.db"
+    generate(log, 20000, "--users", 200, "--bad", 0.02, "--disorder", 20, "--seed", 5)
+    nested_log(log, mapped, random.Random(5))
+    p = job(f"file:{mapped}", db, f"{d}/cp", *MAPPED, "--dlq", f"jsonl:{d}/dlq.jsonl")
+    rows, counts = oracle.sessions(open(mapped, "rb").read(), layout=MAPPED_LAYOUT)
+    c.check(len(rows) > 100, f"a real workload ({len(rows)} sessions)")
+    c.eq(content(db), rows, "nested fields, epoch ms: sessions, ids and pages equal the oracle's")
+    s = summary(p.stderr)
+    c.eq((s["records"], s["invalid"], s["late"], s["closed_visits"]),
+         (counts["records"], counts["invalid"], counts["late"], counts["visits"]), "counts equal the oracle's")
+    reasons = {json.loads(l)["reason"] for l in open(f"{d}/dlq.jsonl")}
+    c.check("invalid_json" in reasons and len(reasons) >= 3, f"bad records dead-lettered with reasons {reasons}")
+    # the layout is bound to the checkpoint
+    p = job(f"file:{mapped}", db, f"{d}/cp", *MAPPED[:-1], "epoch_s", check=False)
+    c.eq(p.returncode, 1, "another --time-format with the same checkpoint is refused")
+    err = p.stderr.decode()
+    c.check("other record settings" in err and "time-format=epoch_ms" in err and "new checkpoint" in err,
+            "saying what it was written with and the way out: " + err.strip()[:400])
+    p = job(f"file:{mapped}", db, f"{d}/cp", check=False)
+    c.eq(p.returncode, 1, "the default layout on a mapped checkpoint is refused")
+    p = job(f"file:{mapped}", db, f"{d}/cp", *MAPPED)
+    c.check(b"resumed from checkpoint" in p.stderr, "the same settings resume")
+    # and a checkpoint of the default layout refuses a mapping
+    job(f"file:{SAMPLE}", f"{d}/d.db", f"{d}/cp2")
+    p = job(f"file:{SAMPLE}", f"{d}/d.db", f"{d}/cp2", "--field", "page=/url", check=False)
+    c.check(p.returncode == 1 and b"page=/page" in p.stderr, "a default-layout checkpoint refuses --field")
+    # start-up checks
+    for bad, why in [(["--field", "user=userId"], b"JSON Pointer"), (["--field", "who=/x"], b"user=POINTER"),
+                     (["--time-format", "epoch"], b"epoch_ms"),
+                     (["--field", "user=/a", "--field", "page=/a/b"], b"inside another")]:
+        p = job(f"file:{SAMPLE}", f"{d}/x.db", None, *bad, check=False)
+        c.check(p.returncode == 2 and why in p.stderr, f"{bad} refused at start-up: {p.stderr.decode().strip()[:200]}")
 
 
 TESTS = {name[2:]: fn for name, fn in globals().items() if name.startswith("t_")}

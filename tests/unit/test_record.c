@@ -2,6 +2,8 @@
  * test_record.c - the record parser, the timestamp parser and the session-id
  * test vectors published in docs/semantics.md.
  */
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,11 +15,34 @@
 
 /* Parses with the parser given and with a general-path-only parser, which
  * must agree (the fast path for common records is an optimisation only). */
+static char last_detail[256];
+
+static parse_error parse_raw(record_parser *p, const record_mapping *m, const raw_record *r,
+                             visit *v)
+{
+    char detail2[256];
+    record_parser *general = record_parser_new(m);
+    record_parser_set_fast_path(general, 0);
+    visit v2;
+    parse_error e2 = record_parse(general, r, &v2, detail2, sizeof detail2);
+    parse_error e = record_parse(p, r, v, last_detail, sizeof last_detail);
+    CHECK_EQ_I64(e, e2);
+    CHECK_STR(last_detail, detail2);
+    if (e == PARSE_OK && e2 == PARSE_OK) {
+        CHECK(v->user_id == v2.user_id && v->event_time_us == v2.event_time_us &&
+              v->page_len == v2.page_len && memcmp(v->page, v2.page, v->page_len) == 0);
+        CHECK(v->user_len == v2.user_len && (v->user == NULL) == (v2.user == NULL));
+        if (v->user && v2.user) CHECK(memcmp(v->user, v2.user, v->user_len) == 0);
+    }
+    record_parser_free(general);
+    return e;
+}
+
 static parse_error parse(record_parser *p, const char *line, visit *v)
 {
     raw_record r = {.data = line, .len = strlen(line), .pos = {0, 0, 42}, .line = 1};
     char detail[256], detail2[256];
-    record_parser *general = record_parser_new();
+    record_parser *general = record_parser_new(NULL);
     record_parser_set_fast_path(general, 0);
     visit v2;
     parse_error e2 = record_parse(general, &r, &v2, detail2, sizeof detail2);
@@ -32,7 +57,7 @@ static parse_error parse(record_parser *p, const char *line, visit *v)
 
 static void test_parse_valid(void)
 {
-    record_parser *p = record_parser_new();
+    record_parser *p = record_parser_new(NULL);
     visit v;
     /* the common shape (the fast path) and its near misses */
     CHECK_EQ_I64(parse(p, "{\"user_id\":0,\"page\":\"p\",\"event_time\":\"2023-02-20T03:03:20\"}", &v), PARSE_OK);
@@ -107,7 +132,7 @@ static void test_parse_invalid(void)
         {"{\"user_id\":1,\"page\":\"\\ud800\\u0041\",\"event_time\":\"2023-02-20T03:03:20\"}", PARSE_INVALID_UTF8},
         {"{\"user_id\":1,\"page\":\"\\\\\\ud800\",\"event_time\":\"2023-02-20T03:03:20\"}", PARSE_INVALID_UTF8},
     };
-    record_parser *p = record_parser_new();
+    record_parser *p = record_parser_new(NULL);
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         visit v;
         parse_error got = parse(p, cases[i].line, &v);
@@ -124,6 +149,164 @@ static void test_parse_invalid(void)
     visit v;
     CHECK_EQ_I64(record_parse(p, &big, &v, detail, sizeof detail), PARSE_OVERSIZED);
     record_parser_free(p);
+}
+
+/* A mapping from "user=/a page=/b ..." style arguments. */
+static void mapping(record_mapping *m, const char *ut, const char *tf, ...)
+{
+    char err[512];
+    record_mapping_default(m);
+    CHECK(record_mapping_set_user_type(m, ut, err, sizeof err) == 0);
+    CHECK(record_mapping_set_time_format(m, tf, err, sizeof err) == 0);
+    va_list ap;
+    va_start(ap, tf);
+    for (const char *spec; (spec = va_arg(ap, const char *));)
+        CHECK(record_mapping_set_field(m, spec, err, sizeof err) == 0);
+    va_end(ap);
+    CHECK(record_mapping_check(m, err, sizeof err) == 0);
+}
+
+/* The visit's strings point into the parser: it lives until the next call. */
+static record_parser *parse_m_parser;
+
+static parse_error parse_m(const record_mapping *m, const char *line, visit *v)
+{
+    record_parser_free(parse_m_parser);
+    parse_m_parser = m ? record_parser_new(m) : NULL;
+    if (!m) return PARSE_OK;
+    raw_record r = {.data = line, .len = strlen(line), .pos = {0, 0, 42}, .line = 1};
+    return parse_raw(parse_m_parser, m, &r, v);
+}
+
+static void test_mapping(void)
+{
+    record_mapping m;
+    visit v;
+    /* flat, renamed, epoch milliseconds, string users (the fast path's shape) */
+    mapping(&m, "string", "epoch_ms", "user=/userId", "page=/url", "time=/ts", NULL);
+    CHECK_EQ_I64(parse_m(&m, "{\"userId\":\"6f1c-ab\",\"url\":\"/home\",\"ts\":1676862200123}", &v), PARSE_OK);
+    CHECK(v.user_len == 7 && memcmp(v.user, "6f1c-ab", 7) == 0);
+    CHECK_EQ_I64(v.event_time_us, 1676862200123000LL);
+    CHECK_EQ_I64(parse_m(&m, "{\"userId\":\"u\",\"url\":\"/\",\"ts\":\"1676862200123.5\"}", &v), PARSE_OK);
+    CHECK_EQ_I64(v.event_time_us, 1676862200123500LL);
+    CHECK_EQ_I64(parse_m(&m, "{\"userId\":\"caf\\u00e9\",\"url\":\"/\",\"ts\":-1.5}", &v), PARSE_OK);
+    CHECK(v.user_len == 5 && memcmp(v.user, "caf\xc3\xa9", 5) == 0);
+    CHECK_EQ_I64(v.event_time_us, -1500);
+    CHECK_EQ_I64(parse_m(&m, "{\"userId\":7,\"url\":\"/\",\"ts\":1}", &v), PARSE_MISTYPED_FIELD);
+    CHECK_STR(last_detail, "\"userId\" must be a string (--user-type string)");
+    CHECK_EQ_I64(parse_m(&m, "{\"userId\":\"\",\"url\":\"/\",\"ts\":1}", &v), PARSE_INVALID_USER_ID);
+    CHECK_EQ_I64(parse_m(&m, "{\"userId\":\"a\\u0000\",\"url\":\"/\",\"ts\":1}", &v), PARSE_INVALID_USER_ID);
+    CHECK_EQ_I64(parse_m(&m, "{\"userId\":\"u\",\"url\":\"/\",\"ts\":1e3}", &v), PARSE_BAD_EVENT_TIME);
+    CHECK_STR(last_detail, "\"ts\" is not epoch milliseconds such as 1676862200000 (no exponent; years 0000-9999)");
+    CHECK_EQ_I64(parse_m(&m, "{\"userId\":\"u\",\"url\":\"/\",\"ts\":\"soon\"}", &v), PARSE_BAD_EVENT_TIME);
+    CHECK_EQ_I64(parse_m(&m, "{\"userId\":\"u\",\"url\":\"/\",\"ts\":true}", &v), PARSE_MISTYPED_FIELD);
+    CHECK_EQ_I64(parse_m(&m, "{\"userId\":\"u\",\"url\":\"/\",\"ts\":253402300800000}", &v), PARSE_BAD_EVENT_TIME);
+    CHECK_EQ_I64(parse_m(&m, "{\"userId\":\"u\",\"url\":\"/\",\"ts\":01}", &v), PARSE_INVALID_JSON);
+    CHECK_EQ_I64(parse_m(&m, "{\"userId\":\"u\",\"url\":\"/\"}", &v), PARSE_MISSING_FIELD);
+    CHECK_STR(last_detail, "missing field \"ts\"");
+    CHECK_EQ_I64(parse_m(&m, "{\"user_id\":1,\"page\":\"/\",\"event_time\":\"2023-02-20T03:03:20\"}", &v), PARSE_MISSING_FIELD);
+    char longu[USER_MAX_BYTES + 64];
+    snprintf(longu, sizeof longu, "{\"userId\":\"%0*d\",\"url\":\"/\",\"ts\":1}", USER_MAX_BYTES + 1, 0);
+    CHECK_EQ_I64(parse_m(&m, longu, &v), PARSE_INVALID_USER_ID);
+    snprintf(longu, sizeof longu, "{\"userId\":\"%0*d\",\"url\":\"/\",\"ts\":1}", USER_MAX_BYTES, 0);
+    CHECK_EQ_I64(parse_m(&m, longu, &v), PARSE_OK);
+    CHECK_EQ_I64(v.user_len, USER_MAX_BYTES);
+
+    /* nested pointers, arrays, escapes, other fields of every kind */
+    mapping(&m, "int", "epoch_s", "user=/user/id", "page=/context/pages/1", "time=/m~1t~0", NULL);
+    const char *nested = "{\"a\":[{\"user\":{\"id\":9}}],\"user\":{\"name\":\"x\",\"id\":42,\"tags\":[1,{\"id\":3}]},"
+                         "\"context\":{\"pages\":[\"first\",\"second\\n\",{\"x\":1}],\"id\":5},\"m/t~\":1676862200}";
+    CHECK_EQ_I64(parse_m(&m, nested, &v), PARSE_OK);
+    CHECK_EQ_I64(v.user_id, 42);
+    CHECK(v.page_len == 7 && memcmp(v.page, "second\n", 7) == 0);
+    CHECK_EQ_I64(v.event_time_us, 1676862200LL * 1000000);
+    CHECK_EQ_I64(parse_m(&m, "{\"user\":{\"id\":1,\"id\":2},\"context\":{\"pages\":[\"a\",\"b\"]},\"m/t~\":1}", &v), PARSE_DUPLICATE_FIELD);
+    CHECK_STR(last_detail, "field \"/user/id\" appears twice");
+    CHECK_EQ_I64(parse_m(&m, "{\"user\":{\"id\":1},\"user\":{},\"context\":{\"pages\":[\"a\",\"b\"]},\"m/t~\":1}", &v), PARSE_DUPLICATE_FIELD);
+    CHECK_EQ_I64(parse_m(&m, "{\"user\":{\"id\":1},\"context\":{\"pages\":[\"a\"]},\"m/t~\":1}", &v), PARSE_MISSING_FIELD);
+    CHECK_STR(last_detail, "missing field \"/context/pages/1\"");
+    CHECK_EQ_I64(parse_m(&m, "{\"user\":\"id\",\"context\":{\"pages\":[\"a\",\"b\"]},\"m/t~\":1}", &v), PARSE_MISSING_FIELD);
+    CHECK_EQ_I64(parse_m(&m, "{\"user\":{\"id\":[1]},\"context\":{\"pages\":[\"a\",\"b\"]},\"m/t~\":1}", &v), PARSE_MISTYPED_FIELD);
+    CHECK_EQ_I64(parse_m(&m, "{\"user\":{\"id\":1},\"context\":{\"pages\":{\"1\":\"b\"}},\"m/t~\":1}", &v), PARSE_OK);
+    CHECK(v.page_len == 1 && v.page[0] == 'b');
+
+    parse_m(NULL, NULL, &v);
+    /* the Kafka key and timestamp */
+    mapping(&m, "string", "iso8601", NULL);
+    m.user_from_key = 1;
+    m.time_from_kafka = 1;
+    record_parser *p = record_parser_new(&m);
+    const char *val = "{\"page\":\"A.html\"}";
+    raw_record r = {.data = val, .len = strlen(val), .pos = {1676862200000, 1, 7}, .key = "user-9",
+                    .key_len = 6, .has_ts = 1};
+    CHECK_EQ_I64(parse_raw(p, &m, &r, &v), PARSE_OK);
+    CHECK(v.user_len == 6 && memcmp(v.user, "user-9", 6) == 0);
+    CHECK_EQ_I64(v.event_time_us, 1676862200000LL * 1000);
+    r.key = NULL;
+    CHECK_EQ_I64(parse_raw(p, &m, &r, &v), PARSE_MISSING_FIELD);
+    r.key = "u";
+    r.key_len = 1;
+    r.has_ts = 0;
+    CHECK_EQ_I64(parse_raw(p, &m, &r, &v), PARSE_BAD_EVENT_TIME);
+    record_parser_free(p);
+    m.user_type = USER_INT;
+    p = record_parser_new(&m);
+    r.has_ts = 1;
+    r.key = "-12";
+    r.key_len = 3;
+    CHECK_EQ_I64(parse_raw(p, &m, &r, &v), PARSE_OK);
+    CHECK_EQ_I64(v.user_id, -12);
+    r.key = "12a";
+    CHECK_EQ_I64(parse_raw(p, &m, &r, &v), PARSE_MISTYPED_FIELD);
+    record_parser_free(p);
+
+    /* start-up checks */
+    char err[512];
+    record_mapping_default(&m);
+    CHECK(record_mapping_set_field(&m, "user=userId", err, sizeof err) != 0);
+    CHECK(record_mapping_set_field(&m, "user=", err, sizeof err) != 0);
+    CHECK(record_mapping_set_field(&m, "who=/u", err, sizeof err) != 0);
+    CHECK(record_mapping_set_field(&m, "user=/a~2", err, sizeof err) != 0);
+    CHECK(record_mapping_set_field(&m, "user=/1/2/3/4/5/6/7/8/9/10/11/12/13/14/15/16/17", err, sizeof err) != 0);
+    CHECK(record_mapping_set_time_format(&m, "epoch", err, sizeof err) != 0);
+    CHECK(record_mapping_set_user_type(&m, "uuid", err, sizeof err) != 0);
+    CHECK(record_mapping_set_field(&m, "page=/a", err, sizeof err) == 0);
+    CHECK(record_mapping_set_field(&m, "user=/a/b", err, sizeof err) == 0);
+    CHECK(record_mapping_check(&m, err, sizeof err) != 0);
+    CHECK(record_mapping_set_field(&m, "user=/a", err, sizeof err) == 0);
+    CHECK(record_mapping_check(&m, err, sizeof err) != 0);
+    m.user_from_key = 1; /* then the user pointer is not used */
+    CHECK(record_mapping_check(&m, err, sizeof err) == 0);
+}
+
+static void test_epoch(void)
+{
+    static const struct { const char *s; int d; int64_t us; } good[] = {
+        {"0", 0, 0}, {"1676862200", 0, 1676862200000000LL}, {"1676862200.1234567", 0, 1676862200123456LL},
+        {"-1", 0, -1000000}, {"-0.0000001", 0, -1}, {"-0.000001", 0, -1}, {"0.0000009", 0, 0},
+        {"1676862200123", 3, 1676862200123000LL}, {"-1676862200123.9", 3, -1676862200123900LL},
+        {"1676862200123456", 6, 1676862200123456LL}, {"1676862200123456789", 9, 1676862200123456LL},
+        {"-1", 9, -1}, {"999", 9, 0}, {"1000", 9, 1}, {"007", 0, 7000000},
+        {"253402300799", 0, 253402300799000000LL}, {"-62167219200", 0, -62167219200000000LL},
+        {"253402300799999999999", 9, 253402300799999999LL},
+    };
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+        int64_t us = 12345;
+        int rc = parse_epoch_us(good[i].s, strlen(good[i].s), good[i].d, &us);
+        if (rc || us != good[i].us) fprintf(stderr, "epoch '%s' (%d): rc %d, %lld\n", good[i].s, good[i].d, rc, (long long)us);
+        CHECK(rc == 0 && us == good[i].us);
+    }
+    static const struct { const char *s; int d; } bad[] = {
+        {"", 0}, {"-", 0}, {"+1", 0}, {"1.", 0}, {".5", 0}, {"1e3", 0}, {" 1", 0}, {"1 ", 0},
+        {"253402300800", 0}, {"-62167219200.000001", 0}, {"-62167219201", 0}, {"0x10", 0},
+        {"99999999999999999999999999999", 0}, {"99999999999999999999999999999", 9}, {"1,5", 0},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        int64_t us;
+        int rc = parse_epoch_us(bad[i].s, strlen(bad[i].s), bad[i].d, &us);
+        if (rc == 0) fprintf(stderr, "accepted bad epoch '%s'\n", bad[i].s);
+        CHECK(rc != 0);
+    }
 }
 
 static void test_timestamps(void)
@@ -202,6 +385,8 @@ int main(void)
     test_parse_valid();
     test_parse_invalid();
     test_timestamps();
+    test_epoch();
+    test_mapping();
     test_session_id_vectors();
     test_utf8();
     return check_summary("test_record");

@@ -4,10 +4,16 @@ tests compare the job's table with it.
 
 Single-partition logs (a file): the log position of a line is its byte
 offset, its append time 0, its partition 0.
+
+The record layout options (--field, --user-type, --time-format) are a
+`layout` dict: {"user": "/userId", "page": "/context/url", "time": "/ts",
+"user_type": "string", "time_format": "epoch_ms"}; missing keys take the
+defaults.
 """
 import json
 import re
 import struct
+from decimal import Decimal, ROUND_FLOOR
 
 import xxhash
 
@@ -55,38 +61,103 @@ def _reject(name):
     raise ValueError(name)
 
 
-def _no_duplicates(pairs):
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise ValueError("duplicate key")
-    return dict(pairs)
+class _Pairs(list):
+    """A JSON object as its (key, value) pairs, duplicates kept."""
 
 
-def parse_line(raw):
+class _Float(str):
+    """A JSON number with a fraction or exponent, as its text."""
+
+
+DEFAULT_LAYOUT = {"user": "/user_id", "page": "/page", "time": "/event_time",
+                  "user_type": "int", "time_format": "iso8601"}
+EPOCH_DECIMALS = {"epoch_s": 0, "epoch_ms": 3, "epoch_us": 6, "epoch_ns": 9}
+EPOCH_TEXT = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
+MIN_US, MAX_US = -62167219200 * 10**6, 253402300799999999
+USER_MAX_BYTES = 512
+
+
+def pointer_tokens(ptr):
+    """RFC 6901: "/a~1b/0" -> ["a/b", "0"]."""
+    assert ptr.startswith("/")
+    return [t.replace("~1", "/").replace("~0", "~") for t in ptr[1:].split("/")]
+
+
+def resolve(doc, ptr):
+    """The value a pointer names, or raises ValueError (missing, or a key on
+    the path present twice in one object)."""
+    cur = doc
+    for tok in pointer_tokens(ptr):
+        if isinstance(cur, _Pairs):
+            hits = [v for k, v in cur if k == tok]
+            if len(hits) != 1:
+                raise ValueError("missing" if not hits else "duplicate")
+            cur = hits[0]
+        elif isinstance(cur, list) and re.fullmatch(r"0|[1-9][0-9]{0,8}", tok) and int(tok) < len(cur):
+            cur = cur[int(tok)]
+        else:
+            raise ValueError("missing")
+    return cur
+
+
+def epoch_us(value, decimals):
+    """Epoch time in units of 10^-decimals s -> microseconds, floor; None if refused."""
+    if type(value) is int:
+        text = str(value)
+    elif isinstance(value, (_Float, str)):
+        text = str(value)
+    else:
+        return None
+    if not EPOCH_TEXT.match(text):
+        return None
+    us = int((Decimal(text) * Decimal(10) ** (6 - decimals)).to_integral_value(rounding=ROUND_FLOOR))
+    return us if MIN_US <= us <= MAX_US else None
+
+
+def good_string(s):
+    if type(s) is not str or "\0" in s:
+        return False
+    try:
+        return 0 < len(s.encode("utf-8")) <= USER_MAX_BYTES
+    except UnicodeEncodeError:  # lone surrogates from \ud800 escapes
+        return False
+
+
+def parse_line(raw, layout=None):
     """Returns (user, t_us, page) or None for a record that must be dead-lettered."""
+    lay = dict(DEFAULT_LAYOUT, **(layout or {}))
     try:
         text = raw.decode("utf-8")
-        obj = json.loads(text, parse_constant=_reject, object_pairs_hook=_no_duplicates)
+        doc = json.loads(text, parse_constant=_reject, object_pairs_hook=_Pairs, parse_float=_Float)
     except (UnicodeDecodeError, ValueError):
         return None
-    if not isinstance(obj, dict):
+    if not isinstance(doc, _Pairs):
         return None
-    u, p, t = obj.get("user_id"), obj.get("page"), obj.get("event_time")
-    if type(u) is not int or not -(1 << 63) <= u < (1 << 63):
+    try:
+        u, p, t = resolve(doc, lay["user"]), resolve(doc, lay["page"]), resolve(doc, lay["time"])
+    except ValueError:
         return None
-    if type(p) is not str or "\0" in p or type(t) is not str:
+    if lay["user_type"] == "int":
+        if type(u) is not int or not -(1 << 63) <= u < (1 << 63):
+            return None
+    elif not good_string(u):
+        return None
+    if type(p) is not str or "\0" in p:
         return None
     try:
         p.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates from \ud800 escapes
+    except UnicodeEncodeError:
         return None
-    tu = parse_ts(t)
+    if lay["time_format"] == "iso8601":
+        tu = parse_ts(t) if type(t) is str else None
+    else:
+        tu = epoch_us(t, EPOCH_DECIMALS[lay["time_format"]])
     if tu is None:
         return None
     return u, tu, p
 
 
-def sessions(data, gap_us=50_000_000, lateness_us=10_000_000, max_pages=10000):
+def sessions(data, gap_us=50_000_000, lateness_us=10_000_000, max_pages=10000, layout=None):
     """data: the bytes of a JSONL file. Returns (rows, counts): rows maps
     (session_id, user_id) -> list of pages; counts has records, invalid, late,
     capped, visits."""
@@ -103,7 +174,7 @@ def sessions(data, gap_us=50_000_000, lateness_us=10_000_000, max_pages=10000):
         counts["records"] += 1
         if raw.endswith(b"\r"):
             raw = raw[:-1]
-        v = parse_line(raw)
+        v = parse_line(raw, layout)
         if v is None:
             counts["invalid"] += 1
             continue
