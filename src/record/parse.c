@@ -36,6 +36,7 @@
 
 /* A frame per open container on the path, up to the deepest pointer. */
 #define MAX_FRAMES (POINTER_MAX_TOKENS + 1)
+_Static_assert(MAX_FRAMES <= PARSE_MAX_DEPTH, "every pointer can reach as deep as it may go");
 
 typedef struct frame {
     unsigned mask;  /* pointers (bit per field) that run through this container */
@@ -56,11 +57,13 @@ typedef struct arena {
     max_align_t store[ARENA_BYTES / sizeof(max_align_t)];
     size_t used;
     arena_block *overflow;
+    size_t overflow_bytes, peak_bytes; /* held in overflow blocks; the most, with the store */
 } arena;
 
 /* Each allocation is preceded by one max_align_t slot holding its size (for
  * realloc), so that what is returned stays maximally aligned. */
 #define SLOT sizeof(max_align_t)
+_Static_assert(sizeof(arena_block) <= SLOT, "a block's header fits its slot");
 
 static void *arena_malloc(void *ctx, size_t n)
 {
@@ -74,6 +77,9 @@ static void *arena_malloc(void *ctx, size_t n)
         arena_block *b = xmalloc(SLOT + need);
         b->next = a->overflow;
         a->overflow = b;
+        a->overflow_bytes += SLOT + need;
+        if (sizeof a->store + a->overflow_bytes > a->peak_bytes)
+            a->peak_bytes = sizeof a->store + a->overflow_bytes;
         p = (unsigned char *)b + SLOT;
     }
     memcpy(p, &n, sizeof n);
@@ -82,14 +88,27 @@ static void *arena_malloc(void *ctx, size_t n)
 
 static void arena_free(void *ctx, void *ptr) { (void)ctx, (void)ptr; }
 
+/* A grown allocation is copied to a new one. When the old one is the newest
+ * overflow block, as for a buffer that keeps growing, it is freed: without
+ * that, yajl's state stack, which grows 128 bytes at a time, held memory in
+ * the square of the nesting depth (4 GB for a 1 MB line of "["). */
 static void *arena_realloc(void *ctx, void *ptr, size_t n)
 {
+    arena *a = ctx;
     if (!ptr) return arena_malloc(ctx, n);
     size_t old;
     memcpy(&old, (unsigned char *)ptr - SLOT, sizeof old);
     if (n <= old) return ptr;
+    arena_block *was = a->overflow;
+    int newest = was && (unsigned char *)ptr == (unsigned char *)was + 2 * SLOT;
     void *q = arena_malloc(ctx, n);
     memcpy(q, ptr, old);
+    if (newest && a->overflow != was) {
+        assert(a->overflow->next == was);
+        a->overflow->next = was->next;
+        a->overflow_bytes -= 2 * SLOT + ((old + SLOT - 1) & ~(SLOT - 1));
+        free(was);
+    }
     return q;
 }
 
@@ -101,6 +120,8 @@ static void arena_reset(arena *a)
         a->overflow = next;
     }
     a->used = 0;
+    a->overflow_bytes = 0;
+    a->peak_bytes = sizeof a->store;
 }
 
 struct record_parser {
@@ -388,6 +409,9 @@ static int open_container(record_parser *p, int is_array)
         if (sel && !selected_value(p, sel, 'o', NULL, 0)) return 0;
         down = going_deeper(p, sel);
     }
+    if (p->depth == PARSE_MAX_DEPTH)
+        return fail(p, PARSE_TOO_DEEP, "objects and arrays nested more than %d deep",
+                    PARSE_MAX_DEPTH);
     if (p->depth < MAX_FRAMES)
         p->frames[p->depth] = (frame){.mask = down, .seen = 0, .index = 0, .is_array = is_array};
     p->depth++;
@@ -609,6 +633,8 @@ static parse_error from_kafka(record_parser *p, const raw_record *r, visit *out)
 
 void record_parser_set_fast_path(record_parser *p, int on) { p->fast_path = on; }
 
+size_t record_parser_peak_bytes(const record_parser *p) { return p->arena.peak_bytes; }
+
 record_parser *record_parser_new(const record_mapping *m)
 {
     record_parser *p = xcalloc(1, sizeof *p);
@@ -648,6 +674,7 @@ parse_error record_parse(record_parser *p, const raw_record *r, visit *out, char
     p->detail = detail;
     p->detail_len = detail_len;
     p->raw = r->data;
+    p->arena.peak_bytes = 0;
     if (detail_len) detail[0] = '\0';
     out->user = NULL;
     out->user_len = 0;
@@ -727,6 +754,7 @@ const char *parse_error_code(parse_error e)
     case PARSE_INVALID_PAGE: return "invalid_page";
     case PARSE_OVERSIZED: return "oversized";
     case PARSE_INVALID_USER_ID: return "invalid_user_id";
+    case PARSE_TOO_DEEP: return "too_deep";
     }
     return "unknown";
 }

@@ -6,7 +6,8 @@
  * the record (JSON Pointers), makes the user a string and the time an epoch
  * number, or takes them from the Kafka record. Unknown fields are ignored. The JSON grammar and UTF-8 are checked by
  * yajl (Debian libyajl), a streaming parser: no tree is built, so a record
- * costs no allocation.
+ * costs no allocation, and the memory it takes is proportional to its size
+ * and its nesting depth, which is bounded (PARSE_MAX_DEPTH).
  */
 #ifndef SESSIONIZER_PARSE_H
 #define SESSIONIZER_PARSE_H
@@ -30,7 +31,13 @@ typedef enum parse_error {
     PARSE_INVALID_PAGE,
     PARSE_OVERSIZED,
     PARSE_INVALID_USER_ID,
+    PARSE_TOO_DEEP,
 } parse_error;
+
+/* Objects and arrays nest at most this deep, the record's own object
+ * counting as 1 (serde_json's default limit). A visit needs depth 1; the
+ * bound keeps yajl's state stack, which grows with the depth, small. */
+#define PARSE_MAX_DEPTH 128
 
 typedef struct record_parser record_parser;
 
@@ -48,6 +55,10 @@ parse_error record_parse(record_parser *p, const raw_record *r, visit *out, char
 /* Tests: turn the fast path for common records off (1 = on, the default),
  * to hold it to the same answers as the general parser. */
 void record_parser_set_fast_path(record_parser *p, int on);
+
+/* Tests: the most memory the parser's arena held while parsing the last
+ * record, in bytes (its fixed store included). */
+size_t record_parser_peak_bytes(const record_parser *p);
 
 /* Stable machine-readable reason code ("invalid_json", "late", ...). */
 const char *parse_error_code(parse_error e);

@@ -309,6 +309,49 @@ static void test_epoch(void)
     }
 }
 
+/* A record nested past PARSE_MAX_DEPTH is too_deep, and parsing takes
+ * memory in proportion to the record: a 1 MB line of "[" took 4 GB. */
+static void test_parse_deep(void)
+{
+    record_parser *p = record_parser_new(NULL);
+    const char *head = "{\"user_id\":1,\"page\":\"x\",\"event_time\":\"2023-02-20T03:03:20\",\"e\":";
+    size_t n = 1 << 20, h = strlen(head);
+    char *line = malloc(h + n + 1);
+    memcpy(line, head, h);
+    memset(line + h, '[', n);
+    line[h + n] = '\0';
+    visit v;
+    CHECK_EQ_I64(parse(p, line, &v), PARSE_TOO_DEEP);
+    CHECK(record_parser_peak_bytes(p) <= 64 * 1024);
+    /* at the bound: the object and 127 arrays parse; one more does not */
+    for (int extra = 0; extra <= 1; extra++) {
+        size_t d = PARSE_MAX_DEPTH - 1 + (size_t)extra, k = h;
+        memset(line + k, '[', d), k += d;
+        memset(line + k, ']', d), k += d;
+        line[k++] = '}';
+        line[k] = '\0';
+        CHECK_EQ_I64(parse(p, line, &v), extra ? PARSE_TOO_DEEP : PARSE_OK);
+        /* nested objects count the same */
+        k = h;
+        for (size_t i = 0; i < d; i++) memcpy(line + k, "{\"a\":", 5), k += 5;
+        line[k++] = '1';
+        memset(line + k, '}', d + 1), k += d + 1;
+        line[k] = '\0';
+        CHECK_EQ_I64(parse(p, line, &v), extra ? PARSE_TOO_DEEP : PARSE_OK);
+    }
+    /* a long page full of escapes: yajl's buffer doubles, and each copy it
+     * outgrows is given back */
+    size_t k = 0;
+    k += (size_t)sprintf(line, "{\"user_id\":1,\"event_time\":\"2023-02-20T03:03:20\",\"page\":\"");
+    for (size_t i = 0; i < 100000; i++) memcpy(line + k, "\\u00e9", 6), k += 6;
+    memcpy(line + k, "\"}", 3);
+    CHECK_EQ_I64(parse(p, line, &v), PARSE_OK);
+    CHECK_EQ_I64(v.page_len, 200000);
+    CHECK(record_parser_peak_bytes(p) <= 2 * k + 64 * 1024);
+    free(line);
+    record_parser_free(p);
+}
+
 static void test_timestamps(void)
 {
     static const struct { const char *s; int64_t us; } good[] = {
@@ -384,6 +427,7 @@ int main(void)
 {
     test_parse_valid();
     test_parse_invalid();
+    test_parse_deep();
     test_timestamps();
     test_epoch();
     test_mapping();

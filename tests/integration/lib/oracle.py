@@ -123,11 +123,38 @@ def good_string(s):
         return False
 
 
+MAX_DEPTH = 128  # objects and arrays nest at most this deep, the record counting as 1
+
+
+def nesting_depth(text):
+    """The deepest nesting of objects and arrays in a JSON text."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
 def parse_line(raw, layout=None):
     """Returns (user, t_us, page) or None for a record that must be dead-lettered."""
     lay = dict(DEFAULT_LAYOUT, **(layout or {}))
     try:
         text = raw.decode("utf-8")
+        if text.count("[") + text.count("{") > MAX_DEPTH and nesting_depth(text) > MAX_DEPTH:
+            return None  # too_deep
         doc = json.loads(text, parse_constant=_reject, object_pairs_hook=_Pairs, parse_float=_Float)
     except (UnicodeDecodeError, ValueError):
         return None
