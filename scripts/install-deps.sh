@@ -8,6 +8,7 @@ packages=(
   build-essential cmake pkg-config clang libclang-rt-14-dev
   libsqlite3-dev sqlite3          # embedded sink and the checkpoint store
   libyajl-dev                     # JSON parser
+  libyaml-dev                     # configuration files (--config)
   libxxhash-dev                   # session-id and checksum hash
   librdkafka-dev kcat             # Kafka source; kcat is the tests' producer
   libpq-dev postgresql            # PostgreSQL sink; the tests start a real server

@@ -2,6 +2,7 @@
  * main.c - the sessionizer command line.
  *
  *   sessionizer run --source URI --sink URI [options]
+ *   sessionizer config [options]     the effective configuration, as YAML
  *
  * Exit codes: 0 success (also after SIGINT/SIGTERM, once the commit in
  * flight is done), 1 the job failed (the message says why; the last
@@ -74,16 +75,30 @@ int main(int argc, char **argv)
         printf("sessionizer %s\n", SESSIONIZER_VERSION);
         return 0;
     }
+    if (argc >= 2 && strcmp(argv[1], "config") == 0) {
+        /* The effective configuration, as a file that --config reads back. */
+        cli_options opts;
+        int prc = options_parse(&opts, argc, argv, 2, OPTIONS_PRINT);
+        if (prc == 0) {
+            buf b;
+            buf_init(&b);
+            options_print(&opts, &b, 1);
+            fwrite(b.data, 1, b.len, stdout);
+            buf_free(&b);
+        }
+        options_free(&opts);
+        return prc == 2 ? 2 : 0;
+    }
     if (argc < 2 || strcmp(argv[1], "run") != 0) {
         if (argc < 2) {
             print_help(stderr);
             return 2;
         }
-        return usage_error("unknown command '%s' (the command is 'run')", argv[1]);
+        return usage_error("unknown command '%s' (the commands are 'run' and 'config')", argv[1]);
     }
 
     cli_options opts;
-    int prc = options_parse(&opts, argc, argv, 2);
+    int prc = options_parse(&opts, argc, argv, 2, OPTIONS_RUN);
     if (prc != 0) {
         options_free(&opts);
         return prc == 1 ? 0 : 2;

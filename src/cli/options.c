@@ -15,21 +15,30 @@
 #include "cli/options.h"
 
 #include <assert.h>
+#include <ctype.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "cli/config_file.h"
+#include "common/secret.h"
 #include "common/units.h"
 #include "common/xalloc.h"
 #include "deadletter/deadletter.h"
 #include "record/mapping.h"
+
+extern char **environ;
 
 /* Longest a time can be without the engine's arithmetic overflowing. */
 #define HUNDRED_YEARS_US 3155760000000000ULL
 #define MAX_LIST 256 /* values of one repeatable option */
 #define MAX_OPTS 64
 _Static_assert(TIME_EPOCH_NS == 4, "time_format_choices follows enum time_format");
+/* What stands for a secret in printed configurations; refused as a value. */
+#define REDACTED "<redacted>"
 
 /* The field f of cli_options, checked at compile time to have the C type the
  * option's type stores (a mismatch is "no association" in _Generic). */
@@ -54,6 +63,9 @@ static const char *const time_format_choices[] = {"iso8601", "epoch_s", "epoch_m
                                                   "epoch_ns", NULL};
 
 const opt_def cli_option_table[] = {
+    {.name = "config", .short_name = 'c', .type = OPT_STRING, .arg = "FILE", AT_STRING(config),
+     .help = "read options from this YAML file first (command line over environment over "
+             "file; see CONFIGURATION)"},
     {.name = "source", .type = OPT_STRING, .arg = "URI", AT_STRING(job.source_uri),
      .help = "where the visits come from (required; see Sources)"},
     {.name = "sink", .type = OPT_STRING, .arg = "URI", AT_STRING(job.sink_uri),
@@ -115,15 +127,26 @@ const opt_def cli_option_table[] = {
 #define N_OPTS (sizeof cli_option_table / sizeof *cli_option_table - 1)
 _Static_assert(N_OPTS <= MAX_OPTS, "raise MAX_OPTS");
 
+typedef enum opt_origin { ORIGIN_DEFAULT, ORIGIN_FILE, ORIGIN_ENV, ORIGIN_CLI } opt_origin;
+
+typedef struct list_item {
+    const char *value; /* KEY=VALUE as given (a secret's reference, not the secret) */
+    unsigned char origin;
+} list_item;
+
 typedef struct opt_list {
-    const char **items; /* NULL-terminated once it has one */
+    list_item *items; /* in the order given: file, environment, command line */
     size_t n;
+    const char **job; /* what the job sees: one per key, secrets resolved, NULL-terminated */
 } opt_list;
 
 struct opt_state {
     char **owned; /* every string a value points into */
     size_t n_owned, cap_owned;
+    char **secrets; /* resolved KEY=SECRET strings, wiped when freed */
+    size_t n_secrets;
     opt_list lists[MAX_OPTS];
+    unsigned char origin[MAX_OPTS]; /* opt_origin of each option's value */
 };
 
 int usage_error(const char *fmt, ...)
@@ -195,39 +218,53 @@ static int parse_bool(const char *s, int *out)
     return -1;
 }
 
-/* Checks value against d and stores it. `where` names the value's origin in
- * messages ("--gap"). Returns 0, or 2 after printing a usage error. */
-static int opt_set(cli_options *o, size_t i, const char *value, const char *where)
+static const char *const origin_names[] = {"default", "config file", "environment",
+                                           "command line"};
+
+/* Checks value against option i and stores it. `where` names the value's
+ * origin in messages ("--gap", "SESSIONIZER_GAP", "gap (FILE:3)"). Returns 0,
+ * or -1 with err. */
+static int opt_set(cli_options *o, size_t i, const char *value, const char *where,
+                   opt_origin origin, char *err, size_t errlen)
 {
     const opt_def *d = &cli_option_table[i];
     char *field = (char *)o + d->off;
+    if (strstr(value, REDACTED)) {
+        snprintf(err, errlen, "%s holds %s, a secret left out by 'sessionizer config': give the "
+                 "secret as @file:PATH or @env:NAME in a KEY=VALUE option (e.g. --sink-opt "
+                 "password=@file:/run/secrets/db, -X sasl.password=@env:KAFKA_PASSWORD)", where,
+                 REDACTED);
+        return -1;
+    }
+    o->st->origin[i] = (unsigned char)origin;
     switch (d->type) {
     case OPT_STRING:
         *(const char **)field = own(o, value);
         return 0;
     case OPT_BOOL: {
         int v;
-        if (parse_bool(value, &v))
-            return usage_error("invalid %s '%s' (true or false)", where, value);
+        if (parse_bool(value, &v)) {
+            snprintf(err, errlen, "invalid %s '%s' (true or false)", where, value);
+            return -1;
+        }
         *(int *)field = v;
         return 0;
     }
-    case OPT_ENUM:
+    case OPT_ENUM: {
         for (int k = 0; d->choices[k]; k++)
             if (strcmp(value, d->choices[k]) == 0) {
                 *(int *)field = k;
                 return 0;
             }
-        {
-            buf b;
-            buf_init(&b);
-            for (int k = 0; d->choices[k]; k++)
-                buf_printf(&b, "%s'%s'", k == 0 ? "" : d->choices[k + 1] ? ", " : " or ",
-                           d->choices[k]);
-            usage_error("%s takes %s, not '%s'", where, cstr(&b), value);
-            buf_free(&b);
-            return 2;
-        }
+        buf b;
+        buf_init(&b);
+        for (int k = 0; d->choices[k]; k++)
+            buf_printf(&b, "%s'%s'", k == 0 ? "" : d->choices[k + 1] ? ", " : " or ",
+                       d->choices[k]);
+        snprintf(err, errlen, "%s takes %s, not '%s'", where, cstr(&b), value);
+        buf_free(&b);
+        return -1;
+    }
     case OPT_COUNT:
     case OPT_BYTES: {
         uint64_t v;
@@ -241,9 +278,9 @@ static int opt_set(cli_options *o, size_t i, const char *value, const char *wher
                 buf_append_str(&b, " to ");
                 format_count(&b, d->max, d->type == OPT_BYTES);
             }
-            usage_error("invalid %s '%s' (%s)", where, value, cstr(&b));
+            snprintf(err, errlen, "invalid %s '%s' (%s)", where, value, cstr(&b));
             buf_free(&b);
-            return 2;
+            return -1;
         }
         if (d->size == sizeof(uint32_t)) *(uint32_t *)field = (uint32_t)v;
         else *(uint64_t *)field = v;
@@ -261,27 +298,33 @@ static int opt_set(cli_options *o, size_t i, const char *value, const char *wher
                 buf_append_str(&b, " to ");
                 format_duration(&b, d->max);
             }
-            usage_error("invalid %s '%s' (%s; examples: 50s, 500ms, 2m)", where, value, cstr(&b));
+            snprintf(err, errlen, "invalid %s '%s' (%s; examples: 50s, 500ms, 2m)", where, value,
+                     cstr(&b));
             buf_free(&b);
-            return 2;
+            return -1;
         }
         *(int64_t *)field = us / d->scale;
         return 0;
     }
     case OPT_LIST: {
-        if (!strchr(value, '=')) return usage_error("%s: '%s' is not KEY=VALUE", where, value);
+        const char *eq = strchr(value, '=');
+        if (!eq || eq == value) {
+            snprintf(err, errlen, "%s: '%s' is not KEY=VALUE", where, value);
+            return -1;
+        }
         opt_list *l = &o->st->lists[i];
-        if (l->n >= MAX_LIST)
-            return usage_error("too many %s values at '%s' (at most %d)", where, value, MAX_LIST);
-        l->items = xrealloc(l->items, (l->n + 2) * sizeof *l->items);
-        l->items[l->n++] = own(o, value);
-        l->items[l->n] = NULL;
-        *(const char *const **)field = l->items;
+        if (l->n >= MAX_LIST) {
+            snprintf(err, errlen, "too many %s values at '%s' (at most %d)", where, value,
+                     MAX_LIST);
+            return -1;
+        }
+        l->items = xrealloc(l->items, (l->n + 1) * sizeof *l->items);
+        l->items[l->n++] = (list_item){own(o, value), (unsigned char)origin};
         return 0;
     }
     }
     assert(!"unknown option type");
-    return 2;
+    return -1;
 }
 
 static void check_table(void)
@@ -295,12 +338,188 @@ static void check_table(void)
         assert(!(d->type == OPT_COUNT || d->type == OPT_BYTES) ||
                (d->min <= d->max && (d->size == sizeof(uint64_t) ||
                                      (d->size == sizeof(uint32_t) && d->max <= UINT32_MAX))));
+        assert(strlen(d->name) < 40);
         for (size_t k = 0; k < i; k++)
             assert(strcmp(d->name, cli_option_table[k].name) != 0 &&
                    (!d->short_name || d->short_name != cli_option_table[k].short_name));
         (void)d;
     }
 }
+
+static size_t find_option(const char *name)
+{
+    size_t i = 0;
+    while (i < N_OPTS && strcmp(cli_option_table[i].name, name) != 0) i++;
+    return i;
+}
+
+/* SESSIONIZER_COMMIT_INTERVAL for commit-interval. */
+static void env_name(char *out, size_t outlen, const char *name)
+{
+    size_t n = (size_t)snprintf(out, outlen, "SESSIONIZER_%s", name);
+    for (char *p = out + 12; p < out + n && p < out + outlen; p++)
+        *p = *p == '-' ? '_' : (char)toupper((unsigned char)*p);
+}
+
+/* ---- the configuration file -------------------------------------------- */
+
+typedef struct file_ctx {
+    cli_options *o;
+    const char *path;
+    int line[MAX_OPTS]; /* where a single-valued option was set, to refuse a second time */
+} file_ctx;
+
+static int on_file_value(void *ctx, const char *name, const char *value, config_kind kind,
+                         int line, char *err, size_t errlen)
+{
+    file_ctx *f = ctx;
+    size_t i = find_option(name);
+    if (i == N_OPTS || i == find_option("config")) {
+        snprintf(err, errlen, "%s:%d: %s '%s' (the names are those of the long options, "
+                 "e.g. gap: 50s)", f->path, line, i == N_OPTS ? "unknown option" :
+                 "a configuration file cannot name another:", name);
+        return -1;
+    }
+    const opt_def *d = &cli_option_table[i];
+    if (d->type != OPT_LIST && kind != CONFIG_SCALAR) {
+        snprintf(err, errlen, "%s:%d: %s takes one value, not a list", f->path, line, name);
+        return -1;
+    }
+    if (d->type != OPT_LIST && f->line[i]) {
+        snprintf(err, errlen, "%s:%d: %s is already set on line %d", f->path, line, name,
+                 f->line[i]);
+        return -1;
+    }
+    f->line[i] = line;
+    char where[PATH_MAX + 64];
+    snprintf(where, sizeof where, "%s (%s:%d)", name, f->path, line);
+    return opt_set(f->o, i, value, where, ORIGIN_FILE, err, errlen);
+}
+
+int options_load_yaml(cli_options *o, const unsigned char *data, size_t len, const char *path,
+                      char *err, size_t errlen)
+{
+    file_ctx f = {.o = o, .path = path};
+    char e[1024];
+    int rc = config_file_parse(data, len, on_file_value, &f, e, sizeof e);
+    int line, skip = 0;
+    if (rc == -1 && sscanf(e, "line %d: %n", &line, &skip) == 1 && skip > 0)
+        snprintf(err, errlen, "%s:%d: %s", path, line, e + skip);
+    else if (rc)
+        snprintf(err, errlen, "%s", e);
+    return rc ? -1 : 0;
+}
+
+static int load_file(cli_options *o, const char *path, char *err, size_t errlen)
+{
+    buf b;
+    buf_init(&b);
+    int rc = config_file_read(path, &b, err, errlen);
+    if (rc == 0) rc = options_load_yaml(o, b.data, b.len, path, err, errlen);
+    buf_free(&b);
+    return rc;
+}
+
+/* ---- the environment ----------------------------------------------------- */
+
+static int load_env(cli_options *o, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < N_OPTS; i++) {
+        if (i == find_option("config")) continue; /* read before the file */
+        char name[64];
+        env_name(name, sizeof name, cli_option_table[i].name);
+        const char *v = getenv(name);
+        if (!v || !*v) continue; /* an empty variable is an unset one (EnvironmentFile=) */
+        if (cli_option_table[i].type != OPT_LIST) {
+            if (opt_set(o, i, v, name, ORIGIN_ENV, err, errlen)) return -1;
+            continue;
+        }
+        /* A list: one KEY=VALUE a line (values may hold commas and spaces). */
+        for (const char *p = v; *p;) {
+            size_t n = strcspn(p, "\n");
+            if (n > 0) {
+                char *item = xstrndup(p, n);
+                int rc = opt_set(o, i, item, name, ORIGIN_ENV, err, errlen);
+                free(item);
+                if (rc) return -1;
+            }
+            p += n + (p[n] == '\n');
+        }
+    }
+    /* A misspelt variable would otherwise be ignored without a word. */
+    for (char **e = environ; *e; e++) {
+        if (strncmp(*e, "SESSIONIZER_", 12) != 0) continue;
+        size_t nl = strcspn(*e, "=");
+        int known = 0;
+        for (size_t i = 0; i < N_OPTS && !known; i++) {
+            char name[64];
+            env_name(name, sizeof name, cli_option_table[i].name);
+            known = strlen(name) == nl && strncmp(name, *e, nl) == 0;
+        }
+        if (!known)
+            fprintf(stderr, "sessionizer: warning: %.*s is not an option's variable (ignored)\n",
+                    (int)nl, *e);
+    }
+    return 0;
+}
+
+/* ---- lists: one value per key, secrets resolved ------------------------- */
+
+static int same_key(const char *a, const char *b)
+{
+    size_t la = strcspn(a, "="), lb = strcspn(b, "=");
+    return la == lb && strncmp(a, b, la) == 0;
+}
+
+/* Whether item k of l is overridden by a later one with the same key. */
+static int overridden(const opt_list *l, size_t k)
+{
+    for (size_t j = k + 1; j < l->n; j++)
+        if (same_key(l->items[k].value, l->items[j].value)) return 1;
+    return 0;
+}
+
+/* Builds each list option's array for the job: the last value of each key
+ * (the command line's over the environment's over the file's), and with
+ * resolve, @file:/@env: references replaced by the secrets they name. */
+static int finish_lists(cli_options *o, int resolve, char *err, size_t errlen)
+{
+    struct opt_state *st = o->st;
+    for (size_t i = 0; i < N_OPTS; i++) {
+        if (cli_option_table[i].type != OPT_LIST) continue;
+        opt_list *l = &st->lists[i];
+        if (l->n == 0) continue;
+        l->job = xcalloc(l->n + 1, sizeof *l->job);
+        size_t n = 0;
+        for (size_t k = 0; k < l->n; k++) {
+            if (overridden(l, k)) continue;
+            const char *kv = l->items[k].value, *eq = strchr(kv, '=');
+            char *secret = NULL;
+            char e[512];
+            int r = resolve ? secret_resolve(eq + 1, &secret, e, sizeof e) : 0;
+            if (r < 0) {
+                snprintf(err, errlen, "--%s %.*s: %s", cli_option_table[i].name,
+                         (int)(eq - kv), kv, e);
+                return -1;
+            }
+            if (r > 0) {
+                size_t kl = (size_t)(eq - kv), sl = strlen(secret);
+                char *full = xmalloc(kl + 1 + sl + 1);
+                memcpy(full, kv, kl + 1);
+                memcpy(full + kl + 1, secret, sl + 1);
+                secret_free(secret);
+                st->secrets = xrealloc(st->secrets, (st->n_secrets + 1) * sizeof *st->secrets);
+                st->secrets[st->n_secrets++] = full;
+                kv = full;
+            }
+            l->job[n++] = kv;
+        }
+        *(const char *const **)((char *)o + cli_option_table[i].off) = l->job;
+    }
+    return 0;
+}
+
+/* ---- the whole: defaults < file < environment < command line ------------ */
 
 /* getopt_long's val for an option: 1000+i sets it, 2000+i is its --no- form. */
 enum { VAL_SET = 1000, VAL_UNSET = 2000 };
@@ -311,43 +530,45 @@ typedef struct assignment {
     const char *where; /* "--gap" */
 } assignment;
 
-int options_parse(cli_options *o, int argc, char **argv, int first)
+void options_defaults(cli_options *o)
 {
     check_table();
     memset(o, 0, sizeof *o);
     o->st = xcalloc(1, sizeof *o->st);
-    o->job.stop = NULL;
-    int rc = 0;
-    for (size_t i = 0; i < N_OPTS; i++)
-        if (cli_option_table[i].def && (rc = opt_set(o, i, cli_option_table[i].def, "default")))
-            return rc;
+    char err[256];
+    for (size_t i = 0; i < N_OPTS; i++) {
+        int bad = cli_option_table[i].def &&
+                  opt_set(o, i, cli_option_table[i].def, "default", ORIGIN_DEFAULT, err, sizeof err);
+        assert(!bad && "a default that its own option refuses");
+        (void)bad;
+    }
+}
+
+int options_parse(cli_options *o, int argc, char **argv, int first, options_mode mode)
+{
+    options_defaults(o);
+    char err[PATH_MAX + 1024] = "";
 
     /* The command line is read whole before anything is applied, so that a
      * --config named anywhere on it is loaded first, under it. */
     struct option longopts[2 * MAX_OPTS + 2];
-    char *names[MAX_OPTS], *wheres[MAX_OPTS], shorts[MAX_OPTS][3];
+    char names[MAX_OPTS][48], wheres[MAX_OPTS][48], shorts[MAX_OPTS][3];
     char shortopts[2 * MAX_OPTS + 2];
-    size_t nl = 0, ns = 0, nn = 0;
+    size_t nl = 0, ns = 0;
     for (size_t i = 0; i < N_OPTS; i++) {
         const opt_def *d = &cli_option_table[i];
         int arg = d->type == OPT_BOOL ? no_argument : required_argument;
         longopts[nl++] = (struct option){d->name, arg, NULL, VAL_SET + (int)i};
         if (d->type == OPT_BOOL) {
-            buf b;
-            buf_init(&b);
-            buf_printf(&b, "no-%s", d->name);
-            names[nn] = (char *)cstr(&b);
-            longopts[nl++] = (struct option){names[nn++], no_argument, NULL, VAL_UNSET + (int)i};
+            snprintf(names[i], sizeof names[i], "no-%s", d->name);
+            longopts[nl++] = (struct option){names[i], no_argument, NULL, VAL_UNSET + (int)i};
         }
         if (d->short_name) {
             shortopts[ns++] = d->short_name;
-            snprintf(shorts[i], sizeof shorts[i], "-%c", d->short_name);
             if (arg == required_argument) shortopts[ns++] = ':';
+            snprintf(shorts[i], sizeof shorts[i], "-%c", d->short_name);
         }
-        buf w;
-        buf_init(&w);
-        buf_printf(&w, "--%s", d->name);
-        wheres[i] = (char *)cstr(&w);
+        snprintf(wheres[i], sizeof wheres[i], "--%s", d->name);
     }
     shortopts[ns++] = 'h';
     shortopts[ns] = '\0';
@@ -356,9 +577,13 @@ int options_parse(cli_options *o, int argc, char **argv, int first)
 
     assignment *cli = xcalloc((size_t)argc + 1, sizeof *cli);
     size_t ncli = 0;
+    const char *config = NULL;
+    int rc = 0;
     optind = first;
     int c;
     while (rc == 0 && (c = getopt_long(argc, argv, shortopts, longopts, NULL)) != -1) {
+        size_t i = N_OPTS;
+        const char *value = optarg, *where = NULL;
         if (c == 'h') {
             buf b;
             buf_init(&b);
@@ -366,29 +591,45 @@ int options_parse(cli_options *o, int argc, char **argv, int first)
             fwrite(b.data, 1, b.len, stdout);
             buf_free(&b);
             rc = 1;
+            break;
         } else if (c >= VAL_SET && c < VAL_SET + (int)N_OPTS) {
-            size_t i = (size_t)(c - VAL_SET);
-            cli[ncli++] = (assignment){i, cli_option_table[i].type == OPT_BOOL ? "true" : optarg,
-                                       wheres[i]};
+            i = (size_t)(c - VAL_SET);
+            where = wheres[i];
+            if (cli_option_table[i].type == OPT_BOOL) value = "true";
         } else if (c >= VAL_UNSET && c < VAL_UNSET + (int)N_OPTS) {
-            size_t i = (size_t)(c - VAL_UNSET);
-            cli[ncli++] = (assignment){i, "false", wheres[i]};
+            i = (size_t)(c - VAL_UNSET);
+            where = wheres[i];
+            value = "false";
         } else {
-            size_t i = 0;
-            while (i < N_OPTS && cli_option_table[i].short_name != c) i++;
-            if (i < N_OPTS && c != '?')
-                cli[ncli++] = (assignment){i, cli_option_table[i].type == OPT_BOOL ? "true" : optarg,
-                                           shorts[i]};
-            else
+            while (i > 0 && cli_option_table[i - 1].short_name != c) i--;
+            i = i > 0 && c != '?' ? i - 1 : N_OPTS;
+            if (i == N_OPTS) {
                 rc = usage_error("%s", "invalid option");
+                break;
+            }
+            where = shorts[i];
+            if (cli_option_table[i].type == OPT_BOOL) value = "true";
         }
+        if (i == find_option("config")) config = value;
+        cli[ncli++] = (assignment){i, value, where};
     }
     if (rc == 0 && optind < argc) rc = usage_error("unexpected argument '%s'", argv[optind]);
+
+    if (rc == 0 && !config) {
+        config = getenv("SESSIONIZER_CONFIG");
+        if (config && !*config) config = NULL;
+        if (config && opt_set(o, find_option("config"), config, "SESSIONIZER_CONFIG", ORIGIN_ENV,
+                              err, sizeof err))
+            rc = usage_error("%s", err);
+    }
+    if (rc == 0 && config && load_file(o, config, err, sizeof err)) rc = usage_error("%s", err);
+    if (rc == 0 && load_env(o, err, sizeof err)) rc = usage_error("%s", err);
     for (size_t k = 0; rc == 0 && k < ncli; k++)
-        rc = opt_set(o, cli[k].opt, cli[k].value, cli[k].where);
+        if (opt_set(o, cli[k].opt, cli[k].value, cli[k].where, ORIGIN_CLI, err, sizeof err))
+            rc = usage_error("%s", err);
     free(cli);
-    for (size_t k = 0; k < nn; k++) free(names[k]);
-    for (size_t k = 0; k < N_OPTS; k++) free(wheres[k]);
+    if (rc == 0 && finish_lists(o, mode == OPTIONS_RUN, err, sizeof err))
+        rc = usage_error("%s", err);
     if (rc) return rc;
 
     /* The record layout, checked and resolved once. */
@@ -404,6 +645,7 @@ int options_parse(cli_options *o, int argc, char **argv, int first)
     /* Settings that follow from others. */
     o->job.source.until_end = o->job.until_end;
     o->job.progress = o->quiet ? 0 : o->progress ? 2 : 1;
+    if (mode != OPTIONS_RUN) return 0;
     if (!o->job.source_uri)
         return usage_error("%s", "--source is required (e.g. --source file:visits.jsonl)");
     if (!o->job.sink_uri)
@@ -419,9 +661,123 @@ void options_free(cli_options *o)
     if (!st) return;
     for (size_t i = 0; i < st->n_owned; i++) free(st->owned[i]);
     free(st->owned);
-    for (size_t i = 0; i < N_OPTS; i++) free(st->lists[i].items);
+    for (size_t i = 0; i < st->n_secrets; i++) secret_free(st->secrets[i]);
+    free(st->secrets);
+    for (size_t i = 0; i < N_OPTS; i++) {
+        free(st->lists[i].items);
+        free(st->lists[i].job);
+    }
     free(st);
     o->st = NULL;
+}
+
+/* ---- the effective configuration, as a configuration file -------------- */
+
+/* Copies a URI or conninfo with any password in it replaced by REDACTED:
+ * "scheme://user:PASSWORD@host" and "password=PASSWORD". */
+static void redact_string(buf *b, const char *s)
+{
+    const char *scheme = strstr(s, "://");
+    const char *at = scheme ? strchr(scheme + 3, '@') : NULL;
+    const char *colon = at ? memchr(scheme + 3, ':', (size_t)(at - scheme - 3)) : NULL;
+    const char *slash = scheme ? strchr(scheme + 3, '/') : NULL;
+    if (colon && (!slash || at < slash)) {
+        buf_append(b, s, (size_t)(colon + 1 - s));
+        buf_append_str(b, REDACTED);
+        s = at;
+    }
+    for (const char *p = s; *p;) {
+        if (strncmp(p, "password=", 9) == 0 && (p == s || strchr(" ?&", p[-1]))) {
+            buf_append_str(b, "password=" REDACTED);
+            p += 9 + strcspn(p + 9, " &");
+            continue;
+        }
+        buf_append_byte(b, (unsigned char)*p++);
+    }
+}
+
+static void print_value(buf *b, const cli_options *o, size_t i)
+{
+    const opt_def *d = &cli_option_table[i];
+    const char *field = (const char *)o + d->off;
+    switch (d->type) {
+    case OPT_STRING: {
+        buf r;
+        buf_init(&r);
+        redact_string(&r, *(const char *const *)field);
+        config_file_quote(b, cstr(&r));
+        buf_free(&r);
+        break;
+    }
+    case OPT_BOOL: buf_append_str(b, *(const int *)field ? "true" : "false"); break;
+    case OPT_ENUM: buf_append_str(b, d->choices[*(const int *)field]); break;
+    case OPT_COUNT:
+    case OPT_BYTES:
+        format_count(b, d->size == sizeof(uint32_t) ? *(const uint32_t *)field
+                                                    : *(const uint64_t *)field,
+                     d->type == OPT_BYTES);
+        break;
+    case OPT_DURATION:
+        format_duration(b, (uint64_t)(*(const int64_t *)field * d->scale));
+        break;
+    case OPT_LIST: assert(!"lists are printed item by item"); break;
+    }
+}
+
+void options_print(const cli_options *o, buf *b, int origins)
+{
+    buf_printf(b, "# sessionizer %s: the effective configuration (command line over\n"
+                  "# environment over configuration file over defaults); secrets given inline\n"
+                  "# show as %s and must be given again, as @file:PATH or @env:NAME.\n",
+               SESSIONIZER_VERSION, REDACTED);
+    for (size_t i = 0; i < N_OPTS; i++) {
+        const opt_def *d = &cli_option_table[i];
+        const char *origin = origin_names[o->st->origin[i]];
+        if (i == find_option("config")) {
+            if (o->config) {
+                buf_append_str(b, "# read from ");
+                buf_append_str(b, o->config);
+                buf_append_byte(b, '\n');
+            }
+            continue;
+        }
+        if (d->type == OPT_LIST) {
+            const opt_list *l = &o->st->lists[i];
+            size_t shown = 0;
+            for (size_t k = 0; k < l->n; k++) {
+                if (overridden(l, k)) continue;
+                if (shown++ == 0) buf_printf(b, "%s:\n", d->name);
+                const char *kv = l->items[k].value, *eq = strchr(kv, '=');
+                char *key = xstrndup(kv, (size_t)(eq - kv));
+                buf_append_str(b, "  ");
+                config_file_quote(b, key);
+                buf_append_str(b, ": ");
+                int ref = strncmp(eq + 1, "@file:", 6) == 0 || strncmp(eq + 1, "@env:", 5) == 0;
+                if (!ref && secret_key_is_sensitive(key, strlen(key))) {
+                    config_file_quote(b, REDACTED);
+                } else {
+                    buf r;
+                    buf_init(&r);
+                    redact_string(&r, eq + 1);
+                    config_file_quote(b, cstr(&r));
+                    buf_free(&r);
+                }
+                if (origins) buf_printf(b, "   # %s", origin_names[l->items[k].origin]);
+                buf_append_byte(b, '\n');
+                free(key);
+            }
+            if (!shown) buf_printf(b, "# %s: (none)\n", d->name);
+            continue;
+        }
+        if (d->type == OPT_STRING && !*(const char *const *)((const char *)o + d->off)) {
+            buf_printf(b, "# %s: (not set)\n", d->name);
+            continue;
+        }
+        buf_printf(b, "%s: ", d->name);
+        print_value(b, o, i);
+        if (origins) buf_printf(b, "   # %s", origin);
+        buf_append_byte(b, '\n');
+    }
 }
 
 /* Appends text wrapped at 79 columns, continuation lines indented by indent. */

@@ -54,11 +54,33 @@ typedef struct opt_def {
 /* The table, terminated by an entry whose name is NULL. */
 extern const opt_def cli_option_table[];
 
-/* Parses argv[first..] (the options of "sessionizer run") over the defaults.
- * Returns 0 when *o is ready for job_run, 1 when --help was printed, or 2
- * after printing a usage error. Call options_free() in every case. */
-int options_parse(cli_options *o, int argc, char **argv, int first);
+typedef enum options_mode {
+    OPTIONS_RUN,   /* for job_run: --source and --sink required, secrets resolved */
+    OPTIONS_PRINT, /* for options_print: nothing required, secrets left as references */
+} options_mode;
+
+/* Builds the configuration from, in increasing precedence: the defaults, the
+ * YAML file of --config (or of SESSIONIZER_CONFIG), the environment
+ * (SESSIONIZER_GAP=50s for --gap) and argv[first..]. Repeatable KEY=VALUE
+ * options merge per key with the same precedence; their @file:/@env: values
+ * are secrets read in OPTIONS_RUN mode (common/secret.h).
+ * Returns 0 when *o is ready, 1 when --help was printed, or 2 after printing
+ * a usage error. Call options_free() in every case. */
+int options_parse(cli_options *o, int argc, char **argv, int first, options_mode mode);
 void options_free(cli_options *o);
+
+/* The defaults alone (options_parse starts with them). */
+void options_defaults(cli_options *o);
+
+/* Applies a YAML configuration held in memory, as --config does with a file
+ * (path only names it in messages). Returns 0 or -1 with err. */
+int options_load_yaml(cli_options *o, const unsigned char *data, size_t len, const char *path,
+                      char *err, size_t errlen);
+
+/* The effective configuration as a YAML configuration file, inline secrets
+ * replaced by "<redacted>"; with origins, where each value came from in a
+ * comment. */
+void options_print(const cli_options *o, buf *out, int origins);
 
 /* The whole --help text, options included. */
 void options_help(buf *out);

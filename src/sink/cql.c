@@ -26,8 +26,9 @@
  *    or a replay after a lost checkpoint rewrites the same row (only
  *    ingestion_time changes). The write timestamp is ingestion_time, fixed
  *    when write() is called, so a retried request carries the same timestamp;
- *  - credentials come from options (password_file= keeps the password off the
- *    command line) and never appear in a message: the library redacts them.
+ *  - credentials come from options (password=@file:PATH or @env:NAME, resolved
+ *    by the CLI, or password_file=PATH, keep the password off the command
+ *    line) and never appear in a message: the library redacts them.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -37,6 +38,7 @@
 #include <string.h>
 
 #include "common/buf.h"
+#include "common/secret.h"
 #include "common/xalloc.h"
 #include "cql/cql_client.h"
 #include "cql/cql_proto.h"
@@ -98,22 +100,6 @@ static int parse_int(const char *v, long lo, long hi, long *out)
     return 0;
 }
 
-static char *read_secret_file(const char *path, char *err, size_t errlen)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        fail(err, errlen, "cql: cannot read password_file %s: %s", path, strerror(errno));
-        return NULL;
-    }
-    char line[1024];
-    if (!fgets(line, sizeof line, f)) line[0] = '\0';
-    fclose(f);
-    line[strcspn(line, "\r\n")] = '\0';
-    char *s = xstrdup(line);
-    memset(line, 0, sizeof line);
-    return s;
-}
-
 static int parse_props(cql_sink *s, const char *const *props, char *err, size_t errlen)
 {
     for (size_t i = 0; props && props[i]; i++) {
@@ -146,8 +132,13 @@ static int parse_props(cql_sink *s, const char *const *props, char *err, size_t 
             free(s->password);
             s->password = xstrdup(v);
         } else if (KEY_IS("password_file")) {
+            /* the same reading as the CLI's password=@file:PATH (common/secret.h) */
+            char *pw, e[512];
+            if (secret_read_file(v, &pw, e, sizeof e))
+                return fail(err, errlen, "cql: password_file: %s", e);
+            if (s->password) memset(s->password, 0, strlen(s->password));
             free(s->password);
-            if (!(s->password = read_secret_file(v, err, errlen))) return -1;
+            s->password = pw;
         } else if (KEY_IS("tls_ca")) {
             free(s->tls_ca);
             s->tls_ca = xstrdup(v);

@@ -10,7 +10,9 @@
  * The target is any libpq connection string: a URI (the usual case) or, after
  * "postgresql:", a "key=value ..." conninfo. Settings of the sink itself come
  * as "key=value" props (see PG_OPTIONS_HELP): table=, batch_rows=,
- * retry_timeout=, retry_backoff_max=, io_timeout=.
+ * retry_timeout=, retry_backoff_max=, io_timeout=, and password= (given to
+ * libpq after the connection string, so it wins over one in the URI; with the
+ * CLI's password=@file:PATH it never appears on the command line).
  *
  * Table: sessions (session_id bigint, user_id bigint, pages text[],
  * ingestion_time timestamptz, PRIMARY KEY (session_id, user_id)), created
@@ -91,7 +93,7 @@
 
 #define PG_OPTIONS_HELP                                                                    \
     "table=[SCHEMA.]NAME, batch_rows=N, retry_timeout=DUR (0: forever), retry_backoff_max=DUR, " \
-    "io_timeout=DUR"
+    "io_timeout=DUR, password=SECRET (e.g. password=@file:PATH)"
 
 enum { PG_OK = 0, PG_TRANSIENT = 1, PG_PERMANENT = 2 };
 
@@ -105,6 +107,7 @@ typedef struct pg_row {
 typedef struct pg_sink {
     sink base;
     char *conninfo; /* as given to libpq: contains the password, never printed */
+    char *password; /* password= prop, or NULL */
     char *display;  /* conninfo with the password masked, for messages */
     char *secrets[3];
     size_t n_secrets;
@@ -758,9 +761,10 @@ static int pg_setup(pg_sink *s, char *err, size_t errlen)
 
 static int pg_connect(pg_sink *s, char *err, size_t errlen)
 {
+    /* password after dbname: libpq keeps the last value of a keyword. */
     static const char *const keys[] = {"dbname", "fallback_application_name", "client_encoding",
-                                       NULL};
-    const char *vals[] = {s->conninfo, "sessionizer", "UTF8", NULL};
+                                       "password", NULL};
+    const char *vals[] = {s->conninfo, "sessionizer", "UTF8", s->password, NULL};
     pg_drop(s);
     PGconn *c = PQconnectStartParams(keys, vals, 1);
     if (!c) return pg_fail(s, err, errlen, "postgresql: out of memory"), PG_PERMANENT;
@@ -992,6 +996,8 @@ static void pg_close(sink *base)
     if (!s) return;
     pg_drop(s);
     free(s->conninfo);
+    if (s->password) memset(s->password, 0, strlen(s->password));
+    free(s->password);
     free(s->display);
     for (size_t i = 0; i < s->n_secrets; i++) free(s->secrets[i]);
     free(s->table_sql);
@@ -1043,6 +1049,13 @@ static int pg_parse_props(pg_sink *s, const char *const *props, char *err, size_
 #define KEY_IS(k) (kl == strlen(k) && strncmp(kv, k, kl) == 0)
         if (KEY_IS("table")) {
             if (pg_set_table(s, v, err, errlen)) return -1;
+        } else if (KEY_IS("password")) {
+            if (s->password) {
+                memset(s->password, 0, strlen(s->password));
+                free(s->password);
+            }
+            s->password = xstrdup(v);
+            add_secret(s, v, strlen(v));
         } else if (KEY_IS("batch_rows")) {
             char *end;
             errno = 0;

@@ -9,8 +9,46 @@
 
 #include <stdarg.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char tmpdir[] = "/tmp/test_options.XXXXXX";
+
+static const char *write_file(const char *name, const char *text)
+{
+    static char path[4][256];
+    static int k;
+    char *p = path[k++ % 4];
+    snprintf(p, sizeof path[0], "%s/%s", tmpdir, name);
+    FILE *f = fopen(p, "w");
+    fputs(text, f);
+    fclose(f);
+    return p;
+}
+
+static const char *prop(const char *const *props, const char *key)
+{
+    size_t kl = strlen(key);
+    for (size_t i = 0; props && props[i]; i++)
+        if (strncmp(props[i], key, kl) == 0 && props[i][kl] == '=') return props[i] + kl + 1;
+    return NULL;
+}
+
+static size_t count(const char *const *props)
+{
+    size_t n = 0;
+    while (props && props[n]) n++;
+    return n;
+}
 
 /* Parses "run ARGS..." (NULL-terminated); returns options_parse's status. */
+static const char *cstr_of(buf *b)
+{
+    buf_append_byte(b, '\0');
+    b->len--;
+    return (const char *)b->data;
+}
+
 static int parse(cli_options *o, ...)
 {
     char *argv[64] = {"sessionizer", "run"};
@@ -19,7 +57,7 @@ static int parse(cli_options *o, ...)
     va_start(ap, o);
     for (char *a; (a = va_arg(ap, char *)) != NULL;) argv[argc++] = a;
     va_end(ap);
-    return options_parse(o, argc, argv, 2);
+    return options_parse(o, argc, argv, 2, OPTIONS_RUN);
 }
 
 static void test_defaults(void)
@@ -139,11 +177,185 @@ static void test_help(void)
     buf_free(&b);
 }
 
+/* Defaults < file < environment < command line, for values and per key of
+ * the KEY=VALUE lists. */
+static void test_precedence(void)
+{
+    const char *cfg = write_file("c.yaml",
+        "# a comment\n"
+        "source: file:from-file\n"
+        "sink: \"null:\"\n"
+        "gap: 10s\n"
+        "lateness: 1s\n"
+        "max-pages: 7\n"
+        "until-end: true\n"
+        "start: latest\n"
+        "source-opt:\n"
+        "  a: file\n"
+        "  b: file\n"
+        "  c: \"x=y, z\"\n"
+        "sink-opt: [t=file]\n");
+    setenv("SESSIONIZER_GAP", "20s", 1);
+    setenv("SESSIONIZER_LATENESS", "2s", 1);
+    setenv("SESSIONIZER_SOURCE_OPT", "b=env\nd=env", 1);
+    setenv("SESSIONIZER_CHECKPOINT", "", 1); /* empty: unset */
+    cli_options o;
+    CHECK_EQ_I64(parse(&o, "--config", cfg, "--gap", "30s", "-X", "a=cli", "--no-until-end", NULL), 0);
+    CHECK_STR(o.job.source_uri, "file:from-file");
+    CHECK_EQ_I64(o.job.engine.gap_us, 30000000);     /* cli over env over file */
+    CHECK_EQ_I64(o.job.engine.lateness_us, 2000000); /* env over file */
+    CHECK_EQ_I64(o.job.engine.max_pages, 7);         /* file over default */
+    CHECK_EQ_I64(o.job.until_end, 0);                /* --no- over the file's true */
+    CHECK_EQ_I64(o.job.source.until_end, 0);
+    CHECK_EQ_I64(o.job.source.start_latest, 1);
+    CHECK(o.job.checkpoint_dir == NULL);
+    CHECK_STR(prop(o.job.source.props, "a"), "cli");
+    CHECK_STR(prop(o.job.source.props, "b"), "env");
+    CHECK_STR(prop(o.job.source.props, "c"), "x=y, z");
+    CHECK_STR(prop(o.job.source.props, "d"), "env");
+    CHECK_EQ_I64(count(o.job.source.props), 4); /* one value per key */
+    CHECK_STR(prop(o.job.sink.props, "t"), "file");
+
+    /* The printed configuration reads back to the same configuration. */
+    buf p1, p2;
+    buf_init(&p1);
+    buf_init(&p2);
+    options_print(&o, &p1, 1);
+    CHECK(strstr((const char *)cstr_of(&p1), "gap: 30s   # command line") != NULL);
+    CHECK(strstr((const char *)cstr_of(&p1), "lateness: 2s   # environment") != NULL);
+    CHECK(strstr((const char *)cstr_of(&p1), "max-pages: 7   # config file") != NULL);
+    CHECK(strstr((const char *)cstr_of(&p1), "dlq: \"jsonl:stderr\"   # default") != NULL);
+    unsetenv("SESSIONIZER_GAP");
+    unsetenv("SESSIONIZER_LATENESS");
+    unsetenv("SESSIONIZER_SOURCE_OPT");
+    unsetenv("SESSIONIZER_CHECKPOINT");
+    const char *saved = write_file("saved.yaml", cstr_of(&p1));
+    cli_options r;
+    CHECK_EQ_I64(parse(&r, "--config", saved, NULL), 0);
+    options_print(&r, &p2, 1);
+    /* equal but for the origins in the comments */
+    const char *a = cstr_of(&p1), *b = cstr_of(&p2);
+    size_t lines = 0, same = 0;
+    while (*a && *b) {
+        size_t la = strcspn(a, "#\n"), lb = strcspn(b, "#\n");
+        same += la == lb && strncmp(a, b, la) == 0;
+        lines++;
+        a += strcspn(a, "\n") + (a[strcspn(a, "\n")] != 0);
+        b += strcspn(b, "\n") + (b[strcspn(b, "\n")] != 0);
+    }
+    CHECK(lines > 20);
+    CHECK_EQ_I64(same, lines);
+    CHECK(!*a && !*b);
+    CHECK_EQ_I64(r.job.engine.gap_us, 30000000);
+    CHECK_STR(prop(r.job.source.props, "c"), "x=y, z");
+    buf_free(&p1);
+    buf_free(&p2);
+    options_free(&r);
+    options_free(&o);
+
+    /* SESSIONIZER_CONFIG names the file when --config does not. */
+    setenv("SESSIONIZER_CONFIG", cfg, 1);
+    CHECK_EQ_I64(parse(&o, NULL), 0);
+    CHECK_EQ_I64(o.job.engine.gap_us, 10000000);
+    options_free(&o);
+    unsetenv("SESSIONIZER_CONFIG");
+}
+
+static void test_file_errors(void)
+{
+    static const char *const bad[] = {
+        "gapp: 5s\n",                 /* unknown name */
+        "gap: 5s\ngap: 6s\n",          /* twice */
+        "gap: [5s]\n",                /* a list for a value */
+        "gap:\n",                     /* no value */
+        "gap: 5x\n",                  /* the option's own check */
+        "- gap\n",                    /* not a mapping */
+        "gap: \"5s\n",                /* not YAML */
+        "config: other.yaml\n",       /* no nesting */
+        "source-opt: {a: {b: c}}\n",  /* too deep */
+        "source-opt: [novalue]\n",    /* not KEY=VALUE */
+        "gap: 5s\n---\ngap: 6s\n",    /* a second document */
+        "source-opt: {sasl.password: \"<redacted>\"}\n", /* a printed placeholder */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        cli_options o;
+        const char *f = write_file("bad.yaml", bad[i]);
+        int rc = parse(&o, "--source", "-", "--sink", "null:", "--config", f, NULL);
+        if (rc != 2) fprintf(stderr, "not refused: %s", bad[i]);
+        CHECK_EQ_I64(rc, 2);
+        options_free(&o);
+    }
+    cli_options o;
+    CHECK_EQ_I64(parse(&o, "--source", "-", "--sink", "null:", "--config", "/nonexistent.yaml", NULL), 2);
+    options_free(&o);
+    /* an empty file is an empty configuration */
+    CHECK_EQ_I64(parse(&o, "--source", "-", "--sink", "null:", "--config",
+                       write_file("empty.yaml", ""), NULL), 0);
+    options_free(&o);
+    setenv("SESSIONIZER_GAP", "fifty", 1);
+    CHECK_EQ_I64(parse(&o, "--source", "-", "--sink", "null:", NULL), 2);
+    options_free(&o);
+    unsetenv("SESSIONIZER_GAP");
+}
+
+/* @file: and @env: values are read in run mode, printed as references, and
+ * a bad reference says what is wrong with it. */
+static void test_secrets(void)
+{
+    const char *pw = write_file("pw", "s3cret\n");
+    setenv("TEST_OPTIONS_PW", "envsecret", 1);
+    char x[300];
+    snprintf(x, sizeof x, "sasl.password=@file:%s", pw);
+    cli_options o;
+    CHECK_EQ_I64(parse(&o, "--source", "-", "--sink", "null:", "-X", x, "--sink-opt",
+                       "password=@env:TEST_OPTIONS_PW", "-X", "ssl.key.password=inline", NULL), 0);
+    CHECK_STR(prop(o.job.source.props, "sasl.password"), "s3cret");
+    CHECK_STR(prop(o.job.sink.props, "password"), "envsecret");
+    CHECK_STR(prop(o.job.source.props, "ssl.key.password"), "inline");
+    options_free(&o);
+
+    char *argv[] = {"sessionizer", "config", "-X", x, "-X", "ssl.key.password=inline", "--sink",
+                    "postgresql://u:pw123@h/db", NULL};
+    CHECK_EQ_I64(options_parse(&o, 8, argv, 2, OPTIONS_PRINT), 0);
+    buf b;
+    buf_init(&b);
+    options_print(&o, &b, 1);
+    const char *t = cstr_of(&b);
+    CHECK(strstr(t, "s3cret") == NULL && strstr(t, "\"inline\"") == NULL && strstr(t, "pw123") == NULL);
+    CHECK(strstr(t, "\"sasl.password\": \"@file:") != NULL);
+    CHECK(strstr(t, "\"ssl.key.password\": \"<redacted>\"") != NULL);
+    CHECK(strstr(t, "postgresql://u:<redacted>@h/db") != NULL);
+    buf_free(&b);
+    options_free(&o);
+
+    char dir[300];
+    snprintf(dir, sizeof dir, "%s/d", tmpdir);
+    mkdir(dir, 0700);
+    const char *empty = write_file("empty", "\n");
+    const char *const refs[] = {"@file:/nonexistent/pw", "@file:", "@env:TEST_OPTIONS_UNSET", NULL,
+                                NULL};
+    for (int i = 0; i < 5; i++) {
+        char v[400];
+        if (i == 3) snprintf(v, sizeof v, "password=@file:%s", dir);
+        else if (i == 4) snprintf(v, sizeof v, "password=@file:%s", empty);
+        else snprintf(v, sizeof v, "password=%s", refs[i]);
+        CHECK_EQ_I64(parse(&o, "--source", "-", "--sink", "null:", "--sink-opt", v, NULL), 2);
+        options_free(&o);
+    }
+}
+
 int main(void)
 {
+    if (!mkdtemp(tmpdir)) return 1;
+    test_precedence();
+    test_file_errors();
+    test_secrets();
     test_defaults();
     test_values();
     test_errors();
     test_help();
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+    if (system(cmd) != 0) return 1;
     return check_summary("test_options");
 }
