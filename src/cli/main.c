@@ -18,6 +18,7 @@
 #include "common/buf.h"
 #include "common/xalloc.h"
 #include "job/job.h"
+#include "task/scaleout.h"
 
 static volatile sig_atomic_t stop_requested;
 
@@ -115,8 +116,17 @@ int main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    job_result res;
     char err[1024] = "";
+    if (opts.scale_out) {
+        scaleout_config so = {.job = &cfg,
+                              .repartition_partitions = (int32_t)opts.repartition_partitions,
+                              .state_uri = opts.state};
+        int src = scaleout_run(&so, err, sizeof err);
+        if (src != 0) fprintf(stderr, "sessionizer: error: %s\n", err);
+        options_free(&opts);
+        return src != 0 ? 1 : 0;
+    }
+    job_result res;
     int rc = job_run(&cfg, &res, err, sizeof err);
     if (rc != 0) fprintf(stderr, "sessionizer: error: %s\n", err);
     if (!quiet) print_summary(&cfg, &res);

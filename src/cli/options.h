@@ -35,6 +35,10 @@ typedef struct cli_options {
     /* The record layout as given; resolved into job.records after parsing. */
     const char *const *fields; /* --field NAME=POINTER */
     int time_format;           /* index in time_format order (record/mapping.h) */
+    /* --scale-out (task/scaleout.h) */
+    int scale_out;
+    unsigned repartition_partitions;
+    const char *state;
     struct opt_state *st;   /* the parser's bookkeeping (owned strings, lists, origins) */
 } cli_options;
 

@@ -1,0 +1,1083 @@
+/*
+ * scaleout.c - --scale-out: many instances, one topic, the same table.
+ *
+ * Every instance runs the same two stages, each a consumer of its own group,
+ * so that Kafka's group protocol spreads the work and moves it when
+ * instances join, leave or die; there is no coordinator of ours.
+ *
+ *  Stage 1 (group G, the source topic): a task per source partition p. It
+ *    parses, judges lateness against p's own watermark in p's order
+ *    (invalid and late records are dead letters here), and produces each
+ *    accepted visit to GROUP-repartition, partition hash(user) mod R, with
+ *    the record's original (timestamp, partition, offset) and p's highest
+ *    accepted event time. It broadcasts markers for p to every repartition
+ *    partition: 'W' (p's progress), 'I' (p is idle, live runs only), 'E'
+ *    (p reached its end, --until-end). Its state is two numbers per
+ *    partition (position, highest event time; plus the --until-end end),
+ *    committed to the group as the offset and its metadata, after the
+ *    producer has delivered everything before it.
+ *
+ *  Stage 2 (group G-sessions, the repartition topic): a task per
+ *    repartition partition r, with an engine of its own. A visit of p is a
+ *    duplicate when its offset is below the next offset already seen from p
+ *    at r (stage 1 replays what it produced after its last commit, and a
+ *    stage 1 that lost its partition without knowing it may still produce):
+ *    records of one source partition reach r in that partition's order from
+ *    any one producer, so anything below what was seen has been seen. The
+ *    engine closes on the minimum of the source partitions' highest event
+ *    times (minus the lateness) that reach r, records and markers alike
+ *    (engine_advance_partition). Its state (position in r, engine
+ *    watermarks, the de-duplication table, open sessions) is committed to
+ *    PostgreSQL (task_store.h) after the sink has acknowledged the sessions.
+ *
+ *  docs/scaling.md gives the argument that with --until-end the final table
+ *  equals a single instance's, whatever the kills, joins and outages.
+ *
+ *  Threads: one. The three librdkafka handles are polled in turn; their
+ *  rebalance and delivery callbacks run inside those polls, on this thread.
+ *  Assignment is eager (range): a revocation commits and drops every task
+ *  before the next assignment is made, which is what the task lifecycle
+ *  (restore -> process -> commit -> suspend) needs; librdkafka 2.0.2's
+ *  cooperative-sticky has known bugs around commits during rebalances.
+ */
+#include "task/scaleout.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include "common/xalloc.h"
+#include "deadletter/deadletter.h"
+#include "engine/engine.h"
+#include "record/parse.h"
+#include "sink/sink.h"
+#include "task/task_store.h"
+
+#define POLL_BATCH 1000     /* messages from one consumer before turning to the other */
+#define MARKER_MS 200       /* stage 1 broadcasts progress markers this often */
+#define DONE_CHECK_MS 500   /* --until-end: how often the group's progress is read */
+#define META_TIMEOUT_MS 10000
+#define REC_VERSION 1
+#define MAX_SRC_PARTITIONS 100000
+
+enum { K_VISIT = 'V', K_WM = 'W', K_IDLE = 'I', K_END = 'E' };
+
+typedef struct s1part {
+    int assigned;
+    int64_t pos;        /* next offset to read */
+    int64_t max_t;      /* highest accepted event time, INT64_MIN none */
+    int64_t end;        /* --until-end: the end this run stops at, -1 unknown */
+    int end_sent;
+    int64_t marker_pos; /* pos at the last 'W' marker */
+    int64_t eof_at, last_record_ms;
+    int idle_sent;
+} s1part;
+
+typedef struct s2task {
+    int32_t id;
+    int assigned;
+    engine *eng;
+    int64_t pos;          /* next offset in the repartition partition */
+    int64_t *next_seen;   /* per source partition: next offset seen from it */
+    unsigned char *ended, *idle;
+    int32_t n_ended;
+    int done, changed;
+} s2task;
+
+typedef struct so_stats {
+    uint64_t read1, invalid1, late1, produced, markers;
+    uint64_t read2, dups2, visits2, late2, capped2, sessions, superseded;
+} so_stats;
+
+typedef struct so {
+    const scaleout_config *cfg;
+    const job_config *jc;
+    char *brokers, *topic, *group2, *rtopic, describe[256];
+    int32_t n_src, R;
+    rd_kafka_t *c1, *c2, *prod;
+    s1part *p1;
+    s2task *t2;
+    sink *snk;
+    deadletter *dlq;
+    task_store *store;
+    record_parser *parser;
+    s2task *cur;
+    const raw_record *cur_raw;
+    int failed;
+    char *err;
+    size_t errlen;
+    int64_t idle_ms;
+    so_stats st;
+    buf scratch, rec;
+} so;
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int stopping(const so *s) { return s->jc->stop && *s->jc->stop; }
+
+__attribute__((format(printf, 2, 3)))
+static void fail(so *s, const char *fmt, ...)
+{
+    if (s->failed) return; /* the first cause is the one to report */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->err, s->errlen, fmt, ap);
+    va_end(ap);
+    s->failed = 1;
+}
+
+/* The repartition partition of a user: splitmix64, so that consecutive ids
+ * spread; it must never change for a group (docs/scaling.md). */
+static int32_t partition_of(int64_t user, int32_t R)
+{
+    uint64_t x = (uint64_t)user + 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    return (int32_t)(x % (uint64_t)R);
+}
+
+/* ---- librdkafka set-up --------------------------------------------------- */
+
+static int conf_set(rd_kafka_conf_t *c, const char *k, const char *v, char *err, size_t errlen)
+{
+    char e[512];
+    if (rd_kafka_conf_set(c, k, v, e, sizeof e) != RD_KAFKA_CONF_OK) {
+        snprintf(err, errlen, "kafka property %s=%s: %s", k, v, e);
+        return -1;
+    }
+    return 0;
+}
+
+/* Ours first, then the user's -X (which win), except those the design
+ * depends on. */
+static rd_kafka_conf_t *base_conf(so *s, char *err, size_t errlen)
+{
+    rd_kafka_conf_t *c = rd_kafka_conf_new();
+    if (conf_set(c, "bootstrap.servers", s->brokers, err, errlen) ||
+        conf_set(c, "client.id", "sessionizer", err, errlen) ||
+        conf_set(c, "log_level", "4", err, errlen))
+        goto bad;
+    for (const char *const *p = s->jc->source.props; p && *p; p++) {
+        const char *eq = strchr(*p, '=');
+        char key[256];
+        snprintf(key, sizeof key, "%.*s", (int)(eq - *p), *p);
+        if (strncmp(key, "sessionizer.", 12) == 0 || strncmp(key, "dlq.", 4) == 0) continue;
+        static const char *const refused[] = {"bootstrap.servers", "group.id", "enable.auto.commit",
+                                              "enable.auto.offset.store", "enable.partition.eof",
+                                              "partition.assignment.strategy", "group.protocol",
+                                              "enable.idempotence", NULL};
+        for (const char *const *r = refused; *r; r++)
+            if (strcmp(key, *r) == 0) {
+                snprintf(err, errlen, "-X %s is set by --scale-out itself", key);
+                goto bad;
+            }
+        if (conf_set(c, key, eq + 1, err, errlen)) goto bad;
+    }
+    return c;
+bad:
+    rd_kafka_conf_destroy(c);
+    return NULL;
+}
+
+static void s1_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e,
+                         rd_kafka_topic_partition_list_t *l, void *opaque);
+static void s2_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e,
+                         rd_kafka_topic_partition_list_t *l, void *opaque);
+
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    (void)rk;
+    if (m->err)
+        fail(opaque, "producing to the repartition topic: %s (no stage 1 commit happened after "
+             "it; a restart redoes the work)", rd_kafka_err2str(m->err));
+}
+
+static void on_error(rd_kafka_t *rk, int e, const char *reason, void *opaque)
+{
+    so *s = opaque;
+    if (rd_kafka_fatal_error(rk, NULL, 0)) {
+        char fe[512];
+        rd_kafka_fatal_error(rk, fe, sizeof fe);
+        fail(s, "kafka: fatal error: %s", fe);
+        return;
+    }
+    /* Transient (brokers down, timeouts): librdkafka reconnects by itself. */
+    static int64_t last;
+    int64_t t = now_ms();
+    if (t - last > 5000) {
+        fprintf(stderr, "sessionizer: scale-out: kafka: %s: %s (retrying)\n",
+                rd_kafka_err2name((rd_kafka_resp_err_t)e), reason);
+        last = t;
+    }
+}
+
+static rd_kafka_t *new_consumer(so *s, const char *group, int stage, char *err, size_t errlen)
+{
+    rd_kafka_conf_t *c = base_conf(s, err, errlen);
+    if (!c) return NULL;
+    if (conf_set(c, "group.id", group, err, errlen) ||
+        conf_set(c, "enable.auto.commit", "false", err, errlen) ||
+        conf_set(c, "enable.auto.offset.store", "false", err, errlen) ||
+        conf_set(c, "enable.partition.eof", "true", err, errlen) ||
+        conf_set(c, "partition.assignment.strategy", "range", err, errlen) ||
+        /* stage 2 must not skip what was produced: lost data is an error */
+        conf_set(c, "auto.offset.reset", stage == 1 ? "earliest" : "error", err, errlen)) {
+        rd_kafka_conf_destroy(c);
+        return NULL;
+    }
+    char e[512];
+    if (rd_kafka_conf_get(c, "session.timeout.ms", e, &(size_t){sizeof e}) == RD_KAFKA_CONF_OK &&
+        strcmp(e, "45000") == 0)
+        conf_set(c, "session.timeout.ms", "10000", err, errlen);
+    rd_kafka_conf_set_opaque(c, s);
+    rd_kafka_conf_set_error_cb(c, on_error);
+    rd_kafka_conf_set_rebalance_cb(c, stage == 1 ? s1_rebalance : s2_rebalance);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, c, e, sizeof e);
+    if (!rk) {
+        snprintf(err, errlen, "kafka consumer: %s", e);
+        return NULL;
+    }
+    rd_kafka_poll_set_consumer(rk);
+    return rk;
+}
+
+static rd_kafka_t *new_producer(so *s, char *err, size_t errlen)
+{
+    rd_kafka_conf_t *c = base_conf(s, err, errlen);
+    if (!c) return NULL;
+    /* Idempotent and gapless: a source partition's records reach a
+     * repartition partition in order and without holes, which stage 2's
+     * de-duplication relies on; a hole is a fatal error, not a skip. */
+    if (conf_set(c, "enable.idempotence", "true", err, errlen) ||
+        conf_set(c, "enable.gapless.guarantee", "true", err, errlen) ||
+        conf_set(c, "message.timeout.ms", "0", err, errlen) ||
+        conf_set(c, "linger.ms", "5", err, errlen)) {
+        rd_kafka_conf_destroy(c);
+        return NULL;
+    }
+    rd_kafka_conf_set_opaque(c, s);
+    rd_kafka_conf_set_error_cb(c, on_error);
+    rd_kafka_conf_set_dr_msg_cb(c, on_delivery);
+    char e[512];
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, c, e, sizeof e);
+    if (!rk) snprintf(err, errlen, "kafka producer: %s", e);
+    return rk;
+}
+
+/* ---- start-up checks ----------------------------------------------------- */
+
+static int topic_partitions(rd_kafka_t *rk, const char *topic, int32_t *n, char *err, size_t errlen)
+{
+    rd_kafka_topic_t *t = rd_kafka_topic_new(rk, topic, NULL);
+    const rd_kafka_metadata_t *md = NULL;
+    rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, t, &md, META_TIMEOUT_MS);
+    rd_kafka_topic_destroy(t);
+    if (e) {
+        snprintf(err, errlen, "cannot read the metadata of topic %s: %s", topic, rd_kafka_err2str(e));
+        return -1;
+    }
+    int rc = 0;
+    if (md->topic_cnt != 1 || md->topics[0].err) {
+        *n = 0;
+        rc = md->topic_cnt == 1 && md->topics[0].err != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART
+                 ? (snprintf(err, errlen, "topic %s: %s", topic,
+                             rd_kafka_err2str(md->topics[0].err)), -1)
+                 : 0;
+    } else {
+        *n = md->topics[0].partition_cnt;
+    }
+    rd_kafka_metadata_destroy(md);
+    return rc;
+}
+
+/* The repartition topic: created with R partitions where the cluster allows
+ * CreateTopics; otherwise it must exist (or be auto-created) with exactly R,
+ * and the message says which command makes it so. */
+static int check_internal_topic(so *s, char *err, size_t errlen)
+{
+    char e[512] = "";
+    rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(s->rtopic, s->R, -1, e, sizeof e);
+    rd_kafka_queue_t *q = rd_kafka_queue_new(s->prod);
+    rd_kafka_AdminOptions_t *ao = rd_kafka_AdminOptions_new(s->prod, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+    rd_kafka_AdminOptions_set_request_timeout(ao, META_TIMEOUT_MS, e, sizeof e);
+    rd_kafka_CreateTopics(s->prod, &nt, 1, ao, q);
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, META_TIMEOUT_MS + 1000);
+    rd_kafka_resp_err_t created = RD_KAFKA_RESP_ERR__TIMED_OUT;
+    char why[256] = "no answer";
+    if (ev) {
+        created = rd_kafka_event_error(ev);
+        snprintf(why, sizeof why, "%s", created ? rd_kafka_event_error_string(ev) : "");
+        const rd_kafka_CreateTopics_result_t *res = rd_kafka_event_CreateTopics_result(ev);
+        size_t nres = 0;
+        const rd_kafka_topic_result_t **tr = res ? rd_kafka_CreateTopics_result_topics(res, &nres) : NULL;
+        if (!created && nres == 1) {
+            created = rd_kafka_topic_result_error(tr[0]);
+            if (created) snprintf(why, sizeof why, "%s", rd_kafka_topic_result_error_string(tr[0]));
+        }
+        rd_kafka_event_destroy(ev);
+    }
+    rd_kafka_AdminOptions_destroy(ao);
+    rd_kafka_queue_destroy(q);
+    rd_kafka_NewTopic_destroy(nt);
+    if (created == RD_KAFKA_RESP_ERR_NO_ERROR)
+        fprintf(stderr, "sessionizer: scale-out: created topic %s with %d partitions\n",
+                s->rtopic, (int)s->R);
+    /* A cluster without CreateTopics (librdkafka's mock cluster, old or
+     * locked-down brokers): the metadata request below lets a cluster that
+     * auto-creates topics do so, with its default partition count. */
+    int32_t n = 0;
+    if (topic_partitions(s->prod, s->rtopic, &n, err, errlen)) return -1;
+    if (n == s->R) return 0;
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "kafka-topics.sh --bootstrap-server %s --create --topic %s "
+             "--partitions %d", s->brokers, s->rtopic, (int)s->R);
+    if (n == 0)
+        snprintf(err, errlen, "the internal topic %s does not exist and the cluster did not "
+                 "create it (%s). Create it with: %s", s->rtopic,
+                 created ? why : "created, then not found", cmd);
+    else
+        snprintf(err, errlen, "the internal topic %s has %d partitions, not the %d of "
+                 "--repartition-partitions. Run with --repartition-partitions %d if the group "
+                 "already used it, or delete it (kafka-topics.sh --bootstrap-server %s --delete "
+                 "--topic %s) and create it with: %s", s->rtopic, (int)n, (int)s->R, (int)n,
+                 s->brokers, s->rtopic, cmd);
+    return -1;
+}
+
+/* ---- repartition records ------------------------------------------------- *
+ * u8 kind, u8 version, le32 source partition, le64 source offset (a
+ * marker: the source partition's next offset), le64 source max event time;
+ * a visit then: le64 append ts ms, le64 user, le64 event time us, page. */
+
+static void put_header(buf *b, int kind, int32_t p, int64_t off, int64_t max_t)
+{
+    buf_reset(b);
+    buf_append_byte(b, (unsigned char)kind);
+    buf_append_byte(b, REC_VERSION);
+    buf_put_u32le(b, (uint32_t)p);
+    buf_put_i64le(b, off);
+    buf_put_i64le(b, max_t);
+}
+
+static int produce(so *s, int32_t r, const buf *b)
+{
+    for (;;) {
+        rd_kafka_resp_err_t e = rd_kafka_producev(
+            s->prod, RD_KAFKA_V_TOPIC(s->rtopic), RD_KAFKA_V_PARTITION(r),
+            RD_KAFKA_V_VALUE(b->data, b->len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+            RD_KAFKA_V_END);
+        if (!e) return 0;
+        if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+            fail(s, "producing to %s: %s", s->rtopic, rd_kafka_err2str(e));
+            return -1;
+        }
+        rd_kafka_poll(s->prod, 10); /* the queue drains as the cluster acknowledges */
+        if (s->failed || stopping(s)) return -1;
+    }
+}
+
+static void broadcast(so *s, int kind, int32_t p)
+{
+    s1part *sp = &s->p1[p];
+    put_header(&s->rec, kind, p, kind == K_END ? sp->end : sp->pos, sp->max_t);
+    for (int32_t r = 0; r < s->R; r++)
+        if (produce(s, r, &s->rec)) return;
+    s->st.markers++;
+    if (kind == K_WM || kind == K_END) sp->marker_pos = sp->pos;
+}
+
+/* ---- stage 1 ------------------------------------------------------------- */
+
+static void write_dl(so *s, const char *reason, const char *detail, const raw_record *raw,
+                        const visit *v)
+{
+    dead_letter dl = {.reason = reason, .detail = detail, .source = s->describe, .raw = raw, .v = v};
+    if (s->dlq->ops->write(s->dlq, &dl, s->err, s->errlen)) s->failed = 1;
+}
+
+static void s1_end(so *s, int32_t p)
+{
+    s1part *sp = &s->p1[p];
+    if (sp->end_sent) return;
+    sp->pos = sp->end;
+    broadcast(s, K_END, p);
+    sp->end_sent = 1;
+}
+
+static void s1_message(so *s, rd_kafka_message_t *m)
+{
+    int32_t p = m->partition;
+    if (p < 0 || p >= s->n_src || !s->p1[p].assigned) return;
+    s1part *sp = &s->p1[p];
+    if (m->err) {
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+            sp->eof_at = m->offset;
+            if (s->jc->until_end && m->offset >= sp->end) s1_end(s, p);
+            else if (m->offset > sp->pos && !s->jc->until_end) sp->pos = m->offset;
+        } else {
+            on_error(s->c1, m->err, rd_kafka_message_errstr(m), s);
+        }
+        return;
+    }
+    if (m->offset < sp->pos) return; /* re-fetched after a rebalance or an outage */
+    if (s->jc->until_end && m->offset >= sp->end) return;
+    s->st.read1++;
+    rd_kafka_timestamp_type_t tt;
+    int64_t ts = rd_kafka_message_timestamp(m, &tt);
+    raw_record raw = {.data = m->payload ? m->payload : "", .len = m->len,
+                      .pos = {.append_ts_ms = tt == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE || ts < 0 ? 0 : ts,
+                              .partition = p, .offset = m->offset}};
+    if (raw.len > s->jc->source.max_record_bytes) {
+        raw.len = s->jc->source.max_record_bytes;
+        raw.oversized = 1;
+    }
+    visit v;
+    char detail[160];
+    parse_error pe = record_parse(s->parser, &raw, &v, detail, sizeof detail);
+    sp->pos = m->offset + 1;
+    sp->last_record_ms = now_ms();
+    sp->idle_sent = 0;
+    if (pe != PARSE_OK) {
+        s->st.invalid1++;
+        write_dl(s, parse_error_code(pe), detail, &raw, NULL);
+    } else if (sp->max_t != INT64_MIN && v.event_time_us < sp->max_t - s->jc->engine.lateness_us) {
+        /* The engine's rule for a partition's own watermark (engine.h), here
+         * alone: the closing watermark adds nothing while p has records to
+         * deliver (docs/scaling.md). */
+        s->st.late1++;
+        write_dl(s, "late", "event time below the watermark", &raw, &v);
+    } else {
+        if (v.event_time_us > sp->max_t) sp->max_t = v.event_time_us;
+        put_header(&s->rec, K_VISIT, p, m->offset, sp->max_t);
+        buf_put_i64le(&s->rec, raw.pos.append_ts_ms);
+        buf_put_i64le(&s->rec, v.user_id);
+        buf_put_i64le(&s->rec, v.event_time_us);
+        buf_append(&s->rec, v.page, v.page_len);
+        if (produce(s, partition_of(v.user_id, s->R), &s->rec) == 0) s->st.produced++;
+    }
+    if (s->jc->until_end && sp->pos >= sp->end) s1_end(s, p);
+}
+
+/* Waits until the producer has delivered everything (a stage 1 commit may
+ * only cover records whose visits are in the repartition topic). */
+static int flush_producer(so *s)
+{
+    int64_t since = 0;
+    while (rd_kafka_outq_len(s->prod) > 0) {
+        rd_kafka_poll(s->prod, 50);
+        if (s->failed) return -1;
+        if (stopping(s)) {
+            if (!since) since = now_ms();
+            else if (now_ms() - since > 5000) return -1; /* an outage: leave it uncommitted */
+        }
+    }
+    return 0;
+}
+
+static void s1_commit(so *s, int quiet)
+{
+    if (s->failed) return;
+    if (flush_producer(s)) return;
+    if (s->dlq->ops->flush(s->dlq, s->err, s->errlen)) {
+        s->failed = 1;
+        return;
+    }
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(s->n_src);
+    for (int32_t p = 0; p < s->n_src; p++) {
+        s1part *sp = &s->p1[p];
+        if (!sp->assigned || sp->pos < 0) continue;
+        rd_kafka_topic_partition_t *e = rd_kafka_topic_partition_list_add(l, s->topic, p);
+        e->offset = sp->pos;
+        char md[96];
+        int n = snprintf(md, sizeof md, "sz1 %" PRId64 " %" PRId64, sp->max_t, sp->end);
+        e->metadata = xstrndup(md, (size_t)n);
+        e->metadata_size = (size_t)n;
+    }
+    if (l->cnt > 0) {
+        rd_kafka_resp_err_t e = rd_kafka_commit(s->c1, l, 0);
+        if (e && !quiet)
+            fprintf(stderr, "sessionizer: scale-out: stage 1 commit not made (%s); the next one "
+                    "covers it\n", rd_kafka_err2str(e));
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+static void s1_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e,
+                         rd_kafka_topic_partition_list_t *l, void *opaque)
+{
+    so *s = opaque;
+    if (e == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        rd_kafka_resp_err_t ce;
+        /* The committed offsets and their metadata are the stage's state. */
+        while ((ce = rd_kafka_committed(rk, l, META_TIMEOUT_MS)) != 0) {
+            if (stopping(s)) break;
+            fprintf(stderr, "sessionizer: scale-out: reading stage 1 offsets: %s (retrying)\n",
+                    rd_kafka_err2str(ce));
+        }
+        int need_commit = 0;
+        for (int i = 0; i < l->cnt; i++) {
+            rd_kafka_topic_partition_t *tp = &l->elems[i];
+            int32_t p = tp->partition;
+            if (p < 0 || p >= s->n_src) continue;
+            s1part *sp = &s->p1[p];
+            *sp = (s1part){.assigned = 1, .pos = 0, .max_t = INT64_MIN, .end = -1, .eof_at = -1};
+            long long mt = 0, en = -1;
+            int has_md = tp->offset >= 0 && tp->metadata_size > 0 && tp->metadata_size < 96;
+            if (has_md) {
+                char md[96];
+                snprintf(md, sizeof md, "%.*s", (int)tp->metadata_size, (const char *)tp->metadata);
+                has_md = sscanf(md, "sz1 %lld %lld", &mt, &en) == 2;
+            }
+            int64_t lo = 0, hi = 0;
+            while (rd_kafka_query_watermark_offsets(rk, s->topic, p, &lo, &hi, META_TIMEOUT_MS)) {
+                if (stopping(s)) break;
+            }
+            if (has_md) {
+                sp->pos = tp->offset;
+                sp->max_t = mt;
+                sp->end = en;
+            } else {
+                sp->pos = lo; /* never committed: the log's start */
+                need_commit = 1;
+            }
+            if (s->jc->until_end && sp->end < 0) {
+                sp->end = hi; /* the log as it was when the run first claimed p */
+                need_commit = 1;
+            }
+            sp->marker_pos = -1;
+            tp->offset = sp->pos;
+        }
+        rd_kafka_assign(rk, l);
+        if (need_commit) s1_commit(s, 1);
+        for (int i = 0; i < l->cnt; i++) {
+            int32_t p = l->elems[i].partition;
+            if (p >= 0 && p < s->n_src && s->jc->until_end && s->p1[p].pos >= s->p1[p].end)
+                s1_end(s, p);
+        }
+    } else {
+        if (!rd_kafka_assignment_lost(rk)) s1_commit(s, 0);
+        for (int32_t p = 0; p < s->n_src; p++) s->p1[p].assigned = 0;
+        rd_kafka_assign(rk, NULL);
+    }
+}
+
+static void s1_markers(so *s, int64_t now)
+{
+    for (int32_t p = 0; p < s->n_src; p++) {
+        s1part *sp = &s->p1[p];
+        if (!sp->assigned || sp->end_sent) continue;
+        if (sp->pos > sp->marker_pos) broadcast(s, K_WM, p);
+        /* Live: Flink's idleness, as the single instance (docs/kafka.md). */
+        if (!s->jc->until_end && !sp->idle_sent && sp->eof_at >= 0 && sp->eof_at <= sp->pos &&
+            now - sp->last_record_ms >= s->idle_ms) {
+            broadcast(s, K_IDLE, p);
+            sp->idle_sent = 1;
+        }
+    }
+}
+
+/* ---- stage 2 ------------------------------------------------------------- */
+
+static int on_close(void *ctx, const closed_session *cs)
+{
+    so *s = ctx;
+    s->st.sessions++;
+    if (s->snk->ops->write(s->snk, cs, s->err, s->errlen)) {
+        s->failed = 1;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_reject(void *ctx, const visit *v, reject_reason why)
+{
+    so *s = ctx;
+    if (why == REJECT_LATE) {
+        /* Live only: a source partition taken for idle delivered after all. */
+        s->st.late2++;
+        write_dl(s, "late", "event time below the closing watermark of its session task", NULL, v);
+    } else {
+        s->st.capped2++;
+        write_dl(s, "session_cap", "the session already holds --max-pages earlier pages", NULL, v);
+    }
+    return s->failed ? -1 : 0;
+}
+
+static void task_reset(so *s, s2task *t)
+{
+    engine_free(t->eng);
+    engine_config ec = s->jc->engine;
+    ec.track_dirty = 1;
+    engine_callbacks cb = {.ctx = s, .on_close = on_close, .on_reject = on_reject};
+    t->eng = engine_new(&ec, &cb);
+    t->pos = 0;
+    t->done = t->changed = 0;
+    t->n_ended = 0;
+    for (int32_t p = 0; p < s->n_src; p++) {
+        t->next_seen[p] = -1;
+        t->ended[p] = t->idle[p] = 0;
+        /* every source partition holds back closing until it is heard of */
+        engine_set_caught_up(t->eng, p, 0);
+    }
+}
+
+static void save_dedup(const so *s, const s2task *t, buf *b)
+{
+    buf_put_u32le(b, 1);
+    buf_put_u32le(b, (uint32_t)s->R);
+    buf_put_u32le(b, (uint32_t)s->n_src);
+    for (int32_t p = 0; p < s->n_src; p++) {
+        buf_put_i64le(b, t->next_seen[p]);
+        buf_append_byte(b, (unsigned char)(t->ended[p] | t->idle[p] << 1));
+    }
+}
+
+static int load_meta(void *ctx, const char *key, const void *v, size_t len)
+{
+    so *s = ctx;
+    s2task *t = s->cur;
+    reader r;
+    reader_init(&r, v, len);
+    if (strcmp(key, "engine") == 0) return engine_load_meta(t->eng, v, len) ? -1 : 0;
+    if (strcmp(key, "position") == 0) return reader_i64le(&r, &t->pos) || reader_left(&r) ? -1 : 0;
+    if (strcmp(key, "done") == 0) return t->done = 1, 0;
+    if (strcmp(key, "dedup") == 0) {
+        uint32_t ver = 0, R = 0, n = 0;
+        reader_u32le(&r, &ver);
+        reader_u32le(&r, &R);
+        reader_u32le(&r, &n);
+        if (r.bad || ver != 1 || R != (uint32_t)s->R || n != (uint32_t)s->n_src) return -1;
+        for (uint32_t p = 0; p < n; p++) {
+            const unsigned char *f;
+            reader_i64le(&r, &t->next_seen[p]);
+            if (reader_bytes(&r, &f, 1)) return -1;
+            t->ended[p] = *f & 1;
+            t->idle[p] = (*f >> 1) & 1;
+            t->n_ended += t->ended[p];
+            /* caught-up flags are not in the engine's saved state */
+            engine_set_caught_up(t->eng, (int32_t)p, t->ended[p] || t->idle[p]);
+        }
+        return r.bad || reader_left(&r) ? -1 : 0;
+    }
+    return 0; /* a key of a later version: ignored */
+}
+
+static int load_user(void *ctx, int64_t user_id, const void *blob, size_t len)
+{
+    so *s = ctx;
+    return engine_load_user(s->cur->eng, user_id, blob, len);
+}
+
+/* restore: the task's committed state, or a new one. */
+static int task_restore(so *s, s2task *t)
+{
+    task_reset(s, t);
+    s->cur = t;
+    int n = task_store_load(s->store, t->id, load_meta, load_user, s, s->err, s->errlen);
+    s->cur = NULL;
+    if (n < 0) {
+        s->failed = 1;
+        return -1;
+    }
+    engine_clear_dirty(t->eng);
+    return 0;
+}
+
+static int put_user(void *ctx, int64_t user_id, const void *blob, size_t len)
+{
+    so *s = ctx;
+    return task_store_put_user(s->store, user_id, blob, len, s->err, s->errlen);
+}
+
+static void s2_seek(so *s, s2task *t)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, s->rtopic, t->id)->offset = t->pos;
+    rd_kafka_error_t *e = rd_kafka_seek_partitions(s->c2, l, META_TIMEOUT_MS);
+    if (e) {
+        fail(s, "seeking %s partition %d: %s", s->rtopic, (int)t->id, rd_kafka_error_string(e));
+        rd_kafka_error_destroy(e);
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* commit: the sink acknowledges the sessions, then each changed task's
+ * state goes to the store in a transaction of its own. */
+static int s2_commit(so *s, int suspending)
+{
+    if (s->snk->ops->flush(s->snk, s->err, s->errlen) ||
+        s->dlq->ops->flush(s->dlq, s->err, s->errlen)) {
+        s->failed = 1;
+        return -1;
+    }
+    for (int32_t r = 0; r < s->R; r++) {
+        s2task *t = &s->t2[r];
+        if (!t->assigned || !t->changed) continue;
+        int superseded = 0;
+        if (task_store_begin(s->store, t->id, t->pos, &superseded, s->err, s->errlen)) goto fail;
+        if (superseded) {
+            /* Another owner went further while this instance was cut off:
+             * take its state and go on from there. */
+            s->st.superseded++;
+            if (suspending) continue; /* dropped anyway; its next owner loads the newer state */
+            fprintf(stderr, "sessionizer: scale-out: task %d was committed further by another "
+                    "instance; resuming from its state\n", (int)t->id);
+            if (task_restore(s, t)) return -1;
+            s2_seek(s, t);
+            continue;
+        }
+        buf *b = &s->scratch;
+#define PUT(key, fill)                                                                           \
+    do {                                                                                         \
+        buf_reset(b);                                                                            \
+        fill;                                                                                    \
+        if (task_store_put(s->store, key, b->data, b->len, s->err, s->errlen)) goto fail_tx;     \
+    } while (0)
+        if (engine_foreach_dirty(t->eng, put_user, s)) goto fail_tx;
+        PUT("position", buf_put_i64le(b, t->pos));
+        PUT("engine", engine_save_meta(t->eng, b));
+        PUT("dedup", save_dedup(s, t, b));
+        if (t->done) PUT("done", buf_append_byte(b, 1));
+#undef PUT
+        if (task_store_commit(s->store, s->err, s->errlen)) goto fail;
+        engine_clear_dirty(t->eng);
+        t->changed = 0;
+    }
+    return 0;
+fail_tx:
+    task_store_abort(s->store);
+fail:
+    s->failed = 1;
+    return -1;
+}
+
+static void s2_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e,
+                         rd_kafka_topic_partition_list_t *l, void *opaque)
+{
+    so *s = opaque;
+    if (e == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        for (int i = 0; i < l->cnt; i++) {
+            int32_t r = l->elems[i].partition;
+            if (r < 0 || r >= s->R) continue;
+            s2task *t = &s->t2[r];
+            if (task_restore(s, t)) break;
+            t->assigned = 1;
+            l->elems[i].offset = t->pos > 0 ? t->pos : RD_KAFKA_OFFSET_BEGINNING;
+        }
+        rd_kafka_assign(rk, l);
+    } else {
+        /* suspend: commit, then drop (eager assignment revokes them all) */
+        if (!rd_kafka_assignment_lost(rk) && !s->failed) s2_commit(s, 1);
+        for (int32_t r = 0; r < s->R; r++) {
+            s->t2[r].assigned = 0;
+            engine_free(s->t2[r].eng);
+            s->t2[r].eng = NULL;
+        }
+        rd_kafka_assign(rk, NULL);
+    }
+}
+
+static void s2_message(so *s, rd_kafka_message_t *m)
+{
+    int32_t r = m->partition;
+    if (r < 0 || r >= s->R || !s->t2[r].assigned) return;
+    s2task *t = &s->t2[r];
+    if (m->err) {
+        if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+            if (m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET)
+                fail(s, "%s partition %d: %s. Records the session task had not read were "
+                     "deleted (retention); a run from the beginning with a new --group "
+                     "rebuilds the table", s->rtopic, (int)r, rd_kafka_message_errstr(m));
+            else
+                on_error(s->c2, m->err, rd_kafka_message_errstr(m), s);
+        }
+        return;
+    }
+    if (m->offset < t->pos) return;
+    s->st.read2++;
+    reader rd;
+    reader_init(&rd, m->payload, m->len);
+    const unsigned char *hdr;
+    uint32_t p32 = 0;
+    int64_t off = 0, max_t = 0;
+    int bad = reader_bytes(&rd, &hdr, 2) || hdr[1] != REC_VERSION;
+    if (!bad) {
+        reader_u32le(&rd, &p32);
+        reader_i64le(&rd, &off);
+        reader_i64le(&rd, &max_t);
+        bad = rd.bad || p32 >= (uint32_t)s->n_src;
+    }
+    if (bad) {
+        fail(s, "%s partition %d offset %" PRId64 " is not a sessionizer repartition record "
+             "(another writer on the internal topic?)", s->rtopic, (int)r, m->offset);
+        return;
+    }
+    int32_t p = (int32_t)p32;
+    t->pos = m->offset + 1;
+    t->changed = 1;
+    int kind = hdr[0];
+    int rc = 0;
+    if (kind == K_VISIT) {
+        int64_t ts = 0;
+        visit v = {0};
+        reader_i64le(&rd, &ts);
+        reader_i64le(&rd, &v.user_id);
+        reader_i64le(&rd, &v.event_time_us);
+        if (rd.bad || reader_left(&rd) > UINT32_MAX) {
+            fail(s, "%s partition %d offset %" PRId64 ": a truncated visit", s->rtopic, (int)r,
+                 m->offset);
+            return;
+        }
+        if (off < t->next_seen[p]) {
+            s->st.dups2++;
+            return;
+        }
+        t->next_seen[p] = off + 1;
+        v.page = (const char *)rd.p;
+        v.page_len = (uint32_t)reader_left(&rd);
+        v.pos = (log_position){.append_ts_ms = ts, .partition = p, .offset = off};
+        if (t->idle[p]) {
+            t->idle[p] = 0;
+            rc = engine_set_caught_up(t->eng, p, 0);
+        }
+        s->st.visits2++;
+        if (!rc) rc = engine_apply(t->eng, &v);
+        if (!rc) rc = engine_advance_partition(t->eng, p, max_t);
+    } else if (kind == K_WM || kind == K_IDLE || kind == K_END) {
+        int fresh = off > t->next_seen[p];
+        if (off > t->next_seen[p]) t->next_seen[p] = off;
+        if (kind == K_WM && fresh && t->idle[p]) {
+            t->idle[p] = 0;
+            rc = engine_set_caught_up(t->eng, p, 0);
+        }
+        if (!rc) rc = engine_advance_partition(t->eng, p, max_t);
+        if (!rc && kind == K_IDLE && off >= t->next_seen[p] && !t->ended[p]) {
+            t->idle[p] = 1;
+            rc = engine_set_caught_up(t->eng, p, 1);
+        }
+        if (!rc && kind == K_END && !t->ended[p]) {
+            t->ended[p] = 1;
+            t->n_ended++;
+            rc = engine_set_caught_up(t->eng, p, 1);
+            if (!rc && s->jc->until_end && t->n_ended == s->n_src && !t->done) {
+                rc = engine_close_all(t->eng);
+                t->done = 1;
+            }
+        }
+    } else {
+        fail(s, "%s partition %d offset %" PRId64 ": unknown record kind %d", s->rtopic, (int)r,
+             m->offset, kind);
+        return;
+    }
+    if (rc) s->failed = 1;
+}
+
+/* ---- the loop ------------------------------------------------------------ */
+
+static int drain(so *s, rd_kafka_t *c, void (*fn)(so *, rd_kafka_message_t *), int timeout_ms)
+{
+    int n = 0;
+    for (; n < POLL_BATCH && !s->failed; n++) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(c, n == 0 ? timeout_ms : 0);
+        if (!m) break;
+        fn(s, m);
+        rd_kafka_message_destroy(m);
+    }
+    return n;
+}
+
+static int all_done(so *s)
+{
+    int64_t n = task_store_count_key(s->store, "done", s->err, s->errlen);
+    if (n < 0) s->failed = 1;
+    return n == s->R;
+}
+
+static int parse_uri(so *s, const char *uri, char *err, size_t errlen)
+{
+    const char *t = strncmp(uri, "kafka://", 8) == 0 ? uri + 8 : NULL;
+    const char *slash = t ? strrchr(t, '/') : NULL;
+    if (!slash || slash == t || !slash[1]) {
+        snprintf(err, errlen, "--scale-out reads a Kafka topic: --source kafka://HOST:PORT/TOPIC, "
+                 "not '%s'", uri);
+        return -1;
+    }
+    s->brokers = xstrndup(t, (size_t)(slash - t));
+    s->topic = xstrdup(slash + 1);
+    snprintf(s->describe, sizeof s->describe, "kafka topic %s", s->topic);
+    return 0;
+}
+
+static char *state_conninfo(const scaleout_config *cfg)
+{
+    const char *u = cfg->state_uri ? cfg->state_uri : cfg->job->sink_uri;
+    const char *after = strncmp(u, "postgresql:", 11) == 0 ? u + 11
+                        : strncmp(u, "postgres:", 9) == 0 ? u + 9 : NULL;
+    if (!after) return NULL;
+    if (strncmp(after, "//", 2) == 0) return xstrdup(u);
+    return xstrdup(after);
+}
+
+int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
+{
+    const job_config *jc = cfg->job;
+    so S = {.cfg = cfg, .jc = jc, .err = err, .errlen = errlen, .R = cfg->repartition_partitions};
+    so *s = &S;
+    buf_init(&s->scratch);
+    buf_init(&s->rec);
+    int rc = -1;
+    char *conninfo = state_conninfo(cfg);
+    s->idle_ms = 2000;
+    for (const char *const *p = jc->source.props; p && *p; p++)
+        if (strncmp(*p, "sessionizer.idle.ms=", 20) == 0) s->idle_ms = atoll(*p + 20);
+    if (parse_uri(s, jc->source_uri, err, errlen)) goto out;
+    if (!conninfo) {
+        snprintf(err, errlen, "--scale-out keeps the session tasks' state in PostgreSQL: use a "
+                 "postgresql:// --sink, or give --state postgresql://...");
+        goto out;
+    }
+    if (jc->checkpoint_dir || jc->source.start_latest) {
+        snprintf(err, errlen, "--scale-out keeps no local state: --checkpoint and --start latest "
+                 "do not apply (the group's offsets and the state store are the checkpoint)");
+        goto out;
+    }
+    if (s->R < 1 || s->R > 10000) {
+        snprintf(err, errlen, "--repartition-partitions must be 1 to 10000");
+        goto out;
+    }
+    size_t gl = strlen(jc->source.group);
+    s->rtopic = xmalloc(gl + 16);
+    snprintf(s->rtopic, gl + 16, "%s-repartition", jc->source.group);
+    s->group2 = xmalloc(gl + 16);
+    snprintf(s->group2, gl + 16, "%s-sessions", jc->source.group);
+
+    s->prod = new_producer(s, err, errlen);
+    if (!s->prod) goto out;
+    if (topic_partitions(s->prod, s->topic, &s->n_src, err, errlen)) goto out;
+    if (s->n_src <= 0 || s->n_src > MAX_SRC_PARTITIONS) {
+        snprintf(err, errlen, "topic %s does not exist on the Kafka cluster at %s", s->topic,
+                 s->brokers);
+        goto out;
+    }
+    if (check_internal_topic(s, err, errlen)) goto out;
+    s->store = task_store_open(conninfo, jc->source.group, err, errlen);
+    if (!s->store) goto out;
+    s->snk = sink_open(jc->sink_uri, &jc->sink, err, errlen);
+    if (!s->snk) goto out;
+    s->dlq = deadletter_open(jc->dlq_uri ? jc->dlq_uri : "jsonl:stderr", jc->dlq_props, err, errlen);
+    if (!s->dlq) goto out;
+    s->parser = record_parser_new(&jc->records);
+    s->p1 = xcalloc((size_t)s->n_src, sizeof *s->p1);
+    s->t2 = xcalloc((size_t)s->R, sizeof *s->t2);
+    for (int32_t r = 0; r < s->R; r++) {
+        s->t2[r].id = r;
+        s->t2[r].next_seen = xcalloc((size_t)s->n_src, sizeof(int64_t));
+        s->t2[r].ended = xcalloc((size_t)s->n_src, 1);
+        s->t2[r].idle = xcalloc((size_t)s->n_src, 1);
+    }
+    s->c1 = new_consumer(s, jc->source.group, 1, err, errlen);
+    if (!s->c1) goto out;
+    s->c2 = new_consumer(s, s->group2, 2, err, errlen);
+    if (!s->c2) goto out;
+    {
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(l, s->topic, RD_KAFKA_PARTITION_UA);
+        rd_kafka_subscribe(s->c1, l);
+        rd_kafka_topic_partition_list_destroy(l);
+        l = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(l, s->rtopic, RD_KAFKA_PARTITION_UA);
+        rd_kafka_subscribe(s->c2, l);
+        rd_kafka_topic_partition_list_destroy(l);
+    }
+    fprintf(stderr, "sessionizer: scale-out: group %s, topic %s (%d partitions) -> %s (%d "
+            "partitions) -> group %s\n", jc->source.group, s->topic, (int)s->n_src, s->rtopic,
+            (int)s->R, s->group2);
+    int64_t interval = jc->commit_interval_ms > 0 ? jc->commit_interval_ms : 1000;
+    int64_t last_commit = now_ms(), last_marker = 0, last_done = 0;
+    for (;;) {
+        if (stopping(s)) break;
+        int n = drain(s, s->c1, s1_message, 0);
+        rd_kafka_poll(s->prod, 0);
+        n += drain(s, s->c2, s2_message, 0);
+        if (s->failed) goto out;
+        int64_t t = now_ms();
+        if (t - last_marker >= MARKER_MS) {
+            s1_markers(s, t);
+            last_marker = t;
+        }
+        if (t - last_commit >= interval) {
+            s1_commit(s, 0);
+            if (s2_commit(s, 0)) goto out;
+            last_commit = t;
+        }
+        if (jc->until_end && t - last_done >= DONE_CHECK_MS) {
+            last_done = t;
+            if (s2_commit(s, 0)) goto out;
+            if (all_done(s)) break;
+        }
+        if (s->failed) goto out;
+        if (n == 0) {
+            drain(s, s->c1, s1_message, 10);
+            drain(s, s->c2, s2_message, 40);
+        }
+    }
+    s1_commit(s, 0);
+    if (s->failed || s2_commit(s, 0)) goto out;
+    rc = 0;
+out:
+    /* A failed instance leaves without the revocations' commits: what it
+     * has not committed is redone by the next owner. */
+    for (int i = 0; i < 2; i++) {
+        rd_kafka_t *c = i == 0 ? s->c1 : s->c2;
+        if (!c) continue;
+        if (s->failed) {
+            rd_kafka_destroy_flags(c, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+        } else {
+            rd_kafka_consumer_close(c);
+            rd_kafka_destroy(c);
+        }
+    }
+    fprintf(stderr, "sessionizer: scale-out: stage 1 read %" PRIu64 " records (%" PRIu64
+            " invalid, %" PRIu64 " late), produced %" PRIu64 " visits and %" PRIu64
+            " markers; stage 2 read %" PRIu64 " records, applied %" PRIu64 " visits, dropped %"
+            PRIu64 " duplicates, closed %" PRIu64 " sessions (%" PRIu64 " late, %" PRIu64
+            " over the cap)\n", s->st.read1, s->st.invalid1, s->st.late1, s->st.produced,
+            s->st.markers, s->st.read2, s->st.visits2, s->st.dups2, s->st.sessions, s->st.late2,
+            s->st.capped2);
+    if (s->prod) {
+        if (rc == 0) rd_kafka_flush(s->prod, 5000);
+        rd_kafka_destroy(s->prod);
+    }
+    if (s->t2)
+        for (int32_t r = 0; r < s->R; r++) {
+            engine_free(s->t2[r].eng);
+            free(s->t2[r].next_seen);
+            free(s->t2[r].ended);
+            free(s->t2[r].idle);
+        }
+    free(s->t2);
+    free(s->p1);
+    record_parser_free(s->parser);
+    if (s->dlq) s->dlq->ops->close(s->dlq);
+    if (s->snk) s->snk->ops->close(s->snk);
+    task_store_close(s->store);
+    free(conninfo);
+    free(s->brokers);
+    free(s->topic);
+    free(s->rtopic);
+    free(s->group2);
+    buf_free(&s->scratch);
+    buf_free(&s->rec);
+    return rc;
+}
