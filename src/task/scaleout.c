@@ -559,6 +559,14 @@ static void s1_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e,
             tp->offset = sp->pos;
         }
         rd_kafka_assign(rk, l);
+        /* For the operator (and the harness's cost of a lost machine): where
+         * each partition resumes, i.e. its last stage 1 commit. */
+        buf *b = &s->scratch;
+        buf_reset(b);
+        for (int i = 0; i < l->cnt; i++)
+            buf_printf(b, " p%d@%" PRId64, (int)l->elems[i].partition, l->elems[i].offset);
+        fprintf(stderr, "sessionizer: scale-out: stage 1 assigned%.*s\n", (int)b->len,
+                b->data ? (const char *)b->data : "");
         if (need_commit) s1_commit(s, 1);
         for (int i = 0; i < l->cnt; i++) {
             int32_t p = l->elems[i].partition;
@@ -775,6 +783,14 @@ static void s2_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e,
             t->assigned = 1;
             l->elems[i].offset = t->pos > 0 ? t->pos : RD_KAFKA_OFFSET_BEGINNING;
         }
+        buf *b = &s->scratch;
+        buf_reset(b);
+        for (int i = 0; i < l->cnt; i++)
+            if (l->elems[i].partition >= 0 && l->elems[i].partition < s->R)
+                buf_printf(b, " task%d@%" PRId64, (int)l->elems[i].partition,
+                           s->t2[l->elems[i].partition].pos);
+        fprintf(stderr, "sessionizer: scale-out: stage 2 assigned%.*s\n", (int)b->len,
+                b->data ? (const char *)b->data : "");
         rd_kafka_assign(rk, l);
     } else {
         /* suspend: commit, then drop (eager assignment revokes them all) */
