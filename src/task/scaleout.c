@@ -112,6 +112,7 @@ typedef struct so {
     char *err;
     size_t errlen;
     int64_t idle_ms;
+    int outage;             /* every broker down, as last reported; see the exit */
     so_stats st;
     buf scratch, rec;
 } so;
@@ -213,6 +214,7 @@ static void on_error(rd_kafka_t *rk, int e, const char *reason, void *opaque)
         return;
     }
     /* Transient (brokers down, timeouts): librdkafka reconnects by itself. */
+    if (e == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) s->outage = 1;
     static int64_t last;
     int64_t t = now_ms();
     if (t - last > 5000) {
@@ -907,6 +909,7 @@ static int drain(so *s, rd_kafka_t *c, void (*fn)(so *, rd_kafka_message_t *), i
     for (; n < POLL_BATCH && !s->failed; n++) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(c, n == 0 ? timeout_ms : 0);
         if (!m) break;
+        if (!m->err || m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) s->outage = 0;
         fn(s, m);
         rd_kafka_message_destroy(m);
     }
@@ -1053,11 +1056,14 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
     rc = 0;
 out:
     /* A failed instance leaves without the revocations' commits: what it
-     * has not committed is redone by the next owner. */
+     * has not committed is redone by the next owner. The loop's last
+     * commits are made; the revocations' during the close commit again. */
     for (int i = 0; i < 2; i++) {
         rd_kafka_t *c = i == 0 ? s->c1 : s->c2;
         if (!c) continue;
-        if (s->failed) {
+        /* Leaving the group needs the coordinator: during an outage it
+         * would hold a stop up; the group evicts us when our session ends. */
+        if (s->failed || s->outage) {
             rd_kafka_destroy_flags(c, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
         } else {
             rd_kafka_consumer_close(c);
