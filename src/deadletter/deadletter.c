@@ -31,7 +31,7 @@ static void base64(buf *out, const unsigned char *p, size_t n)
 void dead_letter_json(buf *out, const dead_letter *dl)
 {
     const log_position *pos = dl->raw ? &dl->raw->pos : &dl->v->pos;
-    buf_append_str(out, "{\"reason\":\"");
+    buf_append_str(out, DEAD_LETTER_JSON_PREFIX);
     buf_append_str(out, dl->reason);
     buf_append_str(out, "\",\"detail\":\"");
     buf_append_json_escaped(out, dl->detail, strlen(dl->detail));
@@ -81,7 +81,7 @@ static deadletter *jsonl_dl_open(const char *target, const char *const *props, c
 {
     (void)props;
     jsonl_deadletter *d = xcalloc(1, sizeof *d);
-    if (appendfile_open(&d->out, target, err, errlen)) {
+    if (appendfile_open(&d->out, target, DEAD_LETTER_JSON_PREFIX, err, errlen)) {
         free(d);
         return NULL;
     }
@@ -115,6 +115,11 @@ static int jsonl_dl_restore(deadletter *base, const void *state, size_t len, cha
     return appendfile_restore(&((jsonl_deadletter *)base)->out, state, len, err, errlen);
 }
 
+static void jsonl_dl_identity(deadletter *base, buf *out)
+{
+    appendfile_identity(&((jsonl_deadletter *)base)->out, out);
+}
+
 static void jsonl_dl_close(deadletter *base)
 {
     jsonl_deadletter *d = (jsonl_deadletter *)base;
@@ -130,6 +135,7 @@ const deadletter_ops jsonl_deadletter_ops = {
     .flush = jsonl_dl_flush,
     .save = jsonl_dl_save,
     .restore = jsonl_dl_restore,
+    .identity = jsonl_dl_identity,
     .close = jsonl_dl_close,
 };
 

@@ -35,6 +35,8 @@ typedef struct deadletter_ops {
     int (*flush)(deadletter *d, char *err, size_t errlen);
     void (*save)(deadletter *d, buf *out);  /* optional */
     int (*restore)(deadletter *d, const void *state, size_t len, char *err, size_t errlen);
+    /* What a checkpoint is bound to, as for sinks (sink.h). */
+    void (*identity)(deadletter *d, buf *out);
     void (*close)(deadletter *d);
 } deadletter_ops;
 
@@ -52,5 +54,7 @@ void deadletter_usage(buf *out);
  * the visit (with "reconstructed":true) when the bytes are gone. A record cut
  * at --max-record-bytes adds "truncated":true,"original_bytes":N. */
 void dead_letter_json(buf *out, const dead_letter *dl);
+/* How every dead_letter_json object starts. */
+#define DEAD_LETTER_JSON_PREFIX "{\"reason\":\""
 
 #endif

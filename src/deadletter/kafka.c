@@ -56,6 +56,7 @@ typedef struct kafka_deadletter {
     deadletter base;
     rd_kafka_t *rk;
     char *topic, *brokers;
+    char *identity; /* "kafka:cluster=ID/topic=T", as the Kafka source's */
     uint64_t failed;       /* delivery failures since open */
     char first_error[256];
     buf value; /* a reconstructed record */
@@ -108,6 +109,7 @@ static void destroy(kafka_deadletter *d)
     if (d->rk) rd_kafka_destroy(d->rk);
     free(d->topic);
     free(d->brokers);
+    free(d->identity);
     buf_free(&d->value);
     free(d);
 }
@@ -198,8 +200,22 @@ static deadletter *kdl_open(const char *target, const char *const *props, char *
         destroy(d);
         return NULL;
     }
+    /* known once the metadata came back; the bootstrap list without it */
+    char *cluster = rd_kafka_clusterid(d->rk, 2000);
+    buf id;
+    buf_init(&id);
+    buf_printf(&id, cluster ? "kafka:cluster=%s/topic=%s" : "kafka:bootstrap=%s/topic=%s",
+               cluster ? cluster : d->brokers, d->topic);
+    if (cluster) rd_kafka_mem_free(d->rk, cluster);
+    buf_append_byte(&id, 0);
+    d->identity = (char *)id.data;
     d->base.ops = &kafka_deadletter_ops;
     return &d->base;
+}
+
+static void kdl_identity(deadletter *base, buf *out)
+{
+    buf_append_str(out, ((kafka_deadletter *)base)->identity);
 }
 
 /* Numeric headers, as decimal text like every Kafka tool shows them. */
@@ -298,5 +314,6 @@ const deadletter_ops kafka_deadletter_ops = {
     .flush = kdl_flush,
     .save = NULL,
     .restore = NULL,
+    .identity = kdl_identity,
     .close = kdl_close,
 };

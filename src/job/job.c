@@ -175,6 +175,20 @@ static void source_identity(job *j, buf *out)
     else buf_append_str(out, j->cfg->source_uri);
 }
 
+/* What it is bound to on the output side: the stores where the sessions and
+ * dead letters it counts as written are (sink.h, deadletter.h). */
+static void sink_identity(job *j, buf *out)
+{
+    if (j->snk->ops->identity) j->snk->ops->identity(j->snk, out);
+    else buf_printf(out, "%s:", j->snk->ops->scheme);
+}
+
+static void deadletter_identity(job *j, buf *out)
+{
+    if (j->dlq->ops->identity) j->dlq->ops->identity(j->dlq, out);
+    else buf_printf(out, "%s:", j->dlq->ops->scheme);
+}
+
 static int put_user(void *ctx, int64_t user_id, const void *blob, size_t len)
 {
     job *j = ctx;
@@ -224,6 +238,8 @@ static int commit_at(job *j, int with_position)
     PUT("engine", engine_save_meta(j->eng, b));
     PUT("records", record_mapping_describe(&j->cfg->records, b));
     PUT("counters", save_counters(j, b));
+    PUT("sink_id", sink_identity(j, b));
+    PUT("deadletter_id", deadletter_identity(j, b));
     if (j->snk->ops->save) PUT("sink", j->snk->ops->save(j->snk, b));
     if (j->dlq->ops->save) PUT("deadletter", j->dlq->ops->save(j->dlq, b));
 #undef PUT
@@ -270,6 +286,35 @@ static int check_records(job *j)
     return same ? 0 : -1;
 }
 
+/* Refuses to resume into another output than the checkpoint's: what it
+ * counts as written would be missing there, and rewinding a file would cut
+ * one it never wrote. Checked before anything is rewound. A checkpoint
+ * written before output identities were stored has none: it resumes as it
+ * did then, and is bound from its next commit on. */
+static int check_output(job *j, const char *key, const char *what, const char *flag,
+                        void (*identity)(job *, buf *))
+{
+    buf *was = &j->scratch;
+    buf_reset(was);
+    int got = checkpoint_get(j->cp, key, was, j->err, j->errlen);
+    if (got <= 0) return got;
+    buf now;
+    buf_init(&now);
+    identity(j, &now);
+    int same = was->len == now.len && memcmp(was->data, now.data, now.len) == 0;
+    if (!same)
+        snprintf(j->err, j->errlen, "checkpoint %s was written for the %s %.*s, not %.*s: what "
+                 "it counts as written is there. Resume with the %s naming %.*s, or use a new "
+                 "--checkpoint directory to process the input again from the beginning into "
+                 "%.*s", j->cfg->checkpoint_dir, what, (int)(was->len > 300 ? 300 : was->len),
+                 (const char *)was->data, (int)(now.len > 300 ? 300 : now.len),
+                 (const char *)now.data, flag, (int)(was->len > 300 ? 300 : was->len),
+                 (const char *)was->data, (int)(now.len > 300 ? 300 : now.len),
+                 (const char *)now.data);
+    buf_free(&now);
+    return same ? 0 : -1;
+}
+
 static int restore(job *j)
 {
     buf *b = &j->scratch;
@@ -303,6 +348,9 @@ static int restore(job *j)
     }
     buf_free(&now_id);
     if (got < 0 || !same) return -1;
+    if (check_output(j, "sink_id", "sink", "--sink", sink_identity) ||
+        check_output(j, "deadletter_id", "dead-letter output", "--dlq", deadletter_identity))
+        return -1;
     got = checkpoint_get(j->cp, "engine", b, err, errlen);
     if (got < 0) return -1;
     int rc = got == 1 ? engine_load_meta(j->eng, b->data, b->len) : -1;

@@ -212,6 +212,40 @@ bad_ks:
 
 static void cql_sink_close(sink *base);
 
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* What a checkpoint is bound to: "cql://" the contact points as written,
+ * lowercased and sorted ("h2,h1" and "H1,h2" are one cluster), then the
+ * keyspace and the table. No credentials. Another set of contact points for
+ * the same cluster reads as another store: the identity is what the user
+ * named, as the server offers no identity of a cluster (cluster_name is a
+ * setting, "Test Cluster" by default). */
+static void cql_identity(sink *base, buf *out)
+{
+    cql_sink *s = (cql_sink *)base;
+    char *hosts = xstrdup(s->contact_points);
+    for (char *p = hosts; *p; p++) *p = (char)tolower((unsigned char)*p);
+    size_t n = 1;
+    for (const char *p = hosts; *p; p++) n += *p == ',';
+    char **parts = xcalloc(n, sizeof *parts);
+    size_t k = 0;
+    for (char *save = NULL, *t = strtok_r(hosts, ",", &save); t && k < n;
+         t = strtok_r(NULL, ",", &save))
+        parts[k++] = t;
+    qsort(parts, k, sizeof *parts, cmp_str);
+    buf_append_str(out, "cql://");
+    for (size_t i = 0; i < k; i++) {
+        if (i) buf_append_byte(out, ',');
+        buf_append_str(out, parts[i]);
+    }
+    buf_printf(out, "/%s table=sessions", s->keyspace);
+    free(parts);
+    free(hosts);
+}
+
 /* The buffer's bytes as a C string (buf does not NUL-terminate). */
 static const char *cstr(buf *b)
 {
@@ -550,5 +584,6 @@ const sink_ops cql_sink_ops = {
     .flush = cql_sink_flush,
     .save = NULL,
     .restore = NULL,
+    .identity = cql_identity,
     .close = cql_sink_close,
 };

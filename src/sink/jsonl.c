@@ -25,7 +25,7 @@ static sink *jsonl_open(const char *target, const sink_options *opts, char *err,
 {
     (void)opts;
     jsonl_sink *s = xcalloc(1, sizeof *s);
-    if (appendfile_open(&s->out, target, err, errlen)) {
+    if (appendfile_open(&s->out, target, SESSION_JSON_LINE_PREFIX, err, errlen)) {
         free(s);
         return NULL;
     }
@@ -55,6 +55,11 @@ static int jsonl_restore(sink *base, const void *state, size_t len, char *err, s
     return appendfile_restore(&((jsonl_sink *)base)->out, state, len, err, errlen);
 }
 
+static void jsonl_identity(sink *base, buf *out)
+{
+    appendfile_identity(&((jsonl_sink *)base)->out, out);
+}
+
 static void jsonl_close(sink *base)
 {
     jsonl_sink *s = (jsonl_sink *)base;
@@ -70,5 +75,6 @@ const sink_ops jsonl_sink_ops = {
     .flush = jsonl_flush,
     .save = jsonl_save,
     .restore = jsonl_restore,
+    .identity = jsonl_identity,
     .close = jsonl_close,
 };

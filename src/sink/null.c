@@ -29,6 +29,12 @@ static int null_flush(sink *s, char *err, size_t errlen)
     return 0;
 }
 
+static void null_identity(sink *s, buf *out)
+{
+    (void)s;
+    buf_append_str(out, "null:");
+}
+
 static void null_close(sink *s) { free(s); }
 
 const sink_ops null_sink_ops = {
@@ -37,5 +43,6 @@ const sink_ops null_sink_ops = {
     .open = null_open,
     .write = null_write,
     .flush = null_flush,
+    .identity = null_identity,
     .close = null_close,
 };

@@ -113,6 +113,7 @@ typedef struct pg_sink {
     size_t n_secrets;
     char *table_sql;     /* quoted identifier: "schema"."name" or "name" */
     char *table_display; /* as the user wrote it */
+    char *identity;      /* "postgresql://HOSTS:PORTS/DB table=T", made at open */
     int create_schema;
     size_t batch_rows;
     long long retry_timeout_ms; /* 0 = forever */
@@ -1002,6 +1003,7 @@ static void pg_close(sink *base)
     for (size_t i = 0; i < s->n_secrets; i++) free(s->secrets[i]);
     free(s->table_sql);
     free(s->table_display);
+    free(s->identity);
     free(s->upsert_sql);
     free(s->rows);
     free(s->slots);
@@ -1089,6 +1091,31 @@ static int pg_parse_props(pg_sink *s, const char *const *props, char *err, size_
     return 0;
 }
 
+/* What a checkpoint is bound to: the settings that choose the server, the
+ * database and the table, as libpq resolved them (defaults, service files
+ * and environment included), never user or password. "postgres:" and
+ * "postgresql:" spellings of one database give one identity. */
+static void pg_make_identity(pg_sink *s)
+{
+    const char *host = "", *hostaddr = "", *port = "", *db = "";
+    PQconninfoOption *ci = PQconninfo(s->conn);
+    for (PQconninfoOption *o = ci; o && o->keyword; o++) {
+        const char *v = o->val ? o->val : "";
+        if (strcmp(o->keyword, "host") == 0) host = v;
+        else if (strcmp(o->keyword, "hostaddr") == 0) hostaddr = v;
+        else if (strcmp(o->keyword, "port") == 0) port = v;
+        else if (strcmp(o->keyword, "dbname") == 0) db = v;
+    }
+    buf b;
+    buf_init(&b);
+    buf_printf(&b, "postgresql://%s%s%s:%s/%s table=%s", host, *hostaddr ? " hostaddr=" : "",
+               hostaddr, port, db, s->table_sql);
+    s->identity = buf_steal_str(&b);
+    PQconninfoFree(ci);
+}
+
+static void pg_identity(sink *base, buf *out) { buf_append_str(out, ((pg_sink *)base)->identity); }
+
 static sink *pg_open_as(const char *scheme, const char *target, const sink_options *opts,
                         char *err, size_t errlen)
 {
@@ -1151,6 +1178,7 @@ static sink *pg_open_as(const char *scheme, const char *target, const sink_optio
         pg_close(&s->base);
         return NULL;
     }
+    pg_make_identity(s);
     return &s->base;
 }
 
@@ -1182,6 +1210,7 @@ const sink_ops postgresql_sink_ops = {
     .flush = pg_flush,
     .save = NULL,
     .restore = NULL,
+    .identity = pg_identity,
     .close = pg_close,
 };
 
@@ -1193,5 +1222,6 @@ const sink_ops postgres_sink_ops = {
     .flush = pg_flush,
     .save = NULL,
     .restore = NULL,
+    .identity = pg_identity,
     .close = pg_close,
 };

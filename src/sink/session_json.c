@@ -19,7 +19,7 @@ void session_json_pages(buf *out, const closed_session *cs)
 
 void session_json_row(buf *out, const closed_session *cs, const char *ingestion_time)
 {
-    buf_printf(out, "{\"session_id\":%" PRId64 ",\"user_id\":%" PRId64 ",\"pages\":",
+    buf_printf(out, SESSION_JSON_LINE_PREFIX "%" PRId64 ",\"user_id\":%" PRId64 ",\"pages\":",
                cs->session_id, cs->user_id);
     session_json_pages(out, cs);
     buf_printf(out, ",\"ingestion_time\":\"%s\"}\n", ingestion_time);

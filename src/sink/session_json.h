@@ -12,5 +12,7 @@
 void session_json_pages(buf *out, const closed_session *cs);
 /* {"session_id":..,"user_id":..,"pages":[..],"ingestion_time":".."}\n */
 void session_json_row(buf *out, const closed_session *cs, const char *ingestion_time);
+/* How every row starts. */
+#define SESSION_JSON_LINE_PREFIX "{\"session_id\":"
 
 #endif

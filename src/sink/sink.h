@@ -52,6 +52,11 @@ typedef struct sink_ops {
      * truncates to its checkpointed length). NULL when writes are upserts. */
     void (*save)(sink *s, buf *out);
     int (*restore)(sink *s, const void *state, size_t len, char *err, size_t errlen);
+    /* The store's identity, which a checkpoint is bound to (as to its
+     * source): the sessions the checkpoint counts as acknowledged are there.
+     * Written so that it names the store ("sqlite:/abs/path.db"), never with
+     * credentials. Two spellings of one store should give one identity. */
+    void (*identity)(sink *s, buf *out);
     void (*close)(sink *s);
 } sink_ops;
 

@@ -40,6 +40,7 @@ typedef struct sqlite_sink {
     keyed *order;  /* the pending rows by session_id, at flush */
     size_t n_pending, cap_pending;
     char *path;
+    char *identity; /* "sqlite:" and the database's real path */
 } sqlite_sink;
 
 extern const sink_ops sqlite_sink_ops;
@@ -129,6 +130,14 @@ static sink *sqlite_open(const char *target, const sink_options *opts, char *err
         fail_db(s, "preparing the upsert", err, errlen);
         goto fail;
     }
+    /* The file exists now: a symlink or a relative path to it is the same
+     * database. */
+    char *real = realpath(target, NULL);
+    const char *p = real ? real : target;
+    size_t n = strlen(p) + sizeof "sqlite:";
+    s->identity = xmalloc(n);
+    snprintf(s->identity, n, "sqlite:%s", p);
+    free(real);
     return &s->base;
 fail:
     sqlite_sink_ops.close(&s->base);
@@ -193,6 +202,11 @@ static int sqlite_flush(sink *base, char *err, size_t errlen)
     return 0;
 }
 
+static void sqlite_identity(sink *base, buf *out)
+{
+    buf_append_str(out, ((sqlite_sink *)base)->identity);
+}
+
 static void sqlite_close(sink *base)
 {
     sqlite_sink *s = (sqlite_sink *)base;
@@ -203,6 +217,7 @@ static void sqlite_close(sink *base)
     free(s->pending);
     free(s->order);
     free(s->path);
+    free(s->identity);
     free(s);
 }
 
@@ -212,5 +227,6 @@ const sink_ops sqlite_sink_ops = {
     .open = sqlite_open,
     .write = sqlite_write,
     .flush = sqlite_flush,
+    .identity = sqlite_identity,
     .close = sqlite_close,
 };

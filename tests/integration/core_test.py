@@ -3,7 +3,7 @@
 
   core_test.py golden | replay | oracle | sigkill | batches | deadletter |
                corrupt | cli | stdin | sigterm | resume_open | diskfull | torn |
-               idle | sqlite_paths
+               idle | sqlite_paths | outputs
 
 Each prints "N passed, N failed" and exits non-zero on a failure.
 """
@@ -377,7 +377,8 @@ def t_resume_open(c):
 
 def t_torn(c):
     """A crash in the middle of a write leaves a JSONL output without its
-    final newline; the next run removes the torn line before appending."""
+    final newline; the next run removes the torn line before appending. A
+    last line of another writer is kept."""
     import json
     d = tmpdir()
     out, dlq = f"{d}/out.jsonl", f"{d}/dlq.jsonl"
@@ -390,6 +391,15 @@ def t_torn(c):
     rows = [json.loads(x) for x in open(out)]
     c.eq(len(rows), 4, "the intact line and the three sessions remain, every line valid JSON")
     c.eq([json.loads(x)["reason"] for x in open(dlq)], ["invalid_json"], "the dead-letter file too")
+    # a last line that sessionizer did not write is another writer's: kept
+    notes = f"{d}/notes.txt"
+    open(notes, "wb").write(b"first\nlast line, no newline")
+    p = run("run", "--source", f"file:{bad}", "--sink", "null:", "--dlq", f"jsonl:{notes}", "--until-end")
+    c.check(b"not written by sessionizer" in p.stderr, "a foreign last line is reported as kept")
+    got = open(notes, "rb").read().split(b"\n")
+    c.eq(got[:2], [b"first", b"last line, no newline"], "and kept whole")
+    c.eq([json.loads(x)["reason"] for x in got[2:] if x], ["invalid_json"],
+         "the dead letters start on a line of their own")
 
 
 def t_idle(c):
@@ -455,6 +465,99 @@ def t_sqlite_paths(c):
     c.check(not os.path.exists(f"{d}/ck"), "and nothing went to ./ck")
 
 
+def meta_put(db, key, value):
+    """Writes a meta row of a checkpoint with its checksum (checkpoint.c:
+    XXH3-64 of the value seeded with XXH3-64 of the key, as a signed int)."""
+    import xxhash
+    h = xxhash.xxh3_64_intdigest(value, seed=xxhash.xxh3_64_intdigest(key.encode()))
+    con = sqlite3.connect(db)
+    con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?, ?)", (key, value, h - (1 << 64) if h >= 1 << 63 else h))
+    con.commit()
+    con.close()
+
+
+def t_outputs(c):
+    """A checkpoint is bound to its outputs: resuming it into another sink or
+    dead-letter output is refused with the way out, and a file it did not
+    write is never cut."""
+    d = tmpdir()
+    half = f"{d}/half.jsonl"
+    lines = open(SAMPLE, "rb").read().splitlines(keepends=True)
+    open(half, "wb").write(b"".join(lines[:3]))  # A, B, C: C's session stays open
+    important = f"{d}/important.log"
+    precious = os.urandom(48893) + b"x"  # 48,894 bytes, no final newline
+    open(important, "wb").write(precious)
+    base = ["run", "--source", f"file:{half}", "--checkpoint", f"{d}/cp", "-q"]
+    run(*base, "--sink", f"jsonl:{d}/out.jsonl", "--dlq", f"jsonl:{d}/dlq.jsonl")
+    out_before = open(f"{d}/out.jsonl", "rb").read()
+    c.check(len(out_before) > 0, "the first run wrote sessions")
+
+    for flag, other, needle in [("--sink", f"jsonl:{important}", f"jsonl:{d}/out.jsonl"),
+                                ("--dlq", f"jsonl:{important}", f"jsonl:{d}/dlq.jsonl"),
+                                ("--sink", f"sqlite:{d}/s.db", f"jsonl:{d}/out.jsonl")]:
+        args = {"--sink": f"jsonl:{d}/out.jsonl", "--dlq": f"jsonl:{d}/dlq.jsonl"}
+        args[flag] = other
+        p = run(*base, "--sink", args["--sink"], "--dlq", args["--dlq"], check=False)
+        err = p.stderr.decode()
+        c.eq(p.returncode, 1, f"resuming with {flag} {other} is refused")
+        c.check(needle in err and flag in err and "--checkpoint" in err,
+                f"naming the output it was written for, the flag and the new-checkpoint way out: {err.strip()[:400]}")
+        c.check(open(important, "rb").read() == precious, f"and {important} is untouched ({flag})")
+    c.eq(open(f"{d}/out.jsonl", "rb").read(), out_before, "the checkpoint's own output is untouched too")
+
+    # the same file under another spelling is the same output
+    os.symlink(f"{d}/out.jsonl", f"{d}/link.jsonl")
+    p = subprocess.run([BIN, "run", "--source", "file:half.jsonl", "--checkpoint", "cp",
+                        "--sink", "jsonl:link.jsonl", "--dlq", "jsonl:./dlq.jsonl"], cwd=d,
+                       capture_output=True)
+    c.eq(p.returncode, 0, "a symlink and relative paths to the same files resume")
+    c.check(b"resumed from checkpoint" in p.stderr, "resuming, not starting over")
+
+    # another file under the same name (replaced since): refused, left whole
+    os.rename(f"{d}/out.jsonl", f"{d}/moved.jsonl")
+    other = b'{"note":"another file, longer than the checkpointed length ' + b"x" * 400 + b'"}\n'
+    open(f"{d}/out.jsonl", "wb").write(other)
+    p = run(*base, "--sink", f"jsonl:{d}/out.jsonl", "--dlq", f"jsonl:{d}/dlq.jsonl", check=False)
+    c.eq(p.returncode, 1, "a file replaced under the checkpointed name is refused")
+    c.check(b"replaced" in p.stderr and b"--checkpoint" in p.stderr,
+            "saying so, with the way out: " + p.stderr.decode().strip()[:300])
+    c.eq(open(f"{d}/out.jsonl", "rb").read(), other, "and is not cut")
+    os.remove(f"{d}/out.jsonl")
+    os.rename(f"{d}/moved.jsonl", f"{d}/out.jsonl")
+
+    # the way out: a new checkpoint appends to important.log and cuts nothing
+    run(*base[:-3], "--checkpoint", f"{d}/cp-new", "--until-end", "-q", "--sink", f"jsonl:{important}")
+    data = open(important, "rb").read()
+    c.check(data.startswith(precious), "a new checkpoint keeps important.log's bytes")
+    import json
+    tail = data[len(precious):].split(b"\n")
+    c.check(tail[0] == b"" and all(json.loads(x)["session_id"] for x in tail[1:] if x),
+            "and starts its lines on a line of their own (the file did not end with a newline)")
+
+    # a checkpoint from before output identities (no sink_id, no
+    # deadletter_id, 12-byte file states) resumes as it did then
+    ck = f"{d}/cp/checkpoint.db"
+    con = sqlite3.connect(ck)
+    con.execute("DELETE FROM meta WHERE key IN ('sink_id', 'deadletter_id')")
+    con.commit()
+    states = dict(con.execute("SELECT key, value FROM meta WHERE key IN ('sink', 'deadletter')"))
+    con.close()
+    c.eq(sorted(len(v) for v in states.values()), [28, 28], "file states now carry device and inode")
+    for key, value in states.items():
+        meta_put(ck, key, value[:12])
+    with open(half, "ab") as f:
+        f.write(lines[3])
+    p = run(*base, "--until-end", "--sink", f"jsonl:{d}/out.jsonl", "--dlq", f"jsonl:{d}/dlq.jsonl",
+            check=False)
+    c.eq(p.returncode, 0, "an older checkpoint resumes")
+    rows = {(r["session_id"], r["user_id"]): r["pages"] for r in map(json.loads, open(f"{d}/out.jsonl", "rb"))}
+    c.eq(rows, GOLDEN, "into its output, completing the walkthrough's sessions")
+    con = sqlite3.connect(ck)
+    c.eq(sorted(k for (k,) in con.execute("SELECT key FROM meta WHERE key LIKE '%_id'")),
+         ["deadletter_id", "sink_id", "source_id"], "and is bound to its outputs from its next commit")
+    con.close()
+
+
 def mounted_tmpfs(path, size):
     os.makedirs(path, exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], check=True)
@@ -494,12 +597,11 @@ def t_diskfull(c):
     p = run(*args, "--sink", f"sqlite:{sinkdir}/s.db", check=False)
     c.eq(p.returncode, 1, "a full sink disk stops the job with status 1")
     c.check(b"full" in p.stderr, "saying the disk is full: " + p.stderr.decode().strip()[:300])
-    shutil.copy(f"{sinkdir}/s.db", f"{d}/s2.db")
-    for suffix in ("-wal", "-shm"):
-        if os.path.exists(f"{sinkdir}/s.db{suffix}"):
-            shutil.copy(f"{sinkdir}/s.db{suffix}", f"{d}/s2.db{suffix}")
-    run(*args, "--sink", f"sqlite:{d}/s2.db", "-q")
-    c.eq(content(f"{d}/s2.db"), ref, "resuming into the rescued sink completes the same table")
+    # space is freed (the checkpoint is bound to this database: a copy
+    # elsewhere would be another sink, see t_outputs)
+    subprocess.run(["mount", "-o", "remount,size=64m", sinkdir], check=True)
+    run(*args, "--sink", f"sqlite:{sinkdir}/s.db", "-q")
+    c.eq(content(f"{sinkdir}/s.db"), ref, "resuming once space is freed completes the same table")
 
     # 3. a read-only checkpoint
     ro = f"{d}/ro"
