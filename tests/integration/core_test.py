@@ -654,15 +654,16 @@ def t_mapping(c):
          (counts["records"], counts["invalid"], counts["late"], counts["visits"]), "counts equal the oracle's")
     reasons = {json.loads(l)["reason"] for l in open(f"{d}/dlq.jsonl")}
     c.check("invalid_json" in reasons and len(reasons) >= 3, f"bad records dead-lettered with reasons {reasons}")
-    # the layout is bound to the checkpoint
-    p = job(f"file:{mapped}", db, f"{d}/cp", *MAPPED[:-1], "epoch_s", check=False)
+    # the layout is bound to the checkpoint (as are its outputs: the same --dlq)
+    dlq = ["--dlq", f"jsonl:{d}/dlq.jsonl"]
+    p = job(f"file:{mapped}", db, f"{d}/cp", *MAPPED[:-1], "epoch_s", *dlq, check=False)
     c.eq(p.returncode, 1, "another --time-format with the same checkpoint is refused")
     err = p.stderr.decode()
     c.check("other record settings" in err and "time-format=epoch_ms" in err and "new checkpoint" in err,
             "saying what it was written with and the way out: " + err.strip()[:400])
-    p = job(f"file:{mapped}", db, f"{d}/cp", check=False)
+    p = job(f"file:{mapped}", db, f"{d}/cp", *dlq, check=False)
     c.eq(p.returncode, 1, "the default layout on a mapped checkpoint is refused")
-    p = job(f"file:{mapped}", db, f"{d}/cp", *MAPPED)
+    p = job(f"file:{mapped}", db, f"{d}/cp", *MAPPED, *dlq)
     c.check(b"resumed from checkpoint" in p.stderr, "the same settings resume")
     # and a checkpoint of the default layout refuses a mapping
     job(f"file:{SAMPLE}", f"{d}/d.db", f"{d}/cp2")
