@@ -6,7 +6,8 @@ compared with a SQLite run of the same input:
 
  1. the reference walkthrough (samples/visits.jsonl), then the seed's steps:
     three visits, checkpoint lost, the whole log replayed: same session ids
-    and pages, new ingestion_time, nothing duplicated;
+    and pages, new ingestion_time, nothing duplicated; the checkpoint bound
+    to its keyspace (another one refused);
  2. replay of a 40k-visit input after checkpoint loss: table unchanged but
     for ingestion_time (all newer), = SQLite;
  3. injected faults (write timeouts, overload, dropped connections, late
@@ -99,6 +100,13 @@ def walkthrough():
         res.equal(len(got), 3, 'walkthrough: 3 sessions')
         user1 = sorted(v[0] for k, v in got.items() if k[1] == 1)
         res.equal(user1, [['A.html', 'B.html'], ['C.html']], "walkthrough: user 1's sessions")
+        # the checkpoint is bound to the cluster's contact points, keyspace and table
+        p = run('file:' + SAMPLE, 'cql://127.0.0.1:%d/DEDP' % srv.port, ck)
+        res.equal(p.returncode, 0, 'the same keyspace spelt in capitals resumes: %s' % p.stderr.strip()[-300:])
+        p = run('file:' + SAMPLE, 'cql://127.0.0.1:%d/other' % srv.port, ck)
+        res.check(p.returncode == 1 and ('--sink naming cql://127.0.0.1:%d/dedp table=sessions' % srv.port)
+                  in p.stderr, 'another keyspace is refused, naming the one it was written for: %s'
+                  % p.stderr.strip()[-300:])
         now = datetime.datetime.now(datetime.timezone.utc)
         res.check(all(abs((now - v[1].replace(tzinfo=datetime.timezone.utc)).total_seconds()) < 60
                       for v in got.values()), 'walkthrough: ingestion_time is the write time')

@@ -14,7 +14,9 @@
 #  5. the server down and the job stopped by SIGTERM while it waits, then a
 #     retry that gives up (retry_timeout): the checkpoint never passes
 #     unacknowledged rows, and the resumed run ends with the SQLite table;
-#  6. wrong password / missing grant: fast failure, clear message, no password.
+#  6. wrong password / missing grant: fast failure, clear message, no password;
+#  7. the checkpoint bound to the database and table (no credentials stored):
+#     another spelling resumes, another table is refused.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -237,6 +239,25 @@ rc=$?
 check "no privilege on the table: exit 1, says permission denied ($(head -c 200 "$work/err7"))" \
     eval '[ "$rc" = 1 ] && grep -q "permission denied" "$work/err7"' 
 check "no privilege: the password is nowhere in the output" bash -c "! grep -q App-Secret-77 '$work/err7'"
+
+echo "# 7. the checkpoint is bound to its PostgreSQL database and table"
+head -n 3 "$sample" >"$work/bind.jsonl"
+"$bin" run -q --source "file:$work/bind.jsonl" --sink "$PG_URI_TCP" --checkpoint "$work/ck8" 2>"$work/err8"
+check "bound: first run exits 0 ($(head -c 200 "$work/err8"))" [ $? = 0 ]
+sink_id=$(sqlite3 "$work/ck8/checkpoint.db" "SELECT CAST(value AS TEXT) FROM meta WHERE key = 'sink_id'")
+check "bound: the identity is host, port, database and table ($sink_id)" \
+    [ "$sink_id" = "postgresql://127.0.0.1:$PG_SERVER_PORT/postgres table=\"sessions\"" ]
+check "bound: no credentials in the checkpoint" \
+    bash -c "! grep -qa -e '$PG_SERVER_PASSWORD' '$work/ck8/checkpoint.db' '$work/ck8/checkpoint.db-wal' 2>/dev/null"
+"$bin" run -q --source "file:$work/bind.jsonl" --sink "postgres${PG_URI_TCP#postgresql}" \
+    --checkpoint "$work/ck8" 2>"$work/err9"
+check "bound: the postgres:// spelling of the same database resumes ($(head -c 200 "$work/err9"))" [ $? = 0 ]
+"$bin" run -q --source "file:$work/bind.jsonl" --sink "$PG_URI_TCP" --sink-opt table=other \
+    --checkpoint "$work/ck8" 2>"$work/err10"
+rc=$?
+check "bound: another table is refused ($(head -c 300 "$work/err10"))" \
+    eval '[ "$rc" = 1 ] && grep -q -- "--sink naming postgresql://127.0.0.1" "$work/err10"'
+check "bound: the refusal shows no password" bash -c "! grep -q -e '$PG_SERVER_PASSWORD' '$work/err10'"
 
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]
