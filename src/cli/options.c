@@ -93,6 +93,10 @@ const opt_def cli_option_table[] = {
     {.name = "max-pages", .type = OPT_COUNT, .arg = "N", .def = "10000", .min = 1,
      .max = 100000000, AT_UNSIGNED(job.engine.max_pages),
      .help = "pages kept per session, earliest first"},
+    {.name = "max-session-bytes", .type = OPT_BYTES, .arg = "N", .def = "8MiB", .min = 1,
+     .max = ENGINE_MAX_SESSION_BYTES, AT_UNSIGNED(job.engine.max_session_bytes),
+     .help = "page text kept per session, earliest first (the default fits every sink's "
+             "largest row)"},
     {.name = "max-record-bytes", .type = OPT_BYTES, .arg = "N", .def = "1MiB", .min = 64,
      .max = 1u << 30, AT_UNSIGNED(job.source.max_record_bytes),
      .help = "longer records are dead-lettered"},

@@ -29,8 +29,9 @@
  * call after every operation on random inputs):
  *  I1. Two open sessions of one user are more than G apart
  *      (next.first - prev.last > G), and the list is sorted by first.
- *  I2. A session's pages are sorted by (t, partition, offset) and number at
- *      most max_pages; every page time lies in [first, last].
+ *  I2. A session's pages are sorted by (t, partition, offset), number at
+ *      most max_pages and hold page_bytes <= max_session_bytes bytes of
+ *      text; every page time lies in [first, last] and before the cut.
  *  I3. Every open or merged-away session has exactly one close-queue entry,
  *      whose key is <= the session's last_t and >= the queue's `last`, in
  *      the bucket its key and `last` determine; merged-away sessions are
@@ -67,9 +68,18 @@ typedef struct session {
     unsigned char *store;   /* page_entry[cap_pages] followed by arena_cap bytes */
     struct session *next;
     uint32_t n_pages, cap_pages;
-    uint32_t arena_len, arena_cap;
+    uint32_t arena_len, arena_cap; /* arena_len counts evicted pages' text too */
     uint32_t dead; /* merged into another session; freed when the close queue reaches it */
+    uint32_t page_bytes; /* text of the stored pages */
+    /* The cut: the earliest page, in page order, left out by the cap (cut_t
+     * == NO_CUT: none). The kept pages are the longest run within the caps,
+     * so every page after the cut is out too, whatever arrives later: the
+     * engine must remember where the run ended to reject them. */
+    int32_t cut_part;
+    int64_t cut_t, cut_off;
 } session;
+
+#define NO_CUT INT64_MAX /* above any event time (years 0000-9999) */
 
 static inline page_entry *pages_of(const session *s) { return (page_entry *)(void *)s->store; }
 static inline char *arena_of(const session *s)
@@ -151,6 +161,19 @@ static inline int page_before(const page_entry *a, int64_t t, int32_t part, int6
     if (a->t != t) return a->t < t;
     if (a->partition != part) return a->partition < part;
     return a->offset < off;
+}
+
+/* (t, part, off) comes before the session's cut (always, without one). */
+static inline int before_cut(const session *s, int64_t t, int32_t part, int64_t off)
+{
+    if (t != s->cut_t) return t < s->cut_t;
+    if (part != s->cut_part) return part < s->cut_part;
+    return off < s->cut_off;
+}
+
+static inline void lower_cut(session *s, int64_t t, int32_t part, int64_t off)
+{
+    if (before_cut(s, t, part, off)) s->cut_t = t, s->cut_part = part, s->cut_off = off;
 }
 
 /* ---- user map (linear probing, backward-shift deletion) --------------- */
@@ -358,6 +381,7 @@ static session *session_new(int64_t user_id, const visit *v)
     s->user_id = user_id;
     s->first_t = s->last_t = v->event_time_us;
     s->first_pos = v->pos;
+    s->cut_t = NO_CUT;
     return s;
 }
 
@@ -367,10 +391,33 @@ static void session_free(session *s)
     free(s);
 }
 
-/* Makes room for `pages` more entries and `bytes` more text. Returns -1 if
- * the text would pass 4 GiB (the page is then treated as over the cap). */
+/* Rewrites the arena with the stored pages' text only, in page order. */
+static void session_compact(session *s)
+{
+    char *text = arena_of(s), *packed = xmalloc(s->page_bytes ? s->page_bytes : 1);
+    page_entry *pages = pages_of(s);
+    uint32_t at = 0;
+    for (uint32_t i = 0; i < s->n_pages; i++) {
+        if (pages[i].len) memcpy(packed + at, text + pages[i].str_off, pages[i].len);
+        pages[i].str_off = at;
+        at += pages[i].len;
+    }
+    assert(at == s->page_bytes);
+    if (at) memcpy(text, packed, at);
+    s->arena_len = at;
+    free(packed);
+}
+
+/* Makes room for `pages` more entries and `bytes` more text. The text of
+ * evicted pages stays in the arena until it would have to grow while at least
+ * half of it is such text: then it is compacted instead, so that a session
+ * takes at most about twice the text it keeps. Returns -1 if the text would
+ * pass 4 GiB, which the bound on max_session_bytes rules out. */
 static int session_reserve(session *s, uint32_t max_pages, uint32_t pages, uint32_t bytes)
 {
+    if ((uint64_t)s->arena_len + bytes > s->arena_cap && s->arena_len - s->page_bytes >= s->page_bytes &&
+        s->arena_len > s->page_bytes)
+        session_compact(s);
     uint64_t need_pages = (uint64_t)s->n_pages + pages, need_bytes = (uint64_t)s->arena_len + bytes;
     if (need_bytes > UINT32_MAX - 1) return -1;
     if (need_pages <= s->cap_pages && need_bytes <= s->arena_cap) return 0;
@@ -409,7 +456,28 @@ static int reject_entry(engine *e, const session *s, const page_entry *p, reject
     return e->cb.on_reject ? e->cb.on_reject(e->cb.ctx, &v, why) : 0;
 }
 
-/* Stores the page of v in s, keeping the max_pages earliest. */
+static int reject_visit(engine *e, const visit *v)
+{
+    e->st.rejected_cap++;
+    return e->cb.on_reject ? e->cb.on_reject(e->cb.ctx, v, REJECT_SESSION_CAP) : 0;
+}
+
+/* Evicts the session's last page (it is now over a cap): it becomes the cut. */
+static int evict_last(engine *e, session *s)
+{
+    const page_entry *last = &pages_of(s)[s->n_pages - 1];
+    int rc = reject_entry(e, s, last, REJECT_SESSION_CAP);
+    lower_cut(s, last->t, last->partition, last->offset);
+    s->page_bytes -= last->len;
+    s->n_pages--;
+    e->st.open_pages--;
+    return rc;
+}
+
+/* Stores the page of v in s, keeping the longest run of pages, in page
+ * order, within max_pages and max_session_bytes. A page after the cut is out
+ * at once; one that does not fit after the pages before it is out with every
+ * page after it; one that fits may push the last pages out. */
 static int session_add_page(engine *e, session *s, const visit *v)
 {
     int32_t part = v->pos.partition;
@@ -426,19 +494,18 @@ static int session_add_page(engine *e, session *s, const visit *v)
             else hi = mid;
         }
     }
-    if (s->n_pages >= e->cfg.max_pages) {
-        if (lo >= s->n_pages) {
-            e->st.rejected_cap++;
-            return e->cb.on_reject ? e->cb.on_reject(e->cb.ctx, v, REJECT_SESSION_CAP) : 0;
+    uint64_t before = s->page_bytes; /* text of the pages before lo */
+    for (uint32_t k = lo; k < s->n_pages; k++) before -= pages[k].len;
+    if (!before_cut(s, t, part, off) || lo >= e->cfg.max_pages ||
+        before + v->page_len > e->cfg.max_session_bytes ||
+        session_reserve(s, e->cfg.max_pages, 1, v->page_len)) {
+        lower_cut(s, t, part, off);
+        int rc = reject_visit(e, v);
+        while (s->n_pages > lo) {
+            int rc2 = evict_last(e, s);
+            if (!rc) rc = rc2;
         }
-        int rc = reject_entry(e, s, &pages[s->n_pages - 1], REJECT_SESSION_CAP);
-        s->n_pages--;
-        e->st.open_pages--;
-        if (rc) return rc;
-    }
-    if (session_reserve(s, e->cfg.max_pages, 1, v->page_len)) {
-        e->st.rejected_cap++;
-        return e->cb.on_reject ? e->cb.on_reject(e->cb.ctx, v, REJECT_SESSION_CAP) : 0;
+        return rc;
     }
     pages = pages_of(s);
     uint32_t str_off = arena_push(s, v->page, v->page_len);
@@ -446,8 +513,14 @@ static int session_add_page(engine *e, session *s, const visit *v)
     pages[lo] = (page_entry){.t = t, .offset = off, .partition = part, .str_off = str_off,
                              .len = v->page_len};
     s->n_pages++;
+    s->page_bytes += v->page_len;
     e->st.open_pages++;
-    return 0;
+    int rc = 0;
+    while (s->n_pages > e->cfg.max_pages || s->page_bytes > e->cfg.max_session_bytes) {
+        int rc2 = evict_last(e, s);
+        if (!rc) rc = rc2;
+    }
+    return rc;
 }
 
 /* Merges b into a (both of one user, b not yet freed); b is destroyed. */
@@ -456,7 +529,9 @@ static int session_merge(engine *e, session *a, session *b)
     session merged = *a;
     merged.store = NULL;
     merged.n_pages = merged.cap_pages = merged.arena_len = merged.arena_cap = 0;
-    uint64_t total = (uint64_t)a->arena_len + b->arena_len;
+    merged.page_bytes = 0;
+    lower_cut(&merged, b->cut_t, b->cut_part, b->cut_off); /* pages past either cut are out */
+    uint64_t total = (uint64_t)a->page_bytes + b->page_bytes;
     uint32_t n = a->n_pages + b->n_pages;
     if (n > e->cfg.max_pages) n = e->cfg.max_pages;
     session_reserve(&merged, e->cfg.max_pages, n, total > UINT32_MAX - 1 ? 0 : (uint32_t)total);
@@ -471,15 +546,20 @@ static int session_merge(engine *e, session *a, session *b)
             from = a, p = &pa[i++];
         else
             from = b, p = &pb[j++];
-        if (merged.n_pages >= e->cfg.max_pages ||
+        if (!before_cut(&merged, p->t, p->partition, p->offset) ||
+            merged.n_pages >= e->cfg.max_pages ||
+            (uint64_t)merged.page_bytes + p->len > e->cfg.max_session_bytes ||
             session_reserve(&merged, e->cfg.max_pages, 1, p->len)) {
-            if (!rc) rc = reject_entry(e, from, p, REJECT_SESSION_CAP);
+            lower_cut(&merged, p->t, p->partition, p->offset); /* and the pages after it */
+            int rc2 = reject_entry(e, from, p, REJECT_SESSION_CAP);
+            if (!rc) rc = rc2;
             e->st.open_pages--;
             continue;
         }
         page_entry q = *p;
         q.str_off = arena_push(&merged, arena_of(from) + p->str_off, p->len);
         pages_of(&merged)[merged.n_pages++] = q;
+        merged.page_bytes += p->len;
     }
     free(a->store);
     a->store = merged.store;
@@ -487,6 +567,10 @@ static int session_merge(engine *e, session *a, session *b)
     a->n_pages = merged.n_pages;
     a->arena_len = merged.arena_len;
     a->arena_cap = merged.arena_cap;
+    a->page_bytes = merged.page_bytes;
+    a->cut_t = merged.cut_t;
+    a->cut_part = merged.cut_part;
+    a->cut_off = merged.cut_off;
     if (b->first_t < a->first_t) a->first_t = b->first_t;
     if (b->last_t > a->last_t) a->last_t = b->last_t;
     if (log_position_cmp(&b->first_pos, &a->first_pos) < 0) a->first_pos = b->first_pos;
@@ -506,7 +590,7 @@ static int emit_and_free(engine *e, session *s)
         e->scratch_refs = xrealloc(e->scratch_refs, e->cap_refs * sizeof *e->scratch_refs);
     }
     const page_entry *pages = pages_of(s);
-    const char *text = arena_of(s);
+    const char *text = s->store ? arena_of(s) : NULL; /* every page may be over the cap */
     for (uint32_t i = 0; i < s->n_pages; i++)
         e->scratch_refs[i] = (page_ref){text + pages[i].str_off, pages[i].len};
     closed_session cs = {.session_id = session_id_of(s->user_id, &s->first_pos),
@@ -575,6 +659,8 @@ engine *engine_new(const engine_config *cfg, const engine_callbacks *cb)
     engine *e = xcalloc(1, sizeof *e);
     e->cfg = *cfg;
     if (e->cfg.max_pages == 0) e->cfg.max_pages = 1;
+    if (e->cfg.max_session_bytes == 0 || e->cfg.max_session_bytes > ENGINE_MAX_SESSION_BYTES)
+        e->cfg.max_session_bytes = ENGINE_MAX_SESSION_BYTES;
     if (cb) e->cb = *cb;
     e->closing_wm = INT64_MIN;
     e->epoch = 1;
@@ -706,13 +792,17 @@ int engine_check_invariants(const engine *e)
             if (s->next && s->next->first_t - s->last_t <= e->cfg.gap_us) return 1;
             const page_entry *p = pages_of(s);
             if (s->n_pages > e->cfg.max_pages || s->n_pages > s->cap_pages ||
-                s->arena_len > s->arena_cap)
+                s->arena_len > s->arena_cap || s->page_bytes > e->cfg.max_session_bytes)
                 return 2;
+            uint64_t text = 0;
             for (uint32_t k = 0; k < s->n_pages; k++) {
+                text += p[k].len;
                 if (p[k].t < s->first_t || p[k].t > s->last_t) return 2;
+                if (!before_cut(s, p[k].t, p[k].partition, p[k].offset)) return 2;
                 if ((uint64_t)p[k].str_off + p[k].len > s->arena_len) return 2;
                 if (k > 0 && !page_before(&p[k - 1], p[k].t, p[k].partition, p[k].offset)) return 2;
             }
+            if (text != s->page_bytes) return 2;
             if (e->closing_wm != INT64_MIN && s->last_t + e->cfg.gap_us < e->closing_wm) return 4;
         }
     }
@@ -735,7 +825,9 @@ int engine_check_invariants(const engine *e)
 
 /* ---- checkpoint encoding ----------------------------------------------- */
 
-#define META_VERSION 1u
+/* 2 added max_session_bytes; a version 1 checkpoint was written without a
+ * byte cap and resumes with the largest one. */
+#define META_VERSION 2u
 
 void engine_save_meta(const engine *e, buf *out)
 {
@@ -743,6 +835,7 @@ void engine_save_meta(const engine *e, buf *out)
     buf_put_i64le(out, e->cfg.gap_us);
     buf_put_i64le(out, e->cfg.lateness_us);
     buf_put_u32le(out, e->cfg.max_pages);
+    buf_put_u32le(out, e->cfg.max_session_bytes);
     buf_put_i64le(out, e->closing_wm);
     const uint64_t counters[] = {e->st.visits_applied, e->st.rejected_late, e->st.rejected_cap,
                                  e->st.sessions_closed, e->st.pages_closed,
@@ -760,13 +853,14 @@ int engine_load_meta(engine *e, const void *data, size_t len)
 {
     reader r;
     reader_init(&r, data, len);
-    uint32_t version = 0, max_pages = 0, n_parts = 0;
+    uint32_t version = 0, max_pages = 0, n_parts = 0, max_bytes = ENGINE_MAX_SESSION_BYTES;
     int64_t gap = 0, lateness = 0, closing = 0;
     reader_u32le(&r, &version);
-    if (r.bad || version != META_VERSION) return -1;
+    if (r.bad || version < 1 || version > META_VERSION) return -1;
     reader_i64le(&r, &gap);
     reader_i64le(&r, &lateness);
     reader_u32le(&r, &max_pages);
+    if (version >= 2) reader_u32le(&r, &max_bytes);
     reader_i64le(&r, &closing);
     uint64_t *counters[] = {&e->st.visits_applied, &e->st.rejected_late, &e->st.rejected_cap,
                             &e->st.sessions_closed, &e->st.pages_closed,
@@ -774,7 +868,8 @@ int engine_load_meta(engine *e, const void *data, size_t len)
     for (size_t i = 0; i < sizeof counters / sizeof *counters; i++) reader_u64le(&r, counters[i]);
     reader_u32le(&r, &n_parts);
     if (r.bad || n_parts > reader_left(&r) / 12) return -1;
-    if (gap != e->cfg.gap_us || lateness != e->cfg.lateness_us || max_pages != e->cfg.max_pages)
+    if (gap != e->cfg.gap_us || lateness != e->cfg.lateness_us || max_pages != e->cfg.max_pages ||
+        max_bytes != e->cfg.max_session_bytes)
         return -2;
     e->closing_wm = closing;
     e->n_parts = 0;
@@ -791,6 +886,8 @@ int engine_load_meta(engine *e, const void *data, size_t len)
     return r.bad || reader_left(&r) != 0 ? -1 : 0;
 }
 
+#define BLOB_HAS_CUT UINT32_C(0x80000000)
+
 static void encode_user(const session *head, buf *out)
 {
     uint32_t n = 0;
@@ -802,7 +899,14 @@ static void encode_user(const session *head, buf *out)
         buf_put_i64le(out, s->first_pos.append_ts_ms);
         buf_put_u32le(out, (uint32_t)s->first_pos.partition);
         buf_put_i64le(out, s->first_pos.offset);
-        buf_put_u32le(out, s->n_pages);
+        /* The top bit of the page count says a cut follows (a count is at
+         * most max_pages < 2^31, so blobs without a cut read as before). */
+        buf_put_u32le(out, s->n_pages | (s->cut_t != NO_CUT ? BLOB_HAS_CUT : 0));
+        if (s->cut_t != NO_CUT) {
+            buf_put_i64le(out, s->cut_t);
+            buf_put_u32le(out, (uint32_t)s->cut_part);
+            buf_put_i64le(out, s->cut_off);
+        }
         for (uint32_t i = 0; i < s->n_pages; i++) {
             const page_entry *p = &pages_of(s)[i];
             buf_put_i64le(out, p->t);
@@ -882,13 +986,23 @@ int engine_load_user(engine *e, int64_t user_id, const void *blob, size_t len)
         reader_i64le(&r, &s->first_pos.offset);
         reader_u32le(&r, &n_pages);
         s->first_pos.partition = (int32_t)part;
+        s->cut_t = NO_CUT;
+        int had_cut = (n_pages & BLOB_HAS_CUT) != 0;
+        if (had_cut) {
+            uint32_t cut_part = 0;
+            n_pages &= ~BLOB_HAS_CUT;
+            reader_i64le(&r, &s->cut_t);
+            reader_u32le(&r, &cut_part);
+            reader_i64le(&r, &s->cut_off);
+            s->cut_part = (int32_t)cut_part;
+        }
         /* Link first so that a failure below frees s with the rest. */
         *tail = s;
         tail = &s->next;
         close_queue_push(e, s);
         e->st.open_sessions++;
         if (r.bad || n_pages > e->cfg.max_pages || n_pages > reader_left(&r) / 24 ||
-            s->first_t > s->last_t ||
+            s->first_t > s->last_t || (had_cut && s->cut_t == NO_CUT) ||
             (prev_last != INT64_MIN && s->first_t - prev_last <= e->cfg.gap_us))
             return -1;
         prev_last = s->last_t;
@@ -905,9 +1019,12 @@ int engine_load_user(engine *e, int64_t user_id, const void *blob, size_t len)
             if (reader_bytes(&r, &str, p.len)) return -1;
             if (p.t < s->first_t || p.t > s->last_t) return -1;
             if (i > 0 && !page_before(&pages_of(s)[i - 1], p.t, p.partition, p.offset)) return -1;
+            if (!before_cut(s, p.t, p.partition, p.offset)) return -1;
+            if ((uint64_t)s->page_bytes + p.len > e->cfg.max_session_bytes) return -1;
             if (session_reserve(s, e->cfg.max_pages, 0, p.len)) return -1;
             p.str_off = arena_push(s, (const char *)str, p.len);
             pages_of(s)[s->n_pages++] = p;
+            s->page_bytes += p.len;
             e->st.open_pages++;
         }
     }

@@ -17,10 +17,11 @@
  *    are not caught up, or the maximum over all once every partition is
  *    caught up; it never decreases. A session closes when the closing
  *    watermark exceeds last + G.
- *  - A session keeps at most max_pages pages: the earliest in (event time,
- *    partition, offset) order. The others are rejected with reason
- *    "session_cap". Which pages are kept depends only on the set of visits,
- *    not on their arrival order.
+ *  - A session keeps the longest run of its pages, in (event time,
+ *    partition, offset) order, that holds at most max_pages pages and at most
+ *    max_session_bytes bytes of page text. The others are rejected with
+ *    reason "session_cap". Which pages are kept depends only on the set of
+ *    visits, not on their arrival order.
  *  - The session id is session_id_of(user, earliest-appended position).
  */
 #ifndef SESSIONIZER_ENGINE_H
@@ -34,6 +35,11 @@
 #include "record/visit.h"
 
 typedef struct engine engine;
+
+/* The largest max_session_bytes: a session's text, with the evicted text it
+ * may hold until compacted (at most as much again) and one more page, stays
+ * below the 4 GiB its 32-bit offsets address. */
+#define ENGINE_MAX_SESSION_BYTES (UINT32_C(1) << 30)
 
 typedef enum reject_reason {
     REJECT_LATE = 1,
@@ -54,6 +60,7 @@ typedef struct engine_config {
     int64_t gap_us;        /* G */
     int64_t lateness_us;   /* L */
     uint32_t max_pages;    /* per session; >= 1 */
+    uint32_t max_session_bytes; /* page text per session; 0: ENGINE_MAX_SESSION_BYTES */
     int track_dirty;       /* remember changed users for incremental checkpoints */
 } engine_config;
 

@@ -114,7 +114,8 @@ static int on_reject(void *ctx, const visit *v, reject_reason why)
     if (why == REJECT_LATE)
         return write_dead_letter(j, "late", "event time below the watermark", raw, v);
     return write_dead_letter(j, "session_cap",
-                             "the session already holds --max-pages earlier pages", raw, v);
+                             "the session already holds --max-pages earlier pages, or "
+                             "--max-session-bytes of earlier pages' text", raw, v);
 }
 
 /* ---- the prefetch pipeline ------------------------------------------------ */
@@ -356,7 +357,8 @@ static int restore(job *j)
     int rc = got == 1 ? engine_load_meta(j->eng, b->data, b->len) : -1;
     if (rc == -2) {
         snprintf(err, errlen, "checkpoint %s was written with other session settings "
-                 "(--gap, --lateness or --max-pages). Rerun with the settings it was written "
+                 "(--gap, --lateness, --max-pages or --max-session-bytes, which is 1GiB for a "
+                 "checkpoint from before that option). Rerun with the settings it was written "
                  "with, or use a new checkpoint directory to reprocess the input",
                  j->cfg->checkpoint_dir);
         return -1;

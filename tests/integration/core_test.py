@@ -677,6 +677,50 @@ def t_mapping(c):
         c.check(p.returncode == 2 and why in p.stderr, f"{bad} refused at start-up: {p.stderr.decode().strip()[:200]}")
 
 
+def t_session_bytes(c):
+    """One user's pages are bounded in bytes as well as in number: the
+    earliest pages within --max-session-bytes are kept whatever the arrival
+    order, the others dead-lettered as session_cap; a checkpoint is bound to
+    the setting."""
+    import json
+    d = tmpdir()
+    log = f"{d}/big.jsonl"
+    order = list(range(30))
+    random.Random(5).shuffle(order)
+    with open(log, "wb") as f:
+        for i in order:  # 100 KiB pages, a second apart, arriving shuffled
+            page = "p%02d" % i + "x" * (100 * 1024 - 3)
+            f.write(b'{"user_id": 7, "page": "%s", "event_time": "2023-02-20T03:03:%02d"}\n'
+                    % (page.encode(), i))
+        f.write(b'{"user_id": 8, "page": "small", "event_time": "2023-02-20T03:03:30"}\n')
+    p = job(f"file:{log}", f"{d}/s.db", None, "--dlq", f"jsonl:{d}/dlq.jsonl", "--lateness", "1h",
+            "--max-session-bytes", "1MiB")
+    got = content(f"{d}/s.db")
+    rows, counts = oracle.sessions(open(log, "rb").read(), lateness_us=3600 * 10**6,
+                                   max_session_bytes=1 << 20)
+    c.eq(got, rows, "the sessions equal the oracle's")
+    big = [v for (sid, u), v in got.items() if u == 7][0]
+    c.eq([x[:3] for x in big], ["p%02d" % i for i in range(10)],
+         "the 10 earliest 100 KiB pages kept (1 MiB holds 10), whatever the arrival order")
+    dl = [json.loads(x) for x in open(f"{d}/dlq.jsonl")]
+    c.eq(sorted(x["reason"] for x in dl), ["session_cap"] * 20, "the 20 others dead-lettered")
+    c.eq(sorted(json.loads(x["record"])["page"][:3] for x in dl), ["p%02d" % i for i in range(10, 30)],
+         "each with its page")
+    s = summary(p.stderr)
+    c.eq((s["records"], s["capped"], s["closed_visits"]), (31, 20, 11), "summary counts")
+    # the default, 8 MiB, keeps all 30 pages (3 MiB)
+    p = job(f"file:{log}", f"{d}/s2.db", None, "--lateness", "1h")
+    c.eq(sorted(len(v) for v in content(f"{d}/s2.db").values()), [1, 30], "the default keeps 3 MiB")
+    # a checkpoint is bound to the setting, like --gap
+    cp = f"{d}/cp"
+    run("run", "--source", f"file:{log}", "--sink", f"sqlite:{d}/s3.db", "--checkpoint", cp,
+        "--lateness", "1h", "--max-session-bytes", "1MiB")
+    p = run("run", "--source", f"file:{log}", "--sink", f"sqlite:{d}/s3.db", "--checkpoint", cp,
+            "--lateness", "1h", "--max-session-bytes", "2MiB", check=False)
+    c.check(p.returncode != 0 and b"--max-session-bytes" in p.stderr,
+            "another --max-session-bytes on the same checkpoint is refused, naming it")
+
+
 TESTS = {name[2:]: fn for name, fn in globals().items() if name.startswith("t_")}
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def main():
                 continue
             max_t = t if max_t is None else max(max_t, t)
             visits.append((u, t, ts, p, off, page))
-    table = oracle.group_sessions(visits, gap, None, counts)
+    table = oracle.group_sessions(visits, gap, None, counts, oracle.MAX_SESSION_BYTES)
     rows = [(sid, u, json.dumps(pages, separators=(",", ":"), ensure_ascii=False))
             for (sid, u), pages in table.items()]
     rows.sort()

@@ -43,12 +43,15 @@ static int on_reject(void *ctx, const visit *v, reject_reason why)
     return 0;
 }
 
+/* max_session_bytes of the engines the tests make (0: the largest) */
+static uint32_t g_max_bytes;
+
 static engine *new_engine(out *o, int64_t gap, int64_t late, uint32_t max_pages)
 {
     memset(o, 0, sizeof *o);
     buf_init(&o->text);
     engine_config cfg = {.gap_us = gap, .lateness_us = late, .max_pages = max_pages,
-                         .track_dirty = 1};
+                         .max_session_bytes = g_max_bytes, .track_dirty = 1};
     engine_callbacks cb = {.ctx = o, .on_close = on_close, .on_reject = on_reject};
     return engine_new(&cfg, &cb);
 }
@@ -210,8 +213,9 @@ static int cmp_str(const void *a, const void *b)
 
 /* Sessions of a single-partition log by the rules, computed in batch:
  * late = below (max earlier accepted time - L); the rest grouped per user
- * into runs with gaps <= G; pages capped to the earliest max_pages. Output
- * lines sorted, for comparison as a set. */
+ * into runs with gaps <= G; pages capped to the longest run of the earliest
+ * that holds at most max_pages pages and g_max_bytes bytes. Output lines
+ * sorted, for comparison as a set. */
 static char **oracle(const rv *in, size_t n, int64_t g, int64_t l, uint32_t cap, size_t *n_out)
 {
     rv *ok = xmalloc(n * sizeof *ok);
@@ -237,8 +241,12 @@ static char **oracle(const rv *in, size_t n, int64_t g, int64_t l, uint32_t cap,
         buf_init(&b);
         buf_printf(&b, "close id=%" PRId64 " user=%" PRId64 " [", session_id_of(ok[i].user, &fp),
                    ok[i].user);
-        for (size_t x = i; x < j && x - i < cap; x++)
+        size_t bytes = 0;
+        for (size_t x = i; x < j && x - i < cap; x++) {
+            bytes += strlen(ok[x].page);
+            if (g_max_bytes && bytes > g_max_bytes) break;
             buf_printf(&b, "%s%s", x > i ? "," : "", ok[x].page);
+        }
         buf_append_str(&b, "]");
         buf_append_byte(&b, 0);
         lines[k++] = (char *)b.data;
@@ -325,7 +333,8 @@ static engine *checkpoint_and_restore(engine *e, store *s, out *o, int64_t g, in
     buf_reset(&s->meta);
     engine_save_meta(e, &s->meta);
     engine_free(e);
-    engine_config cfg = {.gap_us = g, .lateness_us = l, .max_pages = cap, .track_dirty = 1};
+    engine_config cfg = {.gap_us = g, .lateness_us = l, .max_pages = cap,
+                         .max_session_bytes = g_max_bytes, .track_dirty = 1};
     engine_callbacks cb = {.ctx = o, .on_close = on_close, .on_reject = on_reject};
     engine *r = engine_new(&cfg, &cb);
     CHECK(engine_load_meta(r, s->meta.data, s->meta.len) == 0);
@@ -421,6 +430,7 @@ static void test_random_vs_oracle_and_restore(void)
         size_t n = 1 + rnd() % 400;
         int64_t g = (int64_t)(1 + rnd() % 20) * SEC, l = (int64_t)(rnd() % 15) * SEC;
         uint32_t cap = 1 + (uint32_t)(rnd() % 12);
+        g_max_bytes = rnd() % 3 ? 0 : 2 + (uint32_t)(rnd() % 30); /* pages are 2-3 bytes */
         int users = 1 + (int)(rnd() % 8);
         rv *in = xmalloc(n * sizeof *in);
         int64_t clock = 0;
@@ -479,6 +489,96 @@ static void test_random_vs_oracle_and_restore(void)
         buf_free(&st.meta);
         free(in);
     }
+    g_max_bytes = 0;
+}
+
+/* Pages of any length, arriving in any order (so that sessions also merge),
+ * with a checkpoint/restore at random points: the kept pages are the longest
+ * run of the earliest within both caps, as a brute force over the whole set
+ * finds them; the rest are dead-lettered, and the counts add up. */
+static void test_session_bytes_order_independent(void)
+{
+    enum { N = 40 };
+    static char names[N][48];
+    for (int trial = 0; trial < 400; trial++) {
+        rv in[N];
+        size_t n = 1 + rnd() % N;
+        uint32_t cap = 1 + (uint32_t)(rnd() % 20);
+        g_max_bytes = 1 + (uint32_t)(rnd() % 120);
+        for (size_t i = 0; i < n; i++) {
+            in[i].user = (int64_t)(rnd() % 2);
+            in[i].t = (int64_t)(rnd() % 60) * SEC;
+            in[i].off = (int64_t)i;
+            int len = 1 + (int)(rnd() % 40);
+            snprintf(names[i], sizeof names[i], "%02zu%.*s", i, len, "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+            snprintf(in[i].page, sizeof in[i].page, "%.15s", names[i]);
+        }
+        /* the oracle on the pages' full names: sort by user and time */
+        size_t n_exp;
+        rv *sorted = xmalloc(n * sizeof *sorted);
+        memcpy(sorted, in, n * sizeof *sorted);
+        qsort(sorted, n, sizeof *sorted, cmp_user_time);
+        buf want;
+        buf_init(&want);
+        unsigned want_capped = 0;
+        for (size_t i = 0; i < n;) {
+            size_t j = i + 1;
+            int64_t first_off = sorted[i].off;
+            while (j < n && sorted[j].user == sorted[i].user && sorted[j].t - sorted[j - 1].t <= 5 * SEC) {
+                if (sorted[j].off < first_off) first_off = sorted[j].off;
+                j++;
+            }
+            log_position fp = {0, 0, first_off};
+            buf_printf(&want, "close id=%" PRId64 " user=%" PRId64 " [", session_id_of(sorted[i].user, &fp), sorted[i].user);
+            size_t bytes = 0, kept = 0;
+            for (size_t x = i; x < j; x++) {
+                const char *name = names[sorted[x].off];
+                bytes += strlen(name);
+                if (kept == cap || bytes > g_max_bytes) break;
+                buf_printf(&want, "%s%s", kept ? "," : "", name);
+                kept++;
+            }
+            want_capped += (unsigned)(j - i - kept);
+            buf_append_str(&want, "]\n");
+            i = j;
+        }
+        free(sorted);
+        buf_append_byte(&want, 0);
+        char **exp = close_lines((const char *)want.data, &n_exp);
+
+        out o;
+        engine *e = new_engine(&o, 5 * SEC, 1000 * SEC, cap);
+        store st = {0};
+        buf_init(&st.meta);
+        for (size_t i = 0; i < n; i++) {
+            visit v = mk(in[i].user, names[i], in[i].t, 0, in[i].off);
+            engine_apply(e, &v);
+            CHECK_EQ_I64(engine_check_invariants(e), 0);
+            if (rnd() % 4 == 0) e = checkpoint_and_restore(e, &st, &o, 5 * SEC, 1000 * SEC, cap);
+        }
+        engine_close_all(e);
+        size_t n_got;
+        char **got = close_lines(text(&o), &n_got);
+        int same = n_got == n_exp;
+        for (size_t i = 0; same && i < n_got; i++) same = strcmp(got[i], exp[i]) == 0;
+        CHECK(same);
+        CHECK_EQ_I64(o.capped, want_capped);
+        if (!same) {
+            fprintf(stderr, "trial %d (cap %u, %u bytes):\n", trial, cap, g_max_bytes);
+            for (size_t i = 0; i < n_got; i++) fprintf(stderr, "  got %s\n", got[i]);
+            for (size_t i = 0; i < n_exp; i++) fprintf(stderr, "  exp %s\n", exp[i]);
+        }
+        free_lines(got, n_got);
+        free_lines(exp, n_exp);
+        buf_free(&want);
+        engine_free(e);
+        buf_free(&o.text);
+        for (size_t i = 0; i < st.n; i++) buf_free(&st.blobs[i]);
+        free(st.users);
+        free(st.blobs);
+        buf_free(&st.meta);
+    }
+    g_max_bytes = 0;
 }
 
 /* Two partitions replayed in random interleavings give the same sessions
@@ -672,6 +772,17 @@ static void test_corrupt_blobs_refused(void)
     CHECK_EQ_I64(engine_load_meta(r, meta.data, meta.len), -2);
     engine_free(r);
     buf_free(&o4.text);
+    g_max_bytes = 4096;
+    r = new_engine(&o4, 10 * SEC, 0, 100); /* another max_session_bytes */
+    CHECK_EQ_I64(engine_load_meta(r, meta.data, meta.len), -2);
+    engine_free(r);
+    buf_free(&o4.text);
+    g_max_bytes = 5; /* the stored session holds 6 bytes */
+    r = new_engine(&o4, 10 * SEC, 0, 100);
+    CHECK(engine_load_user(r, 1, blob->data, blob->len) != 0);
+    engine_free(r);
+    buf_free(&o4.text);
+    g_max_bytes = 0;
     buf_free(&meta);
     buf_free(&st.blobs[0]);
     free(st.blobs);
@@ -688,6 +799,7 @@ int main(void)
     test_merge_and_order();
     test_page_cap_order_independent();
     test_random_vs_oracle_and_restore();
+    test_session_bytes_order_independent();
     test_ties_close_in_user_order();
     test_queue_after_peak();
     test_partition_interleavings();

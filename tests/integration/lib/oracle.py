@@ -184,7 +184,11 @@ def parse_line(raw, layout=None):
     return u, tu, p
 
 
-def sessions(data, gap_us=50_000_000, lateness_us=10_000_000, max_pages=10000, layout=None):
+MAX_SESSION_BYTES = 8 << 20  # --max-session-bytes' default
+
+
+def sessions(data, gap_us=50_000_000, lateness_us=10_000_000, max_pages=10000, layout=None,
+             max_session_bytes=MAX_SESSION_BYTES):
     """data: the bytes of a JSONL file. Returns (rows, counts): rows maps
     (session_id, user_id) -> list of pages; counts has records, invalid, late,
     capped, visits."""
@@ -211,16 +215,17 @@ def sessions(data, gap_us=50_000_000, lateness_us=10_000_000, max_pages=10000, l
             continue
         max_t = t if max_t is None else max(max_t, t)
         visits.append((u, t, 0, 0, pos, p))
-    rows = group_sessions(visits, gap_us, max_pages, counts)
+    rows = group_sessions(visits, gap_us, max_pages, counts, max_session_bytes)
     return rows, counts
 
 
-def group_sessions(visits, gap_us, max_pages=None, counts=None):
+def group_sessions(visits, gap_us, max_pages=None, counts=None, max_session_bytes=None):
     """The sessions of accepted visits, each (user, t, append_ts, partition,
     offset, page): per user, runs of times with gaps <= G; pages in (t,
-    partition, offset) order, the first max_pages kept; the id from the
-    earliest-appended visit by (append_ts, partition, offset). Returns
-    {(session_id, user_id): pages}; adds visits and capped to counts."""
+    partition, offset) order, the longest run of the first ones that holds at
+    most max_pages pages and max_session_bytes bytes of UTF-8 kept; the id
+    from the earliest-appended visit by (append_ts, partition, offset).
+    Returns {(session_id, user_id): pages}; adds visits and capped to counts."""
     visits = sorted(visits, key=lambda v: (v[0], v[1], v[3], v[4]))
     rows = {}
     i = 0
@@ -232,6 +237,13 @@ def group_sessions(visits, gap_us, max_pages=None, counts=None):
         first = min(group, key=lambda v: (v[2], v[3], v[4]))
         pages = [v[5] for v in group]
         kept = pages if max_pages is None else pages[:max_pages]
+        if max_session_bytes is not None:
+            total = 0
+            for k, page in enumerate(kept):
+                total += len(page.encode("utf-8"))
+                if total > max_session_bytes:
+                    kept = kept[:k]
+                    break
         if counts is not None:
             counts["capped"] = counts.get("capped", 0) + len(pages) - len(kept)
             counts["visits"] = counts.get("visits", 0) + len(kept)
