@@ -3,15 +3,20 @@
 #   make test     every test: the normal build, then ASan+UBSan, then bounded fuzzing
 #   make demo     the reference walkthrough's visits into SQLite, table printed
 #   make bench    the benchmark suite (bench/run)
+#   make install  PREFIX=/usr/local DESTDIR= : binary, man page, systemd unit,
+#                 example configuration (the same as cmake --install)
+#   make deb      the Debian package (dpkg-buildpackage -us -uc -b), in ../
 
 MAKEFLAGS  += --no-print-directory
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 JOBS       ?= 2
+PREFIX     ?= /usr/local
+DESTDIR    ?=
 CTEST_ARGS ?=
 
-.PHONY: all deps build test test-fast test-asan fuzz demo bench clean
+.PHONY: all deps build test test-fast test-asan fuzz demo bench install deb clean
 
 all: build
 
@@ -45,6 +50,14 @@ demo: build
 	@echo
 	@sqlite3 -header -column demo/sessions.db \
 	  "SELECT session_id, user_id, pages, ingestion_time FROM sessions ORDER BY user_id, pages"
+
+install: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_INSTALL_PREFIX=$(PREFIX) >/dev/null
+	@cmake --build $(BUILD) -j$(JOBS)
+	DESTDIR=$(DESTDIR) cmake --install $(BUILD)
+
+deb: deps
+	dpkg-buildpackage -us -uc -b
 
 bench: deps
 	bench/run

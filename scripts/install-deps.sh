@@ -16,6 +16,8 @@ packages=(
   python3 python3-cassandra       # independent check of the CQL bytes
   python3-xxhash                  # the tests' independent session-id oracle
   procps psmisc                   # pkill/killall for the crash tests
+  debhelper dpkg-dev              # the Debian package (debian/, tests/package)
+  systemd man-db groff-base       # systemd-analyze verify, man -l, groff -ww on the man page
 )
 
 missing=()

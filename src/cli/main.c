@@ -72,6 +72,14 @@ int main(int argc, char **argv)
         print_help(stdout);
         return 0;
     }
+    if (argc >= 2 && strcmp(argv[1], "--help-man") == 0) {
+        buf b;
+        buf_init(&b);
+        options_man(&b);
+        fwrite(b.data, 1, b.len, stdout);
+        buf_free(&b);
+        return 0;
+    }
     if (argc >= 2 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0)) {
         printf("sessionizer %s\n", SESSIONIZER_VERSION);
         return 0;

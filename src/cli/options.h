@@ -89,6 +89,9 @@ void options_print(const cli_options *o, buf *out, int origins);
 /* The whole --help text, options included. */
 void options_help(buf *out);
 
+/* The man page sessionizer(1), in roff, from the same table. */
+void options_man(buf *out);
+
 /* "sessionizer: MESSAGE" and a hint to --help on stderr; returns 2. */
 int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
