@@ -1,18 +1,25 @@
 /*
  * checkpoint.h - the job's durable state: where to resume and what is open.
  *
- * A checkpoint directory holds one SQLite database (checkpoint.db, WAL mode,
- * synchronous=FULL) with two tables: meta (named blobs: format version,
- * source identity and position, engine watermarks and counters, sink and
- * dead-letter state) and users (one row per user with open sessions).
- * docs/checkpoint.md explains why SQLite rather than LMDB or RocksDB.
+ * Format 2 (this version): a checkpoint directory holds a snapshot of the
+ * engine's state at one commit (snapshot-<seq>) and append-only logs of the
+ * commits since (log-<seq>), in the encodings of changelog.h. Each commit
+ * appends one checksummed frame (the visits the engine accepted since the
+ * previous commit, the source position and the other named blobs, the
+ * watermarks and counters) and fsyncs it: its cost follows what changed,
+ * never the open state. When the logs outgrow the snapshot a new snapshot is
+ * written and the older files are deleted. Restoring loads the snapshot and
+ * replays the logged frames (docs/checkpoint.md has the argument that this
+ * rebuilds exactly the committed state).
  *
- * Each commit is one SQLite transaction writing only what changed since the
- * previous one (the users the engine marked dirty), so its cost follows the
- * activity, not the number of open sessions. Every row carries an XXH3
- * checksum of its key and value, verified when loaded: a bit flip is refused
- * rather than resumed from. A truncated or damaged file is refused by SQLite
- * itself. Either way the error names the way out.
+ * Format 1 (the SQLite checkpoint.db of earlier versions) is still read: the
+ * first commit after such a restore writes a format-2 snapshot and removes
+ * checkpoint.db. A newer format is refused with the way out.
+ *
+ * Damage is detected by checksums (frames, snapshot chunks, file headers) and
+ * refused with a message naming the way out. A frame cut short at the end of
+ * the newest log is a commit a crash interrupted before its fsync returned:
+ * it is dropped, and the job resumes from the commit before it.
  *
  * The directory is locked (flock) for the life of the job: two jobs on one
  * checkpoint would corrupt each other's progress.
@@ -24,35 +31,44 @@
 #include <stdint.h>
 
 #include "common/buf.h"
+#include "engine/engine.h"
+#include "record/visit.h"
 
 typedef struct checkpoint checkpoint;
 
-/* Creates the directory if needed. */
+/* Creates the directory if needed, takes the lock, reads and checks what the
+ * directory holds (the engine's part is loaded by checkpoint_restore). */
 checkpoint *checkpoint_open(const char *dir, char *err, size_t errlen);
 void checkpoint_close(checkpoint *cp);
 
 /* 1 if a commit exists, 0 if the checkpoint is new. */
 int checkpoint_has_state(checkpoint *cp);
 
-/* 1 and the value in out, 0 if absent, -1 if corrupt (err says so). */
+/* A named blob as of the last commit: 1 and the value in out, 0 if absent,
+ * -1 if corrupt (err says so). */
 int checkpoint_get(checkpoint *cp, const char *key, buf *out, char *err, size_t errlen);
 
-typedef int (*checkpoint_user_fn)(void *ctx, int64_t user_id, const void *blob, size_t len);
-/* Calls fn for each stored user; -1 on corruption or when fn fails. */
-int checkpoint_load_users(checkpoint *cp, checkpoint_user_fn fn, void *ctx, char *err,
-                          size_t errlen);
+/* Rebuilds the engine's state of the last commit into a new engine. 0, -1
+ * (err says why), -2 if written with other session settings (err is left for
+ * the caller, which knows the option names). */
+int checkpoint_restore(checkpoint *cp, engine *e, char *err, size_t errlen);
+
+/* The change log of the commit in progress: every visit the engine accepts
+ * (its on_accept callback) and every engine_close_all, in order. */
+void checkpoint_log_visit(checkpoint *cp, const visit *v);
+void checkpoint_log_close_all(checkpoint *cp);
 
 /* One commit: begin, any number of puts, then commit (or abort). */
 int checkpoint_begin(checkpoint *cp, char *err, size_t errlen);
 int checkpoint_put(checkpoint *cp, const char *key, const void *val, size_t len, char *err,
                    size_t errlen);
-/* blob NULL deletes the user's row. */
-int checkpoint_put_user(checkpoint *cp, int64_t user_id, const void *blob, size_t len, char *err,
-                        size_t errlen);
-int checkpoint_commit(checkpoint *cp, char *err, size_t errlen);
+/* Makes the commit durable, closed with e's watermarks and counters. */
+int checkpoint_commit(checkpoint *cp, const engine *e, char *err, size_t errlen);
 void checkpoint_abort(checkpoint *cp);
 
-/* Bytes on disk (database and WAL), for the summary and the benchmarks. */
+/* Bytes on disk (snapshot and logs), and bytes written by this process
+ * (frames and snapshots), for the summary and the benchmarks. */
 int64_t checkpoint_disk_bytes(checkpoint *cp);
+int64_t checkpoint_bytes_written(checkpoint *cp);
 
 #endif

@@ -137,6 +137,7 @@ struct engine {
     size_t cap_refs;
 
     engine_stats st;
+    int replaying; /* between engine_replay_begin and _end: closing watermark held */
 };
 
 /* ---- small helpers --------------------------------------------------- */
@@ -638,6 +639,7 @@ static partition_state *partition_get(engine *e, int32_t id)
 
 static void recompute_closing_wm(engine *e)
 {
+    if (e->replaying) return;
     int64_t lo = INT64_MAX, hi = INT64_MIN;
     int active = 0;
     for (size_t i = 0; i < e->n_parts; i++) {
@@ -691,6 +693,10 @@ int engine_apply(engine *e, const visit *v)
         return e->cb.on_reject ? e->cb.on_reject(e->cb.ctx, v, REJECT_LATE) : 0;
     }
     e->st.visits_applied++;
+    if (e->cb.on_accept) {
+        int rc = e->cb.on_accept(e->cb.ctx, v);
+        if (rc) return rc;
+    }
 
     user_slot *u = user_insert(e, v->user_id);
     mark_dirty(e, u);
@@ -849,41 +855,101 @@ void engine_save_meta(const engine *e, buf *out)
     }
 }
 
-int engine_load_meta(engine *e, const void *data, size_t len)
+/* The fields of a saved meta blob. */
+typedef struct saved_meta {
+    int64_t gap, lateness, closing;
+    uint32_t max_pages, n_parts;
+    uint64_t counters[7]; /* in engine_save_meta's order */
+    reader parts;         /* n_parts (id u32, max_t i64) pairs */
+} saved_meta;
+
+/* 0, -1 if it does not decode, -2 if it was written with other settings. */
+static int parse_meta(const engine *e, const void *data, size_t len, saved_meta *m)
 {
     reader r;
     reader_init(&r, data, len);
-    uint32_t version = 0, max_pages = 0, n_parts = 0, max_bytes = ENGINE_MAX_SESSION_BYTES;
-    int64_t gap = 0, lateness = 0, closing = 0;
+    uint32_t version = 0, max_bytes = ENGINE_MAX_SESSION_BYTES;
     reader_u32le(&r, &version);
     if (r.bad || version < 1 || version > META_VERSION) return -1;
-    reader_i64le(&r, &gap);
-    reader_i64le(&r, &lateness);
-    reader_u32le(&r, &max_pages);
+    reader_i64le(&r, &m->gap);
+    reader_i64le(&r, &m->lateness);
+    reader_u32le(&r, &m->max_pages);
     if (version >= 2) reader_u32le(&r, &max_bytes);
-    reader_i64le(&r, &closing);
+    reader_i64le(&r, &m->closing);
+    for (size_t i = 0; i < 7; i++) reader_u64le(&r, &m->counters[i]);
+    reader_u32le(&r, &m->n_parts);
+    if (r.bad || m->n_parts > reader_left(&r) / 12 || reader_left(&r) != (size_t)m->n_parts * 12)
+        return -1;
+    if (m->gap != e->cfg.gap_us || m->lateness != e->cfg.lateness_us ||
+        m->max_pages != e->cfg.max_pages || max_bytes != e->cfg.max_session_bytes)
+        return -2;
+    m->parts = r;
+    return 0;
+}
+
+int engine_load_meta(engine *e, const void *data, size_t len)
+{
+    saved_meta m;
+    int rc = parse_meta(e, data, len, &m);
+    if (rc) return rc;
     uint64_t *counters[] = {&e->st.visits_applied, &e->st.rejected_late, &e->st.rejected_cap,
                             &e->st.sessions_closed, &e->st.pages_closed,
                             &e->st.open_sessions, &e->st.open_pages};
-    for (size_t i = 0; i < sizeof counters / sizeof *counters; i++) reader_u64le(&r, counters[i]);
-    reader_u32le(&r, &n_parts);
-    if (r.bad || n_parts > reader_left(&r) / 12) return -1;
-    if (gap != e->cfg.gap_us || lateness != e->cfg.lateness_us || max_pages != e->cfg.max_pages ||
-        max_bytes != e->cfg.max_session_bytes)
-        return -2;
-    e->closing_wm = closing;
+    _Static_assert(sizeof counters / sizeof *counters == sizeof m.counters / sizeof *m.counters,
+                   "every counter saved is loaded");
+    for (size_t i = 0; i < 7; i++) *counters[i] = m.counters[i];
+    e->closing_wm = m.closing;
     e->n_parts = 0;
-    for (uint32_t i = 0; i < n_parts; i++) {
+    for (uint32_t i = 0; i < m.n_parts; i++) {
         uint32_t id = 0;
         int64_t max_t = 0;
-        reader_u32le(&r, &id);
-        reader_i64le(&r, &max_t);
+        reader_u32le(&m.parts, &id);
+        reader_i64le(&m.parts, &max_t);
         partition_get(e, (int32_t)id)->max_t = max_t;
     }
     /* Restored sessions are counted again by engine_load_user. */
     e->st.open_sessions = 0;
     e->st.open_pages = 0;
-    return r.bad || reader_left(&r) != 0 ? -1 : 0;
+    return 0;
+}
+
+void engine_replay_begin(engine *e) { e->replaying = 1; }
+
+int engine_replay_end(engine *e, const void *meta, size_t len)
+{
+    saved_meta m;
+    e->replaying = 0;
+    int rc = parse_meta(e, meta, len, &m);
+    if (rc) return rc;
+    /* The replay saw the same accepted visits, so every partition's maximum
+     * event time must be the commit's; the closing watermark can only be
+     * behind (caught-up signals are not replayed), never ahead. */
+    for (uint32_t i = 0; i < m.n_parts; i++) {
+        uint32_t id = 0;
+        int64_t max_t = 0;
+        reader_u32le(&m.parts, &id);
+        reader_i64le(&m.parts, &max_t);
+        if (partition_get(e, (int32_t)id)->max_t != max_t) return -1;
+    }
+    if (e->n_parts != m.n_parts || m.closing < e->closing_wm) return -1;
+    e->closing_wm = m.closing;
+    rc = close_expired(e);
+    assert(rc == 0 || e->cb.on_close); /* no callback, nothing to fail */
+    if (rc) return rc;
+    if (e->st.open_sessions != m.counters[5] || e->st.open_pages != m.counters[6]) return -1;
+    e->st.visits_applied = m.counters[0];
+    e->st.rejected_late = m.counters[1];
+    e->st.rejected_cap = m.counters[2];
+    e->st.sessions_closed = m.counters[3];
+    e->st.pages_closed = m.counters[4];
+    return 0;
+}
+
+engine_callbacks engine_swap_callbacks(engine *e, const engine_callbacks *cb)
+{
+    engine_callbacks old = e->cb;
+    e->cb = *cb;
+    return old;
 }
 
 #define BLOB_HAS_CUT UINT32_C(0x80000000)
@@ -943,6 +1009,22 @@ int engine_foreach_dirty(engine *e, engine_dirty_fn fn, void *ctx)
         buf_reset(&b);
         encode_user(u->head, &b);
         rc = fn(ctx, e->dirty[i], b.data, b.len);
+    }
+    buf_free(&b);
+    return rc;
+}
+
+int engine_foreach_user(const engine *e, engine_dirty_fn fn, void *ctx)
+{
+    buf b;
+    buf_init(&b);
+    int rc = 0;
+    for (size_t i = 0; i < e->n_slots && !rc; i++) {
+        const user_slot *u = &e->slots[i];
+        if (!u->used || !u->head) continue;
+        buf_reset(&b);
+        encode_user(u->head, &b);
+        rc = fn(ctx, u->user_id, b.data, b.len);
     }
     buf_free(&b);
     return rc;

@@ -54,6 +54,11 @@ typedef struct engine_callbacks {
     int (*on_close)(void *ctx, const closed_session *cs);
     /* A visit was rejected. v->page is valid only during the call. */
     int (*on_reject)(void *ctx, const visit *v, reject_reason why);
+    /* Optional: a visit passed the lateness check and is being applied. The
+     * accepted visits, in order, are the engine's change log: replayed into
+     * the state of an earlier commit they rebuild the state of a later one
+     * (engine_replay_end, src/checkpoint/changelog.h). */
+    int (*on_accept)(void *ctx, const visit *v);
 } engine_callbacks;
 
 typedef struct engine_config {
@@ -98,6 +103,8 @@ int engine_set_caught_up(engine *e, int32_t partition, int caught_up);
  * partition's own maximum from the stage that read it; a value below what
  * the engine already has changes nothing (watermarks never decrease). */
 int engine_advance_partition(engine *e, int32_t partition, int64_t max_t);
+/* (A checkpointed engine's change log records each call with
+ * changelog_add_advance: the replay must see it where the run did.) */
 
 /* Closes every open session (end of a bounded run), in closing order. */
 int engine_close_all(engine *e);
@@ -121,7 +128,35 @@ int engine_load_meta(engine *e, const void *data, size_t len);
 typedef int (*engine_dirty_fn)(void *ctx, int64_t user_id, const void *blob, size_t len);
 int engine_foreach_dirty(engine *e, engine_dirty_fn fn, void *ctx);
 void engine_clear_dirty(engine *e);
-/* Restores one user's sessions from a blob written by engine_foreach_dirty. */
+/* Restores one user's sessions from a blob written by engine_foreach_dirty
+ * or engine_foreach_user. */
 int engine_load_user(engine *e, int64_t user_id, const void *blob, size_t len);
+
+/* Calls fn once per user with open sessions, blob as for
+ * engine_foreach_dirty: a snapshot of the whole state. */
+int engine_foreach_user(const engine *e, engine_dirty_fn fn, void *ctx);
+
+/* Replaces the callbacks and returns the previous ones (a replay runs with
+ * none: what it closes or rejects was already written). */
+engine_callbacks engine_swap_callbacks(engine *e, const engine_callbacks *cb);
+
+/* Replaying one commit's accepted visits (changelog.h) holds the closing
+ * watermark where the previous commit left it: the caught-up signals that
+ * moved it are not in the log, and partitions that the source reported but
+ * that delivered nothing yet are unknown until the commit's meta names them,
+ * so a watermark computed during the replay could pass the original's and
+ * refuse a visit the original accepted. Held, it stays at or below the
+ * original's, every logged visit is accepted again, and no session closes
+ * that a logged visit joined (a visit never joins a session closed before
+ * it: the session's last + G was below the watermark, the visit's time is
+ * not). */
+void engine_replay_begin(engine *e);
+/* Ends the replay of one commit: meta is what engine_save_meta wrote at that
+ * commit. Raises the closing watermark to the commit's, which closes what
+ * that commit had closed, then takes the commit's counters.
+ * Checks that the replay reproduced the commit: same partitions' maximum
+ * event times, same open sessions and pages. Returns 0, -1 if meta does not
+ * decode or the state differs (a corrupt log), -2 if the settings differ. */
+int engine_replay_end(engine *e, const void *meta, size_t len);
 
 #endif

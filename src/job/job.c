@@ -104,6 +104,13 @@ static int on_close(void *ctx, const closed_session *cs)
     return 0;
 }
 
+/* The change log: what a restore replays to rebuild the open sessions. */
+static int on_accept(void *ctx, const visit *v)
+{
+    checkpoint_log_visit(((job *)ctx)->cp, v);
+    return 0;
+}
+
 static int on_reject(void *ctx, const visit *v, reject_reason why)
 {
     job *j = ctx;
@@ -190,12 +197,6 @@ static void deadletter_identity(job *j, buf *out)
     else buf_printf(out, "%s:", j->dlq->ops->scheme);
 }
 
-static int put_user(void *ctx, int64_t user_id, const void *blob, size_t len)
-{
-    job *j = ctx;
-    return checkpoint_put_user(j->cp, user_id, blob, len, j->err, j->errlen);
-}
-
 static void save_counters(const job *j, buf *out)
 {
     buf_put_u64le(out, j->res->records);
@@ -226,7 +227,6 @@ static int commit_at(job *j, int with_position)
     if (!j->cp) return 0;
     buf *b = &j->scratch;
     if (checkpoint_begin(j->cp, j->err, j->errlen)) return -1;
-    if (engine_foreach_dirty(j->eng, put_user, j) != 0) goto fail;
 #define PUT(key, fill)                                                                   \
     do {                                                                                 \
         buf_reset(b);                                                                    \
@@ -236,7 +236,6 @@ static int commit_at(job *j, int with_position)
     PUT("source_uri", buf_append_str(b, j->cfg->source_uri));
     PUT("source_id", source_identity(j, b));
     if (with_position) PUT("source_position", j->src->ops->position(j->src, b));
-    PUT("engine", engine_save_meta(j->eng, b));
     PUT("records", record_mapping_describe(&j->cfg->records, b));
     PUT("counters", save_counters(j, b));
     PUT("sink_id", sink_identity(j, b));
@@ -244,19 +243,14 @@ static int commit_at(job *j, int with_position)
     if (j->snk->ops->save) PUT("sink", j->snk->ops->save(j->snk, b));
     if (j->dlq->ops->save) PUT("deadletter", j->dlq->ops->save(j->dlq, b));
 #undef PUT
-    if (checkpoint_commit(j->cp, j->err, j->errlen)) return -1;
-    engine_clear_dirty(j->eng);
+    if (checkpoint_commit(j->cp, j->eng, j->err, j->errlen)) return -1;
+    engine_clear_dirty(j->eng); /* gives back the close queue's memory after a peak */
     if (j->src->ops->committed) j->src->ops->committed(j->src);
     j->res->commits++;
     return 0;
 fail:
     checkpoint_abort(j->cp);
     return -1;
-}
-
-static int load_user(void *ctx, int64_t user_id, const void *blob, size_t len)
-{
-    return engine_load_user(ctx, user_id, blob, len);
 }
 
 /* The record layout is bound to the checkpoint like --gap: the same log
@@ -352,9 +346,8 @@ static int restore(job *j)
     if (check_output(j, "sink_id", "sink", "--sink", sink_identity) ||
         check_output(j, "deadletter_id", "dead-letter output", "--dlq", deadletter_identity))
         return -1;
-    got = checkpoint_get(j->cp, "engine", b, err, errlen);
-    if (got < 0) return -1;
-    int rc = got == 1 ? engine_load_meta(j->eng, b->data, b->len) : -1;
+    if (check_records(j)) return -1;
+    int rc = checkpoint_restore(j->cp, j->eng, err, errlen);
     if (rc == -2) {
         snprintf(err, errlen, "checkpoint %s was written with other session settings "
                  "(--gap, --lateness, --max-pages or --max-session-bytes, which is 1GiB for a "
@@ -363,14 +356,7 @@ static int restore(job *j)
                  j->cfg->checkpoint_dir);
         return -1;
     }
-    if (rc != 0) {
-        snprintf(err, errlen, "checkpoint %s is corrupt (engine state does not decode). "
-                 "Delete it to reprocess the input from the beginning: the replay rewrites "
-                 "the same rows", j->cfg->checkpoint_dir);
-        return -1;
-    }
-    if (check_records(j)) return -1;
-    if (checkpoint_load_users(j->cp, load_user, j->eng, err, errlen)) return -1;
+    if (rc) return -1;
     got = checkpoint_get(j->cp, "counters", b, err, errlen);
     if (got < 0) return -1;
     reader r;
@@ -464,7 +450,10 @@ static int run_loop(job *j)
         }
         if (st == SOURCE_END) {
             if (update_partitions(j, 0, 0)) return -1;
-            if (cfg->until_end && engine_close_all(j->eng)) return -1;
+            if (cfg->until_end) {
+                if (j->cp) checkpoint_log_close_all(j->cp);
+                if (engine_close_all(j->eng)) return -1;
+            }
             return commit(j);
         }
         /* Clock checks are cheap but not free: look every 64 records (at
@@ -512,8 +501,10 @@ int job_run(const job_config *cfg, job_result *res, char *err, size_t errlen)
                             errlen);
     if (!j.dlq) goto out;
     engine_config ec = cfg->engine;
-    ec.track_dirty = cfg->checkpoint_dir != NULL;
-    engine_callbacks cb = {.ctx = &j, .on_close = on_close, .on_reject = on_reject};
+    engine_callbacks cb = {.ctx = &j,
+                           .on_close = on_close,
+                           .on_reject = on_reject,
+                           .on_accept = cfg->checkpoint_dir ? on_accept : NULL};
     j.eng = engine_new(&ec, &cb);
     j.parser = record_parser_new(&cfg->records);
     j.parts = xcalloc(MAX_PARTITIONS, sizeof *j.parts);

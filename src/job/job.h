@@ -7,7 +7,8 @@
  *      rejected records to the dead-letter output;
  *   2. flush the sink and the dead-letter output (durable acknowledgement);
  *   3. commit the checkpoint: source position after the last applied record,
- *      the open sessions that changed, watermarks, counters, output states.
+ *      the visits the engine accepted since the previous commit (its change
+ *      log), watermarks, counters, output states.
  * A crash before 3 resumes from the previous commit and rewrites the same
  * rows (upserts on ids that depend only on the log); a crash after 3 resumes
  * after them. Either way the table ends the same.

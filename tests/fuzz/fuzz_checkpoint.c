@@ -1,15 +1,18 @@
 /*
- * fuzz_checkpoint.c - the checkpoint decoders (engine meta and per-user open
- * sessions) on arbitrary bytes, as read back from a damaged checkpoint.
+ * fuzz_checkpoint.c - the checkpoint decoders (engine meta, per-user open
+ * sessions, change-log frames and their replay, snapshots) on arbitrary
+ * bytes, as read back from a damaged checkpoint.
  *
  * Input: one byte selecting the decoder, then the blob. A blob the decoder
- * accepts must leave a consistent engine: closing everything emits exactly
- * the sessions and pages it reports open, each page within its session.
+ * accepts must leave a consistent engine: its invariants hold, and closing
+ * everything emits exactly the sessions and pages it reports open, each page
+ * within its session.
  */
 #include "fuzz_check.h"
 #include <stdint.h>
 #include <string.h>
 
+#include "checkpoint/changelog.h"
 #include "engine/engine.h"
 
 static uint64_t pages_seen;
@@ -32,9 +35,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     engine *e = engine_new(&cfg, &cb);
     const uint8_t *blob = data + 1;
     size_t len = size - 1;
-    if (data[0] & 1) {
-        (void)engine_load_meta(e, blob, len);
-    } else if (engine_load_user(e, 42, blob, len) == 0) {
+    int loaded = 0;
+    changelog_view v;
+    uint64_t seq;
+    switch (data[0] & 3) {
+    case 1: (void)engine_load_meta(e, blob, len); break;
+    case 0: loaded = engine_load_user(e, 42, blob, len) == 0; break;
+    case 2:
+        /* a frame that parses replays (or is refused) without breaking e */
+        if (changelog_parse(blob, len, &v) == 1) {
+            (void)changelog_foreach_meta(&v, NULL, NULL);
+            (void)changelog_replay(e, &v);
+            loaded = 1;
+        }
+        break;
+    default:
+        (void)changelog_snapshot_meta(blob, len, &seq, NULL, NULL);
+        loaded = changelog_load_snapshot(e, blob, len, &seq, NULL, NULL) == 0;
+        break;
+    }
+    if (loaded) {
+        REQUIRE(engine_check_invariants(e) == 0);
         engine_stats before, after;
         engine_get_stats(e, &before);
         pages_seen = 0;

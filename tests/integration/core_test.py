@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
 import oracle  # noqa: E402
-from harness import BIN, ROOT, Checks, content, generate, run, summary, table, tmpdir  # noqa: E402
+from harness import BIN, GEN, PY, ROOT, Checks, content, generate, run, summary, table, tmpdir  # noqa: E402
 
 SAMPLE = os.path.join(ROOT, "samples", "visits.jsonl")
 
@@ -226,44 +226,96 @@ def t_deadletter(c):
     c.check(all(x["reason"] == "session_cap" for x in dl), "with reason session_cap")
 
 
+def frames(path):
+    """(offset, length) of each frame of a checkpoint log (docs/checkpoint.md)."""
+    data = open(path, "rb").read()
+    at, out = 24, []
+    while at + 24 <= len(data):
+        n = 24 + int.from_bytes(data[at + 4:at + 8], "little")
+        out.append((at, n))
+        at += n
+    return out
+
+
+def flip(path, at):
+    data = bytearray(open(path, "rb").read())
+    data[at] ^= 0x10
+    open(path, "wb").write(bytes(data))
+
+
 def t_corrupt(c):
     d = tmpdir()
     log = f"{d}/visits.jsonl"
     generate(log, 5000, "--users", 2000, "--seed", 9)
-    args = ["run", "--source", f"file:{log}", "--sink", f"sqlite:{d}/s.db", "--checkpoint", f"{d}/cp"]
-    run(*args)  # no --until-end: open sessions stay in the checkpoint
-    db = f"{d}/cp/checkpoint.db"
-    good = open(db, "rb").read()
-    con = sqlite3.connect(db)
-    n_users = con.execute("SELECT count(*) FROM users").fetchone()[0]
-    con.close()
-    c.check(n_users > 100, f"the checkpoint holds open sessions ({n_users} users)")
-    # a bit flipped inside a stored session: refused by its checksum
-    con = sqlite3.connect(db)
-    uid, blob = con.execute("SELECT user_id, state FROM users LIMIT 1").fetchone()
-    blob = bytearray(blob)
-    blob[len(blob) // 2] ^= 0x10
-    con.execute("UPDATE users SET state = ? WHERE user_id = ?", (bytes(blob), uid))
-    con.commit()
-    con.close()
+    args = ["run", "--source", f"file:{log}", "--sink", f"sqlite:{d}/s.db", "--checkpoint", f"{d}/cp",
+            "--commit-every", "1000"]
+    # no --until-end: open sessions stay in the checkpoint; a snapshot after
+    # the first kilobyte of log, so that there is one to damage
+    env = dict(os.environ, SESSIONIZER_SNAPSHOT_MIN_BYTES="1024")
+    first = subprocess.run([BIN, *args], capture_output=True, env=env)
+    c.eq(first.returncode, 0, "first run")
+    open_users = summary(first.stderr)["open_sessions"]
+    c.check(open_users > 100, f"the checkpoint holds open sessions ({open_users})")
+    names = sorted(os.listdir(f"{d}/cp"))
+    snaps = [n for n in names if n.startswith("snapshot-")]
+    logs = [n for n in names if n.startswith("log-")]
+    c.eq((len(snaps), len(logs)), (1, 1), f"one snapshot and the log after it: {names}")
+    good = {n: open(f"{d}/cp/{n}", "rb").read() for n in snaps + logs}
+
+    def restore_all():
+        for n, data in good.items():
+            open(f"{d}/cp/{n}", "wb").write(data)
+
+    def refused(what):
+        p = run(*args, check=False)
+        err = p.stderr.decode()
+        c.eq(p.returncode, 1, f"{what} is refused")
+        c.check("corrupt" in err and "delete" in err.lower(), f"{what}: with a message naming the way out: {err.strip()[:300]}")
+        restore_all()
+
+    # the log holds frames only of the commits after the snapshot: write more
+    # of them by resuming on a longer file
+    with open(log, "ab") as f:
+        f.write(subprocess.run([PY, GEN, "3000", "--users", "2000", "--seed", "10"],
+                               capture_output=True, check=True).stdout.replace(b"2023-02-20", b"2023-02-21"))
+    run(*args)
+    lg = f"{d}/cp/{sorted(n for n in os.listdir(f'{d}/cp') if n.startswith('log-'))[-1]}"
+    fr = frames(lg)
+    c.check(len(fr) >= 3, f"several commits in the log ({len(fr)})")
+    good = {n: open(f"{d}/cp/{n}", "rb").read() for n in os.listdir(f"{d}/cp") if n != "lock"}
+    snap = f"{d}/cp/{[n for n in good if n.startswith('snapshot-')][0]}"
+    # a bit flipped inside a commit that later commits follow
+    flip(lg, fr[0][0] + fr[0][1] // 2)
+    refused("a flipped bit in a logged commit")
+    # a bit flipped in the snapshot
+    flip(snap, len(good[os.path.basename(snap)]) // 2)
+    refused("a flipped bit in the snapshot")
+    # a snapshot cut short, a damaged log header
+    open(snap, "wb").write(good[os.path.basename(snap)][: len(good[os.path.basename(snap)]) * 2 // 3])
+    refused("a truncated snapshot")
+    flip(lg, 2)
+    refused("a damaged log header")
+    # a missing snapshot
+    os.remove(snap)
+    refused("a log without its snapshot")
+    # the last commit cut short (a crash during its write, before its fsync
+    # returned): dropped, and the job resumes from the commit before it
+    at, n = fr[-1]
+    open(lg, "r+b").truncate(at + n // 2)
     p = run(*args, check=False)
-    err = p.stderr.decode()
-    c.eq(p.returncode, 1, "a flipped bit is refused")
-    c.check("corrupt" in err and "delete" in err.lower(), f"with a message naming the way out: {err.strip()[:300]}")
-    # truncated file
-    open(db, "wb").write(good[: len(good) // 3])
-    for suffix in ("-wal", "-shm"):
-        if os.path.exists(db + suffix):
-            os.remove(db + suffix)
+    c.eq(p.returncode, 0, "a commit cut short at the end of the log is dropped")
+    c.check(b"cut short by a crash" in p.stderr, "and reported: " + p.stderr.decode().strip()[:300])
+    restore_all()
+    # a format this version does not know
+    data = bytearray(good[os.path.basename(snap)])
+    data[4] = 9
+    open(snap, "wb").write(bytes(data))
     p = run(*args, check=False)
-    c.eq(p.returncode, 1, "a truncated checkpoint is refused")
-    c.check(b"corrupt" in p.stderr, "as corrupt: " + p.stderr.decode().strip()[:200])
-    # random bytes over the header
-    buf = bytearray(good)
-    buf[0:16] = b"garbage garbage!"
-    open(db, "wb").write(bytes(buf))
+    c.eq(p.returncode, 1, "a newer format is refused")
+    c.check(b"newer version" in p.stderr and b"delete" in p.stderr, "naming the way out: " + p.stderr.decode().strip()[:300])
+    restore_all()
     p = run(*args, check=False)
-    c.eq(p.returncode, 1, "a checkpoint that is not a database is refused")
+    c.eq(p.returncode, 0, "the undamaged checkpoint resumes")
     # the settings it was written with are enforced
     shutil.rmtree(f"{d}/cp")
     run(*args)
@@ -287,12 +339,44 @@ def t_corrupt(c):
     # two jobs on one checkpoint
     holder = subprocess.Popen([BIN, *args[:-2], "--checkpoint", f"{d}/cp2", "--source", "-"],
                               stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    time.sleep(0.3)
+    deadline = time.time() + 20  # the holder has the lock once its log exists
+    while time.time() < deadline and not os.path.exists(f"{d}/cp2/log-0000000000000000"):
+        time.sleep(0.05)
     p = run(*args[:-2], "--checkpoint", f"{d}/cp2", check=False)
     holder.stdin.close()
     holder.wait()
     c.eq(p.returncode, 1, "a checkpoint in use is refused")
     c.check(b"in use" in p.stderr, "saying it is in use")
+
+
+def t_upgrade(c):
+    """A checkpoint of the previous format (tests/fixtures/checkpoint-v1, written
+    by the version before this one) is resumed: the table, dead letters and
+    counts end as one uninterrupted run's, and the checkpoint is now format 2."""
+    d = tmpdir()
+    fx = os.path.join(ROOT, "tests", "fixtures", "checkpoint-v1")
+    shutil.copytree(fx, f"{d}/fx")
+    data = open(f"{fx}/visits.jsonl", "rb").read()
+    ref = run("run", "--source", "-", "--sink", f"sqlite:{d}/ref.db", "--dlq", f"jsonl:{d}/ref.dlq",
+              "--max-pages", "20", "--until-end", stdin=data)
+    args = ["run", "--source", "-", "--sink", f"sqlite:{d}/fx/sessions.db", "--checkpoint", f"{d}/fx/checkpoint",
+            "--dlq", f"jsonl:{d}/fx/deadletter.jsonl", "--max-pages", "20"]
+    p = run(*args, "--gap", "40s", check=False, stdin=data)
+    c.eq(p.returncode, 1, "the old checkpoint's settings are still enforced")
+    c.check(b"--gap" in p.stderr, "naming them")
+    p = run(*args, "--until-end", stdin=data)
+    c.check(b"resumed from checkpoint" in p.stderr, "the format-1 checkpoint is resumed")
+    c.eq(content(f"{d}/fx/sessions.db"), content(f"{d}/ref.db"), "the table of an uninterrupted run")
+    c.eq(open(f"{d}/fx/deadletter.jsonl", "rb").read(), open(f"{d}/ref.dlq", "rb").read(),
+         "the dead letters of an uninterrupted run")
+    s, r = summary(p.stderr), summary(ref.stderr)
+    c.eq(s, r, "the counts of an uninterrupted run")
+    names = os.listdir(f"{d}/fx/checkpoint")
+    c.check("checkpoint.db" not in names and any(n.startswith("snapshot-") for n in names),
+            f"the checkpoint was rewritten in format 2: {sorted(names)}")
+    p = run(*args, "--until-end", stdin=data)
+    c.check(b"resumed from checkpoint" in p.stderr, "and resumes in format 2")
+    c.eq(summary(p.stderr), r, "with nothing left to do")
 
 
 def t_cli(c):
@@ -453,15 +537,15 @@ def t_sqlite_paths(c):
     holder = subprocess.Popen([*args, "./file:ck"], cwd=d, stdin=subprocess.PIPE,
                               stderr=subprocess.DEVNULL)
     deadline = time.time() + 10
-    while time.time() < deadline and not os.path.exists(f"{d}/file:ck/checkpoint.db"):
+    while time.time() < deadline and not os.path.exists(f"{d}/file:ck/log-0000000000000000"):
         time.sleep(0.05)
     p = subprocess.run([*args, "./file:ck"], cwd=d, capture_output=True, stdin=subprocess.DEVNULL)
     holder.stdin.close()
     holder.wait(timeout=30)
     c.eq(p.returncode, 1, "a second job on ./file:ck is refused")
     c.check(b"in use" in p.stderr, "by the lock: " + p.stderr.decode().strip()[:300])
-    c.eq(sorted(os.listdir(f"{d}/file:ck")), ["checkpoint.db", "lock"],
-         "the database lives next to its lock")
+    c.eq(sorted(os.listdir(f"{d}/file:ck")), ["lock", "log-0000000000000000"],
+         "the checkpoint's files live next to its lock")
     c.check(not os.path.exists(f"{d}/ck"), "and nothing went to ./ck")
 
 

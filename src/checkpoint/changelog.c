@@ -1,0 +1,459 @@
+/*
+ * changelog.c - frames and snapshots of the engine's state (formats and the
+ * argument for replay in changelog.h and docs/checkpoint.md).
+ */
+#include "checkpoint/changelog.h"
+
+#include <assert.h>
+#include <string.h>
+#include <xxhash.h>
+
+#define FRAME_MAGIC 0x46435a53u    /* "SZCF" */
+#define SNAPSHOT_MAGIC 0x4e535a53u /* "SZSN" */
+#define SNAPSHOT_VERSION 2u        /* format 1 was the SQLite checkpoint */
+#define FRAME_SEED 0x6672616d65ull /* different seeds: a frame never verifies as a chunk */
+#define CHUNK_SEED 0x6368756e6bull
+#define CHUNK_TARGET (1u << 20)
+#define MAX_KEY 255
+
+enum { EV_VISIT = 1, EV_CLOSE_ALL = 2, EV_ADVANCE = 3 };
+
+/* ---- varints ---------------------------------------------------------------- */
+
+static inline uint64_t zigzag(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); }
+static inline int64_t unzigzag(uint64_t v) { return (int64_t)(v >> 1) ^ -(int64_t)(v & 1); }
+
+static inline void put_varint(buf *b, uint64_t v)
+{
+    buf_reserve(b, 10);
+    unsigned char *p = b->data + b->len;
+    while (v >= 0x80) {
+        *p++ = (unsigned char)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (unsigned char)v;
+    b->len = (size_t)(p - b->data);
+}
+
+static inline int get_varint(reader *r, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+        if (r->p >= r->end) break;
+        unsigned char c = *r->p++;
+        v |= (uint64_t)(c & 0x7f) << shift;
+        if (!(c & 0x80)) {
+            *out = v;
+            return 0;
+        }
+    }
+    r->bad = 1;
+    return -1;
+}
+
+/* Wrapping differences: deltas of arbitrary int64 values round-trip. */
+static inline int64_t wrap_sub(int64_t a, int64_t b) { return (int64_t)((uint64_t)a - (uint64_t)b); }
+static inline int64_t wrap_add(int64_t a, int64_t b) { return (int64_t)((uint64_t)a + (uint64_t)b); }
+
+/* ---- frames --------------------------------------------------------------- */
+
+void changelog_frame_init(changelog_frame *f)
+{
+    memset(f, 0, sizeof *f);
+    buf_init(&f->events);
+    buf_init(&f->meta);
+}
+
+void changelog_frame_free(changelog_frame *f)
+{
+    buf_free(&f->events);
+    buf_free(&f->meta);
+}
+
+void changelog_frame_reset(changelog_frame *f)
+{
+    buf_reset(&f->events);
+    buf_reset(&f->meta);
+    f->n_events = f->n_meta = 0;
+    f->prev_t = f->prev_off = f->prev_ts = 0;
+}
+
+void changelog_add_visit(changelog_frame *f, const visit *v)
+{
+    buf *b = &f->events;
+    buf_reserve(b, 1 + 6 * 10 + v->page_len);
+    b->data[b->len++] = EV_VISIT;
+    put_varint(b, zigzag(v->user_id));
+    put_varint(b, zigzag(wrap_sub(v->event_time_us, f->prev_t)));
+    put_varint(b, (uint32_t)v->pos.partition);
+    put_varint(b, zigzag(wrap_sub(v->pos.offset, f->prev_off)));
+    put_varint(b, zigzag(wrap_sub(v->pos.append_ts_ms, f->prev_ts)));
+    put_varint(b, v->page_len);
+    memcpy(b->data + b->len, v->page, v->page_len);
+    b->len += v->page_len;
+    f->prev_t = v->event_time_us;
+    f->prev_off = v->pos.offset;
+    f->prev_ts = v->pos.append_ts_ms;
+    f->n_events++;
+}
+
+void changelog_add_close_all(changelog_frame *f)
+{
+    buf_append_byte(&f->events, EV_CLOSE_ALL);
+    f->n_events++;
+}
+
+void changelog_add_advance(changelog_frame *f, int32_t partition, int64_t max_t)
+{
+    buf_append_byte(&f->events, EV_ADVANCE);
+    put_varint(&f->events, (uint32_t)partition);
+    put_varint(&f->events, zigzag(max_t));
+    f->n_events++;
+}
+
+static void put_meta_entry(buf *b, const char *key, const void *val, size_t len)
+{
+    size_t kl = strlen(key);
+    assert(kl <= MAX_KEY && len <= UINT32_MAX);
+    unsigned char k[2] = {(unsigned char)kl, 0};
+    buf_append(b, k, 2);
+    buf_append(b, key, kl);
+    buf_put_u32le(b, (uint32_t)len);
+    buf_append(b, val, len);
+}
+
+void changelog_add_meta(changelog_frame *f, const char *key, const void *val, size_t len)
+{
+    put_meta_entry(&f->meta, key, val, len);
+    f->n_meta++;
+}
+
+void changelog_seal(const changelog_frame *f, uint64_t seq, const engine *e, buf *out)
+{
+    size_t start = out->len;
+    unsigned char zero[CHANGELOG_FRAME_HEADER] = {0};
+    buf_append(out, zero, sizeof zero);
+    buf_put_u32le(out, f->n_events);
+    buf_append(out, f->events.data, f->events.len);
+    buf_put_u32le(out, f->n_meta);
+    buf_append(out, f->meta.data, f->meta.len);
+    size_t at = out->len;
+    buf_put_u32le(out, 0);
+    engine_save_meta(e, out);
+    uint32_t em = (uint32_t)(out->len - at - 4);
+    for (int i = 0; i < 4; i++) out->data[at + i] = (unsigned char)(em >> (8 * i));
+    size_t body = out->len - start - CHANGELOG_FRAME_HEADER;
+    assert(body <= UINT32_MAX);
+    unsigned char *h = out->data + start;
+    for (int i = 0; i < 4; i++) h[i] = (unsigned char)(FRAME_MAGIC >> (8 * i));
+    for (int i = 0; i < 4; i++) h[4 + i] = (unsigned char)(body >> (8 * i));
+    for (int i = 0; i < 8; i++) h[16 + i] = (unsigned char)(seq >> (8 * i));
+    /* the checksum covers seq and body: a frame moved to another place in
+     * the sequence does not verify */
+    uint64_t sum = XXH3_64bits_withSeed(h + 16, 8 + body, FRAME_SEED);
+    for (int i = 0; i < 8; i++) h[8 + i] = (unsigned char)(sum >> (8 * i));
+}
+
+static int skip_meta_entry(reader *r)
+{
+    const unsigned char *kl, *skip;
+    uint32_t vl = 0;
+    if (reader_bytes(r, &kl, 2)) return -1;
+    size_t klen = (size_t)kl[0] | (size_t)kl[1] << 8;
+    return reader_bytes(r, &skip, klen) || reader_u32le(r, &vl) || reader_bytes(r, &skip, vl) ? -1
+                                                                                                : 0;
+}
+
+int changelog_parse(const void *data, size_t len, changelog_view *out)
+{
+    const unsigned char *h = data;
+    if (len < CHANGELOG_FRAME_HEADER) return 0;
+    if (load_u32le(h) != FRAME_MAGIC) return -1;
+    size_t body = load_u32le(h + 4);
+    if (len - CHANGELOG_FRAME_HEADER < body) return 0;
+    if (XXH3_64bits_withSeed(h + 16, 8 + body, FRAME_SEED) != load_u64le(h + 8)) return -1;
+    memset(out, 0, sizeof *out);
+    out->seq = load_u64le(h + 16);
+    out->frame_len = CHANGELOG_FRAME_HEADER + body;
+    reader r;
+    reader_init(&r, h + CHANGELOG_FRAME_HEADER, body);
+    reader_u32le(&r, &out->n_events);
+    out->events = r.p;
+    /* events are skipped over here, decoded by the replay */
+    for (uint32_t i = 0; i < out->n_events && !r.bad; i++) {
+        const unsigned char *kind;
+        if (reader_bytes(&r, &kind, 1)) break;
+        if (*kind == EV_CLOSE_ALL) continue;
+        uint64_t x = 0;
+        if (*kind == EV_ADVANCE) {
+            get_varint(&r, &x);
+            get_varint(&r, &x);
+            continue;
+        }
+        if (*kind != EV_VISIT) return -1;
+        for (int k = 0; k < 6; k++) get_varint(&r, &x);
+        const unsigned char *page;
+        if (r.bad || x > reader_left(&r)) return -1;
+        reader_bytes(&r, &page, (size_t)x);
+    }
+    out->events_len = (size_t)(r.p - out->events);
+    reader_u32le(&r, &out->n_meta);
+    out->meta = r.p;
+    for (uint32_t i = 0; i < out->n_meta && !r.bad; i++) {
+        if (skip_meta_entry(&r)) return -1;
+    }
+    out->meta_len = (size_t)(r.p - out->meta);
+    uint32_t em = 0;
+    reader_u32le(&r, &em);
+    if (r.bad || em != reader_left(&r)) return -1;
+    out->engine_meta = r.p;
+    out->engine_meta_len = em;
+    return 1;
+}
+
+static int foreach_meta(const unsigned char *p, size_t len, uint32_t n, changelog_meta_fn fn,
+                        void *ctx)
+{
+    reader r;
+    reader_init(&r, p, len);
+    for (uint32_t i = 0; i < n; i++) {
+        const unsigned char *kl, *key, *val;
+        uint32_t vl = 0;
+        size_t klen;
+        if (reader_bytes(&r, &kl, 2)) return -1;
+        klen = (size_t)kl[0] | (size_t)kl[1] << 8;
+        if (reader_bytes(&r, &key, klen) || reader_u32le(&r, &vl) || reader_bytes(&r, &val, vl))
+            return -1;
+        if (fn && fn(ctx, (const char *)key, klen, val, vl)) return -1;
+    }
+    return reader_left(&r) == 0 ? 0 : -1;
+}
+
+int changelog_foreach_meta(const changelog_view *v, changelog_meta_fn fn, void *ctx)
+{
+    return foreach_meta(v->meta, v->meta_len, v->n_meta, fn, ctx);
+}
+
+/* Decodes the next event: 1 a visit in *out, 2 "close all", 3 an advance
+ * (partition and max_t in out->pos.partition and out->event_time_us), -1
+ * damaged. */
+static int next_event(reader *r, int64_t prev[3], visit *out)
+{
+    const unsigned char *kind;
+    if (reader_bytes(r, &kind, 1)) return -1;
+    if (*kind == EV_CLOSE_ALL) return 2;
+    if (*kind == EV_ADVANCE) {
+        uint64_t part = 0, t = 0;
+        get_varint(r, &part);
+        get_varint(r, &t);
+        if (r->bad || part > INT32_MAX) return -1;
+        *out = (visit){.event_time_us = unzigzag(t), .pos = {.partition = (int32_t)part}};
+        return 3;
+    }
+    if (*kind != EV_VISIT) return -1;
+    uint64_t user = 0, dt = 0, part = 0, doff = 0, dts = 0, plen = 0;
+    const unsigned char *page;
+    get_varint(r, &user);
+    get_varint(r, &dt);
+    get_varint(r, &part);
+    get_varint(r, &doff);
+    get_varint(r, &dts);
+    get_varint(r, &plen);
+    if (r->bad || part > INT32_MAX || plen > UINT32_MAX || reader_bytes(r, &page, plen)) return -1;
+    *out = (visit){.user_id = unzigzag(user),
+                   .event_time_us = wrap_add(prev[0], unzigzag(dt)),
+                   .page = (const char *)page,
+                   .page_len = (uint32_t)plen,
+                   .pos = {.append_ts_ms = wrap_add(prev[2], unzigzag(dts)),
+                           .partition = (int32_t)part,
+                           .offset = wrap_add(prev[1], unzigzag(doff))}};
+    prev[0] = out->event_time_us;
+    prev[1] = out->pos.offset;
+    prev[2] = out->pos.append_ts_ms;
+    return 1;
+}
+
+/* Visits are decoded this far ahead of the one applied, and the memory they
+ * will touch prefetched in the engine's three stages, as the job does
+ * (PIPELINE in job.c): a replay is as bound by memory latency as a run. */
+#define AHEAD 12
+
+int changelog_replay(engine *e, const changelog_view *v)
+{
+    engine_callbacks none = {0};
+    engine_callbacks saved = engine_swap_callbacks(e, &none);
+    engine_stats before;
+    engine_get_stats(e, &before);
+    engine_replay_begin(e);
+    reader r;
+    reader_init(&r, v->events, v->events_len);
+    int64_t prev[3] = {0, 0, 0};
+    visit ring[AHEAD];
+    int kinds[AHEAD];
+    size_t head = 0, len = 0;
+    uint32_t decoded = 0;
+    int rc = 0;
+    while (!rc && (decoded < v->n_events || len > 0)) {
+        if (decoded < v->n_events && len < AHEAD) {
+            size_t at = (head + len) % AHEAD;
+            kinds[at] = next_event(&r, prev, &ring[at]);
+            if (kinds[at] < 0) {
+                rc = -1;
+                break;
+            }
+            decoded++;
+            len++;
+            if (kinds[at] == 1) engine_prefetch(e, ring[at].user_id, 0);
+            size_t s1 = (head + len + AHEAD - 1 - AHEAD / 3) % AHEAD;
+            size_t s2 = (head + len + AHEAD - 1 - 2 * AHEAD / 3) % AHEAD;
+            if (len > AHEAD / 3 && kinds[s1] == 1) engine_prefetch(e, ring[s1].user_id, 1);
+            if (len > 2 * AHEAD / 3 && kinds[s2] == 1) engine_prefetch(e, ring[s2].user_id, 2);
+            if (len < AHEAD && decoded < v->n_events) continue;
+        }
+        /* the oldest: the ring is full, or everything is decoded */
+        if (kinds[head] == 2) engine_close_all(e);
+        else if (kinds[head] == 3)
+            engine_advance_partition(e, ring[head].pos.partition, ring[head].event_time_us);
+        else engine_apply(e, &ring[head]);
+        head = (head + 1) % AHEAD;
+        len--;
+    }
+    engine_stats after;
+    engine_get_stats(e, &after);
+    /* every logged visit was accepted once: accepted again, or the log lies */
+    if (!rc && (after.rejected_late != before.rejected_late || reader_left(&r) != 0)) rc = -1;
+    /* also after a failure: the watermark is not left held */
+    int end = engine_replay_end(e, rc ? NULL : v->engine_meta, rc ? 0 : v->engine_meta_len);
+    if (!rc) rc = end;
+    engine_swap_callbacks(e, &saved);
+    return rc;
+}
+
+/* ---- snapshots -------------------------------------------------------------- */
+
+typedef struct snap_writer {
+    buf chunk; /* header space, then payload */
+    changelog_write_fn write;
+    void *ctx;
+    int rc;
+} snap_writer;
+
+static void chunk_start(snap_writer *w)
+{
+    buf_reset(&w->chunk);
+    unsigned char zero[12] = {0};
+    buf_append(&w->chunk, zero, sizeof zero);
+}
+
+static int chunk_flush(snap_writer *w)
+{
+    size_t payload = w->chunk.len - 12;
+    unsigned char *h = w->chunk.data;
+    uint64_t sum = XXH3_64bits_withSeed(h + 12, payload, CHUNK_SEED);
+    for (int i = 0; i < 4; i++) h[i] = (unsigned char)(payload >> (8 * i));
+    for (int i = 0; i < 8; i++) h[4 + i] = (unsigned char)(sum >> (8 * i));
+    if (!w->rc) w->rc = w->write(w->ctx, w->chunk.data, w->chunk.len);
+    chunk_start(w);
+    return w->rc;
+}
+
+static int snap_user(void *ctx, int64_t user_id, const void *blob, size_t len)
+{
+    snap_writer *w = ctx;
+    buf_put_i64le(&w->chunk, user_id);
+    buf_put_u32le(&w->chunk, (uint32_t)len);
+    buf_append(&w->chunk, blob, len);
+    return w->chunk.len >= CHUNK_TARGET ? chunk_flush(w) : 0;
+}
+
+int changelog_snapshot(const engine *e, uint64_t seq, const buf *meta, uint32_t n_meta,
+                       changelog_write_fn write, void *ctx)
+{
+    snap_writer w = {.write = write, .ctx = ctx};
+    buf_init(&w.chunk);
+    buf_put_u32le(&w.chunk, SNAPSHOT_MAGIC);
+    buf_put_u32le(&w.chunk, SNAPSHOT_VERSION);
+    buf_put_u64le(&w.chunk, seq);
+    w.rc = write(ctx, w.chunk.data, w.chunk.len);
+    chunk_start(&w);
+    buf_put_u32le(&w.chunk, n_meta);
+    buf_append(&w.chunk, meta->data, meta->len);
+    size_t at = w.chunk.len;
+    buf_put_u32le(&w.chunk, 0);
+    engine_save_meta(e, &w.chunk);
+    uint32_t em = (uint32_t)(w.chunk.len - at - 4);
+    for (int i = 0; i < 4; i++) w.chunk.data[at + i] = (unsigned char)(em >> (8 * i));
+    chunk_flush(&w);
+    if (!w.rc) engine_foreach_user(e, snap_user, &w);
+    if (!w.rc && w.chunk.len > 12) chunk_flush(&w);
+    if (!w.rc) chunk_flush(&w); /* the empty chunk: the end */
+    buf_free(&w.chunk);
+    return w.rc;
+}
+
+/* The next chunk's payload: 1, 0 at the end mark, -1 if damaged. */
+static int next_chunk(reader *r, reader *payload)
+{
+    uint32_t len = 0;
+    uint64_t sum = 0;
+    const unsigned char *p;
+    if (reader_u32le(r, &len) || reader_u64le(r, &sum) || reader_bytes(r, &p, len)) return -1;
+    if (XXH3_64bits_withSeed(p, len, CHUNK_SEED) != sum) return -1;
+    reader_init(payload, p, len);
+    return len > 0;
+}
+
+/* The header and first chunk: meta blobs to fn, the engine meta in *em;
+ * r is left at the first chunk of users. */
+static int snapshot_head(reader *r, const void *data, size_t len, uint64_t *seq,
+                         changelog_meta_fn meta_fn, void *ctx, reader *em)
+{
+    reader c;
+    reader_init(r, data, len);
+    uint32_t magic = 0, version = 0, n_meta = 0, em_len = 0;
+    reader_u32le(r, &magic);
+    reader_u32le(r, &version);
+    reader_u64le(r, seq);
+    if (r->bad || magic != SNAPSHOT_MAGIC) return -1;
+    if (version != SNAPSHOT_VERSION) return version > SNAPSHOT_VERSION ? -3 : -1;
+    if (next_chunk(r, &c) != 1) return -1;
+    reader_u32le(&c, &n_meta);
+    /* the meta entries run up to the engine meta, whose length comes last */
+    const unsigned char *meta = c.p;
+    for (uint32_t i = 0; i < n_meta; i++)
+        if (skip_meta_entry(&c)) return -1;
+    if (foreach_meta(meta, (size_t)(c.p - meta), n_meta, meta_fn, ctx)) return -1;
+    reader_u32le(&c, &em_len);
+    if (c.bad || em_len != reader_left(&c)) return -1;
+    *em = c;
+    return 0;
+}
+
+int changelog_snapshot_meta(const void *data, size_t len, uint64_t *seq,
+                            changelog_meta_fn meta_fn, void *ctx)
+{
+    reader r, em;
+    return snapshot_head(&r, data, len, seq, meta_fn, ctx, &em);
+}
+
+int changelog_load_snapshot(engine *e, const void *data, size_t len, uint64_t *seq,
+                            changelog_meta_fn meta_fn, void *ctx)
+{
+    reader r, c, em;
+    int rc = snapshot_head(&r, data, len, seq, meta_fn, ctx, &em);
+    if (rc) return rc;
+    rc = engine_load_meta(e, em.p, reader_left(&em));
+    if (rc) return rc;
+    int more;
+    while ((more = next_chunk(&r, &c)) == 1) {
+        while (reader_left(&c) > 0) {
+            int64_t user = 0;
+            uint32_t ul = 0;
+            const unsigned char *blob;
+            if (reader_i64le(&c, &user) || reader_u32le(&c, &ul) || reader_bytes(&c, &blob, ul) ||
+                engine_load_user(e, user, blob, ul))
+                return -1;
+        }
+    }
+    return more == 0 && reader_left(&r) == 0 ? 0 : -1;
+}

@@ -1,0 +1,377 @@
+/*
+ * test_changelog.c - the change-log checkpoint (src/checkpoint/changelog.h):
+ * a snapshot plus replayed frames rebuilds exactly the state of the last
+ * commit, on random inputs over several partitions with caught-up signals
+ * (which raise the closing watermark without being logged), partitions
+ * advanced from elsewhere, late visits, session caps and end-of-input "close
+ * all"; and damaged frames and
+ * snapshots are refused, a frame cut short reported as such.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "checkpoint/changelog.h"
+#include "common/xalloc.h"
+#include "engine/engine.h"
+
+#define SEC 1000000LL
+
+typedef struct out {
+    buf text; /* one line per event, in emission order */
+    changelog_frame *log;
+} out;
+
+static int on_close(void *ctx, const closed_session *cs)
+{
+    out *o = ctx;
+    buf_printf(&o->text, "close id=%" PRId64 " user=%" PRId64 " [", cs->session_id, cs->user_id);
+    for (size_t i = 0; i < cs->n_pages; i++)
+        buf_printf(&o->text, "%s%.*s", i ? "," : "", (int)cs->pages[i].len, cs->pages[i].data);
+    buf_append_str(&o->text, "]\n");
+    return 0;
+}
+
+static int on_reject(void *ctx, const visit *v, reject_reason why)
+{
+    out *o = ctx;
+    buf_printf(&o->text, "%s user=%" PRId64 " page=%.*s\n", why == REJECT_LATE ? "late" : "cap",
+               v->user_id, (int)v->page_len, v->page);
+    return 0;
+}
+
+static int on_accept(void *ctx, const visit *v)
+{
+    out *o = ctx;
+    if (o->log) changelog_add_visit(o->log, v);
+    return 0;
+}
+
+static uint32_t max_bytes; /* per trial; 0: the default */
+
+static engine *new_engine(out *o, int64_t g, int64_t l, uint32_t cap)
+{
+    engine_config cfg = {.gap_us = g, .lateness_us = l, .max_pages = cap,
+                         .max_session_bytes = max_bytes};
+    engine_callbacks cb = {.ctx = o, .on_close = on_close, .on_reject = on_reject,
+                           .on_accept = on_accept};
+    return engine_new(&cfg, &cb);
+}
+
+static uint64_t rng_state = 0x2545f4914f6cdd1dULL;
+static uint64_t rnd(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+/* ---- the state of an engine, independent of its memory layout -------------- */
+
+typedef struct user_blob {
+    int64_t user;
+    buf blob;
+} user_blob;
+
+typedef struct state {
+    user_blob *u;
+    size_t n, cap;
+} state;
+
+static int collect(void *ctx, int64_t user, const void *blob, size_t len)
+{
+    state *s = ctx;
+    if (s->n == s->cap) {
+        s->cap = s->cap ? 2 * s->cap : 16;
+        s->u = xrealloc(s->u, s->cap * sizeof *s->u);
+    }
+    s->u[s->n].user = user;
+    buf_init(&s->u[s->n].blob);
+    buf_append(&s->u[s->n].blob, blob, len);
+    s->n++;
+    return 0;
+}
+
+static int cmp_user(const void *a, const void *b)
+{
+    int64_t x = ((const user_blob *)a)->user, y = ((const user_blob *)b)->user;
+    return (x > y) - (x < y);
+}
+
+static int cmp_part(const void *a, const void *b) { return memcmp(a, b, 12); }
+
+/* Open sessions by user, the engine's meta with its partitions sorted. */
+static void describe(const engine *e, buf *dst)
+{
+    state s = {0};
+    engine_foreach_user(e, collect, &s);
+    qsort(s.u, s.n, sizeof *s.u, cmp_user);
+    buf m;
+    buf_init(&m);
+    engine_save_meta(e, &m);
+    const size_t fixed = 4 + 8 + 8 + 4 + 4 + 8 + 7 * 8 + 4; /* engine_save_meta's v2 */
+    CHECK(m.len >= fixed && (m.len - fixed) % 12 == 0);
+    if (m.len > fixed) qsort(m.data + fixed, (m.len - fixed) / 12, 12, cmp_part);
+    buf_reset(dst);
+    buf_append(dst, m.data, m.len);
+    for (size_t i = 0; i < s.n; i++) {
+        buf_put_i64le(dst, s.u[i].user);
+        buf_append(dst, s.u[i].blob.data, s.u[i].blob.len);
+        buf_free(&s.u[i].blob);
+    }
+    free(s.u);
+    buf_free(&m);
+}
+
+/* ---- an in-memory backend ---------------------------------------------------- */
+
+typedef struct store {
+    buf snapshot; /* empty: the log starts from the empty state */
+    buf log;      /* frames after the snapshot */
+    uint64_t seq;
+} store;
+
+static int to_buf(void *ctx, const void *data, size_t len)
+{
+    buf_append(ctx, data, len);
+    return 0;
+}
+
+static int restore(engine *e, const store *st)
+{
+    uint64_t seq = 0;
+    if (st->snapshot.len && changelog_load_snapshot(e, st->snapshot.data, st->snapshot.len, &seq,
+                                                    NULL, NULL))
+        return -1;
+    size_t at = 0;
+    while (at < st->log.len) {
+        changelog_view v;
+        if (changelog_parse(st->log.data + at, st->log.len - at, &v) != 1) return -1;
+        if (v.seq != ++seq || changelog_replay(e, &v)) return -1;
+        at += v.frame_len;
+    }
+    return seq == st->seq ? 0 : -1;
+}
+
+static void test_restore_equals_commit(void)
+{
+    char pages[40][8];
+    for (int i = 0; i < 40; i++) snprintf(pages[i], sizeof pages[i], "p%d", i);
+    int restores = 0, closes_replayed = 0;
+    for (int trial = 0; trial < 250; trial++) {
+        int64_t g = (int64_t)(1 + rnd() % 20) * SEC, l = (int64_t)(rnd() % 15) * SEC;
+        uint32_t cap = 1 + (uint32_t)(rnd() % 8);
+        max_bytes = rnd() % 2 ? 0 : 6 + (uint32_t)(rnd() % 20); /* a few pages of text */
+        int users = 1 + (int)(rnd() % 10), parts = 1 + (int)(rnd() % 3);
+        size_t n = 1 + rnd() % 500;
+        changelog_frame frame;
+        changelog_frame_init(&frame);
+        out o1 = {.log = NULL}, o2 = {.log = &frame};
+        buf_init(&o1.text);
+        buf_init(&o2.text);
+        engine *e1 = new_engine(&o1, g, l, cap); /* uninterrupted */
+        engine *e2 = new_engine(&o2, g, l, cap); /* committed, crashed, restored */
+        store st = {0};
+        buf_init(&st.snapshot);
+        buf_init(&st.log);
+        int caught[3] = {0, 0, 0}, known[3] = {0, 0, 0};
+        int64_t clock[3] = {0, 0, 0};
+        buf want, got;
+        buf_init(&want);
+        buf_init(&got);
+        int ok = 1;
+        for (size_t i = 0; i < n && ok; i++) {
+            uint64_t r = rnd() % 100;
+            int p = (int)(rnd() % (uint64_t)parts);
+            known[p] |= r != 8; /* what e1 has heard of */
+            if (r < 8) { /* a caught-up signal flips */
+                caught[p] = !caught[p];
+                engine_set_caught_up(e1, p, caught[p]);
+                engine_set_caught_up(e2, p, caught[p]);
+            } else if (r < 9) { /* end of a bounded run */
+                changelog_add_close_all(&frame);
+                engine_close_all(e1);
+                engine_close_all(e2);
+                closes_replayed++;
+            } else if (r < 11) { /* another stage's progress on p (scale-out) */
+                clock[p] += (int64_t)(rnd() % 8) * SEC;
+                changelog_add_advance(&frame, p, clock[p]);
+                engine_advance_partition(e1, p, clock[p]);
+                engine_advance_partition(e2, p, clock[p]);
+            } else {
+                clock[p] += (int64_t)(rnd() % 6) * SEC;
+                visit v = {.user_id = (int64_t)(rnd() % (uint64_t)users) - 3,
+                           .event_time_us = clock[p] - (int64_t)(rnd() % 20) * SEC,
+                           .page = pages[rnd() % 40],
+                           .pos = {.append_ts_ms = clock[p] / 1000, .partition = p,
+                                   .offset = (int64_t)i}};
+                v.page_len = (uint32_t)strlen(v.page);
+                engine_apply(e1, &v);
+                engine_apply(e2, &v);
+            }
+            if (rnd() % 12 == 0) { /* a commit: a frame, sometimes a snapshot */
+                st.seq++;
+                if (rnd() % 4 == 0) {
+                    buf_reset(&st.snapshot);
+                    buf_reset(&st.log);
+                    changelog_snapshot(e2, st.seq, &frame.meta, 0, to_buf, &st.snapshot);
+                } else {
+                    changelog_seal(&frame, st.seq, e2, &st.log);
+                }
+                changelog_frame_reset(&frame);
+                if (rnd() % 3 == 0) { /* a crash right after the commit */
+                    describe(e2, &want);
+                    engine_free(e2);
+                    e2 = new_engine(&o2, g, l, cap);
+                    engine_callbacks none = {0};
+                    engine_callbacks cb = engine_swap_callbacks(e2, &none);
+                    int rrc = restore(e2, &st);
+                    ok = rrc == 0;
+                    engine_swap_callbacks(e2, &cb);
+                    describe(e2, &got);
+                    if (rrc) fprintf(stderr, "trial %d: the restore failed\n", trial);
+                    ok = ok && got.len == want.len && memcmp(got.data, want.data, got.len) == 0;
+                    ok = ok && engine_check_invariants(e2) == 0;
+                    /* the source tells the restored job what it told e1 */
+                    for (int q = 0; q < parts; q++)
+                        if (known[q]) engine_set_caught_up(e2, q, caught[q]);
+                    restores++;
+                }
+            }
+        }
+        CHECK(ok);
+        engine_close_all(e1);
+        engine_close_all(e2);
+        buf_append_byte(&o1.text, 0);
+        buf_append_byte(&o2.text, 0);
+        /* the restored run emitted exactly the uninterrupted one's transcript */
+        CHECK_STR((const char *)o2.text.data, (const char *)o1.text.data);
+        if (!ok) fprintf(stderr, "trial %d: restored state differs from the commit's\n", trial);
+        engine_free(e1);
+        engine_free(e2);
+        buf_free(&o1.text);
+        buf_free(&o2.text);
+        buf_free(&want);
+        buf_free(&got);
+        buf_free(&st.snapshot);
+        buf_free(&st.log);
+        changelog_frame_free(&frame);
+    }
+    CHECK(restores > 200);
+    CHECK(closes_replayed > 50);
+}
+
+/* A visit's cost in a frame: its page plus a small constant. */
+static void test_frame_size_and_meta(void)
+{
+    engine_config cfg = {.gap_us = 50 * SEC, .lateness_us = 10 * SEC, .max_pages = 100};
+    engine *e = engine_new(&cfg, NULL);
+    changelog_frame f;
+    changelog_frame_init(&f);
+    const char *page = "page_123.html";
+    for (int i = 0; i < 1000; i++) {
+        visit v = {.user_id = 100000 + i * 7919 % 100000, .event_time_us = 1677000000LL * SEC + i * 20000,
+                   .page = page, .page_len = (uint32_t)strlen(page),
+                   .pos = {.partition = 0, .offset = (int64_t)i * 80}};
+        changelog_add_visit(&f, &v);
+    }
+    size_t per_visit = f.events.len / 1000;
+    CHECK(per_visit <= strlen(page) + 12);
+    changelog_add_meta(&f, "source_position", "abc", 3);
+    changelog_add_meta(&f, "counters", "", 0);
+    buf b;
+    buf_init(&b);
+    changelog_seal(&f, 7, e, &b);
+    changelog_view v;
+    CHECK_EQ_I64(changelog_parse(b.data, b.len, &v), 1);
+    CHECK_EQ_I64(v.seq, 7);
+    CHECK_EQ_I64(v.n_events, 1000);
+    CHECK_EQ_I64(v.n_meta, 2);
+    CHECK_EQ_I64(v.frame_len, b.len);
+    /* every prefix is "cut short", every flipped bit is refused */
+    int all_short = 1, all_refused = 1;
+    for (size_t cut = 0; cut < b.len; cut += 97)
+        if (changelog_parse(b.data, cut, &v) != 0) all_short = 0;
+    for (size_t at = 0; at < b.len; at += 61) {
+        b.data[at] ^= 4;
+        int rc = changelog_parse(b.data, b.len, &v);
+        if (rc == 1) all_refused = 0;
+        b.data[at] ^= 4;
+    }
+    CHECK(all_short);
+    CHECK(all_refused);
+    /* the frame replays into an engine: 1000 visits, 1000 users open */
+    engine *r = engine_new(&cfg, NULL);
+    CHECK_EQ_I64(changelog_parse(b.data, b.len, &v), 1);
+    CHECK_EQ_I64(changelog_replay(r, &v), -1); /* e never saw them: counters differ */
+    engine_free(r);
+    /* a frame of other settings */
+    engine_config other = cfg;
+    other.gap_us = 30 * SEC;
+    r = engine_new(&other, NULL);
+    CHECK_EQ_I64(changelog_replay(r, &v), -2);
+    engine_free(r);
+    engine_free(e);
+    buf_free(&b);
+    changelog_frame_free(&f);
+}
+
+static void test_snapshot_damage(void)
+{
+    engine_config cfg = {.gap_us = 50 * SEC, .lateness_us = 10 * SEC, .max_pages = 100};
+    engine *e = engine_new(&cfg, NULL);
+    for (int i = 0; i < 5000; i++) {
+        visit v = {.user_id = i % 3000, .event_time_us = (int64_t)i * 1000, .page = "x.html",
+                   .page_len = 6, .pos = {.offset = i}};
+        engine_apply(e, &v);
+    }
+    changelog_frame f;
+    changelog_frame_init(&f);
+    changelog_add_meta(&f, "k", "v", 1);
+    buf b;
+    buf_init(&b);
+    changelog_snapshot(e, 3, &f.meta, f.n_meta, to_buf, &b);
+    engine *r = engine_new(&cfg, NULL);
+    uint64_t seq = 0;
+    CHECK_EQ_I64(changelog_load_snapshot(r, b.data, b.len, &seq, NULL, NULL), 0);
+    CHECK_EQ_I64(seq, 3);
+    buf x, y;
+    buf_init(&x);
+    buf_init(&y);
+    describe(e, &x);
+    describe(r, &y);
+    CHECK(x.len == y.len && memcmp(x.data, y.data, x.len) == 0);
+    engine_free(r);
+    int refused = 1;
+    for (size_t cut = 0; cut < b.len; cut += b.len / 37 + 1) {
+        r = engine_new(&cfg, NULL);
+        if (changelog_load_snapshot(r, b.data, cut, &seq, NULL, NULL) == 0) refused = 0;
+        engine_free(r);
+    }
+    for (size_t at = 0; at < b.len; at += b.len / 41 + 1) {
+        b.data[at] ^= 1;
+        r = engine_new(&cfg, NULL);
+        if (changelog_load_snapshot(r, b.data, b.len, &seq, NULL, NULL) == 0) refused = 0;
+        engine_free(r);
+        b.data[at] ^= 1;
+    }
+    CHECK(refused);
+    b.data[4] = 3; /* a newer version */
+    r = engine_new(&cfg, NULL);
+    CHECK_EQ_I64(changelog_load_snapshot(r, b.data, b.len, &seq, NULL, NULL), -3);
+    engine_free(r);
+    engine_free(e);
+    buf_free(&b);
+    buf_free(&x);
+    buf_free(&y);
+    changelog_frame_free(&f);
+}
+
+int main(void)
+{
+    test_restore_equals_commit();
+    test_frame_size_and_meta();
+    test_snapshot_damage();
+    return check_summary("test_changelog");
+}
