@@ -113,7 +113,7 @@ for r in $(seq "$REPEAT"); do
     "$B/sessionizer" run --source "file:$W/all.jsonl" --sink null: --until-end \
         --dlq "jsonl:$W/dlq-file" 2>"$W/file.err" >/dev/null
     frate=$(grep -m1 " records: " "$W/file.err" | sed -E 's/.*, ([0-9]+) records\/s.*/\1/')
-    echo "run $r: file: $(grep -m1 " records: " "$W/file.err" | sed -E 's/^sessionizer: ([0-9]+) records: .*; ([0-9.]+s), ([0-9]+ records\/s).*/\1 records in \2 = \3/')"
+    echo "run $r: file: $(grep -m1 " records: " "$W/file.err" | sed -E 's/^.*sessionizer: ([0-9]+) records: .*; ([0-9.]+s), ([0-9]+ records\/s).*/\1 records in \2 = \3/')"
     [ "$frate" -gt "${best_file:-0}" ] && best_file=$frate
 done
 echo

@@ -28,6 +28,7 @@
 #include <xxhash.h>
 
 #include "checkpoint/changelog.h"
+#include "common/log.h"
 #include "common/sqlite_path.h"
 #include "common/xalloc.h"
 
@@ -348,10 +349,9 @@ static int scan_log(checkpoint *cp, log_file *lf, const char *name, int newest, 
                      name);
             return corrupt(cp, why, err, errlen);
         }
-        fprintf(stderr,
-                "sessionizer: checkpoint %s: the last commit was cut short by a crash (%zu bytes "
-                "at the end of %s); resuming from the commit before it\n",
-                cp->dir, lf->data.len - at, name);
+        log_warn("checkpoint", "%s: the last commit was cut short by a crash (%zu bytes at the "
+                 "end of %s); resuming from the commit before it", cp->dir, lf->data.len - at,
+                 name);
         lf->data.len = at;
         char *path = path_of(cp, name);
         int ok = truncate(path, (off_t)at) == 0;

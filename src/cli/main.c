@@ -16,6 +16,7 @@
 
 #include "cli/options.h"
 #include "common/buf.h"
+#include "common/log.h"
 #include "common/xalloc.h"
 #include "job/job.h"
 #include "task/scaleout.h"
@@ -41,27 +42,27 @@ static void print_summary(const job_config *cfg, const job_result *r)
 {
     const engine_stats *e = &r->engine;
     double rate = r->seconds > 0 ? (double)r->records_this_run / r->seconds : 0;
-    fprintf(stderr,
-            "sessionizer: %" PRIu64 " records: %" PRIu64 " visits in %" PRIu64
+    log_info("sessionizer",
+            "%" PRIu64 " records: %" PRIu64 " visits in %" PRIu64
             " closed sessions, %" PRIu64 " visits in %" PRIu64 " open sessions, %" PRIu64
             " dead-lettered (%" PRIu64 " invalid, %" PRIu64 " late, %" PRIu64
-            " over the session cap); %.2fs, %.0f records/s%s%s\n",
+            " over the session cap); %.2fs, %.0f records/s%s%s",
             r->records, e->pages_closed, e->sessions_closed, e->open_pages, e->open_sessions,
             r->dead_letters, r->invalid, e->rejected_late, e->rejected_cap, r->seconds, rate,
             r->resumed ? ", resumed from checkpoint" : "",
             r->stopped_by_signal ? ", stopped by signal after a final commit" : "");
     if (cfg->latency_stats) {
         const histogram *h = &r->close_to_ack_us;
-        fprintf(stderr,
-                "sessionizer: close-to-ack latency over %" PRIu64 " sessions: p50 %.1f ms, "
-                "p99 %.1f ms, max %.1f ms\n",
+        log_info("sessionizer",
+                "close-to-ack latency over %" PRIu64 " sessions: p50 %.1f ms, "
+                "p99 %.1f ms, max %.1f ms",
                 h->count, (double)histogram_quantile(h, 0.5) / 1000,
                 (double)histogram_quantile(h, 0.99) / 1000, (double)h->max / 1000);
     }
     if (e->open_sessions > 0 && !cfg->checkpoint_dir)
-        fprintf(stderr, "sessionizer: warning: %" PRIu64 " open sessions were not written: "
-                "use --until-end to close them at the end of the input, or --checkpoint to "
-                "keep them for the next run\n", e->open_sessions);
+        log_warn("sessionizer", "%" PRIu64 " open sessions were not written: use --until-end "
+                 "to close them at the end of the input, or --checkpoint to keep them for the "
+                 "next run", e->open_sessions);
 }
 
 int main(int argc, char **argv)
@@ -112,6 +113,12 @@ int main(int argc, char **argv)
         options_free(&opts);
         return prc == 1 ? 0 : 2;
     }
+    if (!opts.job.dlq_uri && !opts.job.checkpoint_dir) {
+        options_free(&opts);
+        return usage_error("%s", "--dlq is required without --checkpoint: dead letters need a "
+                           "place of their own (e.g. --dlq jsonl:deadletter.jsonl); with "
+                           "--checkpoint DIR they go to DIR/deadletter.jsonl");
+    }
     job_config cfg = opts.job;
     cfg.stop = &stop_requested;
     cfg.sink.stop = &stop_requested;
@@ -130,13 +137,13 @@ int main(int argc, char **argv)
                               .repartition_partitions = (int32_t)opts.repartition_partitions,
                               .state_uri = opts.state};
         int src = scaleout_run(&so, err, sizeof err);
-        if (src != 0) fprintf(stderr, "sessionizer: error: %s\n", err);
+        if (src != 0) log_error("sessionizer", "%s", err);
         options_free(&opts);
         return src != 0 ? 1 : 0;
     }
     job_result res;
     int rc = job_run(&cfg, &res, err, sizeof err);
-    if (rc != 0) fprintf(stderr, "sessionizer: error: %s\n", err);
+    if (rc != 0) log_error("sessionizer", "%s", err);
     if (!quiet) print_summary(&cfg, &res);
     options_free(&opts);
     return rc != 0 ? 1 : 0;

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "cli/config_file.h"
+#include "common/log.h"
 #include "common/secret.h"
 #include "common/units.h"
 #include "common/xalloc.h"
@@ -61,6 +62,9 @@ static const char *const start_choices[] = {"earliest", "latest", NULL};
 /* In the order of enum time_format (record/mapping.h). */
 static const char *const time_format_choices[] = {"iso8601", "epoch_s", "epoch_ms", "epoch_us",
                                                   "epoch_ns", NULL};
+/* In the order of enum log_format. */
+static const char *const log_format_choices[] = {"text", "json", NULL};
+_Static_assert(LOG_FORMAT_TEXT == 0 && LOG_FORMAT_JSON == 1, "log_format_choices' order");
 
 const opt_def cli_option_table[] = {
     {.name = "config", .short_name = 'c', .type = OPT_STRING, .arg = "FILE", AT_STRING(config),
@@ -88,8 +92,9 @@ const opt_def cli_option_table[] = {
      .choices = time_format_choices, AT_INT(time_format),
      .help = "how the event time is written: iso8601, or epoch_s, epoch_ms, epoch_us, epoch_ns "
              "(a JSON number or numeric string)"},
-    {.name = "dlq", .type = OPT_STRING, .arg = "URI", .def = "jsonl:stderr", AT_STRING(job.dlq_uri),
-     .help = "where bad and late records go, with their reason (see Dead-letter outputs)"},
+    {.name = "dlq", .type = OPT_STRING, .arg = "URI", AT_STRING(job.dlq_uri),
+     .help = "where bad and late records go, with their reason (see Dead-letter outputs); "
+             "default DIR/deadletter.jsonl of --checkpoint DIR, required without it"},
     {.name = "max-pages", .type = OPT_COUNT, .arg = "N", .def = "10000", .min = 1,
      .max = 100000000, AT_UNSIGNED(job.engine.max_pages),
      .help = "pages kept per session, earliest first"},
@@ -132,6 +137,9 @@ const opt_def cli_option_table[] = {
              "acknowledgement (p50, p99, max)"},
     {.name = "quiet", .short_name = 'q', .type = OPT_BOOL, .def = "false", AT_INT(quiet),
      .help = "no progress and no summary"},
+    {.name = "log-format", .type = OPT_ENUM, .arg = "text|json", .def = "text",
+     .choices = log_format_choices, AT_INT(log_format),
+     .help = "log lines on stderr as text or as one JSON object per line"},
     {.name = NULL},
 };
 
@@ -162,12 +170,12 @@ struct opt_state {
 
 int usage_error(const char *fmt, ...)
 {
+    char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "sessionizer: ");
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\nTry 'sessionizer --help' for more information.\n");
+    log_error("sessionizer", "%s; try 'sessionizer --help'", msg);
     return 2;
 }
 
@@ -468,8 +476,7 @@ static int load_env(cli_options *o, char *err, size_t errlen)
             known = strlen(name) == nl && strncmp(name, *e, nl) == 0;
         }
         if (!known)
-            fprintf(stderr, "sessionizer: warning: %.*s is not an option's variable (ignored)\n",
-                    (int)nl, *e);
+            log_warn("sessionizer", "%.*s is not an option's variable (ignored)", (int)nl, *e);
     }
     return 0;
 }
@@ -591,6 +598,7 @@ int options_parse(cli_options *o, int argc, char **argv, int first, options_mode
     const char *config = NULL;
     int rc = 0;
     optind = first;
+    opterr = 0; /* its messages would not be log lines: usage_error says it below */
     int c;
     while (rc == 0 && (c = getopt_long(argc, argv, shortopts, longopts, NULL)) != -1) {
         size_t i = N_OPTS;
@@ -615,7 +623,8 @@ int options_parse(cli_options *o, int argc, char **argv, int first, options_mode
             while (i > 0 && cli_option_table[i - 1].short_name != c) i--;
             i = i > 0 && c != '?' ? i - 1 : N_OPTS;
             if (i == N_OPTS) {
-                rc = usage_error("%s", "invalid option");
+                rc = usage_error("invalid option '%s' (unknown, or missing its value)",
+                                 argv[optind - 1 < argc ? optind - 1 : argc - 1]);
                 break;
             }
             where = shorts[i];
@@ -654,6 +663,7 @@ int options_parse(cli_options *o, int argc, char **argv, int first, options_mode
     if (record_mapping_check(m, why, sizeof why)) return usage_error("%s", why);
 
     /* Settings that follow from others. */
+    log_set_format((log_format)o->log_format);
     o->job.source.until_end = o->job.until_end;
     o->job.progress = o->quiet ? 0 : o->progress ? 2 : 1;
     if (mode != OPTIONS_RUN) return 0;

@@ -31,6 +31,7 @@ typedef struct cli_options {
     job_config job;
     int quiet;              /* no progress and no summary */
     int progress;           /* progress lines even when stderr is not a terminal */
+    int log_format;         /* enum log_format */
     const char *config;     /* --config FILE */
     /* The record layout as given; resolved into job.records after parsing. */
     const char *const *fields; /* --field NAME=POINTER */
@@ -92,7 +93,7 @@ void options_help(buf *out);
 /* The man page sessionizer(1), in roff, from the same table. */
 void options_man(buf *out);
 
-/* "sessionizer: MESSAGE" and a hint to --help on stderr; returns 2. */
+/* MESSAGE and a hint to --help as an error line in the log; returns 2. */
 int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 #endif

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/log.h"
 #include "common/xalloc.h"
 
 /* Every write is whole lines, so a file that does not end in a newline was
@@ -49,14 +50,14 @@ static int check_tail(appendfile *f, const char *path, const char *line_prefix, 
         return -1;
     }
     if (memcmp(head, line_prefix, have) != 0) {
-        fprintf(stderr, "sessionizer: %s does not end with a newline and its last line (%lld "
-                "bytes) was not written by sessionizer: it is kept, and a newline ends it "
-                "before the first new line\n", path, (long long)(f->size - end));
+        log_warn("output", "%s does not end with a newline and its last line (%lld bytes) was "
+                 "not written by sessionizer: it is kept, and a newline ends it before the "
+                 "first new line", path, (long long)(f->size - end));
         f->unterminated = 1;
         return 0;
     }
-    fprintf(stderr, "sessionizer: %s ended in a line cut short by a crash; removed its %lld bytes\n",
-            path, (long long)(f->size - end));
+    log_warn("output", "%s ended in a line cut short by a crash; removed its %lld bytes", path,
+             (long long)(f->size - end));
     if (ftruncate(f->fd, end) != 0) {
         snprintf(err, errlen, "cannot truncate output file '%s': %s", path, strerror(errno));
         return -1;

@@ -10,10 +10,12 @@
 #include <malloc.h>
 #endif
 
+#include "common/log.h"
+
 static void out_of_memory(size_t n)
 {
-    fprintf(stderr, "sessionizer: out of memory (allocating %zu bytes); "
-                    "the last checkpoint is intact, restart to resume\n", n);
+    log_error("sessionizer", "out of memory (allocating %zu bytes); the last checkpoint is "
+              "intact, restart to resume", n);
     abort();
 }
 

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "checkpoint/checkpoint.h"
+#include "common/log.h"
 #include "common/xalloc.h"
 #include "deadletter/deadletter.h"
 #include "record/parse.h"
@@ -193,7 +194,10 @@ static void sink_identity(job *j, buf *out)
 
 static void deadletter_identity(job *j, buf *out)
 {
-    if (j->dlq->ops->identity) j->dlq->ops->identity(j->dlq, out);
+    /* The default file lives in the checkpoint directory: bound to it, not
+     * to its path, so that the directory can be moved (renamed) whole. */
+    if (!j->cfg->dlq_uri) buf_append_str(out, "jsonl:CHECKPOINT/deadletter.jsonl");
+    else if (j->dlq->ops->identity) j->dlq->ops->identity(j->dlq, out);
     else buf_printf(out, "%s:", j->dlq->ops->scheme);
 }
 
@@ -405,6 +409,7 @@ static int update_partitions(job *j, int print_progress, double rate)
         else behind += j->parts[i].lag;
     }
     if (!print_progress) return 0;
+    /* On a terminal, a status line redrawn in place; elsewhere a log line. */
     int tty = isatty(STDERR_FILENO);
     buf *b = &j->scratch;
     buf_reset(b);
@@ -420,8 +425,12 @@ static int update_partitions(job *j, int print_progress, double rate)
         }
         if (behind > 0 && rate > 0) buf_printf(b, ", caught up in ~%.0fs", (double)behind / rate);
     }
-    buf_append_str(b, tty ? "" : "\n");
-    fwrite(b->data, 1, b->len, stderr);
+    if (tty) {
+        fwrite(b->data, 1, b->len, stderr);
+    } else {
+        buf_append_byte(b, 0);
+        log_info("sessionizer", "%s", (const char *)b->data);
+    }
     return 0;
 }
 
@@ -497,8 +506,23 @@ int job_run(const job_config *cfg, job_result *res, char *err, size_t errlen)
     if (!j.src) goto out;
     j.snk = sink_open(cfg->sink_uri, &cfg->sink, err, errlen);
     if (!j.snk) goto out;
-    j.dlq = deadletter_open(cfg->dlq_uri ? cfg->dlq_uri : "jsonl:stderr", cfg->dlq_props, err,
-                            errlen);
+    if (cfg->checkpoint_dir) {
+        j.cp = checkpoint_open(cfg->checkpoint_dir, err, errlen);
+        if (!j.cp) goto out;
+    }
+    /* Dead letters never go to the log by default: they live with the
+     * checkpoint, whose state includes the file's length (a restart rewinds
+     * it) and whose deletion starts both over. */
+    if (cfg->dlq_uri) {
+        j.dlq = deadletter_open(cfg->dlq_uri, cfg->dlq_props, err, errlen);
+    } else if (cfg->checkpoint_dir) {
+        buf_reset(&j.scratch);
+        buf_printf(&j.scratch, "jsonl:%s/deadletter.jsonl%c", cfg->checkpoint_dir, 0);
+        j.dlq = deadletter_open((const char *)j.scratch.data, cfg->dlq_props, err, errlen);
+    } else {
+        snprintf(err, errlen, "no dead-letter output: give --dlq (e.g. --dlq jsonl:deadletter.jsonl) "
+                 "or --checkpoint DIR (dead letters then go to DIR/deadletter.jsonl)");
+    }
     if (!j.dlq) goto out;
     engine_config ec = cfg->engine;
     engine_callbacks cb = {.ctx = &j,
@@ -508,11 +532,7 @@ int job_run(const job_config *cfg, job_result *res, char *err, size_t errlen)
     j.eng = engine_new(&ec, &cb);
     j.parser = record_parser_new(&cfg->records);
     j.parts = xcalloc(MAX_PARTITIONS, sizeof *j.parts);
-    if (cfg->checkpoint_dir) {
-        j.cp = checkpoint_open(cfg->checkpoint_dir, err, errlen);
-        if (!j.cp) goto out;
-        if (checkpoint_has_state(j.cp) ? restore(&j) : commit_at(&j, 0)) goto out;
-    }
+    if (j.cp && (checkpoint_has_state(j.cp) ? restore(&j) : commit_at(&j, 0))) goto out;
     rc = run_loop(&j);
 out:
     if (j.eng) engine_get_stats(j.eng, &res->engine);

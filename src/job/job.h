@@ -29,7 +29,7 @@
 typedef struct job_config {
     const char *source_uri;
     const char *sink_uri;
-    const char *dlq_uri;          /* default "jsonl:stderr" */
+    const char *dlq_uri;          /* NULL: jsonl:CHECKPOINT_DIR/deadletter.jsonl */
     const char *checkpoint_dir;   /* NULL: no checkpoint, start at the beginning */
     engine_config engine;
     record_mapping records;       /* where the fields are (record_mapping_default) */

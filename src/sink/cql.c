@@ -38,6 +38,7 @@
 #include <string.h>
 
 #include "common/buf.h"
+#include "common/log.h"
 #include "common/secret.h"
 #include "common/xalloc.h"
 #include "cql/cql_client.h"
@@ -77,7 +78,7 @@ static void cql_sink_log(void *ud, int level, const char *msg)
 {
     (void)ud;
     if (level <= CQL_LOG_WARN)
-        fprintf(stderr, "sessionizer: cql: %s%s\n", level == CQL_LOG_ERROR ? "error: " : "", msg);
+        log_msg(level == CQL_LOG_ERROR ? LOG_ERROR : LOG_WARN, "cql", "%s", msg);
 }
 
 static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -71,6 +71,7 @@
 #include <unistd.h>
 
 #include "common/buf.h"
+#include "common/log.h"
 #include "common/xalloc.h"
 #include "sink/sink.h"
 
@@ -421,7 +422,7 @@ static void pg_notice(void *arg, const PGresult *r)
     const char *sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
     const char *msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
     if (sev && msg && strcmp(sev, "WARNING") == 0)
-        fprintf(stderr, "sessionizer: postgresql: server warning: %s\n", msg);
+        log_warn("postgresql", "server warning: %s", msg);
 }
 
 static void pg_drop(pg_sink *s)
@@ -851,14 +852,14 @@ static int pg_retry(pg_sink *s, int (*op)(pg_sink *, char *, size_t), const char
     long long start = mono_ms();
     long long backoff = PG_BACKOFF_START_MS;
     s->interrupted = 0;
-    char logged[2048] = ""; /* the last error written to stderr */
+    char logged[2048] = ""; /* the last error logged */
     for (int attempt = 1;; attempt++) {
         int st = s->conn ? PG_OK : pg_connect(s, err, errlen);
         if (st == PG_OK && op) st = op(s, err, errlen);
         if (st == PG_OK) {
             if (attempt > 1)
-                fprintf(stderr, "sessionizer: postgresql: %s succeeded after %d attempts (%.1f s)\n",
-                        what, attempt, (double)(mono_ms() - start) / 1000);
+                log_info("postgresql", "%s succeeded after %d attempts (%.1f s)", what, attempt,
+                         (double)(mono_ms() - start) / 1000);
             return 0;
         }
         /* Whatever happened, the connection's state is now unknown (a failed
@@ -878,12 +879,13 @@ static int pg_retry(pg_sink *s, int (*op)(pg_sink *, char *, size_t), const char
         s->rng ^= s->rng << 13, s->rng ^= s->rng >> 7, s->rng ^= s->rng << 17;
         long long wait = backoff * 8 / 10 + (long long)(s->rng % (uint64_t)(backoff * 4 / 10 + 1));
         if (strcmp(logged, err) != 0) {
-            fprintf(stderr, "sessionizer: %s; retrying %s in %.1f s (attempt %d)\n", err, what,
-                    (double)wait / 1000, attempt + 1);
+            log_warn("postgresql", "%s; retrying %s in %.1f s (attempt %d)",
+                     strncmp(err, "postgresql: ", 12) == 0 ? err + 12 : err, what,
+                     (double)wait / 1000, attempt + 1);
             snprintf(logged, sizeof logged, "%s", err);
         } else {
-            fprintf(stderr, "sessionizer: postgresql: same error; retrying %s in %.1f s (attempt %d)\n",
-                    what, (double)wait / 1000, attempt + 1);
+            log_warn("postgresql", "same error; retrying %s in %.1f s (attempt %d)", what,
+                     (double)wait / 1000, attempt + 1);
         }
         if (s->interrupted || pg_sleep_ms(s, wait) != 0) {
             char last[1536];

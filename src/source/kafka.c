@@ -96,6 +96,7 @@
 #include <sys/prctl.h>
 #endif
 
+#include "common/log.h"
 #include "common/xalloc.h"
 #include "source/kafka.h"
 #include "source/source.h"
@@ -402,7 +403,8 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char 
      * connection failures also reach error_cb, which reports them once per
      * outage instead of once per retry. */
     if ((ks && ks->debug) || (level <= 4 && strcmp(fac, "FAIL") != 0))
-        fprintf(stderr, "sessionizer: kafka: %s: %s\n", fac, msg);
+        log_msg(level <= 3 ? LOG_ERROR : level == 4 ? LOG_WARN : level <= 6 ? LOG_INFO : LOG_DEBUG,
+                "kafka", "%s: %s", fac, msg);
 }
 
 static int is_permanent(rd_kafka_resp_err_t err)
@@ -455,15 +457,15 @@ static void on_error(kafka_source *ks, rd_kafka_resp_err_t err, const char *reas
         err == RD_KAFKA_RESP_ERR__RESOLVE) {
         if (!ks->outage_since_ms) {
             ks->outage_since_ms = t;
-            fprintf(stderr, "sessionizer: kafka: cluster %s unreachable (%s); waiting for it, "
-                    "reading resumes where it stopped\n", ks->brokers, reason);
+            log_warn("kafka", "cluster %s unreachable (%s); waiting for it, reading resumes "
+                     "where it stopped", ks->brokers, reason);
             ks->last_err = err;
             ks->last_err_ms = t;
             return;
         }
     }
     if (err != ks->last_err || t - ks->last_err_ms >= 10000) {
-        fprintf(stderr, "sessionizer: kafka: %s\n", reason);
+        log_warn("kafka", "%s", reason);
         ks->last_err = err;
         ks->last_err_ms = t;
     }
@@ -508,9 +510,8 @@ static void on_commit(kafka_source *ks, rd_kafka_resp_err_t err)
     /* Only lag tools read these offsets; a failed commit is retried with the
      * next checkpoint, so it is worth a line, not a failure. */
     if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET && now_ms() - ks->last_err_ms >= 10000) {
-        fprintf(stderr, "sessionizer: kafka: committing offsets to group %s failed: %s "
-                "(lag tools lag behind; the checkpoint is unaffected)\n", ks->group,
-                rd_kafka_err2str(err));
+        log_warn("kafka", "committing offsets to group %s failed: %s (lag tools lag behind; "
+                 "the checkpoint is unaffected)", ks->group, rd_kafka_err2str(err));
         ks->last_err_ms = now_ms();
     }
 }
@@ -583,7 +584,7 @@ static void rebalance(kafka_source *ks, rd_kafka_t *rk, rd_kafka_resp_err_t err,
     }
     if (err != RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         if (ks->active && !ks->closing)
-            fprintf(stderr, "sessionizer: kafka: partitions %s by group %s%s\n",
+            log_warn("kafka", "partitions %s by group %s%s",
                     rd_kafka_assignment_lost(rk) ? "lost" : "revoked", ks->group,
                     rd_kafka_assignment_lost(rk)
                         ? " (its session timed out, e.g. during an outage); rejoining" : "");
@@ -617,8 +618,8 @@ static void rebalance(kafka_source *ks, rd_kafka_t *rk, rd_kafka_resp_err_t err,
             return;
         }
         if (!ks->paused_since_ms) ks->paused_since_ms = now_ms();
-        fprintf(stderr, "sessionizer: kafka: group %s has another member (this instance was "
-                "offered %d of %d partitions of %s): %s, up to %.0f s\n", ks->group, (int)count,
+        log_warn("kafka", "group %s has another member (this instance was offered %d of %d "
+                 "partitions of %s): %s, up to %.0f s", ks->group, (int)count,
                 (int)ks->n_parts, ks->topic,
                 ks->ever_active ? "paused until it leaves"
                                 : "waiting in case it is a crashed instance about to be evicted",
@@ -635,8 +636,8 @@ static void rebalance(kafka_source *ks, rd_kafka_t *rk, rd_kafka_resp_err_t err,
         return;
     }
     if (ks->paused_since_ms)
-        fprintf(stderr, "sessionizer: kafka: group %s gave this instance all %d partitions "
-                "after %.1f s: reading\n", ks->group, (int)ks->n_parts,
+        log_info("kafka", "group %s gave this instance all %d partitions after %.1f s: "
+                 "reading", ks->group, (int)ks->n_parts,
                 (double)(now_ms() - ks->paused_since_ms) / 1000.0);
     ks->paused_since_ms = 0;
     ks->active = ks->ever_active = 1;
@@ -931,8 +932,8 @@ static void log_ts_type(kafka_source *ks, rd_kafka_timestamp_type_t t)
     const char *name = t == RD_KAFKA_TIMESTAMP_CREATE_TIME       ? "CreateTime"
                        : t == RD_KAFKA_TIMESTAMP_LOG_APPEND_TIME ? "LogAppendTime"
                                                                  : "no";
-    fprintf(stderr, "sessionizer: kafka: topic %s records carry %s timestamps; session ids "
-            "use (timestamp, partition, offset) of a session's earliest record%s\n",
+    log_info("kafka", "topic %s records carry %s timestamps; session ids use (timestamp, "
+             "partition, offset) of a session's earliest record%s",
             ks->topic, name,
             t == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE ? " (timestamp taken as 0)" : "");
 }
@@ -959,7 +960,7 @@ static int take(kafka_source *ks, rd_kafka_message_t *m, raw_record *out)
             if (m->offset > kp->high) kp->high = m->offset;
             if (kp->assigned) kp->eof_at = m->offset;
             if (ks->outage_since_ms) {
-                fprintf(stderr, "sessionizer: kafka: cluster reachable again after %.1f s\n",
+                log_info("kafka", "cluster reachable again after %.1f s",
                         (double)(now_ms() - ks->outage_since_ms) / 1000.0);
                 ks->outage_since_ms = 0;
             }
@@ -980,7 +981,7 @@ static int take(kafka_source *ks, rd_kafka_message_t *m, raw_record *out)
         return 0;
     }
     if (ks->outage_since_ms) {
-        fprintf(stderr, "sessionizer: kafka: cluster reachable again after %.1f s\n",
+        log_info("kafka", "cluster reachable again after %.1f s",
                 (double)(now_ms() - ks->outage_since_ms) / 1000.0);
         ks->outage_since_ms = 0;
     }
@@ -1193,9 +1194,9 @@ static int kafka_poll(source *s, raw_record *out, int timeout_ms, char *err, siz
         if (!ks->ever_active && !ks->paused_since_ms && !ks->wait_logged &&
             now_ms() - ks->opened_ms > 10000) {
             ks->wait_logged = 1;
-            fprintf(stderr, "sessionizer: kafka: still waiting for group %s to assign the "
-                    "partitions of %s (a member that crashed stays in the group until its "
-                    "session times out)\n", ks->group, ks->topic);
+            log_warn("kafka", "still waiting for group %s to assign the partitions of %s (a "
+                     "member that crashed stays in the group until its session times out)",
+                     ks->group, ks->topic);
         }
         if (waited) {
             ks->quiet = 1;
@@ -1267,9 +1268,9 @@ static int kafka_seek(source *s, const void *pos, size_t len, char *err, size_t 
                          kp->low - off);
                 return -1;
             }
-            fprintf(stderr, "sessionizer: kafka: %s partition %u: offsets %" PRId64 " to %" PRId64
-                    " were deleted before they were read; going on without them "
-                    "(auto.offset.reset)\n", ks->topic, id, off, kp->low - 1);
+            log_warn("kafka", "%s partition %u: offsets %" PRId64 " to %" PRId64 " were deleted "
+                     "before they were read; going on without them (auto.offset.reset)",
+                     ks->topic, id, off, kp->low - 1);
             off = kp->low;
         }
         kp->pos = off >= 0 ? off : OFFSET_UNKNOWN;
@@ -1307,7 +1308,7 @@ static size_t kafka_partitions(source *s, partition_info *out, size_t max)
         int64_t lo, hi;
         ks->outage_probe_ms = now;
         if (rd_kafka_query_watermark_offsets(ks->rk, ks->topic, 0, &lo, &hi, 200) == 0) {
-            fprintf(stderr, "sessionizer: kafka: cluster reachable again after %.1f s\n",
+            log_info("kafka", "cluster reachable again after %.1f s",
                     (double)(now_ms() - ks->outage_since_ms) / 1000.0);
             ks->outage_since_ms = 0;
         }

@@ -51,6 +51,7 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "common/log.h"
 #include "common/xalloc.h"
 #include "deadletter/deadletter.h"
 #include "engine/engine.h"
@@ -218,7 +219,7 @@ static void on_error(rd_kafka_t *rk, int e, const char *reason, void *opaque)
     static int64_t last;
     int64_t t = now_ms();
     if (t - last > 5000) {
-        fprintf(stderr, "sessionizer: scale-out: kafka: %s: %s (retrying)\n",
+        log_warn("scaleout", "kafka: %s: %s (retrying)",
                 rd_kafka_err2name((rd_kafka_resp_err_t)e), reason);
         last = t;
     }
@@ -333,7 +334,7 @@ static int check_internal_topic(so *s, char *err, size_t errlen)
     rd_kafka_queue_destroy(q);
     rd_kafka_NewTopic_destroy(nt);
     if (created == RD_KAFKA_RESP_ERR_NO_ERROR)
-        fprintf(stderr, "sessionizer: scale-out: created topic %s with %d partitions\n",
+        log_info("scaleout", "created topic %s with %d partitions",
                 s->rtopic, (int)s->R);
     /* A cluster without CreateTopics (librdkafka's mock cluster, old or
      * locked-down brokers): the metadata request below lets a cluster that
@@ -509,8 +510,8 @@ static void s1_commit(so *s, int quiet)
     if (l->cnt > 0) {
         rd_kafka_resp_err_t e = rd_kafka_commit(s->c1, l, 0);
         if (e && !quiet)
-            fprintf(stderr, "sessionizer: scale-out: stage 1 commit not made (%s); the next one "
-                    "covers it\n", rd_kafka_err2str(e));
+            log_warn("scaleout", "stage 1 commit not made (%s); the next one "
+                    "covers it", rd_kafka_err2str(e));
     }
     rd_kafka_topic_partition_list_destroy(l);
 }
@@ -524,7 +525,7 @@ static void s1_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e,
         /* The committed offsets and their metadata are the stage's state. */
         while ((ce = rd_kafka_committed(rk, l, META_TIMEOUT_MS)) != 0) {
             if (stopping(s)) break;
-            fprintf(stderr, "sessionizer: scale-out: reading stage 1 offsets: %s (retrying)\n",
+            log_warn("scaleout", "reading stage 1 offsets: %s (retrying)",
                     rd_kafka_err2str(ce));
         }
         int need_commit = 0;
@@ -567,7 +568,7 @@ static void s1_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e,
         buf_reset(b);
         for (int i = 0; i < l->cnt; i++)
             buf_printf(b, " p%d@%" PRId64, (int)l->elems[i].partition, l->elems[i].offset);
-        fprintf(stderr, "sessionizer: scale-out: stage 1 assigned%.*s\n", (int)b->len,
+        log_info("scaleout", "stage 1 assigned%.*s", (int)b->len,
                 b->data ? (const char *)b->data : "");
         if (need_commit) s1_commit(s, 1);
         for (int i = 0; i < l->cnt; i++) {
@@ -741,8 +742,8 @@ static int s2_commit(so *s, int suspending)
              * take its state and go on from there. */
             s->st.superseded++;
             if (suspending) continue; /* dropped anyway; its next owner loads the newer state */
-            fprintf(stderr, "sessionizer: scale-out: task %d was committed further by another "
-                    "instance; resuming from its state\n", (int)t->id);
+            log_info("scaleout", "task %d was committed further by another "
+                    "instance; resuming from its state", (int)t->id);
             if (task_restore(s, t)) return -1;
             s2_seek(s, t);
             continue;
@@ -791,7 +792,7 @@ static void s2_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e,
             if (l->elems[i].partition >= 0 && l->elems[i].partition < s->R)
                 buf_printf(b, " task%d@%" PRId64, (int)l->elems[i].partition,
                            s->t2[l->elems[i].partition].pos);
-        fprintf(stderr, "sessionizer: scale-out: stage 2 assigned%.*s\n", (int)b->len,
+        log_info("scaleout", "stage 2 assigned%.*s", (int)b->len,
                 b->data ? (const char *)b->data : "");
         rd_kafka_assign(rk, l);
     } else {
@@ -1019,8 +1020,8 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
         rd_kafka_subscribe(s->c2, l);
         rd_kafka_topic_partition_list_destroy(l);
     }
-    fprintf(stderr, "sessionizer: scale-out: group %s, topic %s (%d partitions) -> %s (%d "
-            "partitions) -> group %s\n", jc->source.group, s->topic, (int)s->n_src, s->rtopic,
+    log_info("scaleout", "group %s, topic %s (%d partitions) -> %s (%d "
+            "partitions) -> group %s", jc->source.group, s->topic, (int)s->n_src, s->rtopic,
             (int)s->R, s->group2);
     int64_t interval = jc->commit_interval_ms > 0 ? jc->commit_interval_ms : 1000;
     int64_t last_commit = now_ms(), last_marker = 0, last_done = 0;
@@ -1070,11 +1071,11 @@ out:
             rd_kafka_destroy(c);
         }
     }
-    fprintf(stderr, "sessionizer: scale-out: stage 1 read %" PRIu64 " records (%" PRIu64
+    log_info("scaleout", "stage 1 read %" PRIu64 " records (%" PRIu64
             " invalid, %" PRIu64 " late), produced %" PRIu64 " visits and %" PRIu64
             " markers; stage 2 read %" PRIu64 " records, applied %" PRIu64 " visits, dropped %"
             PRIu64 " duplicates, closed %" PRIu64 " sessions (%" PRIu64 " late, %" PRIu64
-            " over the cap)\n", s->st.read1, s->st.invalid1, s->st.late1, s->st.produced,
+            " over the cap)", s->st.read1, s->st.invalid1, s->st.late1, s->st.produced,
             s->st.markers, s->st.read2, s->st.visits2, s->st.dups2, s->st.sessions, s->st.late2,
             s->st.capped2);
     if (s->prod) {

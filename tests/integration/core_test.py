@@ -3,7 +3,7 @@
 
   core_test.py golden | replay | oracle | sigkill | batches | deadletter |
                corrupt | cli | stdin | sigterm | resume_open | diskfull | torn |
-               idle | sqlite_paths | outputs
+               idle | sqlite_paths | outputs | logs
 
 Each prints "N passed, N failed" and exits non-zero on a failure.
 """
@@ -35,6 +35,8 @@ def job(src, db, cp=None, *extra, check=True, stdin=None):
     args = ["run", "--source", src, "--sink", f"sqlite:{db}", "--until-end", *extra]
     if cp:
         args += ["--checkpoint", cp]
+    elif "--dlq" not in extra:
+        args += ["--dlq", f"jsonl:{db}.dlq"]
     return run(*args, check=check, stdin=stdin)
 
 
@@ -403,14 +405,18 @@ def t_cli(c):
         p = run(*args, check=False)
         c.eq(p.returncode, 2, f"usage error exits 2: {args}")
         c.check(needle in p.stderr, f"and names the problem: {p.stderr[:200]!r}")
-    p = run("run", "--source", f"file:{SAMPLE}", "--sink", "null:", "--until-end", "--stats")
+    p = run("run", "--source", f"file:{SAMPLE}", "--sink", "null:", "--until-end", "--stats",
+            "--dlq", f"jsonl:{d}/dlq.jsonl")
     c.check(b"close-to-ack latency over 3 sessions: p50 " in p.stderr, "--stats reports the latency of the 3 sessions")
-    p = run("run", "--source", f"file:{d}/missing.jsonl", "--sink", "null:", check=False)
+    p = run("run", "--source", f"file:{d}/missing.jsonl", "--sink", "null:", "--dlq",
+            f"jsonl:{d}/dlq.jsonl", check=False)
     c.eq(p.returncode, 1, "missing input exits 1")
     c.check(f"{d}/missing.jsonl".encode() in p.stderr, "naming the file")
-    p = run("run", "--source", "-", "--sink", "oracle:xyz", check=False, stdin=b"")
+    p = run("run", "--source", "-", "--sink", "oracle:xyz", "--dlq", f"jsonl:{d}/dlq.jsonl",
+            check=False, stdin=b"")
     c.check(p.returncode == 1 and b"unknown sink" in p.stderr, "unknown sink named")
-    p = run("run", "--source", "-", "--sink", f"sqlite:{d}/nodir/x.db", check=False, stdin=b"")
+    p = run("run", "--source", "-", "--sink", f"sqlite:{d}/nodir/x.db", "--dlq",
+            f"jsonl:{d}/dlq.jsonl", check=False, stdin=b"")
     c.check(p.returncode == 1 and b"nodir" in p.stderr, "unwritable sink named")
 
 
@@ -430,7 +436,8 @@ def t_stdin(c):
         "--until-end", stdin=data)
     c.eq(content(f"{d}/c.db"), content(f"{d}/a.db"), "stdin resumed from a checkpoint")
     # JSONL sink to stdout
-    p = run("run", "--source", f"file:{SAMPLE}", "--sink", "jsonl:-", "--until-end", "-q")
+    p = run("run", "--source", f"file:{SAMPLE}", "--sink", "jsonl:-", "--until-end", "-q",
+            "--dlq", f"jsonl:{d}/dlq.jsonl")
     import json
     rows = {(r["session_id"], r["user_id"]): r["pages"] for r in map(json.loads, p.stdout.splitlines())}
     c.eq(rows, GOLDEN, "jsonl:- prints the sessions")
@@ -440,7 +447,8 @@ def t_sigterm(c):
     d = tmpdir()
     log = f"{d}/visits.jsonl"
     generate(log, 200000, "--users", 5000, "--seed", 8)
-    run("run", "--source", f"file:{log}", "--sink", f"sqlite:{d}/ref.db", "--until-end", "-q")
+    run("run", "--source", f"file:{log}", "--sink", f"sqlite:{d}/ref.db", "--until-end", "-q",
+        "--dlq", f"jsonl:{d}/ref.dlq")
     args = ["run", "--source", f"file:{log}", "--sink", f"sqlite:{d}/s.db", "--checkpoint", f"{d}/cp",
             "--until-end", "--commit-every", "5000"]
     p = subprocess.Popen([BIN, *args], stderr=subprocess.PIPE)
@@ -523,17 +531,18 @@ def t_sqlite_paths(c):
     in-memory database, a URI. Each would lose every row while exiting 0, or
     (the checkpoint) put the database away from its lock."""
     d = tmpdir()
+    dlq = f"{tmpdir()}/dlq.jsonl"
     for target, needle in [("", b"no database file"), (":memory:", b"in-memory"),
                            ("file:x?mode=memory", b"URI"), ("file:out.db", b"URI")]:
         p = subprocess.run([BIN, "run", "--source", f"file:{SAMPLE}", "--sink", f"sqlite:{target}",
-                            "--until-end"], cwd=d, capture_output=True)
+                            "--until-end", "--dlq", f"jsonl:{dlq}"], cwd=d, capture_output=True)
         c.eq(p.returncode, 1, f"sqlite:{target} is refused")
         c.check(needle in p.stderr and b"sqlite:" in p.stderr,
                 f"saying why and what to write: {p.stderr.decode().strip()[:300]}")
     c.eq(sorted(os.listdir(d)), [], "and nothing was created")
     # the spelling that means a file of that name works, and is that file
     p = subprocess.run([BIN, "run", "--source", f"file:{SAMPLE}", "--sink", "sqlite:./file:out.db",
-                        "--until-end", "-q"], cwd=d, capture_output=True)
+                        "--until-end", "-q", "--dlq", f"jsonl:{dlq}"], cwd=d, capture_output=True)
     c.eq(p.returncode, 0, "sqlite:./file:out.db is accepted")
     c.eq(content(f"{d}/file:out.db"), GOLDEN, "and writes the file named file:out.db")
 
@@ -554,8 +563,8 @@ def t_sqlite_paths(c):
     holder.wait(timeout=30)
     c.eq(p.returncode, 1, "a second job on ./file:ck is refused")
     c.check(b"in use" in p.stderr, "by the lock: " + p.stderr.decode().strip()[:300])
-    c.eq(sorted(os.listdir(f"{d}/file:ck")), ["lock", "log-0000000000000000"],
-         "the checkpoint's files live next to its lock")
+    c.eq(sorted(os.listdir(f"{d}/file:ck")), ["deadletter.jsonl", "lock", "log-0000000000000000"],
+         "the checkpoint's files live next to its lock (and the dead letters)")
     c.check(not os.path.exists(f"{d}/ck"), "and nothing went to ./ck")
 
 
@@ -622,6 +631,58 @@ def t_outputs(c):
     # from its next commit: core.upgrade, on tests/fixtures/checkpoint-v1
 
 
+LOG_LINE = __import__("re").compile(
+    rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (debug|info|warn|error) [a-z]+: \S")
+
+
+def t_logs(c):
+    """Every line on stderr is a log line with a time and a level, dead letters
+    are not among them by default, --log-format json gives JSON objects."""
+    import json
+    d = tmpdir()
+    log = f"{d}/visits.jsonl"
+    generate(log, 3000, "--users", 50, "--bad", 0.05, "--disorder", 30, "--seed", 5)
+    n_bad = sum(1 for _ in open(log, "rb"))
+    p = run("run", "--source", f"file:{log}", "--sink", f"sqlite:{d}/s.db", "--checkpoint", f"{d}/cp",
+            "--until-end", "--progress")
+    lines = p.stderr.splitlines()
+    c.check(len(lines) >= 1 and all(LOG_LINE.match(x) for x in lines),
+            f"every stderr line is a log line: {[x for x in lines if not LOG_LINE.match(x)][:3]}")
+    s = summary(p.stderr)
+    c.check(s["dead"] > 0, f"the input has dead letters ({s['dead']})")
+    dl = [json.loads(x) for x in open(f"{d}/cp/deadletter.jsonl", "rb")]
+    c.eq(len(dl), s["dead"], "with --checkpoint DIR and no --dlq they go to DIR/deadletter.jsonl")
+    c.check(not any(b'"reason"' in x for x in lines), "and none to stderr")
+    c.check(any(b" info sessionizer: " + str(n_bad).encode() + b" records: " in x for x in lines),
+            "the summary is an info line")
+    # the default file is bound to the checkpoint directory: moved whole, it resumes
+    os.rename(f"{d}/cp", f"{d}/moved")
+    p = run("run", "--source", f"file:{log}", "--sink", f"sqlite:{d}/s.db", "--checkpoint", f"{d}/moved",
+            "--until-end")
+    c.check(b"resumed from checkpoint" in p.stderr, "a renamed checkpoint directory resumes")
+    # JSON
+    p = run("run", "--source", f"file:{log}", "--sink", "null:", "--dlq", f"jsonl:{d}/j.dlq",
+            "--until-end", "--log-format", "json", "--progress")
+    objs = [json.loads(x) for x in p.stderr.splitlines()]
+    c.check(objs and all(set(o) >= {"time", "level", "msg"} and o["level"] in ("info", "warn")
+                         and LOG_LINE.match(f"{o['time']} {o['level']} x: y".encode()) for o in objs),
+            f"--log-format json: one object per line with time, level, msg: {objs[:2]}")
+    c.check(any(o.get("component") == "sessionizer" and " records: " in o["msg"] for o in objs),
+            "the summary among them")
+    # no --dlq and no --checkpoint: refused before anything is read
+    p = run("run", "--source", f"file:{log}", "--sink", f"sqlite:{d}/t.db", check=False)
+    c.eq(p.returncode, 2, "no --dlq and no --checkpoint is a usage error")
+    c.check(b"--dlq is required" in p.stderr and LOG_LINE.match(p.stderr),
+            f"saying so in a log line: {p.stderr[:200]!r}")
+    c.check(not os.path.exists(f"{d}/t.db"), "before opening the sink")
+    # an explicit jsonl:stderr still works: the user chose to mix them
+    p = run("run", "--source", f"file:{log}", "--sink", "null:", "--dlq", "jsonl:stderr", "--until-end")
+    c.eq(sum(1 for x in p.stderr.splitlines() if x.startswith(b'{"reason"')), s["dead"],
+         "--dlq jsonl:stderr still writes them to stderr when asked")
+    p = run("run", "--source", "-", "--sink", "null:", "--log-format", "yaml", check=False)
+    c.eq(p.returncode, 2, "--log-format yaml is refused")
+
+
 def mounted_tmpfs(path, size):
     os.makedirs(path, exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], check=True)
@@ -636,14 +697,16 @@ def t_diskfull(c):
     d = tmpdir()
     log = f"{d}/visits.jsonl"
     generate(log, 150000, "--users", 50000, "--seed", 12)
-    run("run", "--source", f"file:{log}", "--sink", f"sqlite:{d}/ref.db", "--until-end", "-q")
+    run("run", "--source", f"file:{log}", "--sink", f"sqlite:{d}/ref.db", "--until-end", "-q",
+        "--dlq", f"jsonl:{d}/ref.dlq")
     ref = content(f"{d}/ref.db")
 
     # 1. the checkpoint's disk fills up
     small = f"{d}/small"
     mounted_tmpfs(small, "1m")
+    # (dead letters outside it: the copy below would be another file)
     args = ["run", "--source", f"file:{log}", "--sink", f"sqlite:{d}/s.db", "--until-end",
-            "--commit-every", "5000"]
+            "--commit-every", "5000", "--dlq", f"jsonl:{d}/dl.jsonl"]
     p = run(*args, "--checkpoint", f"{small}/cp", check=False)
     err = p.stderr.decode()
     c.eq(p.returncode, 1, "a full checkpoint disk stops the job with status 1")
@@ -720,6 +783,10 @@ def t_mapping(c):
     c.check("invalid_json" in reasons and len(reasons) >= 3, f"bad records dead-lettered with reasons {reasons}")
     # the layout is bound to the checkpoint (as are its outputs: the same --dlq)
     dlq = ["--dlq", f"jsonl:{d}/dlq.jsonl"]
+
+
+    # the layout is bound to the checkpoint
+    dlq = ("--dlq", f"jsonl:{d}/dlq.jsonl")  # the checkpoint's dead-letter file, every run
     p = job(f"file:{mapped}", db, f"{d}/cp", *MAPPED[:-1], "epoch_s", *dlq, check=False)
     c.eq(p.returncode, 1, "another --time-format with the same checkpoint is refused")
     err = p.stderr.decode()

@@ -50,7 +50,7 @@ run_variant ref
 "$PY" - "$WORK/expected.counts" "$WORK/ref.err" "$WORK/ref.dlq" <<'EOF'
 import json, re, sys
 exp = json.load(open(sys.argv[1]))
-summary = [l for l in open(sys.argv[2]) if l.startswith("sessionizer: ") and " records: " in l][-1]
+summary = [l for l in open(sys.argv[2]) if " info sessionizer: " in l and " records: " in l][-1]
 n = [int(x) for x in re.findall(r"(\d+) ", summary.split(";")[0])]
 records, closed_visits, closed, open_visits, open_s, dead = n[:6]
 dlq = open(sys.argv[3]).read().splitlines()

@@ -38,6 +38,7 @@ wait_job "$JOB_PID" 90
 [ "$RC" = 0 ] || die "the job exited with $RC after the outage"
 grep -q "unreachable" "$WORK/job.err" || die "the outage was not reported"
 grep -q "reachable again\|all 3 partitions" "$WORK/job.err" || die "the recovery was not reported"
+log_lines_only "$WORK/job.err"
 rows "$WORK/out.db" >"$WORK/actual.rows"
 diff "$WORK/expected.rows" "$WORK/actual.rows" | head >&2
 cmp -s "$WORK/expected.rows" "$WORK/actual.rows" || die "table differs from the oracle after the outage"

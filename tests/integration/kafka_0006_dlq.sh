@@ -50,7 +50,7 @@ expect big "${long:0:300}" "truncated=true,original_bytes=400"
 v=$(grep "^big	" "$WORK/dlq.txt" | cut -f2); [ ${#v} = 300 ] || die "the cut value has ${#v} bytes"
 grep -q "1 closed sessions\|closed sessions" "$WORK/run.err"
 check_oracle "$WORK/out.db" visits
-summary=$(grep "^sessionizer: 10 records" "$WORK/run.err") || die "summary: $(tail -1 "$WORK/run.err")"
+summary=$(grep " info sessionizer: 10 records" "$WORK/run.err") || die "summary: $(tail -1 "$WORK/run.err")"
 [[ "$summary" == *"5 dead-lettered (4 invalid, 1 late"* ]] || die "summary: $summary"
 log "5 dead letters with key, bytes, their own headers and ours; counts reconcile"
 

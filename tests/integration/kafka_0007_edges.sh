@@ -19,20 +19,21 @@ source "$(dirname "$0")/kafka_lib.sh"
 # 1 -----------------------------------------------------------------------
 t0=$(date +%s)
 start_job unreachable --source kafka://127.0.0.1:1/visits --sink "sqlite:$WORK/x.db" \
-    -X sessionizer.startup.timeout.ms=3000
+    --dlq "jsonl:$WORK/x.dlq" -X sessionizer.startup.timeout.ms=3000
 wait_job "$JOB_PID" 30
 t=$(($(date +%s) - t0))
 [ "$RC" = 1 ] || die "unreachable cluster: exit $RC"
 [ $t -le 8 ] || die "unreachable cluster: took $t s for a 3 s bound"
 grep -q "cannot reach the Kafka cluster at 127.0.0.1:1 within 3.0 s" "$WORK/unreachable.err" ||
     die "unclear message: $(cat "$WORK/unreachable.err")"
+log_lines_only "$WORK/unreachable.err"
 log "1: $(grep error "$WORK/unreachable.err" | cut -c1-150)... ($t s)"
 
 # 2 -----------------------------------------------------------------------
 start_mock 4
 check_refusal() { # NAME EXPECTED-TEXT ARGS...
     local name=$1 text=$2; shift 2
-    start_job "$name" --sink "sqlite:$WORK/$name.db" "$@"
+    start_job "$name" --sink "sqlite:$WORK/$name.db" --dlq "jsonl:$WORK/$name.dlq" "$@"
     wait_job "$JOB_PID" 30
     [ "$RC" != 0 ] || die "$name: accepted"
     grep -qF -- "$text" "$WORK/$name.err" || die "$name: unclear message: $(cat "$WORK/$name.err")"
@@ -67,10 +68,10 @@ log "5: the group's committed offsets are the job's positions"
 
 # 4 -----------------------------------------------------------------------
 start_job latest --source "kafka://$BROKERS/visits" --sink "sqlite:$WORK/latest.db" \
-    --start latest --until-end --group g-latest "${FAST[@]}"
+    --start latest --until-end --group g-latest --dlq "jsonl:$WORK/latest.dlq" "${FAST[@]}"
 wait_job "$JOB_PID" 30
 [ "$RC" = 0 ] || die "4: exit $RC"
-grep -q "^sessionizer: 0 records" "$WORK/latest.err" || die "4: --start latest read old records"
+grep -q " info sessionizer: 0 records" "$WORK/latest.err" || die "4: --start latest read old records"
 log "4: --start latest read nothing of the 4 records already there"
 
 # 6 (the checkpoint of the live job of 3) ---------------------------------

@@ -66,6 +66,15 @@ dump_topic() {
     kcat -C -b "$BROKERS" -t "$1" -e -q -f '%p\t%o\t%T\t%s\n'
 }
 
+# log_lines_only FILE: fails unless every line of FILE is a log line
+# ("2026-12-01T03:04:05.123Z warn kafka: ..."), librdkafka's included.
+log_lines_only() {
+    local bad
+    bad=$(grep -Ev '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z (debug|info|warn|error) [a-z]+: ' "$1" | head -3) || true
+    [ -z "$bad" ] || die "$1 has lines that are not log lines: $bad"
+    [ -s "$1" ] || die "$1 is empty"
+}
+
 # start_job NAME ARGS...: runs sessionizer in the background; sets JOB_PID.
 # Output goes to $WORK/NAME.out and $WORK/NAME.err.
 start_job() {

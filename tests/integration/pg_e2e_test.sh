@@ -94,11 +94,12 @@ echo "# after checkpoint loss and replay:"; sed 's/^/#   /' "$work/walk2"
 # The other spellings of the target: the postgres:// alias, and everything
 # from libpq's environment variables.
 q "DROP TABLE sessions"
-"$bin" run -q --source "file:$sample" --sink "${PG_URI/postgresql:/postgres:}" --until-end
+"$bin" run -q --source "file:$sample" --sink "${PG_URI/postgresql:/postgres:}" --until-end \
+    --dlq "jsonl:$work/dlq-postgres"
 check "postgres:// works as postgresql://" [ "$(q 'SELECT count(*) FROM sessions')" = 3 ]
 q "DROP TABLE sessions"
 PGHOST=$PG_SERVER_SOCKET_DIR PGPORT=$PG_SERVER_PORT PGUSER=postgres PGDATABASE=postgres \
-    "$bin" run -q --source "file:$sample" --sink "postgresql:" --until-end
+    "$bin" run -q --source "file:$sample" --sink "postgresql:" --until-end --dlq "jsonl:$work/dlq-env"
 check "postgresql: alone takes libpq's environment" [ "$(q 'SELECT count(*) FROM sessions')" = 3 ]
 
 echo "# 2. replay of a larger input after checkpoint loss"
@@ -152,6 +153,8 @@ job_pid=
 check "job exits 0 after the outage (rows before it: $before)" [ "$rc" = 0 ]
 check "job said it was retrying" grep -q "retrying commit" "$work/err3"
 check "job said when it got through" grep -q "commit succeeded after" "$work/err3"
+check "every line it said is a log line (time, level)" \
+    [ -z "$(grep -Ev '^[0-9-]{10}T[0-9:]{8}\.[0-9]{3}Z (info|warn|error) [a-z]+: ' "$work/err3")" ]
 check "outage: = SQLite run of the same input (nothing lost, nothing duplicated)" \
     same_as_sqlite "$work/ref3.db"
 grep -m 3 "retrying\|succeeded" "$work/err3" | sed 's/^/#   /'

@@ -6,6 +6,7 @@
 #include "check.h"
 
 #include "cli/options.h"
+#include "common/log.h"
 
 #include <stdarg.h>
 #include <stdlib.h>
@@ -66,7 +67,8 @@ static void test_defaults(void)
     CHECK_EQ_I64(parse(&o, "--source", "-", "--sink", "null:", NULL), 0);
     CHECK_STR(o.job.source_uri, "-");
     CHECK_STR(o.job.sink_uri, "null:");
-    CHECK_STR(o.job.dlq_uri, "jsonl:stderr");
+    CHECK(o.job.dlq_uri == NULL); /* DIR/deadletter.jsonl with --checkpoint DIR */
+    CHECK_EQ_I64(o.log_format, LOG_FORMAT_TEXT);
     CHECK(o.job.checkpoint_dir == NULL);
     CHECK_EQ_I64(o.job.engine.gap_us, 50000000);
     CHECK_EQ_I64(o.job.engine.lateness_us, 10000000);
@@ -89,7 +91,10 @@ static void test_values(void)
                        "--lateness", "500ms", "--max-pages", "2k", "--max-record-bytes", "64KiB",
                        "--commit-every", "0", "--commit-interval", "250ms", "--no-create-schema",
                        "-X", "a=1", "--source-opt", "b=2", "--sink-opt", "c=3", "--start", "latest",
-                       "--until-end", "--checkpoint", "cp", "-q", "--stats", NULL), 0);
+                       "--until-end", "--checkpoint", "cp", "-q", "--stats", "--log-format", "json",
+                       NULL), 0);
+    CHECK_EQ_I64(o.log_format, LOG_FORMAT_JSON);
+    log_set_format(LOG_FORMAT_TEXT);
     CHECK_EQ_I64(o.job.engine.gap_us, 120000000);
     CHECK_EQ_I64(o.job.engine.lateness_us, 500000);
     CHECK_EQ_I64(o.job.engine.max_pages, 2000);
@@ -126,7 +131,7 @@ static void test_errors(void)
         {"--max-pages", "0"}, {"--max-pages", "100000001"}, {"--max-record-bytes", "63"},
         {"--max-record-bytes", "2GiB"}, {"--commit-every", "1x"}, {"--commit-interval", "1y"},
         {"--start", "middle"}, {"-X", "novalue"}, {"--sink-opt", "novalue"}, {"--bogus", NULL},
-        {"stray", NULL}, {"--commit-every", "99999999999999999999"}};
+        {"stray", NULL}, {"--commit-every", "99999999999999999999"}, {"--log-format", "yaml"}};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         cli_options o;
         int rc = bad[i][1] ? parse(&o, "--source", "-", "--sink", "null:", bad[i][0], bad[i][1], NULL)
@@ -224,7 +229,7 @@ static void test_precedence(void)
     CHECK(strstr((const char *)cstr_of(&p1), "gap: 30s   # command line") != NULL);
     CHECK(strstr((const char *)cstr_of(&p1), "lateness: 2s   # environment") != NULL);
     CHECK(strstr((const char *)cstr_of(&p1), "max-pages: 7   # config file") != NULL);
-    CHECK(strstr((const char *)cstr_of(&p1), "dlq: \"jsonl:stderr\"   # default") != NULL);
+    CHECK(strstr((const char *)cstr_of(&p1), "# dlq: (not set)") != NULL);
     unsetenv("SESSIONIZER_GAP");
     unsetenv("SESSIONIZER_LATENESS");
     unsetenv("SESSIONIZER_SOURCE_OPT");
