@@ -16,6 +16,7 @@
 
 #include "checkpoint/checkpoint.h"
 #include "common/log.h"
+#include "common/memory.h"
 #include "common/xalloc.h"
 #include "deadletter/deadletter.h"
 #include "record/parse.h"
@@ -60,6 +61,7 @@ typedef struct job {
     partition_info *parts;
     pending queue[PIPELINE];
     size_t q_head, q_len; /* oldest at q_head */
+    uint64_t memory_limit; /* resolved --memory-limit, bytes */
 } job;
 
 static int64_t now_us(void)
@@ -434,6 +436,36 @@ static int update_partitions(job *j, int print_progress, double rate)
     return 0;
 }
 
+/* ---- memory budget ------------------------------------------------------- */
+
+/* How often the resident size is read: /proc/self/statm costs a few
+ * microseconds, 4096 records take a millisecond or more, and they can grow
+ * the open state by at most 4096 sessions (~1 MB at ~250 bytes each). */
+#define MEMORY_CHECK_EVERY 4096
+
+/* --memory-limit: the kernel never kills the job for its open sessions. Past
+ * its budget the job commits what it has (the checkpoint then holds exactly
+ * that state) and stops with a message naming the option. */
+static int memory_check(job *j)
+{
+    uint64_t rss = memory_resident_bytes();
+    if (j->memory_limit == 0 || rss <= j->memory_limit) return 0;
+    if (commit(j)) return -1;
+    engine_stats st;
+    engine_get_stats(j->eng, &st);
+    snprintf(j->err, j->errlen,
+             "resident memory reached %.0f MiB, over --memory-limit %.0f MiB, with %" PRIu64
+             " open sessions holding %" PRIu64 " pages. Stopped after a commit: %s. Raise "
+             "--memory-limit, or lower --gap, --max-pages or --max-session-bytes, which bound "
+             "what a session holds",
+             (double)rss / 1048576.0, (double)j->memory_limit / 1048576.0, st.open_sessions,
+             st.open_pages,
+             j->cp ? "the checkpoint is intact and a restart resumes from it"
+                   : "the closed sessions are written; without --checkpoint the open ones are "
+                     "lost");
+    return -1;
+}
+
 /* ---- main loop ----------------------------------------------------------- */
 
 static int run_loop(job *j)
@@ -456,6 +488,7 @@ static int run_loop(job *j)
             j->res->records_this_run++;
             since_commit++;
             if (enqueue(j, &rec)) return -1;
+            if (j->res->records_this_run % MEMORY_CHECK_EVERY == 0 && memory_check(j)) return -1;
         }
         if (st == SOURCE_END) {
             if (update_partitions(j, 0, 0)) return -1;
@@ -533,7 +566,8 @@ int job_run(const job_config *cfg, job_result *res, char *err, size_t errlen)
     j.parser = record_parser_new(&cfg->records);
     j.parts = xcalloc(MAX_PARTITIONS, sizeof *j.parts);
     if (j.cp && (checkpoint_has_state(j.cp) ? restore(&j) : commit_at(&j, 0))) goto out;
-    rc = run_loop(&j);
+    j.memory_limit = cfg->memory_limit ? cfg->memory_limit : memory_default_limit();
+    rc = memory_check(&j) ? -1 : run_loop(&j);
 out:
     if (j.eng) engine_get_stats(j.eng, &res->engine);
     if (j.cp) res->checkpoint_bytes = checkpoint_disk_bytes(j.cp);

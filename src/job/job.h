@@ -41,6 +41,8 @@ typedef struct job_config {
     int64_t commit_interval_ms;   /* wall-clock time between commits (0: only by count) */
     int progress;                 /* 0 never, 1 auto (terminal), 2 always (plain lines) */
     int latency_stats;            /* measure close-to-acknowledgement latency */
+    uint64_t memory_limit;        /* resident bytes; past them, commit and stop (0: a
+                                     default share of the machine, memory.h) */
     volatile sig_atomic_t *stop;  /* set by a signal handler: commit and return */
 } job_config;
 

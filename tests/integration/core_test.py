@@ -391,6 +391,35 @@ def t_upgrade(c):
     c.check(b"was written for the sink" in p.stderr, "naming it: " + p.stderr.decode().strip()[:200])
 
 
+def t_memory_limit(c):
+    """Past --memory-limit the job commits and stops with a message naming the
+    option, its resident memory near the limit; a restart with room resumes
+    from that checkpoint and writes every session once."""
+    import json
+    import resource
+    d = tmpdir()
+    n = 200000
+    subprocess.run([PY, os.path.join(ROOT, "bench", "gen_open.py"), str(n), "--out", f"{d}/open.jsonl"],
+                   check=True)
+    run("run", "--source", f"file:{SAMPLE}", "--sink", "null:", "-q")
+    base = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the job on nothing
+    limit = base + 12 * 1024 * 1024  # ~60k of the 200k open sessions
+    args = ["run", "--source", f"file:{d}/open.jsonl", "--sink", f"jsonl:{d}/out.jsonl",
+            "--checkpoint", f"{d}/cp", "--commit-every", "20000"]
+    p = run(*args, "--memory-limit", str(limit), check=False)
+    err = p.stderr.decode()
+    c.eq(p.returncode, 1, "past the budget the job stops with status 1")
+    c.check("--memory-limit" in err and "checkpoint is intact" in err, f"naming the option: {err.strip()[:300]}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    c.check(peak <= limit + 4 * 1024 * 1024, f"resident memory stayed near the limit ({peak >> 20} MiB, limit {limit >> 20} MiB)")
+    s = summary(p.stderr)
+    c.check(0 < s["records"] < n, f"stopped part of the way ({s['records']} records)")
+    p = run(*args, "--until-end", "--memory-limit", "8GiB")
+    c.check(b"resumed from checkpoint" in p.stderr, "a restart with room resumes the checkpoint")
+    ids = [json.loads(x)["session_id"] for x in open(f"{d}/out.jsonl", "rb")]
+    c.eq((len(ids), len(set(ids))), (n, n), "and every session is written once")
+
+
 def t_cli(c):
     d = tmpdir()
     p = run("--help")

@@ -1,0 +1,18 @@
+/*
+ * memory.h - the process's resident memory and the machine's share of it,
+ * for --memory-limit (job.c) and the figures in bench/.
+ */
+#ifndef SESSIONIZER_MEMORY_H
+#define SESSIONIZER_MEMORY_H
+
+#include <stdint.h>
+
+/* Resident set size in bytes (/proc/self/statm), 0 if unknown. */
+uint64_t memory_resident_bytes(void);
+
+/* The default budget: half of the memory this process may use, the smaller
+ * of the machine's physical memory and its cgroup's limit (memory.max, v2;
+ * memory.limit_in_bytes, v1). 0 if neither is known. */
+uint64_t memory_default_limit(void);
+
+#endif
