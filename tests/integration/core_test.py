@@ -401,7 +401,7 @@ def t_memory_limit(c):
     n = 200000
     subprocess.run([PY, os.path.join(ROOT, "bench", "gen_open.py"), str(n), "--out", f"{d}/open.jsonl"],
                    check=True)
-    run("run", "--source", f"file:{SAMPLE}", "--sink", "null:", "-q")
+    run("run", "--source", f"file:{SAMPLE}", "--sink", "null:", "--dlq", f"jsonl:{d}/dl.jsonl", "-q")
     base = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the job on nothing
     limit = base + 12 * 1024 * 1024  # ~60k of the 200k open sessions
     args = ["run", "--source", f"file:{d}/open.jsonl", "--sink", f"jsonl:{d}/out.jsonl",
