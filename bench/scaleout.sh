@@ -42,8 +42,8 @@ run() {
     /usr/bin/time -f "%e %U %S" -o "$WORK/$name.time" "$SZ" run "$@" -q --dlq "jsonl:$WORK/$name.dlq" \
         "${FAST[@]}" 2>"$WORK/$name.err" || { tail -5 "$WORK/$name.err"; exit 1; }
 }
-cpu() { awk '{printf "%.2f", $2 + $3}' "$WORK/$1.time"; }
-wall() { awk '{printf "%.2f", $1}' "$WORK/$1.time"; }
+cpu() { tail -n1 "$WORK/$1.time" | awk '{printf "%.2f", $2 + $3}'; }
+wall() { tail -n1 "$WORK/$1.time" | awk '{printf "%.2f", $1}'; }
 
 run single --source "kafka://$B/visits" --sink "$PG_URI" --sink-opt table=single --group single --until-end
 echo "single instance:        wall $(wall single) s, CPU $(cpu single) s, $(awk -v c="$(cpu single)" -v n="$TOTAL" 'BEGIN{printf "%.2f", c / n * 1e6}') CPU us/record"
@@ -54,7 +54,7 @@ A=$!
 run two_b --scale-out --source "kafka://$B/visits" --sink "$PG_URI" --sink-opt table=two --group two --until-end
 wait $A
 C2=$(awk -v a="$(cpu two_a)" -v b="$(cpu two_b)" 'BEGIN{printf "%.2f", a + b}')
-W2=$(awk -v a="$(wall two_a)" -v b="$(wall two_b)" 'BEGIN{printf "%.2f", a > b ? a : b}')
+W2=$(awk -v a="$(wall two_a)" -v b="$(wall two_b)" 'BEGIN{printf "%.2f", (a > b ? a : b)}')
 echo "scale-out, 2 instances: wall $W2 s, CPU $C2 s (both), $(awk -v c="$C2" -v n="$TOTAL" 'BEGIN{printf "%.2f", c / n * 1e6}') CPU us/record"
 for t in single one two; do
     echo "table $t: $(pg_server_psql -AtX -c "SELECT count(*), sum(cardinality(pages)) FROM $t")"

@@ -18,11 +18,28 @@
 
 #include "common/xalloc.h"
 
+/* A commit's user rows are sent as two statements over arrays (binary
+ * int8[] and bytea[]), not one statement per row: a task commits thousands
+ * of users a second, and a round trip each made the state store the
+ * scale-out's bottleneck (docs/scaling.md, Figures). */
+#define PG_INT8OID 20
+#define PG_BYTEAOID 17
+#define PG_INT8ARRAYOID 1016
+#define PG_BYTEAARRAYOID 1001
+#define FLUSH_ROWS 10000 /* rows per statement at most */
+
+typedef struct pg_array {
+    buf elems; /* per element: be32 length, bytes */
+    uint32_t n;
+} pg_array;
+
 struct task_store {
     PGconn *conn;
     char *group;
     int32_t task; /* of the open transaction */
     int in_tx;
+    pg_array up_ids, up_blobs, del_ids;
+    buf arr[2];
 };
 
 static void pg_err(task_store *ts, const char *what, PGresult *r, char *err, size_t errlen)
@@ -41,6 +58,46 @@ static int exec_ok(task_store *ts, const char *sql, char *err, size_t errlen)
     if (!ok) pg_err(ts, sql, r, err, errlen);
     PQclear(r);
     return ok ? 0 : -1;
+}
+
+static void put_be32(buf *b, uint32_t v)
+{
+    unsigned char c[4] = {(unsigned char)(v >> 24), (unsigned char)(v >> 16),
+                          (unsigned char)(v >> 8), (unsigned char)v};
+    buf_append(b, c, 4);
+}
+
+static void array_add(pg_array *a, const void *v, size_t len)
+{
+    put_be32(&a->elems, (uint32_t)len);
+    buf_append(&a->elems, v, len);
+    a->n++;
+}
+
+static void array_add_i64(pg_array *a, int64_t v)
+{
+    unsigned char c[8];
+    for (int i = 0; i < 8; i++) c[i] = (unsigned char)((uint64_t)v >> (56 - 8 * i));
+    array_add(a, c, 8);
+}
+
+/* PostgreSQL's binary array format: ndim, has-nulls, element type, then
+ * (size, lower bound) per dimension, then the elements. */
+static void array_encode(const pg_array *a, unsigned oid, buf *out)
+{
+    buf_reset(out);
+    put_be32(out, 1);
+    put_be32(out, 0);
+    put_be32(out, oid);
+    put_be32(out, a->n);
+    put_be32(out, 1);
+    buf_append(out, a->elems.data, a->elems.len);
+}
+
+static void array_reset(pg_array *a)
+{
+    buf_reset(&a->elems);
+    a->n = 0;
 }
 
 static const char *SCHEMA =
@@ -76,6 +133,11 @@ void task_store_close(task_store *ts)
     if (!ts) return;
     if (ts->conn) PQfinish(ts->conn);
     free(ts->group);
+    buf_free(&ts->up_ids.elems);
+    buf_free(&ts->up_blobs.elems);
+    buf_free(&ts->del_ids.elems);
+    buf_free(&ts->arr[0]);
+    buf_free(&ts->arr[1]);
     free(ts);
 }
 
@@ -210,37 +272,79 @@ int task_store_put(task_store *ts, const char *key, const void *v, size_t len, c
     return ok ? 0 : -1;
 }
 
+/* Sends the buffered user rows. */
+static int flush_users(task_store *ts, char *err, size_t errlen)
+{
+    char tbuf[16];
+    snprintf(tbuf, sizeof tbuf, "%d", (int)ts->task);
+    if (ts->up_ids.n > 0) {
+        array_encode(&ts->up_ids, PG_INT8OID, &ts->arr[0]);
+        array_encode(&ts->up_blobs, PG_BYTEAOID, &ts->arr[1]);
+        const char *vals[4] = {ts->group, tbuf, (const char *)ts->arr[0].data,
+                               (const char *)ts->arr[1].data};
+        int lens[4] = {0, 0, (int)ts->arr[0].len, (int)ts->arr[1].len};
+        int fmts[4] = {0, 0, 1, 1};
+        Oid types[4] = {0, 0, PG_INT8ARRAYOID, PG_BYTEAARRAYOID};
+        PGresult *r = PQexecParams(ts->conn,
+                                   "INSERT INTO sessionizer_task_users SELECT $1, $2, u, b FROM "
+                                   "unnest($3::int8[], $4::bytea[]) AS t(u, b) "
+                                   "ON CONFLICT (grp, task, user_id) DO UPDATE SET blob = EXCLUDED.blob",
+                                   4, types, vals, lens, fmts, 0);
+        int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        if (!ok) pg_err(ts, "writing a task's users", r, err, errlen);
+        PQclear(r);
+        if (!ok) return -1;
+        array_reset(&ts->up_ids);
+        array_reset(&ts->up_blobs);
+    }
+    if (ts->del_ids.n > 0) {
+        array_encode(&ts->del_ids, PG_INT8OID, &ts->arr[0]);
+        const char *vals[3] = {ts->group, tbuf, (const char *)ts->arr[0].data};
+        int lens[3] = {0, 0, (int)ts->arr[0].len};
+        int fmts[3] = {0, 0, 1};
+        Oid types[3] = {0, 0, PG_INT8ARRAYOID};
+        PGresult *r = PQexecParams(ts->conn,
+                                   "DELETE FROM sessionizer_task_users WHERE grp = $1 AND task = $2 "
+                                   "AND user_id = ANY($3::int8[])", 3, types, vals, lens, fmts, 0);
+        int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        if (!ok) pg_err(ts, "deleting a task's users", r, err, errlen);
+        PQclear(r);
+        if (!ok) return -1;
+        array_reset(&ts->del_ids);
+    }
+    return 0;
+}
+
 int task_store_put_user(task_store *ts, int64_t user_id, const void *blob, size_t len, char *err,
                         size_t errlen)
 {
     if (!ts->in_tx) return -1;
-    char tbuf[16], ubuf[24];
-    snprintf(tbuf, sizeof tbuf, "%d", (int)ts->task);
-    snprintf(ubuf, sizeof ubuf, "%lld", (long long)user_id);
-    const char *vals[4] = {ts->group, tbuf, ubuf, blob};
-    int lens[4] = {0, 0, 0, (int)len};
-    int fmts[4] = {0, 0, 0, 1};
-    PGresult *r = blob
-        ? PQexecParams(ts->conn, "INSERT INTO sessionizer_task_users VALUES ($1, $2, $3, $4) "
-                       "ON CONFLICT (grp, task, user_id) DO UPDATE SET blob = EXCLUDED.blob",
-                       4, NULL, vals, lens, fmts, 0)
-        : PQexecParams(ts->conn, "DELETE FROM sessionizer_task_users WHERE grp = $1 AND "
-                       "task = $2 AND user_id = $3", 3, NULL, vals, NULL, NULL, 0);
-    int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-    if (!ok) pg_err(ts, "writing a task's users", r, err, errlen);
-    PQclear(r);
-    return ok ? 0 : -1;
+    if (blob) {
+        array_add_i64(&ts->up_ids, user_id);
+        array_add(&ts->up_blobs, blob, len);
+    } else {
+        array_add_i64(&ts->del_ids, user_id);
+    }
+    if (ts->up_ids.n + ts->del_ids.n >= FLUSH_ROWS) return flush_users(ts, err, errlen);
+    return 0;
 }
 
 int task_store_commit(task_store *ts, char *err, size_t errlen)
 {
     if (!ts->in_tx) return -1;
+    if (flush_users(ts, err, errlen)) {
+        task_store_abort(ts);
+        return -1;
+    }
     ts->in_tx = 0;
     return exec_ok(ts, "COMMIT", err, errlen);
 }
 
 void task_store_abort(task_store *ts)
 {
+    array_reset(&ts->up_ids);
+    array_reset(&ts->up_blobs);
+    array_reset(&ts->del_ids);
     if (!ts->in_tx) return;
     ts->in_tx = 0;
     PGresult *r = PQexec(ts->conn, "ROLLBACK");
