@@ -56,6 +56,11 @@ wait $A
 C2=$(awk -v a="$(cpu two_a)" -v b="$(cpu two_b)" 'BEGIN{printf "%.2f", a + b}')
 W2=$(awk -v a="$(wall two_a)" -v b="$(wall two_b)" 'BEGIN{printf "%.2f", (a > b ? a : b)}')
 echo "scale-out, 2 instances: wall $W2 s, CPU $C2 s (both), $(awk -v c="$C2" -v n="$TOTAL" 'BEGIN{printf "%.2f", c / n * 1e6}') CPU us/record"
+# The same without a sink's cost: what the repartition itself costs.
+run single_null --source "kafka://$B/visits" --sink null: --group single_null --until-end
+echo "single instance, null: sink:        wall $(wall single_null) s, CPU $(cpu single_null) s, $(awk -v c="$(cpu single_null)" -v n="$TOTAL" 'BEGIN{printf "%.2f", c / n * 1e6}') CPU us/record"
+run one_null --scale-out --state "$PG_URI" --source "kafka://$B/visits" --sink null: --group one_null --until-end
+echo "scale-out, 1 instance, null: sink:  wall $(wall one_null) s, CPU $(cpu one_null) s, $(awk -v c="$(cpu one_null)" -v n="$TOTAL" 'BEGIN{printf "%.2f", c / n * 1e6}') CPU us/record"
 for t in single one two; do
     echo "table $t: $(pg_server_psql -AtX -c "SELECT count(*), sum(cardinality(pages)) FROM $t")"
 done

@@ -63,6 +63,7 @@
 #define MARKER_MS 200       /* stage 1 broadcasts progress markers this often */
 #define DONE_CHECK_MS 500   /* --until-end: how often the group's progress is read */
 #define META_TIMEOUT_MS 10000
+#define CREATE_TIMEOUT_MS 5000
 #define REC_VERSION 1
 #define MAX_SRC_PARTITIONS 100000
 
@@ -309,15 +310,33 @@ static int topic_partitions(rd_kafka_t *rk, const char *topic, int32_t *n, char 
  * and the message says which command makes it so. */
 static int check_internal_topic(so *s, char *err, size_t errlen)
 {
+    /* Already there (every start but a group's first): a listing of every
+     * topic, which unlike a request for one topic creates nothing. */
+    const rd_kafka_metadata_t *all = NULL;
+    rd_kafka_resp_err_t me = rd_kafka_metadata(s->prod, 1, NULL, &all, META_TIMEOUT_MS);
+    if (me) {
+        snprintf(err, errlen, "cannot list the topics of the Kafka cluster at %s: %s", s->brokers,
+                 rd_kafka_err2str(me));
+        return -1;
+    }
+    int found = 0;
+    for (int i = 0; i < all->topic_cnt && !found; i++)
+        found = strcmp(all->topics[i].topic, s->rtopic) == 0;
+    rd_kafka_metadata_destroy(all);
+    rd_kafka_resp_err_t created = RD_KAFKA_RESP_ERR_NO_ERROR;
+    char why[256] = "already there";
+    if (found) goto check;
     char e[512] = "";
     rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(s->rtopic, s->R, -1, e, sizeof e);
     rd_kafka_queue_t *q = rd_kafka_queue_new(s->prod);
     rd_kafka_AdminOptions_t *ao = rd_kafka_AdminOptions_new(s->prod, RD_KAFKA_ADMIN_OP_CREATETOPICS);
-    rd_kafka_AdminOptions_set_request_timeout(ao, META_TIMEOUT_MS, e, sizeof e);
+    /* A cluster without CreateTopics (the mock) does not answer at all:
+     * seconds, not the usual metadata timeout. */
+    rd_kafka_AdminOptions_set_request_timeout(ao, CREATE_TIMEOUT_MS, e, sizeof e);
     rd_kafka_CreateTopics(s->prod, &nt, 1, ao, q);
-    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, META_TIMEOUT_MS + 1000);
-    rd_kafka_resp_err_t created = RD_KAFKA_RESP_ERR__TIMED_OUT;
-    char why[256] = "no answer";
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, CREATE_TIMEOUT_MS + 1000);
+    created = RD_KAFKA_RESP_ERR__TIMED_OUT;
+    snprintf(why, sizeof why, "no answer");
     if (ev) {
         created = rd_kafka_event_error(ev);
         snprintf(why, sizeof why, "%s", created ? rd_kafka_event_error_string(ev) : "");
@@ -336,9 +355,13 @@ static int check_internal_topic(so *s, char *err, size_t errlen)
     if (created == RD_KAFKA_RESP_ERR_NO_ERROR)
         log_info("scaleout", "created topic %s with %d partitions",
                 s->rtopic, (int)s->R);
+    else
+        fprintf(stderr, "sessionizer: scale-out: could not create topic %s (%s); asking the "
+                "cluster to auto-create it\n", s->rtopic, why);
     /* A cluster without CreateTopics (librdkafka's mock cluster, old or
      * locked-down brokers): the metadata request below lets a cluster that
      * auto-creates topics do so, with its default partition count. */
+check:;
     int32_t n = 0;
     if (topic_partitions(s->prod, s->rtopic, &n, err, errlen)) return -1;
     if (n == s->R) return 0;
