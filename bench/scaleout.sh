@@ -59,6 +59,8 @@ echo "scale-out, 2 instances: wall $W2 s, CPU $C2 s (both), $(awk -v c="$C2" -v 
 # The same without a sink's cost: what the repartition itself costs.
 run single_null --source "kafka://$B/visits" --sink null: --group single_null --until-end
 echo "single instance, null: sink:        wall $(wall single_null) s, CPU $(cpu single_null) s, $(awk -v c="$(cpu single_null)" -v n="$TOTAL" 'BEGIN{printf "%.2f", c / n * 1e6}') CPU us/record"
+run single_ck_null --source "kafka://$B/visits" --sink null: --checkpoint "$WORK/ck" --group single_ck_null --until-end
+echo "single instance, --checkpoint, null: wall $(wall single_ck_null) s, CPU $(cpu single_ck_null) s, $(awk -v c="$(cpu single_ck_null)" -v n="$TOTAL" 'BEGIN{printf "%.2f", c / n * 1e6}') CPU us/record"
 run one_null --scale-out --state "$PG_URI" --source "kafka://$B/visits" --sink null: --group one_null --until-end
 echo "scale-out, 1 instance, null: sink:  wall $(wall one_null) s, CPU $(cpu one_null) s, $(awk -v c="$(cpu one_null)" -v n="$TOTAL" 'BEGIN{printf "%.2f", c / n * 1e6}') CPU us/record"
 for t in single one two; do

@@ -940,6 +940,13 @@ static int drain(so *s, rd_kafka_t *c, void (*fn)(so *, rd_kafka_message_t *), i
     return n;
 }
 
+static int my_tasks_done(const so *s)
+{
+    for (int32_t r = 0; r < s->R; r++)
+        if (s->t2[r].assigned && !s->t2[r].done) return 0;
+    return 1;
+}
+
 static int all_done(so *s)
 {
     int64_t n = task_store_count_key(s->store, "done", s->err, s->errlen);
@@ -1064,7 +1071,9 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
             if (s2_commit(s, 0)) goto out;
             last_commit = t;
         }
-        if (jc->until_end && t - last_done >= DONE_CHECK_MS) {
+        if (jc->until_end && t - last_done >= DONE_CHECK_MS && my_tasks_done(s)) {
+            /* Only once this instance has nothing left of its own: the
+             * others' progress is read from the store. */
             last_done = t;
             if (s2_commit(s, 0)) goto out;
             if (all_done(s)) break;
