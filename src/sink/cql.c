@@ -40,6 +40,7 @@
 #include "common/buf.h"
 #include "common/log.h"
 #include "common/secret.h"
+#include "common/units.h"
 #include "common/xalloc.h"
 #include "cql/cql_client.h"
 #include "cql/cql_proto.h"
@@ -47,8 +48,8 @@
 
 #define CQL_OPTIONS_HELP                                                                     \
     "consistency=LOCAL_QUORUM username= password= password_file= tls=0|1 tls_ca=FILE "      \
-    "tls_verify=1 tls_cert=FILE tls_key=FILE connect_timeout_ms=5000 request_timeout_ms=12000 " \
-    "retry_timeout_ms=300000 max_in_flight=512 batch=none|unlogged batch_size=16 local_dc= "  \
+    "tls_verify=1 tls_cert=FILE tls_key=FILE connect_timeout=5s request_timeout=12s " \
+    "retry_timeout=5m max_in_flight=512 batch=none|unlogged batch_size=16 local_dc= "  \
     "token_aware=1"
 
 #define CQL_MAX_BATCH 1024
@@ -113,6 +114,16 @@ static int parse_props(cql_sink *s, const char *const *props, char *err, size_t 
         const char *v = eq + 1;
         long n;
 #define KEY_IS(k) (kl == strlen(k) && strncmp(kv, k, kl) == 0)
+/* Durations through the one parser (common/units.h), kept in milliseconds. */
+#define DUR_OPT(k, lo_ms, hi_ms, range, dst)                                                  \
+    else if (KEY_IS(k)) {                                                                     \
+        int64_t us;                                                                           \
+        if (parse_duration_us(v, &us) || us % 1000 != 0 || us / 1000 < (lo_ms) ||             \
+            us / 1000 > (hi_ms))                                                              \
+            return fail(err, errlen, "cql: %s=%s: expected a duration from %s, e.g. 500ms, " \
+                        "30s, 5m", k, v, range);                                              \
+        dst = (int)(us / 1000);                                                               \
+    }
 #define INT_OPT(k, lo, hi, dst)                                                               \
     else if (KEY_IS(k)) {                                                                     \
         if (parse_int(v, lo, hi, &n))                                                         \
@@ -163,9 +174,15 @@ static int parse_props(cql_sink *s, const char *const *props, char *err, size_t 
         INT_OPT("tls", 0, 1, s->cfg.tls)
         INT_OPT("tls_verify", 0, 1, s->cfg.tls_verify)
         INT_OPT("token_aware", 0, 1, s->cfg.token_aware)
-        INT_OPT("connect_timeout_ms", 1, 600000, s->cfg.connect_timeout_ms)
-        INT_OPT("request_timeout_ms", 1, 600000, s->cfg.request_timeout_ms)
-        INT_OPT("retry_timeout_ms", 0, 86400000, s->cfg.retry_timeout_ms)
+        DUR_OPT("connect_timeout", 1, 600000, "1ms to 10m", s->cfg.connect_timeout_ms)
+        DUR_OPT("request_timeout", 1, 600000, "1ms to 10m", s->cfg.request_timeout_ms)
+        DUR_OPT("retry_timeout", 0, 86400000, "0 (never give up) to 1d", s->cfg.retry_timeout_ms)
+        else if (KEY_IS("connect_timeout_ms") || KEY_IS("request_timeout_ms") ||
+                 KEY_IS("retry_timeout_ms")) {
+            return fail(err, errlen, "cql: %.*s is now %.*s=DURATION (e.g. %.*s=30s), spelt as "
+                        "every duration of the program", (int)kl, kv, (int)kl - 3, kv,
+                        (int)kl - 3, kv);
+        }
         INT_OPT("max_in_flight", 1, 32768, s->cfg.max_in_flight)
         else if (KEY_IS("batch_size")) {
             if (parse_int(v, 1, CQL_MAX_BATCH, &n))
@@ -176,6 +193,7 @@ static int parse_props(cql_sink *s, const char *const *props, char *err, size_t 
                         CQL_OPTIONS_HELP);
         }
 #undef INT_OPT
+#undef DUR_OPT
 #undef KEY_IS
     }
     return 0;

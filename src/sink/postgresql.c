@@ -72,6 +72,7 @@
 
 #include "common/buf.h"
 #include "common/log.h"
+#include "common/units.h"
 #include "common/xalloc.h"
 #include "sink/sink.h"
 
@@ -161,22 +162,13 @@ static void put_be64(buf *b, uint64_t v)
     buf_append(b, o, 8);
 }
 
-/* "1500ms", "30s", "10m", "1h", or a bare number of seconds. */
+/* Durations are spelt as everywhere else (common/units.h): "1500ms", "30s",
+ * "10m", "1h", or a bare number of seconds. */
 static int parse_duration_ms(const char *s, long long *out)
 {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (end == s || errno || v < 0) return -1;
-    double mult = 1000;
-    if (strcmp(end, "ms") == 0) mult = 1;
-    else if (strcmp(end, "s") == 0 || *end == '\0') mult = 1000;
-    else if (strcmp(end, "m") == 0 || strcmp(end, "min") == 0) mult = 60000;
-    else if (strcmp(end, "h") == 0) mult = 3600000;
-    else return -1;
-    double ms = v * mult;
-    if (ms > 1e15) return -1;
-    *out = (long long)ms;
+    int64_t us;
+    if (parse_duration_us(s, &us)) return -1;
+    *out = (long long)(us / 1000);
     return 0;
 }
 

@@ -262,7 +262,7 @@ class CqlTarget(SqliteTarget):
         return f"cql://{hosts}/{self.keyspace(trial)}"
 
     def sink_opts(self, trial):
-        return ["--sink-opt", "retry_timeout_ms=0"]
+        return ["--sink-opt", "retry_timeout=0"]
 
     def table(self, trial):
         self.server.control("clear")

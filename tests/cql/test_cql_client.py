@@ -117,7 +117,7 @@ def faults():
                      'delay ms=1500 op=EXECUTE count=5 skip=2200'):             # > request timeout
             srv.control('fault ' + spec)
         t = threading.Timer(0.3, lambda: srv.control('unprepare'))
-        rc, out, err, secs = run_tool(srv, '--flush-every', '500', '-o', 'request_timeout_ms=500',
+        rc, out, err, secs = run_tool(srv, '--flush-every', '500', '-o', 'request_timeout=500ms',
                                       n=4000)
         t.cancel()
         res.equal(rc, 0, 'faults: run succeeded despite the injected faults: %s' % err.strip()[-300:])
@@ -152,9 +152,9 @@ def fail_fast():
                       'fail fast on %s: exit %d in %.1f s: %s' % (word, rc, secs, err.strip()[-200:]))
         srv.control('clear')
         srv.control('fault error code=0x1100 op=EXECUTE count=-1')
-        rc, out, err, secs = run_tool(srv, '-o', 'retry_timeout_ms=1500', n=20)
+        rc, out, err, secs = run_tool(srv, '-o', 'retry_timeout=1500ms', n=20)
         res.check(rc != 0 and 'failed after' in err and 'Write_timeout' in err and secs < 20,
-                  'retry gives up after retry_timeout_ms with the last error: %s' % err.strip()[-200:])
+                  'retry gives up after retry_timeout with the last error: %s' % err.strip()[-200:])
         srv.control('clear')
         rc, out, err, _ = run_tool(srv, '-o', 'nonsense=1', n=1)
         res.check(rc != 0 and 'unknown option' in err and 'consistency=' in err, 'unknown option listed with the known ones')
@@ -199,12 +199,12 @@ def tls():
                       'tls: certificate from an unknown CA refused clearly: %s' % err.strip()[-200:])
             rc, _, err, _ = run_tool(srv, '-o', 'tls=1', '-o', 'tls_ca=' + other, '-o', 'tls_verify=0', n=5)
             res.equal(rc, 0, 'tls: tls_verify=0 accepts it (explicit opt-out)')
-            rc, _, err, secs = run_tool(srv, '-o', 'connect_timeout_ms=2000', n=5)
+            rc, _, err, secs = run_tool(srv, '-o', 'connect_timeout=2s', n=5)
             res.check(rc != 0 and secs < 15 and ('closed' in err or 'timed out' in err or 'no answer' in err),
                       'tls: plain client to a TLS server fails with a clear error: %s' % err.strip()[-200:])
         with TestServer() as plain:
             rc, _, err, secs = run_tool(plain, '-o', 'tls=1', '-o', 'tls_ca=' + ca,
-                                        '-o', 'connect_timeout_ms=2000', n=5)
+                                        '-o', 'connect_timeout=2s', n=5)
             res.check(rc != 0 and 'TLS handshake failed' in err and secs < 15,
                       'tls: TLS client to a plain server: handshake failure named: %s' % err.strip()[-200:])
     finally:
@@ -294,6 +294,13 @@ def options():
                 idlen = int.from_bytes(b[9:11], 'big')
                 cls.add(int.from_bytes(b[11 + idlen:13 + idlen], 'big'))
         res.equal(cls, {6}, 'options: LOCAL_QUORUM by default')
+        # Durations are spelt as every duration of the program; the former
+        # *_ms keys are refused with the new name, a bad value with the range.
+        for opt, needle in (('retry_timeout_ms=1500', 'retry_timeout=DURATION'),
+                            ('request_timeout=11m', 'expected a duration from 1ms to 10m'),
+                            ('connect_timeout=5x', 'expected a duration')):
+            rc, _, err, _ = run_tool('cql://127.0.0.1:1/dedp', '-o', opt, n=1, timeout=30)
+            res.check(rc != 0 and needle in err, 'options: %s refused: %s' % (opt, err.strip()[-200:]))
         with TestServer(nodes=2) as srv:
             rc, _, err, _ = run_tool(srv, '-o', 'batch=unlogged', '-o', 'batch_size=32', n=2000)
             res.equal(rc, 0, 'batch=unlogged run')

@@ -17,7 +17,7 @@ compared with a SQLite run of the same input:
  5. wrong credentials and a TLS handshake failure: exit 1 at once, clear
     message, no credential in it;
  6. SIGTERM while the only node is down: the job stops within seconds (not
-    after retry_timeout_ms, 5 minutes), exit 1, "interrupted", its checkpoint
+    after retry_timeout, 5 minutes), exit 1, "interrupted", its checkpoint
     not advanced past what was acknowledged; the same command after the node
     is back completes the table: = SQLite. And SIGTERM while the node is up:
     the final commit is made, exit 0.
@@ -191,7 +191,7 @@ def faults():
     with TestServer(nodes=3, faults=faults) as srv:
         uri = 'cql://127.0.0.1:%d/dedp' % srv.port
         p = run('file:' + inp, uri, os.path.join(WORK, 'ck3'), '--commit-every', '3000',
-                '--sink-opt', 'request_timeout_ms=800')
+                '--sink-opt', 'request_timeout=800ms')
         res.equal(p.returncode, 0, 'faults: job exits 0: %s' % p.stderr.strip()[-300:])
         st = srv.stats()
         res.check(st['faults_fired'] >= 100, 'faults: %d faults fired' % st['faults_fired'])
