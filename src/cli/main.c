@@ -135,7 +135,8 @@ int main(int argc, char **argv)
     if (opts.scale_out) {
         scaleout_config so = {.job = &cfg,
                               .repartition_partitions = (int32_t)opts.repartition_partitions,
-                              .state_uri = opts.state};
+                              .state_uri = opts.state,
+                              .keyed_input = opts.keyed_input};
         int src = scaleout_run(&so, err, sizeof err);
         if (src != 0) log_error("sessionizer", "%s", err);
         options_free(&opts);

@@ -126,6 +126,9 @@ const opt_def cli_option_table[] = {
      AT_STRING(job.source.group), .help = "Kafka consumer group"},
     {.name = "scale-out", .type = OPT_BOOL, .def = "false", AT_INT(scale_out),
      .help = "share a Kafka topic with the group's other instances (docs/scaling.md)"},
+    {.name = "keyed-input", .type = OPT_BOOL, .def = "false", AT_INT(keyed_input),
+     .help = "--scale-out: the input is keyed by user (all of a user's visits in one "
+             "partition), so a task per source partition and no repartition topic"},
     {.name = "repartition-partitions", .type = OPT_COUNT, .arg = "N", .def = "4", .min = 1,
      .max = 10000, AT_UNSIGNED(repartition_partitions),
      .help = "--scale-out: partitions of the internal topic GROUP-repartition"},

@@ -38,6 +38,7 @@ typedef struct cli_options {
     int time_format;           /* index in time_format order (record/mapping.h) */
     /* --scale-out (task/scaleout.h) */
     int scale_out;
+    int keyed_input;
     unsigned repartition_partitions;
     const char *state;
     struct opt_state *st;   /* the parser's bookkeeping (owned strings, lists, origins) */

@@ -84,7 +84,8 @@ typedef struct s2task {
     int32_t id;
     int assigned;
     engine *eng;
-    int64_t pos;          /* next offset in the repartition partition */
+    int64_t pos;          /* next offset in the repartition partition (keyed: the source's) */
+    int64_t end;          /* keyed --until-end: the source partition's end, -1 unknown */
     int64_t *next_seen;   /* per source partition: next offset seen from it */
     unsigned char *ended, *idle;
     int32_t n_ended;
@@ -115,6 +116,7 @@ typedef struct so {
     size_t errlen;
     int64_t idle_ms;
     int outage;             /* every broker down, as last reported; see the exit */
+    int keyed;              /* --keyed-input: one stage, a task per source partition */
     so_stats st;
     buf scratch, rec;
 } so;
@@ -197,6 +199,8 @@ static void s1_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e,
                          rd_kafka_topic_partition_list_t *l, void *opaque);
 static void s2_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e,
                          rd_kafka_topic_partition_list_t *l, void *opaque);
+static void k_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e,
+                        rd_kafka_topic_partition_list_t *l, void *opaque);
 
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
@@ -246,7 +250,8 @@ static rd_kafka_t *new_consumer(so *s, const char *group, int stage, char *err, 
         conf_set(c, "session.timeout.ms", "10000", err, errlen);
     rd_kafka_conf_set_opaque(c, s);
     rd_kafka_conf_set_error_cb(c, on_error);
-    rd_kafka_conf_set_rebalance_cb(c, stage == 1 ? s1_rebalance : s2_rebalance);
+    rd_kafka_conf_set_rebalance_cb(c, stage == 1 ? s1_rebalance : stage == 2 ? s2_rebalance
+                                                                 : k_rebalance);
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, c, e, sizeof e);
     if (!rk) {
         snprintf(err, errlen, "kafka consumer: %s", e);
@@ -637,13 +642,21 @@ static int on_close(void *ctx, const closed_session *cs)
 static int on_reject(void *ctx, const visit *v, reject_reason why)
 {
     so *s = ctx;
+    /* the record's bytes, when it is the one being applied (keyed input) */
+    const raw_record *raw = s->cur_raw && s->cur_raw->pos.partition == v->pos.partition &&
+                                    s->cur_raw->pos.offset == v->pos.offset
+                                ? s->cur_raw
+                                : NULL;
     if (why == REJECT_LATE) {
-        /* Live only: a source partition taken for idle delivered after all. */
+        /* Repartitioned: live only, a source partition taken for idle
+         * delivered after all. Keyed: the lateness rule itself. */
         s->st.late2++;
-        write_dl(s, "late", "event time below the closing watermark of its session task", NULL, v);
+        write_dl(s, "late", s->keyed ? "event time below the watermark"
+                                     : "event time below the closing watermark of its session task",
+                 raw, v);
     } else {
         s->st.capped2++;
-        write_dl(s, "session_cap", "the session already holds --max-pages earlier pages", NULL, v);
+        write_dl(s, "session_cap", "the session already holds --max-pages earlier pages", raw, v);
     }
     return s->failed ? -1 : 0;
 }
@@ -656,13 +669,15 @@ static void task_reset(so *s, s2task *t)
     engine_callbacks cb = {.ctx = s, .on_close = on_close, .on_reject = on_reject};
     t->eng = engine_new(&ec, &cb);
     t->pos = 0;
+    t->end = -1;
     t->done = t->changed = 0;
     t->n_ended = 0;
     for (int32_t p = 0; p < s->n_src; p++) {
         t->next_seen[p] = -1;
         t->ended[p] = t->idle[p] = 0;
-        /* every source partition holds back closing until it is heard of */
-        engine_set_caught_up(t->eng, p, 0);
+        /* every source partition holds back closing until it is heard of;
+         * keyed, a task's users are all in its own partition */
+        if (!s->keyed || p == t->id) engine_set_caught_up(t->eng, p, 0);
     }
 }
 
@@ -686,6 +701,7 @@ static int load_meta(void *ctx, const char *key, const void *v, size_t len)
     if (strcmp(key, "engine") == 0) return engine_load_meta(t->eng, v, len) ? -1 : 0;
     if (strcmp(key, "position") == 0) return reader_i64le(&r, &t->pos) || reader_left(&r) ? -1 : 0;
     if (strcmp(key, "done") == 0) return t->done = 1, 0;
+    if (strcmp(key, "end") == 0) return reader_i64le(&r, &t->end) || reader_left(&r) ? -1 : 0;
     if (strcmp(key, "dedup") == 0) {
         uint32_t ver = 0, R = 0, n = 0;
         reader_u32le(&r, &ver);
@@ -700,7 +716,8 @@ static int load_meta(void *ctx, const char *key, const void *v, size_t len)
             t->idle[p] = (*f >> 1) & 1;
             t->n_ended += t->ended[p];
             /* caught-up flags are not in the engine's saved state */
-            engine_set_caught_up(t->eng, (int32_t)p, t->ended[p] || t->idle[p]);
+            if (!s->keyed || (int32_t)p == t->id)
+                engine_set_caught_up(t->eng, (int32_t)p, t->ended[p] || t->idle[p]);
         }
         return r.bad || reader_left(&r) ? -1 : 0;
     }
@@ -783,6 +800,7 @@ static int s2_commit(so *s, int suspending)
         PUT("engine", engine_save_meta(t->eng, b));
         PUT("dedup", save_dedup(s, t, b));
         if (t->done) PUT("done", buf_append_byte(b, 1));
+        if (t->end >= 0) PUT("end", buf_put_i64le(b, t->end));
 #undef PUT
         if (task_store_commit(s->store, s->err, s->errlen)) goto fail;
         engine_clear_dirty(t->eng);
@@ -925,6 +943,101 @@ static void s2_message(so *s, rd_kafka_message_t *m)
     if (rc) s->failed = 1;
 }
 
+/* ---- keyed input: one stage ------------------------------------------------
+ *
+ * With --keyed-input every user's visits are in one source partition, so a
+ * source partition is a whole task: parse, the engine (which judges
+ * lateness itself, on its one partition's watermark), the sink. Its state
+ * (position in the source, engine, open sessions, --until-end end) is the
+ * same task store's, committed atomically, so nothing is replayed twice and
+ * no de-duplication is needed. */
+
+static void k_finish(so *s, s2task *t)
+{
+    if (t->done) return;
+    if (engine_close_all(t->eng)) s->failed = 1;
+    t->done = 1;
+    t->changed = 1;
+}
+
+static void k_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e,
+                        rd_kafka_topic_partition_list_t *l, void *opaque)
+{
+    so *s = opaque;
+    if (e != RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        s2_rebalance(rk, e, l, opaque); /* suspend: commit, drop */
+        return;
+    }
+    buf *b = &s->scratch;
+    buf_reset(b);
+    for (int i = 0; i < l->cnt; i++) {
+        int32_t p = l->elems[i].partition;
+        if (p < 0 || p >= s->R) continue;
+        s2task *t = &s->t2[p];
+        if (task_restore(s, t)) break;
+        int64_t lo = 0, hi = 0;
+        while (rd_kafka_query_watermark_offsets(rk, s->topic, p, &lo, &hi, META_TIMEOUT_MS))
+            if (stopping(s)) break;
+        if (t->pos < lo) t->pos = lo; /* a new task: the log's start */
+        if (s->jc->until_end && t->end < 0) {
+            t->end = hi; /* the log as it was when the run first claimed p */
+            t->changed = 1;
+        }
+        t->assigned = 1;
+        l->elems[i].offset = t->pos;
+        buf_printf(b, " p%d@%" PRId64, (int)p, t->pos);
+        if (s->jc->until_end && t->pos >= t->end) k_finish(s, t);
+    }
+    log_info("scaleout", "keyed tasks assigned%.*s", (int)b->len,
+             b->data ? (const char *)b->data : "");
+    rd_kafka_assign(rk, l);
+}
+
+static void k_message(so *s, rd_kafka_message_t *m)
+{
+    int32_t p = m->partition;
+    if (p < 0 || p >= s->R || !s->t2[p].assigned) return;
+    s2task *t = &s->t2[p];
+    if (m->err) {
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+            if (s->jc->until_end && m->offset >= t->end) k_finish(s, t);
+        } else if (m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET) {
+            fail(s, "%s partition %d: %s. Records were deleted (retention) before they were "
+                 "read; a new --group reprocesses what is left", s->topic, (int)p,
+                 rd_kafka_message_errstr(m));
+        } else {
+            on_error(s->c1, m->err, rd_kafka_message_errstr(m), s);
+        }
+        return;
+    }
+    if (m->offset < t->pos || (s->jc->until_end && m->offset >= t->end)) return;
+    s->st.read1++;
+    rd_kafka_timestamp_type_t tt;
+    int64_t ts = rd_kafka_message_timestamp(m, &tt);
+    raw_record raw = {.data = m->payload ? m->payload : "", .len = m->len,
+                      .pos = {.append_ts_ms = tt == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE || ts < 0 ? 0 : ts,
+                              .partition = p, .offset = m->offset}};
+    if (raw.len > s->jc->source.max_record_bytes) {
+        raw.len = s->jc->source.max_record_bytes;
+        raw.oversized = 1;
+    }
+    visit v;
+    char detail[160];
+    parse_error pe = record_parse(s->parser, &raw, &v, detail, sizeof detail);
+    t->pos = m->offset + 1;
+    t->changed = 1;
+    if (pe != PARSE_OK) {
+        s->st.invalid1++;
+        write_dl(s, parse_error_code(pe), detail, &raw, NULL);
+    } else {
+        s->st.visits2++;
+        s->cur_raw = &raw;
+        if (engine_apply(t->eng, &v)) s->failed = 1;
+        s->cur_raw = NULL;
+    }
+    if (s->jc->until_end && t->pos >= t->end) k_finish(s, t);
+}
+
 /* ---- the loop ------------------------------------------------------------ */
 
 static int drain(so *s, rd_kafka_t *c, void (*fn)(so *, rd_kafka_message_t *), int timeout_ms)
@@ -1020,7 +1133,9 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
                  s->brokers);
         goto out;
     }
-    if (check_internal_topic(s, err, errlen)) goto out;
+    s->keyed = cfg->keyed_input;
+    if (s->keyed) s->R = s->n_src; /* a task per source partition */
+    else if (check_internal_topic(s, err, errlen)) goto out;
     s->store = task_store_open(conninfo, jc->source.group, err, errlen);
     if (!s->store) goto out;
     s->snk = sink_open(jc->sink_uri, &jc->sink, err, errlen);
@@ -1036,11 +1151,20 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
         s->t2[r].ended = xcalloc((size_t)s->n_src, 1);
         s->t2[r].idle = xcalloc((size_t)s->n_src, 1);
     }
-    s->c1 = new_consumer(s, jc->source.group, 1, err, errlen);
+    s->c1 = new_consumer(s, jc->source.group, s->keyed ? 3 : 1, err, errlen);
     if (!s->c1) goto out;
-    s->c2 = new_consumer(s, s->group2, 2, err, errlen);
-    if (!s->c2) goto out;
-    {
+    if (!s->keyed) {
+        s->c2 = new_consumer(s, s->group2, 2, err, errlen);
+        if (!s->c2) goto out;
+    }
+    if (s->keyed) {
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(l, s->topic, RD_KAFKA_PARTITION_UA);
+        rd_kafka_subscribe(s->c1, l);
+        rd_kafka_topic_partition_list_destroy(l);
+        log_info("scaleout", "group %s, topic %s (%d partitions), keyed by user: a task per "
+                 "partition, no repartition", jc->source.group, s->topic, (int)s->n_src);
+    } else {
         rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
         rd_kafka_topic_partition_list_add(l, s->topic, RD_KAFKA_PARTITION_UA);
         rd_kafka_subscribe(s->c1, l);
@@ -1049,25 +1173,25 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
         rd_kafka_topic_partition_list_add(l, s->rtopic, RD_KAFKA_PARTITION_UA);
         rd_kafka_subscribe(s->c2, l);
         rd_kafka_topic_partition_list_destroy(l);
+        log_info("scaleout", "group %s, topic %s (%d partitions) -> %s (%d "
+                "partitions) -> group %s", jc->source.group, s->topic, (int)s->n_src, s->rtopic,
+                (int)s->R, s->group2);
     }
-    log_info("scaleout", "group %s, topic %s (%d partitions) -> %s (%d "
-            "partitions) -> group %s", jc->source.group, s->topic, (int)s->n_src, s->rtopic,
-            (int)s->R, s->group2);
     int64_t interval = jc->commit_interval_ms > 0 ? jc->commit_interval_ms : 1000;
     int64_t last_commit = now_ms(), last_marker = 0, last_done = 0;
     for (;;) {
         if (stopping(s)) break;
-        int n = drain(s, s->c1, s1_message, 0);
+        int n = drain(s, s->c1, s->keyed ? k_message : s1_message, 0);
         rd_kafka_poll(s->prod, 0);
-        n += drain(s, s->c2, s2_message, 0);
+        if (!s->keyed) n += drain(s, s->c2, s2_message, 0);
         if (s->failed) goto out;
         int64_t t = now_ms();
-        if (t - last_marker >= MARKER_MS) {
+        if (!s->keyed && t - last_marker >= MARKER_MS) {
             s1_markers(s, t);
             last_marker = t;
         }
         if (t - last_commit >= interval) {
-            s1_commit(s, 0);
+            if (!s->keyed) s1_commit(s, 0);
             if (s2_commit(s, 0)) goto out;
             last_commit = t;
         }
@@ -1080,11 +1204,11 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
         }
         if (s->failed) goto out;
         if (n == 0) {
-            drain(s, s->c1, s1_message, 10);
-            drain(s, s->c2, s2_message, 40);
+            drain(s, s->c1, s->keyed ? k_message : s1_message, s->keyed ? 50 : 10);
+            if (!s->keyed) drain(s, s->c2, s2_message, 40);
         }
     }
-    s1_commit(s, 0);
+    if (!s->keyed) s1_commit(s, 0);
     if (s->failed || s2_commit(s, 0)) goto out;
     rc = 0;
 out:
@@ -1103,13 +1227,19 @@ out:
             rd_kafka_destroy(c);
         }
     }
-    log_info("scaleout", "stage 1 read %" PRIu64 " records (%" PRIu64
-            " invalid, %" PRIu64 " late), produced %" PRIu64 " visits and %" PRIu64
-            " markers; stage 2 read %" PRIu64 " records, applied %" PRIu64 " visits, dropped %"
-            PRIu64 " duplicates, closed %" PRIu64 " sessions (%" PRIu64 " late, %" PRIu64
-            " over the cap)", s->st.read1, s->st.invalid1, s->st.late1, s->st.produced,
-            s->st.markers, s->st.read2, s->st.visits2, s->st.dups2, s->st.sessions, s->st.late2,
-            s->st.capped2);
+    if (s->keyed)
+        log_info("scaleout", "read %" PRIu64 " records (%" PRIu64 " invalid), applied %" PRIu64
+                 " visits (%" PRIu64 " late, %" PRIu64 " over the cap), closed %" PRIu64
+                 " sessions", s->st.read1, s->st.invalid1, s->st.visits2, s->st.late2,
+                 s->st.capped2, s->st.sessions);
+    else
+        log_info("scaleout", "stage 1 read %" PRIu64 " records (%" PRIu64
+                " invalid, %" PRIu64 " late), produced %" PRIu64 " visits and %" PRIu64
+                " markers; stage 2 read %" PRIu64 " records, applied %" PRIu64 " visits, dropped %"
+                PRIu64 " duplicates, closed %" PRIu64 " sessions (%" PRIu64 " late, %" PRIu64
+                " over the cap)", s->st.read1, s->st.invalid1, s->st.late1, s->st.produced,
+                s->st.markers, s->st.read2, s->st.visits2, s->st.dups2, s->st.sessions, s->st.late2,
+                s->st.capped2);
     if (s->prod) {
         if (rc == 0) rd_kafka_flush(s->prod, 5000);
         rd_kafka_destroy(s->prod);

@@ -17,6 +17,7 @@ typedef struct scaleout_config {
     const job_config *job;          /* source, sink, dlq, engine, group, until_end, stop... */
     int32_t repartition_partitions; /* partitions of GROUP-repartition */
     const char *state_uri;          /* PostgreSQL for the session tasks' state; NULL: the sink */
+    int keyed_input;                /* every user in one source partition: no repartition */
 } scaleout_config;
 
 /* Runs until a stop request, an error, or (until_end) until every session

@@ -25,6 +25,8 @@ Steps:
     the dead letters (one file per instance) must hold every invalid and late
     record of the oracle, each at least once (a replay may write one twice)
     and nothing else.
+With --keyed the log is keyed by user (partition = user mod N) and the
+instances run with --keyed-input.
 Prints the figures: faults, stage 2 duplicates dropped, CPU seconds.
 Environment: SESSIONIZER, KAFKA_MOCK. Exit 1 on any difference.
 """
@@ -108,12 +110,36 @@ class Run:
         subprocess.run([PY, os.path.join(HERE, "kafka_gen.py"), "--partitions",
                         str(self.a.partitions), "--records", str(self.a.records), "--users", "60",
                         "--seed", str(self.a.seed), gen], check=True)
+        if self.a.keyed:
+            self.key_by_user(gen)
         for p in range(self.a.partitions):
             subprocess.run(["kcat", "-P", "-b", self.brokers, "-t", "visits", "-p", str(p), "-l",
                             os.path.join(gen, f"p{p}.jsonl")], check=True)
         with open(self.path("dump.tsv"), "w") as f:
             subprocess.run(["kcat", "-C", "-b", self.brokers, "-t", "visits", "-e", "-q", "-f",
                             "%p\t%o\t%T\t%s\n"], stdout=f, check=True)
+
+    def key_by_user(self, gen):
+        """--keyed: every user's records in partition user mod N, each
+        partition keeping the generator's order (records that name no user
+        stay where they were)."""
+        parts = [[] for _ in range(self.a.partitions)]
+        merged = []  # (how far into its file, line): the files' event-time order, interleaved
+        for p in range(self.a.partitions):
+            lines = open(os.path.join(gen, f"p{p}.jsonl"), encoding="utf-8").readlines()
+            merged += [(i / len(lines), p, line) for i, line in enumerate(lines)]
+        merged.sort(key=lambda x: x[0])
+        for _, p, line in merged:
+            if True:
+                try:
+                    u = json.loads(line)["user_id"]
+                    dest = u % self.a.partitions if isinstance(u, int) else p
+                except (ValueError, KeyError, TypeError):
+                    dest = p
+                parts[dest].append(line)
+        for p in range(self.a.partitions):
+            with open(os.path.join(gen, f"p{p}.jsonl"), "w", encoding="utf-8") as f:
+                f.writelines(parts[p])
 
     def oracle(self):
         out = subprocess.run([PY, os.path.join(HERE, "kafka_oracle.py"), self.path("dump.tsv")],
@@ -147,7 +173,8 @@ class Run:
         p = subprocess.Popen([os.environ["SESSIONIZER"], "run", "--scale-out", "--source",
                               f"kafka://{self.brokers}/visits", "--sink", self.pg_uri, "--group",
                               "G", "--until-end", "--commit-interval", "500ms", "--dlq",
-                              "jsonl:" + self.path(f"i{n}.dlq")] + FAST + self.slow,
+                              "jsonl:" + self.path(f"i{n}.dlq")] + FAST + self.slow
+                             + (["--keyed-input"] if self.a.keyed else []),
                              stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
         p.started = time.time()
         self.procs.append(p)
@@ -180,6 +207,8 @@ def main():
     ap.add_argument("--seed", type=int, default=int(time.time()) % 100000)
     ap.add_argument("--fetch-bytes", type=int, default=500, help="per partition, of the instances' fetches")
     ap.add_argument("--rtt", type=int, default=10, help="ms added to every request")
+    ap.add_argument("--keyed", action="store_true",
+                    help="a log keyed by user, read with --keyed-input (no repartition)")
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
     r = Run(a)
@@ -225,7 +254,10 @@ def main():
                 nxt += 1
                 faults["comeback"] += 1
             choices = ["kill", "kill", "leave", "join"] + ([] if outage_done else ["outage"])
-            what = r.rnd.choice(choices)
+            # the first two faults are always a kill and the outage, so that
+            # even a short run has both
+            what = r.rnd.choice(choices) if sum(faults.values()) >= 2 else \
+                ("kill" if faults["kill"] == 0 else "outage")
             if what in ("kill", "leave") and len(live) <= 1:
                 what = "join"
             if what == "kill":
