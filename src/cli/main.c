@@ -121,7 +121,6 @@ int main(int argc, char **argv)
     }
     job_config cfg = opts.job;
     cfg.stop = &stop_requested;
-    cfg.sink.stop = &stop_requested;
     int quiet = opts.quiet;
 
     struct sigaction sa = {0};

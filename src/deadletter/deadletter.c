@@ -76,10 +76,10 @@ typedef struct jsonl_deadletter {
 
 extern const deadletter_ops jsonl_deadletter_ops;
 
-static deadletter *jsonl_dl_open(const char *target, const char *const *props, char *err,
-                                 size_t errlen)
+static deadletter *jsonl_dl_open(const char *target, const char *const *props, job_context *ctx,
+                                 char *err, size_t errlen)
 {
-    (void)props;
+    (void)props, (void)ctx;
     jsonl_deadletter *d = xcalloc(1, sizeof *d);
     if (appendfile_open(&d->out, target, DEAD_LETTER_JSON_PREFIX, err, errlen)) {
         free(d);
@@ -146,11 +146,12 @@ static const deadletter_ops *const registry[] = {
     &kafka_deadletter_ops,
 };
 
-deadletter *deadletter_open(const char *uri, const char *const *props, char *err, size_t errlen)
+deadletter *deadletter_open(const char *uri, const char *const *props, job_context *ctx, char *err,
+                            size_t errlen)
 {
     for (size_t i = 0; i < sizeof registry / sizeof *registry; i++) {
         const char *target = uri_after_scheme(uri, registry[i]->scheme);
-        if (target) return registry[i]->open(target, props, err, errlen);
+        if (target) return registry[i]->open(target, props, ctx, err, errlen);
     }
     snprintf(err, errlen, "unknown dead-letter output '%s' (see --help)", uri);
     return NULL;

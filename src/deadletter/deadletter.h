@@ -15,6 +15,7 @@
 #include <stddef.h>
 
 #include "common/buf.h"
+#include "common/context.h"
 #include "record/visit.h"
 
 typedef struct dead_letter {
@@ -30,7 +31,10 @@ typedef struct deadletter deadletter;
 typedef struct deadletter_ops {
     const char *scheme;
     const char *usage;
-    deadletter *(*open)(const char *target, const char *const *props, char *err, size_t errlen);
+    /* ctx: the job's (context.h), or NULL; flush() gives up soon after its
+     * stop flag is set. */
+    deadletter *(*open)(const char *target, const char *const *props, job_context *ctx, char *err,
+                        size_t errlen);
     int (*write)(deadletter *d, const dead_letter *dl, char *err, size_t errlen);
     int (*flush)(deadletter *d, char *err, size_t errlen);
     void (*save)(deadletter *d, buf *out);  /* optional */
@@ -44,7 +48,8 @@ struct deadletter {
     const deadletter_ops *ops;
 };
 
-deadletter *deadletter_open(const char *uri, const char *const *props, char *err, size_t errlen);
+deadletter *deadletter_open(const char *uri, const char *const *props, job_context *ctx, char *err,
+                            size_t errlen);
 void deadletter_usage(buf *out);
 
 /* The JSON object describing a dead letter, shared by every output:

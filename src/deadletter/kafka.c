@@ -32,7 +32,12 @@
  * every dead letter is acknowledged by the cluster or has failed, and a
  * failure fails the commit. A broker outage is thus waited out up to
  * message.timeout.ms (librdkafka's default 300 s, settable with -X
- * dlq.message.timeout.ms). A topic cannot be rewound, so dead letters
+ * dlq.message.timeout.ms), or until the job is asked to stop: then the
+ * letters in flight get RETRY_STOP_GRACE_MS (common/retry.h) to be
+ * acknowledged, after which the flush fails, the checkpoint is not
+ * committed, and what was not delivered is dropped from the producer's
+ * queue (a restart writes it again). Writing waits the same way when the
+ * producer's queue is full. A topic cannot be rewound, so dead letters
  * produced after the last commit are produced again when a crashed job
  * replays them: the topic is at-least-once; (source_partition,
  * source_offset) identifies duplicates.
@@ -45,6 +50,8 @@
 #include <librdkafka/rdkafka.h>
 
 #include "common/buf.h"
+#include "common/clock.h"
+#include "common/retry.h"
 #include "common/xalloc.h"
 #include "deadletter/deadletter.h"
 #include "record/timestamp.h"
@@ -55,6 +62,7 @@
 typedef struct kafka_deadletter {
     deadletter base;
     rd_kafka_t *rk;
+    job_context *ctx;  /* the job's: the stop flag, the Kafka source */
     char *topic, *brokers;
     char *identity; /* "kafka:cluster=ID/topic=T", as the Kafka source's */
     uint64_t failed;       /* delivery failures since open */
@@ -114,8 +122,8 @@ static void destroy(kafka_deadletter *d)
     free(d);
 }
 
-static deadletter *kdl_open(const char *target, const char *const *props, char *err,
-                            size_t errlen)
+static deadletter *kdl_open(const char *target, const char *const *props, job_context *ctx,
+                            char *err, size_t errlen)
 {
     const char *topic = target;
     const char *brokers = NULL;
@@ -131,7 +139,7 @@ static deadletter *kdl_open(const char *target, const char *const *props, char *
         brokers_len = (size_t)(slash - brokers);
         topic = slash + 1;
     } else {
-        brokers = kafka_source_bootstrap();
+        brokers = kafka_source_bootstrap(ctx);
         if (!brokers) {
             snprintf(err, errlen, "dead-letter output 'kafka:%s' takes the brokers of a "
                      "kafka:// source; with another source write "
@@ -139,13 +147,14 @@ static deadletter *kdl_open(const char *target, const char *const *props, char *
             return NULL;
         }
         brokers_len = strlen(brokers);
-        if (!props) props = kafka_source_props();
+        if (!props) props = kafka_source_props(ctx);
     }
     if (!*topic || strchr(topic, '/')) {
         snprintf(err, errlen, "dead-letter output 'kafka:%s': no topic name", target);
         return NULL;
     }
     kafka_deadletter *d = xcalloc(1, sizeof *d);
+    d->ctx = ctx;
     d->topic = xstrdup(topic);
     d->brokers = xstrndup(brokers, brokers_len);
     buf_init(&d->value);
@@ -178,13 +187,24 @@ static deadletter *kdl_open(const char *target, const char *const *props, char *
     }
     /* Refuse a missing topic now rather than after message.timeout.ms of
      * retries at the first dead letter (on clusters that do not create
-     * topics on demand; the mock cluster always does). */
+     * topics on demand; the mock cluster always does). In short requests,
+     * so that a stop request is seen. */
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(d->rk, d->topic, NULL);
     const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_resp_err_t e = rd_kafka_metadata(d->rk, 0, rkt, &md, STARTUP_MS);
+    rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR__TIMED_OUT;
+    int64_t deadline = mono_ms() + STARTUP_MS;
+    while (!job_stopping(ctx) && mono_ms() < deadline) {
+        e = rd_kafka_metadata(d->rk, 0, rkt, &md, 200);
+        if (!e) break;
+        md = NULL;
+    }
     rd_kafka_topic_destroy(rkt);
     int rc = 0;
-    if (e) {
+    if (job_stopping(ctx) && !md) {
+        snprintf(err, errlen, "dead-letter output: stopped while waiting for the Kafka cluster "
+                 "at %s (%s)", d->brokers, rd_kafka_err2str(e));
+        rc = -1;
+    } else if (e) {
         snprintf(err, errlen, "dead-letter output: cannot reach the Kafka cluster at %s within "
                  "%d s (%s)", d->brokers, STARTUP_MS / 1000, rd_kafka_err2str(e));
         rc = -1;
@@ -266,13 +286,15 @@ static int kdl_write(deadletter *base, const dead_letter *dl, char *err, size_t 
         value_len = d->value.len;
         rd_kafka_header_add(h, "reconstructed", -1, "true", 4);
     }
+    retry stop; /* only its stop grace: librdkafka does the retrying */
+    retry_init(&stop, &(retry_policy){.first_ms = 1, .max_ms = 1}, d->ctx ? d->ctx->stop : NULL);
     for (;;) {
         rd_kafka_resp_err_t e = rd_kafka_producev(
             d->rk, RD_KAFKA_V_TOPIC(d->topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
             RD_KAFKA_V_VALUE((void *)value, value_len), RD_KAFKA_V_KEY(key, key_len),
             RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END);
         if (!e) break;
-        if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+        if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL && !retry_stop_grace_over(&stop)) {
             rd_kafka_poll(d->rk, 100); /* back-pressure: let deliveries drain */
             continue;
         }
@@ -287,8 +309,21 @@ static int kdl_write(deadletter *base, const dead_letter *dl, char *err, size_t 
 static int kdl_flush(deadletter *base, char *err, size_t errlen)
 {
     kafka_deadletter *d = (kafka_deadletter *)base;
+    retry stop; /* only its stop grace: librdkafka does the retrying */
+    retry_init(&stop, &(retry_policy){.first_ms = 1, .max_ms = 1}, d->ctx ? d->ctx->stop : NULL);
     /* Every message ends delivered or failed within message.timeout.ms. */
-    while (rd_kafka_outq_len(d->rk) > 0) rd_kafka_flush(d->rk, 1000);
+    while (rd_kafka_outq_len(d->rk) > 0) {
+        if (retry_stop_grace_over(&stop)) {
+            int left = rd_kafka_outq_len(d->rk);
+            rd_kafka_purge(d->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+            snprintf(err, errlen, "interrupted with %d dead letters not acknowledged by topic %s "
+                     "at %s %.0f s after the job was asked to stop; the checkpoint was not "
+                     "committed, a restart writes them again", left, d->topic, d->brokers,
+                     RETRY_STOP_GRACE_MS / 1000.0);
+            return -1;
+        }
+        rd_kafka_flush(d->rk, RETRY_SLICE_MS);
+    }
     if (d->failed) {
         snprintf(err, errlen, "%" PRIu64 " dead letters could not be written to topic %s at %s "
                  "(%s); the checkpoint was not committed, a restart writes them again",
@@ -302,7 +337,11 @@ static void kdl_close(deadletter *base)
 {
     kafka_deadletter *d = (kafka_deadletter *)base;
     if (!d) return;
-    rd_kafka_flush(d->rk, 10000);
+    /* What is still queued belongs to a failed or interrupted commit (a
+     * successful one flushed everything): a restart writes it again, and
+     * waiting for it would hold up a stop. */
+    rd_kafka_purge(d->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    rd_kafka_flush(d->rk, 0);
     destroy(d);
 }
 

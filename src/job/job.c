@@ -535,9 +535,15 @@ int job_run(const job_config *cfg, job_result *res, char *err, size_t errlen)
     job j = {.cfg = cfg, .res = res, .err = err, .errlen = errlen};
     buf_init(&j.scratch);
     int rc = -1;
-    j.src = source_open(cfg->source_uri, &cfg->source, err, errlen);
+    /* What the source, the sink and the dead-letter output share (context.h):
+     * it outlives them, so it lives here. */
+    job_context ctx = {.stop = cfg->stop};
+    source_options so = cfg->source;
+    sink_options ko = cfg->sink;
+    so.ctx = ko.ctx = &ctx;
+    j.src = source_open(cfg->source_uri, &so, err, errlen);
     if (!j.src) goto out;
-    j.snk = sink_open(cfg->sink_uri, &cfg->sink, err, errlen);
+    j.snk = sink_open(cfg->sink_uri, &ko, err, errlen);
     if (!j.snk) goto out;
     if (cfg->checkpoint_dir) {
         j.cp = checkpoint_open(cfg->checkpoint_dir, err, errlen);
@@ -547,11 +553,12 @@ int job_run(const job_config *cfg, job_result *res, char *err, size_t errlen)
      * checkpoint, whose state includes the file's length (a restart rewinds
      * it) and whose deletion starts both over. */
     if (cfg->dlq_uri) {
-        j.dlq = deadletter_open(cfg->dlq_uri, cfg->dlq_props, err, errlen);
+        j.dlq = deadletter_open(cfg->dlq_uri, cfg->dlq_props, &ctx, err, errlen);
     } else if (cfg->checkpoint_dir) {
         buf_reset(&j.scratch);
         buf_printf(&j.scratch, "jsonl:%s/deadletter.jsonl%c", cfg->checkpoint_dir, 0);
-        j.dlq = deadletter_open((const char *)j.scratch.data, cfg->dlq_props, err, errlen);
+        j.dlq = deadletter_open((const char *)j.scratch.data, cfg->dlq_props, &ctx, err,
+                                errlen);
     } else {
         snprintf(err, errlen, "no dead-letter output: give --dlq (e.g. --dlq jsonl:deadletter.jsonl) "
                  "or --checkpoint DIR (dead letters then go to DIR/deadletter.jsonl)");

@@ -450,7 +450,7 @@ static sink *cql_sink_open(const char *target, const sink_options *opts, char *e
     cql_sink *s = xcalloc(1, sizeof *s);
     s->base.ops = &cql_sink_ops;
     cql_client_config_defaults(&s->cfg);
-    s->cfg.cancel = opts->stop;
+    s->cfg.cancel = opts && opts->ctx ? opts->ctx->stop : NULL;
     s->consistency = CQL_CONSISTENCY_LOCAL_QUORUM;
     s->batch_size = 16;
     cql_values_init(&s->v);

@@ -72,6 +72,8 @@
 
 #include "common/buf.h"
 #include "common/log.h"
+#include "common/clock.h"
+#include "common/retry.h"
 #include "common/units.h"
 #include "common/xalloc.h"
 #include "sink/sink.h"
@@ -132,21 +134,11 @@ typedef struct pg_sink {
     size_t n_slots;
 
     buf p_sid, p_uid, p_pages; /* parameter scratch */
-    uint64_t rng;
-    int interrupted; /* a signal arrived while we waited on the server */
-    volatile sig_atomic_t *stop; /* sink_options.stop */
+    volatile sig_atomic_t *stop; /* the job's (context.h) */
+    retry rt;                    /* the retry under way (pg_retry) */
 } pg_sink;
 
 /* ---- small helpers ------------------------------------------------------ */
-
-/* A monotonic clock for deadlines and backoff: the wall clock (sink_now_ms)
- * may jump, and a retry deadline must not. */
-static long long mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void put_be32(buf *b, uint32_t v)
 {
@@ -431,26 +423,26 @@ static void pg_drop(pg_sink *s)
 
 /* Waits until the connection's socket is readable (for_write 0), writable
  * (1) or either (2). Returns 1 when ready, 0 on timeout, -1 when there is no
- * socket. */
-static int pg_wait(pg_sink *s, PGconn *conn, int for_write, long long deadline)
+ * socket or the job was asked to stop RETRY_STOP_GRACE_MS ago: a statement
+ * in flight, which may be the COMMIT, gets that long to be answered by a
+ * healthy server, and no longer from a hung one (io_timeout is a minute). */
+static int pg_wait(pg_sink *s, PGconn *conn, int for_write, int64_t deadline)
 {
     for (;;) {
         int fd = PQsocket(conn);
         if (fd < 0) return -1;
-        long long left = deadline - mono_ms();
+        if (retry_stop_grace_over(&s->rt)) return -1;
+        int64_t left = deadline - mono_ms();
         if (left <= 0) return 0;
         /* 2: while sending a statement, also wake up for input: the server
          * may be talking back (notices, an early error) and must not be left
          * blocked. 1: connecting, exactly what PQconnectPoll asked for. */
         short ev = for_write == 2 ? POLLOUT | POLLIN : for_write ? POLLOUT : POLLIN;
         struct pollfd pfd = {.fd = fd, .events = ev};
-        int r = poll(&pfd, 1, left > 1000000 ? 1000000 : (int)left);
+        int r = poll(&pfd, 1, left > RETRY_SLICE_MS ? RETRY_SLICE_MS : (int)left);
         if (r > 0) return 1;
         if (r < 0 && errno != EINTR) return -1;
-        /* r == 0: loop to re-check the deadline. EINTR: a signal (the job
-         * is asked to stop) does not abandon the statement in flight, which
-         * may be the COMMIT; but should it fail, there is no retry. */
-        if (r < 0) s->interrupted = 1;
+        /* r == 0 or EINTR: look at the stop flag and the deadline again */
     }
 }
 
@@ -475,7 +467,7 @@ static int classify_connect_failure(PGconn *c, const char *msg)
 static int pg_collect(pg_sink *s, PGresult **out, int *timed_out)
 {
     PGconn *c = s->conn;
-    long long deadline = mono_ms() + s->io_timeout_ms;
+    int64_t deadline = mono_ms() + s->io_timeout_ms;
     *out = NULL;
     *timed_out = 0;
     for (;;) {
@@ -763,7 +755,7 @@ static int pg_connect(pg_sink *s, char *err, size_t errlen)
     PGconn *c = PQconnectStartParams(keys, vals, 1);
     if (!c) return pg_fail(s, err, errlen, "postgresql: out of memory"), PG_PERMANENT;
     PQsetErrorVerbosity(c, PQERRORS_VERBOSE);
-    long long deadline = mono_ms() + s->io_timeout_ms;
+    int64_t deadline = mono_ms() + s->io_timeout_ms;
     PostgresPollingStatusType ps = PGRES_POLLING_WRITING;
     if (PQstatus(c) == CONNECTION_BAD) ps = PGRES_POLLING_FAILED;
     while (ps != PGRES_POLLING_OK) {
@@ -821,29 +813,15 @@ static int pg_commit_rows(pg_sink *s, char *err, size_t errlen)
     return PG_OK;
 }
 
-/* Sleeps ms, in slices, so that a stop is seen within 100 ms even when the
- * signal went to another thread (librdkafka's, with a Kafka source). Returns
- * non-zero when the job is being asked to stop (flag set, or interrupted). */
-static int pg_sleep_ms(pg_sink *s, long long ms)
-{
-    while (ms > 0) {
-        if (s->stop && *s->stop) return 1;
-        long long slice = ms > 100 ? 100 : ms;
-        struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)slice * 1000000};
-        if (nanosleep(&ts, NULL) != 0) return 1; /* not resumed after a signal */
-        ms -= slice;
-    }
-    return s->stop && *s->stop;
-}
-
 /* Runs op (or just connects when op is NULL), retrying transient failures
- * with capped exponential backoff until retry_timeout. */
+ * with the common backoff (retry.h) until retry_timeout or a stop request. */
 static int pg_retry(pg_sink *s, int (*op)(pg_sink *, char *, size_t), const char *what, char *err,
                     size_t errlen)
 {
-    long long start = mono_ms();
-    long long backoff = PG_BACKOFF_START_MS;
-    s->interrupted = 0;
+    retry_init(&s->rt,
+               &(retry_policy){.first_ms = PG_BACKOFF_START_MS, .max_ms = s->backoff_max_ms,
+                               .give_up_ms = s->retry_timeout_ms},
+               s->stop);
     char logged[2048] = ""; /* the last error logged */
     for (int attempt = 1;; attempt++) {
         int st = s->conn ? PG_OK : pg_connect(s, err, errlen);
@@ -851,41 +829,38 @@ static int pg_retry(pg_sink *s, int (*op)(pg_sink *, char *, size_t), const char
         if (st == PG_OK) {
             if (attempt > 1)
                 log_info("postgresql", "%s succeeded after %d attempts (%.1f s)", what, attempt,
-                         (double)(mono_ms() - start) / 1000);
+                         (double)retry_elapsed_ms(&s->rt) / 1000);
             return 0;
         }
         /* Whatever happened, the connection's state is now unknown (a failed
          * transaction, a half-read result): start afresh. */
         pg_drop(s);
         if (st == PG_PERMANENT) return -1;
-        long long elapsed = mono_ms() - start;
-        if (s->retry_timeout_ms > 0 && elapsed + backoff > s->retry_timeout_ms) {
-            char last[1536];
-            snprintf(last, sizeof last, "%s", err);
+        int64_t wait = 0;
+        int v = retry_failed(&s->rt, &wait);
+        char last[1536];
+        snprintf(last, sizeof last, "%s", err);
+        if (v == RETRY_GIVE_UP) {
             snprintf(err, errlen, "%s: gave up after %d attempts in %.1f s (retry_timeout=%.0fs): %s",
-                     what, attempt, (double)elapsed / 1000, (double)s->retry_timeout_ms / 1000,
-                     last);
+                     what, attempt, (double)retry_elapsed_ms(&s->rt) / 1000,
+                     (double)s->retry_timeout_ms / 1000, last);
             return -1;
         }
-        /* +-20% jitter so that several jobs do not reconnect in lockstep. */
-        s->rng ^= s->rng << 13, s->rng ^= s->rng >> 7, s->rng ^= s->rng << 17;
-        long long wait = backoff * 8 / 10 + (long long)(s->rng % (uint64_t)(backoff * 4 / 10 + 1));
-        if (strcmp(logged, err) != 0) {
-            log_warn("postgresql", "%s; retrying %s in %.1f s (attempt %d)",
-                     strncmp(err, "postgresql: ", 12) == 0 ? err + 12 : err, what,
-                     (double)wait / 1000, attempt + 1);
-            snprintf(logged, sizeof logged, "%s", err);
-        } else {
-            log_warn("postgresql", "same error; retrying %s in %.1f s (attempt %d)", what,
-                     (double)wait / 1000, attempt + 1);
+        if (v == RETRY_AGAIN) {
+            if (strcmp(logged, err) != 0) {
+                log_warn("postgresql", "%s; retrying %s in %.1f s (attempt %d)",
+                         strncmp(err, "postgresql: ", 12) == 0 ? err + 12 : err, what,
+                         (double)wait / 1000, attempt + 1);
+                snprintf(logged, sizeof logged, "%s", err);
+            } else {
+                log_warn("postgresql", "same error; retrying %s in %.1f s (attempt %d)", what,
+                         (double)wait / 1000, attempt + 1);
+            }
         }
-        if (s->interrupted || pg_sleep_ms(s, wait) != 0) {
-            char last[1536];
-            snprintf(last, sizeof last, "%s", err);
+        if (v == RETRY_STOPPED || retry_sleep(&s->rt, wait)) {
             snprintf(err, errlen, "%s: interrupted while waiting to retry: %s", what, last);
             return -1;
         }
-        backoff = backoff * 2 > s->backoff_max_ms ? s->backoff_max_ms : backoff * 2;
     }
 }
 
@@ -1114,7 +1089,7 @@ static sink *pg_open_as(const char *scheme, const char *target, const sink_optio
                         char *err, size_t errlen)
 {
     pg_sink *s = xcalloc(1, sizeof *s);
-    s->stop = opts->stop;
+    s->stop = opts && opts->ctx ? opts->ctx->stop : NULL;
     buf c;
     buf_init(&c);
     /* The sink receives what follows "postgresql:"; libpq wants the URI whole.
@@ -1128,7 +1103,6 @@ static sink *pg_open_as(const char *scheme, const char *target, const sink_optio
     s->retry_timeout_ms = PG_DEFAULT_RETRY_TIMEOUT_MS;
     s->backoff_max_ms = PG_DEFAULT_BACKOFF_MAX_MS;
     s->io_timeout_ms = PG_DEFAULT_IO_TIMEOUT_MS;
-    s->rng = (uint64_t)mono_ms() * 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid() ^ 1;
     buf_init(&s->literals);
     buf_init(&s->p_sid);
     buf_init(&s->p_uid);

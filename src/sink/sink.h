@@ -25,6 +25,7 @@
 #include <stddef.h>
 
 #include "common/buf.h"
+#include "common/context.h"
 #include "engine/closed_session.h"
 
 typedef struct sink sink;
@@ -34,10 +35,10 @@ typedef struct sink sink;
 typedef struct sink_options {
     const char *const *props; /* "key=value" pairs from --sink-opt, NULL-terminated */
     int create_schema;        /* create keyspace/table when missing (default 1) */
-    /* Set (by a signal handler) when the job is asked to stop: a sink
-     * waiting out an outage inside flush() gives up soon after, and the
-     * checkpoint does not advance. NULL: never. */
-    volatile sig_atomic_t *stop;
+    /* The job's (context.h): a sink waiting out an outage inside flush()
+     * gives up soon after its stop flag is set, and the checkpoint does not
+     * advance. NULL: none. */
+    job_context *ctx;
 } sink_options;
 
 typedef struct sink_ops {

@@ -13,6 +13,11 @@
  * flush and sorted by key, they walk the tree in order and each page is read
  * and written once per flush. Measured with bench/: 15.7 s -> 6.0 s for 2M
  * sessions, with a 256 MiB page cache and 16 KiB pages doing the rest.
+ *
+ * Another process may hold the database's lock (a reader checkpointing the
+ * WAL, a writer): a statement that meets it waits with the common backoff
+ * (common/retry.h) for up to BUSY_GIVE_UP_MS, and gives up at once when the
+ * job is asked to stop; the flush then fails and the checkpoint stays.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +27,7 @@
 
 #include "common/keyed_sort.h"
 #include "common/sqlite_path.h"
+#include "common/retry.h"
 #include "common/xalloc.h"
 #include "sink/session_json.h"
 #include "sink/sink.h"
@@ -41,14 +47,30 @@ typedef struct sqlite_sink {
     size_t n_pending, cap_pending;
     char *path;
     char *identity; /* "sqlite:" and the database's real path */
+    volatile sig_atomic_t *stop; /* the job's (context.h) */
+    retry busy;                  /* the wait for a lock held elsewhere */
 } sqlite_sink;
+
+#define BUSY_GIVE_UP_MS 30000
 
 extern const sink_ops sqlite_sink_ops;
 
 static int fail_db(sqlite_sink *s, const char *what, char *err, size_t errlen)
 {
-    snprintf(err, errlen, "SQLite sink %s: %s: %s", s->path, what, sqlite3_errmsg(s->db));
+    snprintf(err, errlen, "SQLite sink %s: %s: %s%s", s->path, what, sqlite3_errmsg(s->db),
+             s->stop && *s->stop ? " (gave up waiting: the job was asked to stop)" : "");
     return -1;
+}
+
+/* SQLite's busy handler: non-zero to try the statement again. */
+static int busy_wait(void *arg, int count)
+{
+    sqlite_sink *s = arg;
+    if (count == 0)
+        retry_init(&s->busy, &(retry_policy){.first_ms = 2, .max_ms = 100,
+                                             .give_up_ms = BUSY_GIVE_UP_MS}, s->stop);
+    int64_t wait;
+    return retry_failed(&s->busy, &wait) == RETRY_AGAIN && retry_sleep(&s->busy, wait) == 0;
 }
 
 /* An existing table must have exactly the expected columns. */
@@ -111,7 +133,8 @@ static sink *sqlite_open(const char *target, const sink_options *opts, char *err
         sqlite_sink_ops.close(&s->base);
         return NULL;
     }
-    sqlite3_busy_timeout(s->db, 10000);
+    s->stop = opts && opts->ctx ? opts->ctx->stop : NULL;
+    sqlite3_busy_handler(s->db, busy_wait, s);
     int missing = check_schema(s, err, errlen);
     if (missing < 0) goto fail;
     if (missing && !opts->create_schema) {
@@ -187,15 +210,9 @@ static int sqlite_flush(sink *base, char *err, size_t errlen)
         sqlite3_reset(s->upsert);
         if (rc != SQLITE_DONE) return fail_db(s, "upsert", err, errlen);
     }
-    /* COMMIT can meet a reader holding the WAL: busy_timeout waits, and we
-     * retry a little longer before giving up. */
-    for (int attempt = 0;; attempt++) {
-        int rc = sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
-        if (rc == SQLITE_OK) break;
-        if ((rc != SQLITE_BUSY && rc != SQLITE_LOCKED) || attempt >= 5)
-            return fail_db(s, "COMMIT", err, errlen);
-        usleep(100000u << attempt);
-    }
+    /* COMMIT can meet a reader holding the WAL: busy_wait waits. */
+    if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        return fail_db(s, "COMMIT", err, errlen);
     s->in_txn = 0;
     s->n_pending = 0;
     buf_reset(&s->pages);

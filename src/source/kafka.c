@@ -97,6 +97,7 @@
 #endif
 
 #include "common/log.h"
+#include "common/clock.h"
 #include "common/xalloc.h"
 #include "source/kafka.h"
 #include "source/source.h"
@@ -116,6 +117,8 @@ _Static_assert(RECENT >= RAW_RECORD_KEEP, "delivered records' keys must outlive 
 #define DEFAULT_IDLE_MS 2000
 #define DEFAULT_SESSION_TIMEOUT "10000"
 #define OFFSET_UNKNOWN (-1)
+#define LEAVE_WAIT_MS 3000 /* the longest close() waits to leave the group */
+#define STOP_POLL_MS 200 /* the longest a request to the cluster holds up the job's thread */
 
 typedef struct kpart {
     int64_t pos;      /* next offset to deliver; OFFSET_UNKNOWN: from the log start */
@@ -151,6 +154,7 @@ typedef struct kafka_source {
     char *brokers, *topic, *group, *describe;
     char *identity; /* "kafka:cluster=ID/topic=T", made in kafka_open() */
     const char *const *props;
+    job_context *ctx; /* the job's: its stop flag; we lend ourselves to it (kafka.h) */
     kpart *parts;
     int32_t n_parts;
     int until_end;
@@ -222,14 +226,6 @@ typedef struct kafka_source {
 } kafka_source;
 
 extern const source_ops kafka_source_ops;
-static kafka_source *g_open; /* see kafka.h */
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 __attribute__((format(printf, 2, 3)))
 static void fail(kafka_source *ks, const char *fmt, ...)
@@ -362,7 +358,7 @@ static const kentry *ring_peek(kafka_source *ks)
     if (ks->head == ks->tail_seen) {
         ks->tail_seen = atomic_load_explicit(&ks->ring_tail, memory_order_acquire);
         if (ks->head == ks->tail_seen) return NULL;
-        ks->batch_ms = now_ms();
+        ks->batch_ms = mono_ms();
         atomic_store_explicit(&ks->job_alive_ms, ks->batch_ms, memory_order_relaxed);
     }
     return &ks->ring[ks->head % RING];
@@ -380,7 +376,7 @@ static void ring_pop(kafka_source *ks, const kentry *e)
 static void ring_wait_data(kafka_source *ks, int timeout_ms)
 {
     ring_publish_head(ks);
-    atomic_store_explicit(&ks->job_alive_ms, now_ms(), memory_order_relaxed);
+    atomic_store_explicit(&ks->job_alive_ms, mono_ms(), memory_order_relaxed);
     pthread_mutex_lock(&ks->ring_mu);
     if (atomic_load(&ks->thread_waiting)) pthread_cond_signal(&ks->ring_space); /* maybe stalled */
     atomic_store(&ks->job_waiting, 1);
@@ -452,7 +448,7 @@ static void on_error(kafka_source *ks, rd_kafka_resp_err_t err, const char *reas
     if (ks->starting) return;
     /* Transient: librdkafka retries on its own. One line per kind of error
      * every 10 s is enough to see an outage without drowning the log. */
-    int64_t t = now_ms();
+    int64_t t = mono_ms();
     if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN || err == RD_KAFKA_RESP_ERR__TRANSPORT ||
         err == RD_KAFKA_RESP_ERR__RESOLVE) {
         if (!ks->outage_since_ms) {
@@ -509,10 +505,10 @@ static void on_commit(kafka_source *ks, rd_kafka_resp_err_t err)
 {
     /* Only lag tools read these offsets; a failed commit is retried with the
      * next checkpoint, so it is worth a line, not a failure. */
-    if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET && now_ms() - ks->last_err_ms >= 10000) {
+    if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET && mono_ms() - ks->last_err_ms >= 10000) {
         log_warn("kafka", "committing offsets to group %s failed: %s (lag tools lag behind; "
                  "the checkpoint is unaffected)", ks->group, rd_kafka_err2str(err));
-        ks->last_err_ms = now_ms();
+        ks->last_err_ms = mono_ms();
     }
 }
 
@@ -617,7 +613,7 @@ static void rebalance(kafka_source *ks, rd_kafka_t *rk, rd_kafka_resp_err_t err,
                  rd_kafka_err2str(e));
             return;
         }
-        if (!ks->paused_since_ms) ks->paused_since_ms = now_ms();
+        if (!ks->paused_since_ms) ks->paused_since_ms = mono_ms();
         log_warn("kafka", "group %s has another member (this instance was offered %d of %d "
                  "partitions of %s): %s, up to %.0f s", ks->group, (int)count,
                 (int)ks->n_parts, ks->topic,
@@ -638,7 +634,7 @@ static void rebalance(kafka_source *ks, rd_kafka_t *rk, rd_kafka_resp_err_t err,
     if (ks->paused_since_ms)
         log_info("kafka", "group %s gave this instance all %d partitions after %.1f s: "
                  "reading", ks->group, (int)ks->n_parts,
-                (double)(now_ms() - ks->paused_since_ms) / 1000.0);
+                (double)(mono_ms() - ks->paused_since_ms) / 1000.0);
     ks->paused_since_ms = 0;
     ks->active = ks->ever_active = 1;
 }
@@ -753,27 +749,47 @@ static void destroy(kafka_source *ks)
     free(ks->group);
     free(ks->describe);
     free(ks->identity);
-    if (g_open == ks) g_open = NULL;
+    if (ks->ctx && ks->ctx->kafka_source == &ks->base) ks->ctx->kafka_source = NULL;
     free(ks);
 }
 
+/* One metadata request for the topic, answered or not within timeout_ms.
+ * rd_kafka_metadata keeps to its timeout whatever the cluster's state (it
+ * waits for a usable broker, then for the answer, both bounded), unlike
+ * rd_kafka_query_watermark_offsets, which waits for its answer without bound
+ * while the partition's leader is unknown (all brokers down): so this is the
+ * only request the job's thread makes to the cluster after open(). */
+static rd_kafka_resp_err_t topic_metadata(kafka_source *ks, const struct rd_kafka_metadata **md,
+                                          int timeout_ms)
+{
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(ks->rk, ks->topic, NULL);
+    rd_kafka_resp_err_t e = rd_kafka_metadata(ks->rk, 0, rkt, md, timeout_ms);
+    rd_kafka_topic_destroy(rkt);
+    if (e) *md = NULL;
+    return e;
+}
+
 /* Waits for the cluster to answer a metadata request for the topic, serving
- * error_cb meanwhile so that the failure names its cause. */
+ * error_cb meanwhile so that the failure names its cause. A stop request
+ * ends the wait within STOP_POLL_MS. */
 static int wait_for_cluster(kafka_source *ks, char *err, size_t errlen)
 {
-    int64_t deadline = now_ms() + ks->startup_ms;
-    rd_kafka_topic_t *rkt = rd_kafka_topic_new(ks->rk, ks->topic, NULL);
+    int64_t deadline = mono_ms() + ks->startup_ms;
     const struct rd_kafka_metadata *md = NULL;
     rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR__TIMED_OUT;
     for (;;) {
-        int64_t left = deadline - now_ms();
+        if (job_stopping(ks->ctx)) {
+            snprintf(err, errlen, "stopped while waiting for the Kafka cluster at %s (%s%s%s); "
+                     "nothing was read", ks->brokers, rd_kafka_err2str(e),
+                     ks->last_err_str[0] ? "; last error: " : "", ks->last_err_str);
+            return -1;
+        }
+        int64_t left = deadline - mono_ms();
         if (left <= 0) break;
-        e = rd_kafka_metadata(ks->rk, 0, rkt, &md, (int)(left < 1000 ? left : 1000));
+        e = topic_metadata(ks, &md, (int)(left < STOP_POLL_MS ? left : STOP_POLL_MS));
         rd_kafka_poll(ks->rk, 0);
         if (e == RD_KAFKA_RESP_ERR_NO_ERROR) break;
-        md = NULL;
     }
-    rd_kafka_topic_destroy(rkt);
     if (!md) {
         snprintf(err, errlen, "cannot reach the Kafka cluster at %s within %.1f s (%s%s%s). "
                  "Check the address in --source, or wait longer with "
@@ -819,6 +835,7 @@ static source *kafka_open(const char *target, const source_options *opts, char *
     ks->topic = xstrdup(slash + 1);
     ks->group = xstrdup(opts->group && *opts->group ? opts->group : "sessionizer");
     ks->props = opts->props;
+    ks->ctx = opts->ctx;
     ks->until_end = opts->until_end;
     ks->max_record = opts->max_record_bytes ? opts->max_record_bytes : (1u << 20);
     ks->startup_ms = DEFAULT_STARTUP_MS;
@@ -883,9 +900,15 @@ static source *kafka_open(const char *target, const source_options *opts, char *
     /* Where each partition starts without a checkpoint, and where it ends for
      * --until-end: both need the watermarks now, bounded by the same
      * start-up deadline. */
-    int64_t deadline = now_ms() + ks->startup_ms;
+    int64_t deadline = mono_ms() + ks->startup_ms;
     for (int32_t p = 0; p < ks->n_parts; p++) {
-        int64_t lo = 0, hi = 0, left = deadline - now_ms();
+        int64_t lo = 0, hi = 0, left = deadline - mono_ms();
+        if (job_stopping(ks->ctx)) {
+            snprintf(err, errlen, "stopped while reading the offsets of %s; nothing was read",
+                     ks->describe);
+            destroy(ks);
+            return NULL;
+        }
         rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(
             ks->rk, ks->topic, p, &lo, &hi, (int)(left > 1000 ? left : 1000));
         if (e) {
@@ -918,8 +941,8 @@ static source *kafka_open(const char *target, const source_options *opts, char *
         return NULL;
     }
     ks->base.ops = &kafka_source_ops;
-    ks->opened_ms = now_ms();
-    g_open = ks;
+    ks->opened_ms = mono_ms();
+    if (ks->ctx) ks->ctx->kafka_source = &ks->base;
     return &ks->base;
 }
 
@@ -961,7 +984,7 @@ static int take(kafka_source *ks, rd_kafka_message_t *m, raw_record *out)
             if (kp->assigned) kp->eof_at = m->offset;
             if (ks->outage_since_ms) {
                 log_info("kafka", "cluster reachable again after %.1f s",
-                        (double)(now_ms() - ks->outage_since_ms) / 1000.0);
+                        (double)(mono_ms() - ks->outage_since_ms) / 1000.0);
                 ks->outage_since_ms = 0;
             }
         } else {
@@ -982,7 +1005,7 @@ static int take(kafka_source *ks, rd_kafka_message_t *m, raw_record *out)
     }
     if (ks->outage_since_ms) {
         log_info("kafka", "cluster reachable again after %.1f s",
-                (double)(now_ms() - ks->outage_since_ms) / 1000.0);
+                (double)(mono_ms() - ks->outage_since_ms) / 1000.0);
         ks->outage_since_ms = 0;
     }
     rd_kafka_timestamp_type_t tt;
@@ -1023,7 +1046,7 @@ static void *consumer_thread(void *arg)
 #endif
     while (!atomic_load(&ks->stop)) {
         ring_reap(ks);
-        if (now_ms() - atomic_load_explicit(&ks->job_alive_ms, memory_order_relaxed) > JOB_STALL_MS) {
+        if (mono_ms() - atomic_load_explicit(&ks->job_alive_ms, memory_order_relaxed) > JOB_STALL_MS) {
             /* The job is busy elsewhere (a long commit) or stuck: stop
              * polling too, as a single-threaded consumer would, so that
              * librdkafka's max.poll.interval.ms still notices a stuck job
@@ -1031,7 +1054,7 @@ static void *consumer_thread(void *arg)
             ring_publish_tail(ks);
             pthread_mutex_lock(&ks->ring_mu);
             atomic_store(&ks->thread_waiting, 1);
-            if (now_ms() - atomic_load(&ks->job_alive_ms) > JOB_STALL_MS) {
+            if (mono_ms() - atomic_load(&ks->job_alive_ms) > JOB_STALL_MS) {
                 struct timespec ts = deadline_in(THREAD_WAIT_MS);
                 pthread_cond_timedwait(&ks->ring_space, &ks->ring_mu, &ts);
             }
@@ -1082,7 +1105,7 @@ static int start_thread(kafka_source *ks, char *err, size_t errlen)
     pthread_cond_init(&ks->ring_done, &ca);
     pthread_condattr_destroy(&ca);
     ks->ring_init = 1;
-    atomic_store(&ks->job_alive_ms, now_ms());
+    atomic_store(&ks->job_alive_ms, mono_ms());
     int e = pthread_create(&ks->thread, NULL, consumer_thread, ks);
     if (e) {
         snprintf(err, errlen, "reading %s: cannot start the consumer thread: %s", ks->describe,
@@ -1181,7 +1204,7 @@ static int kafka_poll(source *s, raw_record *out, int timeout_ms, char *err, siz
             if (take(ks, c.m, out)) return SOURCE_RECORD;
             continue; /* the loop's top reports a failure or the end first */
         }
-        if (ks->paused_since_ms && now_ms() - ks->paused_since_ms > pause_limit_ms(ks)) {
+        if (ks->paused_since_ms && mono_ms() - ks->paused_since_ms > pause_limit_ms(ks)) {
             snprintf(err, errlen, "consumer group %s has another member holding part of topic "
                      "%s (for more than %.0f s). One sessionizer instance must read every "
                      "partition (a user's visits may be in any of them), so this one %s. Stop "
@@ -1192,7 +1215,7 @@ static int kafka_poll(source *s, raw_record *out, int timeout_ms, char *err, siz
             return SOURCE_ERROR;
         }
         if (!ks->ever_active && !ks->paused_since_ms && !ks->wait_logged &&
-            now_ms() - ks->opened_ms > 10000) {
+            mono_ms() - ks->opened_ms > 10000) {
             ks->wait_logged = 1;
             log_warn("kafka", "still waiting for group %s to assign the partitions of %s (a "
                      "member that crashed stays in the group until its session times out)",
@@ -1301,15 +1324,16 @@ static void kafka_committed(source *s)
 static size_t kafka_partitions(source *s, partition_info *out, size_t max)
 {
     kafka_source *ks = (kafka_source *)s;
-    int64_t now = now_ms();
+    int64_t now = mono_ms();
     /* A quiet stream gives no sign that an outage is over (no record, no
      * new end-of-partition event): ask, briefly, every few seconds. */
     if (ks->outage_since_ms && now - ks->outage_probe_ms >= 5000) {
-        int64_t lo, hi;
+        const struct rd_kafka_metadata *md;
         ks->outage_probe_ms = now;
-        if (rd_kafka_query_watermark_offsets(ks->rk, ks->topic, 0, &lo, &hi, 200) == 0) {
+        if (topic_metadata(ks, &md, STOP_POLL_MS) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+            rd_kafka_metadata_destroy(md);
             log_info("kafka", "cluster reachable again after %.1f s",
-                    (double)(now_ms() - ks->outage_since_ms) / 1000.0);
+                    (double)(mono_ms() - ks->outage_since_ms) / 1000.0);
             ks->outage_since_ms = 0;
         }
     }
@@ -1348,6 +1372,30 @@ static const char *kafka_describe(source *s) { return ((kafka_source *)s)->descr
 
 static void kafka_identity(source *s, buf *out) { buf_append_str(out, ((kafka_source *)s)->identity); }
 
+/* Leaves the consumer group, serving the last callbacks (the revocation)
+ * on this thread, for at most LEAVE_WAIT_MS: rd_kafka_consumer_close can
+ * block for up to session.timeout.ms (while a rebalance is under way), and
+ * a stop must not wait that long. Returns 1 when the consumer is closed. */
+static int leave_group(kafka_source *ks)
+{
+    rd_kafka_queue_t *q = rd_kafka_queue_new(ks->rk);
+    rd_kafka_error_t *e = rd_kafka_consumer_close_queue(ks->rk, q);
+    int closed = 0;
+    if (e) {
+        rd_kafka_error_destroy(e);
+    } else {
+        int64_t deadline = mono_ms() + LEAVE_WAIT_MS;
+        while (!(closed = rd_kafka_consumer_closed(ks->rk)) && mono_ms() < deadline)
+            rd_kafka_queue_poll_callback(q, 50);
+        if (!closed)
+            log_warn("kafka", "leaving group %s takes more than %.0f s; going without (the "
+                     "group drops this member when its session times out)", ks->group,
+                     LEAVE_WAIT_MS / 1000.0);
+    }
+    rd_kafka_queue_destroy(q);
+    return closed;
+}
+
 static void kafka_close(source *s)
 {
     kafka_source *ks = (kafka_source *)s;
@@ -1358,27 +1406,42 @@ static void kafka_close(source *s)
      * another instance can take over at once. */
     ks->closing = 1;
     /* From here on librdkafka serves its callbacks on this thread (in
-     * rd_kafka_consumer_close). */
+     * leave_group). */
     stop_thread(ks);
     /* No reference of ours into the consumer may outlive the close. */
     rd_kafka_queue_destroy(ks->q);
     ks->q = NULL;
-    if (ks->outage_since_ms) {
-        /* Leaving needs the coordinator, which is unreachable: closing would
-         * wait for it ~10 s. The group evicts us when our session expires. */
+    /* Leaving needs the coordinator: during an outage it would wait for it
+     * in vain, so do not even try. */
+    if (ks->outage_since_ms || !leave_group(ks)) {
+        /* The group evicts us when our session expires, as it would a
+         * crashed member; positions are ours, so nothing is lost. */
         rd_kafka_destroy_flags(ks->rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
         ks->rk = NULL;
-    } else {
-        rd_kafka_consumer_close(ks->rk);
     }
     destroy(ks);
 }
 
 /* ---- shared with the Kafka dead-letter output (kafka.h) ----------------- */
 
-const char *kafka_source_bootstrap(void) { return g_open ? g_open->brokers : NULL; }
+static const kafka_source *lent(const job_context *ctx)
+{
+    return ctx && ctx->kafka_source && ctx->kafka_source->ops == &kafka_source_ops
+               ? (const kafka_source *)ctx->kafka_source
+               : NULL;
+}
 
-const char *const *kafka_source_props(void) { return g_open ? g_open->props : NULL; }
+const char *kafka_source_bootstrap(const job_context *ctx)
+{
+    const kafka_source *ks = lent(ctx);
+    return ks ? ks->brokers : NULL;
+}
+
+const char *const *kafka_source_props(const job_context *ctx)
+{
+    const kafka_source *ks = lent(ctx);
+    return ks ? ks->props : NULL;
+}
 
 const source_ops kafka_source_ops = {
     .scheme = "kafka",

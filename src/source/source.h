@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "common/buf.h"
+#include "common/context.h"
 #include "record/visit.h"
 
 typedef struct source source;
@@ -26,6 +27,7 @@ typedef struct source_options {
     int start_latest;         /* no checkpoint: start at the end, not the beginning */
     int until_end;            /* stop at the end of the input as it was at start */
     size_t max_record_bytes;  /* longer records are cut and flagged oversized */
+    job_context *ctx;         /* the job's (context.h); NULL: none */
 } source_options;
 
 enum source_status {

@@ -100,6 +100,8 @@ typedef struct so_stats {
 typedef struct so {
     const scaleout_config *cfg;
     const job_config *jc;
+    job_context ctx;   /* shared with the sink and the dead-letter output it opens */
+    sink_options sink_opts;
     char *brokers, *topic, *group2, *rtopic, describe[256];
     int32_t n_src, R;
     rd_kafka_t *c1, *c2, *prod;
@@ -1138,9 +1140,13 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
     else if (check_internal_topic(s, err, errlen)) goto out;
     s->store = task_store_open(conninfo, jc->source.group, err, errlen);
     if (!s->store) goto out;
-    s->snk = sink_open(jc->sink_uri, &jc->sink, err, errlen);
+    s->ctx = (job_context){.stop = jc->stop};
+    s->sink_opts = jc->sink;
+    s->sink_opts.ctx = &s->ctx;
+    s->snk = sink_open(jc->sink_uri, &s->sink_opts, err, errlen);
     if (!s->snk) goto out;
-    s->dlq = deadletter_open(jc->dlq_uri ? jc->dlq_uri : "jsonl:stderr", jc->dlq_props, err, errlen);
+    s->dlq = deadletter_open(jc->dlq_uri ? jc->dlq_uri : "jsonl:stderr", jc->dlq_props, &s->ctx,
+                             err, errlen);
     if (!s->dlq) goto out;
     s->parser = record_parser_new(&jc->records);
     s->p1 = xcalloc((size_t)s->n_src, sizeof *s->p1);

@@ -136,3 +136,14 @@ check_oracle() {
 
 # has_rows DB N: the table has exactly N rows (for wait_until).
 has_rows() { [ "$(count_rows "$1")" = "$2" ]; }
+
+# stop_within PID SECONDS: sends SIGTERM, waits at most SECONDS for the job
+# to exit; sets RC (as wait_job) and TOOK (milliseconds from the signal to
+# the exit).
+stop_within() {
+    local pid=$1 limit=$2 t0
+    t0=$(date +%s%N)
+    kill -TERM "$pid"
+    wait_job "$pid" "$limit"
+    TOOK=$((($(date +%s%N) - t0) / 1000000))
+}
