@@ -27,6 +27,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/clock.h"
+#include "common/retry.h"
 #include "common/xalloc.h"
 #include "cql/cql_conn.h"
 #include "cql/murmur3.h"
@@ -85,7 +87,7 @@ typedef struct host {
     char dc[64];
     cql_conn *conn;
     int64_t next_attempt_ms;
-    int backoff_ms;
+    int failures; /* connection attempts failed in a row (their backoff) */
     int is_contact;
     int removed;
     int remote; /* not in the local data center */
@@ -111,7 +113,8 @@ struct cql_client {
     int rr;
     reqlist ready, backoff, inflight;
     size_t outstanding; /* user requests not yet completed */
-    int64_t cancel_seen_ms; /* when a wait first saw cfg.cancel set; 0: not yet */
+    retry policy;           /* the requests' backoff and give-up (retry.h) */
+    retry stop;             /* only its stop grace, over cfg.cancel (cancelled()) */
     cql_prepared *prepared;
     char first_error[600];
     int failed_since_wait;
@@ -119,7 +122,6 @@ struct cql_client {
     char fatal_error[600];
     int refresh_pending;
     int in_refresh;
-    uint64_t rand_state;
     int64_t last_warn_ms;
     unsigned suppressed_warns;
     cql_client_stats st;
@@ -152,7 +154,7 @@ static void logf_(cql_client *c, int level, const char *fmt, ...)
 static void warn_throttled(cql_client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void warn_throttled(cql_client *c, const char *fmt, ...)
 {
-    int64_t now = cql_now_ms();
+    int64_t now = mono_ms();
     if (now - c->last_warn_ms < 1000) {
         c->suppressed_warns++;
         return;
@@ -170,14 +172,8 @@ static void warn_throttled(cql_client *c, const char *fmt, ...)
     c->last_warn_ms = now;
 }
 
-static uint64_t rnd(cql_client *c)
-{
-    uint64_t x = c->rand_state; /* xorshift64 */
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return c->rand_state = x;
-}
+/* A node that refused a connection is tried again after this backoff. */
+static const retry_policy reconnect_policy = {.first_ms = 500, .max_ms = 10000};
 
 static void list_push(reqlist *l, req *r, int which)
 {
@@ -244,7 +240,7 @@ static req *req_new(cql_client *c, int kind, uint8_t op)
     r->pin = r->avoid = r->host = -1;
     r->stream = -1;
     r->err_code = -1;
-    r->first_ms = cql_now_ms();
+    r->first_ms = mono_ms();
     buf_init(&r->part);
     buf_init(&r->tail);
     if (kind == K_USER) c->outstanding++;
@@ -318,7 +314,7 @@ static void complete(cql_client *c, req *r, int ok, const char *error)
 static void schedule_retry(cql_client *c, req *r, const char *reason, int avoid_host)
 {
     unlink_req(c, r);
-    int64_t now = cql_now_ms();
+    int64_t now = mono_ms();
     r->attempts++;
     if (r->pin >= 0 && r->kind == K_INTERNAL && r->op == CQL_OP_PREPARE) {
         /* a re-prepare pinned to a node that failed: let the parked request
@@ -326,17 +322,14 @@ static void schedule_retry(cql_client *c, req *r, const char *reason, int avoid_
         complete(c, r, 0, reason);
         return;
     }
-    if (c->cfg.retry_timeout_ms > 0 && now - r->first_ms >= c->cfg.retry_timeout_ms) {
+    int64_t delay = retry_delay(&c->policy.p, r->attempts, &c->policy.rng);
+    if (retry_past_deadline(&c->policy.p, now - r->first_ms, delay)) {
         char msg[700];
         snprintf(msg, sizeof msg, "%s failed after %d attempts over %.1f s; last error: %s",
                  what(r), r->attempts, (double)(now - r->first_ms) / 1000.0, reason);
         complete(c, r, 0, msg);
         return;
     }
-    int shift = r->attempts - 1 < 16 ? r->attempts - 1 : 16;
-    int64_t delay = (int64_t)c->cfg.retry_base_ms << shift;
-    if (delay > c->cfg.retry_max_ms) delay = c->cfg.retry_max_ms;
-    delay = delay / 2 + (int64_t)(rnd(c) % (uint64_t)(delay / 2 + 1)); /* jitter: 50-100% */
     r->retry_at_ms = now + delay;
     r->avoid = avoid_host;
     c->st.retries += r->kind == K_USER;
@@ -407,7 +400,7 @@ static int add_host(cql_client *c, const struct sockaddr *sa, socklen_t salen,
     h->salen = salen;
     snprintf(h->server_name, sizeof h->server_name, "%s", server_name ? server_name : ip);
     h->is_contact = is_contact;
-    h->backoff_ms = 0;
+    h->failures = 0;
     return c->n_hosts++;
 }
 
@@ -429,8 +422,8 @@ static void host_down(cql_client *c, int hi, const char *reason)
     logf_(c, CQL_LOG_WARN, "node %s lost: %s", h->name, reason);
     cql_conn_free(h->conn);
     h->conn = NULL;
-    h->backoff_ms = 0;
-    h->next_attempt_ms = cql_now_ms() + 100;
+    h->failures = 0;
+    h->next_attempt_ms = mono_ms() + 100;
     requeue_inflight_of(c, hi, reason);
     if (c->control == hi) {
         c->control = -1;
@@ -455,14 +448,13 @@ static int host_connect(cql_client *c, int hi, int *fatal, char *err, size_t err
     };
     h->conn = cql_conn_open((const struct sockaddr *)&h->sa, h->salen, &o, fatal, err, errlen);
     if (!h->conn) {
-        h->backoff_ms = h->backoff_ms ? h->backoff_ms * 2 : 500;
-        if (h->backoff_ms > 10000) h->backoff_ms = 10000;
-        h->next_attempt_ms = cql_now_ms() + h->backoff_ms;
+        h->next_attempt_ms = mono_ms() + retry_delay(&reconnect_policy, ++h->failures,
+                                                     &c->policy.rng);
         return -1;
     }
     if (h->ever_connected) c->st.reconnects++;
     h->ever_connected = 1;
-    h->backoff_ms = 0;
+    h->failures = 0;
     logf_(c, CQL_LOG_INFO, "connected to %s%s", h->name, c->tls ? " (TLS)" : "");
     prepare_all_on(c, hi);
     if (c->control < 0) {
@@ -481,8 +473,8 @@ static void reconnect_due(cql_client *c, int64_t now)
         char err[600];
         int fatal = 0;
         if (host_connect(c, i, &fatal, err, sizeof err)) {
-            warn_throttled(c, "reconnecting to %s failed (next attempt in %d ms): %s", h->name,
-                           h->backoff_ms, after_name(h, err));
+            warn_throttled(c, "reconnecting to %s failed (next attempt in %lld ms): %s", h->name,
+                           (long long)(h->next_attempt_ms - mono_ms()), after_name(h, err));
             if (fatal && !c->fatal) {
                 c->fatal = 1;
                 snprintf(c->fatal_error, sizeof c->fatal_error, "%s", err);
@@ -562,7 +554,7 @@ static void dispatch(cql_client *c)
     buf frame;
     buf_init(&frame);
     req *r = c->ready.head;
-    int64_t now = cql_now_ms();
+    int64_t now = mono_ms();
     while (r) {
         req *next = r->next;
         int hi = pick_host(c, r);
@@ -660,8 +652,8 @@ static void handle_event(cql_client *c, const cql_response *resp)
                strcmp(resp->event_change, "UP") == 0) {
         for (int i = 0; i < c->n_hosts; i++)
             if (strcmp(c->hosts[i].ip, ip) == 0 && !c->hosts[i].conn) {
-                c->hosts[i].backoff_ms = 0;
-                c->hosts[i].next_attempt_ms = cql_now_ms() + 1000; /* spec 4.2.6: wait a bit */
+                c->hosts[i].failures = 0;
+                c->hosts[i].next_attempt_ms = mono_ms() + 1000; /* spec 4.2.6: wait a bit */
             }
     }
 }
@@ -833,7 +825,7 @@ static void read_host(cql_client *c, int i)
  * for the sockets, read and handle answers, expire timeouts. */
 static void pump(cql_client *c, int max_wait_ms)
 {
-    int64_t now = cql_now_ms();
+    int64_t now = mono_ms();
     if (c->ready.n || c->inflight.n || c->backoff.n) reconnect_due(c, now);
     expire(c, now);
     dispatch(c);
@@ -882,7 +874,7 @@ static void pump(cql_client *c, int max_wait_ms)
     }
     free(pfd);
     free(idx);
-    now = cql_now_ms();
+    now = mono_ms();
     expire(c, now);
     dispatch(c);
     flush_all(c);
@@ -1230,7 +1222,11 @@ cql_client *cql_client_connect(const cql_client_config *cfg, char *err, size_t e
     if (c->cfg.retry_max_ms < c->cfg.retry_base_ms) c->cfg.retry_max_ms = c->cfg.retry_base_ms;
     if (c->cfg.retry_timeout_ms < 0) c->cfg.retry_timeout_ms = 0;
     c->control = -1;
-    c->rand_state = (uint64_t)cql_now_ms() * 0x9e3779b97f4a7c15ULL | 1;
+    retry_init(&c->policy, &(retry_policy){.first_ms = c->cfg.retry_base_ms,
+                                           .max_ms = c->cfg.retry_max_ms,
+                                           .give_up_ms = c->cfg.retry_timeout_ms},
+               c->cfg.cancel);
+    c->stop = c->policy;
     if (c->username && !c->password) {
         snprintf(err, errlen, "a username is configured without a password");
         goto fail;
@@ -1245,6 +1241,11 @@ cql_client *cql_client_connect(const cql_client_config *cfg, char *err, size_t e
     char last[600] = "";
     for (int i = 0; i < c->n_hosts && c->control < 0; i++) {
         int fatal = 0;
+        if (c->cfg.cancel && *c->cfg.cancel) { /* each attempt may take connect_timeout_ms */
+            snprintf(err, errlen, "stopped while connecting to the contact points of '%s'%s%s",
+                     c->contact_points, last[0] ? "; last error: " : "", last);
+            goto fail;
+        }
         if (host_connect(c, i, &fatal, last, sizeof last) == 0) break;
         logf_(c, CQL_LOG_WARN, "contact point %s: %s", c->hosts[i].name,
               after_name(&c->hosts[i], last));
@@ -1407,18 +1408,14 @@ int cql_prepared_token(const cql_prepared *p, const cql_values *values, int64_t 
 }
 
 /* The caller asked to stop waiting (see cql_client_config.cancel). Requests
- * a healthy cluster is about to answer get CANCEL_GRACE_MS: a job stopping
+ * a healthy cluster is about to answer get RETRY_STOP_GRACE_MS: a job stopping
  * on SIGTERM still makes its final commit; only an outage is given up on. */
-#define CANCEL_GRACE_MS 2000
 static int cancelled(cql_client *c, char *err, size_t errlen)
 {
-    if (!c->cfg.cancel || !*c->cfg.cancel) return 0;
-    int64_t now = cql_now_ms();
-    if (c->cancel_seen_ms == 0) c->cancel_seen_ms = now;
-    if (now - c->cancel_seen_ms < CANCEL_GRACE_MS) return 0;
+    if (!retry_stop_grace_over(&c->stop)) return 0;
     snprintf(err, errlen, "interrupted with %zu request%s not acknowledged %.1f s after the job was "
              "asked to stop", c->outstanding, c->outstanding == 1 ? "" : "s",
-             (double)(now - c->cancel_seen_ms) / 1000);
+             (double)(mono_ms() - c->stop.stop_seen_ms) / 1000);
     return 1;
 }
 
@@ -1516,7 +1513,7 @@ int cql_client_wait(cql_client *c, char *err, size_t errlen)
 
 int cql_client_wait_schema_agreement(cql_client *c, int timeout_ms, char *err, size_t errlen)
 {
-    int64_t deadline = cql_now_ms() + timeout_ms;
+    int64_t deadline = mono_ms() + timeout_ms;
     for (;;) {
         cql_result l, p;
         int agree = 1;
@@ -1535,7 +1532,7 @@ int cql_client_wait_schema_agreement(cql_client *c, int timeout_ms, char *err, s
             if (cql_cell_uuid(cell(&p.r, row, ci), v) == 0 && strcmp(v, v0) != 0) agree = 0;
         cql_result_free(&p);
         if (agree) return 0;
-        if (cql_now_ms() >= deadline) return 1;
+        if (mono_ms() >= deadline) return 1;
         pump(c, 200);
     }
 }

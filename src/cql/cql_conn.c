@@ -26,19 +26,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/xalloc.h"
 
 struct cql_tls {
     SSL_CTX *ctx;
     int verify;
 };
-
-int64_t cql_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 void cql_redact(char *out, size_t outlen, const char *msg, const char *s1, const char *s2)
 {
@@ -261,7 +255,7 @@ int cql_conn_next(cql_conn *c, cql_header *h, const unsigned char **body, char *
 static int wait_fd(int fd, short events, int64_t deadline)
 {
     for (;;) {
-        int64_t left = deadline - cql_now_ms();
+        int64_t left = deadline - mono_ms();
         if (left <= 0) return 0;
         struct pollfd p = {.fd = fd, .events = events};
         int rc = poll(&p, 1, (int)left);
@@ -512,7 +506,7 @@ cql_conn *cql_conn_open(const struct sockaddr *sa, socklen_t salen, const cql_co
     for (int i = 0; i < ms; i++) c->free_ids[i] = (int16_t)(ms - 1 - i); /* 0 comes out first */
     c->n_free = ms;
 
-    int64_t deadline = cql_now_ms() + (o->connect_timeout_ms > 0 ? o->connect_timeout_ms : 5000);
+    int64_t deadline = mono_ms() + (o->connect_timeout_ms > 0 ? o->connect_timeout_ms : 5000);
     if (tcp_connect(c, sa, salen, deadline, err, errlen) ||
         (o->tls && tls_handshake(c, o, deadline, fatal, err, errlen)) ||
         handshake(c, o, deadline, fatal, err, errlen)) {

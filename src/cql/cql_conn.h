@@ -83,9 +83,6 @@ int cql_conn_has_output(const cql_conn *c);
 /* Data that TLS has decrypted but not handed out yet (poll won't see it). */
 int cql_conn_has_buffered_input(const cql_conn *c);
 
-/* Milliseconds from a monotonic clock. */
-int64_t cql_now_ms(void);
-
 /* Copies msg into out with every occurrence of the non-empty secrets
  * replaced by "<redacted>". */
 void cql_redact(char *out, size_t outlen, const char *msg, const char *secret1,

@@ -171,6 +171,13 @@ def auth():
         with TestServer(auth='writer:Sup3r-S3cret') as srv:
             rc, _, err, _ = run_tool(srv, '-o', 'username=writer', '-o', 'password_file=' + pwfile, n=50)
             res.equal(rc, 0, 'auth: PasswordAuthenticator login with password_file: %s' % err.strip())
+            # a directory or an empty file: refused, saying what is wrong with it
+            empty = os.path.join(d, 'empty')
+            open(empty, 'w').close()
+            for path, says in ((d, 'is a directory'), (empty, 'is empty')):
+                rc, _, err, _ = run_tool(srv, '-o', 'username=writer', '-o', 'password_file=' + path, n=5)
+                res.check(rc != 0 and says in err and path in err,
+                          'auth: password_file %s refused: %s' % (says, err.strip()[-200:]))
             rc, _, err, secs = run_tool(srv, '-o', 'username=writer', '-o', 'password=Wr0ngPass', n=5)
             res.check(rc != 0 and 'authentication failed' in err and secs < 10,
                       'auth: wrong password fails fast and says so: %s' % err.strip()[-200:])
