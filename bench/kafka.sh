@@ -82,8 +82,8 @@ echo "topic visits: $PARTS partitions, $((PARTS * PER)) visits produced in" \
 [ "${low:-0}" = 0 ] || echo "WARNING: the mock dropped the head of the log (5 MB limit); lower VISITS_PER_PARTITION" >&2
 
 stamp() { while IFS= read -r line; do printf '%s %s\n' "$(date +%s.%N)" "$line"; done; }
-best_bare_poll=0 best_bare_batch=0 best_sz=0
-all_poll=() all_sz=()
+best_bare_poll=0 best_bare_batch=0 best_sz=0 best_cp=0
+all_poll=() all_sz=() all_cp=()
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2)}'; }
 for r in $(seq "$REPEAT"); do
     out=$("$B/kafka-bare" "$BROKERS" visits poll -X queued.min.messages=1000000)
@@ -110,6 +110,17 @@ for r in $(seq "$REPEAT"); do
     [ "$r" = 1 ] && echo "       $(grep -m1 " records: " "$W/sz.err" | cut -d' ' -f2- | cut -c1-160)"
     all_sz+=("$rate")
     [ "$rate" -gt "$best_sz" ] && best_sz=$rate
+    # the same with --checkpoint (the durable mode), a new group and directory
+    rm -rf "$W/cp"
+    "$B/sessionizer" run --source "kafka://$BROKERS/visits" --sink null: --until-end \
+        --group "bench-cp-$r-$$" --checkpoint "$W/cp" 2>&1 >/dev/null | stamp >"$W/szcp.err" || true
+    first=$(grep -m1 "timestamps" "$W/szcp.err" | cut -d' ' -f1)
+    last=$(grep -m1 " records: " "$W/szcp.err" | cut -d' ' -f1)
+    n=$(grep -m1 " records: " "$W/szcp.err" | sed -E 's/.*sessionizer: ([0-9]+) records: .*/\1/')
+    rate=$(echo "$n / ($last - $first)" | bc)
+    echo "run $r: sessionizer --checkpoint: $n records = $rate records/s"
+    all_cp+=("$rate")
+    [ "$rate" -gt "$best_cp" ] && best_cp=$rate
     "$B/sessionizer" run --source "file:$W/all.jsonl" --sink null: --until-end \
         --dlq "jsonl:$W/dlq-file" 2>"$W/file.err" >/dev/null
     frate=$(grep -m1 " records: " "$W/file.err" | sed -E 's/.*, ([0-9]+) records\/s.*/\1/')
@@ -123,7 +134,11 @@ printf 'best: bare-poll %d/s, bare-batch %d/s, sessionizer %d/s, file %d/s; sess
 med_poll=$(median "${all_poll[@]}") med_sz=$(median "${all_sz[@]}")
 printf 'median: bare-poll %d/s, sessionizer %d/s; sessionizer / bare-poll = %.2f\n' \
     "$med_poll" "$med_sz" "$(echo "$med_sz / $med_poll" | bc -l)"
+med_cp=$(median "${all_cp[@]}")
+printf 'median: sessionizer --checkpoint %d/s; / bare-poll = %.2f\n' "$med_cp" "$(echo "$med_cp / $med_poll" | bc -l)"
 # For bench/run's table (docs/performance.md).
+printf 'BENCH {"section": "kafka", "figure": "end to end with --checkpoint, 16 partitions, null sink", "value": %d, "peer": "bare librdkafka consumer (consumer_poll)", "peer_value": %d, "unit": "records/s", "target": ">= 0.8x", "target_ratio": 0.8}\n' \
+    "$best_cp" "$best_bare_poll"
 printf 'BENCH {"section": "kafka", "figure": "end to end, 16 partitions, null sink", "value": %d, "peer": "bare librdkafka consumer (consumer_poll)", "peer_value": %d, "unit": "records/s", "target": ">= 0.8x", "target_ratio": 0.8}\n' \
     "$best_sz" "$best_bare_poll"
 printf 'BENCH {"section": "kafka", "figure": "same visits from a file (engine alone)", "value": %d, "peer": "bare librdkafka consumer (consumer_poll)", "peer_value": %d, "unit": "records/s"}\n' \

@@ -17,6 +17,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,6 +74,16 @@ struct checkpoint {
     buf out;
     int64_t compact_min;
     int in_txn;
+    /* A compaction's snapshot is made durable off the job thread (fsync,
+     * rename, directory fsync, removal of what it replaces): the job
+     * appends to the new log meanwhile, and a crash before it is done
+     * leaves the old snapshot with logs that still reach every commit. */
+    pthread_t bg;
+    int bg_running;
+    atomic_int bg_done;
+    int bg_errno, bg_fd;
+    char *bg_tmp, *bg_path;
+    uint64_t bg_seq;
 };
 
 /* ---- messages ---------------------------------------------------------------- */
@@ -424,8 +436,8 @@ static void remove_older(checkpoint *cp, uint64_t keep)
 static int open_v2(checkpoint *cp, uint64_t *snaps, size_t n_snaps, uint64_t *logs,
                    size_t n_logs, char *err, size_t errlen)
 {
-    qsort(snaps, n_snaps, sizeof *snaps, cmp_u64);
-    qsort(logs, n_logs, sizeof *logs, cmp_u64);
+    if (n_snaps > 1) qsort(snaps, n_snaps, sizeof *snaps, cmp_u64);
+    if (n_logs > 1) qsort(logs, n_logs, sizeof *logs, cmp_u64);
     uint64_t s = 0;
     char name[64];
     char *path;
@@ -570,6 +582,8 @@ fail:
     return NULL;
 }
 
+static int bg_collect(checkpoint *cp, int wait, char *err, size_t errlen);
+
 static void release_restore_data(checkpoint *cp)
 {
     if (cp->snap_map) munmap(cp->snap_map, cp->snap_len);
@@ -583,6 +597,8 @@ static void release_restore_data(checkpoint *cp)
 void checkpoint_close(checkpoint *cp)
 {
     if (!cp) return;
+    char ignored[16];
+    bg_collect(cp, 1, ignored, sizeof ignored); /* a failure only leaves the old snapshot */
     release_restore_data(cp);
     if (cp->v1) sqlite3_close(cp->v1);
     for (size_t i = 0; i < cp->n_meta; i++) {
@@ -691,9 +707,45 @@ static int snap_write(void *ctx, const void *data, size_t len)
     return write_all(o->fd, data, len);
 }
 
+static void remove_older(checkpoint *cp, uint64_t keep);
+
+static void *bg_finish_snapshot(void *arg)
+{
+    checkpoint *cp = arg;
+    int e = 0;
+    if (fsync(cp->bg_fd) || rename(cp->bg_tmp, cp->bg_path) || fsync(cp->dir_fd)) e = errno;
+    close(cp->bg_fd);
+    if (e) unlink(cp->bg_tmp);
+    else remove_older(cp, cp->bg_seq);
+    cp->bg_errno = e;
+    atomic_store(&cp->bg_done, 1);
+    return NULL;
+}
+
+/* Joins a finished (or, with wait, any) background snapshot: 0, or -1 with
+ * err set if it failed. Returns 1 if one is still running. */
+static int bg_collect(checkpoint *cp, int wait, char *err, size_t errlen)
+{
+    if (!cp->bg_running) return 0;
+    if (!wait && !atomic_load(&cp->bg_done)) return 1;
+    pthread_join(cp->bg, NULL);
+    cp->bg_running = 0;
+    int rc = 0;
+    if (cp->bg_errno) {
+        errno = cp->bg_errno;
+        rc = sys_error(cp, "cannot write", cp->bg_tmp, err, errlen);
+    }
+    free(cp->bg_tmp);
+    free(cp->bg_path);
+    cp->bg_tmp = cp->bg_path = NULL;
+    return rc;
+}
+
 /* Writes the state after commit seq as a snapshot, starts its log, deletes
- * what it replaces. */
-static int write_snapshot(checkpoint *cp, const engine *e, uint64_t seq, char *err, size_t errlen)
+ * what it replaces; in_background: the fsyncs and the deletion happen on
+ * another thread (the commit's frame is already durable in the old log). */
+static int write_snapshot(checkpoint *cp, const engine *e, uint64_t seq, int in_background,
+                          char *err, size_t errlen)
 {
     changelog_frame all;
     changelog_frame_init(&all);
@@ -705,6 +757,39 @@ static int write_snapshot(checkpoint *cp, const engine *e, uint64_t seq, char *e
     char *path = path_of(cp, name), *tmp = path_of(cp, tmpname);
     snap_out o = {.fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)};
     int rc = o.fd < 0 ? -1 : changelog_snapshot(e, seq, &all.meta, all.n_meta, snap_write, &o);
+    changelog_frame_free(&all);
+    if (!rc && in_background) {
+        /* the new log first: the frames after seq go there from now on */
+        if (open_log_for_append(cp, seq, 1, err, errlen)) {
+            close(o.fd);
+            unlink(tmp);
+            free(path);
+            free(tmp);
+            return -1;
+        }
+        cp->written += o.bytes;
+        cp->snap_bytes = o.bytes;
+        cp->snap_seq = seq;
+        cp->bg_fd = o.fd;
+        cp->bg_tmp = tmp;
+        cp->bg_path = path;
+        cp->bg_seq = seq;
+        atomic_store(&cp->bg_done, 0);
+        if (pthread_create(&cp->bg, NULL, bg_finish_snapshot, cp) == 0) {
+            cp->bg_running = 1;
+            return 0;
+        }
+        bg_finish_snapshot(cp); /* no thread: do it here */
+        rc = cp->bg_errno ? -1 : 0;
+        if (rc) {
+            errno = cp->bg_errno;
+            sys_error(cp, "cannot write", tmp, err, errlen);
+        }
+        free(tmp);
+        free(path);
+        cp->bg_tmp = cp->bg_path = NULL;
+        return rc;
+    }
     if (rc || fsync(o.fd) || rename(tmp, path) || fsync(cp->dir_fd)) {
         rc = sys_error(cp, "cannot write", tmp, err, errlen);
         unlink(tmp);
@@ -712,7 +797,6 @@ static int write_snapshot(checkpoint *cp, const engine *e, uint64_t seq, char *e
     if (o.fd >= 0) close(o.fd);
     free(path);
     free(tmp);
-    changelog_frame_free(&all);
     if (rc) return -1;
     cp->written += o.bytes;
     cp->snap_bytes = o.bytes;
@@ -725,8 +809,10 @@ static int write_snapshot(checkpoint *cp, const engine *e, uint64_t seq, char *e
 int checkpoint_commit(checkpoint *cp, const engine *e, char *err, size_t errlen)
 {
     uint64_t seq = cp->seq + 1;
+    int busy = bg_collect(cp, 0, err, errlen);
+    if (busy < 0) return -1;
     if (cp->need_snapshot) {
-        if (write_snapshot(cp, e, seq, err, errlen)) return -1;
+        if (write_snapshot(cp, e, seq, 0, err, errlen)) return -1;
         cp->need_snapshot = 0;
     } else {
         buf_reset(&cp->out);
@@ -739,7 +825,8 @@ int checkpoint_commit(checkpoint *cp, const engine *e, char *err, size_t errlen)
         cp->log_bytes += (int64_t)cp->out.len;
         cp->written += (int64_t)cp->out.len;
         int64_t limit = cp->snap_bytes > cp->compact_min ? cp->snap_bytes : cp->compact_min;
-        if (cp->log_bytes > limit && write_snapshot(cp, e, seq, err, errlen)) return -1;
+        if (!busy && cp->log_bytes > limit && write_snapshot(cp, e, seq, 1, err, errlen))
+            return -1;
     }
     cp->seq = seq;
     cp->has_state = 1;

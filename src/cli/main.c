@@ -58,6 +58,14 @@ static void print_summary(const job_config *cfg, const job_result *r)
                 "p99 %.1f ms, max %.1f ms",
                 h->count, (double)histogram_quantile(h, 0.5) / 1000,
                 (double)histogram_quantile(h, 0.99) / 1000, (double)h->max / 1000);
+        if (cfg->checkpoint_dir)
+            log_info("sessionizer",
+                     "checkpoint: %" PRId64 " bytes written in %" PRIu64 " commits (%.1f per "
+                     "record read), %" PRId64 " bytes on disk",
+                     r->checkpoint_written, r->commits,
+                     r->records_this_run ? (double)r->checkpoint_written / (double)r->records_this_run
+                                         : 0.0,
+                     r->checkpoint_bytes);
     }
     if (e->open_sessions > 0 && !cfg->checkpoint_dir)
         log_warn("sessionizer", "%" PRIu64 " open sessions were not written: use --until-end "

@@ -578,6 +578,7 @@ int job_run(const job_config *cfg, job_result *res, char *err, size_t errlen)
 out:
     if (j.eng) engine_get_stats(j.eng, &res->engine);
     if (j.cp) res->checkpoint_bytes = checkpoint_disk_bytes(j.cp);
+    if (j.cp) res->checkpoint_written = checkpoint_bytes_written(j.cp);
     res->seconds = now_s() - start;
     checkpoint_close(j.cp);
     record_parser_free(j.parser);

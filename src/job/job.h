@@ -56,7 +56,8 @@ typedef struct job_result {
     uint64_t records_this_run;
     int resumed;             /* started from a checkpoint */
     int stopped_by_signal;
-    int64_t checkpoint_bytes;
+    int64_t checkpoint_bytes;   /* on disk at the end */
+    int64_t checkpoint_written; /* frames and snapshots written by this run */
     /* With latency_stats: from the apply that closed a session to the sink's
      * acknowledgement of the flush that carried it, in microseconds. */
     histogram close_to_ack_us;

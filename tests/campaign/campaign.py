@@ -17,6 +17,8 @@ the job against a target through random faults until a run completes:
   diskfull    the checkpoint lives on a tiny tmpfs that fills up; the run
               resumes from the last good checkpoint copied to a roomy disk
   batch       every run draws another --commit-every
+  (and half the runs snapshot their checkpoint every 4 or 64 KB of log, so
+  that faults also land in compactions)
   + the target's own faults (see the Target classes)
 
 Targets: sqlite, jsonl, postgresql, cql (sinks, reading the log from a file)
@@ -560,7 +562,12 @@ def run_until_complete(trial, target, rnd, stats, deadline):
             args += ["--checkpoint", cp]
         errpath = os.path.join(trial.dir, f"{target.name}.err")
         errfile = open(errpath, "wb")
-        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=errfile)
+        # half the runs compact their checkpoint often (a snapshot every few
+        # KB of log, written in the background): faults land in compactions
+        env = dict(os.environ)
+        if rnd.random() < 0.5:
+            env["SESSIONIZER_SNAPSHOT_MIN_BYTES"] = str(rnd.choice([4096, 65536]))
+        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=errfile, env=env)
         try:
             if fault in ("kill", "term", "lose"):
                 target.fault_delay(trial, p, errpath, fault, rnd)

@@ -411,7 +411,13 @@ def t_memory_limit(c):
     c.eq(p.returncode, 1, "past the budget the job stops with status 1")
     c.check("--memory-limit" in err and "checkpoint is intact" in err, f"naming the option: {err.strip()[:300]}")
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    c.check(peak <= limit + 4 * 1024 * 1024, f"resident memory stayed near the limit ({peak >> 20} MiB, limit {limit >> 20} MiB)")
+    if "ASAN_OPTIONS" in os.environ:
+        # AddressSanitizer's shadow memory and quarantine are not the job's:
+        # the peak is checked in the normal build only
+        print(f"memory_limit: peak {peak >> 20} MiB under ASan, limit {limit >> 20} MiB (not checked)")
+    else:
+        c.check(peak <= limit + 4 * 1024 * 1024,
+                f"resident memory stayed near the limit ({peak >> 20} MiB, limit {limit >> 20} MiB)")
     s = summary(p.stderr)
     c.check(0 < s["records"] < n, f"stopped part of the way ({s['records']} records)")
     p = run(*args, "--until-end", "--memory-limit", "8GiB")

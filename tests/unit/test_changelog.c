@@ -106,7 +106,7 @@ static void describe(const engine *e, buf *dst)
 {
     state s = {0};
     engine_foreach_user(e, collect, &s);
-    qsort(s.u, s.n, sizeof *s.u, cmp_user);
+    if (s.n > 1) qsort(s.u, s.n, sizeof *s.u, cmp_user);
     buf m;
     buf_init(&m);
     engine_save_meta(e, &m);
