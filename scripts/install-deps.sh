@@ -13,6 +13,9 @@ packages=(
   librdkafka-dev kcat             # Kafka source; kcat is the tests' producer
   libpq-dev postgresql            # PostgreSQL sink; the tests start a real server
   libssl-dev                      # TLS for the CQL client
+  libmicrohttpd-dev               # the metrics and health endpoint (--metrics-listen)
+  libsystemd-dev                  # sd_notify: READY, STOPPING, the watchdog
+  prometheus                      # promtool and a real server scraping the endpoint in the tests
   python3 python3-cassandra       # independent check of the CQL bytes
   python3-xxhash                  # the tests' independent session-id oracle
   procps psmisc                   # pkill/killall for the crash tests

@@ -17,8 +17,10 @@
 #include "cli/options.h"
 #include "common/buf.h"
 #include "common/log.h"
+#include "common/status.h"
 #include "common/xalloc.h"
 #include "job/job.h"
+#include "metrics/http.h"
 #include "task/scaleout.h"
 
 static volatile sig_atomic_t stop_requested;
@@ -130,6 +132,29 @@ int main(int argc, char **argv)
     job_config cfg = opts.job;
     cfg.stop = &stop_requested;
     int quiet = opts.quiet;
+    /* Static: the metrics server's thread reads them until it is stopped. */
+    static job_status status;
+    static metrics_shared shared;
+    status_init(&status);
+    cfg.status = &status;
+    metrics_server *srv = NULL;
+    if (opts.metrics_listen) {
+        metrics_shared_init(&shared, &status);
+        shared.ready_max_lag = (int64_t)opts.ready_max_lag;
+        shared.version = SESSIONIZER_VERSION;
+        cfg.metrics = &shared;
+        char merr[512];
+        srv = metrics_server_start(opts.metrics_listen, &shared, merr, sizeof merr);
+        if (!srv) {
+            log_error("sessionizer", "%s", merr);
+            options_free(&opts);
+            return 1;
+        }
+        /* The port as bound: with port 0, the one the system picked. */
+        int host_len = (int)(strrchr(opts.metrics_listen, ':') - opts.metrics_listen);
+        log_info("sessionizer", "serving http://%.*s:%d/metrics, /healthz and /readyz", host_len,
+                 opts.metrics_listen, metrics_server_port(srv));
+    }
 
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;
@@ -153,6 +178,7 @@ int main(int argc, char **argv)
     int rc = job_run(&cfg, &res, err, sizeof err);
     if (rc != 0) log_error("sessionizer", "%s", err);
     if (!quiet) print_summary(&cfg, &res);
+    metrics_server_stop(srv);
     options_free(&opts);
     return rc != 0 ? 1 : 0;
 }

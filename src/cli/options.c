@@ -144,6 +144,12 @@ const opt_def cli_option_table[] = {
              "acknowledgement (p50, p99, max), and the bytes the checkpoint wrote"},
     {.name = "quiet", .short_name = 'q', .type = OPT_BOOL, .def = "false", AT_INT(quiet),
      .help = "no progress and no summary"},
+    {.name = "metrics-listen", .type = OPT_STRING, .arg = "HOST:PORT", AT_STRING(metrics_listen),
+     .help = "serve /metrics (Prometheus), /healthz and /readyz there, e.g. 127.0.0.1:9464 "
+             "(default: none)"},
+    {.name = "ready-max-lag", .type = OPT_COUNT, .arg = "N", .def = "10000", .min = 0,
+     .max = INT64_MAX, AT_UNSIGNED(ready_max_lag),
+     .help = "/readyz: ready only with at most N records behind the source's end"},
     {.name = "log-format", .type = OPT_ENUM, .arg = "text|json", .def = "text",
      .choices = log_format_choices, AT_INT(log_format),
      .help = "log lines on stderr as text or as one JSON object per line"},

@@ -32,6 +32,8 @@ typedef struct cli_options {
     int quiet;              /* no progress and no summary */
     int progress;           /* progress lines even when stderr is not a terminal */
     int log_format;         /* enum log_format */
+    const char *metrics_listen; /* HOST:PORT of the metrics and health endpoint; NULL: none */
+    uint64_t ready_max_lag; /* /readyz: records behind at most */
     const char *config;     /* --config FILE */
     /* The record layout as given; resolved into job.records after parsing. */
     const char *const *fields; /* --field NAME=POINTER */

@@ -26,6 +26,11 @@ typedef struct job_context {
      * `--dlq kafka:TOPIC` takes its cluster, its connection settings and the
      * keys of its records from it (source/kafka.h). NULL: none. */
     struct source *kafka_source;
+    /* The job's signs of life and its source's and sink's health (status.h):
+     * whoever waits calls status_beat() at least every second, and reports
+     * reachability, retries and errors in status->source or ->sink. NULL:
+     * nowhere. */
+    struct job_status *status;
 } job_context;
 
 static inline int job_stopping(const job_context *ctx)

@@ -59,6 +59,7 @@ int retry_sleep(const retry *r, int64_t ms)
     int64_t until = mono_ms() + ms;
     for (;;) {
         if (r->stop && *r->stop) return RETRY_STOPPED;
+        if (r->beat) r->beat(r->beat_ud);
         int64_t left = until - mono_ms();
         if (left <= 0) return 0;
         if (left > RETRY_SLICE_MS) left = RETRY_SLICE_MS;

@@ -46,6 +46,11 @@ typedef struct retry {
     int64_t stop_seen_ms; /* when a wait first saw the stop flag; 0: not yet */
     int attempts;         /* failed attempts so far */
     uint64_t rng;
+    /* Called every slice of retry_sleep: the waiter's sign of life (the
+     * job's watchdog and /healthz, common/status.h). NULL: none. Set after
+     * retry_init. */
+    void (*beat)(void *ud);
+    void *beat_ud;
 } retry;
 
 enum { RETRY_AGAIN = 0, RETRY_GIVE_UP = 1, RETRY_STOPPED = 2 };

@@ -1412,6 +1412,7 @@ int cql_prepared_token(const cql_prepared *p, const cql_values *values, int64_t 
  * on SIGTERM still makes its final commit; only an outage is given up on. */
 static int cancelled(cql_client *c, char *err, size_t errlen)
 {
+    if (c->cfg.waiting) c->cfg.waiting(c->cfg.waiting_ud);
     if (!retry_stop_grace_over(&c->stop)) return 0;
     snprintf(err, errlen, "interrupted with %zu request%s not acknowledged %.1f s after the job was "
              "asked to stop", c->outstanding, c->outstanding == 1 ? "" : "s",

@@ -63,6 +63,10 @@ typedef struct cql_client_config {
      * complete first) with an "interrupted" error, leaving the requests
      * unacknowledged. NULL: never. */
     volatile sig_atomic_t *cancel;
+    /* Called at least every 200 ms while a call waits (for room, for
+     * answers): the caller's sign of life and chance to look at the stats. */
+    void (*waiting)(void *ud);
+    void *waiting_ud;
 } cql_client_config;
 
 void cql_client_config_defaults(cql_client_config *cfg);

@@ -579,6 +579,7 @@ static int session_merge(engine *e, session *a, session *b)
     b->store = NULL;
     b->dead = 1; /* its close-queue entry still points here */
     e->st.open_sessions--;
+    e->st.sessions_merged++;
     return rc;
 }
 
@@ -713,6 +714,7 @@ int engine_apply(engine *e, const visit *v)
         *pp = s;
         close_queue_push(e, s);
         e->st.open_sessions++;
+        e->st.sessions_opened++;
         hit = s;
     } else {
         session *after = hit->next;
@@ -776,6 +778,12 @@ int engine_advance_partition(engine *e, int32_t partition, int64_t max_t)
 int engine_close_all(engine *e) { return close_upto(e, UINT64_MAX); }
 
 int64_t engine_closing_watermark(const engine *e) { return e->closing_wm; }
+
+void engine_get_counters(const engine *e, engine_stats *out)
+{
+    *out = e->st;
+    out->open_users = 0;
+}
 
 void engine_get_stats(const engine *e, engine_stats *out)
 {

@@ -78,6 +78,10 @@ typedef struct engine_stats {
     uint64_t open_sessions;
     uint64_t open_pages;       /* pages held by open sessions */
     uint64_t open_users;
+    /* Since engine_new (not in the checkpoint): for the metrics. Sessions
+     * opened = closed + merged into another + open, less those loaded. */
+    uint64_t sessions_opened;
+    uint64_t sessions_merged;
 } engine_stats;
 
 engine *engine_new(const engine_config *cfg, const engine_callbacks *cb);
@@ -111,6 +115,9 @@ int engine_close_all(engine *e);
 
 int64_t engine_closing_watermark(const engine *e); /* INT64_MIN before any visit */
 void engine_get_stats(const engine *e, engine_stats *out);
+/* The same without open_users (which takes a pass over every user): O(1),
+ * for the metrics' snapshot every second. */
+void engine_get_counters(const engine *e, engine_stats *out);
 
 /* Checks the invariants written atop engine.c (O(state): for tests). Returns
  * 0, or the number of the first invariant found broken (1-5). */

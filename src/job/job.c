@@ -17,6 +17,7 @@
 #include "checkpoint/checkpoint.h"
 #include "common/log.h"
 #include "common/memory.h"
+#include "common/status.h"
 #include "common/xalloc.h"
 #include "deadletter/deadletter.h"
 #include "record/parse.h"
@@ -62,6 +63,12 @@ typedef struct job {
     pending queue[PIPELINE];
     size_t q_head, q_len; /* oldest at q_head */
     uint64_t memory_limit; /* resolved --memory-limit, bytes */
+    /* With cfg->metrics: the figures this thread keeps (plain counters) and
+     * publishes at each commit and every second; base holds the engine's
+     * counters as restored, since the metrics count from process start. */
+    metrics_snapshot *m;
+    engine_stats base;
+    double last_publish;
 } job;
 
 static int64_t now_us(void)
@@ -82,6 +89,7 @@ static int write_dead_letter(job *j, const char *reason, const char *detail, con
                       .raw = raw,
                       .v = v};
     j->res->dead_letters++;
+    if (j->m) metrics_count_reason(j->m, reason);
     if (j->dlq->ops->write(j->dlq, &dl, j->err, j->errlen)) {
         j->failed = 1;
         return -1;
@@ -218,7 +226,43 @@ static int commit_at(job *j, int with_position);
 
 static int commit(job *j) { return commit_at(j, 1); }
 
+/* ---- metrics ------------------------------------------------------------- */
+
+static void publish(job *j)
+{
+    if (!j->m) return;
+    engine_stats e;
+    engine_get_counters(j->eng, &e);
+    metrics_snapshot *m = j->m;
+    m->taken_wall_ms = status_wall_ms();
+    m->visits_accepted = e.visits_applied - j->base.visits_applied;
+    m->sessions_opened = e.sessions_opened;
+    m->sessions_merged = e.sessions_merged;
+    m->sessions_closed = e.sessions_closed - j->base.sessions_closed;
+    m->sessions_open = e.open_sessions;
+    m->pages_held = e.open_pages;
+    m->watermark_us = engine_closing_watermark(j->eng);
+    metrics_publish(j->cfg->metrics, m);
+    j->last_publish = now_s();
+}
+
+static int commit_body(job *j, int with_position);
+
 static int commit_at(job *j, int with_position)
+{
+    double t0 = now_s();
+    int rc = commit_body(j, with_position);
+    if (rc == 0 && j->m) {
+        if (j->cp) {
+            metrics_count_commit(j->m, now_s() - t0, status_wall_ms());
+            j->m->checkpoint_bytes = checkpoint_disk_bytes(j->cp);
+        }
+        publish(j);
+    }
+    return rc;
+}
+
+static int commit_body(job *j, int with_position)
 {
     /* The source position covers every polled record: apply them all first. */
     if (drain(j)) return -1;
@@ -227,6 +271,10 @@ static int commit_at(job *j, int with_position)
         int64_t acked = now_us();
         for (uint64_t i = 0; i < j->closed_since_commit; i++)
             histogram_add(&j->res->close_to_ack_us, (uint64_t)(acked - j->close_stamps[i]));
+    }
+    if (j->m) {
+        j->m->sink_flushes++;
+        j->m->sink_sessions_written += j->closed_since_commit;
     }
     j->closed_since_commit = 0;
     if (j->dlq->ops->flush(j->dlq, j->err, j->errlen)) return -1;
@@ -410,6 +458,14 @@ static int update_partitions(job *j, int print_progress, double rate)
         if (j->parts[i].lag < 0) known = 0;
         else behind += j->parts[i].lag;
     }
+    if (j->m) {
+        _Static_assert(MAX_PARTITIONS <= METRICS_MAX_PARTITIONS, "a lag series per partition");
+        for (size_t i = 0; i < n; i++) {
+            j->m->lag_partition[i] = j->parts[i].partition;
+            j->m->lag_records[i] = j->parts[i].lag;
+        }
+        j->m->n_lag = (int32_t)n;
+    }
     if (!print_progress) return 0;
     /* On a terminal, a status line redrawn in place; elsewhere a log line. */
     int tty = isatty(STDERR_FILENO);
@@ -468,6 +524,20 @@ static int memory_check(job *j)
 
 /* ---- main loop ----------------------------------------------------------- */
 
+/* The component a URI names, for the metrics' labels (a static string). */
+static const char *scheme_name(const char *uri)
+{
+    static const char *const known[] = {"kafka", "file", "postgresql", "sqlite", "jsonl", "cql",
+                                        "null"};
+    if (strcmp(uri, "-") == 0) return "stdin";
+    if (strncmp(uri, "postgres:", 9) == 0) return "postgresql";
+    for (size_t i = 0; i < sizeof known / sizeof *known; i++) {
+        size_t n = strlen(known[i]);
+        if (strncmp(uri, known[i], n) == 0 && uri[n] == ':') return known[i];
+    }
+    return "other";
+}
+
 static int run_loop(job *j)
 {
     const job_config *cfg = j->cfg;
@@ -478,12 +548,20 @@ static int run_loop(job *j)
     for (;;) {
         if (cfg->stop && *cfg->stop) {
             j->res->stopped_by_signal = 1;
+            status_set_phase(cfg->status, PHASE_STOPPING);
             return commit(j);
         }
         raw_record rec;
         int st = j->src->ops->poll(j->src, &rec, 100, j->err, j->errlen);
         if (st == SOURCE_ERROR) return -1;
         if (st == SOURCE_RECORD) {
+            if (j->m) {
+                int32_t p = rec.pos.partition < 0 ? 0
+                          : rec.pos.partition >= METRICS_MAX_PARTITIONS ? METRICS_MAX_PARTITIONS - 1
+                                                                        : rec.pos.partition;
+                j->m->records_read[p]++;
+                if (p >= j->m->n_read_partitions) j->m->n_read_partitions = p + 1;
+            }
             j->res->records++;
             j->res->records_this_run++;
             since_commit++;
@@ -502,6 +580,7 @@ static int run_loop(job *j)
          * 200 records/s, every third of a second). */
         if (st == SOURCE_IDLE || (j->res->records & 63) == 0) {
             double t = now_s();
+            status_beat(cfg->status);
             int show = progress_every > 0 && t - last_progress >= progress_every;
             /* Caught-up flags also when busy: an idle partition must not hold
              * back closing while the others stream. */
@@ -511,6 +590,7 @@ static int run_loop(job *j)
                 last_partitions = t;
                 if (show) last_progress = t, at_last_progress = j->res->records;
             }
+            if (j->m && t - j->last_publish >= 1.0) publish(j);
             if ((cfg->commit_interval_ms > 0 && (t - last_commit) * 1000 >= (double)cfg->commit_interval_ms &&
                  (since_commit > 0 || j->closed_since_commit > 0))) {
                 /* also when only sessions closed: a caught-up flag can close
@@ -536,11 +616,23 @@ int job_run(const job_config *cfg, job_result *res, char *err, size_t errlen)
     buf_init(&j.scratch);
     int rc = -1;
     /* What the source, the sink and the dead-letter output share (context.h):
-     * it outlives them, so it lives here. */
-    job_context ctx = {.stop = cfg->stop};
+     * it outlives them, so it lives here. Through its status they report
+     * their reachability, retries and errors, and show signs of life while
+     * they wait. */
+    job_context ctx = {.stop = cfg->stop, .status = cfg->status};
     source_options so = cfg->source;
     sink_options ko = cfg->sink;
     so.ctx = ko.ctx = &ctx;
+    if (cfg->status) {
+        io_status_name(&cfg->status->source, scheme_name(cfg->source_uri));
+        io_status_name(&cfg->status->sink, scheme_name(cfg->sink_uri));
+    }
+    if (cfg->metrics) {
+        j.m = xcalloc(1, sizeof *j.m);
+        j.m->started_wall_ms = status_wall_ms();
+        j.m->checkpoint_bytes = -1;
+        j.m->watermark_us = INT64_MIN;
+    }
     j.src = source_open(cfg->source_uri, &so, err, errlen);
     if (!j.src) goto out;
     j.snk = sink_open(cfg->sink_uri, &ko, err, errlen);
@@ -574,8 +666,13 @@ int job_run(const job_config *cfg, job_result *res, char *err, size_t errlen)
     j.parts = xcalloc(MAX_PARTITIONS, sizeof *j.parts);
     if (j.cp && (checkpoint_has_state(j.cp) ? restore(&j) : commit_at(&j, 0))) goto out;
     j.memory_limit = cfg->memory_limit ? cfg->memory_limit : memory_default_limit();
+    engine_get_counters(j.eng, &j.base);
+    publish(&j);
+    status_set_phase(cfg->status, PHASE_RUNNING);
     rc = memory_check(&j) ? -1 : run_loop(&j);
+    if (j.m) publish(&j); /* the last figures, also after a failure */
 out:
+    status_set_phase(cfg->status, PHASE_STOPPING);
     if (j.eng) engine_get_stats(j.eng, &res->engine);
     if (j.cp) res->checkpoint_bytes = checkpoint_disk_bytes(j.cp);
     if (j.cp) res->checkpoint_written = checkpoint_bytes_written(j.cp);
@@ -586,6 +683,8 @@ out:
     if (j.dlq) j.dlq->ops->close(j.dlq);
     if (j.snk) j.snk->ops->close(j.snk);
     if (j.src) j.src->ops->close(j.src);
+    status_set_phase(cfg->status, PHASE_DONE);
+    free(j.m);
     free(j.parts);
     free(j.close_stamps);
     for (size_t i = 0; i < PIPELINE; i++) {

@@ -21,7 +21,9 @@
 #include <stdint.h>
 
 #include "common/histogram.h"
+#include "common/status.h"
 #include "engine/engine.h"
+#include "metrics/metrics.h"
 #include "record/mapping.h"
 #include "sink/sink.h"
 #include "source/source.h"
@@ -44,6 +46,8 @@ typedef struct job_config {
     uint64_t memory_limit;        /* resident bytes; past them, commit and stop (0: a
                                      default share of the machine, memory.h) */
     volatile sig_atomic_t *stop;  /* set by a signal handler: commit and return */
+    job_status *status;           /* NULL: no signs of life, no systemd notifications */
+    metrics_shared *metrics;      /* NULL: no figures published */
 } job_config;
 
 typedef struct job_result {

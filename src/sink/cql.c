@@ -39,6 +39,7 @@
 
 #include "common/buf.h"
 #include "common/log.h"
+#include "common/status.h"
 #include "common/secret.h"
 #include "common/units.h"
 #include "common/xalloc.h"
@@ -73,7 +74,10 @@ typedef struct cql_sink {
     group *groups;     /* one per node, plus one for "no route" at index 0 */
     size_t n_groups;
     cql_values v;
+    job_status *status;
 } cql_sink;
+
+static void cql_sink_waiting(void *ud);
 
 static void cql_sink_log(void *ud, int level, const char *msg)
 {
@@ -451,6 +455,9 @@ static sink *cql_sink_open(const char *target, const sink_options *opts, char *e
     s->base.ops = &cql_sink_ops;
     cql_client_config_defaults(&s->cfg);
     s->cfg.cancel = opts && opts->ctx ? opts->ctx->stop : NULL;
+    s->cfg.waiting = cql_sink_waiting;
+    s->cfg.waiting_ud = s;
+    s->status = opts && opts->ctx ? opts->ctx->status : NULL;
     s->consistency = CQL_CONSISTENCY_LOCAL_QUORUM;
     s->batch_size = 16;
     cql_values_init(&s->v);
@@ -560,13 +567,34 @@ static int cql_sink_write(sink *base, const closed_session *cs, char *err, size_
     return 0;
 }
 
+/* The client's figures as the job's status for the sink: retries, errors
+ * (timeouts, failed requests, reconnections) and reachability (a node up). */
+static void cql_sink_waiting(void *ud)
+{
+    cql_sink *s = ud;
+    status_beat(s->status);
+    if (!s->status || !s->client) return;
+    io_status *io = &s->status->sink;
+    cql_client_stats st;
+    cql_client_get_stats(s->client, &st);
+    atomic_store(&io->retries, st.retries);
+    atomic_store(&io->errors[IO_ERR_TIMEOUT], st.timeouts);
+    atomic_store(&io->errors[IO_ERR_SERVER], st.failed);
+    atomic_store(&io->errors[IO_ERR_CONNECTION], st.reconnects);
+    if (st.hosts_up > 0) io_status_up(io);
+    else io_status_down(io);
+}
+
 static int cql_sink_flush(sink *base, char *err, size_t errlen)
 {
     cql_sink *s = (cql_sink *)base;
+    cql_sink_waiting(s);
     for (size_t i = 0; i < s->n_groups; i++)
         if (send_group(s, &s->groups[i], err, errlen)) return -1;
     char e[1024];
-    if (cql_client_wait(s->client, e, sizeof e)) return fail(err, errlen, "cql: %s", e);
+    int rc = cql_client_wait(s->client, e, sizeof e);
+    cql_sink_waiting(s);
+    if (rc) return fail(err, errlen, "cql: %s", e);
     return 0;
 }
 

@@ -72,6 +72,7 @@
 
 #include "common/buf.h"
 #include "common/log.h"
+#include "common/status.h"
 #include "common/clock.h"
 #include "common/retry.h"
 #include "common/units.h"
@@ -123,6 +124,7 @@ typedef struct pg_sink {
     long long retry_timeout_ms; /* 0 = forever */
     long long backoff_max_ms;
     long long io_timeout_ms;
+    job_status *status; /* reachability, retries, errors; signs of life while waiting */
     PGconn *conn;
     char *upsert_sql;
 
@@ -439,6 +441,8 @@ static int pg_wait(pg_sink *s, PGconn *conn, int for_write, int64_t deadline)
          * blocked. 1: connecting, exactly what PQconnectPoll asked for. */
         short ev = for_write == 2 ? POLLOUT | POLLIN : for_write ? POLLOUT : POLLIN;
         struct pollfd pfd = {.fd = fd, .events = ev};
+        /* A job waiting for its server is alive. */
+        status_beat(s->status);
         int r = poll(&pfd, 1, left > RETRY_SLICE_MS ? RETRY_SLICE_MS : (int)left);
         if (r > 0) return 1;
         if (r < 0 && errno != EINTR) return -1;
@@ -813,6 +817,8 @@ static int pg_commit_rows(pg_sink *s, char *err, size_t errlen)
     return PG_OK;
 }
 
+static void pg_beat(void *ud) { status_beat(((pg_sink *)ud)->status); }
+
 /* Runs op (or just connects when op is NULL), retrying transient failures
  * with the common backoff (retry.h) until retry_timeout or a stop request. */
 static int pg_retry(pg_sink *s, int (*op)(pg_sink *, char *, size_t), const char *what, char *err,
@@ -822,11 +828,17 @@ static int pg_retry(pg_sink *s, int (*op)(pg_sink *, char *, size_t), const char
                &(retry_policy){.first_ms = PG_BACKOFF_START_MS, .max_ms = s->backoff_max_ms,
                                .give_up_ms = s->retry_timeout_ms},
                s->stop);
+    s->rt.beat = pg_beat;
+    s->rt.beat_ud = s;
     char logged[2048] = ""; /* the last error logged */
+    io_status *io = s->status ? &s->status->sink : NULL;
     for (int attempt = 1;; attempt++) {
+        if (attempt > 1) io_status_retry(io);
         int st = s->conn ? PG_OK : pg_connect(s, err, errlen);
+        int connected = st == PG_OK;
         if (st == PG_OK && op) st = op(s, err, errlen);
         if (st == PG_OK) {
+            io_status_up(io);
             if (attempt > 1)
                 log_info("postgresql", "%s succeeded after %d attempts (%.1f s)", what, attempt,
                          (double)retry_elapsed_ms(&s->rt) / 1000);
@@ -835,6 +847,10 @@ static int pg_retry(pg_sink *s, int (*op)(pg_sink *, char *, size_t), const char
         /* Whatever happened, the connection's state is now unknown (a failed
          * transaction, a half-read result): start afresh. */
         pg_drop(s);
+        io_status_error(io, strstr(err, "io_timeout") ? IO_ERR_TIMEOUT
+                            : !connected || strstr(err, "connection") ? IO_ERR_CONNECTION
+                                                                      : IO_ERR_SERVER);
+        if (st == PG_TRANSIENT) io_status_down(io);
         if (st == PG_PERMANENT) return -1;
         int64_t wait = 0;
         int v = retry_failed(&s->rt, &wait);
@@ -1090,6 +1106,7 @@ static sink *pg_open_as(const char *scheme, const char *target, const sink_optio
 {
     pg_sink *s = xcalloc(1, sizeof *s);
     s->stop = opts && opts->ctx ? opts->ctx->stop : NULL;
+    s->status = opts && opts->ctx ? opts->ctx->status : NULL;
     buf c;
     buf_init(&c);
     /* The sink receives what follows "postgresql:"; libpq wants the URI whole.

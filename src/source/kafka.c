@@ -97,6 +97,7 @@
 #endif
 
 #include "common/log.h"
+#include "common/status.h"
 #include "common/clock.h"
 #include "common/xalloc.h"
 #include "source/kafka.h"
@@ -217,6 +218,7 @@ typedef struct kafka_source {
     int32_t done;            /* --until-end: partitions at or past their end */
     int ts_type;             /* last logged timestamp type, -1 none */
     int64_t outage_since_ms; /* 0: no outage being reported */
+    io_status *io;           /* the job's view of this source (metrics, /readyz); may be NULL */
     int64_t outage_probe_ms;
     rd_kafka_resp_err_t last_err;
     int64_t last_err_ms;
@@ -451,8 +453,10 @@ static void on_error(kafka_source *ks, rd_kafka_resp_err_t err, const char *reas
     int64_t t = mono_ms();
     if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN || err == RD_KAFKA_RESP_ERR__TRANSPORT ||
         err == RD_KAFKA_RESP_ERR__RESOLVE) {
+        io_status_error(ks->io, IO_ERR_CONNECTION);
         if (!ks->outage_since_ms) {
             ks->outage_since_ms = t;
+            io_status_down(ks->io);
             log_warn("kafka", "cluster %s unreachable (%s); waiting for it, reading resumes "
                      "where it stopped", ks->brokers, reason);
             ks->last_err = err;
@@ -460,6 +464,9 @@ static void on_error(kafka_source *ks, rd_kafka_resp_err_t err, const char *reas
             return;
         }
     }
+    if (err != RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN && err != RD_KAFKA_RESP_ERR__TRANSPORT &&
+        err != RD_KAFKA_RESP_ERR__RESOLVE)
+        io_status_error(ks->io, err == RD_KAFKA_RESP_ERR__TIMED_OUT ? IO_ERR_TIMEOUT : IO_ERR_SERVER);
     if (err != ks->last_err || t - ks->last_err_ms >= 10000) {
         log_warn("kafka", "%s", reason);
         ks->last_err = err;
@@ -505,6 +512,7 @@ static void on_commit(kafka_source *ks, rd_kafka_resp_err_t err)
 {
     /* Only lag tools read these offsets; a failed commit is retried with the
      * next checkpoint, so it is worth a line, not a failure. */
+    if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET) io_status_error(ks->io, IO_ERR_SERVER);
     if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET && mono_ms() - ks->last_err_ms >= 10000) {
         log_warn("kafka", "committing offsets to group %s failed: %s (lag tools lag behind; "
                  "the checkpoint is unaffected)", ks->group, rd_kafka_err2str(err));
@@ -838,6 +846,7 @@ static source *kafka_open(const char *target, const source_options *opts, char *
     ks->ctx = opts->ctx;
     ks->until_end = opts->until_end;
     ks->max_record = opts->max_record_bytes ? opts->max_record_bytes : (1u << 20);
+    ks->io = opts->ctx && opts->ctx->status ? &opts->ctx->status->source : NULL;
     ks->startup_ms = DEFAULT_STARTUP_MS;
     ks->rebalance_wait_ms = -1; /* derived from the session timeout */
     ks->session_timeout_ms = DEFAULT_SESSION_TIMEOUT_MS;
@@ -983,8 +992,9 @@ static int take(kafka_source *ks, rd_kafka_message_t *m, raw_record *out)
             if (m->offset > kp->high) kp->high = m->offset;
             if (kp->assigned) kp->eof_at = m->offset;
             if (ks->outage_since_ms) {
+                io_status_up(ks->io);
                 log_info("kafka", "cluster reachable again after %.1f s",
-                        (double)(mono_ms() - ks->outage_since_ms) / 1000.0);
+                         (double)(mono_ms() - ks->outage_since_ms) / 1000.0);
                 ks->outage_since_ms = 0;
             }
         } else {
@@ -1004,8 +1014,9 @@ static int take(kafka_source *ks, rd_kafka_message_t *m, raw_record *out)
         return 0;
     }
     if (ks->outage_since_ms) {
+        io_status_up(ks->io);
         log_info("kafka", "cluster reachable again after %.1f s",
-                (double)(mono_ms() - ks->outage_since_ms) / 1000.0);
+                 (double)(mono_ms() - ks->outage_since_ms) / 1000.0);
         ks->outage_since_ms = 0;
     }
     rd_kafka_timestamp_type_t tt;
@@ -1332,8 +1343,9 @@ static size_t kafka_partitions(source *s, partition_info *out, size_t max)
         ks->outage_probe_ms = now;
         if (topic_metadata(ks, &md, STOP_POLL_MS) == RD_KAFKA_RESP_ERR_NO_ERROR) {
             rd_kafka_metadata_destroy(md);
+            io_status_up(ks->io);
             log_info("kafka", "cluster reachable again after %.1f s",
-                    (double)(mono_ms() - ks->outage_since_ms) / 1000.0);
+                     (double)(mono_ms() - ks->outage_since_ms) / 1000.0);
             ks->outage_since_ms = 0;
         }
     }
