@@ -79,10 +79,14 @@ int main(int argc, char **argv)
     sqlite3 *db;
     if (sqlite3_open(argv[2], &db) != SQLITE_OK) die(db, "open target");
     /* the sink's own statements (src/sink/sqlite_sql.h) */
-    if (sqlite3_exec(db, SQLITE_SINK_SETUP, NULL, NULL, NULL) != SQLITE_OK)
+    char create[1024], upsert[1024];
+    sqlite_sink_create_sql(create, sizeof create, 0, 0);
+    sqlite_sink_upsert_sql(upsert, sizeof upsert, 0);
+    if (sqlite3_exec(db, SQLITE_SINK_PRAGMAS, NULL, NULL, NULL) != SQLITE_OK ||
+        sqlite3_exec(db, create, NULL, NULL, NULL) != SQLITE_OK)
         die(db, "schema");
     sqlite3_stmt *up;
-    if (sqlite3_prepare_v2(db, SQLITE_SINK_UPSERT, -1, &up, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(db, upsert, -1, &up, NULL) != SQLITE_OK)
         die(db, "prepare");
     const char *now = "2026-01-01T00:00:00.000000Z";
     for (size_t i = 0; i < n; i++) {

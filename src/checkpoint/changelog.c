@@ -16,7 +16,12 @@
 #define CHUNK_TARGET (1u << 20)
 #define MAX_KEY 255
 
-enum { EV_VISIT = 1, EV_CLOSE_ALL = 2, EV_ADVANCE = 3 };
+/* EV_VISIT_STRING: a visit of a string user, whose bytes (varint length,
+ * then the bytes) stand where an int user's zigzag varint is. */
+enum { EV_VISIT = 1, EV_CLOSE_ALL = 2, EV_ADVANCE = 3, EV_VISIT_STRING = 4 };
+/* In a snapshot's version word: its users are strings, each (u32 length,
+ * bytes) where an int user's i64 is. */
+#define SNAPSHOT_STRING_USERS 0x10000u
 
 /* ---- varints ---------------------------------------------------------------- */
 
@@ -81,9 +86,16 @@ void changelog_frame_reset(changelog_frame *f)
 void changelog_add_visit(changelog_frame *f, const visit *v)
 {
     buf *b = &f->events;
-    buf_reserve(b, 1 + 6 * 10 + v->page_len);
-    b->data[b->len++] = EV_VISIT;
-    put_varint(b, zigzag(v->user_id));
+    buf_reserve(b, 1 + 6 * 10 + v->page_len + v->user_len);
+    if (v->user) {
+        b->data[b->len++] = EV_VISIT_STRING;
+        put_varint(b, v->user_len);
+        memcpy(b->data + b->len, v->user, v->user_len);
+        b->len += v->user_len;
+    } else {
+        b->data[b->len++] = EV_VISIT;
+        put_varint(b, zigzag(v->user_id));
+    }
     put_varint(b, zigzag(wrap_sub(v->event_time_us, f->prev_t)));
     put_varint(b, (uint32_t)v->pos.partition);
     put_varint(b, zigzag(wrap_sub(v->pos.offset, f->prev_off)));
@@ -190,8 +202,17 @@ int changelog_parse(const void *data, size_t len, changelog_view *out)
             get_varint(&r, &x);
             continue;
         }
-        if (*kind != EV_VISIT) return -1;
-        for (int k = 0; k < 6; k++) get_varint(&r, &x);
+        if (*kind == EV_VISIT_STRING) {
+            const unsigned char *user;
+            get_varint(&r, &x);
+            if (r.bad || x > reader_left(&r)) return -1;
+            reader_bytes(&r, &user, (size_t)x);
+        } else if (*kind == EV_VISIT) {
+            get_varint(&r, &x);
+        } else {
+            return -1;
+        }
+        for (int k = 0; k < 5; k++) get_varint(&r, &x);
         const unsigned char *page;
         if (r.bad || x > reader_left(&r)) return -1;
         reader_bytes(&r, &page, (size_t)x);
@@ -250,17 +271,25 @@ static int next_event(reader *r, int64_t prev[3], visit *out)
         *out = (visit){.event_time_us = unzigzag(t), .pos = {.partition = (int32_t)part}};
         return 3;
     }
-    if (*kind != EV_VISIT) return -1;
+    if (*kind != EV_VISIT && *kind != EV_VISIT_STRING) return -1;
     uint64_t user = 0, dt = 0, part = 0, doff = 0, dts = 0, plen = 0;
-    const unsigned char *page;
+    const unsigned char *page, *name = NULL;
     get_varint(r, &user);
+    if (*kind == EV_VISIT_STRING) {
+        /* the length, then the bytes; checked as the parser checks them */
+        if (r->bad || user == 0 || user > USER_MAX_BYTES || reader_bytes(r, &name, user) ||
+            memchr(name, 0, user))
+            return -1;
+    }
     get_varint(r, &dt);
     get_varint(r, &part);
     get_varint(r, &doff);
     get_varint(r, &dts);
     get_varint(r, &plen);
     if (r->bad || part > INT32_MAX || plen > UINT32_MAX || reader_bytes(r, &page, plen)) return -1;
-    *out = (visit){.user_id = unzigzag(user),
+    *out = (visit){.user_id = name ? 0 : unzigzag(user),
+                   .user = (const char *)name,
+                   .user_len = name ? (uint32_t)user : 0,
                    .event_time_us = wrap_add(prev[0], unzigzag(dt)),
                    .page = (const char *)page,
                    .page_len = (uint32_t)plen,
@@ -303,7 +332,7 @@ int changelog_replay(engine *e, const changelog_view *v)
             }
             decoded++;
             len++;
-            if (kinds[at] == 1) engine_prefetch(e, ring[at].user_id, 0);
+            if (kinds[at] == 1 && !ring[at].user) engine_prefetch(e, ring[at].user_id, 0);
             size_t s1 = (head + len + AHEAD - 1 - AHEAD / 3) % AHEAD;
             size_t s2 = (head + len + AHEAD - 1 - 2 * AHEAD / 3) % AHEAD;
             if (len > AHEAD / 3 && kinds[s1] == 1) engine_prefetch(e, ring[s1].user_id, 1);
@@ -357,10 +386,15 @@ static int chunk_flush(snap_writer *w)
     return w->rc;
 }
 
-static int snap_user(void *ctx, int64_t user_id, const void *blob, size_t len)
+static int snap_user(void *ctx, const user_key *user, const void *blob, size_t len)
 {
     snap_writer *w = ctx;
-    buf_put_i64le(&w->chunk, user_id);
+    if (user->str) {
+        buf_put_u32le(&w->chunk, user->len);
+        buf_append(&w->chunk, user->str, user->len);
+    } else {
+        buf_put_i64le(&w->chunk, user->id);
+    }
     buf_put_u32le(&w->chunk, (uint32_t)len);
     buf_append(&w->chunk, blob, len);
     return w->chunk.len >= CHUNK_TARGET ? chunk_flush(w) : 0;
@@ -372,7 +406,7 @@ int changelog_snapshot(const engine *e, uint64_t seq, const buf *meta, uint32_t 
     snap_writer w = {.write = write, .ctx = ctx};
     buf_init(&w.chunk);
     buf_put_u32le(&w.chunk, SNAPSHOT_MAGIC);
-    buf_put_u32le(&w.chunk, SNAPSHOT_VERSION);
+    buf_put_u32le(&w.chunk, SNAPSHOT_VERSION | (engine_string_users(e) ? SNAPSHOT_STRING_USERS : 0));
     buf_put_u64le(&w.chunk, seq);
     w.rc = write(ctx, w.chunk.data, w.chunk.len);
     chunk_start(&w);
@@ -406,7 +440,7 @@ static int next_chunk(reader *r, reader *payload)
 /* The header and first chunk: meta blobs to fn, the engine meta in *em;
  * r is left at the first chunk of users. */
 static int snapshot_head(reader *r, const void *data, size_t len, uint64_t *seq,
-                         changelog_meta_fn meta_fn, void *ctx, reader *em)
+                         changelog_meta_fn meta_fn, void *ctx, reader *em, int *strings)
 {
     reader c;
     reader_init(r, data, len);
@@ -415,6 +449,8 @@ static int snapshot_head(reader *r, const void *data, size_t len, uint64_t *seq,
     reader_u32le(r, &version);
     reader_u64le(r, seq);
     if (r->bad || magic != SNAPSHOT_MAGIC) return -1;
+    *strings = (version & SNAPSHOT_STRING_USERS) != 0;
+    version &= ~SNAPSHOT_STRING_USERS;
     if (version != SNAPSHOT_VERSION) return version > SNAPSHOT_VERSION ? -3 : -1;
     if (next_chunk(r, &c) != 1) return -1;
     reader_u32le(&c, &n_meta);
@@ -433,25 +469,34 @@ int changelog_snapshot_meta(const void *data, size_t len, uint64_t *seq,
                             changelog_meta_fn meta_fn, void *ctx)
 {
     reader r, em;
-    return snapshot_head(&r, data, len, seq, meta_fn, ctx, &em);
+    int strings;
+    return snapshot_head(&r, data, len, seq, meta_fn, ctx, &em, &strings);
 }
 
 int changelog_load_snapshot(engine *e, const void *data, size_t len, uint64_t *seq,
                             changelog_meta_fn meta_fn, void *ctx)
 {
     reader r, c, em;
-    int rc = snapshot_head(&r, data, len, seq, meta_fn, ctx, &em);
+    int strings;
+    int rc = snapshot_head(&r, data, len, seq, meta_fn, ctx, &em, &strings);
     if (rc) return rc;
+    if (strings != engine_string_users(e)) return -2; /* the other --user-type */
     rc = engine_load_meta(e, em.p, reader_left(&em));
     if (rc) return rc;
     int more;
     while ((more = next_chunk(&r, &c)) == 1) {
         while (reader_left(&c) > 0) {
-            int64_t user = 0;
+            user_key key = {0};
             uint32_t ul = 0;
-            const unsigned char *blob;
-            if (reader_i64le(&c, &user) || reader_u32le(&c, &ul) || reader_bytes(&c, &blob, ul) ||
-                engine_load_user(e, user, blob, ul))
+            const unsigned char *blob, *name;
+            if (strings) {
+                if (reader_u32le(&c, &key.len) || reader_bytes(&c, &name, key.len)) return -1;
+                key.str = (const char *)name;
+            } else if (reader_i64le(&c, &key.id)) {
+                return -1;
+            }
+            if (reader_u32le(&c, &ul) || reader_bytes(&c, &blob, ul) ||
+                engine_load_user(e, &key, blob, ul))
                 return -1;
         }
     }

@@ -298,7 +298,7 @@ static int v1_restore(checkpoint *cp, engine *e, char *err, size_t errlen)
         size_t len = (size_t)sqlite3_column_bytes(st, 1);
         char why[128];
         if (v1_checksum(user, NULL, val, len) != sqlite3_column_int64(st, 2) ||
-            engine_load_user(e, user, val, len)) {
+            engine_load_user(e, &(user_key){.id = user}, val, len)) {
             snprintf(why, sizeof why, "open sessions of user %lld fail their checksum or do not "
                      "decode", (long long)user);
             result = corrupt(cp, why, err, errlen);

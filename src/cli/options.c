@@ -30,6 +30,7 @@
 #include "common/xalloc.h"
 #include "deadletter/deadletter.h"
 #include "record/mapping.h"
+#include "sink/sink.h"
 
 extern char **environ;
 
@@ -65,6 +66,9 @@ static const char *const time_format_choices[] = {"iso8601", "epoch_s", "epoch_m
 /* In the order of enum log_format. */
 static const char *const log_format_choices[] = {"text", "json", NULL};
 _Static_assert(LOG_FORMAT_TEXT == 0 && LOG_FORMAT_JSON == 1, "log_format_choices' order");
+static const char *const user_type_choices[] = {"int", "string", NULL};
+static const char *const time_from_choices[] = {"record", "kafka", NULL};
+static const char *const user_from_choices[] = {"record", "key", NULL};
 
 const opt_def cli_option_table[] = {
     {.name = "config", .short_name = 'c', .type = OPT_STRING, .arg = "FILE", AT_STRING(config),
@@ -95,6 +99,20 @@ const opt_def cli_option_table[] = {
     {.name = "dlq", .type = OPT_STRING, .arg = "URI", AT_STRING(job.dlq_uri),
      .help = "where bad and late records go, with their reason (see Dead-letter outputs); "
              "default DIR/deadletter.jsonl of --checkpoint DIR, required without it"},
+    {.name = "user-type", .type = OPT_ENUM, .arg = "int|string", .def = "int",
+     .choices = user_type_choices, AT_INT(user_type),
+     .help = "user ids are JSON integers (signed 64-bit) or strings (UUIDs, emails: 1 to 512 "
+             "bytes); string users get a text user_id column"},
+    {.name = "time-from", .type = OPT_ENUM, .arg = "record|kafka", .def = "record",
+     .choices = time_from_choices, AT_INT(time_from),
+     .help = "the event time is in the record (--field time=) or is the Kafka record's "
+             "timestamp"},
+    {.name = "user-from", .type = OPT_ENUM, .arg = "record|key", .def = "record",
+     .choices = user_from_choices, AT_INT(user_from),
+     .help = "the user is in the record (--field user=) or is the Kafka message key"},
+    {.name = "columns", .type = OPT_STRING, .arg = "LIST", AT_STRING(columns),
+     .help = "more session columns in every sink, comma-separated: session_start, session_end, "
+             "visit_count, duration (default: none)"},
     {.name = "max-pages", .type = OPT_COUNT, .arg = "N", .def = "10000", .min = 1,
      .max = 100000000, AT_UNSIGNED(job.engine.max_pages),
      .help = "pages kept per session, earliest first"},
@@ -670,10 +688,30 @@ int options_parse(cli_options *o, int argc, char **argv, int first, options_mode
     record_mapping *m = &o->job.records;
     record_mapping_default(m);
     m->time_format = (time_format)o->time_format;
-    for (size_t k = 0; o->fields && o->fields[k]; k++)
+    m->user_type = o->user_type ? USER_STRING : USER_INT;
+    m->time_from_kafka = o->time_from;
+    m->user_from_key = o->user_from;
+    for (size_t k = 0; o->fields && o->fields[k]; k++) {
         if (record_mapping_set_field(m, o->fields[k], why, sizeof why))
             return usage_error("%s", why);
+        if ((m->time_from_kafka && strncmp(o->fields[k], "time=", 5) == 0) ||
+            (m->user_from_key && strncmp(o->fields[k], "user=", 5) == 0))
+            return usage_error("--field %s: that field comes from Kafka (--%s)", o->fields[k],
+                               m->user_from_key && o->fields[k][0] == 'u' ? "user-from key"
+                                                                          : "time-from kafka");
+    }
+    if (m->time_from_kafka && m->time_format != TIME_ISO8601)
+        return usage_error("%s", "--time-format does not apply with --time-from kafka (the Kafka "
+                           "timestamp is epoch milliseconds already)");
     if (record_mapping_check(m, why, sizeof why)) return usage_error("%s", why);
+    if ((m->time_from_kafka || m->user_from_key) && o->job.source_uri &&
+        strncmp(o->job.source_uri, "kafka:", 6) != 0)
+        return usage_error("--%s needs a Kafka source (a file or stdin record has no %s)",
+                           m->user_from_key ? "user-from key" : "time-from kafka",
+                           m->user_from_key ? "key" : "timestamp");
+    o->job.sink.string_users = m->user_type == USER_STRING;
+    if (o->columns && sink_parse_columns(o->columns, &o->job.sink.columns, why, sizeof why))
+        return usage_error("%s", why);
 
     /* Settings that follow from others. */
     log_set_format((log_format)o->log_format);

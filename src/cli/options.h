@@ -43,6 +43,10 @@ typedef struct cli_options {
     int keyed_input;
     unsigned repartition_partitions;
     const char *state;
+    int user_type;             /* 0 int, 1 string */
+    int time_from;             /* 0 the record, 1 the Kafka timestamp */
+    int user_from;             /* 0 the record, 1 the Kafka key */
+    const char *columns;       /* --columns a,b */
     struct opt_state *st;   /* the parser's bookkeeping (owned strings, lists, origins) */
 } cli_options;
 

@@ -54,17 +54,28 @@ void dead_letter_json(buf *out, const dead_letter *dl)
         buf_append_str(out, "\"}");
         return;
     }
-    char when[40];
-    format_iso8601_us(dl->v->event_time_us, when);
     buf rec;
     buf_init(&rec);
-    buf_printf(&rec, "{\"user_id\":%" PRId64 ",\"page\":\"", dl->v->user_id);
-    buf_append_json_escaped(&rec, dl->v->page, dl->v->page_len);
-    buf_printf(&rec, "\",\"event_time\":\"%s\"}", when);
+    deadletter_reconstruct(&rec, dl->v);
     buf_append_str(out, ",\"reconstructed\":true,\"record\":\"");
     buf_append_json_escaped(out, (const char *)rec.data, rec.len);
     buf_append_str(out, "\"}");
     buf_free(&rec);
+}
+
+void deadletter_reconstruct(buf *out, const visit *v)
+{
+    char when[40];
+    format_iso8601_us(v->event_time_us, when);
+    if (v->user) {
+        buf_append_str(out, "{\"user_id\":\"");
+        buf_append_json_escaped(out, v->user, v->user_len);
+        buf_append_str(out, "\",\"page\":\"");
+    } else {
+        buf_printf(out, "{\"user_id\":%" PRId64 ",\"page\":\"", v->user_id);
+    }
+    buf_append_json_escaped(out, v->page, v->page_len);
+    buf_printf(out, "\",\"event_time\":\"%s\"}", when);
 }
 
 /* ---- JSON lines output -------------------------------------------------- */

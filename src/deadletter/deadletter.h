@@ -62,4 +62,8 @@ void dead_letter_json(buf *out, const dead_letter *dl);
 /* How every dead_letter_json object starts. */
 #define DEAD_LETTER_JSON_PREFIX "{\"reason\":\""
 
+/* A rejected visit whose record bytes are gone, as a default-layout record:
+ * {"user_id": 1 or "a string user", "page": "...", "event_time": "..."}. */
+void deadletter_reconstruct(buf *out, const visit *v);
+
 #endif

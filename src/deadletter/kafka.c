@@ -276,12 +276,8 @@ static int kdl_write(deadletter *base, const dead_letter *dl, char *err, size_t 
         key = dl->raw->key;
         key_len = dl->raw->key_len;
     } else {
-        char when[40];
-        format_iso8601_us(dl->v->event_time_us, when);
         buf_reset(&d->value);
-        buf_printf(&d->value, "{\"user_id\":%" PRId64 ",\"page\":\"", dl->v->user_id);
-        buf_append_json_escaped(&d->value, dl->v->page, dl->v->page_len);
-        buf_printf(&d->value, "\",\"event_time\":\"%s\"}", when);
+        deadletter_reconstruct(&d->value, dl->v);
         value = d->value.data;
         value_len = d->value.len;
         rd_kafka_header_add(h, "reconstructed", -1, "true", 4);

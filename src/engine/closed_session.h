@@ -17,7 +17,10 @@ typedef struct page_ref {
 
 typedef struct closed_session {
     int64_t session_id;
-    int64_t user_id;
+    int64_t user_id;        /* int users; 0 for string users */
+    const char *user;       /* string users: UTF-8, not NUL-terminated; NULL for int users */
+    uint32_t user_len;
+    uint64_t visits;        /* visits in the session, those over the page cap included */
     int64_t first_event_us; /* event time of the first and last visit */
     int64_t last_event_us;
     const page_ref *pages;  /* event-time order, ties in log order */

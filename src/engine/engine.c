@@ -6,6 +6,14 @@
  * with millions of users):
  *  - users: open-addressing hash map user_id -> list of that user's open
  *    sessions, sorted by first event time (almost always one session);
+ *  - string users (--user-type string) are interned: a second map from the
+ *    user's bytes to a dense int64 id, which the rest of the engine uses as
+ *    it uses an int user. Exact (the bytes are compared, so two users never
+ *    share an id whatever their hashes), and bounded: an id lives exactly as
+ *    long as its user slot (the one reference), and a released id is reused,
+ *    so the table holds the open users and never grows with the users seen.
+ *    The ids never leave the engine: sinks, the checkpoint and the order of
+ *    ties see the bytes;
  *  - each session owns a sorted array of page entries and one byte arena for
  *    the page strings: three allocations per session, none per visit on the
  *    common path (pages arrive in order and the arrays grow geometrically);
@@ -39,12 +47,16 @@
  *  I4. closing_wm never decreases, and no open session has
  *      last + G < closing_wm after any public call returns.
  *  I5. The counters open_sessions and open_pages match the state.
+ *  I6. String users: every user slot's id is interned, to bytes that find
+ *      that id again, and nothing else is (one id per slot, no leak).
  */
 #include "engine/engine.h"
 
 #include <assert.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
 
 #include "common/keyed_sort.h"
 #include "common/xalloc.h"
@@ -69,7 +81,10 @@ typedef struct session {
     struct session *next;
     uint32_t n_pages, cap_pages;
     uint32_t arena_len, arena_cap; /* arena_len counts evicted pages' text too */
-    uint32_t dead; /* merged into another session; freed when the close queue reaches it */
+    /* Visits accepted into the session, those over the page cap included;
+     * 0 marks a session merged into another, freed when the close queue
+     * reaches it (a live session has at least one visit). */
+    uint64_t visits;
     uint32_t page_bytes; /* text of the stored pages */
     /* The cut: the earliest page, in page order, left out by the cap (cut_t
      * == NO_CUT: none). The kept pages are the longest run within the caps,
@@ -80,6 +95,8 @@ typedef struct session {
 } session;
 
 #define NO_CUT INT64_MAX /* above any event time (years 0000-9999) */
+
+static inline int session_dead(const session *s) { return s->visits == 0; }
 
 static inline page_entry *pages_of(const session *s) { return (page_entry *)(void *)s->store; }
 static inline char *arena_of(const session *s)
@@ -107,6 +124,13 @@ typedef struct user_slot {
     uint16_t persisted; /* the checkpoint holds a row for this user */
 } user_slot;
 
+/* An interned string user (see the top of this file). */
+typedef struct user_name {
+    char *bytes; /* NULL: a free id */
+    uint32_t len;
+    uint64_t hash;
+} user_name;
+
 typedef struct partition_state {
     int32_t id;
     int caught_up;
@@ -132,6 +156,15 @@ struct engine {
     uint32_t epoch;
     int64_t *dirty;
     size_t n_dirty, cap_dirty;
+
+    /* String users: id -> bytes, bytes -> id (open addressing over ids + 1),
+     * and the ids free for reuse. */
+    user_name *names;
+    size_t n_names, cap_names;
+    uint32_t *itab;
+    size_t n_itab, n_interned; /* n_itab: a power of two */
+    int64_t *free_ids;
+    size_t n_free, cap_free;
 
     page_ref *scratch_refs; /* pages of the session being emitted */
     size_t cap_refs;
@@ -175,6 +208,124 @@ static inline int before_cut(const session *s, int64_t t, int32_t part, int64_t 
 static inline void lower_cut(session *s, int64_t t, int32_t part, int64_t off)
 {
     if (before_cut(s, t, part, off)) s->cut_t = t, s->cut_part = part, s->cut_off = off;
+}
+
+/* ---- string users: interning ------------------------------------------- */
+
+static uint64_t name_hash(const char *s, uint32_t len) { return XXH3_64bits(s, len); }
+
+static void itab_place(engine *e, int64_t id)
+{
+    size_t mask = e->n_itab - 1;
+    size_t i = e->names[id].hash & mask;
+    while (e->itab[i]) i = (i + 1) & mask;
+    e->itab[i] = (uint32_t)(id + 1);
+}
+
+/* The id of a string user, or -1. */
+static int64_t intern_find(const engine *e, const char *s, uint32_t len, uint64_t h)
+{
+    if (!e->n_itab) return -1;
+    size_t mask = e->n_itab - 1;
+    for (size_t i = h & mask; e->itab[i]; i = (i + 1) & mask) {
+        const user_name *n = &e->names[e->itab[i] - 1];
+        if (n->hash == h && n->len == len && memcmp(n->bytes, s, len) == 0) return e->itab[i] - 1;
+    }
+    return -1;
+}
+
+static int64_t intern_add(engine *e, const char *s, uint32_t len, uint64_t h)
+{
+    if ((e->n_interned + 1) * 10 > e->n_itab * 7) {
+        free(e->itab);
+        e->n_itab = e->n_itab ? e->n_itab * 2 : 1024;
+        e->itab = xcalloc(e->n_itab, sizeof *e->itab);
+        for (size_t id = 0; id < e->n_names; id++)
+            if (e->names[id].bytes) itab_place(e, (int64_t)id);
+    }
+    int64_t id;
+    if (e->n_free) {
+        id = e->free_ids[--e->n_free];
+    } else {
+        if (e->n_names == e->cap_names) {
+            e->cap_names = e->cap_names ? e->cap_names * 2 : 1024;
+            e->names = xrealloc(e->names, e->cap_names * sizeof *e->names);
+        }
+        id = (int64_t)e->n_names++;
+        assert(e->n_names < UINT32_MAX); /* ids + 1 fit the table's slots */
+    }
+    char *copy = xmalloc(len ? len : 1);
+    memcpy(copy, s, len);
+    e->names[id] = (user_name){copy, len, h};
+    itab_place(e, id);
+    e->n_interned++;
+    return id;
+}
+
+static void intern_release(engine *e, int64_t id)
+{
+    user_name *n = &e->names[id];
+    size_t mask = e->n_itab - 1, hole = n->hash & mask;
+    while (e->itab[hole] != (uint32_t)(id + 1)) hole = (hole + 1) & mask;
+    for (size_t i = (hole + 1) & mask; e->itab[i]; i = (i + 1) & mask) {
+        size_t home = e->names[e->itab[i] - 1].hash & mask;
+        int stays = hole <= i ? (hole < home && home <= i) : (hole < home || home <= i);
+        if (stays) continue;
+        e->itab[hole] = e->itab[i];
+        hole = i;
+    }
+    e->itab[hole] = 0;
+    free(n->bytes);
+    n->bytes = NULL;
+    e->n_interned--;
+    if (e->n_free == e->cap_free) {
+        e->cap_free = e->cap_free ? e->cap_free * 2 : 1024;
+        e->free_ids = xrealloc(e->free_ids, e->cap_free * sizeof *e->free_ids);
+    }
+    e->free_ids[e->n_free++] = id;
+}
+
+/* The first 8 bytes of a string user, big-endian and zero-padded: ordering
+ * by it orders by the bytes, up to ties that user_bytes_cmp settles (a user
+ * holds no NUL, so a shorter one that is a prefix sorts first). */
+static uint64_t name_prefix(const user_name *n)
+{
+    uint64_t k = 0;
+    for (uint32_t i = 0; i < 8; i++)
+        k = k << 8 | (i < n->len ? (unsigned char)n->bytes[i] : 0);
+    return k;
+}
+
+static int user_bytes_cmp(const engine *e, int64_t a, int64_t b)
+{
+    const user_name *x = &e->names[a], *y = &e->names[b];
+    int c = memcmp(x->bytes, y->bytes, x->len < y->len ? x->len : y->len);
+    return c ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+/* After keyed_sort on name_prefix: orders each run of equal prefixes by the
+ * whole bytes (insertion sort: runs are short, usually of one). */
+static void settle_string_ties(const engine *e, keyed *v, size_t n, int64_t (*id_of)(const keyed *))
+{
+    for (size_t i = 1; i < n; i++) {
+        keyed x = v[i];
+        size_t j = i;
+        while (j > 0 && v[j - 1].key == x.key && user_bytes_cmp(e, id_of(&v[j - 1]), id_of(&x)) > 0) {
+            v[j] = v[j - 1];
+            j--;
+        }
+        v[j] = x;
+    }
+}
+
+/* The user of a visit, interned when new (string users), else its int. */
+static int64_t user_of(engine *e, const visit *v)
+{
+    if (!e->cfg.string_users) return v->user_id;
+    assert(v->user != NULL);
+    uint64_t h = name_hash(v->user, v->user_len);
+    int64_t id = intern_find(e, v->user, v->user_len, h);
+    return id >= 0 ? id : intern_add(e, v->user, v->user_len, h);
 }
 
 /* ---- user map (linear probing, backward-shift deletion) --------------- */
@@ -227,6 +378,7 @@ static void user_grow(engine *e)
 
 static void user_remove(engine *e, user_slot *s)
 {
+    if (e->cfg.string_users) intern_release(e, s->user_id);
     size_t mask = e->n_slots - 1;
     size_t hole = (size_t)(s - e->slots);
     for (size_t i = (hole + 1) & mask; e->slots[i].used; i = (i + 1) & mask) {
@@ -301,6 +453,8 @@ static void cq_trim(engine *e)
 
 static int emit_and_free(engine *e, session *s);
 
+static int64_t session_user(const keyed *k) { return ((const session *)k->ptr)->user_id; }
+
 /* Closes, in (last_t, user_id) order, every open session whose last_t has
  * close key <= upto; frees merged-away sessions met on the way. */
 static int close_upto(engine *e, uint64_t upto)
@@ -322,7 +476,7 @@ static int close_upto(engine *e, uint64_t upto)
             size_t n = 0;
             for (size_t i = 0; i < q->len; i++) {
                 session *s = entry_session(&q->v[i]);
-                if (s->dead) {
+                if (session_dead(s)) {
                     free(s);
                     continue;
                 }
@@ -352,15 +506,18 @@ static int close_upto(engine *e, uint64_t upto)
         size_t n = 0, len = b0->len;
         for (size_t i = 0; i < len; i++) {
             session *s = entry_session(&b0->v[i]);
-            if (s->dead) {
+            if (session_dead(s)) {
                 free(s);
             } else if (close_key(s->last_t) != e->cq_last) {
                 cq_place(e, close_key(s->last_t), s);
             } else {
-                b0->v[n++] = (close_entry){keyed_from_i64(s->user_id), s};
+                b0->v[n++] = (close_entry){e->cfg.string_users ? name_prefix(&e->names[s->user_id])
+                                                               : keyed_from_i64(s->user_id),
+                                           s};
             }
         }
         keyed_sort(b0->v, n);
+        if (e->cfg.string_users) settle_string_ties(e, b0->v, n, session_user);
         for (size_t i = 0; i < n; i++) {
             int rc = emit_and_free(e, entry_session(&b0->v[i]));
             if (rc) { /* keep the rest queued, so that engine_free finds them */
@@ -383,6 +540,7 @@ static session *session_new(int64_t user_id, const visit *v)
     s->first_t = s->last_t = v->event_time_us;
     s->first_pos = v->pos;
     s->cut_t = NO_CUT;
+    s->visits = 0; /* counted by engine_apply with every visit */
     return s;
 }
 
@@ -449,6 +607,8 @@ static uint32_t arena_push(session *s, const char *data, uint32_t len)
 static int reject_entry(engine *e, const session *s, const page_entry *p, reject_reason why)
 {
     visit v = {.user_id = s->user_id,
+               .user = e->cfg.string_users ? e->names[s->user_id].bytes : NULL,
+               .user_len = e->cfg.string_users ? e->names[s->user_id].len : 0,
                .event_time_us = p->t,
                .page = arena_of(s) + p->str_off,
                .page_len = p->len,
@@ -577,7 +737,8 @@ static int session_merge(engine *e, session *a, session *b)
     if (log_position_cmp(&b->first_pos, &a->first_pos) < 0) a->first_pos = b->first_pos;
     free(b->store);
     b->store = NULL;
-    b->dead = 1; /* its close-queue entry still points here */
+    a->visits += b->visits;
+    b->visits = 0; /* dead: its close-queue entry still points here */
     e->st.open_sessions--;
     e->st.sessions_merged++;
     return rc;
@@ -595,8 +756,14 @@ static int emit_and_free(engine *e, session *s)
     const char *text = s->store ? arena_of(s) : NULL; /* every page may be over the cap */
     for (uint32_t i = 0; i < s->n_pages; i++)
         e->scratch_refs[i] = (page_ref){text + pages[i].str_off, pages[i].len};
-    closed_session cs = {.session_id = session_id_of(s->user_id, &s->first_pos),
-                         .user_id = s->user_id,
+    const user_name *name = e->cfg.string_users ? &e->names[s->user_id] : NULL;
+    closed_session cs = {.session_id = name ? session_id_of_string(name->bytes, name->len,
+                                                                   &s->first_pos)
+                                            : session_id_of(s->user_id, &s->first_pos),
+                         .user_id = name ? 0 : s->user_id,
+                         .user = name ? name->bytes : NULL,
+                         .user_len = name ? name->len : 0,
+                         .visits = s->visits,
                          .first_event_us = s->first_t,
                          .last_event_us = s->last_t,
                          .pages = e->scratch_refs,
@@ -682,6 +849,10 @@ void engine_free(engine *e)
     free(e->parts);
     free(e->dirty);
     free(e->scratch_refs);
+    for (size_t i = 0; i < e->n_names; i++) free(e->names[i].bytes);
+    free(e->names);
+    free(e->itab);
+    free(e->free_ids);
     free(e);
 }
 
@@ -699,7 +870,8 @@ int engine_apply(engine *e, const visit *v)
         if (rc) return rc;
     }
 
-    user_slot *u = user_insert(e, v->user_id);
+    int64_t uid = user_of(e, v);
+    user_slot *u = user_insert(e, uid);
     mark_dirty(e, u);
     int64_t g = e->cfg.gap_us;
     session **pp = &u->head, *hit = NULL;
@@ -709,7 +881,7 @@ int engine_apply(engine *e, const visit *v)
 
     int rc = 0;
     if (!hit) {
-        session *s = session_new(v->user_id, v);
+        session *s = session_new(uid, v);
         s->next = *pp;
         *pp = s;
         close_queue_push(e, s);
@@ -726,6 +898,7 @@ int engine_apply(engine *e, const visit *v)
         if (t > hit->last_t) hit->last_t = t;
         if (log_position_cmp(&v->pos, &hit->first_pos) < 0) hit->first_pos = v->pos;
     }
+    hit->visits++;
     int rc2 = session_add_page(e, hit, v);
     if (!rc) rc = rc2;
     if (rc) return rc;
@@ -739,6 +912,7 @@ int engine_apply(engine *e, const visit *v)
 
 void engine_prefetch(const engine *e, int64_t user_id, int stage)
 {
+    if (e->cfg.string_users) return; /* the id is known only once interned */
     const user_slot *u = &e->slots[mix64((uint64_t)user_id) & (e->n_slots - 1)];
     if (stage == 0) {
         __builtin_prefetch(u);
@@ -788,6 +962,7 @@ void engine_get_counters(const engine *e, engine_stats *out)
 void engine_get_stats(const engine *e, engine_stats *out)
 {
     *out = e->st;
+    out->user_ids = e->n_names;
     out->open_users = 0;
     for (size_t i = 0; i < e->n_slots; i++)
         if (e->slots[i].used && e->slots[i].head) out->open_users++;
@@ -802,7 +977,7 @@ int engine_check_invariants(const engine *e)
         for (const session *s = u->head; s; s = s->next) {
             sessions++;
             pages += s->n_pages;
-            if (s->user_id != u->user_id || s->dead || s->first_t > s->last_t) return 1;
+            if (s->user_id != u->user_id || session_dead(s) || s->first_t > s->last_t) return 1;
             if (s->next && s->next->first_t - s->last_t <= e->cfg.gap_us) return 1;
             const page_entry *p = pages_of(s);
             if (s->n_pages > e->cfg.max_pages || s->n_pages > s->cap_pages ||
@@ -827,13 +1002,23 @@ int engine_check_invariants(const engine *e)
         for (size_t i = 0; i < q->len; i++) {
             const close_entry *c = &q->v[i];
             if (c->key < e->cq_last || cq_bucket_of(e->cq_last, c->key) != b) return 3;
-            if (entry_session(c)->dead) continue;
+            if (session_dead(entry_session(c))) continue;
             live++;
             if (c->key > close_key(entry_session(c)->last_t)) return 3;
         }
     }
     if (live != sessions) return 3;
     if (sessions != e->st.open_sessions || pages != e->st.open_pages) return 5;
+    if (e->cfg.string_users) {
+        if (e->n_interned != e->n_used || e->n_interned + e->n_free != e->n_names) return 6;
+        for (size_t i = 0; i < e->n_slots; i++) {
+            const user_slot *u = &e->slots[i];
+            if (!u->used) continue;
+            if (u->user_id < 0 || (size_t)u->user_id >= e->n_names) return 6;
+            const user_name *n = &e->names[u->user_id];
+            if (!n->bytes || intern_find(e, n->bytes, n->len, n->hash) != u->user_id) return 6;
+        }
+    }
     return 0;
 }
 
@@ -962,17 +1147,25 @@ engine_callbacks engine_swap_callbacks(engine *e, const engine_callbacks *cb)
 
 #define BLOB_HAS_CUT UINT32_C(0x80000000)
 
+/* The session count's top bit says each session carries its visit count
+ * (u64 after its first position). Blobs written before visit counts existed
+ * lack it; their sessions restore with one visit per stored page, which no
+ * output sees: such a checkpoint has no --columns (bound, see job.c). */
+#define BLOB_WITH_VISITS 0x80000000u
+
 static void encode_user(const session *head, buf *out)
 {
     uint32_t n = 0;
     for (const session *s = head; s; s = s->next) n++;
-    buf_put_u32le(out, n);
+    assert(n < BLOB_WITH_VISITS);
+    buf_put_u32le(out, n | BLOB_WITH_VISITS);
     for (const session *s = head; s; s = s->next) {
         buf_put_i64le(out, s->first_t);
         buf_put_i64le(out, s->last_t);
         buf_put_i64le(out, s->first_pos.append_ts_ms);
         buf_put_u32le(out, (uint32_t)s->first_pos.partition);
         buf_put_i64le(out, s->first_pos.offset);
+        buf_put_u64le(out, s->visits);
         /* The top bit of the page count says a cut follows (a count is at
          * most max_pages < 2^31, so blobs without a cut read as before). */
         buf_put_u32le(out, s->n_pages | (s->cut_t != NO_CUT ? BLOB_HAS_CUT : 0));
@@ -998,11 +1191,37 @@ static int cmp_i64(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+static int64_t keyed_id(const keyed *k) { return (int64_t)(intptr_t)k->ptr; }
+
+/* The dirty users in the checkpoint's key order: ints by value, string
+ * users by their bytes. */
+static void sort_dirty(engine *e)
+{
+    if (e->n_dirty < 2) return;
+    if (!e->cfg.string_users) {
+        qsort(e->dirty, e->n_dirty, sizeof *e->dirty, cmp_i64);
+        return;
+    }
+    keyed *v = xmalloc(e->n_dirty * sizeof *v);
+    for (size_t i = 0; i < e->n_dirty; i++)
+        v[i] = (keyed){name_prefix(&e->names[e->dirty[i]]), (void *)(intptr_t)e->dirty[i]};
+    keyed_sort(v, e->n_dirty);
+    settle_string_ties(e, v, e->n_dirty, keyed_id);
+    for (size_t i = 0; i < e->n_dirty; i++) e->dirty[i] = keyed_id(&v[i]);
+    free(v);
+}
+
+static user_key key_of(const engine *e, int64_t id)
+{
+    if (!e->cfg.string_users) return (user_key){.id = id};
+    return (user_key){.id = id, .str = e->names[id].bytes, .len = e->names[id].len};
+}
+
 int engine_foreach_dirty(engine *e, engine_dirty_fn fn, void *ctx)
 {
     /* In key order: a B-tree store then writes each page once, in sequence
      * (docs/checkpoint.md measured 6 s -> 1.3 s for 1M users into SQLite). */
-    if (e->n_dirty > 1) qsort(e->dirty, e->n_dirty, sizeof *e->dirty, cmp_i64);
+    sort_dirty(e);
     buf b;
     buf_init(&b);
     int rc = 0;
@@ -1011,12 +1230,16 @@ int engine_foreach_dirty(engine *e, engine_dirty_fn fn, void *ctx)
         if (!u || !u->head) {
             /* A user whose sessions opened and closed between two commits
              * never reached the checkpoint: nothing to delete. */
-            if (u && u->persisted) rc = fn(ctx, e->dirty[i], NULL, 0);
+            if (u && u->persisted) {
+                user_key k = key_of(e, e->dirty[i]);
+                rc = fn(ctx, &k, NULL, 0);
+            }
             continue;
         }
         buf_reset(&b);
         encode_user(u->head, &b);
-        rc = fn(ctx, e->dirty[i], b.data, b.len);
+        user_key k = key_of(e, e->dirty[i]);
+        rc = fn(ctx, &k, b.data, b.len);
     }
     buf_free(&b);
     return rc;
@@ -1032,11 +1255,14 @@ int engine_foreach_user(const engine *e, engine_dirty_fn fn, void *ctx)
         if (!u->used || !u->head) continue;
         buf_reset(&b);
         encode_user(u->head, &b);
-        rc = fn(ctx, u->user_id, b.data, b.len);
+        user_key k = key_of(e, u->user_id);
+        rc = fn(ctx, &k, b.data, b.len);
     }
     buf_free(&b);
     return rc;
 }
+
+int engine_string_users(const engine *e) { return e->cfg.string_users != 0; }
 
 void engine_clear_dirty(engine *e)
 {
@@ -1054,12 +1280,23 @@ void engine_clear_dirty(engine *e)
     }
 }
 
-int engine_load_user(engine *e, int64_t user_id, const void *blob, size_t len)
+int engine_load_user(engine *e, const user_key *key, const void *blob, size_t len)
 {
     reader r;
     reader_init(&r, blob, len);
     uint32_t n = 0;
-    if (reader_u32le(&r, &n) || n == 0 || n > len / 40) return -1;
+    if (reader_u32le(&r, &n)) return -1;
+    int with_visits = (n & BLOB_WITH_VISITS) != 0;
+    n &= ~BLOB_WITH_VISITS;
+    if (n == 0 || n > len / 40) return -1;
+    if ((key->str != NULL) != (e->cfg.string_users != 0)) return -1; /* the other user type */
+    int64_t user_id = key->id;
+    if (e->cfg.string_users) {
+        if (key->len == 0 || key->len > USER_MAX_BYTES || memchr(key->str, 0, key->len)) return -1;
+        uint64_t h = name_hash(key->str, key->len);
+        if (intern_find(e, key->str, key->len, h) >= 0) return -1; /* the same user twice */
+        user_id = intern_add(e, key->str, key->len, h);
+    }
     user_slot *u = user_insert(e, user_id);
     if (u->head) return -1; /* the same user twice */
     u->persisted = 1;
@@ -1074,7 +1311,9 @@ int engine_load_user(engine *e, int64_t user_id, const void *blob, size_t len)
         reader_i64le(&r, &s->first_pos.append_ts_ms);
         reader_u32le(&r, &part);
         reader_i64le(&r, &s->first_pos.offset);
+        if (with_visits) reader_u64le(&r, &s->visits);
         reader_u32le(&r, &n_pages);
+        if (!with_visits) s->visits = n_pages ? n_pages : 1;
         s->first_pos.partition = (int32_t)part;
         s->cut_t = NO_CUT;
         int had_cut = (n_pages & BLOB_HAS_CUT) != 0;
@@ -1093,6 +1332,7 @@ int engine_load_user(engine *e, int64_t user_id, const void *blob, size_t len)
         e->st.open_sessions++;
         if (r.bad || n_pages > e->cfg.max_pages || n_pages > reader_left(&r) / 24 ||
             s->first_t > s->last_t || (had_cut && s->cut_t == NO_CUT) ||
+            s->visits == 0 || s->visits < n_pages ||
             (prev_last != INT64_MIN && s->first_t - prev_last <= e->cfg.gap_us))
             return -1;
         prev_last = s->last_t;

@@ -22,7 +22,8 @@
  *    max_session_bytes bytes of page text. The others are rejected with
  *    reason "session_cap". Which pages are kept depends only on the set of
  *    visits, not on their arrival order.
- *  - The session id is session_id_of(user, earliest-appended position).
+ *  - The session id is session_id_of(user, earliest-appended position)
+ *    (session_id_of_string for string users).
  */
 #ifndef SESSIONIZER_ENGINE_H
 #define SESSIONIZER_ENGINE_H
@@ -67,6 +68,7 @@ typedef struct engine_config {
     uint32_t max_pages;    /* per session; >= 1 */
     uint32_t max_session_bytes; /* page text per session; 0: ENGINE_MAX_SESSION_BYTES */
     int track_dirty;       /* remember changed users for incremental checkpoints */
+    int string_users;      /* users are strings (visit.user), interned (engine.c) */
 } engine_config;
 
 typedef struct engine_stats {
@@ -82,6 +84,7 @@ typedef struct engine_stats {
      * opened = closed + merged into another + open, less those loaded. */
     uint64_t sessions_opened;
     uint64_t sessions_merged;
+    uint64_t user_ids;         /* string users: ids ever allocated, the most users held at once */
 } engine_stats;
 
 engine *engine_new(const engine_config *cfg, const engine_callbacks *cb);
@@ -120,7 +123,7 @@ void engine_get_stats(const engine *e, engine_stats *out);
 void engine_get_counters(const engine *e, engine_stats *out);
 
 /* Checks the invariants written atop engine.c (O(state): for tests). Returns
- * 0, or the number of the first invariant found broken (1-5). */
+ * 0, or the number of the first invariant found broken (1-6). */
 int engine_check_invariants(const engine *e);
 
 /* --- Checkpoint support (encoding only; the engine does no I/O) ---------- */
@@ -132,16 +135,19 @@ int engine_load_meta(engine *e, const void *data, size_t len);
 /* Calls fn once per user whose sessions changed since the last
  * engine_clear_dirty(): blob is the user's encoded open sessions, or NULL if
  * the user has none left (the stored row is to be deleted). */
-typedef int (*engine_dirty_fn)(void *ctx, int64_t user_id, const void *blob, size_t len);
+typedef int (*engine_dirty_fn)(void *ctx, const user_key *user, const void *blob, size_t len);
 int engine_foreach_dirty(engine *e, engine_dirty_fn fn, void *ctx);
 void engine_clear_dirty(engine *e);
 /* Restores one user's sessions from a blob written by engine_foreach_dirty
  * or engine_foreach_user. */
-int engine_load_user(engine *e, int64_t user_id, const void *blob, size_t len);
+int engine_load_user(engine *e, const user_key *user, const void *blob, size_t len);
 
 /* Calls fn once per user with open sessions, blob as for
  * engine_foreach_dirty: a snapshot of the whole state. */
 int engine_foreach_user(const engine *e, engine_dirty_fn fn, void *ctx);
+
+/* 1 if the engine's users are strings (engine_config.string_users). */
+int engine_string_users(const engine *e);
 
 /* Replaces the callbacks and returns the previous ones (a replay runs with
  * none: what it closes or rejects was already written). */

@@ -11,6 +11,13 @@
  *            (31 bytes)
  *   id     = (int64_t) XXH3_64bits(input)      -- two's complement reinterpretation
  *
+ * String users (--user-type string; frozen as well, with its own vectors):
+ *   input  = "sz1s" || le32(len) || user bytes (UTF-8) || le64(append_ts_ms)
+ *            || le32(partition) || le64(offset)        (28 + len bytes)
+ *   id     = (int64_t) XXH3_64bits(input)
+ * The prefix differs from the int form's, and the length comes first, so no
+ * string input is ever an int input or another string's.
+ *
  * "Earliest-appended" orders records by (append_ts_ms, partition, offset).
  */
 #ifndef SESSIONIZER_SESSION_ID_H
@@ -21,6 +28,7 @@
 #include "record/visit.h"
 
 int64_t session_id_of(int64_t user_id, const log_position *first);
+int64_t session_id_of_string(const char *user, uint32_t len, const log_position *first);
 
 /* Total order of log positions: negative, zero or positive like memcmp. */
 static inline int log_position_cmp(const log_position *a, const log_position *b)

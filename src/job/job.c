@@ -40,6 +40,7 @@ typedef struct pending {
     raw_record raw; /* data points into bytes */
     buf bytes;      /* copies: the source and parser reuse their buffers */
     buf page;
+    buf user;       /* string users */
 } pending;
 
 typedef struct job {
@@ -176,7 +177,13 @@ static int enqueue(job *j, const raw_record *rec)
     buf_append(&p->page, v.page, v.page_len);
     p->v = v;
     p->v.page = p->page.data ? (const char *)p->page.data : "";
+    if (v.user) {
+        buf_reset(&p->user);
+        buf_append(&p->user, v.user, v.user_len);
+        p->v.user = (const char *)p->user.data;
+    }
     /* stage 0 for the newest, 1 and 2 for those a third and two thirds along */
+    if (v.user) return 0; /* string users are found by their bytes: nothing to prefetch yet */
     engine_prefetch(j->eng, v.user_id, 0);
     if (j->q_len > PIPELINE / 3)
         engine_prefetch(j->eng, j->queue[(j->q_head + j->q_len - 1 - PIPELINE / 3) % PIPELINE].v.user_id, 1);
@@ -209,6 +216,14 @@ static void deadletter_identity(job *j, buf *out)
     if (!j->cfg->dlq_uri) buf_append_str(out, "jsonl:CHECKPOINT/deadletter.jsonl");
     else if (j->dlq->ops->identity) j->dlq->ops->identity(j->dlq, out);
     else buf_printf(out, "%s:", j->dlq->ops->scheme);
+}
+
+/* "columns=session_start,visit_count" ("columns=" for none). */
+static void describe_columns(unsigned columns, buf *out)
+{
+    buf_append_str(out, "columns=");
+    for (unsigned c = 0, n = 0; c < SINK_N_OPTIONAL; c++)
+        if (columns >> c & 1) buf_printf(out, "%s%s", n++ ? "," : "", sink_column_names[c]);
 }
 
 static void save_counters(const job *j, buf *out)
@@ -291,6 +306,7 @@ static int commit_body(job *j, int with_position)
     PUT("source_id", source_identity(j, b));
     if (with_position) PUT("source_position", j->src->ops->position(j->src, b));
     PUT("records", record_mapping_describe(&j->cfg->records, b));
+    PUT("columns", describe_columns(j->cfg->sink.columns, b));
     PUT("counters", save_counters(j, b));
     PUT("sink_id", sink_identity(j, b));
     PUT("deadletter_id", deadletter_identity(j, b));
@@ -307,31 +323,43 @@ fail:
     return -1;
 }
 
-/* The record layout is bound to the checkpoint like --gap: the same log
- * read with another mapping is another input. Checkpoints written before the
- * options existed used the default layout. */
+/* The record layout and the session columns are bound to the checkpoint
+ * like --gap: the same log read with another mapping is another input, and
+ * a table whose rows change shape half-way is no table. Checkpoints written
+ * before the options existed used the default layout and no columns. */
 static int check_records(job *j)
 {
-    buf was, now;
-    buf_init(&was);
-    buf_init(&now);
-    int got = checkpoint_get(j->cp, "records", &was, j->err, j->errlen);
-    record_mapping_describe(&j->cfg->records, &now);
-    if (got == 0) {
-        record_mapping def;
-        record_mapping_default(&def);
-        record_mapping_describe(&def, &was);
+    static const char *const keys[] = {"records", "columns"};
+    int same = 1;
+    for (size_t k = 0; k < 2 && same; k++) {
+        buf was, now;
+        buf_init(&was);
+        buf_init(&now);
+        int got = checkpoint_get(j->cp, keys[k], &was, j->err, j->errlen);
+        if (k == 0) {
+            record_mapping_describe(&j->cfg->records, &now);
+            if (got == 0) {
+                record_mapping def;
+                record_mapping_default(&def);
+                record_mapping_describe(&def, &was);
+            }
+        } else {
+            describe_columns(j->cfg->sink.columns, &now);
+            if (got == 0) describe_columns(0, &was);
+        }
+        same = got >= 0 && was.len == now.len && memcmp(was.data, now.data, now.len) == 0;
+        if (got >= 0 && !same)
+            snprintf(j->err, j->errlen, "checkpoint %s was written with other %s settings "
+                     "(%.*s), not (%.*s). Rerun with the settings it was written with (%s), or "
+                     "use a new checkpoint directory to reprocess the input",
+                     j->cfg->checkpoint_dir, k == 0 ? "record" : "column",
+                     (int)(was.len > 400 ? 400 : was.len), (const char *)was.data,
+                     (int)(now.len > 400 ? 400 : now.len), (const char *)now.data,
+                     k == 0 ? "--field, --user-type, --time-format, --time-from, --user-from"
+                            : "--columns");
+        buf_free(&was);
+        buf_free(&now);
     }
-    int same = got >= 0 && was.len == now.len && memcmp(was.data, now.data, now.len) == 0;
-    if (got >= 0 && !same)
-        snprintf(j->err, j->errlen, "checkpoint %s was written with other record settings "
-                 "(%.*s), not (%.*s). Rerun with the settings it was written with (--field, "
-                 "--user-type, --time-format, --time-from, --user-from), or use a new checkpoint "
-                 "directory to reprocess the input", j->cfg->checkpoint_dir,
-                 (int)(was.len > 400 ? 400 : was.len), (const char *)was.data,
-                 (int)(now.len > 400 ? 400 : now.len), (const char *)now.data);
-    buf_free(&was);
-    buf_free(&now);
     return same ? 0 : -1;
 }
 
@@ -657,6 +685,7 @@ int job_run(const job_config *cfg, job_result *res, char *err, size_t errlen)
     }
     if (!j.dlq) goto out;
     engine_config ec = cfg->engine;
+    ec.string_users = cfg->records.user_type == USER_STRING;
     engine_callbacks cb = {.ctx = &j,
                            .on_close = on_close,
                            .on_reject = on_reject,
@@ -690,6 +719,7 @@ out:
     for (size_t i = 0; i < PIPELINE; i++) {
         buf_free(&j.queue[i].bytes);
         buf_free(&j.queue[i].page);
+        buf_free(&j.queue[i].user);
     }
     buf_free(&j.scratch);
     return rc;

@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "common/buf.h"
+#include "record/visit.h"
 
 enum { FIELD_USER, FIELD_PAGE, FIELD_TIME, FIELD_COUNT };
 
@@ -32,9 +33,6 @@ typedef enum time_format {
 
 #define POINTER_MAX_TOKENS 16
 #define POINTER_MAX_BYTES 256
-/* A string user id longer than this is refused (invalid_user_id): the
- * engine keeps one copy per open user, and every sink's key holds it. */
-#define USER_MAX_BYTES 512
 
 typedef struct json_pointer {
     char text[POINTER_MAX_BYTES + 1]; /* as written, e.g. "/context/url" */

@@ -54,4 +54,17 @@ typedef struct visit {
     log_position pos;
 } visit;
 
+/* A string user id longer than this is refused (invalid_user_id): the
+ * engine keeps one copy per open user, and every sink's key holds it. */
+#define USER_MAX_BYTES 512
+
+/* A user as the engine's checkpoint support and the checkpoint name it: an
+ * int user's value, or a string user's bytes (then id is the engine's
+ * internal id, not stable across runs: never stored). */
+typedef struct user_key {
+    int64_t id;
+    const char *str; /* NULL for int users */
+    uint32_t len;
+} user_key;
+
 #endif

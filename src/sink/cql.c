@@ -451,6 +451,11 @@ out:
 
 static sink *cql_sink_open(const char *target, const sink_options *opts, char *err, size_t errlen)
 {
+    if (opts->string_users || opts->columns) {
+        snprintf(err, errlen, "cql: --user-type string and --columns are not supported by this "
+                 "sink yet");
+        return NULL;
+    }
     cql_sink *s = xcalloc(1, sizeof *s);
     s->base.ops = &cql_sink_ops;
     cql_client_config_defaults(&s->cfg);

@@ -17,14 +17,15 @@
 typedef struct jsonl_sink {
     sink base;
     appendfile out;
+    unsigned columns;
 } jsonl_sink;
 
 extern const sink_ops jsonl_sink_ops;
 
 static sink *jsonl_open(const char *target, const sink_options *opts, char *err, size_t errlen)
 {
-    (void)opts;
     jsonl_sink *s = xcalloc(1, sizeof *s);
+    s->columns = opts->columns;
     if (appendfile_open(&s->out, target, SESSION_JSON_LINE_PREFIX, err, errlen)) {
         free(s);
         return NULL;
@@ -39,7 +40,7 @@ static int jsonl_write(sink *base, const closed_session *cs, char *err, size_t e
     jsonl_sink *s = (jsonl_sink *)base;
     char now[32];
     sink_now_iso8601(now);
-    session_json_row(appendfile_buf(&s->out), cs, now);
+    session_json_row(appendfile_buf(&s->out), cs, now, s->columns);
     return 0;
 }
 

@@ -1104,6 +1104,11 @@ static void pg_identity(sink *base, buf *out) { buf_append_str(out, ((pg_sink *)
 static sink *pg_open_as(const char *scheme, const char *target, const sink_options *opts,
                         char *err, size_t errlen)
 {
+    if (opts->string_users || opts->columns) {
+        snprintf(err, errlen, "postgresql: --user-type string and --columns are not supported by "
+                 "this sink yet");
+        return NULL;
+    }
     pg_sink *s = xcalloc(1, sizeof *s);
     s->stop = opts && opts->ctx ? opts->ctx->stop : NULL;
     s->status = opts && opts->ctx ? opts->ctx->status : NULL;

@@ -42,6 +42,30 @@ void sink_usage(buf *out)
         buf_printf(out, "    %s\n", registry[i]->usage);
 }
 
+const char *const sink_column_names[SINK_N_OPTIONAL] = {"session_start", "session_end",
+                                                        "visit_count", "duration"};
+
+int sink_parse_columns(const char *list, unsigned *out, char *err, size_t errlen)
+{
+    *out = 0;
+    for (const char *p = list; *p;) {
+        size_t n = strcspn(p, ",");
+        int k = 0;
+        while (k < SINK_N_OPTIONAL &&
+               !(strlen(sink_column_names[k]) == n && strncmp(p, sink_column_names[k], n) == 0))
+            k++;
+        if (k == SINK_N_OPTIONAL) {
+            snprintf(err, errlen, "--columns: unknown column '%.*s' (known: session_start, "
+                     "session_end, visit_count, duration)", (int)(n > 64 ? 64 : n), p);
+            return -1;
+        }
+        *out |= 1u << k;
+        p += n;
+        if (*p == ',') p++;
+    }
+    return 0;
+}
+
 long long sink_now_ms(void)
 {
     struct timespec ts;

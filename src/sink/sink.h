@@ -32,9 +32,27 @@ typedef struct sink sink;
 
 /* Options common to every sink, parsed by the CLI. A sink reads the ones
  * that concern it and ignores the rest. */
+/* Opt-in session columns (--columns), after the four of every row. Types
+ * per sink: docs/semantics.md ("Session columns"). */
+enum {
+    SINK_COL_SESSION_START = 1u << 0, /* event time of the first visit */
+    SINK_COL_SESSION_END = 1u << 1,   /* event time of the last visit */
+    SINK_COL_VISIT_COUNT = 1u << 2,   /* visits, those over the page cap included */
+    SINK_COL_DURATION = 1u << 3,      /* session_end - session_start */
+    SINK_COL_ALL = 15u,
+};
+#define SINK_N_OPTIONAL 4
+/* "session_start", ... in bit order. */
+extern const char *const sink_column_names[SINK_N_OPTIONAL];
+
+/* "session_start,visit_count" -> bits. 0, or -1 and err. */
+int sink_parse_columns(const char *list, unsigned *out, char *err, size_t errlen);
+
 typedef struct sink_options {
     const char *const *props; /* "key=value" pairs from --sink-opt, NULL-terminated */
     int create_schema;        /* create keyspace/table when missing (default 1) */
+    int string_users;         /* user_id is text (--user-type string), not bigint */
+    unsigned columns;         /* SINK_COL_* bits */
     /* The job's (context.h): a sink waiting out an outage inside flush()
      * gives up soon after its stop flag is set, and the checkpoint does not
      * advance. NULL: none. */

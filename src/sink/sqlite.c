@@ -1,9 +1,13 @@
 /*
  * sqlite.c - sessions into an SQLite table, the embedded default sink.
  *
- * Table sessions(session_id INTEGER, user_id INTEGER, pages TEXT (a JSON
- * array), ingestion_time TEXT (ISO-8601 UTC), PRIMARY KEY(session_id,
- * user_id)), created when missing. Every flush is one transaction of upserts
+ * Table sessions(session_id INTEGER, user_id INTEGER (TEXT for string
+ * users), pages TEXT (a JSON array), ingestion_time TEXT (ISO-8601 UTC),
+ * [the --columns chosen], PRIMARY KEY(session_id, user_id)), created when
+ * missing. An existing table may have more columns, if each can be left out
+ * of an INSERT (nullable or with a default): the job's own are checked by
+ * name and type affinity, and what differs is refused with the DDL that
+ * fixes it. Every flush is one transaction of upserts
  * through one prepared statement; the database runs in WAL mode with
  * synchronous=FULL so that a committed flush survives power loss, which is
  * what lets the job advance its checkpoint after it.
@@ -23,9 +27,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sqlite3.h>
+#include <stdint.h>
 #include <unistd.h>
 
 #include "common/keyed_sort.h"
+#include "record/timestamp.h"
 #include "common/sqlite_path.h"
 #include "common/retry.h"
 #include "common/xalloc.h"
@@ -38,11 +44,16 @@ typedef struct sqlite_sink {
     sqlite3 *db;
     sqlite3_stmt *upsert;
     int in_txn;
-    buf pages;     /* the pending sessions' pages, as JSON arrays */
+    buf pages;     /* the pending sessions' pages (JSON arrays) and string users */
     struct pending_row {
         int64_t session_id, user_id;
         size_t pages_off, pages_len;
+        size_t user_off, user_len; /* string users */
+        int64_t first_us, last_us;
+        uint64_t visits;
     } *pending;    /* written since the last flush */
+    int string_users;
+    unsigned columns;
     keyed *order;  /* the pending rows by session_id, at flush */
     size_t n_pending, cap_pending;
     char *path;
@@ -73,30 +84,102 @@ static int busy_wait(void *arg, int count)
     return retry_failed(&s->busy, &wait) == RETRY_AGAIN && retry_sleep(&s->busy, wait) == 0;
 }
 
-/* An existing table must have exactly the expected columns. */
+/* SQLite's type affinity of a declared type (its rules 1-2; the rest are
+ * neither). */
+static char affinity(const char *decl)
+{
+    char up[64];
+    size_t n = 0;
+    for (; decl && decl[n] && n < sizeof up - 1; n++)
+        up[n] = (char)(decl[n] >= 'a' && decl[n] <= 'z' ? decl[n] - 32 : decl[n]);
+    up[n] = 0;
+    if (strstr(up, "INT")) return 'i';
+    if (strstr(up, "CHAR") || strstr(up, "CLOB") || strstr(up, "TEXT")) return 't';
+    return '?';
+}
+
+/* Checks an existing table. 1: no table; 0: usable; -1: not (err has the
+ * DDL that fixes it). */
 static int check_schema(sqlite_sink *s, char *err, size_t errlen)
 {
-    static const char *const want[] = {"session_id", "user_id", "pages", "ingestion_time"};
+    struct want { const char *name, *type; int pk; int found; } want[8] = {
+        {"session_id", "INTEGER", 1, 0}, {"user_id", sqlite_sink_user_type(s->string_users), 2, 0},
+        {"pages", "TEXT", 0, 0}, {"ingestion_time", "TEXT", 0, 0}};
+    size_t n_want = 4;
+    for (unsigned c = 0; c < SINK_N_OPTIONAL; c++)
+        if (s->columns >> c & 1)
+            want[n_want++] = (struct want){sqlite_sink_optional[c][0], sqlite_sink_optional[c][1], 0, 0};
     sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(s->db, "SELECT name FROM pragma_table_info('sessions')", -1, &st,
-                           NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(s->db, "SELECT name, type, \"notnull\", dflt_value IS NOT NULL, pk "
+                           "FROM pragma_table_info('sessions')", -1, &st, NULL) != SQLITE_OK)
         return fail_db(s, "reading the schema", err, errlen);
+    buf fix, why;
+    buf_init(&fix);
+    buf_init(&why);
     size_t n = 0;
-    int ok = 1;
+    int key_ok = 1;
     while (sqlite3_step(st) == SQLITE_ROW) {
-        const char *name = (const char *)sqlite3_column_text(st, 0);
-        if (n >= 4 || strcmp(name, want[n]) != 0) ok = 0;
         n++;
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+        const char *type = (const char *)sqlite3_column_text(st, 1);
+        int notnull = sqlite3_column_int(st, 2), has_default = sqlite3_column_int(st, 3);
+        int pk = sqlite3_column_int(st, 4);
+        size_t k = 0;
+        while (k < n_want && strcmp(name, want[k].name) != 0) k++;
+        if (k == n_want) { /* not ours: the INSERT leaves it out */
+            if (pk) key_ok = 0;
+            else if (notnull && !has_default) {
+                buf_printf(&why, "%scolumn %s is NOT NULL without a default", why.len ? "; " : "", name);
+                buf_printf(&fix, "ALTER TABLE sessions DROP COLUMN %s; ALTER TABLE sessions ADD "
+                           "COLUMN %s %s DEFAULT ...; ", name, name, type ? type : "");
+            }
+            continue;
+        }
+        want[k].found = 1;
+        if (want[k].pk != pk) key_ok = 0;
+        if (affinity(type) != affinity(want[k].type)) {
+            buf_printf(&why, "%scolumn %s is %s, expected %s", why.len ? "; " : "", name,
+                       type && *type ? type : "untyped", want[k].type);
+            if (want[k].pk) {
+                key_ok = 0; /* a key column cannot be dropped: below */
+            } else {
+                buf_printf(&fix, "ALTER TABLE sessions DROP COLUMN %s; ALTER TABLE sessions ADD "
+                           "COLUMN %s %s; ", name, name, want[k].type);
+            }
+        }
     }
     sqlite3_finalize(st);
-    if (n == 0) return 1; /* no table */
-    if (!ok || n != 4) {
-        snprintf(err, errlen, "SQLite sink %s: table 'sessions' exists with other columns than "
-                 "(session_id, user_id, pages, ingestion_time); use another database file",
-                 s->path);
-        return -1;
+    int rc = 0;
+    if (n == 0) {
+        rc = 1;
+        goto out;
     }
-    return 0;
+    for (size_t k = 0; k < n_want; k++)
+        if (!want[k].found) {
+            buf_printf(&why, "%smissing column %s %s", why.len ? "; " : "", want[k].name, want[k].type);
+            if (want[k].pk) key_ok = 0;
+            else buf_printf(&fix, "ALTER TABLE sessions ADD COLUMN %s %s; ", want[k].name, want[k].type);
+        }
+    if (!key_ok) {
+        char create[1024];
+        sqlite_sink_create_sql(create, sizeof create, s->string_users, s->columns);
+        snprintf(err, errlen, "SQLite sink %s: table 'sessions' %s%.*s; its primary key must be "
+                 "(session_id INTEGER, user_id %s), which cannot be altered: use another database "
+                 "file, or move the table aside (ALTER TABLE sessions RENAME TO sessions_old) and "
+                 "let the sink create it: %s", s->path, why.len ? "differs: " : "has another primary key",
+                 (int)why.len, why.len ? (const char *)why.data : "",
+                 sqlite_sink_user_type(s->string_users), create);
+        rc = -1;
+    } else if (why.len) {
+        snprintf(err, errlen, "SQLite sink %s: table 'sessions' differs: %.*s. Fix it with: %.*s",
+                 s->path, (int)why.len, (const char *)why.data, (int)(fix.len ? fix.len - 1 : 0),
+                 (const char *)fix.data);
+        rc = -1;
+    }
+out:
+    buf_free(&fix);
+    buf_free(&why);
+    return rc;
 }
 
 /* Names SQLite gives a database that is not the file the user named: the
@@ -126,6 +209,8 @@ static sink *sqlite_open(const char *target, const sink_options *opts, char *err
     sqlite_sink *s = xcalloc(1, sizeof *s);
     s->base.ops = &sqlite_sink_ops;
     s->path = xstrdup(target);
+    s->string_users = opts->string_users;
+    s->columns = opts->columns;
     buf_init(&s->pages);
     if (sqlite3_open_v2(target, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
         SQLITE_OK) {
@@ -142,14 +227,17 @@ static sink *sqlite_open(const char *target, const sink_options *opts, char *err
                  "is disabled", target);
         goto fail;
     }
-    char *msg = NULL;
-    if (sqlite3_exec(s->db, SQLITE_SINK_SETUP, NULL, NULL, &msg) != SQLITE_OK) {
+    char *msg = NULL, create[1024], upsert[1024];
+    sqlite_sink_create_sql(create, sizeof create, s->string_users, s->columns);
+    sqlite_sink_upsert_sql(upsert, sizeof upsert, s->columns);
+    if (sqlite3_exec(s->db, SQLITE_SINK_PRAGMAS, NULL, NULL, &msg) != SQLITE_OK ||
+        sqlite3_exec(s->db, create, NULL, NULL, &msg) != SQLITE_OK) {
         snprintf(err, errlen, "SQLite sink %s: cannot prepare the database: %s", target,
                  msg ? msg : "unknown error");
         sqlite3_free(msg);
         goto fail;
     }
-    if (sqlite3_prepare_v2(s->db, SQLITE_SINK_UPSERT, -1, &s->upsert, NULL) != SQLITE_OK) {
+    if (sqlite3_prepare_v2(s->db, upsert, -1, &s->upsert, NULL) != SQLITE_OK) {
         fail_db(s, "preparing the upsert", err, errlen);
         goto fail;
     }
@@ -182,6 +270,12 @@ static int sqlite_write(sink *base, const closed_session *cs, char *err, size_t 
     row->pages_off = s->pages.len;
     session_json_pages(&s->pages, cs);
     row->pages_len = s->pages.len - row->pages_off;
+    row->user_off = s->pages.len;
+    row->user_len = cs->user_len;
+    if (cs->user) buf_append(&s->pages, cs->user, cs->user_len);
+    row->first_us = cs->first_event_us;
+    row->last_us = cs->last_event_us;
+    row->visits = cs->visits;
     return 0;
 }
 
@@ -202,10 +296,28 @@ static int sqlite_flush(sink *base, char *err, size_t errlen)
     for (size_t i = 0; i < s->n_pending; i++) {
         const struct pending_row *row = s->order[i].ptr;
         sqlite3_bind_int64(s->upsert, 1, row->session_id);
-        sqlite3_bind_int64(s->upsert, 2, row->user_id);
+        if (s->string_users)
+            sqlite3_bind_text(s->upsert, 2, (const char *)s->pages.data + row->user_off,
+                              (int)row->user_len, SQLITE_STATIC);
+        else
+            sqlite3_bind_int64(s->upsert, 2, row->user_id);
         sqlite3_bind_text(s->upsert, 3, (const char *)s->pages.data + row->pages_off,
                           (int)row->pages_len, SQLITE_STATIC);
         sqlite3_bind_text(s->upsert, 4, now, -1, SQLITE_STATIC);
+        int arg = 5;
+        char start[40], end[40];
+        if (s->columns & SINK_COL_SESSION_START) {
+            format_iso8601_us(row->first_us, start);
+            sqlite3_bind_text(s->upsert, arg++, start, -1, SQLITE_STATIC);
+        }
+        if (s->columns & SINK_COL_SESSION_END) {
+            format_iso8601_us(row->last_us, end);
+            sqlite3_bind_text(s->upsert, arg++, end, -1, SQLITE_STATIC);
+        }
+        if (s->columns & SINK_COL_VISIT_COUNT)
+            sqlite3_bind_int64(s->upsert, arg++, (int64_t)row->visits);
+        if (s->columns & SINK_COL_DURATION)
+            sqlite3_bind_int64(s->upsert, arg++, (row->last_us - row->first_us) / 1000);
         int rc = sqlite3_step(s->upsert);
         sqlite3_reset(s->upsert);
         if (rc != SQLITE_DONE) return fail_db(s, "upsert", err, errlen);
@@ -247,3 +359,6 @@ const sink_ops sqlite_sink_ops = {
     .identity = sqlite_identity,
     .close = sqlite_close,
 };
+
+_Static_assert(SINK_N_OPTIONAL == sizeof sqlite_sink_optional / sizeof *sqlite_sink_optional,
+               "one SQLite type per optional column, in SINK_COL_* order");

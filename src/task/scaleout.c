@@ -42,6 +42,7 @@
  */
 #include "task/scaleout.h"
 
+#include <assert.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -729,7 +730,7 @@ static int load_meta(void *ctx, const char *key, const void *v, size_t len)
 static int load_user(void *ctx, int64_t user_id, const void *blob, size_t len)
 {
     so *s = ctx;
-    return engine_load_user(s->cur->eng, user_id, blob, len);
+    return engine_load_user(s->cur->eng, &(user_key){.id = user_id}, blob, len);
 }
 
 /* restore: the task's committed state, or a new one. */
@@ -747,8 +748,10 @@ static int task_restore(so *s, s2task *t)
     return 0;
 }
 
-static int put_user(void *ctx, int64_t user_id, const void *blob, size_t len)
+static int put_user(void *ctx, const user_key *user, const void *blob, size_t len)
 {
+    assert(user->str == NULL); /* int users only (scaleout_run) */
+    int64_t user_id = user->id;
     so *s = ctx;
     return task_store_put_user(s->store, user_id, blob, len, s->err, s->errlen);
 }
@@ -1110,6 +1113,14 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
     if (!conninfo) {
         snprintf(err, errlen, "--scale-out keeps the session tasks' state in PostgreSQL: use a "
                  "postgresql:// --sink, or give --state postgresql://...");
+        goto out;
+    }
+    if (jc->records.user_type == USER_STRING || jc->records.user_from_key ||
+        jc->records.time_from_kafka) {
+        /* the repartition records and the task store carry int users and
+         * the record's own time only */
+        snprintf(err, errlen, "--scale-out does not support --user-type string, --user-from key "
+                 "or --time-from kafka yet");
         goto out;
     }
     if (jc->checkpoint_dir || jc->source.start_latest) {

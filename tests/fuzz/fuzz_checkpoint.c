@@ -40,7 +40,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint64_t seq;
     switch (data[0] & 3) {
     case 1: (void)engine_load_meta(e, blob, len); break;
-    case 0: loaded = engine_load_user(e, 42, blob, len) == 0; break;
+    case 0: loaded = engine_load_user(e, &(user_key){.id = 42}, blob, len) == 0; break;
     case 2:
         /* a frame that parses replays (or is refused) without breaking e */
         if (changelog_parse(blob, len, &v) == 1) {

@@ -887,6 +887,116 @@ def t_session_bytes(c):
             "another --max-session-bytes on the same checkpoint is refused, naming it")
 
 
+def iso(us):
+    """format_iso8601_us: seconds, and the microseconds only when not zero."""
+    import datetime
+    secs, frac = divmod(us, 1000000)
+    t = datetime.datetime(1970, 1, 1) + datetime.timedelta(seconds=secs)
+    return t.strftime("%Y-%m-%dT%H:%M:%S") + (f".{frac:06d}" if frac else "") + "Z"
+
+
+ALL_COLUMNS = ["--columns", "session_start,session_end,visit_count,duration"]
+STRING_LAYOUT = dict(MAPPED_LAYOUT, user_type="string")
+
+
+def expected_columns(extra):
+    return {k: (iso(f), iso(l), n, (l - f) // 1000) for k, (f, l, n) in extra.items()}
+
+
+def t_string_users(c):
+    d = tmpdir()
+    log, mapped, db = f"{d}/visits.jsonl", f"{d}/mapped.jsonl", f"{d}/s.db"
+    generate(log, 20000, "--users", 300, "--bad", 0.02, "--disorder", 20, "--bots", 2, "--seed", 9)
+    nested_log(log, mapped, random.Random(9), user_type="string")
+    args = [*MAPPED, "--user-type", "string", *ALL_COLUMNS, "--max-pages", "50"]
+    p = job(f"file:{mapped}", db, f"{d}/cp", *args, "--dlq", f"jsonl:{d}/dlq.jsonl")
+    extra = {}
+    rows, counts = oracle.sessions(open(mapped, "rb").read(), max_pages=50, layout=STRING_LAYOUT, extra=extra)
+    c.check(len(rows) > 100 and counts["capped"] > 0, f"a real workload ({len(rows)} sessions, {counts['capped']} capped)")
+    c.eq(content(db), rows, "string users: sessions, ids (the string form) and pages equal the oracle's")
+    con = sqlite3.connect(db)
+    got = {(r[0], r[1]): tuple(r[2:]) for r in con.execute(
+        "SELECT session_id, user_id, session_start, session_end, visit_count, duration FROM sessions")}
+    types = {r[1]: r[2] for r in con.execute("PRAGMA table_info(sessions)")}
+    con.close()
+    c.eq(got, expected_columns(extra), "session_start, session_end, visit_count (capped visits too), duration")
+    c.eq(types["user_id"], "TEXT", "user_id is TEXT")
+    s = summary(p.stderr)
+    c.eq((s["records"], s["invalid"], s["capped"]), (counts["records"], counts["invalid"], counts["capped"]),
+         "counts equal the oracle's")
+    # JSONL: the same rows, the user a JSON string
+    p = run("run", "--source", f"file:{mapped}", "--sink", f"jsonl:{d}/s.jsonl", "--until-end", *args,
+            "--dlq", "jsonl:/dev/null", "-q")
+    lines = [json.loads(l) for l in open(f"{d}/s.jsonl")]
+    c.eq({(r["session_id"], r["user_id"]): r["pages"] for r in lines}, rows, "JSONL rows equal the oracle's")
+    c.eq({(r["session_id"], r["user_id"]): (r["session_start"], r["session_end"], r["visit_count"], r["duration"])
+          for r in lines}, expected_columns(extra), "JSONL session columns")
+    # SIGKILLs at random instants: string users' open sessions go through the checkpoint
+    rnd = random.Random(int(os.environ.get("SEED", "13")))
+    t = f"{d}/k"
+    os.mkdir(t)
+    short = f"{d}/short.jsonl"  # seconds under ASan too
+    open(short, "wb").write(b"".join(open(mapped, "rb").readlines()[:3000]))
+    rows, _ = oracle.sessions(open(short, "rb").read(), max_pages=50, layout=STRING_LAYOUT)
+    kills, _ = run_with_kills(["run", "--source", f"file:{short}", "--sink", f"sqlite:{t}/s.db", "--until-end",
+                               "--checkpoint", f"{t}/cp", "--commit-every", "300", "--dlq", f"jsonl:{t}/dlq",
+                               *args], rnd, 1.5)
+    c.eq(content(f"{t}/s.db"), rows, f"after {kills} SIGKILLs the table equals the oracle's")
+    # the user type and the columns are bound to the checkpoint (a JSON-lines sink: no table to differ)
+    out = ["--sink", f"jsonl:{d}/b.jsonl", "--checkpoint", f"{d}/cp3", "--dlq", "jsonl:/dev/null"]
+    base = ["run", "--source", f"file:{mapped}", *out, *MAPPED, "--max-pages", "50"]
+    run(*base, "--user-type", "string", *ALL_COLUMNS)
+    p = run(*base, *ALL_COLUMNS, check=False)
+    c.check(p.returncode == 1 and b"user-type=string" in p.stderr and b"new checkpoint" in p.stderr,
+            "an int run on a string checkpoint is refused: " + p.stderr.decode().strip()[:300])
+    p = run(*base, "--user-type", "string", check=False)
+    c.check(p.returncode == 1 and b"column settings" in p.stderr and b"--columns" in p.stderr,
+            "so are other --columns: " + p.stderr.decode().strip()[:300])
+    # an int table refuses string users, saying how to get a new one
+    p = job(f"file:{SAMPLE}", f"{d}/int.db")
+    p = job(f"file:{mapped}", f"{d}/int.db", None, *args, check=False)
+    err = p.stderr.decode()
+    c.check(p.returncode == 1 and "user_id is INTEGER, expected TEXT" in err and "CREATE TABLE" in err,
+            "an int table refuses string users with the DDL: " + err.strip()[:400])
+
+
+def t_existing_table(c):
+    d = tmpdir()
+    db = f"{d}/s.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE sessions (session_id INTEGER NOT NULL, user_id INTEGER NOT NULL, "
+                "pages TEXT NOT NULL, ingestion_time TEXT NOT NULL, loaded_at TEXT DEFAULT CURRENT_TIMESTAMP, "
+                "note TEXT, PRIMARY KEY (session_id, user_id))")
+    con.commit()
+    con.close()
+    job(f"file:{SAMPLE}", db)
+    c.eq(content(db), GOLDEN, "extra nullable and defaulted columns are accepted")
+    con = sqlite3.connect(db)
+    c.check(all(r[0] for r in con.execute("SELECT loaded_at FROM sessions")), "and their defaults fill in")
+    con.close()
+    p = job(f"file:{SAMPLE}", db, None, "--columns", "visit_count,duration", check=False)
+    err = p.stderr.decode()
+    fix = "ALTER TABLE sessions ADD COLUMN visit_count INTEGER; ALTER TABLE sessions ADD COLUMN duration INTEGER"
+    c.check(p.returncode == 1 and "missing column visit_count" in err and fix in err,
+            "missing opt-in columns are refused with the DDL that adds them: " + err.strip()[:400])
+    con = sqlite3.connect(db)
+    con.executescript(fix + ";")
+    con.close()
+    job(f"file:{SAMPLE}", db, None, "--columns", "visit_count,duration")
+    con = sqlite3.connect(db)
+    c.eq(sorted(con.execute("SELECT user_id, visit_count, duration FROM sessions")),
+         [(1, 1, 0), (1, 2, 6000), (2, 1, 0)], "after the DDL the columns are filled")
+    con.execute("CREATE TABLE t2 (x INTEGER NOT NULL)")
+    con.close()
+    con = sqlite3.connect(f"{d}/bad.db")
+    con.execute("CREATE TABLE sessions (session_id INTEGER, user_id INTEGER, pages TEXT, ingestion_time TEXT, "
+                "must TEXT NOT NULL, PRIMARY KEY (session_id, user_id))")
+    con.close()
+    p = job(f"file:{SAMPLE}", f"{d}/bad.db", None, check=False)
+    c.check(p.returncode == 1 and b"must is NOT NULL without a default" in p.stderr,
+            "a required column the sink cannot fill is refused: " + p.stderr.decode().strip()[:300])
+
+
 TESTS = {name[2:]: fn for name, fn in globals().items() if name.startswith("t_")}
 
 if __name__ == "__main__":

@@ -79,9 +79,10 @@ typedef struct state {
     size_t n, cap;
 } state;
 
-static int collect(void *ctx, int64_t user, const void *blob, size_t len)
+static int collect(void *ctx, const user_key *key, const void *blob, size_t len)
 {
     state *s = ctx;
+    int64_t user = key->id;
     if (s->n == s->cap) {
         s->cap = s->cap ? 2 * s->cap : 16;
         s->u = xrealloc(s->u, s->cap * sizeof *s->u);

@@ -296,9 +296,10 @@ static uint64_t rnd(void)
 
 typedef struct store { int64_t *users; buf *blobs; size_t n, cap; buf meta; } store;
 
-static int store_put(void *ctx, int64_t user, const void *blob, size_t len)
+static int store_put(void *ctx, const user_key *key, const void *blob, size_t len)
 {
     store *s = ctx;
+    int64_t user = key->id;
     size_t i = 0;
     while (i < s->n && s->users[i] != user) i++;
     if (!blob) {
@@ -339,7 +340,8 @@ static engine *checkpoint_and_restore(engine *e, store *s, out *o, int64_t g, in
     engine *r = engine_new(&cfg, &cb);
     CHECK(engine_load_meta(r, s->meta.data, s->meta.len) == 0);
     for (size_t i = 0; i < s->n; i++)
-        CHECK(engine_load_user(r, s->users[i], s->blobs[i].data, s->blobs[i].len) == 0);
+        CHECK(engine_load_user(r, &(user_key){.id = s->users[i]}, s->blobs[i].data,
+                               s->blobs[i].len) == 0);
     return r;
 }
 
@@ -755,13 +757,17 @@ static void test_corrupt_blobs_refused(void)
     for (size_t cut = 0; cut < blob->len; cut++) { /* every truncation */
         out o2;
         engine *r = new_engine(&o2, 10 * SEC, 0, 100);
-        CHECK(engine_load_user(r, 1, blob->data, cut) != 0);
+        CHECK(engine_load_user(r, &(user_key){.id = 1}, blob->data, cut) != 0);
         engine_free(r);
         buf_free(&o2.text);
     }
     out o3;
     engine *r = new_engine(&o3, 10 * SEC, 0, 1); /* fewer max_pages than stored */
-    CHECK(engine_load_user(r, 1, blob->data, blob->len) != 0);
+    CHECK(engine_load_user(r, &(user_key){.id = 1}, blob->data, blob->len) != 0);
+    engine_free(r);
+    buf_free(&o3.text);
+    r = new_engine(&o3, 10 * SEC, 0, 100); /* a string user's checkpoint row in an int engine */
+    CHECK(engine_load_user(r, &(user_key){.str = "u", .len = 1}, blob->data, blob->len) != 0);
     engine_free(r);
     buf_free(&o3.text);
     buf meta;
@@ -779,7 +785,7 @@ static void test_corrupt_blobs_refused(void)
     buf_free(&o4.text);
     g_max_bytes = 5; /* the stored session holds 6 bytes */
     r = new_engine(&o4, 10 * SEC, 0, 100);
-    CHECK(engine_load_user(r, 1, blob->data, blob->len) != 0);
+    CHECK(engine_load_user(r, &(user_key){.id = 1}, blob->data, blob->len) != 0);
     engine_free(r);
     buf_free(&o4.text);
     g_max_bytes = 0;
@@ -792,8 +798,216 @@ static void test_corrupt_blobs_refused(void)
     buf_free(&o.text);
 }
 
+/* ---- string users ---------------------------------------------------------- */
+
+static int label_close(void *ctx, const closed_session *cs)
+{
+    buf *b = ctx;
+    if (cs->user) buf_printf(b, "close user=%.*s", (int)cs->user_len, cs->user);
+    else buf_printf(b, "close user=u%03" PRId64, cs->user_id);
+    buf_printf(b, " t=%" PRId64 "..%" PRId64 " visits=%" PRIu64 " [", cs->first_event_us,
+               cs->last_event_us, cs->visits);
+    for (size_t i = 0; i < cs->n_pages; i++)
+        buf_printf(b, "%s%.*s", i ? "," : "", (int)cs->pages[i].len, cs->pages[i].data);
+    buf_append_str(b, "]\n");
+    return 0;
+}
+
+typedef struct sstore { char **users; buf *blobs; size_t n, cap; } sstore;
+
+static int sstore_put(void *ctx, const user_key *key, const void *blob, size_t len)
+{
+    sstore *s = ctx;
+    CHECK(key->str != NULL);
+    size_t i = 0;
+    while (i < s->n && !(strlen(s->users[i]) == key->len && memcmp(s->users[i], key->str, key->len) == 0)) i++;
+    if (!blob) {
+        if (i < s->n) {
+            free(s->users[i]);
+            buf_free(&s->blobs[i]);
+            s->users[i] = s->users[s->n - 1];
+            s->blobs[i] = s->blobs[--s->n];
+        }
+        return 0;
+    }
+    if (i == s->n) {
+        if (s->n == s->cap) {
+            s->cap = s->cap ? 2 * s->cap : 64;
+            s->users = xrealloc(s->users, s->cap * sizeof *s->users);
+            s->blobs = xrealloc(s->blobs, s->cap * sizeof *s->blobs);
+        }
+        s->users[i] = xstrndup(key->str, key->len);
+        buf_init(&s->blobs[i]);
+        s->n++;
+    }
+    buf_reset(&s->blobs[i]);
+    buf_append(&s->blobs[i], blob, len);
+    return 0;
+}
+
+static engine *labelled_engine(buf *b, int strings, int64_t g, int64_t l, uint32_t cap)
+{
+    engine_config cfg = {.gap_us = g, .lateness_us = l, .max_pages = cap, .track_dirty = 1,
+                         .string_users = strings};
+    engine_callbacks cb = {.ctx = b, .on_close = label_close};
+    return engine_new(&cfg, &cb);
+}
+
+/* The same visits through an int engine and a string engine (user u spelled
+ * "u007", so that byte order is int order): the same sessions, times, visit
+ * counts and pages, closing in the same order, also when the string engine
+ * is checkpointed and restored at random points; the invariants (I6: the
+ * intern table holds exactly the users with a slot) after every step. */
+static void test_string_users_like_ints(void)
+{
+    for (int trial = 0; trial < 200; trial++) {
+        size_t n = 1 + rnd() % 300;
+        int64_t g = (int64_t)(1 + rnd() % 20) * SEC, l = (int64_t)(rnd() % 15) * SEC;
+        uint32_t cap = 1 + (uint32_t)(rnd() % 6);
+        int users = 1 + (int)(rnd() % 12);
+        buf bi, bs;
+        buf_init(&bi);
+        buf_init(&bs);
+        engine *ei = labelled_engine(&bi, 0, g, l, cap), *es = labelled_engine(&bs, 1, g, l, cap);
+        sstore st = {0};
+        buf meta;
+        buf_init(&meta);
+        int64_t clock = 0;
+        int broken = 0;
+        for (size_t i = 0; i < n; i++) {
+            clock += (int64_t)(rnd() % 8) * SEC;
+            int64_t u = (int64_t)(rnd() % (uint64_t)users);
+            char name[16];
+            snprintf(name, sizeof name, "u%03d", (int)u);
+            char page[8];
+            snprintf(page, sizeof page, "p%d", (int)(rnd() % 50));
+            visit v = mk(u, page, clock - (int64_t)(rnd() % 25) * SEC, 0, (int64_t)i * 10);
+            engine_apply(ei, &v);
+            v.user_id = 0;
+            v.user = name;
+            v.user_len = (uint32_t)strlen(name);
+            engine_apply(es, &v);
+            if (!broken) broken = engine_check_invariants(es);
+            if (rnd() % 8 == 0) { /* checkpoint and restore the string engine */
+                CHECK(engine_foreach_dirty(es, sstore_put, &st) == 0);
+                engine_clear_dirty(es);
+                if (!broken) broken = engine_check_invariants(es);
+                buf_reset(&meta);
+                engine_save_meta(es, &meta);
+                engine_free(es);
+                es = labelled_engine(&bs, 1, g, l, cap);
+                CHECK(engine_load_meta(es, meta.data, meta.len) == 0);
+                for (size_t k = 0; k < st.n; k++) {
+                    user_key key = {.str = st.users[k], .len = (uint32_t)strlen(st.users[k])};
+                    CHECK(engine_load_user(es, &key, st.blobs[k].data, st.blobs[k].len) == 0);
+                    /* the same user twice is refused */
+                    if (k == 0) CHECK(engine_load_user(es, &key, st.blobs[k].data, st.blobs[k].len) != 0);
+                }
+            }
+        }
+        CHECK_EQ_I64(broken, 0);
+        engine_close_all(ei);
+        engine_close_all(es);
+        CHECK_EQ_I64(engine_check_invariants(es), 0);
+        buf_append_byte(&bi, 0);
+        buf_append_byte(&bs, 0);
+        CHECK_STR((const char *)bs.data, (const char *)bi.data);
+        engine_free(ei);
+        engine_free(es);
+        for (size_t k = 0; k < st.n; k++) {
+            free(st.users[k]);
+            buf_free(&st.blobs[k]);
+        }
+        free(st.users);
+        free(st.blobs);
+        buf_free(&meta);
+        buf_free(&bi);
+        buf_free(&bs);
+    }
+}
+
+static int ignore_put(void *ctx, const user_key *key, const void *blob, size_t len)
+{
+    (void)ctx, (void)blob, (void)len;
+    return key->str ? 0 : -1;
+}
+
+/* Interning is bounded by the users open at once, not by the users seen:
+ * 200k distinct users, each one visit, one per second, gap 10 s: about 20
+ * are open at any time. Ties at one closing instant close in byte order,
+ * and user bytes are compared whole (a shared 8-byte prefix is no tie). */
+static void test_string_users_bounded_and_ordered(void)
+{
+    buf b;
+    buf_init(&b);
+    engine *e = labelled_engine(&b, 1, 10 * SEC, 0, 10);
+    for (int i = 0; i < 200000; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "user-%d@example.com", i);
+        visit v = mk(0, "p", (int64_t)i * SEC, 0, i);
+        v.user = name;
+        v.user_len = (uint32_t)strlen(name);
+        engine_apply(e, &v);
+        if (i % 1000 == 999) {
+            CHECK(engine_foreach_dirty(e, ignore_put, NULL) == 0);
+            engine_clear_dirty(e);
+            buf_reset(&b);
+        }
+    }
+    engine_stats st;
+    engine_get_stats(e, &st);
+    CHECK(st.sessions_closed > 199000);
+    CHECK(st.user_ids < 2048); /* ids are reused: ~20 open + one commit's worth of closed */
+    engine_free(e);
+
+    buf_reset(&b);
+    e = labelled_engine(&b, 1, 10 * SEC, 0, 10);
+    static const char *const names[] = {"prefix-b2", "prefix-b10", "prefix-b1", "b", "prefix-a",
+                                        "prefix-b", "\xc3\xa9t\xc3\xa9", "Z"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        visit v = mk(0, names[i], 5 * SEC, 0, (int64_t)i);
+        v.user = names[i];
+        v.user_len = (uint32_t)strlen(names[i]);
+        engine_apply(e, &v);
+    }
+    engine_close_all(e);
+    buf_append_byte(&b, 0);
+    CHECK_STR((const char *)b.data,
+              "close user=Z t=5000000..5000000 visits=1 [Z]\n"
+              "close user=b t=5000000..5000000 visits=1 [b]\n"
+              "close user=prefix-a t=5000000..5000000 visits=1 [prefix-a]\n"
+              "close user=prefix-b t=5000000..5000000 visits=1 [prefix-b]\n"
+              "close user=prefix-b1 t=5000000..5000000 visits=1 [prefix-b1]\n"
+              "close user=prefix-b10 t=5000000..5000000 visits=1 [prefix-b10]\n"
+              "close user=prefix-b2 t=5000000..5000000 visits=1 [prefix-b2]\n"
+              "close user=\xc3\xa9t\xc3\xa9 t=5000000..5000000 visits=1 [\xc3\xa9t\xc3\xa9]\n");
+    engine_free(e);
+    buf_free(&b);
+}
+
+/* visit_count counts the visits over the page cap, and adds up on merges. */
+static void test_visit_counts(void)
+{
+    buf b;
+    buf_init(&b);
+    engine *e = labelled_engine(&b, 0, 10 * SEC, 100 * SEC, 2);
+    const int64_t times[] = {0, 1, 2, 20, 21, 11}; /* the last one merges [0..2] and [20..21] */
+    for (size_t i = 0; i < 6; i++) {
+        visit v = mk(7, "x", times[i] * SEC, 0, (int64_t)i);
+        engine_apply(e, &v);
+    }
+    engine_close_all(e);
+    buf_append_byte(&b, 0);
+    CHECK_STR((const char *)b.data, "close user=u007 t=0..21000000 visits=6 [x,x]\n");
+    engine_free(e);
+    buf_free(&b);
+}
+
 int main(void)
 {
+    test_string_users_like_ints();
+    test_string_users_bounded_and_ordered();
+    test_visit_counts();
     test_walkthrough();
     test_boundaries();
     test_merge_and_order();

@@ -406,6 +406,20 @@ static void test_session_id_vectors(void)
         log_position p = {v[i].ts, v[i].part, v[i].off};
         CHECK_EQ_I64(session_id_of(v[i].user, &p), v[i].id);
     }
+    static const struct { const char *user; int64_t ts; int32_t part; int64_t off; int64_t id; } sv[] = {
+#include "session_id_string_vectors.inc"
+    };
+    for (size_t i = 0; i < sizeof sv / sizeof *sv; i++) {
+        log_position p = {sv[i].ts, sv[i].part, sv[i].off};
+        CHECK_EQ_I64(session_id_of_string(sv[i].user, (uint32_t)strlen(sv[i].user), &p), sv[i].id);
+    }
+    char longest[USER_MAX_BYTES];
+    memset(longest, 'x', sizeof longest);
+    log_position lp = {-1, 2147483647, -1};
+    CHECK_EQ_I64(session_id_of_string(longest, USER_MAX_BYTES, &lp), -2948669055934311888LL);
+    /* the string "1" is not the int 1 */
+    log_position z = {0, 0, 0};
+    CHECK(session_id_of_string("1", 1, &z) != session_id_of(1, &z));
     /* same user, same append time, other offsets: other ids */
     log_position a = {1676862200000, 0, 10}, b = {1676862200000, 0, 11}, c = {1676862200000, 1, 10};
     CHECK(session_id_of(1, &a) != session_id_of(1, &b));

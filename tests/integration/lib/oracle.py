@@ -53,7 +53,14 @@ def parse_ts(s):
 
 
 def session_id(user, append_ts=0, partition=0, offset=0):
-    h = xxhash.xxh3_64_intdigest(b"sz1" + struct.pack("<qqiq", user, append_ts, partition, offset))
+    """docs/semantics.md: "sz1" + le64 user for int users, "sz1s" + le32
+    length + UTF-8 bytes for string users, then the position."""
+    pos = struct.pack("<qiq", append_ts, partition, offset)
+    if isinstance(user, str):
+        b = user.encode("utf-8")
+        h = xxhash.xxh3_64_intdigest(b"sz1s" + struct.pack("<I", len(b)) + b + pos)
+    else:
+        h = xxhash.xxh3_64_intdigest(b"sz1" + struct.pack("<q", user) + pos)
     return h - (1 << 64) if h >= 1 << 63 else h
 
 
@@ -188,7 +195,7 @@ MAX_SESSION_BYTES = 8 << 20  # --max-session-bytes' default
 
 
 def sessions(data, gap_us=50_000_000, lateness_us=10_000_000, max_pages=10000, layout=None,
-             max_session_bytes=MAX_SESSION_BYTES):
+             max_session_bytes=MAX_SESSION_BYTES, extra=None):
     """data: the bytes of a JSONL file. Returns (rows, counts): rows maps
     (session_id, user_id) -> list of pages; counts has records, invalid, late,
     capped, visits."""
@@ -215,17 +222,19 @@ def sessions(data, gap_us=50_000_000, lateness_us=10_000_000, max_pages=10000, l
             continue
         max_t = t if max_t is None else max(max_t, t)
         visits.append((u, t, 0, 0, pos, p))
-    rows = group_sessions(visits, gap_us, max_pages, counts, max_session_bytes)
+    rows = group_sessions(visits, gap_us, max_pages, counts, max_session_bytes, extra)
     return rows, counts
 
 
-def group_sessions(visits, gap_us, max_pages=None, counts=None, max_session_bytes=None):
+def group_sessions(visits, gap_us, max_pages=None, counts=None, max_session_bytes=None, extra=None):
     """The sessions of accepted visits, each (user, t, append_ts, partition,
     offset, page): per user, runs of times with gaps <= G; pages in (t,
     partition, offset) order, the longest run of the first ones that holds at
     most max_pages pages and max_session_bytes bytes of UTF-8 kept; the id
     from the earliest-appended visit by (append_ts, partition, offset).
-    Returns {(session_id, user_id): pages}; adds visits and capped to counts."""
+    Returns {(session_id, user_id): pages}; adds visits and capped to counts,
+    and with a dict extra, extra[(session_id, user_id)] = (first_t_us,
+    last_t_us, visits) (visits: every member, those over the caps too)."""
     visits = sorted(visits, key=lambda v: (v[0], v[1], v[3], v[4]))
     rows = {}
     i = 0
@@ -248,6 +257,9 @@ def group_sessions(visits, gap_us, max_pages=None, counts=None, max_session_byte
             counts["capped"] = counts.get("capped", 0) + len(pages) - len(kept)
             counts["visits"] = counts.get("visits", 0) + len(kept)
             counts["sessions"] = counts.get("sessions", 0) + 1
-        rows[(session_id(group[0][0], first[2], first[3], first[4]), group[0][0])] = kept
+        key = (session_id(group[0][0], first[2], first[3], first[4]), group[0][0])
+        rows[key] = kept
+        if extra is not None:
+            extra[key] = (group[0][1], group[-1][1], len(group))
         i = j
     return rows
