@@ -18,6 +18,14 @@ void buf_free(buf *b)
     buf_init(b);
 }
 
+char *buf_steal_str(buf *b)
+{
+    buf_append_byte(b, 0);
+    char *s = (char *)b->data;
+    buf_init(b);
+    return s;
+}
+
 void buf_reset(buf *b) { b->len = 0; }
 
 void buf_reserve(buf *b, size_t extra)

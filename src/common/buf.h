@@ -20,6 +20,9 @@ typedef struct buf {
 
 void buf_init(buf *b);
 void buf_free(buf *b);
+/* The bytes as a NUL-terminated malloc'd string, which the caller owns;
+ * b is left empty. */
+char *buf_steal_str(buf *b);
 void buf_reset(buf *b);
 void buf_reserve(buf *b, size_t extra);
 void buf_append(buf *b, const void *data, size_t len);

@@ -57,7 +57,8 @@
  *    password given, SSL demanded but unsupported, bad certificate).
  *  - No message contains a password: errors name the target by a copy of the
  *    connection string with the password replaced by "***", and every message
- *    passes through pg_redact() before it leaves this file.
+ *    passes through pg_conninfo_redact() (pg_conninfo.h) before it leaves
+ *    this file.
  */
 #include <errno.h>
 #include <libpq-fe.h>
@@ -77,6 +78,7 @@
 #include "common/retry.h"
 #include "common/units.h"
 #include "common/xalloc.h"
+#include "sink/pg_conninfo.h"
 #include "sink/sink.h"
 
 /* Type OIDs (fixed in PostgreSQL's catalog; the server headers that name them
@@ -111,11 +113,8 @@ typedef struct pg_row {
 
 typedef struct pg_sink {
     sink base;
-    char *conninfo; /* as given to libpq: contains the password, never printed */
+    pg_conninfo ci; /* the connection string, its masked copy, the secrets */
     char *password; /* password= prop, or NULL */
-    char *display;  /* conninfo with the password masked, for messages */
-    char *secrets[3];
-    size_t n_secrets;
     char *table_sql;     /* quoted identifier: "schema"."name" or "name" */
     char *table_display; /* as the user wrote it */
     char *identity;      /* "postgresql://HOSTS:PORTS/DB table=T", made at open */
@@ -178,56 +177,6 @@ static void quote_ident(buf *b, const char *s, size_t n)
     buf_append_byte(b, '"');
 }
 
-static char *buf_steal_str(buf *b)
-{
-    buf_append_byte(b, 0);
-    char *s = (char *)b->data;
-    buf_init(b);
-    return s;
-}
-
-/* ---- keeping passwords out of messages ----------------------------------- */
-
-static void add_secret(pg_sink *s, const char *p, size_t n)
-{
-    /* Masking a one- or two-character string everywhere would garble every
-     * message; such a password is not a secret worth the name anyway, and it
-     * still never appears: libpq does not print passwords, and the connection
-     * string itself is always replaced whole by its masked copy. */
-    if (n < 3 || s->n_secrets == sizeof s->secrets / sizeof *s->secrets) return;
-    s->secrets[s->n_secrets++] = xstrndup(p, n);
-}
-
-/* Copies in to out, replacing the raw connection string by its masked copy
- * and any password by "***". */
-static void pg_redact(const pg_sink *s, const char *in, char *out, size_t outlen)
-{
-    buf b;
-    buf_init(&b);
-    size_t clen = s->conninfo ? strlen(s->conninfo) : 0;
-    for (const char *p = in; *p;) {
-        if (clen && strncmp(p, s->conninfo, clen) == 0) {
-            buf_append_str(&b, s->display);
-            p += clen;
-            continue;
-        }
-        size_t hit = 0;
-        for (size_t i = 0; i < s->n_secrets && !hit; i++) {
-            size_t n = strlen(s->secrets[i]);
-            if (strncmp(p, s->secrets[i], n) == 0) hit = n;
-        }
-        if (hit) {
-            buf_append_str(&b, "***");
-            p += hit;
-            continue;
-        }
-        buf_append_byte(&b, (unsigned char)*p++);
-    }
-    buf_append_byte(&b, 0);
-    snprintf(out, outlen, "%s", (const char *)b.data);
-    buf_free(&b);
-}
-
 __attribute__((format(printf, 4, 5))) static int pg_fail(const pg_sink *s, char *err,
                                                           size_t errlen, const char *fmt, ...)
 {
@@ -236,111 +185,8 @@ __attribute__((format(printf, 4, 5))) static int pg_fail(const pg_sink *s, char 
     va_start(ap, fmt);
     vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
-    if (err && errlen) pg_redact(s, tmp, err, errlen);
+    if (err && errlen) pg_conninfo_redact(&s->ci, tmp, err, errlen);
     return -1;
-}
-
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
-/* Percent-decoding, as libpq applies it to URI components. */
-static char *pct_decode(const char *p, size_t n)
-{
-    char *o = xmalloc(n + 1);
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (p[i] == '%' && i + 2 < n && hexval(p[i + 1]) >= 0 && hexval(p[i + 2]) >= 0) {
-            o[k++] = (char)(hexval(p[i + 1]) * 16 + hexval(p[i + 2]));
-            i += 2;
-        } else {
-            o[k++] = p[i];
-        }
-    }
-    o[k] = 0;
-    return o;
-}
-
-/* Builds s->display and the list of secrets from s->conninfo. */
-static void pg_build_display(pg_sink *s)
-{
-    const char *ci = s->conninfo;
-    buf d;
-    buf_init(&d);
-    const char *sep = strstr(ci, "://");
-    if (sep && (strncmp(ci, "postgresql://", 13) == 0 || strncmp(ci, "postgres://", 11) == 0)) {
-        /* URI: scheme://[user[:password]@]hosts[/db][?k=v&...]. Like libpq,
-         * the credentials end at the first '@' before any '/'. */
-        const char *auth = sep + 3;
-        const char *p = auth;
-        while (*p && *p != '@' && *p != '/') p++;
-        buf_append(&d, ci, (size_t)(auth - ci));
-        const char *rest = auth;
-        if (*p == '@') {
-            const char *colon = memchr(auth, ':', (size_t)(p - auth));
-            if (colon) {
-                buf_append(&d, auth, (size_t)(colon - auth));
-                buf_append_str(&d, ":***");
-                add_secret(s, colon + 1, (size_t)(p - colon - 1));
-                char *dec = pct_decode(colon + 1, (size_t)(p - colon - 1));
-                add_secret(s, dec, strlen(dec));
-                free(dec);
-            } else {
-                buf_append(&d, auth, (size_t)(p - auth));
-            }
-            buf_append_byte(&d, '@');
-            rest = p + 1;
-        }
-        /* Query parameters: mask password=... */
-        const char *q = strchr(rest, '?');
-        if (!q) {
-            buf_append_str(&d, rest);
-        } else {
-            buf_append(&d, rest, (size_t)(q - rest) + 1);
-            const char *kv = q + 1;
-            while (*kv) {
-                const char *amp = strchr(kv, '&');
-                size_t n = amp ? (size_t)(amp - kv) : strlen(kv);
-                if (n >= 9 && strncmp(kv, "password=", 9) == 0) {
-                    buf_append_str(&d, "password=***");
-                    add_secret(s, kv + 9, n - 9);
-                    char *dec = pct_decode(kv + 9, n - 9);
-                    add_secret(s, dec, strlen(dec));
-                    free(dec);
-                } else {
-                    buf_append(&d, kv, n);
-                }
-                if (!amp) break;
-                buf_append_byte(&d, '&');
-                kv = amp + 1;
-            }
-        }
-    } else {
-        /* key=value conninfo: rebuild it from libpq's parse, password masked. */
-        char *perr = NULL;
-        PQconninfoOption *opts = PQconninfoParse(ci, &perr);
-        if (!opts) {
-            buf_append_str(&d, "(unparsable connection string)");
-        } else {
-            for (PQconninfoOption *o = opts; o->keyword; o++) {
-                if (!o->val) continue;
-                if (d.len) buf_append_byte(&d, ' ');
-                if (strcmp(o->keyword, "password") == 0) {
-                    buf_printf(&d, "%s=***", o->keyword);
-                    add_secret(s, o->val, strlen(o->val));
-                } else {
-                    buf_printf(&d, "%s=%s", o->keyword, o->val);
-                }
-            }
-            PQconninfoFree(opts);
-        }
-        PQfreemem(perr);
-    }
-    s->display = buf_steal_str(&d);
 }
 
 /* ---- connection and statements ------------------------------------------ */
@@ -656,7 +502,7 @@ static int pg_setup(pg_sink *s, char *err, size_t errlen)
                                "turned off (create_schema); create it with: CREATE TABLE %s "
                                "(session_id bigint, user_id bigint, pages text[], ingestion_time "
                                "timestamptz, PRIMARY KEY (session_id, user_id))",
-                               s->table_display, s->display, s->table_sql),
+                               s->table_display, s->ci.display, s->table_sql),
                        PG_PERMANENT;
             if (round > 0)
                 return pg_fail(s, err, errlen, "postgresql: table %s is still missing after CREATE TABLE",
@@ -754,7 +600,7 @@ static int pg_connect(pg_sink *s, char *err, size_t errlen)
     /* password after dbname: libpq keeps the last value of a keyword. */
     static const char *const keys[] = {"dbname", "fallback_application_name", "client_encoding",
                                        "password", NULL};
-    const char *vals[] = {s->conninfo, "sessionizer", "UTF8", s->password, NULL};
+    const char *vals[] = {s->ci.conninfo, "sessionizer", "UTF8", s->password, NULL};
     pg_drop(s);
     PGconn *c = PQconnectStartParams(keys, vals, 1);
     if (!c) return pg_fail(s, err, errlen, "postgresql: out of memory"), PG_PERMANENT;
@@ -767,7 +613,7 @@ static int pg_connect(pg_sink *s, char *err, size_t errlen)
             char m[1024];
             tidy_message(PQerrorMessage(c), m, sizeof m);
             int cls = classify_connect_failure(c, m);
-            pg_fail(s, err, errlen, "postgresql: cannot connect to %s: %s", s->display, m);
+            pg_fail(s, err, errlen, "postgresql: cannot connect to %s: %s", s->ci.display, m);
             PQfinish(c);
             return cls;
         }
@@ -776,7 +622,7 @@ static int pg_connect(pg_sink *s, char *err, size_t errlen)
             PQfinish(c);
             return pg_fail(s, err, errlen,
                            "postgresql: cannot connect to %s: no answer within %lld ms (io_timeout)",
-                           s->display, s->io_timeout_ms),
+                           s->ci.display, s->io_timeout_ms),
                    PG_TRANSIENT;
         }
         ps = PQconnectPoll(c);
@@ -981,11 +827,9 @@ static void pg_close(sink *base)
     pg_sink *s = (pg_sink *)base;
     if (!s) return;
     pg_drop(s);
-    free(s->conninfo);
+    pg_conninfo_free(&s->ci);
     if (s->password) memset(s->password, 0, strlen(s->password));
     free(s->password);
-    free(s->display);
-    for (size_t i = 0; i < s->n_secrets; i++) free(s->secrets[i]);
     free(s->table_sql);
     free(s->table_display);
     free(s->identity);
@@ -1042,7 +886,7 @@ static int pg_parse_props(pg_sink *s, const char *const *props, char *err, size_
                 free(s->password);
             }
             s->password = xstrdup(v);
-            add_secret(s, v, strlen(v));
+            pg_conninfo_add_secret(&s->ci, v, strlen(v));
         } else if (KEY_IS("batch_rows")) {
             char *end;
             errno = 0;
@@ -1118,8 +962,7 @@ static sink *pg_open_as(const char *scheme, const char *target, const sink_optio
      * Anything else ("host=... dbname=...") is a key=value conninfo. */
     if (strncmp(target, "//", 2) == 0) buf_printf(&c, "%s:%s", scheme, target);
     else buf_append_str(&c, target);
-    s->conninfo = buf_steal_str(&c);
-    pg_build_display(s);
+    pg_conninfo_init(&s->ci, buf_steal_str(&c));
     s->create_schema = opts ? opts->create_schema : 1;
     s->batch_rows = PG_DEFAULT_BATCH_ROWS;
     s->retry_timeout_ms = PG_DEFAULT_RETRY_TIMEOUT_MS;
@@ -1136,17 +979,18 @@ static sink *pg_open_as(const char *scheme, const char *target, const sink_optio
     }
     /* Reject a malformed connection string now, with libpq's reason. */
     char *perr = NULL;
-    PQconninfoOption *parsed = PQconninfoParse(s->conninfo, &perr);
+    PQconninfoOption *parsed = PQconninfoParse(s->ci.conninfo, &perr);
     if (!parsed) {
         char m[1024];
         tidy_message(perr ? perr : "out of memory", m, sizeof m);
-        pg_fail(s, err, errlen, "postgresql: bad connection string %s: %s", s->display, m);
+        pg_fail(s, err, errlen, "postgresql: bad connection string %s: %s", s->ci.display, m);
         PQfreemem(perr);
         pg_close(&s->base);
         return NULL;
     }
     for (PQconninfoOption *o = parsed; o->keyword; o++)
-        if (strcmp(o->keyword, "password") == 0 && o->val) add_secret(s, o->val, strlen(o->val));
+        if (strcmp(o->keyword, "password") == 0 && o->val)
+            pg_conninfo_add_secret(&s->ci, o->val, strlen(o->val));
     PQconninfoFree(parsed);
 
     buf q;
