@@ -75,6 +75,11 @@ typedef struct cql_sink {
     size_t n_groups;
     cql_values v;
     job_status *status;
+    int string_users;
+    unsigned columns;
+    const char *cols[4 + SINK_N_OPTIONAL][4]; /* the table's columns, as expected_cols */
+    int n_cols;
+    buf ddl;                                  /* CREATE TABLE ... */
 } cql_sink;
 
 static void cql_sink_waiting(void *ud);
@@ -286,6 +291,32 @@ static const char *const expected_cols[4][4] = {
     {"ingestion_time", "timestamp", "regular", "-1"},
 };
 
+/* The opt-in columns' CQL types, in SINK_COL_* order: times in
+ * milliseconds (timestamp), duration in milliseconds (bigint). */
+static const char *const optional_types[SINK_N_OPTIONAL] = {"timestamp", "timestamp", "bigint",
+                                                            "bigint"};
+
+/* The columns this job writes (s->cols) and the CREATE TABLE for them. */
+static void plan_columns(cql_sink *s)
+{
+    s->n_cols = 0;
+    for (int k = 0; k < 4; k++) {
+        for (int f = 0; f < 4; f++) s->cols[k][f] = expected_cols[k][f];
+        s->n_cols++;
+    }
+    if (s->string_users) s->cols[1][1] = "text";
+    for (unsigned c = 0; c < SINK_N_OPTIONAL; c++)
+        if (s->columns >> c & 1) {
+            const char **col = s->cols[s->n_cols++];
+            col[0] = sink_column_names[c], col[1] = optional_types[c], col[2] = "regular",
+            col[3] = "-1";
+        }
+    buf_reset(&s->ddl);
+    buf_printf(&s->ddl, "CREATE TABLE IF NOT EXISTS %s.sessions (", s->keyspace);
+    for (int k = 0; k < s->n_cols; k++) buf_printf(&s->ddl, "%s %s, ", s->cols[k][0], s->cols[k][1]);
+    buf_append_str(&s->ddl, "PRIMARY KEY(session_id, user_id))");
+}
+
 /* Checks the table in system_schema.columns. 0: as expected; 1: table
  * missing; -1: different (err says how) or the query failed. */
 static int check_table(cql_sink *s, char *err, size_t errlen)
@@ -310,9 +341,10 @@ static int check_table(cql_sink *s, char *err, size_t errlen)
         cql_result_free(&r);
         return 1;
     }
-    buf diff;
+    buf diff, fix;
     buf_init(&diff);
-    int seen[4] = {0};
+    buf_init(&fix);
+    int seen[4 + SINK_N_OPTIONAL] = {0}, key_ok = 1;
     for (int32_t row = 0; row < r.r.n_rows; row++) {
         const cql_cell *cells = &r.r.cells[(size_t)row * (size_t)r.r.meta.n_cols];
         char *name = NULL, *kind = NULL, *type = NULL;
@@ -322,45 +354,70 @@ static int check_table(cql_sink *s, char *err, size_t errlen)
         cql_cell_int(&cells[2], &pos);
         cql_cell_text(&cells[3], &type);
         int k;
-        for (k = 0; k < 4; k++)
-            if (name && strcmp(name, expected_cols[k][0]) == 0) break;
-        if (k == 4) {
-            buf_printf(&diff, "%sunexpected column %s %s", diff.len ? "; " : "",
-                       name ? name : "?", type ? type : "?");
+        for (k = 0; k < s->n_cols; k++)
+            if (name && strcmp(name, s->cols[k][0]) == 0) break;
+        if (k == s->n_cols) {
+            /* not the job's: a regular column is left out of the INSERT (CQL
+             * columns are nullable); another key column would change the key */
+            if (!kind || strcmp(kind, "regular") != 0) {
+                buf_printf(&diff, "%sunexpected %s column %s %s", diff.len ? "; " : "",
+                           kind ? kind : "?", name ? name : "?", type ? type : "?");
+                key_ok = 0;
+            }
         } else {
             seen[k] = 1;
             char posbuf[16];
             snprintf(posbuf, sizeof posbuf, "%d", (int)pos);
             /* "varchar" is the same type as "text" */
-            int type_ok = type && (strcmp(type, expected_cols[k][1]) == 0 ||
-                                   (k == 2 && strcmp(type, "list<varchar>") == 0));
-            if (!type_ok)
+            int type_ok = type && (strcmp(type, s->cols[k][1]) == 0 ||
+                                   (k == 2 && strcmp(type, "list<varchar>") == 0) ||
+                                   (strcmp(s->cols[k][1], "text") == 0 && strcmp(type, "varchar") == 0));
+            if (!type_ok) {
                 buf_printf(&diff, "%scolumn %s is %s, expected %s", diff.len ? "; " : "", name,
-                           type ? type : "?", expected_cols[k][1]);
-            if (!kind || strcmp(kind, expected_cols[k][2]) != 0 ||
-                (k < 2 && strcmp(posbuf, expected_cols[k][3]) != 0))
+                           type ? type : "?", s->cols[k][1]);
+                if (k < 4) key_ok = 0; /* CQL cannot change a column's type */
+                else
+                    buf_printf(&fix, "ALTER TABLE %s.sessions DROP %s; ALTER TABLE %s.sessions ADD "
+                               "%s %s; ", s->keyspace, name, s->keyspace, name, s->cols[k][1]);
+            }
+            if (!kind || strcmp(kind, s->cols[k][2]) != 0 ||
+                (k < 2 && strcmp(posbuf, s->cols[k][3]) != 0)) {
                 buf_printf(&diff, "%scolumn %s is a %s column (position %d), expected %s",
                            diff.len ? "; " : "", name, kind ? kind : "?", (int)pos,
-                           expected_cols[k][2]);
+                           s->cols[k][2]);
+                key_ok = 0;
+            }
         }
         free(name);
         free(kind);
         free(type);
     }
-    for (int k = 0; k < 4; k++)
-        if (!seen[k])
-            buf_printf(&diff, "%smissing column %s %s", diff.len ? "; " : "", expected_cols[k][0],
-                       expected_cols[k][1]);
+    for (int k = 0; k < s->n_cols; k++)
+        if (!seen[k]) {
+            buf_printf(&diff, "%smissing column %s %s", diff.len ? "; " : "", s->cols[k][0],
+                       s->cols[k][1]);
+            if (k < 4) key_ok = 0;
+            else
+                buf_printf(&fix, "ALTER TABLE %s.sessions ADD %s %s; ", s->keyspace, s->cols[k][0],
+                           s->cols[k][1]);
+        }
     cql_result_free(&r);
     if (diff.len) {
-        fail(err, errlen, "cql: table %s.sessions does not match the reference schema "
-             "(session_id bigint, user_id bigint, pages list<text>, ingestion_time timestamp, "
-             "PRIMARY KEY(session_id, user_id)): %.*s", s->keyspace, (int)diff.len,
-             (const char *)diff.data);
+        if (!key_ok)
+            fail(err, errlen, "cql: table %s.sessions does not fit the sessions this job writes "
+                 "(%s): %.*s. Its key and the four row columns cannot be altered: write to "
+                 "another keyspace (the sink creates the table there)", s->keyspace, cstr(&s->ddl),
+                 (int)diff.len, (const char *)diff.data);
+        else
+            fail(err, errlen, "cql: table %s.sessions does not fit the sessions this job writes: "
+                 "%.*s. Fix it with: %.*s", s->keyspace, (int)diff.len, (const char *)diff.data,
+                 (int)(fix.len ? fix.len - 1 : 0), fix.data ? (const char *)fix.data : "");
         buf_free(&diff);
+        buf_free(&fix);
         return -1;
     }
     buf_free(&diff);
+    buf_free(&fix);
     return 0;
 }
 
@@ -379,11 +436,7 @@ static int setup_schema(cql_sink *s, int create_schema, char *err, size_t errlen
             fail(err, errlen, "cql: creating keyspace %s: %s", s->keyspace, e);
             goto out;
         }
-        buf_reset(&q);
-        buf_printf(&q, "CREATE TABLE IF NOT EXISTS %s.sessions (session_id bigint, user_id "
-                   "bigint, pages list<text>, ingestion_time timestamp, PRIMARY KEY(session_id, "
-                   "user_id))", s->keyspace);
-        if (cql_client_query(s->client, cstr(&q), NULL, s->consistency, NULL, e,
+        if (cql_client_query(s->client, cstr(&s->ddl), NULL, s->consistency, NULL, e,
                              sizeof e)) {
             fail(err, errlen, "cql: creating table %s.sessions: %s", s->keyspace, e);
             goto out;
@@ -400,15 +453,18 @@ static int setup_schema(cql_sink *s, int create_schema, char *err, size_t errlen
     int t = check_table(s, err, errlen);
     if (t < 0) goto out;
     if (t > 0) {
-        fail(err, errlen, "cql: table %s.sessions does not exist%s; create it with: CREATE TABLE "
-             "%s.sessions (session_id bigint, user_id bigint, pages list<text>, ingestion_time "
-             "timestamp, PRIMARY KEY(session_id, user_id))", s->keyspace,
-             create_schema ? "" : " and schema creation is off (create_schema)", s->keyspace);
+        fail(err, errlen, "cql: table %s.sessions does not exist%s; create it with: %s",
+             s->keyspace, create_schema ? "" : " and schema creation is off (create_schema)",
+             cstr(&s->ddl));
         goto out;
     }
     buf_reset(&q);
-    buf_printf(&q, "INSERT INTO %s.sessions (session_id, user_id, pages, ingestion_time) "
-               "VALUES (?, ?, ?, ?)", s->keyspace);
+    buf_printf(&q, "INSERT INTO %s.sessions (session_id, user_id, pages, ingestion_time",
+               s->keyspace);
+    for (int k = 4; k < s->n_cols; k++) buf_printf(&q, ", %s", s->cols[k][0]);
+    buf_append_str(&q, ") VALUES (?, ?, ?, ?");
+    for (int k = 4; k < s->n_cols; k++) buf_append_str(&q, ", ?");
+    buf_append_str(&q, ")");
     s->insert = cql_client_prepare(s->client, cstr(&q), e, sizeof e);
     if (!s->insert) {
         fail(err, errlen, "cql: preparing the INSERT into %s.sessions: %s", s->keyspace, e);
@@ -417,12 +473,18 @@ static int setup_schema(cql_sink *s, int create_schema, char *err, size_t errlen
     /* the bind markers must have the reference types, and the partition key
      * must be session_id alone, or routing and upserts would be wrong */
     const cql_metadata *m = cql_prepared_params(s->insert);
-    static const uint16_t want[4] = {CQL_TYPE_BIGINT, CQL_TYPE_BIGINT, CQL_TYPE_LIST,
-                                     CQL_TYPE_TIMESTAMP};
-    int ok = m->n_cols == 4 && m->cols;
-    for (int i = 0; ok && i < 4; i++) {
+    uint16_t want[4 + SINK_N_OPTIONAL] = {CQL_TYPE_BIGINT, CQL_TYPE_BIGINT, CQL_TYPE_LIST,
+                                          CQL_TYPE_TIMESTAMP};
+    for (int k = 1; k < s->n_cols; k++)
+        if (k == 1 || k >= 4)
+            want[k] = strcmp(s->cols[k][1], "text") == 0        ? CQL_TYPE_VARCHAR
+                      : strcmp(s->cols[k][1], "timestamp") == 0 ? CQL_TYPE_TIMESTAMP
+                                                                : CQL_TYPE_BIGINT;
+    int ok = m->n_cols == s->n_cols && m->cols;
+    for (int i = 0; ok && i < s->n_cols; i++) {
         const cql_type *ty = m->cols[i].type;
-        ok = ty && ty->id == want[i];
+        ok = ty && (ty->id == want[i] ||
+                    (want[i] == CQL_TYPE_VARCHAR && ty->id == CQL_TYPE_ASCII));
         if (ok && i == 2)
             ok = ty->n == 1 && ty->sub && ty->sub[0] &&
                  (ty->sub[0]->id == CQL_TYPE_VARCHAR || ty->sub[0]->id == CQL_TYPE_ASCII);
@@ -435,8 +497,8 @@ static int setup_schema(cql_sink *s, int create_schema, char *err, size_t errlen
             cql_type_format(m->cols[i].type, &got);
         }
         fail(err, errlen, "cql: table %s.sessions has the wrong column types: (%.*s), expected "
-             "(session_id bigint, user_id bigint, pages list<text>, ingestion_time timestamp)",
-             s->keyspace, (int)got.len, got.data ? (const char *)got.data : "");
+             "those of %s", s->keyspace, (int)got.len, got.data ? (const char *)got.data : "",
+             cstr(&s->ddl));
         buf_free(&got);
         goto out;
     }
@@ -451,13 +513,11 @@ out:
 
 static sink *cql_sink_open(const char *target, const sink_options *opts, char *err, size_t errlen)
 {
-    if (opts->string_users || opts->columns) {
-        snprintf(err, errlen, "cql: --user-type string and --columns are not supported by this "
-                 "sink yet");
-        return NULL;
-    }
     cql_sink *s = xcalloc(1, sizeof *s);
     s->base.ops = &cql_sink_ops;
+    s->string_users = opts->string_users;
+    s->columns = opts->columns;
+    buf_init(&s->ddl);
     cql_client_config_defaults(&s->cfg);
     s->cfg.cancel = opts && opts->ctx ? opts->ctx->stop : NULL;
     s->cfg.waiting = cql_sink_waiting;
@@ -495,6 +555,7 @@ static sink *cql_sink_open(const char *target, const sink_options *opts, char *e
         fail(err, errlen, "cql: %s", e);
         goto fail;
     }
+    plan_columns(s);
     if (setup_schema(s, opts ? opts->create_schema : 1, err, errlen)) goto fail;
     if (s->batch) {
         cql_client_stats st;
@@ -529,6 +590,8 @@ static int send_group(cql_sink *s, group *g, char *err, size_t errlen)
     return rc ? fail(err, errlen, "cql: %s", e) : 0;
 }
 
+static int64_t floor_div(int64_t a, int64_t b) { return a / b - (a % b != 0 && (a < 0) != (b < 0)); }
+
 static int cql_sink_write(sink *base, const closed_session *cs, char *err, size_t errlen)
 {
     cql_sink *s = (cql_sink *)base;
@@ -536,12 +599,20 @@ static int cql_sink_write(sink *base, const closed_session *cs, char *err, size_
     cql_values *v = &s->v;
     cql_values_reset(v);
     cql_values_bigint(v, cs->session_id);
-    cql_values_bigint(v, cs->user_id);
+    if (cs->user) cql_values_text(v, cs->user, cs->user_len);
+    else cql_values_bigint(v, cs->user_id);
     size_t at = cql_values_collection_begin(v, (int32_t)cs->n_pages);
     for (size_t i = 0; i < cs->n_pages; i++)
         cql_values_collection_text(v, cs->pages[i].data, cs->pages[i].len);
     cql_values_collection_end(v, at);
     cql_values_timestamp(v, now_ms);
+    /* event times in milliseconds, rounded down (a timestamp's unit) */
+    int64_t first_ms = floor_div(cs->first_event_us, 1000), last_ms = floor_div(cs->last_event_us, 1000);
+    if (s->columns & SINK_COL_SESSION_START) cql_values_timestamp(v, first_ms);
+    if (s->columns & SINK_COL_SESSION_END) cql_values_timestamp(v, last_ms);
+    if (s->columns & SINK_COL_VISIT_COUNT) cql_values_bigint(v, (int64_t)cs->visits);
+    if (s->columns & SINK_COL_DURATION)
+        cql_values_bigint(v, (cs->last_event_us - cs->first_event_us) / 1000);
     if (!s->batch) {
         char e[1024];
         /* the write timestamp is ingestion_time: a retry carries the same one */
@@ -624,6 +695,7 @@ static void cql_sink_close(sink *base)
     free(s->tls_cert);
     free(s->tls_key);
     free(s->local_dc);
+    buf_free(&s->ddl);
     free(s);
 }
 

@@ -14,12 +14,16 @@
  * libpq after the connection string, so it wins over one in the URI; with the
  * CLI's password=@file:PATH it never appears on the command line).
  *
- * Table: sessions (session_id bigint, user_id bigint, pages text[],
- * ingestion_time timestamptz, PRIMARY KEY (session_id, user_id)), created
- * when missing unless create_schema is 0. An existing table must have exactly
- * these columns and a unique key on (session_id, user_id); anything else is
- * refused at open with a message that says what differs, because writing
- * "something like" the expected table would break keyed idempotency quietly.
+ * Table: sessions (session_id bigint, user_id bigint (text for string
+ * users), pages text[], ingestion_time timestamptz, [the --columns chosen:
+ * session_start, session_end timestamptz, visit_count bigint, duration
+ * interval], PRIMARY KEY (session_id, user_id)), created when missing unless
+ * create_schema is 0. An existing table must have these columns with these
+ * types and a unique key on (session_id, user_id); it may have more columns
+ * if each is nullable or has a default (the INSERT leaves them out). What
+ * differs is refused at open with the ALTER TABLE that fixes it, because
+ * writing "something like" the expected table would break keyed idempotency
+ * quietly.
  *
  * How it writes, and why:
  *  - write() only copies the session into memory (deduplicated on the key, the
@@ -72,6 +76,7 @@
 #include <unistd.h>
 
 #include "common/buf.h"
+#include <xxhash.h>
 #include "common/log.h"
 #include "common/status.h"
 #include "common/clock.h"
@@ -88,6 +93,12 @@
 #define PG_INT8ARRAYOID 1016
 #define PG_TEXTARRAYOID 1009
 #define PG_TIMESTAMPTZOID 1184
+#define PG_TIMESTAMPTZARRAYOID 1185
+#define PG_INTERVALOID 1186
+#define PG_INTERVALARRAYOID 1187
+#define PG_TEXTARRAYARRAY "text[]"
+/* PostgreSQL's binary timestamps count microseconds from 2000-01-01. */
+#define PG_EPOCH_US 946684800000000LL
 
 #define PG_DEFAULT_TABLE "sessions"
 #define PG_DEFAULT_BATCH_ROWS 2000
@@ -109,7 +120,19 @@ typedef struct pg_row {
     int64_t user_id;
     size_t off; /* pages as an array literal, in pg_sink.literals */
     size_t len;
+    size_t user_off, user_len; /* string users: their bytes, in pg_sink.literals */
+    int64_t first_us, last_us;
+    uint64_t visits;
 } pg_row;
+
+/* The opt-in columns, in SINK_COL_* order: their types as format_type()
+ * spells them, and the element type of the array each is sent in. */
+static const struct { const char *type; Oid array; } pg_optional[SINK_N_OPTIONAL] = {
+    {"timestamp with time zone", PG_TIMESTAMPTZARRAYOID},
+    {"timestamp with time zone", PG_TIMESTAMPTZARRAYOID},
+    {"bigint", PG_INT8ARRAYOID},
+    {"interval", PG_INTERVALARRAYOID},
+};
 
 typedef struct pg_sink {
     sink base;
@@ -135,6 +158,9 @@ typedef struct pg_sink {
     size_t n_slots;
 
     buf p_sid, p_uid, p_pages; /* parameter scratch */
+    buf p_opt[SINK_N_OPTIONAL];
+    int string_users;
+    unsigned columns;
     volatile sig_atomic_t *stop; /* the job's (context.h) */
     retry rt;                    /* the retry under way (pg_retry) */
 } pg_sink;
@@ -426,16 +452,38 @@ static int pg_upsert(pg_sink *s, size_t from, size_t to, const char *ts, char *e
     buf_reset(&s->p_uid);
     buf_reset(&s->p_pages);
     array_header(&s->p_sid, n, PG_INT8OID);
-    array_header(&s->p_uid, n, PG_INT8OID);
+    array_header(&s->p_uid, n, s->string_users ? PG_TEXTOID : PG_INT8OID);
     array_header(&s->p_pages, n, PG_TEXTOID);
+    static const Oid elem[SINK_N_OPTIONAL] = {PG_TIMESTAMPTZOID, PG_TIMESTAMPTZOID, PG_INT8OID,
+                                              PG_INTERVALOID};
+    for (unsigned c = 0; c < SINK_N_OPTIONAL; c++) {
+        buf_reset(&s->p_opt[c]);
+        if (s->columns >> c & 1) array_header(&s->p_opt[c], n, elem[c]);
+    }
     buf_reserve(&s->p_sid, n * 12);
     buf_reserve(&s->p_uid, n * 12);
     for (size_t i = from; i < to; i++) {
         const pg_row *r = &s->rows[i];
         put_be32(&s->p_sid, 8);
         put_be64(&s->p_sid, (uint64_t)r->session_id);
-        put_be32(&s->p_uid, 8);
-        put_be64(&s->p_uid, (uint64_t)r->user_id);
+        if (s->string_users) {
+            put_be32(&s->p_uid, (uint32_t)r->user_len);
+            buf_append(&s->p_uid, s->literals.data + r->user_off, r->user_len);
+        } else {
+            put_be32(&s->p_uid, 8);
+            put_be64(&s->p_uid, (uint64_t)r->user_id);
+        }
+        const int64_t opt[SINK_N_OPTIONAL] = {r->first_us - PG_EPOCH_US, r->last_us - PG_EPOCH_US,
+                                              (int64_t)r->visits, r->last_us - r->first_us};
+        for (unsigned c = 0; c < SINK_N_OPTIONAL; c++) {
+            if (!(s->columns >> c & 1)) continue;
+            put_be32(&s->p_opt[c], c == 3 ? 16 : 8);
+            put_be64(&s->p_opt[c], (uint64_t)opt[c]);
+            if (c == 3) { /* interval: microseconds, then days and months */
+                put_be32(&s->p_opt[c], 0);
+                put_be32(&s->p_opt[c], 0);
+            }
+        }
         put_be32(&s->p_pages, (uint32_t)r->len);
         buf_append(&s->p_pages, s->literals.data + r->off, r->len);
     }
@@ -443,11 +491,20 @@ static int pg_upsert(pg_sink *s, size_t from, size_t to, const char *ts, char *e
         return pg_fail(s, err, errlen,
                        "postgresql: a batch of %zu sessions is over 1 GB; lower batch_rows", n),
                PG_PERMANENT;
-    const char *values[4] = {(const char *)s->p_sid.data, (const char *)s->p_uid.data,
-                             (const char *)s->p_pages.data, ts};
-    int lengths[4] = {(int)s->p_sid.len, (int)s->p_uid.len, (int)s->p_pages.len, 0};
-    int formats[4] = {1, 1, 1, 0};
-    int sent = PQsendQueryPrepared(s->conn, PG_STMT_NAME, 4, values, lengths, formats, 0);
+    const char *values[4 + SINK_N_OPTIONAL] = {(const char *)s->p_sid.data,
+                                               (const char *)s->p_uid.data,
+                                               (const char *)s->p_pages.data, ts};
+    int lengths[4 + SINK_N_OPTIONAL] = {(int)s->p_sid.len, (int)s->p_uid.len, (int)s->p_pages.len,
+                                        0};
+    int formats[4 + SINK_N_OPTIONAL] = {1, 1, 1, 0};
+    int np = 4;
+    for (unsigned c = 0; c < SINK_N_OPTIONAL; c++)
+        if (s->columns >> c & 1) {
+            values[np] = (const char *)s->p_opt[c].data;
+            lengths[np] = (int)s->p_opt[c].len;
+            formats[np++] = 1;
+        }
+    int sent = PQsendQueryPrepared(s->conn, PG_STMT_NAME, np, values, lengths, formats, 0);
     return pg_finish_cmd(s, sent, "upsert", NULL, err, errlen);
 }
 
@@ -479,49 +536,63 @@ static int pg_setup(pg_sink *s, char *err, size_t errlen)
         if (st) return st;
     }
 
-    static const char *const want_name[4] = {"session_id", "user_id", "pages", "ingestion_time"};
-    static const char *const want_type[4] = {"bigint", "bigint", "text[]",
-                                             "timestamp with time zone"};
+    /* The job's columns, the types format_type() gives them, and whether
+     * the table is created with them (create) or must have them (check). */
+    const char *want_name[4 + SINK_N_OPTIONAL] = {"session_id", "user_id", "pages",
+                                                  "ingestion_time"};
+    const char *want_type[4 + SINK_N_OPTIONAL] = {"bigint", s->string_users ? "text" : "bigint",
+                                                  "text[]", "timestamp with time zone"};
+    int n_want = 4;
+    for (unsigned c = 0; c < SINK_N_OPTIONAL; c++)
+        if (s->columns >> c & 1) {
+            want_name[n_want] = sink_column_names[c];
+            want_type[n_want++] = pg_optional[c].type;
+        }
+    buf create;
+    buf_init(&create);
+    buf_printf(&create, "CREATE TABLE IF NOT EXISTS %s (", s->table_sql);
+    for (int k = 0; k < n_want; k++)
+        buf_printf(&create, "%s %s NOT NULL, ", want_name[k], want_type[k]);
+    buf_append_str(&create, "PRIMARY KEY (session_id, user_id))");
+    buf_append_byte(&create, 0);
+    const char *create_sql = (const char *)create.data;
     for (int round = 0;; round++) {
         const char *params[1] = {s->table_sql};
         int sent = PQsendQueryParams(
             s->conn,
-            "SELECT c.relkind::text, a.attname::text, format_type(a.atttypid, a.atttypmod) "
+            "SELECT c.relkind::text, a.attname::text, format_type(a.atttypid, a.atttypmod), "
+            "a.attnotnull, a.atthasdef "
             "FROM pg_class c LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 "
             "AND NOT a.attisdropped WHERE c.oid = to_regclass($1) ORDER BY a.attnum",
             1, NULL, params, NULL, NULL, 0);
         PGresult *r;
         st = pg_finish_cmd(s, sent, "looking up the table", &r, err, errlen);
-        if (st) return st;
+        if (st) {
+            buf_free(&create);
+            return st;
+        }
         int rows = PQntuples(r);
         if (rows == 0) {
             PQclear(r);
-            if (!s->create_schema)
-                return pg_fail(s, err, errlen,
-                               "postgresql: table %s does not exist in %s, and creating it is "
-                               "turned off (create_schema); create it with: CREATE TABLE %s "
-                               "(session_id bigint, user_id bigint, pages text[], ingestion_time "
-                               "timestamptz, PRIMARY KEY (session_id, user_id))",
-                               s->table_display, s->ci.display, s->table_sql),
-                       PG_PERMANENT;
-            if (round > 0)
-                return pg_fail(s, err, errlen, "postgresql: table %s is still missing after CREATE TABLE",
-                               s->table_display),
-                       PG_PERMANENT;
-            buf q;
-            buf_init(&q);
-            buf_printf(&q,
-                       "CREATE TABLE IF NOT EXISTS %s (session_id bigint, user_id bigint, pages "
-                       "text[], ingestion_time timestamptz, PRIMARY KEY (session_id, user_id))",
-                       s->table_sql);
-            buf_append_byte(&q, 0);
+            if (!s->create_schema || round > 0) {
+                if (!s->create_schema)
+                    pg_fail(s, err, errlen,
+                            "postgresql: table %s does not exist in %s, and creating it is "
+                            "turned off (create_schema); create it with: %s",
+                            s->table_display, s->ci.display, create_sql);
+                else
+                    pg_fail(s, err, errlen, "postgresql: table %s is still missing after CREATE TABLE",
+                            s->table_display);
+                buf_free(&create);
+                return PG_PERMANENT;
+            }
             char cerr[1024];
-            st = pg_exec(s, (const char *)q.data, "creating the table", cerr, sizeof cerr);
-            buf_free(&q);
+            st = pg_exec(s, create_sql, "creating the table", cerr, sizeof cerr);
             /* Two jobs creating the table at once: the loser's IF NOT EXISTS
              * can still trip on the catalog's unique index. Look again. */
             if (st && !strstr(cerr, "23505") && !strstr(cerr, "42P07")) {
                 snprintf(err, errlen, "%s", cerr);
+                buf_free(&create);
                 return st;
             }
             continue;
@@ -530,52 +601,80 @@ static int pg_setup(pg_sink *s, char *err, size_t errlen)
         snprintf(relkind, sizeof relkind, "%s", PQgetvalue(r, 0, 0));
         if (strcmp(relkind, "r") != 0 && strcmp(relkind, "p") != 0) {
             PQclear(r);
+            buf_free(&create);
             return pg_fail(s, err, errlen,
                            "postgresql: %s is not a table (relkind '%s'); give another name with "
                            "table=",
                            s->table_display, relkind),
                    PG_PERMANENT;
         }
-        buf why;
+        buf why, fix;
         buf_init(&why);
-        int seen[4] = {0, 0, 0, 0};
+        buf_init(&fix);
+        int seen[4 + SINK_N_OPTIONAL] = {0};
         for (int i = 0; i < rows; i++) {
             if (PQgetisnull(r, i, 1)) continue;
             const char *name = PQgetvalue(r, i, 1), *type = PQgetvalue(r, i, 2);
+            int notnull = PQgetvalue(r, i, 3)[0] == 't', hasdef = PQgetvalue(r, i, 4)[0] == 't';
             int k = -1;
-            for (int j = 0; j < 4; j++)
+            for (int j = 0; j < n_want; j++)
                 if (strcmp(name, want_name[j]) == 0) k = j;
             if (k < 0) {
-                buf_printf(&why, "%sunexpected column %s %s", why.len ? "; " : "", name, type);
+                /* not the job's: the INSERT leaves it out, which needs a default or NULL */
+                if (notnull && !hasdef) {
+                    buf_printf(&why, "%scolumn %s is NOT NULL without a default", why.len ? "; " : "",
+                               name);
+                    buf_printf(&fix, "ALTER TABLE %s ALTER COLUMN \"%s\" DROP NOT NULL; ",
+                               s->table_sql, name);
+                }
             } else {
                 seen[k] = 1;
-                if (strcmp(type, want_type[k]) != 0)
+                if (strcmp(type, want_type[k]) != 0) {
                     buf_printf(&why, "%scolumn %s is %s, expected %s", why.len ? "; " : "", name,
                                type, want_type[k]);
+                    buf_printf(&fix, "ALTER TABLE %s ALTER COLUMN %s TYPE %s USING %s::%s; ",
+                               s->table_sql, name, want_type[k], name,
+                               k == 1 && s->string_users ? "text" : want_type[k]);
+                }
             }
         }
-        for (int j = 0; j < 4; j++)
-            if (!seen[j])
+        for (int j = 0; j < n_want; j++)
+            if (!seen[j]) {
                 buf_printf(&why, "%smissing column %s %s", why.len ? "; " : "", want_name[j],
                            want_type[j]);
+                if (j < 4)
+                    buf_printf(&fix, "(%s cannot be added to a table of other rows: use another "
+                               "table, table=, which the sink creates) ", want_name[j]);
+                else
+                    buf_printf(&fix, "ALTER TABLE %s ADD COLUMN %s %s; ", s->table_sql,
+                               want_name[j], want_type[j]);
+            }
         PQclear(r);
         if (why.len) {
-            buf_append_byte(&why, 0);
             pg_fail(s, err, errlen,
-                    "postgresql: existing table %s does not have the sessions layout "
-                    "(session_id bigint, user_id bigint, pages text[], ingestion_time "
-                    "timestamptz): %s; use another table (table=) or fix this one",
-                    s->table_display, (const char *)why.data);
+                    "postgresql: existing table %s does not fit the sessions this job writes "
+                    "(%.*s): %.*s. Fix it with: %.*s",
+                    s->table_display, (int)(create.len - 1), create_sql, (int)why.len,
+                    (const char *)why.data, (int)(fix.len ? fix.len - 1 : 0),
+                    (const char *)fix.data);
             buf_free(&why);
+            buf_free(&fix);
+            buf_free(&create);
             return PG_PERMANENT;
         }
         buf_free(&why);
+        buf_free(&fix);
         break;
     }
+    buf_free(&create);
 
-    static const Oid types[4] = {PG_INT8ARRAYOID, PG_INT8ARRAYOID, PG_TEXTARRAYOID,
-                                 PG_TIMESTAMPTZOID};
-    st = pg_finish_cmd(s, PQsendPrepare(s->conn, PG_STMT_NAME, s->upsert_sql, 4, types),
+    Oid types[4 + SINK_N_OPTIONAL] = {PG_INT8ARRAYOID,
+                                      s->string_users ? PG_TEXTARRAYOID : PG_INT8ARRAYOID,
+                                      PG_TEXTARRAYOID, PG_TIMESTAMPTZOID};
+    int n_types = 4;
+    for (unsigned c = 0; c < SINK_N_OPTIONAL; c++)
+        if (s->columns >> c & 1) types[n_types++] = pg_optional[c].array;
+    st = pg_finish_cmd(s, PQsendPrepare(s->conn, PG_STMT_NAME, s->upsert_sql, n_types, types),
                        "preparing the upsert", NULL, err, errlen);
     if (st) return st;
     /* A dry run on no rows: the planner checks that a unique index matches
@@ -738,13 +837,28 @@ static uint64_t key_hash(int64_t sid, int64_t uid)
     return x ^ (x >> 31);
 }
 
+/* The key of a row: (session_id, user_id), a string user by its bytes. */
+static uint64_t row_hash(const pg_sink *s, const pg_row *r)
+{
+    if (!s->string_users) return key_hash(r->session_id, r->user_id);
+    return key_hash(r->session_id, (int64_t)XXH3_64bits(s->literals.data + r->user_off, r->user_len));
+}
+
+static int same_key(const pg_sink *s, const pg_row *a, const pg_row *b)
+{
+    if (a->session_id != b->session_id) return 0;
+    if (!s->string_users) return a->user_id == b->user_id;
+    return a->user_len == b->user_len &&
+           memcmp(s->literals.data + a->user_off, s->literals.data + b->user_off, a->user_len) == 0;
+}
+
 static void slots_rebuild(pg_sink *s, size_t n_slots)
 {
     free(s->slots);
     s->slots = xcalloc(n_slots, sizeof *s->slots);
     s->n_slots = n_slots;
     for (size_t i = 0; i < s->n_rows; i++) {
-        size_t h = (size_t)key_hash(s->rows[i].session_id, s->rows[i].user_id) & (n_slots - 1);
+        size_t h = (size_t)row_hash(s, &s->rows[i]) & (n_slots - 1);
         while (s->slots[h]) h = (h + 1) & (n_slots - 1);
         s->slots[h] = (uint32_t)(i + 1);
     }
@@ -780,13 +894,17 @@ static int pg_write(sink *base, const closed_session *cs, char *err, size_t errl
     buf_append_byte(&s->literals, '}');
     size_t len = s->literals.len - off;
 
+    size_t user_off = s->literals.len;
+    if (cs->user) buf_append(&s->literals, cs->user, cs->user_len);
+    pg_row row = {cs->session_id, cs->user_id, off, len, user_off, cs->user_len,
+                  cs->first_event_us, cs->last_event_us, cs->visits};
+
     if ((s->n_rows + 1) * 2 > s->n_slots) slots_rebuild(s, s->n_slots ? s->n_slots * 2 : 1024);
-    size_t h = (size_t)key_hash(cs->session_id, cs->user_id) & (s->n_slots - 1);
+    size_t h = (size_t)row_hash(s, &row) & (s->n_slots - 1);
     while (s->slots[h]) {
         pg_row *r = &s->rows[s->slots[h] - 1];
-        if (r->session_id == cs->session_id && r->user_id == cs->user_id) {
-            r->off = off; /* the later write of the same key wins */
-            r->len = len;
+        if (same_key(s, r, &row)) {
+            *r = row; /* the later write of the same key wins */
             return 0;
         }
         h = (h + 1) & (s->n_slots - 1);
@@ -795,7 +913,7 @@ static int pg_write(sink *base, const closed_session *cs, char *err, size_t errl
         s->cap_rows = s->cap_rows ? s->cap_rows * 2 : 1024;
         s->rows = xrealloc(s->rows, s->cap_rows * sizeof *s->rows);
     }
-    s->rows[s->n_rows] = (pg_row){cs->session_id, cs->user_id, off, len};
+    s->rows[s->n_rows] = row;
     s->slots[h] = (uint32_t)(++s->n_rows);
     return 0;
 }
@@ -840,6 +958,7 @@ static void pg_close(sink *base)
     buf_free(&s->p_sid);
     buf_free(&s->p_uid);
     buf_free(&s->p_pages);
+    for (unsigned c = 0; c < SINK_N_OPTIONAL; c++) buf_free(&s->p_opt[c]);
     free(s);
 }
 
@@ -948,12 +1067,10 @@ static void pg_identity(sink *base, buf *out) { buf_append_str(out, ((pg_sink *)
 static sink *pg_open_as(const char *scheme, const char *target, const sink_options *opts,
                         char *err, size_t errlen)
 {
-    if (opts->string_users || opts->columns) {
-        snprintf(err, errlen, "postgresql: --user-type string and --columns are not supported by "
-                 "this sink yet");
-        return NULL;
-    }
     pg_sink *s = xcalloc(1, sizeof *s);
+    s->string_users = opts->string_users;
+    s->columns = opts->columns;
+    for (unsigned c = 0; c < SINK_N_OPTIONAL; c++) buf_init(&s->p_opt[c]);
     s->stop = opts && opts->ctx ? opts->ctx->stop : NULL;
     s->status = opts && opts->ctx ? opts->ctx->status : NULL;
     buf c;
@@ -995,13 +1112,40 @@ static sink *pg_open_as(const char *scheme, const char *target, const sink_optio
 
     buf q;
     buf_init(&q);
+    /* $5... are the chosen opt-in columns, arrays as $1-$3 are */
+    static const char *const casts[SINK_N_OPTIONAL] = {"timestamptz[]", "timestamptz[]", "int8[]",
+                                                       "interval[]"};
+    buf names, sel, arrays, cols, sets;
+    buf_init(&names);
+    buf_init(&sel);
+    buf_init(&arrays);
+    buf_init(&cols);
+    buf_init(&sets);
+    for (unsigned k = 0, arg = 5; k < SINK_N_OPTIONAL; k++)
+        if (s->columns >> k & 1) {
+            const char *n = sink_column_names[k];
+            buf_printf(&names, ", %s", n);
+            buf_printf(&sel, ", r.%s", n);
+            buf_printf(&arrays, ", $%u::%s", arg++, casts[k]);
+            buf_printf(&cols, ", %s", n);
+            buf_printf(&sets, ", %s = EXCLUDED.%s", n, n);
+        }
+    buf_append_byte(&names, 0), buf_append_byte(&sel, 0), buf_append_byte(&arrays, 0);
+    buf_append_byte(&cols, 0), buf_append_byte(&sets, 0);
     buf_printf(&q,
-               "INSERT INTO %s AS t (session_id, user_id, pages, ingestion_time) "
-               "SELECT r.session_id, r.user_id, r.pages::text[], $4 "
-               "FROM unnest($1::int8[], $2::int8[], $3::text[]) AS r(session_id, user_id, pages) "
+               "INSERT INTO %s AS t (session_id, user_id, pages, ingestion_time%s) "
+               "SELECT r.session_id, r.user_id, r.pages::text[], $4%s "
+               "FROM unnest($1::int8[], $2::%s[], $3::text[]%s) AS r(session_id, user_id, pages%s) "
                "ON CONFLICT (session_id, user_id) DO UPDATE "
-               "SET pages = EXCLUDED.pages, ingestion_time = EXCLUDED.ingestion_time",
-               s->table_sql);
+               "SET pages = EXCLUDED.pages, ingestion_time = EXCLUDED.ingestion_time%s",
+               s->table_sql, (const char *)names.data, (const char *)sel.data,
+               s->string_users ? "text" : "int8", (const char *)arrays.data,
+               (const char *)cols.data, (const char *)sets.data);
+    buf_free(&names);
+    buf_free(&sel);
+    buf_free(&arrays);
+    buf_free(&cols);
+    buf_free(&sets);
     s->upsert_sql = buf_steal_str(&q);
 
     /* Connect now, so that a wrong password or a missing grant stops the job

@@ -241,12 +241,39 @@ static void test_schema_refusals(void)
 
     sql("DROP TABLE IF EXISTS wrong_cols");
     sql("CREATE TABLE wrong_cols (session_id bigint, user_id bigint, pages text, "
-        "ingestion_time timestamptz, extra int, PRIMARY KEY (session_id, user_id))");
+        "ingestion_time timestamptz, extra int NOT NULL, PRIMARY KEY (session_id, user_id))");
     const char *const p2[] = {"table=wrong_cols", NULL};
     s = open_sink(uri, p2, 1, err, sizeof err);
     check(!s && strstr(err, "column pages is text, expected text[]") &&
-              strstr(err, "unexpected column extra integer"),
-          "other columns are refused: %s", err);
+              strstr(err, "ALTER TABLE \"wrong_cols\" ALTER COLUMN pages TYPE text[] USING pages::text[]") &&
+              strstr(err, "column extra is NOT NULL without a default") &&
+              strstr(err, "ALTER TABLE \"wrong_cols\" ALTER COLUMN \"extra\" DROP NOT NULL"),
+          "a mistyped column and a required column the sink cannot fill are refused, with the "
+          "DDL that fixes them: %s", err);
+
+    /* extra columns that are nullable or have a default are accepted */
+    sql("DROP TABLE IF EXISTS extra_ok");
+    sql("CREATE TABLE extra_ok (session_id bigint, user_id bigint, pages text[], "
+        "ingestion_time timestamptz, loaded_at timestamptz NOT NULL DEFAULT now(), note text, "
+        "PRIMARY KEY (session_id, user_id))");
+    const char *const p2b[] = {"table=extra_ok", NULL};
+    s = open_sink(uri, p2b, 0, err, sizeof err);
+    check(s != NULL, "extra nullable and defaulted columns are accepted (%s)", err);
+    if (s) {
+        static const char *const pg[] = {"A.html"};
+        check(write_session(s, 5, 6, pg, 1, err, sizeof err) == 0 && flush_sink(s, err, sizeof err) == 0,
+              "and written to (%s)", err);
+        check(strcmp(sql_value("SELECT count(*) FROM extra_ok WHERE loaded_at IS NOT NULL AND note IS NULL"),
+                     "1") == 0, "the defaults fill in");
+        s->ops->close(s);
+    }
+    /* opt-in columns missing from an existing table: the ALTER that adds them */
+    sink_options o = {.props = p2b, .create_schema = 1, .columns = SINK_COL_ALL};
+    err[0] = 0;
+    s = sink_open(uri, &o, err, sizeof err);
+    check(!s && strstr(err, "ALTER TABLE \"extra_ok\" ADD COLUMN session_start timestamp with time zone") &&
+              strstr(err, "ADD COLUMN duration interval"),
+          "missing session columns are refused with the DDL: %s", err);
 
     sql("DROP TABLE IF EXISTS no_pk");
     sql("CREATE TABLE no_pk (session_id bigint, user_id bigint, pages text[], "
