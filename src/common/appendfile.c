@@ -115,6 +115,8 @@ int appendfile_open(appendfile *f, const char *path, const char *line_prefix, ch
 
 int appendfile_flush(appendfile *f, char *err, size_t errlen)
 {
+    /* whole lines only: what a crash cuts is then always the last line */
+    assert(f->pending.len == 0 || f->pending.data[f->pending.len - 1] == '\n');
     if (f->unterminated && f->pending.len) {
         /* another writer's last line: ours start on a line of their own */
         buf_append_byte(&f->pending, '\n');
@@ -138,6 +140,7 @@ int appendfile_flush(appendfile *f, char *err, size_t errlen)
     }
     f->size += (int64_t)done;
     buf_reset(&f->pending);
+    assert(!f->rewindable || lseek(f->fd, 0, SEEK_CUR) == f->size);
     if (f->rewindable && fsync(f->fd) != 0) {
         snprintf(err, errlen, "syncing %s: %s", f->name, strerror(errno));
         return -1;

@@ -3,6 +3,7 @@
  */
 #include "common/buf.h"
 
+#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,7 @@ void buf_reset(buf *b) { b->len = 0; }
 
 void buf_reserve(buf *b, size_t extra)
 {
+    assert(b->len <= b->cap && (b->cap == 0) == (b->data == NULL));
     if (b->cap - b->len >= extra) return;
     size_t cap = b->cap ? b->cap : 64;
     while (cap - b->len < extra) cap *= 2;
@@ -115,6 +117,7 @@ void buf_append_json_escaped(buf *b, const char *s, size_t len)
 
 void reader_init(reader *r, const void *data, size_t len)
 {
+    assert(data || len == 0);
     r->p = data;
     r->end = data ? r->p + len : r->p; /* NULL + 0 is undefined in C */
     r->bad = 0;
@@ -128,6 +131,7 @@ int reader_bytes(reader *r, const unsigned char **out, size_t len)
     }
     *out = r->p;
     r->p += len;
+    assert(r->p <= r->end);
     return 0;
 }
 

@@ -3,10 +3,17 @@
  */
 #include "common/histogram.h"
 
+#include <assert.h>
+
+/* The largest value's bucket, (63 - 2) * 8 + 7, fits: histogram_add's clamp
+ * never has to act. */
+_Static_assert((63 - 2) * 8 + 7 < HISTOGRAM_BUCKETS, "every uint64_t has a bucket");
+
 static unsigned bucket_of(uint64_t v)
 {
     if (v < 8) return (unsigned)v;
-    unsigned log2 = 63u - (unsigned)__builtin_clzll(v); /* >= 3 */
+    unsigned log2 = 63u - (unsigned)__builtin_clzll(v);
+    assert(log2 >= 3);
     unsigned sub = (unsigned)(v >> (log2 - 3)) & 7u;
     return (log2 - 2) * 8 + sub;
 }
@@ -21,6 +28,8 @@ static uint64_t bucket_upper(unsigned b)
 void histogram_add(histogram *h, uint64_t value)
 {
     unsigned b = bucket_of(value);
+    /* quantiles report a bucket's upper bound: the value must be in it */
+    assert(value <= bucket_upper(b) && (b == 0 || value > bucket_upper(b - 1)));
     if (b >= HISTOGRAM_BUCKETS) b = HISTOGRAM_BUCKETS - 1;
     if (h->buckets[b] != UINT32_MAX) h->buckets[b]++;
     h->count++;

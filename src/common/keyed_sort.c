@@ -3,6 +3,8 @@
  */
 #include "common/keyed_sort.h"
 
+#include <assert.h>
+
 static void sift_down(keyed *v, size_t i, size_t n)
 {
     keyed x = v[i];
@@ -56,6 +58,7 @@ void keyed_sort_depth(keyed *v, size_t n, unsigned depth)
             v[i++] = v[j];
             v[j--] = t;
         }
+        assert(j + 1 < n && v[j].key <= pivot && v[j + 1].key >= pivot);
         size_t left = j + 1, right = n - left;
         if (left < right) { /* recurse on the smaller side: O(log n) stack */
             keyed_sort_depth(v, left, depth);
@@ -67,6 +70,9 @@ void keyed_sort_depth(keyed *v, size_t n, unsigned depth)
         }
     }
     insertion_sort(v, n);
+#ifndef NDEBUG
+    for (size_t i = 1; i < n; i++) assert(v[i - 1].key <= v[i].key);
+#endif
 }
 
 void keyed_sort(keyed *v, size_t n)

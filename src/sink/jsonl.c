@@ -7,6 +7,7 @@
  * checkpoint is deleted, a replay appends the rows again, and a reader keys
  * them on (session_id, user_id), the later line winning.
  */
+#include <stddef.h>
 #include <stdlib.h>
 
 #include "common/appendfile.h"
@@ -21,6 +22,9 @@ typedef struct jsonl_sink {
 } jsonl_sink;
 
 extern const sink_ops jsonl_sink_ops;
+
+/* The job sees a jsonl_sink as its sink header (sink.h). */
+_Static_assert(offsetof(jsonl_sink, base) == 0, "sink header first");
 
 static sink *jsonl_open(const char *target, const sink_options *opts, char *err, size_t errlen)
 {

@@ -23,6 +23,9 @@
  * (common/retry.h) for up to BUSY_GIVE_UP_MS, and gives up at once when the
  * job is asked to stop; the flush then fails and the checkpoint stays.
  */
+#include <assert.h>
+#include <limits.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +68,9 @@ typedef struct sqlite_sink {
 #define BUSY_GIVE_UP_MS 30000
 
 extern const sink_ops sqlite_sink_ops;
+
+/* The job sees a sqlite_sink as its sink header (sink.h). */
+_Static_assert(offsetof(sqlite_sink, base) == 0, "sink header first");
 
 static int fail_db(sqlite_sink *s, const char *what, char *err, size_t errlen)
 {
@@ -264,6 +270,8 @@ static int sqlite_write(sink *base, const closed_session *cs, char *err, size_t 
         s->pending = xrealloc(s->pending, s->cap_pending * sizeof *s->pending);
         s->order = xrealloc(s->order, s->cap_pending * sizeof *s->order);
     }
+    /* pending and order grow together: the sort at flush fills order */
+    assert(s->n_pending < s->cap_pending);
     struct pending_row *row = &s->pending[s->n_pending++];
     row->session_id = cs->session_id;
     row->user_id = cs->user_id;
@@ -276,6 +284,8 @@ static int sqlite_write(sink *base, const closed_session *cs, char *err, size_t 
     row->first_us = cs->first_event_us;
     row->last_us = cs->last_event_us;
     row->visits = cs->visits;
+    /* both are bound as SQLite text, whose lengths are ints */
+    assert(row->pages_len <= INT_MAX && row->user_len <= INT_MAX);
     return 0;
 }
 
@@ -295,6 +305,9 @@ static int sqlite_flush(sink *base, char *err, size_t errlen)
     s->in_txn = 1;
     for (size_t i = 0; i < s->n_pending; i++) {
         const struct pending_row *row = s->order[i].ptr;
+        assert(i == 0 || keyed_from_i64(row->session_id) >= s->order[i - 1].key);
+        assert(row->pages_off + row->pages_len <= s->pages.len &&
+               row->user_off + row->user_len <= s->pages.len);
         sqlite3_bind_int64(s->upsert, 1, row->session_id);
         if (s->string_users)
             sqlite3_bind_text(s->upsert, 2, (const char *)s->pages.data + row->user_off,
