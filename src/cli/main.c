@@ -117,6 +117,16 @@ int main(int argc, char **argv)
         return usage_error("unknown command '%s' (the commands are 'run' and 'config')", argv[1]);
     }
 
+    /* First of all, so that a stop request during start-up (reading the
+     * configuration, opening the metrics port) is a stop, not a kill: the
+     * job sees the flag at its first check and ends with its checkpoint. */
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
     cli_options opts;
     int prc = options_parse(&opts, argc, argv, 2, OPTIONS_RUN);
     if (prc != 0) {
@@ -161,13 +171,6 @@ int main(int argc, char **argv)
         log_info("sessionizer", "serving http://%.*s:%d/metrics, /healthz and /readyz", host_len,
                  opts.metrics_listen, metrics_server_port(srv));
     }
-
-    struct sigaction sa = {0};
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
 
     char err[1024] = "";
     if (opts.scale_out) {
