@@ -1022,7 +1022,8 @@ static int take(kafka_source *ks, rd_kafka_message_t *m, raw_record *out)
     rd_kafka_timestamp_type_t tt;
     int64_t ts = rd_kafka_message_timestamp(m, &tt);
     if ((int)tt != ks->ts_type) log_ts_type(ks, tt);
-    out->pos.append_ts_ms = tt == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE || ts < 0 ? 0 : ts;
+    out->has_ts = !(tt == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE || ts < 0);
+    out->pos.append_ts_ms = out->has_ts ? ts : 0;
     out->pos.partition = p;
     out->pos.offset = m->offset;
     out->line = 0;
