@@ -60,8 +60,13 @@ echo "package built in $(( $(date +%s) - start )) s"
 deb=$(ls "$work"/sessionizer_*_*.deb)
 check '[ -f "$deb" ]' "a .deb was built"
 
-# 2. Install.
-$SUDO dpkg -i "$deb" >"$work/install.log" 2>&1 || { cat "$work/install.log" >&2; exit 1; }
+# 2. Install. dpkg does not wait for its lock: another apt or dpkg on the
+# machine (scripts/install-deps.sh) gets a minute to finish.
+for try in $(seq 30); do
+    if $SUDO dpkg -i "$deb" >"$work/install.log" 2>&1; then break; fi
+    grep -q "lock" "$work/install.log" && [ "$try" -lt 30 ] || { cat "$work/install.log" >&2; exit 1; }
+    sleep 2
+done
 installed=1
 check '[ "$(command -v sessionizer)" = /usr/bin/sessionizer ]' "sessionizer is /usr/bin/sessionizer"
 check '/usr/bin/sessionizer --version | grep -q "^sessionizer "' "--version"
@@ -107,7 +112,11 @@ check 'grep -q "^RestartPreventExitStatus=2$" /lib/systemd/system/sessionizer.se
 
 # 5. Purge.
 cd /
-$SUDO dpkg --purge sessionizer >/dev/null
+for try in $(seq 30); do
+    $SUDO dpkg --purge sessionizer >"$work/purge.log" 2>&1 && break
+    grep -q "lock" "$work/purge.log" && [ "$try" -lt 30 ] || { cat "$work/purge.log" >&2; break; }
+    sleep 2
+done
 installed=0
 check '[ ! -e /usr/bin/sessionizer ] && [ ! -e /etc/sessionizer ] && [ ! -e /lib/systemd/system/sessionizer.service ]' \
       "dpkg --purge removes the binary, /etc/sessionizer and the unit"
