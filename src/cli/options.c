@@ -87,6 +87,11 @@ const opt_def cli_option_table[] = {
     {.name = "lateness", .type = OPT_DURATION, .arg = "DURATION", .def = "10s", .min = 0,
      .max = HUNDRED_YEARS_US, .scale = 1, AT_I64(job.engine.lateness_us),
      .help = "allowed lateness L behind the watermark"},
+    {.name = "max-future", .type = OPT_DURATION, .arg = "DURATION", .def = "1h", .min = 1000000,
+     .max = HUNDRED_YEARS_US, .scale = 1, AT_I64(job.engine.max_future_us),
+     .help = "how far a visit's event time may be ahead of its Kafka record's timestamp "
+             "(further is dead-lettered: future); in a file, a jump further ahead waits for "
+             "the next visit to confirm it"},
     {.name = "until-end", .type = OPT_BOOL, .def = "false", AT_INT(job.until_end),
      .help = "stop at the end of the input and close every session"},
     {.name = "field", .type = OPT_LIST, .arg = "NAME=POINTER", AT_LIST(fields),

@@ -134,7 +134,12 @@ typedef struct user_name {
 typedef struct partition_state {
     int32_t id;
     int caught_up;
-    int64_t max_t; /* INT64_MIN until the partition delivers a visit */
+    int64_t max_t; /* INT64_MIN until the partition accepts a visit */
+    /* A visit without append time that the future rule holds until the next
+     * visit of the partition confirms or refutes it (held.page in page). */
+    int has_held;
+    visit held;
+    buf page, user; /* the held visit's page, and its user when string users */
 } partition_state;
 
 struct engine {
@@ -802,6 +807,8 @@ static partition_state *partition_get(engine *e, int32_t id)
     e->parts = xrealloc(e->parts, (e->n_parts + 1) * sizeof *e->parts);
     partition_state *p = &e->parts[e->n_parts++];
     *p = (partition_state){.id = id, .caught_up = 0, .max_t = INT64_MIN};
+    buf_init(&p->page);
+    buf_init(&p->user);
     return p;
 }
 
@@ -846,6 +853,7 @@ void engine_free(engine *e)
         free(e->cq[b].v);
     }
     free(e->slots);
+    for (size_t i = 0; i < e->n_parts; i++) buf_free(&e->parts[i].page), buf_free(&e->parts[i].user);
     free(e->parts);
     free(e->dirty);
     free(e->scratch_refs);
@@ -856,9 +864,88 @@ void engine_free(engine *e)
     free(e);
 }
 
+int engine_too_far_ahead(const engine_config *cfg, int64_t t, int64_t append_ts_ms)
+{
+    int64_t bound;
+    if (cfg->max_future_us <= 0 || append_ts_ms == 0) return 0;
+    if (__builtin_mul_overflow(append_ts_ms, 1000, &bound) ||
+        __builtin_add_overflow(bound, cfg->max_future_us, &bound))
+        return 0;
+    return t > bound;
+}
+
+const char *engine_future_detail(int64_t append_ts_ms)
+{
+    return append_ts_ms ? "event time more than --max-future ahead of the record's append time"
+                        : "event time more than --max-future ahead of the next visit of its "
+                          "partition";
+}
+
+static int apply_visit(engine *e, partition_state *p, const visit *v);
+
+static int reject_future(engine *e, const visit *v)
+{
+    e->st.rejected_future++;
+    return e->cb.on_reject ? e->cb.on_reject(e->cb.ctx, v, REJECT_FUTURE) : 0;
+}
+
+/* Applies the partition's held visit (its future is confirmed, or the input
+ * ended) or rejects it (refuted). */
+static int release_held(engine *e, partition_state *p, int confirmed)
+{
+    visit h = p->held;
+    h.page = p->page.data ? (const char *)p->page.data : "";
+    if (h.user) h.user = p->user.data ? (const char *)p->user.data : "";
+    p->has_held = 0;
+    e->st.held_visits--;
+    return confirmed ? apply_visit(e, p, &h) : reject_future(e, &h);
+}
+
+/* The future rule for a visit without append time (engine.h): one that
+ * starts a partition or jumps more than F above its highest accepted time
+ * is held; the next visit of the partition confirms it (it is not more than
+ * F below it: the stream really moved) or refutes it (future). */
+static int future_rule(engine *e, partition_state *p, const visit *v, int *held)
+{
+    int64_t f = e->cfg.max_future_us, t = v->event_time_us, floor;
+    *held = 0;
+    if (p->has_held) {
+        if (__builtin_sub_overflow(p->held.event_time_us, f, &floor)) floor = INT64_MIN;
+        int rc = release_held(e, p, t >= floor);
+        if (rc) return rc;
+    }
+    int64_t bound;
+    int jump = p->max_t == INT64_MIN || (!__builtin_add_overflow(p->max_t, f, &bound) && t > bound);
+    if (!jump) return 0;
+    p->held = *v;
+    buf_reset(&p->page);
+    buf_append(&p->page, v->page, v->page_len);
+    buf_reset(&p->user);
+    if (v->user) buf_append(&p->user, v->user, v->user_len);
+    p->has_held = 1;
+    e->st.held_visits++;
+    *held = 1;
+    return 0;
+}
+
 int engine_apply(engine *e, const visit *v)
 {
     partition_state *p = partition_get(e, v->pos.partition);
+    /* A replayed visit was accepted, in this order, past the future rule;
+     * the commit's held visits come back with its meta (engine_replay_end). */
+    if (e->replaying) return apply_visit(e, p, v);
+    if (engine_too_far_ahead(&e->cfg, v->event_time_us, v->pos.append_ts_ms))
+        return reject_future(e, v);
+    if (e->cfg.max_future_us > 0 && v->pos.append_ts_ms == 0) {
+        int held, rc = future_rule(e, p, v, &held);
+        if (rc || held) return rc;
+    }
+    return apply_visit(e, p, v);
+}
+
+/* Lateness, then the visit joins its session. */
+static int apply_visit(engine *e, partition_state *p, const visit *v)
+{
     int64_t t = v->event_time_us;
     if (t < wm_of(e, p->max_t) || t < e->closing_wm) {
         e->st.rejected_late++;
@@ -949,7 +1036,23 @@ int engine_advance_partition(engine *e, int32_t partition, int64_t max_t)
     return close_expired(e);
 }
 
-int engine_close_all(engine *e) { return close_upto(e, UINT64_MAX); }
+int engine_release_held(engine *e)
+{
+    /* A replay finds the visits released at the end in the log. */
+    if (e->replaying) return 0;
+    for (size_t i = 0; i < e->n_parts; i++)
+        if (e->parts[i].has_held) {
+            int rc = release_held(e, &e->parts[i], 1);
+            if (rc) return rc;
+        }
+    return 0;
+}
+
+int engine_close_all(engine *e)
+{
+    int rc = engine_release_held(e);
+    return rc ? rc : close_upto(e, UINT64_MAX);
+}
 
 int64_t engine_closing_watermark(const engine *e) { return e->closing_wm; }
 
@@ -1025,8 +1128,9 @@ int engine_check_invariants(const engine *e)
 /* ---- checkpoint encoding ----------------------------------------------- */
 
 /* 2 added max_session_bytes; a version 1 checkpoint was written without a
- * byte cap and resumes with the largest one. */
-#define META_VERSION 2u
+ * byte cap and resumes with the largest one. 3 added max_future_us and its
+ * counter; an older checkpoint resumes with the bound of the run. */
+#define META_VERSION 3u
 
 void engine_save_meta(const engine *e, buf *out)
 {
@@ -1035,25 +1139,38 @@ void engine_save_meta(const engine *e, buf *out)
     buf_put_i64le(out, e->cfg.lateness_us);
     buf_put_u32le(out, e->cfg.max_pages);
     buf_put_u32le(out, e->cfg.max_session_bytes);
+    buf_put_i64le(out, e->cfg.max_future_us);
     buf_put_i64le(out, e->closing_wm);
     const uint64_t counters[] = {e->st.visits_applied, e->st.rejected_late, e->st.rejected_cap,
                                  e->st.sessions_closed, e->st.pages_closed,
-                                 e->st.open_sessions, e->st.open_pages};
+                                 e->st.open_sessions, e->st.open_pages, e->st.rejected_future};
     for (size_t i = 0; i < sizeof counters / sizeof *counters; i++)
         buf_put_u64le(out, counters[i]);
     buf_put_u32le(out, (uint32_t)e->n_parts);
     for (size_t i = 0; i < e->n_parts; i++) {
-        buf_put_u32le(out, (uint32_t)e->parts[i].id);
-        buf_put_i64le(out, e->parts[i].max_t);
+        const partition_state *p = &e->parts[i];
+        buf_put_u32le(out, (uint32_t)p->id);
+        buf_put_i64le(out, p->max_t);
+        buf_put_u32le(out, (uint32_t)p->has_held);
+        if (p->has_held) {
+            buf_put_i64le(out, p->held.user_id);
+            buf_put_i64le(out, p->held.event_time_us);
+            buf_put_i64le(out, p->held.pos.offset);
+            buf_put_u32le(out, p->held.page_len);
+            buf_append(out, p->page.data, p->held.page_len);
+            buf_put_u32le(out, p->held.user ? p->held.user_len : UINT32_MAX);
+            if (p->held.user) buf_append(out, p->user.data, p->held.user_len);
+        }
     }
 }
 
 /* The fields of a saved meta blob. */
 typedef struct saved_meta {
+    uint32_t version;
     int64_t gap, lateness, closing;
     uint32_t max_pages, n_parts;
-    uint64_t counters[7]; /* in engine_save_meta's order */
-    reader parts;         /* n_parts (id u32, max_t i64) pairs */
+    uint64_t counters[8]; /* in engine_save_meta's order; the 8th from version 3 */
+    reader parts;         /* n_parts (id u32, max_t i64[, held visit]) */
 } saved_meta;
 
 /* 0, -1 if it does not decode, -2 if it was written with other settings. */
@@ -1061,22 +1178,67 @@ static int parse_meta(const engine *e, const void *data, size_t len, saved_meta 
 {
     reader r;
     reader_init(&r, data, len);
-    uint32_t version = 0, max_bytes = ENGINE_MAX_SESSION_BYTES;
-    reader_u32le(&r, &version);
-    if (r.bad || version < 1 || version > META_VERSION) return -1;
+    uint32_t max_bytes = ENGINE_MAX_SESSION_BYTES;
+    int64_t max_future = e->cfg.max_future_us;
+    m->version = 0;
+    reader_u32le(&r, &m->version);
+    if (r.bad || m->version < 1 || m->version > META_VERSION) return -1;
     reader_i64le(&r, &m->gap);
     reader_i64le(&r, &m->lateness);
     reader_u32le(&r, &m->max_pages);
-    if (version >= 2) reader_u32le(&r, &max_bytes);
+    if (m->version >= 2) reader_u32le(&r, &max_bytes);
+    if (m->version >= 3) reader_i64le(&r, &max_future);
     reader_i64le(&r, &m->closing);
-    for (size_t i = 0; i < 7; i++) reader_u64le(&r, &m->counters[i]);
+    m->counters[7] = 0;
+    for (size_t i = 0; i < (m->version >= 3 ? 8u : 7u); i++) reader_u64le(&r, &m->counters[i]);
     reader_u32le(&r, &m->n_parts);
-    if (r.bad || m->n_parts > reader_left(&r) / 12 || reader_left(&r) != (size_t)m->n_parts * 12)
+    size_t entry = m->version >= 3 ? 16 : 12;
+    if (r.bad || m->n_parts > reader_left(&r) / entry ||
+        (m->version < 3 && reader_left(&r) != (size_t)m->n_parts * 12))
         return -1;
     if (m->gap != e->cfg.gap_us || m->lateness != e->cfg.lateness_us ||
-        m->max_pages != e->cfg.max_pages || max_bytes != e->cfg.max_session_bytes)
+        m->max_pages != e->cfg.max_pages || max_bytes != e->cfg.max_session_bytes ||
+        max_future != e->cfg.max_future_us)
         return -2;
     m->parts = r;
+    return 0;
+}
+
+/* Reads the next partition entry of m; sets the partition's held visit as
+ * saved (none before version 3). Returns its id and max_t, or -1. */
+static int next_part(engine *e, saved_meta *m, int32_t *id, int64_t *max_t)
+{
+    uint32_t uid = 0, has_held = 0;
+    reader_u32le(&m->parts, &uid);
+    reader_i64le(&m->parts, max_t);
+    if (m->version >= 3) reader_u32le(&m->parts, &has_held);
+    if (m->parts.bad) return -1;
+    *id = (int32_t)uid;
+    partition_state *p = partition_get(e, *id);
+    if (p->has_held) e->st.held_visits--;
+    p->has_held = 0;
+    if (!has_held) return 0;
+    const unsigned char *page = NULL;
+    visit h = {.pos = {.append_ts_ms = 0, .partition = *id}};
+    reader_i64le(&m->parts, &h.user_id);
+    reader_i64le(&m->parts, &h.event_time_us);
+    reader_i64le(&m->parts, &h.pos.offset);
+    reader_u32le(&m->parts, &h.page_len);
+    if (reader_bytes(&m->parts, &page, h.page_len)) return -1;
+    uint32_t user_len = 0;
+    const unsigned char *user = NULL;
+    reader_u32le(&m->parts, &user_len);
+    if (user_len != UINT32_MAX && reader_bytes(&m->parts, &user, user_len)) return -1;
+    if (m->parts.bad || (user_len != UINT32_MAX) != (e->cfg.string_users != 0)) return -1;
+    h.user_len = user_len == UINT32_MAX ? 0 : user_len;
+    h.user = user_len == UINT32_MAX ? NULL : "";
+    p->held = h;
+    buf_reset(&p->page);
+    buf_append(&p->page, page, h.page_len);
+    buf_reset(&p->user);
+    if (user) buf_append(&p->user, user, user_len);
+    p->has_held = 1;
+    e->st.held_visits++;
     return 0;
 }
 
@@ -1087,19 +1249,21 @@ int engine_load_meta(engine *e, const void *data, size_t len)
     if (rc) return rc;
     uint64_t *counters[] = {&e->st.visits_applied, &e->st.rejected_late, &e->st.rejected_cap,
                             &e->st.sessions_closed, &e->st.pages_closed,
-                            &e->st.open_sessions, &e->st.open_pages};
+                            &e->st.open_sessions, &e->st.open_pages, &e->st.rejected_future};
     _Static_assert(sizeof counters / sizeof *counters == sizeof m.counters / sizeof *m.counters,
                    "every counter saved is loaded");
-    for (size_t i = 0; i < 7; i++) *counters[i] = m.counters[i];
+    for (size_t i = 0; i < 8; i++) *counters[i] = m.counters[i];
     e->closing_wm = m.closing;
+    for (size_t i = 0; i < e->n_parts; i++) buf_free(&e->parts[i].page), buf_free(&e->parts[i].user);
     e->n_parts = 0;
+    e->st.held_visits = 0;
     for (uint32_t i = 0; i < m.n_parts; i++) {
-        uint32_t id = 0;
+        int32_t id;
         int64_t max_t = 0;
-        reader_u32le(&m.parts, &id);
-        reader_i64le(&m.parts, &max_t);
-        partition_get(e, (int32_t)id)->max_t = max_t;
+        if (next_part(e, &m, &id, &max_t)) return -1;
+        partition_get(e, id)->max_t = max_t;
     }
+    if (reader_left(&m.parts) != 0) return -1;
     /* Restored sessions are counted again by engine_load_user. */
     e->st.open_sessions = 0;
     e->st.open_pages = 0;
@@ -1116,14 +1280,15 @@ int engine_replay_end(engine *e, const void *meta, size_t len)
     if (rc) return rc;
     /* The replay saw the same accepted visits, so every partition's maximum
      * event time must be the commit's; the closing watermark can only be
-     * behind (caught-up signals are not replayed), never ahead. */
+     * behind (caught-up signals are not replayed), never ahead. The visits
+     * the future rule held at the commit are the commit's. */
     for (uint32_t i = 0; i < m.n_parts; i++) {
-        uint32_t id = 0;
+        int32_t id;
         int64_t max_t = 0;
-        reader_u32le(&m.parts, &id);
-        reader_i64le(&m.parts, &max_t);
-        if (partition_get(e, (int32_t)id)->max_t != max_t) return -1;
+        if (next_part(e, &m, &id, &max_t)) return -1;
+        if (partition_get(e, id)->max_t != max_t) return -1;
     }
+    if (reader_left(&m.parts) != 0) return -1;
     if (e->n_parts != m.n_parts || m.closing < e->closing_wm) return -1;
     e->closing_wm = m.closing;
     rc = close_expired(e);
@@ -1135,6 +1300,7 @@ int engine_replay_end(engine *e, const void *meta, size_t len)
     e->st.rejected_cap = m.counters[2];
     e->st.sessions_closed = m.counters[3];
     e->st.pages_closed = m.counters[4];
+    e->st.rejected_future = m.counters[7];
     return 0;
 }
 

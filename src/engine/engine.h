@@ -9,6 +9,8 @@
  *  - A visit joins a session of its user when first - G <= t <= last + G;
  *    a visit within G of two open sessions merges them. Sessions are thus the
  *    connected components of the user's visit times with gaps <= G.
+ *  - A visit too far ahead (engine_too_far_ahead) is rejected, reason
+ *    "future", before anything else.
  *  - Each partition p has a watermark wm[p] = max event time seen on p - L,
  *    never decreasing. A visit is late (rejected, reason "late") when its
  *    time is below its own partition's watermark, or below the closing
@@ -45,6 +47,7 @@ typedef struct engine engine;
 typedef enum reject_reason {
     REJECT_LATE = 1,
     REJECT_SESSION_CAP = 2,
+    REJECT_FUTURE = 3,
 } reject_reason;
 
 typedef struct engine_callbacks {
@@ -67,6 +70,7 @@ typedef struct engine_config {
     int64_t lateness_us;   /* L */
     uint32_t max_pages;    /* per session; >= 1 */
     uint32_t max_session_bytes; /* page text per session; 0: ENGINE_MAX_SESSION_BYTES */
+    int64_t max_future_us; /* how far ahead a visit may be (engine_too_far_ahead); 0: no bound */
     int track_dirty;       /* remember changed users for incremental checkpoints */
     int string_users;      /* users are strings (visit.user), interned (engine.c) */
 } engine_config;
@@ -75,6 +79,8 @@ typedef struct engine_stats {
     uint64_t visits_applied;   /* accepted into a session (some later capped) */
     uint64_t rejected_late;
     uint64_t rejected_cap;
+    uint64_t rejected_future;
+    uint64_t held_visits;      /* awaiting the next visit of their partition (future rule) */
     uint64_t sessions_closed;
     uint64_t pages_closed;     /* pages in closed sessions */
     uint64_t open_sessions;
@@ -86,6 +92,24 @@ typedef struct engine_stats {
     uint64_t sessions_merged;
     uint64_t user_ids;         /* string users: ids ever allocated, the most users held at once */
 } engine_stats;
+
+/* The future rule, so that one record from a broken clock cannot move the
+ * watermark and make every later record late (F = max_future_us; a rejected
+ * visit is dead-lettered as "future"):
+ *  - a record with an append time (Kafka's timestamp; append_ts_ms != 0) is
+ *    too far ahead when t > append + F: this function, pure, which the
+ *    scale-out's first stage applies too;
+ *  - a record without one (a file) has only the partition's own order to be
+ *    judged by. A visit that starts a partition, or is more than F above the
+ *    highest time accepted on it, is held (engine_stats.held_visits) until
+ *    the partition's next visit: accepted if that one is not more than F
+ *    below it (the stream really moved on: a quiet night, or the first
+ *    record), rejected as future otherwise. At the end of the input
+ *    (engine_close_all) a held visit is accepted. */
+int engine_too_far_ahead(const engine_config *cfg, int64_t t, int64_t append_ts_ms);
+
+/* The dead letter's one-line detail for a visit rejected as `future`. */
+const char *engine_future_detail(int64_t append_ts_ms);
 
 engine *engine_new(const engine_config *cfg, const engine_callbacks *cb);
 void engine_free(engine *e);
@@ -112,6 +136,11 @@ int engine_set_caught_up(engine *e, int32_t partition, int caught_up);
 int engine_advance_partition(engine *e, int32_t partition, int64_t max_t);
 /* (A checkpointed engine's change log records each call with
  * changelog_add_advance: the replay must see it where the run did.) */
+
+/* The input ended: nothing can refute a visit the future rule holds any
+ * more, so each is applied (engine_close_all does it first too; a job calls
+ * it before logging the close, so that the change log has them in order). */
+int engine_release_held(engine *e);
 
 /* Closes every open session (end of a bounded run), in closing order. */
 int engine_close_all(engine *e);

@@ -21,6 +21,7 @@
 #include "common/xalloc.h"
 #include "deadletter/deadletter.h"
 #include "record/parse.h"
+#include "record/timestamp.h"
 
 #define MAX_PARTITIONS 4096
 
@@ -70,7 +71,14 @@ typedef struct job {
     metrics_snapshot *m;
     engine_stats base;
     double last_publish;
+    unsigned window, window_late; /* records and late ones in the current LATE_WINDOW */
+    int late_warned;              /* warned, and the late rate has not fallen back since */
 } job;
+
+/* A stall never goes unnoticed: when half the records of a window of this
+ * many are late, a warning says so while the job runs (a record far ahead in
+ * time that --max-future let through, or a producer replaying old data). */
+#define LATE_WINDOW 1000
 
 static int64_t now_us(void)
 {
@@ -130,14 +138,35 @@ static int on_reject(void *ctx, const visit *v, reject_reason why)
     /* A session-cap eviction concerns an earlier record whose bytes are gone. */
     if (raw && (raw->pos.partition != v->pos.partition || raw->pos.offset != v->pos.offset))
         raw = NULL;
-    if (why == REJECT_LATE)
+    if (why == REJECT_LATE) {
+        j->window_late++;
         return write_dead_letter(j, "late", "event time below the watermark", raw, v);
+    }
+    if (why == REJECT_FUTURE)
+        return write_dead_letter(j, "future", engine_future_detail(v->pos.append_ts_ms), raw, v);
     return write_dead_letter(j, "session_cap",
                              "the session already holds --max-pages earlier pages, or "
                              "--max-session-bytes of earlier pages' text", raw, v);
 }
 
 /* ---- the prefetch pipeline ------------------------------------------------ */
+
+static void watch_late_rate(job *j)
+{
+    if (2 * j->window_late < LATE_WINDOW) {
+        j->late_warned = 0;
+    } else if (!j->late_warned) {
+        char wm[40] = "unknown";
+        int64_t closing = engine_closing_watermark(j->eng);
+        if (closing != INT64_MIN) format_iso8601_us(closing, wm);
+        log_warn("sessionizer", "%u of the last %u visits were late (the watermark is at %s): "
+                 "a visit far ahead in time may have moved it (--max-future bounds how far); "
+                 "the late ones are in the dead-letter output",
+                 j->window_late, LATE_WINDOW, wm);
+        j->late_warned = 1;
+    }
+    j->window = j->window_late = 0;
+}
 
 static int apply_oldest(job *j)
 {
@@ -151,6 +180,7 @@ static int apply_oldest(job *j)
     j->current = &p->raw;
     int rc = engine_apply(j->eng, &p->v);
     j->current = NULL;
+    if (++j->window == LATE_WINDOW) watch_late_rate(j);
     return rc || j->failed ? -1 : 0;
 }
 
@@ -432,8 +462,8 @@ static int restore(job *j)
     int rc = checkpoint_restore(j->cp, j->eng, err, errlen);
     if (rc == -2) {
         snprintf(err, errlen, "checkpoint %s was written with other session settings "
-                 "(--gap, --lateness, --max-pages or --max-session-bytes, which is 1GiB for a "
-                 "checkpoint from before that option). Rerun with the settings it was written "
+                 "(--gap, --lateness, --max-pages, --max-session-bytes, which is 1GiB for a "
+                 "checkpoint from before that option, or --max-future). Rerun with the settings it was written "
                  "with, or use a new checkpoint directory to reprocess the input",
                  j->cfg->checkpoint_dir);
         return -1;
@@ -599,6 +629,8 @@ static int run_loop(job *j)
         if (st == SOURCE_END) {
             if (update_partitions(j, 0, 0)) return -1;
             if (cfg->until_end) {
+                /* held visits first: their acceptance is logged before the close */
+                if (engine_release_held(j->eng)) return -1;
                 if (j->cp) checkpoint_log_close_all(j->cp);
                 if (engine_close_all(j->eng)) return -1;
             }

@@ -94,7 +94,7 @@ typedef struct s2task {
 } s2task;
 
 typedef struct so_stats {
-    uint64_t read1, invalid1, late1, produced, markers;
+    uint64_t read1, invalid1, late1, future1, produced, markers;
     uint64_t read2, dups2, visits2, late2, capped2, sessions, superseded;
 } so_stats;
 
@@ -469,9 +469,10 @@ static void s1_message(so *s, rd_kafka_message_t *m)
     s->st.read1++;
     rd_kafka_timestamp_type_t tt;
     int64_t ts = rd_kafka_message_timestamp(m, &tt);
-    raw_record raw = {.data = m->payload ? m->payload : "", .len = m->len,
+    raw_record raw = {.data = m->payload ? m->payload : "", .len = m->len, .full_len = m->len,
                       .pos = {.append_ts_ms = tt == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE || ts < 0 ? 0 : ts,
-                              .partition = p, .offset = m->offset}};
+                              .partition = p, .offset = m->offset},
+                      .key = m->key, .key_len = m->key ? m->key_len : 0, .origin = m};
     if (raw.len > s->jc->source.max_record_bytes) {
         raw.len = s->jc->source.max_record_bytes;
         raw.oversized = 1;
@@ -485,6 +486,12 @@ static void s1_message(so *s, rd_kafka_message_t *m)
     if (pe != PARSE_OK) {
         s->st.invalid1++;
         write_dl(s, parse_error_code(pe), detail, &raw, NULL);
+    } else if (engine_too_far_ahead(&s->jc->engine, v.event_time_us, raw.pos.append_ts_ms)) {
+        /* The engine's first rule, here alone too (stage 2 does not repeat
+         * it). Records without a timestamp are not judged here: holding one
+         * for its successor is the single engine's alone (docs/scaling.md). */
+        s->st.future1++;
+        write_dl(s, "future", engine_future_detail(raw.pos.append_ts_ms), &raw, &v);
     } else if (sp->max_t != INT64_MIN && v.event_time_us < sp->max_t - s->jc->engine.lateness_us) {
         /* The engine's rule for a partition's own watermark (engine.h), here
          * alone: the closing watermark adds nothing while p has records to
@@ -657,6 +664,9 @@ static int on_reject(void *ctx, const visit *v, reject_reason why)
         write_dl(s, "late", s->keyed ? "event time below the watermark"
                                      : "event time below the closing watermark of its session task",
                  raw, v);
+    } else if (why == REJECT_FUTURE) {
+        s->st.future1++;
+        write_dl(s, "future", engine_future_detail(v->pos.append_ts_ms), raw, v);
     } else {
         s->st.capped2++;
         write_dl(s, "session_cap", "the session already holds --max-pages earlier pages", raw, v);
@@ -669,6 +679,9 @@ static void task_reset(so *s, s2task *t)
     engine_free(t->eng);
     engine_config ec = s->jc->engine;
     ec.track_dirty = 1;
+    /* Repartitioned: judged in stage 1, in the source partition's order.
+     * Keyed: the engine judges it, as lateness. */
+    if (!s->keyed) ec.max_future_us = 0;
     engine_callbacks cb = {.ctx = s, .on_close = on_close, .on_reject = on_reject};
     t->eng = engine_new(&ec, &cb);
     t->pos = 0;
@@ -1251,10 +1264,10 @@ out:
                  s->st.capped2, s->st.sessions);
     else
         log_info("scaleout", "stage 1 read %" PRIu64 " records (%" PRIu64
-                " invalid, %" PRIu64 " late), produced %" PRIu64 " visits and %" PRIu64
+                " invalid, %" PRIu64 " late, %" PRIu64 " future), produced %" PRIu64 " visits and %" PRIu64
                 " markers; stage 2 read %" PRIu64 " records, applied %" PRIu64 " visits, dropped %"
                 PRIu64 " duplicates, closed %" PRIu64 " sessions (%" PRIu64 " late, %" PRIu64
-                " over the cap)", s->st.read1, s->st.invalid1, s->st.late1, s->st.produced,
+                " over the cap)", s->st.read1, s->st.invalid1, s->st.late1, s->st.future1, s->st.produced,
                 s->st.markers, s->st.read2, s->st.visits2, s->st.dups2, s->st.sessions, s->st.late2,
                 s->st.capped2);
     if (s->prod) {

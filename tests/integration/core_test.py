@@ -543,8 +543,11 @@ def t_idle(c):
     """A quiet pipe: sessions closed before the pause are written during it."""
     d = tmpdir()
     lines = open(SAMPLE, "rb").read().splitlines(keepends=True)
+    # D is 1h50m after C: beyond --max-future's default hour, it would wait
+    # for the next visit to confirm it (docs/semantics.md) before closing C
     p = subprocess.Popen([BIN, "run", "--source", "-", "--sink", f"sqlite:{d}/s.db", "--checkpoint",
-                          f"{d}/cp", "--commit-interval", "200ms", "-q"], stdin=subprocess.PIPE)
+                          f"{d}/cp", "--commit-interval", "200ms", "--max-future", "2h", "-q"],
+                         stdin=subprocess.PIPE)
     p.stdin.write(b"".join(lines))  # D closes A-B and C; D's session stays open
     p.stdin.flush()
     deadline = time.time() + 10
@@ -995,6 +998,50 @@ def t_existing_table(c):
     p = job(f"file:{SAMPLE}", f"{d}/bad.db", None, check=False)
     c.check(p.returncode == 1 and b"must is NOT NULL without a default" in p.stderr,
             "a required column the sink cannot fill is refused: " + p.stderr.decode().strip()[:300])
+
+def t_future(c):
+    """A visit from a broken clock (year 9999) is dead-lettered as future and
+    no longer makes every later visit late; one within --max-future that does
+    stall the stream is reported while the job runs."""
+    import json
+    d = tmpdir()
+    def visit(u, secs, page):
+        return b'{"user_id": %d, "page": "%s", "event_time": "2023-02-20T%02d:%02d:%02d"}\n' % (
+            u, page.encode(), 3 + secs // 3600, secs // 60 % 60, secs % 60)
+    log = f"{d}/far.jsonl"
+    with open(log, "wb") as f:
+        for i in range(300):
+            f.write(visit(i % 7, i, "p%d" % i))
+            if i == 100:
+                f.write(b'{"user_id": 99, "page": "bad-clock", "event_time": "9999-12-31T23:59:59"}\n')
+    p = job(f"file:{log}", f"{d}/s.db", None, "--dlq", f"jsonl:{d}/dlq.jsonl")
+    dl = [json.loads(x) for x in open(f"{d}/dlq.jsonl")]
+    c.eq([(x["reason"], json.loads(x["record"])["page"]) for x in dl], [("future", "bad-clock")],
+         "the year-9999 visit is dead-lettered as future, and no later visit is late")
+    rows, counts = oracle.sessions(open(log, "rb").read())
+    c.eq(content(f"{d}/s.db"), rows, "the sessions equal the oracle's")
+    c.eq((counts["future"], counts["late"]), (1, 0), "and so do its counts")
+    s = summary(p.stderr)
+    c.eq((s["records"], s["dead"], s["late"], s["closed_visits"]), (301, 1, 0, 300), "summary counts")
+    c.check(b"1 too far in the future" in p.stderr, "the summary names it")
+    c.check(b"were late" not in p.stderr, "no late-rate warning")
+    # 50 minutes ahead is within the default hour: the visits after it are
+    # late, and a warning says so while the job runs
+    log2 = f"{d}/ahead.jsonl"
+    with open(log2, "wb") as f:
+        f.write(visit(1, 0, "first"))
+        f.write(visit(1, 3000, "ahead"))
+        for i in range(1, 1500):
+            f.write(visit(2, i, "p%d" % i))
+    p = job(f"file:{log2}", f"{d}/s2.db", None, "--dlq", f"jsonl:{d}/dlq2.jsonl")
+    c.check(b" warn " in p.stderr and b"visits were late" in p.stderr and b"--max-future" in p.stderr,
+            "a late-rate warning on stderr: " + p.stderr.decode(errors="replace")[-300:])
+    c.eq(summary(p.stderr)["late"], 1499, "the late visits counted")
+    # with --max-future 10m the same visit is future instead, and nothing is late
+    p = job(f"file:{log2}", f"{d}/s3.db", None, "--dlq", f"jsonl:{d}/dlq3.jsonl", "--max-future", "10m")
+    c.eq((summary(p.stderr)["late"], summary(p.stderr)["dead"]), (0, 1), "--max-future 10m: 1 future, 0 late")
+    rows, counts = oracle.sessions(open(log2, "rb").read(), max_future_us=600 * 10**6)
+    c.eq(content(f"{d}/s3.db"), rows, "the sessions equal the oracle's")
 
 
 TESTS = {name[2:]: fn for name, fn in globals().items() if name.startswith("t_")}

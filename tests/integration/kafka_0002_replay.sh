@@ -59,7 +59,7 @@ late = reasons.count("late")
 assert records == exp["records"], (records, exp)
 assert closed_visits == exp["visits"] and closed == exp["sessions"], (summary, exp)
 assert open_visits == 0 and open_s == 0, summary
-assert dead == len(dlq) == exp["invalid"] + exp["late"], (dead, len(dlq), exp)
+assert dead == len(dlq) == exp["invalid"] + exp["late"] + exp["future"], (dead, len(dlq), exp)
 assert late == exp["late"], (late, exp)
 assert records == closed_visits + dead
 for l in dlq:  # dead letters name their Kafka coordinates

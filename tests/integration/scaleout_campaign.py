@@ -323,7 +323,7 @@ def main():
                     if line.strip():
                         d = json.loads(line)
                         dl.add((d["reason"], d.get("partition"), d.get("offset")))
-        bad = counts["invalid"] + counts["late"]
+        bad = counts["invalid"] + counts["late"] + counts["future"]
         n_late = sum(1 for x in dl if x[0] == "late")
         log(f"dead letters: {len(dl)} distinct ({n_late} late), oracle {bad} "
             f"({counts['late']} late)")

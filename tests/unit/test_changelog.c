@@ -100,7 +100,10 @@ static int cmp_user(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-static int cmp_part(const void *a, const void *b) { return memcmp(a, b, 12); }
+/* A partition's entry: id, max_t, and no held visit (these engines have no
+ * --max-future). */
+#define PART_ENTRY 16
+static int cmp_part(const void *a, const void *b) { return memcmp(a, b, PART_ENTRY); }
 
 /* Open sessions by user, the engine's meta with its partitions sorted. */
 static void describe(const engine *e, buf *dst)
@@ -111,9 +114,9 @@ static void describe(const engine *e, buf *dst)
     buf m;
     buf_init(&m);
     engine_save_meta(e, &m);
-    const size_t fixed = 4 + 8 + 8 + 4 + 4 + 8 + 7 * 8 + 4; /* engine_save_meta's v2 */
-    CHECK(m.len >= fixed && (m.len - fixed) % 12 == 0);
-    if (m.len > fixed) qsort(m.data + fixed, (m.len - fixed) / 12, 12, cmp_part);
+    const size_t fixed = 4 + 8 + 8 + 4 + 4 + 8 + 8 + 8 * 8 + 4; /* engine_save_meta's v3 */
+    CHECK(m.len >= fixed && (m.len - fixed) % PART_ENTRY == 0);
+    if (m.len > fixed) qsort(m.data + fixed, (m.len - fixed) / PART_ENTRY, PART_ENTRY, cmp_part);
     buf_reset(dst);
     buf_append(dst, m.data, m.len);
     for (size_t i = 0; i < s.n; i++) {

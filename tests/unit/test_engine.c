@@ -19,7 +19,7 @@
 
 typedef struct out {
     buf text;          /* one line per event, in emission order */
-    unsigned closed, late, capped;
+    unsigned closed, late, capped, future;
 } out;
 
 static int on_close(void *ctx, const closed_session *cs)
@@ -36,22 +36,27 @@ static int on_close(void *ctx, const closed_session *cs)
 static int on_reject(void *ctx, const visit *v, reject_reason why)
 {
     out *o = ctx;
-    buf_printf(&o->text, "%s user=%" PRId64 " page=%.*s\n", why == REJECT_LATE ? "late" : "cap",
-               v->user_id, (int)v->page_len, v->page);
+    buf_printf(&o->text, "%s user=%" PRId64 " page=%.*s\n",
+               why == REJECT_LATE ? "late" : why == REJECT_FUTURE ? "future" : "cap", v->user_id,
+               (int)v->page_len, v->page);
     if (why == REJECT_LATE) o->late++;
+    else if (why == REJECT_FUTURE) o->future++;
     else o->capped++;
     return 0;
 }
 
-/* max_session_bytes of the engines the tests make (0: the largest) */
+/* max_session_bytes and max_future_us of the engines the tests make (0: the
+ * largest, none) */
 static uint32_t g_max_bytes;
+static int64_t g_max_future;
 
 static engine *new_engine(out *o, int64_t gap, int64_t late, uint32_t max_pages)
 {
     memset(o, 0, sizeof *o);
     buf_init(&o->text);
     engine_config cfg = {.gap_us = gap, .lateness_us = late, .max_pages = max_pages,
-                         .max_session_bytes = g_max_bytes, .track_dirty = 1};
+                         .max_session_bytes = g_max_bytes, .max_future_us = g_max_future,
+                         .track_dirty = 1};
     engine_callbacks cb = {.ctx = o, .on_close = on_close, .on_reject = on_reject};
     return engine_new(&cfg, &cb);
 }
@@ -335,7 +340,8 @@ static engine *checkpoint_and_restore(engine *e, store *s, out *o, int64_t g, in
     engine_save_meta(e, &s->meta);
     engine_free(e);
     engine_config cfg = {.gap_us = g, .lateness_us = l, .max_pages = cap,
-                         .max_session_bytes = g_max_bytes, .track_dirty = 1};
+                         .max_session_bytes = g_max_bytes, .max_future_us = g_max_future,
+                         .track_dirty = 1};
     engine_callbacks cb = {.ctx = o, .on_close = on_close, .on_reject = on_reject};
     engine *r = engine_new(&cfg, &cb);
     CHECK(engine_load_meta(r, s->meta.data, s->meta.len) == 0);
@@ -581,6 +587,79 @@ static void test_session_bytes_order_independent(void)
         buf_free(&st.meta);
     }
     g_max_bytes = 0;
+}
+
+/* One visit from a broken clock (year 9999) no longer moves the watermark:
+ * it is rejected as "future", and the visits after it are not late. In a
+ * file a visit that jumps more than F ahead (or starts the partition) waits
+ * for the next one, which confirms or refutes it; a held visit survives a
+ * checkpoint; a Kafka record is bounded by its append time. The setting is
+ * bound to the checkpoint. */
+static void test_far_future(void)
+{
+    out o;
+    g_max_future = 3600 * SEC;
+    engine *e = new_engine(&o, 50 * SEC, 10 * SEC, 100);
+    store st = {0};
+    buf_init(&st.meta);
+    int64_t t0 = ts("2023-02-20T03:03:20"), far_t = ts("9999-12-31T23:59:59");
+    visit first_far = mk(9, "first-far", far_t, 0, 0), a = mk(1, "a", t0, 0, 10);
+    engine_apply(e, &first_far); /* starts the partition: held */
+    engine_stats sts;
+    engine_get_stats(e, &sts);
+    CHECK_EQ_I64(sts.held_visits, 1);
+    e = checkpoint_and_restore(e, &st, &o, 50 * SEC, 10 * SEC, 100);
+    engine_apply(e, &a); /* refutes it (9999 is more than 1h above a); a itself is held */
+    CHECK_EQ_I64(o.future, 1);
+    visit far = mk(2, "far", far_t, 0, 20), b = mk(1, "b", t0 + 5 * SEC, 0, 30);
+    engine_apply(e, &far);  /* confirms a; held itself */
+    engine_apply(e, &b);    /* refutes far; b joins a's session */
+    CHECK_EQ_I64(o.future, 2);
+    CHECK(strstr(text(&o), "future user=9 page=first-far\n") != NULL);
+    CHECK(strstr(text(&o), "future user=2 page=far\n") != NULL);
+    /* a quiet hour and more, then the stream goes on: nothing is lost */
+    visit edge = mk(3, "edge", t0 + 5 * SEC + 3600 * SEC, 0, 40); /* exactly F: not a jump */
+    visit jump = mk(3, "jump", t0 + 3 * 3600 * SEC, 0, 50), after = mk(3, "after", t0 + 3 * 3600 * SEC - 5 * SEC, 0, 60);
+    visit last = mk(4, "last", t0 + 10 * 3600 * SEC, 0, 70);
+    engine_apply(e, &edge);
+    engine_apply(e, &jump);  /* held */
+    e = checkpoint_and_restore(e, &st, &o, 50 * SEC, 10 * SEC, 100);
+    engine_apply(e, &after); /* 5 s below it: confirms it; within L, joins it */
+    engine_apply(e, &last);  /* held; the input ends: accepted */
+    engine_close_all(e);
+    CHECK_EQ_I64(o.future, 2);
+    CHECK_EQ_I64(o.late, 0);
+    CHECK(strstr(text(&o), "user=1 [a,b]") != NULL);
+    CHECK(strstr(text(&o), "user=3 [after,jump]") != NULL);
+    CHECK(strstr(text(&o), "user=4 [last]") != NULL);
+    CHECK_EQ_I64(engine_check_invariants(e), 0);
+    /* Kafka: the append time bounds it, whatever the partition has seen */
+    visit k1 = mk(5, "k1", t0 + 2 * 3600 * SEC, 1, 0), k2 = mk(5, "k2", t0 + 2 * 3600 * SEC, 1, 1);
+    k1.pos.append_ts_ms = t0 / 1000 + 3600 * 1000;     /* 1h before its event time: ok */
+    k2.pos.append_ts_ms = t0 / 1000 + 3600 * 1000 - 1; /* 1h and 1 ms before: future */
+    engine_apply(e, &k1);
+    engine_apply(e, &k2);
+    CHECK_EQ_I64(o.future, 3);
+    engine_get_stats(e, &sts);
+    CHECK_EQ_I64(sts.rejected_future, 3);
+    CHECK_EQ_I64(sts.held_visits, 0);
+    buf meta;
+    buf_init(&meta);
+    engine_save_meta(e, &meta);
+    out o2;
+    g_max_future = 7200 * SEC;
+    engine *r = new_engine(&o2, 50 * SEC, 10 * SEC, 100);
+    CHECK_EQ_I64(engine_load_meta(r, meta.data, meta.len), -2); /* another --max-future */
+    engine_free(r);
+    buf_free(&o2.text);
+    g_max_future = 0;
+    buf_free(&meta);
+    for (size_t i = 0; i < st.n; i++) buf_free(&st.blobs[i]);
+    free(st.users);
+    free(st.blobs);
+    buf_free(&st.meta);
+    engine_free(e);
+    buf_free(&o.text);
 }
 
 /* Two partitions replayed in random interleavings give the same sessions
@@ -1014,6 +1093,7 @@ int main(void)
     test_page_cap_order_independent();
     test_random_vs_oracle_and_restore();
     test_session_bytes_order_independent();
+    test_far_future();
     test_ties_close_in_user_order();
     test_queue_after_peak();
     test_partition_interleavings();

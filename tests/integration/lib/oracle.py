@@ -192,17 +192,39 @@ def parse_line(raw, layout=None):
 
 
 MAX_SESSION_BYTES = 8 << 20  # --max-session-bytes' default
+MAX_FUTURE_US = 3600 * 10**6  # --max-future's default
+
+
+def too_far_ahead(t, append_ts_ms, max_future_us=MAX_FUTURE_US):
+    """The future rule for a record with an append time (Kafka's timestamp)."""
+    return bool(append_ts_ms) and t > append_ts_ms * 1000 + max_future_us
+
+
+# The future rule for records without append time, on one partition: a
+# visit that starts it, or jumps more than F above the highest accepted time,
+# is held until the next visit, which confirms it (not more than F below it)
+# or refutes it (future); the end of the input confirms it.
 
 
 def sessions(data, gap_us=50_000_000, lateness_us=10_000_000, max_pages=10000, layout=None,
-             max_session_bytes=MAX_SESSION_BYTES, extra=None):
+             max_session_bytes=MAX_SESSION_BYTES, max_future_us=MAX_FUTURE_US, extra=None):
     """data: the bytes of a JSONL file. Returns (rows, counts): rows maps
     (session_id, user_id) -> list of pages; counts has records, invalid, late,
-    capped, visits."""
+    capped, visits, future."""
     offset = 0
     visits = []
-    counts = dict(records=0, invalid=0, late=0, capped=0, visits=0)
+    counts = dict(records=0, invalid=0, late=0, capped=0, visits=0, future=0)
     max_t = None
+    held = None
+
+    def accept(t, u, pos, p):
+        nonlocal max_t
+        if max_t is not None and t < max_t - lateness_us:
+            counts["late"] += 1
+            return
+        max_t = t if max_t is None else max(max_t, t)
+        visits.append((u, t, 0, 0, pos, p))
+
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -217,11 +239,18 @@ def sessions(data, gap_us=50_000_000, lateness_us=10_000_000, max_pages=10000, l
             counts["invalid"] += 1
             continue
         u, t, p = v
-        if max_t is not None and t < max_t - lateness_us:
-            counts["late"] += 1
-            continue
-        max_t = t if max_t is None else max(max_t, t)
-        visits.append((u, t, 0, 0, pos, p))
+        if held is not None:
+            if t >= held[0] - max_future_us:
+                accept(*held)
+            else:
+                counts["future"] += 1
+            held = None
+        if max_t is None or t > max_t + max_future_us:
+            held = (t, u, pos, p)
+        else:
+            accept(t, u, pos, p)
+    if held is not None:  # the end of the input confirms it
+        accept(*held)
     rows = group_sessions(visits, gap_us, max_pages, counts, max_session_bytes, extra)
     return rows, counts
 
