@@ -11,10 +11,12 @@
  * still match, so that only the values the mapping names are taken, however
  * deep, and a record costs the same whatever its other fields hold.
  *
- * In front of yajl sits a fast path for the one shape almost every record
- * has when the three fields are top-level keys (the default layout, or a
- * mapping of one-token pointers): an object of exactly the three fields,
- * integers without fraction, strings of printable ASCII without escapes. It accepts a record only when
+ * In front of yajl sits a fast path for the plain records almost every
+ * source writes: objects, arrays, numbers and strings of printable ASCII
+ * without escapes, the mapped fields on paths of objects. It walks the
+ * record once, following the pointers' tokens through the objects they name
+ * and skipping (while checking) everything else, so a nested mapping costs
+ * little more than the default layout (bench/layouts.py). It accepts a record only when
  * it has checked all of it, and hands anything else, valid or not, to yajl,
  * which stays the judge of what is JSON and words every error. A fuzz target
  * (fuzz_record_parse) holds the two to the same answers. Parsing was 42% of
@@ -130,7 +132,8 @@ struct record_parser {
     yajl_handle h;
     record_mapping m;
     unsigned wanted;    /* fields read from the JSON (not from the Kafka key or timestamp) */
-    int flat;           /* every wanted field is a top-level key: the fast path applies */
+    int flat;           /* every wanted field is a top-level key: fast_parse_flat */
+    int objects_only;   /* every pointer goes through objects only: fast_parse */
     int fast_path;      /* on unless a test turns it off */
     /* per-record state */
     const char *raw;    /* the record's bytes, as given to yajl in one piece */
@@ -522,8 +525,168 @@ static inline const char *plain_number_end(const char *c, const char *e)
     return c;
 }
 
-/* 1 and *out filled if r is a valid visit of the common shape, else 0. */
-static int fast_parse(record_parser *p, const raw_record *r, visit *out)
+/* The end of any JSON number (RFC 8259 grammar), or NULL. */
+static inline const char *json_number_end(const char *c, const char *e)
+{
+    c += c < e && *c == '-';
+    if (c == e || *c < '0' || *c > '9') return NULL;
+    if (*c == '0') c++;
+    else while (c < e && *c >= '0' && *c <= '9') c++;
+    if (c < e && *c == '.') {
+        const char *d = ++c;
+        while (c < e && *c >= '0' && *c <= '9') c++;
+        if (c == d) return NULL;
+    }
+    if (c < e && (*c == 'e' || *c == 'E')) {
+        c++;
+        if (c < e && (*c == '+' || *c == '-')) c++;
+        const char *d = c;
+        while (c < e && *c >= '0' && *c <= '9') c++;
+        if (c == d) return NULL;
+    }
+    return c;
+}
+
+#define FAST_MAX_DEPTH 32 /* deeper records are yajl's */
+
+/* Skips a value the mapping does not name, checking that it is JSON of the
+ * plain kind (strings without escapes or non-ASCII); NULL otherwise. */
+static const char *skip_value(const char *c, const char *e, int depth)
+{
+    if (c == e || depth > FAST_MAX_DEPTH) return NULL;
+    switch (*c) {
+    case '"':
+        c = plain_string_end(c + 1, e);
+        return c ? c + 1 : NULL;
+    case '{':
+    case '[': {
+        char close = *c == '{' ? '}' : ']';
+        c = skip_ws(c + 1, e);
+        if (c < e && *c == close) return c + 1;
+        for (;;) {
+            if (close == '}') {
+                if (c == e || *c != '"' || !(c = plain_string_end(c + 1, e))) return NULL;
+                c = skip_ws(c + 1, e);
+                if (c == e || *c++ != ':') return NULL;
+                c = skip_ws(c, e);
+            }
+            if (!(c = skip_value(c, e, depth + 1))) return NULL;
+            c = skip_ws(c, e);
+            if (c == e) return NULL;
+            if (*c == close) return c + 1;
+            if (*c++ != ',') return NULL;
+            c = skip_ws(c, e);
+        }
+    }
+    case 't': return e - c >= 4 && memcmp(c, "true", 4) == 0 ? c + 4 : NULL;
+    case 'f': return e - c >= 5 && memcmp(c, "false", 5) == 0 ? c + 5 : NULL;
+    case 'n': return e - c >= 4 && memcmp(c, "null", 4) == 0 ? c + 4 : NULL;
+    default: return json_number_end(c, e);
+    }
+}
+
+/* The value of field f at c, of the plain kind, into *out; NULL when it is
+ * not (yajl's to judge and word). */
+static const char *fast_field(record_parser *p, int f, const char *c, const char *e, visit *out)
+{
+    if (f == FIELD_USER && p->m.user_type == USER_INT) {
+        int neg = *c == '-';
+        c += neg;
+        if (c == e || *c < '0' || *c > '9') return NULL;
+        if (*c == '0' && c + 1 < e && c[1] >= '0' && c[1] <= '9') return NULL; /* 01 */
+        uint64_t v = 0, limit = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+        for (; c < e && *c >= '0' && *c <= '9'; c++) {
+            unsigned d = (unsigned)(*c - '0');
+            if (v > (limit - d) / 10) return NULL;
+            v = v * 10 + d;
+        }
+        out->user_id = neg ? (int64_t)(0 - v) : (int64_t)v;
+        return c;
+    }
+    if (f == FIELD_TIME && p->m.time_format != TIME_ISO8601 && *c != '"') {
+        const char *v = c;
+        if (!(c = plain_number_end(c, e))) return NULL;
+        if (parse_epoch_us(v, (size_t)(c - v), time_decimals[p->m.time_format], &out->event_time_us))
+            return NULL;
+        return c;
+    }
+    if (*c++ != '"') return NULL;
+    const char *v = c;
+    if (!(c = plain_string_end(c, e))) return NULL;
+    size_t len = (size_t)(c++ - v);
+    if (f == FIELD_PAGE) {
+        out->page = v; /* in the record, valid as long as it is */
+        out->page_len = (uint32_t)len;
+    } else if (f == FIELD_USER) {
+        if (len == 0 || len > USER_MAX_BYTES) return NULL;
+        out->user_id = 0; /* the engine's to assign */
+        out->user = v;
+        out->user_len = (uint32_t)len;
+    } else if (p->m.time_format == TIME_ISO8601
+                   ? parse_iso8601_us(v, len, &out->event_time_us)
+                   : parse_epoch_us(v, len, time_decimals[p->m.time_format], &out->event_time_us)) {
+        return NULL;
+    }
+    return c;
+}
+
+/* The object at c (depth tokens down the pointers in sel, which all go on
+ * below it): its keys matched against the pointers' next tokens, the values
+ * they select taken or descended into, the others skipped. */
+static const char *fast_object(record_parser *p, const char *c, const char *e, int depth,
+                               unsigned sel, unsigned *seen, visit *out)
+{
+    if (c == e || *c++ != '{' || depth >= FAST_MAX_DEPTH) return NULL;
+    unsigned here = 0; /* pointers whose key this object had */
+    c = skip_ws(c, e);
+    if (c < e && *c == '}') return c + 1;
+    for (;;) {
+        if (c == e || *c++ != '"') return NULL;
+        const char *key = c;
+        if (!(c = plain_string_end(c, e))) return NULL;
+        size_t key_len = (size_t)(c - key);
+        c = skip_ws(c + 1, e);
+        if (c == e || *c++ != ':') return NULL;
+        c = skip_ws(c, e);
+        if (c == e) return NULL;
+        unsigned next = 0;
+        for (int f = 0; f < FIELD_COUNT; f++) {
+            const json_pointer *ptr = &p->m.field[f];
+            if ((sel >> f & 1) && ptr->len[depth] == key_len &&
+                memcmp(ptr->store + ptr->off[depth], key, key_len) == 0)
+                next |= 1u << f;
+        }
+        if (next & here) return NULL; /* a key on a path twice: yajl words it */
+        here |= next;
+        unsigned leaf = 0, deeper = 0;
+        for (int f = 0; f < FIELD_COUNT; f++)
+            if (next >> f & 1) {
+                if (p->m.field[f].n == (uint32_t)depth + 1) leaf |= 1u << f;
+                else deeper |= 1u << f;
+            }
+        if (leaf && deeper) return NULL; /* a value both taken and descended into */
+        if (leaf) {
+            int f = __builtin_ctz(leaf);
+            if (leaf != 1u << f) return NULL; /* two fields on one value */
+            if (!(c = fast_field(p, f, c, e, out))) return NULL;
+            *seen |= leaf;
+        } else if (deeper) {
+            if (!(c = fast_object(p, c, e, depth + 1, deeper, seen, out))) return NULL;
+        } else if (!(c = skip_value(c, e, depth + 1))) {
+            return NULL;
+        }
+        c = skip_ws(c, e);
+        if (c == e) return NULL;
+        if (*c == '}') return c + 1;
+        if (*c++ != ',') return NULL;
+        c = skip_ws(c, e);
+    }
+}
+
+/* The default layout and other one-token mappings: an object of exactly
+ * the three fields (any other key is yajl's, as is the nested walk below:
+ * this loop is the fastest for the default layout). 1 and *out, else 0. */
+static int fast_parse_flat(record_parser *p, const raw_record *r, visit *out)
 {
     const char *c = skip_ws(r->data, r->data + r->len), *e = r->data + r->len;
     unsigned seen = 0;
@@ -600,6 +763,19 @@ static int fast_parse(record_parser *p, const raw_record *r, visit *out)
     return 1;
 }
 
+/* 1 and *out filled if r is a valid visit of the plain kind, else 0: every
+ * string without escapes or non-ASCII, the mapped fields on paths of objects
+ * (an array index is yajl's), of the types the mapping wants. */
+static int fast_parse(record_parser *p, const raw_record *r, visit *out)
+{
+    const char *e = r->data + r->len, *c = skip_ws(r->data, e);
+    unsigned seen = 0;
+    if (!(c = fast_object(p, c, e, 0, p->wanted, &seen, out))) return 0;
+    if (skip_ws(c, e) != e || seen != p->wanted) return 0;
+    out->pos = r->pos;
+    return 1;
+}
+
 /* The fields a Kafka record carries outside its value: the key as the
  * user, the record timestamp as the event time. */
 static parse_error from_kafka(record_parser *p, const raw_record *r, visit *out)
@@ -646,9 +822,14 @@ record_parser *record_parser_new(const record_mapping *m)
     else record_mapping_default(&p->m);
     p->wanted = (1u << FIELD_PAGE) | (p->m.user_from_key ? 0 : 1u << FIELD_USER) |
                 (p->m.time_from_kafka ? 0 : 1u << FIELD_TIME);
+    /* the fast paths follow pointers through objects only; flat: one token each */
+    p->objects_only = 1;
     p->flat = 1;
-    for (int f = 0; f < FIELD_COUNT; f++)
+    for (int f = 0; f < FIELD_COUNT; f++) {
         if ((p->wanted >> f & 1) && p->m.field[f].n != 1) p->flat = 0;
+        for (uint32_t k = 0; (p->wanted >> f & 1) && k < p->m.field[f].n; k++)
+            if (p->m.field[f].index[k] >= 0) p->objects_only = 0;
+    }
     _Static_assert(FIELD_COUNT <= 8 * sizeof(unsigned), "a bit per field");
     return p;
 }
@@ -691,7 +872,9 @@ parse_error record_parse(record_parser *p, const raw_record *r, visit *out, char
         snprintf(detail, detail_len, "empty record");
         return PARSE_INVALID_JSON;
     }
-    if (p->fast_path && p->flat && fast_parse(p, r, out)) return from_kafka(p, r, out);
+    if (p->fast_path && (p->flat ? fast_parse_flat(p, r, out)
+                                 : p->objects_only && fast_parse(p, r, out)))
+        return from_kafka(p, r, out);
     out->user = NULL;
     out->user_len = 0;
     arena_reset(&p->arena);

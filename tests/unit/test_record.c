@@ -75,6 +75,14 @@ static void test_parse_valid(void)
     CHECK(v.page_len == 6 && memcmp(v.page, "A.html", 6) == 0);
     CHECK_EQ_I64(v.event_time_us, 1676862200LL * 1000000);
     CHECK_EQ_I64(v.pos.offset, 42);
+    /* other fields of every kind around the three (the fast path skips them) */
+    CHECK_EQ_I64(parse(p, "{\"x\":[1,{\"a\":\"b\"},[],{}],\"user_id\":3,\"y\":-1.5e+3,\"page\":\"p\","
+                          "\"z\":true,\"w\":null,\"event_time\":\"2023-02-20T03:03:20\",\"v\":false,\"n\":0}", &v), PARSE_OK);
+    CHECK_EQ_I64(v.user_id, 3);
+    CHECK_EQ_I64(parse(p, "{\"x\":01,\"user_id\":3,\"page\":\"p\",\"event_time\":\"2023-02-20T03:03:20\"}", &v), PARSE_INVALID_JSON);
+    CHECK_EQ_I64(parse(p, "{\"x\":tru,\"user_id\":3,\"page\":\"p\",\"event_time\":\"2023-02-20T03:03:20\"}", &v), PARSE_INVALID_JSON);
+    CHECK_EQ_I64(parse(p, "{\"x\":[1,],\"user_id\":3,\"page\":\"p\",\"event_time\":\"2023-02-20T03:03:20\"}", &v), PARSE_INVALID_JSON);
+    CHECK_EQ_I64(parse(p, "{\"x\":1e,\"user_id\":3,\"page\":\"p\",\"event_time\":\"2023-02-20T03:03:20\"}", &v), PARSE_INVALID_JSON);
     /* unknown fields (nested too) ignored, any key order, escapes decoded */
     CHECK_EQ_I64(parse(p, "{\"x\":{\"page\":1,\"user_id\":[1,2]},\"event_time\":\"2023-02-20T03:03:20Z\","
                           "\"page\":\"a\\\"b\\u00e9\\ud83d\\ude00\",\"user_id\":-9223372036854775808,\"y\":null}", &v), PARSE_OK);
