@@ -5,7 +5,10 @@ is a function of the input log alone.
     tests/campaign/campaign.py [--trials N] [--seed S] [--targets LIST] [--minutes M]
 
 For every trial it generates an input log (disorder, duplicates, malformed
-records, a few very active users), draws session settings, computes the
+records, a few very active users) and adds hostile records (visits from a
+broken clock, years 2100-9999, one of them first; a record nested
+100,000 deep; one user's session of 100 KB pages past --max-session-bytes,
+1 MiB here), draws session settings, computes the
 expected table twice — with a clean, fault-free run of the job and with the
 independent batch oracle (tests/integration/lib/oracle.py) — and then runs
 the job against a target through random faults until a run completes:
@@ -76,12 +79,13 @@ class Trial:
                         "--dup", str(rnd.choice([0, 0.02])),
                         "--bots", str(rnd.choice([0, 1, 3])),
                         "--rate", str(rnd.choice([5, 50, 500]))], check=True)
+        add_hostile(self.log, rnd)
         gap = rnd.choice([5, 20, 50, 120])
         late = rnd.choice([0, 3, 10, 60])
+        self.max_pages = rnd.choice([3, 50, 10000])
         self.settings = ["--gap", f"{gap}s", "--lateness", f"{late}s",
-                         "--max-pages", str(rnd.choice([3, 50, 10000]))]
+                         "--max-pages", str(self.max_pages), "--max-session-bytes", "1MiB"]
         self.gap_us, self.late_us = gap * 1000000, late * 1000000
-        self.max_pages = int(self.settings[-1])
         # the clean, fault-free run
         clean_db = os.path.join(self.dir, "clean.db")
         t0 = time.time()
@@ -93,8 +97,54 @@ class Trial:
         self.clean_seconds = time.time() - t0
         self.expected = content(clean_db)
         rows, _ = oracle.sessions(open(self.log, "rb").read(), self.gap_us, self.late_us,
-                                  self.max_pages)
+                                  self.max_pages, max_session_bytes=1 << 20)
         self.oracle_mismatch = compare(rows, self.expected)
+
+
+def add_hostile(log, rnd):
+    """Inserts hostile records among the generated ones: visits from a broken
+    clock (years 2100 to 9999; the first line is one of them, which in a file
+    only the next visit can refute), a
+    record nested 100,000 deep, and one user's session of 30 pages of 100 KB
+    (3 MB, past the trials' 1 MiB --max-session-bytes) at the highest event
+    time so far where it lands, so that it is neither late nor ahead."""
+    lines = open(log, "rb").read().split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    import datetime
+    best, highest = None, []  # the highest event time of the visits up to each line
+    for line in lines:
+        v = oracle.parse_line(line)
+        if v is not None and (best is None or v[1] > best):
+            best = v[1]
+        highest.append(best)
+
+    def latest(upto):
+        us = highest[upto - 1] if upto > 0 and highest[upto - 1] is not None else 1676851200 * 10**6
+        t = datetime.datetime(1970, 1, 1) + datetime.timedelta(microseconds=us)
+        return t.strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+    def visit(user, page, when, extra=b""):
+        return (b'{"user_id": %d, "page": "%s", "event_time": "%s"%s}'
+                % (user, page.encode(), when.encode(), extra))
+
+    def ahead(when):  # years later: past a Kafka record's append time too (it is now)
+        return "%04d%s" % (rnd.randrange(2100, 10000), when[4:])
+
+    first = visit(rnd.randrange(10**6), "first-future", ahead(latest(len(lines))))
+    inserts = []
+    for i in range(rnd.randrange(1, 4)):
+        at = rnd.randrange(1, len(lines) + 1)
+        when = "9999-12-31T23:59:59" if i % 2 else ahead(latest(at))
+        inserts.append((at, [visit(rnd.randrange(10**6), "future%d" % i, when)]))
+    at = rnd.randrange(1, len(lines) + 1)
+    inserts.append((at, [visit(7, "deep", latest(at), b', "e": ' + b"[" * 100000)]))
+    at = rnd.randrange(1, len(lines) + 1)
+    when = latest(at)
+    inserts.append((at, [visit(424242, "big%02d" % i + "x" * 100000, when) for i in range(30)]))
+    for at, recs in sorted(inserts, key=lambda x: -x[0]):  # from the end: positions hold
+        lines[at:at] = recs
+    open(log, "wb").write(b"\n".join([first] + lines) + b"\n")
 
 
 def compare(expected, got):
@@ -450,7 +500,8 @@ class KafkaTarget(SqliteTarget):
         # which keeps the earliest pages by (event time, partition, offset),
         # its own order of pages
         out = subprocess.run([PY, self.ORACLE, "--gap", str(trial.gap_us / 1e6),
-                              "--lateness", str(trial.late_us / 1e6), dump],
+                              "--lateness", str(trial.late_us / 1e6),
+                              "--max-session-bytes", str(1 << 20), dump],
                              capture_output=True, check=True).stdout.decode()
         oracle_rows = {}
         for line in out.splitlines():

@@ -30,6 +30,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--gap", type=float, default=50.0, help="seconds")
     ap.add_argument("--lateness", type=float, default=10.0, help="seconds")
+    ap.add_argument("--max-session-bytes", type=int, default=oracle.MAX_SESSION_BYTES)
     ap.add_argument("--counts", action="store_true", help="print the counts as JSON instead")
     ap.add_argument("dump")
     a = ap.parse_args()
@@ -61,7 +62,7 @@ def main():
                 continue
             max_t = t if max_t is None else max(max_t, t)
             visits.append((u, t, ts, p, off, page))
-    table = oracle.group_sessions(visits, gap, None, counts, oracle.MAX_SESSION_BYTES)
+    table = oracle.group_sessions(visits, gap, None, counts, a.max_session_bytes)
     rows = [(sid, u, json.dumps(pages, separators=(",", ":"), ensure_ascii=False))
             for (sid, u), pages in table.items()]
     rows.sort()
