@@ -93,12 +93,17 @@ def t_oracle(c):
 
 def run_with_kills(args, rnd, max_delay):
     """Runs the job, SIGKILLing it at random instants, until one run completes.
-    Returns the number of kills."""
+    Returns the number of kills.
+
+    A run must get past its start-up and restore to make progress: that takes
+    longer under sanitizers or a loaded machine, and grows with the change log
+    to replay (docs/checkpoint.md). So the window widens by a quarter every 10
+    kills; the kills still land at random instants of each run."""
     kills = 0
     while True:
         p = subprocess.Popen([BIN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            p.wait(timeout=rnd.uniform(0.005, max_delay))
+            p.wait(timeout=rnd.uniform(0.005, max_delay * 1.25 ** (kills // 10)))
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
