@@ -181,6 +181,16 @@ class Run:
         return p
 
 
+def fail_instance(r, n, what):
+    """Ends the run, quoting the instance's last words: a CI log has no
+    other way to show them."""
+    try:
+        tail = open(r.path(f"i{n}.err"), encoding="utf-8", errors="replace").read()[-3000:]
+    except OSError:
+        tail = "(no stderr file)"
+    raise SystemExit(f"FAIL: instance {n} {what}; its stderr ends with:\n{tail}")
+
+
 def compare(name, want, got_rows):
     got = set(got_rows)
     keys_want = {(s, u): pg for s, u, pg in want}
@@ -246,7 +256,7 @@ def main():
                 if p.poll() is not None:
                     log(f"instance {n} exited with {p.returncode}")
                     if p.returncode != 0:
-                        raise SystemExit(f"FAIL: instance {n} failed; see {r.path(f'i{n}.err')}")
+                        fail_instance(r, n, f"exited with {p.returncode}")
                     del live[n]
             for when in [w for w in pending if w <= time.time()]:
                 pending.remove(when)
@@ -282,9 +292,9 @@ def main():
                 try:
                     p.wait(timeout=30)
                 except subprocess.TimeoutExpired:
-                    raise SystemExit(f"FAIL: instance {n} did not stop within 30 s of SIGTERM")
+                    fail_instance(r, n, "did not stop within 30 s of SIGTERM")
                 if p.returncode != 0:
-                    raise SystemExit(f"FAIL: instance {n} exited {p.returncode} after SIGTERM")
+                    fail_instance(r, n, f"exited with {p.returncode} after SIGTERM")
             elif what == "join":
                 live[nxt] = r.start_instance(nxt)
                 log(f"instance {nxt} joins")
@@ -306,9 +316,9 @@ def main():
             try:
                 p.wait(timeout=max(1, deadline - time.time()))
             except subprocess.TimeoutExpired:
-                raise SystemExit(f"FAIL: instance {n} did not finish (--until-end); see {r.path(f'i{n}.err')}")
+                fail_instance(r, n, "did not finish (--until-end)")
             if p.returncode != 0:
-                raise SystemExit(f"FAIL: instance {n} exited {p.returncode}; see {r.path(f'i{n}.err')}")
+                fail_instance(r, n, f"exited with {p.returncode}")
         wall = time.time() - t0
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
