@@ -589,8 +589,11 @@ static int pg_setup(pg_sink *s, char *err, size_t errlen)
             char cerr[1024];
             st = pg_exec(s, create_sql, "creating the table", cerr, sizeof cerr);
             /* Two jobs creating the table at once: the loser's IF NOT EXISTS
-             * can still trip on the catalog's unique index. Look again. */
-            if (st && !strstr(cerr, "23505") && !strstr(cerr, "42P07")) {
+             * can still trip on the catalog's unique index, on the relation
+             * (23505, 42P07) or on its row type (42710, "type ... already
+             * exists", seen when scale-out instances start together). Look
+             * again. */
+            if (st && !strstr(cerr, "23505") && !strstr(cerr, "42P07") && !strstr(cerr, "42710")) {
                 snprintf(err, errlen, "%s", cerr);
                 buf_free(&create);
                 return st;
