@@ -85,13 +85,27 @@ run lostB --scale-out --source "kafka://$B/visits" --sink "$PG_URI" --sink-opt t
 $PY - "$WORK/lost.rep" "$WORK/lostB.err" "$TOTAL" <<'PYEOF'
 import re, struct, sys
 data = open(sys.argv[1], "rb").read()
+def varint(b, i):
+    v = shift = 0
+    while True:
+        c = b[i]; i += 1
+        v |= (c & 0x7F) << shift; shift += 7
+        if c < 0x80: return v, i
+def unzigzag(v): return (v >> 1) ^ -(v & 1)
 reach = {}
 i = 0
-while i + 4 <= len(data):
+while i + 4 <= len(data):  # the repartition records (src/task/scaleout.c)
     (n,) = struct.unpack(">i", data[i:i + 4]); v = data[i + 4:i + 4 + n]; i += 4 + n
-    kind, p, off = v[0:1], struct.unpack("<I", v[2:6])[0], struct.unpack("<q", v[6:14])[0]
-    nxt = off + 1 if kind == b"V" else off
-    reach[p] = max(reach.get(p, 0), nxt)
+    if v[0:1] == b"B":  # a batch of visits: partition, zigzag offset delta, 4 more varints, page
+        j, off = 2, 0
+        while j < len(v):
+            p, j = varint(v, j); d, j = varint(v, j); off += unzigzag(d)
+            for _ in range(4): _, j = varint(v, j)
+            plen, j = varint(v, j); j += plen
+            reach[p] = max(reach.get(p, 0), off + 1)
+    else:  # a marker: partition, next offset
+        p, j = varint(v, 2); off, j = varint(v, j)
+        reach[p] = max(reach.get(p, 0), off)
 err = open(sys.argv[2]).read()
 committed = {int(p): int(o) for p, o in re.findall(r"p(\d+)@(-?\d+)", err.split("stage 1 assigned", 1)[1].splitlines()[0])}
 dups = int(re.search(r"dropped (\d+) duplicates", err).group(1))

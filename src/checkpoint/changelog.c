@@ -23,39 +23,6 @@ enum { EV_VISIT = 1, EV_CLOSE_ALL = 2, EV_ADVANCE = 3, EV_VISIT_STRING = 4 };
  * bytes) where an int user's i64 is. */
 #define SNAPSHOT_STRING_USERS 0x10000u
 
-/* ---- varints ---------------------------------------------------------------- */
-
-static inline uint64_t zigzag(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); }
-static inline int64_t unzigzag(uint64_t v) { return (int64_t)(v >> 1) ^ -(int64_t)(v & 1); }
-
-static inline void put_varint(buf *b, uint64_t v)
-{
-    buf_reserve(b, 10);
-    unsigned char *p = b->data + b->len;
-    while (v >= 0x80) {
-        *p++ = (unsigned char)(v | 0x80);
-        v >>= 7;
-    }
-    *p++ = (unsigned char)v;
-    b->len = (size_t)(p - b->data);
-}
-
-static inline int get_varint(reader *r, uint64_t *out)
-{
-    uint64_t v = 0;
-    for (unsigned shift = 0; shift < 64; shift += 7) {
-        if (r->p >= r->end) break;
-        unsigned char c = *r->p++;
-        v |= (uint64_t)(c & 0x7f) << shift;
-        if (!(c & 0x80)) {
-            *out = v;
-            return 0;
-        }
-    }
-    r->bad = 1;
-    return -1;
-}
-
 /* Wrapping differences: deltas of arbitrary int64 values round-trip. */
 static inline int64_t wrap_sub(int64_t a, int64_t b) { return (int64_t)((uint64_t)a - (uint64_t)b); }
 static inline int64_t wrap_add(int64_t a, int64_t b) { return (int64_t)((uint64_t)a + (uint64_t)b); }
@@ -89,18 +56,18 @@ void changelog_add_visit(changelog_frame *f, const visit *v)
     buf_reserve(b, 1 + 6 * 10 + v->page_len + v->user_len);
     if (v->user) {
         b->data[b->len++] = EV_VISIT_STRING;
-        put_varint(b, v->user_len);
+        buf_put_varint(b, v->user_len);
         memcpy(b->data + b->len, v->user, v->user_len);
         b->len += v->user_len;
     } else {
         b->data[b->len++] = EV_VISIT;
-        put_varint(b, zigzag(v->user_id));
+        buf_put_varint(b, zigzag_enc(v->user_id));
     }
-    put_varint(b, zigzag(wrap_sub(v->event_time_us, f->prev_t)));
-    put_varint(b, (uint32_t)v->pos.partition);
-    put_varint(b, zigzag(wrap_sub(v->pos.offset, f->prev_off)));
-    put_varint(b, zigzag(wrap_sub(v->pos.append_ts_ms, f->prev_ts)));
-    put_varint(b, v->page_len);
+    buf_put_varint(b, zigzag_enc(wrap_sub(v->event_time_us, f->prev_t)));
+    buf_put_varint(b, (uint32_t)v->pos.partition);
+    buf_put_varint(b, zigzag_enc(wrap_sub(v->pos.offset, f->prev_off)));
+    buf_put_varint(b, zigzag_enc(wrap_sub(v->pos.append_ts_ms, f->prev_ts)));
+    buf_put_varint(b, v->page_len);
     memcpy(b->data + b->len, v->page, v->page_len);
     b->len += v->page_len;
     f->prev_t = v->event_time_us;
@@ -118,8 +85,8 @@ void changelog_add_close_all(changelog_frame *f)
 void changelog_add_advance(changelog_frame *f, int32_t partition, int64_t max_t)
 {
     buf_append_byte(&f->events, EV_ADVANCE);
-    put_varint(&f->events, (uint32_t)partition);
-    put_varint(&f->events, zigzag(max_t));
+    buf_put_varint(&f->events, (uint32_t)partition);
+    buf_put_varint(&f->events, zigzag_enc(max_t));
     f->n_events++;
 }
 
@@ -198,21 +165,21 @@ int changelog_parse(const void *data, size_t len, changelog_view *out)
         if (*kind == EV_CLOSE_ALL) continue;
         uint64_t x = 0;
         if (*kind == EV_ADVANCE) {
-            get_varint(&r, &x);
-            get_varint(&r, &x);
+            reader_varint(&r, &x);
+            reader_varint(&r, &x);
             continue;
         }
         if (*kind == EV_VISIT_STRING) {
             const unsigned char *user;
-            get_varint(&r, &x);
+            reader_varint(&r, &x);
             if (r.bad || x > reader_left(&r)) return -1;
             reader_bytes(&r, &user, (size_t)x);
         } else if (*kind == EV_VISIT) {
-            get_varint(&r, &x);
+            reader_varint(&r, &x);
         } else {
             return -1;
         }
-        for (int k = 0; k < 5; k++) get_varint(&r, &x);
+        for (int k = 0; k < 5; k++) reader_varint(&r, &x);
         const unsigned char *page;
         if (r.bad || x > reader_left(&r)) return -1;
         reader_bytes(&r, &page, (size_t)x);
@@ -265,37 +232,37 @@ static int next_event(reader *r, int64_t prev[3], visit *out)
     if (*kind == EV_CLOSE_ALL) return 2;
     if (*kind == EV_ADVANCE) {
         uint64_t part = 0, t = 0;
-        get_varint(r, &part);
-        get_varint(r, &t);
+        reader_varint(r, &part);
+        reader_varint(r, &t);
         if (r->bad || part > INT32_MAX) return -1;
-        *out = (visit){.event_time_us = unzigzag(t), .pos = {.partition = (int32_t)part}};
+        *out = (visit){.event_time_us = zigzag_dec(t), .pos = {.partition = (int32_t)part}};
         return 3;
     }
     if (*kind != EV_VISIT && *kind != EV_VISIT_STRING) return -1;
     uint64_t user = 0, dt = 0, part = 0, doff = 0, dts = 0, plen = 0;
     const unsigned char *page, *name = NULL;
-    get_varint(r, &user);
+    reader_varint(r, &user);
     if (*kind == EV_VISIT_STRING) {
         /* the length, then the bytes; checked as the parser checks them */
         if (r->bad || user == 0 || user > USER_MAX_BYTES || reader_bytes(r, &name, user) ||
             memchr(name, 0, user))
             return -1;
     }
-    get_varint(r, &dt);
-    get_varint(r, &part);
-    get_varint(r, &doff);
-    get_varint(r, &dts);
-    get_varint(r, &plen);
+    reader_varint(r, &dt);
+    reader_varint(r, &part);
+    reader_varint(r, &doff);
+    reader_varint(r, &dts);
+    reader_varint(r, &plen);
     if (r->bad || part > INT32_MAX || plen > UINT32_MAX || reader_bytes(r, &page, plen)) return -1;
-    *out = (visit){.user_id = name ? 0 : unzigzag(user),
+    *out = (visit){.user_id = name ? 0 : zigzag_dec(user),
                    .user = (const char *)name,
                    .user_len = name ? (uint32_t)user : 0,
-                   .event_time_us = wrap_add(prev[0], unzigzag(dt)),
+                   .event_time_us = wrap_add(prev[0], zigzag_dec(dt)),
                    .page = (const char *)page,
                    .page_len = (uint32_t)plen,
-                   .pos = {.append_ts_ms = wrap_add(prev[2], unzigzag(dts)),
+                   .pos = {.append_ts_ms = wrap_add(prev[2], zigzag_dec(dts)),
                            .partition = (int32_t)part,
-                           .offset = wrap_add(prev[1], unzigzag(doff))}};
+                           .offset = wrap_add(prev[1], zigzag_dec(doff))}};
     prev[0] = out->event_time_us;
     prev[1] = out->pos.offset;
     prev[2] = out->pos.append_ts_ms;

@@ -56,6 +56,41 @@ int reader_i64le(reader *r, int64_t *out);
 int reader_bytes(reader *r, const unsigned char **out, size_t len);
 static inline size_t reader_left(const reader *r) { return (size_t)(r->end - r->p); }
 
+/* LEB128 varints, with zigzag for signed values: the compact encodings of
+ * the change log's frames and the scale-out's repartition records, where
+ * small numbers and deltas are the common case. */
+static inline uint64_t zigzag_enc(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); }
+static inline int64_t zigzag_dec(uint64_t v) { return (int64_t)(v >> 1) ^ -(int64_t)(v & 1); }
+
+static inline void buf_put_varint(buf *b, uint64_t v)
+{
+    buf_reserve(b, 10);
+    unsigned char *p = b->data + b->len;
+    while (v >= 0x80) {
+        *p++ = (unsigned char)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (unsigned char)v;
+    b->len = (size_t)(p - b->data);
+}
+
+/* Returns -1 and latches r->bad on a truncated or over-long varint. */
+static inline int reader_varint(reader *r, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+        if (r->p >= r->end) break;
+        unsigned char c = *r->p++;
+        v |= (uint64_t)(c & 0x7f) << shift;
+        if (!(c & 0x80)) {
+            *out = v;
+            return 0;
+        }
+    }
+    r->bad = 1;
+    return -1;
+}
+
 static inline uint64_t load_u64le(const unsigned char *p)
 {
     return (uint64_t)p[0] | (uint64_t)p[1] << 8 | (uint64_t)p[2] << 16 | (uint64_t)p[3] << 24 |

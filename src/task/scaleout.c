@@ -65,10 +65,11 @@
 #define DONE_CHECK_MS 500   /* --until-end: how often the group's progress is read */
 #define META_TIMEOUT_MS 10000
 #define CREATE_TIMEOUT_MS 5000
-#define REC_VERSION 1
+#define REC_VERSION 2
+#define BATCH_BYTES 65536   /* a repartition batch's size, at most (a lone visit may exceed it) */
 #define MAX_SRC_PARTITIONS 100000
 
-enum { K_VISIT = 'V', K_WM = 'W', K_IDLE = 'I', K_END = 'E' };
+enum { K_BATCH = 'B', K_WM = 'W', K_IDLE = 'I', K_END = 'E' };
 
 typedef struct s1part {
     int assigned;
@@ -80,6 +81,16 @@ typedef struct s1part {
     int64_t eof_at, last_record_ms;
     int idle_sent;
 } s1part;
+
+/* Stage 1's visits for one repartition partition, not yet produced: one
+ * Kafka record carries many, so that librdkafka's cost per record (an
+ * allocation and a copy on each side, the consumer's queue) is paid per
+ * batch, not per visit (docs/scaling.md, Figures). */
+typedef struct s1batch {
+    buf b;
+    uint32_t n;
+    int64_t prev_off, prev_t, prev_ts; /* delta bases within the batch */
+} s1batch;
 
 typedef struct s2task {
     int32_t id;
@@ -107,6 +118,8 @@ typedef struct so {
     int32_t n_src, R;
     rd_kafka_t *c1, *c2, *prod;
     s1part *p1;
+    s1batch *batch;     /* per repartition partition */
+    size_t batch_cap;   /* BATCH_BYTES, or less under the producer's message.max.bytes */
     s2task *t2;
     sink *snk;
     deadletter *dlq;
@@ -119,6 +132,7 @@ typedef struct so {
     size_t errlen;
     int64_t idle_ms;
     int outage;             /* every broker down, as last reported; see the exit */
+    int unproduced;         /* a visit or marker was given up (stop): no stage 1 commit */
     int keyed;              /* --keyed-input: one stage, a task per source partition */
     so_stats st;
     buf scratch, rec;
@@ -390,18 +404,28 @@ check:;
 }
 
 /* ---- repartition records ------------------------------------------------- *
- * u8 kind, u8 version, le32 source partition, le64 source offset (a
- * marker: the source partition's next offset), le64 source max event time;
- * a visit then: le64 append ts ms, le64 user, le64 event time us, page. */
+ * u8 kind, u8 version, then varints (buf.h):
+ *  a marker (W, I, E): source partition, its next offset (E: its end),
+ *    zigzag(its highest accepted event time);
+ *  a batch (B): one or more visits, each: source partition,
+ *    zigzag(offset - previous), highest event time of the source partition
+ *    - event time (never negative), zigzag(event time - previous),
+ *    zigzag(append ts ms - previous), zigzag(user), page length, the page;
+ *    "previous" is the batch's preceding visit, 0 for its first.
+ * A visit costs its page + ~20 bytes here (46 + Kafka's own ~10 per record
+ * when each was a record of its own). */
 
-static void put_header(buf *b, int kind, int32_t p, int64_t off, int64_t max_t)
+static int64_t wrap_sub(int64_t a, int64_t b) { return (int64_t)((uint64_t)a - (uint64_t)b); }
+static int64_t wrap_add(int64_t a, int64_t b) { return (int64_t)((uint64_t)a + (uint64_t)b); }
+
+static void put_marker(buf *b, int kind, int32_t p, int64_t off, int64_t max_t)
 {
     buf_reset(b);
     buf_append_byte(b, (unsigned char)kind);
     buf_append_byte(b, REC_VERSION);
-    buf_put_u32le(b, (uint32_t)p);
-    buf_put_i64le(b, off);
-    buf_put_i64le(b, max_t);
+    buf_put_varint(b, (uint32_t)p);
+    buf_put_varint(b, (uint64_t)off);
+    buf_put_varint(b, zigzag_enc(max_t));
 }
 
 static int produce(so *s, int32_t r, const buf *b)
@@ -417,14 +441,63 @@ static int produce(so *s, int32_t r, const buf *b)
             return -1;
         }
         rd_kafka_poll(s->prod, 10); /* the queue drains as the cluster acknowledges */
-        if (s->failed || stopping(s)) return -1;
+        if (s->failed) return -1;
+        if (stopping(s)) {
+            s->unproduced = 1; /* a hole: stage 1 must not commit past it */
+            return -1;
+        }
     }
+}
+
+static void batch_flush(so *s, int32_t r)
+{
+    s1batch *q = &s->batch[r];
+    if (q->n == 0) return;
+    produce(s, r, &q->b);
+    q->n = 0;
+}
+
+/* Every pending batch goes to the producer: before a marker (which raises
+ * stage 2's next_seen past the visits it covers, so they must precede it)
+ * and before a stage 1 commit (which covers only delivered visits). */
+static void s1_flush(so *s)
+{
+    for (int32_t r = 0; r < s->R && !s->failed; r++) batch_flush(s, r);
+}
+
+static void batch_add(so *s, const visit *v, int64_t max_t)
+{
+    int32_t r = partition_of(v->user_id, s->R);
+    s1batch *q = &s->batch[r];
+    if (q->n > 0 && q->b.len + v->page_len + 70 > s->batch_cap) batch_flush(s, r);
+    if (q->n == 0) {
+        buf_reset(&q->b);
+        buf_append_byte(&q->b, K_BATCH);
+        buf_append_byte(&q->b, REC_VERSION);
+        q->prev_off = q->prev_t = q->prev_ts = 0;
+    }
+    assert(max_t >= v->event_time_us);
+    buf *b = &q->b;
+    buf_put_varint(b, (uint32_t)v->pos.partition);
+    buf_put_varint(b, zigzag_enc(wrap_sub(v->pos.offset, q->prev_off)));
+    buf_put_varint(b, (uint64_t)wrap_sub(max_t, v->event_time_us));
+    buf_put_varint(b, zigzag_enc(wrap_sub(v->event_time_us, q->prev_t)));
+    buf_put_varint(b, zigzag_enc(wrap_sub(v->pos.append_ts_ms, q->prev_ts)));
+    buf_put_varint(b, zigzag_enc(v->user_id));
+    buf_put_varint(b, v->page_len);
+    buf_append(b, v->page, v->page_len);
+    q->prev_off = v->pos.offset;
+    q->prev_t = v->event_time_us;
+    q->prev_ts = v->pos.append_ts_ms;
+    q->n++;
+    s->st.produced++;
 }
 
 static void broadcast(so *s, int kind, int32_t p)
 {
     s1part *sp = &s->p1[p];
-    put_header(&s->rec, kind, p, kind == K_END ? sp->end : sp->pos, sp->max_t);
+    s1_flush(s);
+    put_marker(&s->rec, kind, p, kind == K_END ? sp->end : sp->pos, sp->max_t);
     for (int32_t r = 0; r < s->R; r++)
         if (produce(s, r, &s->rec)) return;
     s->st.markers++;
@@ -449,6 +522,25 @@ static void s1_end(so *s, int32_t p)
     sp->end_sent = 1;
 }
 
+/* A source record as the parser takes it, parsed (stage 1, keyed tasks). */
+static parse_error parse_message(so *s, const rd_kafka_message_t *m, raw_record *raw, visit *v,
+                                 char *detail, size_t detail_len)
+{
+    rd_kafka_timestamp_type_t tt;
+    int64_t ts = rd_kafka_message_timestamp(m, &tt);
+    int has_ts = !(tt == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE || ts < 0);
+    *raw = (raw_record){.data = m->payload ? m->payload : "", .len = m->len, .full_len = m->len,
+                        .pos = {.append_ts_ms = has_ts ? ts : 0, .partition = m->partition,
+                                .offset = m->offset},
+                        .key = m->key, .key_len = m->key ? m->key_len : 0, .origin = m,
+                        .has_ts = has_ts};
+    if (raw->len > s->jc->source.max_record_bytes) {
+        raw->len = s->jc->source.max_record_bytes;
+        raw->oversized = 1;
+    }
+    return record_parse(s->parser, raw, v, detail, detail_len);
+}
+
 static void s1_message(so *s, rd_kafka_message_t *m)
 {
     int32_t p = m->partition;
@@ -467,19 +559,10 @@ static void s1_message(so *s, rd_kafka_message_t *m)
     if (m->offset < sp->pos) return; /* re-fetched after a rebalance or an outage */
     if (s->jc->until_end && m->offset >= sp->end) return;
     s->st.read1++;
-    rd_kafka_timestamp_type_t tt;
-    int64_t ts = rd_kafka_message_timestamp(m, &tt);
-    raw_record raw = {.data = m->payload ? m->payload : "", .len = m->len, .full_len = m->len,
-                      .pos = {.append_ts_ms = tt == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE || ts < 0 ? 0 : ts,
-                              .partition = p, .offset = m->offset},
-                      .key = m->key, .key_len = m->key ? m->key_len : 0, .origin = m};
-    if (raw.len > s->jc->source.max_record_bytes) {
-        raw.len = s->jc->source.max_record_bytes;
-        raw.oversized = 1;
-    }
+    raw_record raw;
     visit v;
     char detail[160];
-    parse_error pe = record_parse(s->parser, &raw, &v, detail, sizeof detail);
+    parse_error pe = parse_message(s, m, &raw, &v, detail, sizeof detail);
     sp->pos = m->offset + 1;
     sp->last_record_ms = now_ms();
     sp->idle_sent = 0;
@@ -500,12 +583,7 @@ static void s1_message(so *s, rd_kafka_message_t *m)
         write_dl(s, "late", "event time below the watermark", &raw, &v);
     } else {
         if (v.event_time_us > sp->max_t) sp->max_t = v.event_time_us;
-        put_header(&s->rec, K_VISIT, p, m->offset, sp->max_t);
-        buf_put_i64le(&s->rec, raw.pos.append_ts_ms);
-        buf_put_i64le(&s->rec, v.user_id);
-        buf_put_i64le(&s->rec, v.event_time_us);
-        buf_append(&s->rec, v.page, v.page_len);
-        if (produce(s, partition_of(v.user_id, s->R), &s->rec) == 0) s->st.produced++;
+        batch_add(s, &v, sp->max_t);
     }
     if (s->jc->until_end && sp->pos >= sp->end) s1_end(s, p);
 }
@@ -515,6 +593,7 @@ static void s1_message(so *s, rd_kafka_message_t *m)
 static int flush_producer(so *s)
 {
     int64_t since = 0;
+    s1_flush(s);
     while (rd_kafka_outq_len(s->prod) > 0) {
         rd_kafka_poll(s->prod, 50);
         if (s->failed) return -1;
@@ -528,8 +607,8 @@ static int flush_producer(so *s)
 
 static void s1_commit(so *s, int quiet)
 {
-    if (s->failed) return;
-    if (flush_producer(s)) return;
+    if (s->failed || s->unproduced) return;
+    if (flush_producer(s) || s->unproduced) return;
     if (s->dlq->ops->flush(s->dlq, s->err, s->errlen)) {
         s->failed = 1;
         return;
@@ -615,6 +694,7 @@ static void s1_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e,
                 s1_end(s, p);
         }
     } else {
+        s1_flush(s); /* in the revoked partitions' order, as if produced already */
         if (!rd_kafka_assignment_lost(rk)) s1_commit(s, 0);
         for (int32_t p = 0; p < s->n_src; p++) s->p1[p].assigned = 0;
         rd_kafka_assign(rk, NULL);
@@ -866,99 +946,135 @@ static void s2_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e,
     }
 }
 
-static void s2_message(so *s, rd_kafka_message_t *m)
+static void k_finish(so *s, s2task *t);
+
+/* The prologue of a task's records (stage 2's, and keyed tasks' which are
+ * source partitions): the task when m is a record it is to read next or
+ * later; NULL for an error (handled here), a record of a task this instance
+ * does not hold, one already applied, or one beyond a keyed task's
+ * --until-end end. */
+static s2task *task_record(so *s, rd_kafka_t *c, const char *topic, rd_kafka_message_t *m)
 {
     int32_t r = m->partition;
-    if (r < 0 || r >= s->R || !s->t2[r].assigned) return;
+    if (r < 0 || r >= s->R || !s->t2[r].assigned) return NULL;
     s2task *t = &s->t2[r];
-    if (m->err) {
-        if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-            if (m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET)
-                fail(s, "%s partition %d: %s. Records the session task had not read were "
-                     "deleted (retention); a run from the beginning with a new --group "
-                     "rebuilds the table", s->rtopic, (int)r, rd_kafka_message_errstr(m));
-            else
-                on_error(s->c2, m->err, rd_kafka_message_errstr(m), s);
-        }
-        return;
+    int ends = s->jc->until_end && t->end >= 0; /* keyed tasks only have an end */
+    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+        if (ends && m->offset >= t->end) k_finish(s, t);
+    } else if (m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET) {
+        fail(s, "%s partition %d: %s. Records the task had not read were deleted (retention); "
+             "a run from the beginning with a new --group rebuilds the table", topic, (int)r,
+             rd_kafka_message_errstr(m));
+    } else if (m->err) {
+        on_error(c, m->err, rd_kafka_message_errstr(m), s);
     }
-    if (m->offset < t->pos) return;
+    if (m->err || m->offset < t->pos || (ends && m->offset >= t->end)) return NULL;
+    return t;
+}
+
+/* One visit of a batch from source partition p at offset off: dropped when
+ * already seen (a replay of stage 1), else applied. */
+static int s2_visit(so *s, s2task *t, const visit *v, int64_t max_t)
+{
+    int32_t p = v->pos.partition;
+    if (v->pos.offset < t->next_seen[p]) {
+        s->st.dups2++;
+        return 0;
+    }
+    t->next_seen[p] = v->pos.offset + 1;
+    int rc = 0;
+    if (t->idle[p]) {
+        t->idle[p] = 0;
+        rc = engine_set_caught_up(t->eng, p, 0);
+    }
+    s->st.visits2++;
+    if (!rc) rc = engine_apply(t->eng, v);
+    if (!rc) rc = engine_advance_partition(t->eng, p, max_t);
+    return rc;
+}
+
+static int s2_marker(so *s, s2task *t, int kind, int32_t p, int64_t off, int64_t max_t)
+{
+    int fresh = off > t->next_seen[p];
+    if (fresh) t->next_seen[p] = off;
+    int rc = 0;
+    if (kind == K_WM && fresh && t->idle[p]) {
+        t->idle[p] = 0;
+        rc = engine_set_caught_up(t->eng, p, 0);
+    }
+    if (!rc) rc = engine_advance_partition(t->eng, p, max_t);
+    if (!rc && kind == K_IDLE && off >= t->next_seen[p] && !t->ended[p]) {
+        t->idle[p] = 1;
+        rc = engine_set_caught_up(t->eng, p, 1);
+    }
+    if (!rc && kind == K_END && !t->ended[p]) {
+        t->ended[p] = 1;
+        t->n_ended++;
+        rc = engine_set_caught_up(t->eng, p, 1);
+        if (!rc && s->jc->until_end && t->n_ended == s->n_src && !t->done) {
+            rc = engine_close_all(t->eng);
+            t->done = 1;
+        }
+    }
+    return rc;
+}
+
+static void s2_message(so *s, rd_kafka_message_t *m)
+{
+    s2task *t = task_record(s, s->c2, s->rtopic, m);
+    if (!t) return;
     s->st.read2++;
     reader rd;
     reader_init(&rd, m->payload, m->len);
     const unsigned char *hdr;
-    uint32_t p32 = 0;
-    int64_t off = 0, max_t = 0;
-    int bad = reader_bytes(&rd, &hdr, 2) || hdr[1] != REC_VERSION;
-    if (!bad) {
-        reader_u32le(&rd, &p32);
-        reader_i64le(&rd, &off);
-        reader_i64le(&rd, &max_t);
-        bad = rd.bad || p32 >= (uint32_t)s->n_src;
-    }
-    if (bad) {
-        fail(s, "%s partition %d offset %" PRId64 " is not a sessionizer repartition record "
-             "(another writer on the internal topic?)", s->rtopic, (int)r, m->offset);
-        return;
-    }
-    int32_t p = (int32_t)p32;
+    if (reader_bytes(&rd, &hdr, 2) || hdr[1] != REC_VERSION ||
+        (hdr[0] != K_BATCH && hdr[0] != K_WM && hdr[0] != K_IDLE && hdr[0] != K_END))
+        goto bad;
     t->pos = m->offset + 1;
     t->changed = 1;
-    int kind = hdr[0];
     int rc = 0;
-    if (kind == K_VISIT) {
-        int64_t ts = 0;
-        visit v = {0};
-        reader_i64le(&rd, &ts);
-        reader_i64le(&rd, &v.user_id);
-        reader_i64le(&rd, &v.event_time_us);
-        if (rd.bad || reader_left(&rd) > UINT32_MAX) {
-            fail(s, "%s partition %d offset %" PRId64 ": a truncated visit", s->rtopic, (int)r,
-                 m->offset);
-            return;
-        }
-        if (off < t->next_seen[p]) {
-            s->st.dups2++;
-            return;
-        }
-        t->next_seen[p] = off + 1;
-        v.page = (const char *)rd.p;
-        v.page_len = (uint32_t)reader_left(&rd);
-        v.pos = (log_position){.append_ts_ms = ts, .partition = p, .offset = off};
-        if (t->idle[p]) {
-            t->idle[p] = 0;
-            rc = engine_set_caught_up(t->eng, p, 0);
-        }
-        s->st.visits2++;
-        if (!rc) rc = engine_apply(t->eng, &v);
-        if (!rc) rc = engine_advance_partition(t->eng, p, max_t);
-    } else if (kind == K_WM || kind == K_IDLE || kind == K_END) {
-        int fresh = off > t->next_seen[p];
-        if (off > t->next_seen[p]) t->next_seen[p] = off;
-        if (kind == K_WM && fresh && t->idle[p]) {
-            t->idle[p] = 0;
-            rc = engine_set_caught_up(t->eng, p, 0);
-        }
-        if (!rc) rc = engine_advance_partition(t->eng, p, max_t);
-        if (!rc && kind == K_IDLE && off >= t->next_seen[p] && !t->ended[p]) {
-            t->idle[p] = 1;
-            rc = engine_set_caught_up(t->eng, p, 1);
-        }
-        if (!rc && kind == K_END && !t->ended[p]) {
-            t->ended[p] = 1;
-            t->n_ended++;
-            rc = engine_set_caught_up(t->eng, p, 1);
-            if (!rc && s->jc->until_end && t->n_ended == s->n_src && !t->done) {
-                rc = engine_close_all(t->eng);
-                t->done = 1;
-            }
-        }
+    uint64_t p = 0, x = 0;
+    if (hdr[0] != K_BATCH) {
+        reader_varint(&rd, &p);
+        reader_varint(&rd, &x);
+        uint64_t max_t = 0;
+        reader_varint(&rd, &max_t);
+        if (rd.bad || reader_left(&rd) || p >= (uint64_t)s->n_src || x > INT64_MAX) goto bad;
+        rc = s2_marker(s, t, hdr[0], (int32_t)p, (int64_t)x, zigzag_dec(max_t));
     } else {
-        fail(s, "%s partition %d offset %" PRId64 ": unknown record kind %d", s->rtopic, (int)r,
-             m->offset, kind);
-        return;
+        int64_t prev_off = 0, prev_t = 0, prev_ts = 0;
+        do {
+            uint64_t doff = 0, lag = 0, dt = 0, dts = 0, user = 0, len = 0;
+            reader_varint(&rd, &p);
+            reader_varint(&rd, &doff);
+            reader_varint(&rd, &lag);
+            reader_varint(&rd, &dt);
+            reader_varint(&rd, &dts);
+            reader_varint(&rd, &user);
+            reader_varint(&rd, &len);
+            const unsigned char *page;
+            if (rd.bad || p >= (uint64_t)s->n_src || len > UINT32_MAX ||
+                reader_bytes(&rd, &page, (size_t)len))
+                goto bad;
+            visit v = {.user_id = zigzag_dec(user),
+                       .event_time_us = wrap_add(prev_t, zigzag_dec(dt)),
+                       .page = (const char *)page,
+                       .page_len = (uint32_t)len,
+                       .pos = {.append_ts_ms = wrap_add(prev_ts, zigzag_dec(dts)),
+                               .partition = (int32_t)p,
+                               .offset = wrap_add(prev_off, zigzag_dec(doff))}};
+            prev_off = v.pos.offset;
+            prev_t = v.event_time_us;
+            prev_ts = v.pos.append_ts_ms;
+            rc = s2_visit(s, t, &v, wrap_add(v.event_time_us, (int64_t)lag));
+        } while (!rc && reader_left(&rd) > 0);
     }
     if (rc) s->failed = 1;
+    return;
+bad:
+    fail(s, "%s partition %d offset %" PRId64 " is not a sessionizer repartition record of "
+         "version %d (another writer on the internal topic, or an instance of another version "
+         "in the group?)", s->rtopic, (int)m->partition, m->offset, REC_VERSION);
 }
 
 /* ---- keyed input: one stage ------------------------------------------------
@@ -1013,35 +1129,13 @@ static void k_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e,
 
 static void k_message(so *s, rd_kafka_message_t *m)
 {
-    int32_t p = m->partition;
-    if (p < 0 || p >= s->R || !s->t2[p].assigned) return;
-    s2task *t = &s->t2[p];
-    if (m->err) {
-        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-            if (s->jc->until_end && m->offset >= t->end) k_finish(s, t);
-        } else if (m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET) {
-            fail(s, "%s partition %d: %s. Records were deleted (retention) before they were "
-                 "read; a new --group reprocesses what is left", s->topic, (int)p,
-                 rd_kafka_message_errstr(m));
-        } else {
-            on_error(s->c1, m->err, rd_kafka_message_errstr(m), s);
-        }
-        return;
-    }
-    if (m->offset < t->pos || (s->jc->until_end && m->offset >= t->end)) return;
+    s2task *t = task_record(s, s->c1, s->topic, m);
+    if (!t) return;
     s->st.read1++;
-    rd_kafka_timestamp_type_t tt;
-    int64_t ts = rd_kafka_message_timestamp(m, &tt);
-    raw_record raw = {.data = m->payload ? m->payload : "", .len = m->len,
-                      .pos = {.append_ts_ms = tt == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE || ts < 0 ? 0 : ts,
-                              .partition = p, .offset = m->offset}};
-    if (raw.len > s->jc->source.max_record_bytes) {
-        raw.len = s->jc->source.max_record_bytes;
-        raw.oversized = 1;
-    }
+    raw_record raw;
     visit v;
     char detail[160];
-    parse_error pe = record_parse(s->parser, &raw, &v, detail, sizeof detail);
+    parse_error pe = parse_message(s, m, &raw, &v, detail, sizeof detail);
     t->pos = m->offset + 1;
     t->changed = 1;
     if (pe != PARSE_OK) {
@@ -1162,6 +1256,16 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
     s->keyed = cfg->keyed_input;
     if (s->keyed) s->R = s->n_src; /* a task per source partition */
     else if (check_internal_topic(s, err, errlen)) goto out;
+    {
+        /* A batch must be a record the producer accepts (-X message.max.bytes). */
+        char v[32];
+        size_t vl = sizeof v;
+        long long mmb = BATCH_BYTES;
+        if (rd_kafka_conf_get(rd_kafka_conf(s->prod), "message.max.bytes", v, &vl) ==
+            RD_KAFKA_CONF_OK)
+            mmb = atoll(v);
+        s->batch_cap = mmb > 2 * BATCH_BYTES ? BATCH_BYTES : mmb > 1024 ? (size_t)mmb / 2 : 1;
+    }
     s->store = task_store_open(conninfo, jc->source.group, err, errlen);
     if (!s->store) goto out;
     s->ctx = (job_context){.stop = jc->stop};
@@ -1174,6 +1278,7 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
     if (!s->dlq) goto out;
     s->parser = record_parser_new(&jc->records);
     s->p1 = xcalloc((size_t)s->n_src, sizeof *s->p1);
+    s->batch = xcalloc((size_t)s->R, sizeof *s->batch);
     s->t2 = xcalloc((size_t)s->R, sizeof *s->t2);
     for (int32_t r = 0; r < s->R; r++) {
         s->t2[r].id = r;
@@ -1212,6 +1317,7 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
     for (;;) {
         if (stopping(s)) break;
         int n = drain(s, s->c1, s->keyed ? k_message : s1_message, 0);
+        if (!s->keyed) s1_flush(s);
         rd_kafka_poll(s->prod, 0);
         if (!s->keyed) n += drain(s, s->c2, s2_message, 0);
         if (s->failed) goto out;
@@ -1235,6 +1341,7 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
         if (s->failed) goto out;
         if (n == 0) {
             drain(s, s->c1, s->keyed ? k_message : s1_message, s->keyed ? 50 : 10);
+            if (!s->keyed) s1_flush(s);
             if (!s->keyed) drain(s, s->c2, s2_message, 40);
         }
     }
@@ -1283,6 +1390,9 @@ out:
         }
     free(s->t2);
     free(s->p1);
+    if (s->batch)
+        for (int32_t r = 0; r < s->R; r++) buf_free(&s->batch[r].b);
+    free(s->batch);
     record_parser_free(s->parser);
     if (s->dlq) s->dlq->ops->close(s->dlq);
     if (s->snk) s->snk->ops->close(s->snk);
