@@ -18,7 +18,7 @@
 #               record), sessionizer --sink null:: what the engine alone
 #               costs on this workload, for reading the gap
 # The bare consumers get queued.min.messages=1000000 like the Kafka source
-# (see src/source/kafka.c: with librdkafka's default the fetcher stalls on
+# (see src/source/kafka_conf.c: with librdkafka's default the fetcher stalls on
 # 16 partitions, which would hand sessionizer the better configuration).
 # Rates are records per second from the first record delivered to the last:
 # the bare consumer measures that itself; for sessionizer the script stamps

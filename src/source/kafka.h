@@ -9,7 +9,7 @@
  * NULL when the context holds no Kafka source. The original record's key and
  * headers travel with the record (raw_record.key, .origin). These are called
  * on the job's thread only: the Kafka source's consumer thread never touches
- * what they read (kafka.c, "Threads").
+ * what they read (kafka_ring.c, "Threads").
  */
 #ifndef SESSIONIZER_SOURCE_KAFKA_H
 #define SESSIONIZER_SOURCE_KAFKA_H

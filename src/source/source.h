@@ -2,7 +2,7 @@
  * source.h - where visits come from.
  *
  * A source is a URI scheme plus a small table of callbacks, one file per
- * source (file.c, kafka.c), registered in source.c.
+ * source (file.c; kafka.c and the kafka_*.c it names), registered in source.c.
  *
  * A source delivers raw records (bytes + log position); parsing is shared
  * (record/parse.h). Its read position is opaque to the job: position() saves
