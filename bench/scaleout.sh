@@ -5,18 +5,27 @@
 # (tests/integration/lib/pg_server.sh); run `make build` first.
 #
 #   bench/scaleout.sh [RECORDS_OF_PARTITION_0 [PARTITIONS]]   (default 50000 8)
+#   ROUNDS=3 (rounds of every configuration, one after the other, so that
+#   each round's ratios compare runs made under about the same load)
+#   SESSIONIZER=path (another binary, e.g. a copy, for an A/B run)
 #
 # kafka_gen.py gives partition p RECORDS/(p+1) records (the default: ~136k
-# records in 8 partitions, under the mock's ~5 MB per partition).
+# records in 8 partitions, under the mock's ~5 MB per partition). CPU
+# seconds are user + system of our process (all its threads), not the
+# broker's or PostgreSQL's: on a shared machine they vary far less than wall
+# times. The output is also kept in bench/out/scaleout-DATE.txt.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SZ=$ROOT/build/sessionizer
+SZ=${SESSIONIZER:-$ROOT/build/sessionizer}
 MOCK=$ROOT/build/kafka-mock
 PY=/usr/bin/python3
 N=${1:-50000}
 P=${2:-8}
+ROUNDS=${ROUNDS:-3}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sz-scaleout-bench.XXXXXX")
 chmod 755 "$WORK"
+mkdir -p "$ROOT/bench/out"
+exec > >(tee "$ROOT/bench/out/scaleout-$(date -u +%Y%m%dT%H%M%S).txt") 2>&1
 PIDS=()
 . "$ROOT/tests/integration/lib/pg_server.sh"
 cleanup() {
@@ -34,7 +43,7 @@ $PY "$ROOT/tests/integration/kafka_gen.py" --partitions "$P" --records "$N" --us
 for p in $(seq 0 $((P - 1))); do kcat -P -b "$B" -t visits -p "$p" -l "$WORK/gen/p$p.jsonl"; done
 TOTAL=$(cat "$WORK"/gen/p*.jsonl | wc -l)
 FAST=(-X session.timeout.ms=6000 -X heartbeat.interval.ms=1000)
-echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $TOTAL records in $P partitions"
+echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $TOTAL records in $P partitions; $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
 
 # run NAME ARGS...: one process, its wall and CPU seconds into $WORK/NAME.time
 run() {
@@ -44,39 +53,79 @@ run() {
 }
 cpu() { tail -n1 "$WORK/$1.time" | awk '{printf "%.2f", $2 + $3}'; }
 wall() { tail -n1 "$WORK/$1.time" | awk '{printf "%.2f", $1}'; }
+load() { cut -d' ' -f1 /proc/loadavg; }
+# The processing window of scale-out runs: from the first stage 1 assignment
+# (after start-up: the mock never answers CreateTopics, a 5 s wait) to the
+# last instance's exit line; a join's rebalance is inside it.
+window() {
+    cat "$@" | $PY -c '
+import re, sys, datetime
+t = lambda l: datetime.datetime.fromisoformat(l[:23])
+first = last = None
+for l in sys.stdin:
+    if "stage 1 assigned" in l and first is None: first = t(l)
+    if "stage 1 read" in l: last = max(last, t(l)) if last else t(l)
+print("%.2f" % (last - first).total_seconds())'
+}
+div() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a / b}'; }
+us() { awk -v c="$1" -v n="$TOTAL" 'BEGIN{printf "%.2f", c / n * 1e6}'; }
+table_of() { pg_server_psql -AtX -c "SELECT count(*), sum(cardinality(pages)) FROM $1"; }
+# the same rows (id, user, pages) as the single instance's table
+same() {
+    pg_server_psql -AtX -c "SELECT count(*) FROM ((SELECT session_id, user_id, pages FROM $1 EXCEPT
+        SELECT session_id, user_id, pages FROM $2) UNION ALL (SELECT session_id, user_id, pages FROM $2
+        EXCEPT SELECT session_id, user_id, pages FROM $1)) d" | awk '{print ($1 == 0 ? "equal" : $1 " rows differ")}'
+}
 
-run single --source "kafka://$B/visits" --sink "$PG_URI" --sink-opt table=single --group single --until-end
-echo "single instance:        wall $(wall single) s, CPU $(cpu single) s, $(awk -v c="$(cpu single)" -v n="$TOTAL" 'BEGIN{printf "%.2f", c / n * 1e6}') CPU us/record"
-run one --scale-out --source "kafka://$B/visits" --sink "$PG_URI" --sink-opt table=one --group one --until-end
-echo "scale-out, 1 instance:  wall $(wall one) s, CPU $(cpu one) s, $(awk -v c="$(cpu one)" -v n="$TOTAL" 'BEGIN{printf "%.2f", c / n * 1e6}') CPU us/record"
-run two_a --scale-out --source "kafka://$B/visits" --sink "$PG_URI" --sink-opt table=two --group two --until-end &
-A=$!
-run two_b --scale-out --source "kafka://$B/visits" --sink "$PG_URI" --sink-opt table=two --group two --until-end
-wait $A
-C2=$(awk -v a="$(cpu two_a)" -v b="$(cpu two_b)" 'BEGIN{printf "%.2f", a + b}')
-W2=$(awk -v a="$(wall two_a)" -v b="$(wall two_b)" 'BEGIN{printf "%.2f", (a > b ? a : b)}')
-echo "scale-out, 2 instances: wall $W2 s, CPU $C2 s (both), $(awk -v c="$C2" -v n="$TOTAL" 'BEGIN{printf "%.2f", c / n * 1e6}') CPU us/record"
-# The same without a sink's cost: what the repartition itself costs.
-run single_null --source "kafka://$B/visits" --sink null: --group single_null --until-end
-echo "single instance, null: sink:        wall $(wall single_null) s, CPU $(cpu single_null) s, $(awk -v c="$(cpu single_null)" -v n="$TOTAL" 'BEGIN{printf "%.2f", c / n * 1e6}') CPU us/record"
-run single_ck_null --source "kafka://$B/visits" --sink null: --checkpoint "$WORK/ck" --group single_ck_null --until-end
-echo "single instance, --checkpoint, null: wall $(wall single_ck_null) s, CPU $(cpu single_ck_null) s, $(awk -v c="$(cpu single_ck_null)" -v n="$TOTAL" 'BEGIN{printf "%.2f", c / n * 1e6}') CPU us/record"
-run one_null --scale-out --state "$PG_URI" --source "kafka://$B/visits" --sink null: --group one_null --until-end
-echo "scale-out, 1 instance, null: sink:  wall $(wall one_null) s, CPU $(cpu one_null) s, $(awk -v c="$(cpu one_null)" -v n="$TOTAL" 'BEGIN{printf "%.2f", c / n * 1e6}') CPU us/record"
-for t in single one two; do
-    echo "table $t: $(pg_server_psql -AtX -c "SELECT count(*), sum(cardinality(pages)) FROM $t")"
+SUMMARY=()
+for round in $(seq "$ROUNDS"); do
+    echo "== round $round"
+    L0=$(load)
+    run single$round --source "kafka://$B/visits" --sink "$PG_URI" --sink-opt table=single$round --group single$round --until-end
+    run one$round --scale-out --source "kafka://$B/visits" --sink "$PG_URI" --sink-opt table=one$round --group one$round --until-end
+    run two_a$round --scale-out --source "kafka://$B/visits" --sink "$PG_URI" --sink-opt table=two$round --group two$round --until-end &
+    A=$!
+    run two_b$round --scale-out --source "kafka://$B/visits" --sink "$PG_URI" --sink-opt table=two$round --group two$round --until-end
+    wait $A
+    # The same without a sink's cost: what the repartition itself costs.
+    run single_null$round --source "kafka://$B/visits" --sink null: --group single_null$round --until-end
+    run single_ck_null$round --source "kafka://$B/visits" --sink null: --checkpoint "$WORK/ck$round" --group single_ck_null$round --until-end
+    run one_null$round --scale-out --state "$PG_URI" --source "kafka://$B/visits" --sink null: --group one_null$round --until-end
+    L1=$(load)
+    CS=$(cpu single$round); C1=$(cpu one$round)
+    C2=$(awk -v a="$(cpu two_a$round)" -v b="$(cpu two_b$round)" 'BEGIN{printf "%.2f", a + b}')
+    W2=$(awk -v a="$(wall two_a$round)" -v b="$(wall two_b$round)" 'BEGIN{printf "%.2f", (a > b ? a : b)}')
+    echo "load average (1 min) $L0 at the start, $L1 at the end of the round"
+    echo "single instance:           wall $(wall single$round) s, CPU $CS s, $(us "$CS") CPU us/record"
+    X1=$(window "$WORK/one$round.err"); X2=$(window "$WORK"/two_?$round.err)
+    echo "scale-out, 1 instance:     wall $(wall one$round) s, CPU $C1 s, $(us "$C1") CPU us/record; processing $X1 s"
+    echo "scale-out, 2 instances:    wall $W2 s, CPU $C2 s (both), $(us "$C2") CPU us/record; processing $X2 s"
+    echo "single, null: sink:        wall $(wall single_null$round) s, CPU $(cpu single_null$round) s"
+    echo "single, --checkpoint, null: wall $(wall single_ck_null$round) s, CPU $(cpu single_ck_null$round) s"
+    echo "scale-out, 1, null: sink:  wall $(wall one_null$round) s, CPU $(cpu one_null$round) s"
+    for t in one$round two$round; do echo "table $t: $(table_of "$t"), against single$round: $(same "$t" single$round)"; done
+    echo "table single$round: $(table_of "single$round")"
+    grep -h "stage 1 read" "$WORK"/two_*$round.err | cut -c1-200
+    SUMMARY+=("$round | $L0-$L1 | $(div "$C1" "$CS")x | $(div "$C2" "$CS")x | $(div "$(cpu one_null$round)" "$(cpu single_null$round)")x | $(div "$(cpu one_null$round)" "$(cpu single_ck_null$round)")x | $(div "$(wall one$round)" "$W2")x | $(div "$X1" "$X2")x")
 done
-grep -h "stage 1 assigned\|stage 2 assigned\|stage 1 read" "$WORK"/two_*.err | cut -c1-200
+echo "== same-run ratios (CPU seconds summed over instances, against the single instance of the same round)"
+echo "round | load | 1 instance / single | 2 instances / single | null: 1 / single | null: 1 / single --checkpoint | wall 1 instance / wall 2 instances | processing 1 / processing 2"
+for l in "${SUMMARY[@]}"; do echo "$l"; done
+# What the repartition adds to the brokers' traffic (the model of N machines).
+read -r NREC NBYTES < <(kcat -C -b "$B" -t one1-repartition -e -q -f '%S\n' | awk '{n++; s += $1} END {print n, s}')
+VISITS=$(grep -o "produced [0-9]* visits" "$WORK/one1.err" | grep -o "[0-9]*")
+IN_BYTES=$(cat "$WORK"/gen/p*.jsonl | wc -c)
+echo "repartition topic: $NREC records, $NBYTES value bytes for $VISITS visits: $(div "$NBYTES" "$VISITS") B/visit (the input: $(div "$IN_BYTES" "$TOTAL") B/record)"
 
 # The cost of a lost machine: instance A (tiny fetches, so that it is still
-# reading) is SIGKILLed 4 s after its first assignment, then B takes over.
+# reading) is SIGKILLed 1 s after its first assignment, then B takes over.
 SLOW=(-X message.max.bytes=1000 -X fetch.max.bytes=1000 -X max.partition.fetch.bytes=300)
 "$SZ" run --scale-out --source "kafka://$B/visits" --sink "$PG_URI" --sink-opt table=lost \
     --group lost --until-end -q --dlq "jsonl:$WORK/lostA.dlq" "${FAST[@]}" "${SLOW[@]}" 2>"$WORK/lostA.err" &
 A=$!
 PIDS+=($A)
 for _ in $(seq 600); do grep -q "stage 1 assigned" "$WORK/lostA.err" && break; sleep 0.1; done
-sleep 4
+sleep 1
 kill -9 $A
 wait $A 2>/dev/null || true
 # what A had delivered to the repartition topic: the highest source offset per partition
@@ -116,4 +165,4 @@ print(f"lost machine: it had delivered {sum(reach.values())} records' worth of t
       f"its successor: {since} (their visits, dropped as duplicates at stage 2: {dups}); "
       f"a single instance that lost its checkpoint re-reads all {total}")
 PYEOF
-echo "table lost: $(pg_server_psql -AtX -c "SELECT count(*), sum(cardinality(pages)) FROM lost")"
+echo "table lost: $(table_of lost), against single1: $(same lost single1)"

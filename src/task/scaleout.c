@@ -10,9 +10,10 @@
  *    (invalid and late records are dead letters here), and produces each
  *    accepted visit to GROUP-repartition, partition hash(user) mod R, with
  *    the record's original (timestamp, partition, offset) and p's highest
- *    accepted event time. It broadcasts markers for p to every repartition
- *    partition: 'W' (p's progress), 'I' (p is idle, live runs only), 'E'
- *    (p reached its end, --until-end). Its state is two numbers per
+ *    accepted event time, in batches (repartition.h) that are produced
+ *    before any marker and any commit. It broadcasts markers for p to every
+ *    repartition partition: 'W' (p's progress), 'I' (p is idle, live runs
+ *    only), 'E' (p reached its end, --until-end). Its state is two numbers per
  *    partition (position, highest event time; plus the --until-end end),
  *    committed to the group as the offset and its metadata, after the
  *    producer has delivered everything before it.
@@ -58,6 +59,7 @@
 #include "engine/engine.h"
 #include "record/parse.h"
 #include "sink/sink.h"
+#include "task/repartition.h"
 #include "task/task_store.h"
 
 #define POLL_BATCH 1000     /* messages from one consumer before turning to the other */
@@ -65,11 +67,8 @@
 #define DONE_CHECK_MS 500   /* --until-end: how often the group's progress is read */
 #define META_TIMEOUT_MS 10000
 #define CREATE_TIMEOUT_MS 5000
-#define REC_VERSION 2
 #define BATCH_BYTES 65536   /* a repartition batch's size, at most (a lone visit may exceed it) */
 #define MAX_SRC_PARTITIONS 100000
-
-enum { K_BATCH = 'B', K_WM = 'W', K_IDLE = 'I', K_END = 'E' };
 
 typedef struct s1part {
     int assigned;
@@ -81,16 +80,6 @@ typedef struct s1part {
     int64_t eof_at, last_record_ms;
     int idle_sent;
 } s1part;
-
-/* Stage 1's visits for one repartition partition, not yet produced: one
- * Kafka record carries many, so that librdkafka's cost per record (an
- * allocation and a copy on each side, the consumer's queue) is paid per
- * batch, not per visit (docs/scaling.md, Figures). */
-typedef struct s1batch {
-    buf b;
-    uint32_t n;
-    int64_t prev_off, prev_t, prev_ts; /* delta bases within the batch */
-} s1batch;
 
 typedef struct s2task {
     int32_t id;
@@ -118,7 +107,7 @@ typedef struct so {
     int32_t n_src, R;
     rd_kafka_t *c1, *c2, *prod;
     s1part *p1;
-    s1batch *batch;     /* per repartition partition */
+    repart_batch *batch; /* stage 1's visits not yet produced, per repartition partition */
     size_t batch_cap;   /* BATCH_BYTES, or less under the producer's message.max.bytes */
     s2task *t2;
     sink *snk;
@@ -403,30 +392,7 @@ check:;
     return -1;
 }
 
-/* ---- repartition records ------------------------------------------------- *
- * u8 kind, u8 version, then varints (buf.h):
- *  a marker (W, I, E): source partition, its next offset (E: its end),
- *    zigzag(its highest accepted event time);
- *  a batch (B): one or more visits, each: source partition,
- *    zigzag(offset - previous), highest event time of the source partition
- *    - event time (never negative), zigzag(event time - previous),
- *    zigzag(append ts ms - previous), zigzag(user), page length, the page;
- *    "previous" is the batch's preceding visit, 0 for its first.
- * A visit costs its page + ~20 bytes here (46 + Kafka's own ~10 per record
- * when each was a record of its own). */
-
-static int64_t wrap_sub(int64_t a, int64_t b) { return (int64_t)((uint64_t)a - (uint64_t)b); }
-static int64_t wrap_add(int64_t a, int64_t b) { return (int64_t)((uint64_t)a + (uint64_t)b); }
-
-static void put_marker(buf *b, int kind, int32_t p, int64_t off, int64_t max_t)
-{
-    buf_reset(b);
-    buf_append_byte(b, (unsigned char)kind);
-    buf_append_byte(b, REC_VERSION);
-    buf_put_varint(b, (uint32_t)p);
-    buf_put_varint(b, (uint64_t)off);
-    buf_put_varint(b, zigzag_enc(max_t));
-}
+/* ---- the repartition topic (repartition.h) ------------------------------- */
 
 static int produce(so *s, int32_t r, const buf *b)
 {
@@ -451,7 +417,7 @@ static int produce(so *s, int32_t r, const buf *b)
 
 static void batch_flush(so *s, int32_t r)
 {
-    s1batch *q = &s->batch[r];
+    repart_batch *q = &s->batch[r];
     if (q->n == 0) return;
     produce(s, r, &q->b);
     q->n = 0;
@@ -468,28 +434,9 @@ static void s1_flush(so *s)
 static void batch_add(so *s, const visit *v, int64_t max_t)
 {
     int32_t r = partition_of(v->user_id, s->R);
-    s1batch *q = &s->batch[r];
-    if (q->n > 0 && q->b.len + v->page_len + 70 > s->batch_cap) batch_flush(s, r);
-    if (q->n == 0) {
-        buf_reset(&q->b);
-        buf_append_byte(&q->b, K_BATCH);
-        buf_append_byte(&q->b, REC_VERSION);
-        q->prev_off = q->prev_t = q->prev_ts = 0;
-    }
-    assert(max_t >= v->event_time_us);
-    buf *b = &q->b;
-    buf_put_varint(b, (uint32_t)v->pos.partition);
-    buf_put_varint(b, zigzag_enc(wrap_sub(v->pos.offset, q->prev_off)));
-    buf_put_varint(b, (uint64_t)wrap_sub(max_t, v->event_time_us));
-    buf_put_varint(b, zigzag_enc(wrap_sub(v->event_time_us, q->prev_t)));
-    buf_put_varint(b, zigzag_enc(wrap_sub(v->pos.append_ts_ms, q->prev_ts)));
-    buf_put_varint(b, zigzag_enc(v->user_id));
-    buf_put_varint(b, v->page_len);
-    buf_append(b, v->page, v->page_len);
-    q->prev_off = v->pos.offset;
-    q->prev_t = v->event_time_us;
-    q->prev_ts = v->pos.append_ts_ms;
-    q->n++;
+    repart_batch *q = &s->batch[r];
+    if (q->n > 0 && repart_batch_after(q, v->page_len) > s->batch_cap) batch_flush(s, r);
+    repart_batch_add(q, v, max_t);
     s->st.produced++;
 }
 
@@ -497,11 +444,11 @@ static void broadcast(so *s, int kind, int32_t p)
 {
     s1part *sp = &s->p1[p];
     s1_flush(s);
-    put_marker(&s->rec, kind, p, kind == K_END ? sp->end : sp->pos, sp->max_t);
+    repart_marker(&s->rec, kind, p, kind == REPART_END ? sp->end : sp->pos, sp->max_t);
     for (int32_t r = 0; r < s->R; r++)
         if (produce(s, r, &s->rec)) return;
     s->st.markers++;
-    if (kind == K_WM || kind == K_END) sp->marker_pos = sp->pos;
+    if (kind == REPART_WM || kind == REPART_END) sp->marker_pos = sp->pos;
 }
 
 /* ---- stage 1 ------------------------------------------------------------- */
@@ -518,7 +465,7 @@ static void s1_end(so *s, int32_t p)
     s1part *sp = &s->p1[p];
     if (sp->end_sent) return;
     sp->pos = sp->end;
-    broadcast(s, K_END, p);
+    broadcast(s, REPART_END, p);
     sp->end_sent = 1;
 }
 
@@ -706,11 +653,11 @@ static void s1_markers(so *s, int64_t now)
     for (int32_t p = 0; p < s->n_src; p++) {
         s1part *sp = &s->p1[p];
         if (!sp->assigned || sp->end_sent) continue;
-        if (sp->pos > sp->marker_pos) broadcast(s, K_WM, p);
+        if (sp->pos > sp->marker_pos) broadcast(s, REPART_WM, p);
         /* Live: Flink's idleness, as the single instance (docs/kafka.md). */
         if (!s->jc->until_end && !sp->idle_sent && sp->eof_at >= 0 && sp->eof_at <= sp->pos &&
             now - sp->last_record_ms >= s->idle_ms) {
-            broadcast(s, K_IDLE, p);
+            broadcast(s, REPART_IDLE, p);
             sp->idle_sent = 1;
         }
     }
@@ -998,16 +945,16 @@ static int s2_marker(so *s, s2task *t, int kind, int32_t p, int64_t off, int64_t
     int fresh = off > t->next_seen[p];
     if (fresh) t->next_seen[p] = off;
     int rc = 0;
-    if (kind == K_WM && fresh && t->idle[p]) {
+    if (kind == REPART_WM && fresh && t->idle[p]) {
         t->idle[p] = 0;
         rc = engine_set_caught_up(t->eng, p, 0);
     }
     if (!rc) rc = engine_advance_partition(t->eng, p, max_t);
-    if (!rc && kind == K_IDLE && off >= t->next_seen[p] && !t->ended[p]) {
+    if (!rc && kind == REPART_IDLE && off >= t->next_seen[p] && !t->ended[p]) {
         t->idle[p] = 1;
         rc = engine_set_caught_up(t->eng, p, 1);
     }
-    if (!rc && kind == K_END && !t->ended[p]) {
+    if (!rc && kind == REPART_END && !t->ended[p]) {
         t->ended[p] = 1;
         t->n_ended++;
         rc = engine_set_caught_up(t->eng, p, 1);
@@ -1019,62 +966,30 @@ static int s2_marker(so *s, s2task *t, int kind, int32_t p, int64_t off, int64_t
     return rc;
 }
 
+static int s2_item(void *ctx, int kind, const visit *v, int64_t max_t)
+{
+    so *s = ctx;
+    s2task *t = s->cur;
+    if (kind == REPART_BATCH) return s2_visit(s, t, v, max_t);
+    return s2_marker(s, t, kind, v->pos.partition, v->pos.offset, max_t);
+}
+
 static void s2_message(so *s, rd_kafka_message_t *m)
 {
     s2task *t = task_record(s, s->c2, s->rtopic, m);
     if (!t) return;
     s->st.read2++;
-    reader rd;
-    reader_init(&rd, m->payload, m->len);
-    const unsigned char *hdr;
-    if (reader_bytes(&rd, &hdr, 2) || hdr[1] != REC_VERSION ||
-        (hdr[0] != K_BATCH && hdr[0] != K_WM && hdr[0] != K_IDLE && hdr[0] != K_END))
-        goto bad;
     t->pos = m->offset + 1;
     t->changed = 1;
-    int rc = 0;
-    uint64_t p = 0, x = 0;
-    if (hdr[0] != K_BATCH) {
-        reader_varint(&rd, &p);
-        reader_varint(&rd, &x);
-        uint64_t max_t = 0;
-        reader_varint(&rd, &max_t);
-        if (rd.bad || reader_left(&rd) || p >= (uint64_t)s->n_src || x > INT64_MAX) goto bad;
-        rc = s2_marker(s, t, hdr[0], (int32_t)p, (int64_t)x, zigzag_dec(max_t));
-    } else {
-        int64_t prev_off = 0, prev_t = 0, prev_ts = 0;
-        do {
-            uint64_t doff = 0, lag = 0, dt = 0, dts = 0, user = 0, len = 0;
-            reader_varint(&rd, &p);
-            reader_varint(&rd, &doff);
-            reader_varint(&rd, &lag);
-            reader_varint(&rd, &dt);
-            reader_varint(&rd, &dts);
-            reader_varint(&rd, &user);
-            reader_varint(&rd, &len);
-            const unsigned char *page;
-            if (rd.bad || p >= (uint64_t)s->n_src || len > UINT32_MAX ||
-                reader_bytes(&rd, &page, (size_t)len))
-                goto bad;
-            visit v = {.user_id = zigzag_dec(user),
-                       .event_time_us = wrap_add(prev_t, zigzag_dec(dt)),
-                       .page = (const char *)page,
-                       .page_len = (uint32_t)len,
-                       .pos = {.append_ts_ms = wrap_add(prev_ts, zigzag_dec(dts)),
-                               .partition = (int32_t)p,
-                               .offset = wrap_add(prev_off, zigzag_dec(doff))}};
-            prev_off = v.pos.offset;
-            prev_t = v.event_time_us;
-            prev_ts = v.pos.append_ts_ms;
-            rc = s2_visit(s, t, &v, wrap_add(v.event_time_us, (int64_t)lag));
-        } while (!rc && reader_left(&rd) > 0);
-    }
-    if (rc) s->failed = 1;
-    return;
-bad:
-    fail(s, "%s partition %d offset %" PRId64 " is not a sessionizer repartition record of "
-         "version %d (another writer on the internal topic, or an instance of another version "
-         "in the group?)", s->rtopic, (int)m->partition, m->offset, REC_VERSION);
+    s->cur = t;
+    int rc = repart_decode(m->payload, m->len, s->n_src, s2_item, s);
+    s->cur = NULL;
+    if (rc < 0)
+        fail(s, "%s partition %d offset %" PRId64 " is not a sessionizer repartition record of "
+             "version %d (another writer on the internal topic, or an instance of another "
+             "version in the group?)", s->rtopic, (int)m->partition, m->offset, REPART_VERSION);
+    else if (rc)
+        s->failed = 1;
 }
 
 /* ---- keyed input: one stage ------------------------------------------------
