@@ -59,6 +59,8 @@
  *    error with no SQLSTATE is libpq's own (refused, reset, timed out): those
  *    are transient, except the few that are configuration mistakes (no
  *    password given, SSL demanded but unsupported, bad certificate).
+ *  - The connection, its bounded waits, the classification and the retries
+ *    are pg_conn.h's, shared with the scale-out's task state store.
  *  - No message contains a password: errors name the target by a copy of the
  *    connection string with the password replaced by "***", and every message
  *    passes through pg_conninfo_redact() (pg_conninfo.h) before it leaves
@@ -66,7 +68,6 @@
  */
 #include <errno.h>
 #include <libpq-fe.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -83,6 +84,7 @@
 #include "common/retry.h"
 #include "common/units.h"
 #include "common/xalloc.h"
+#include "sink/pg_conn.h"
 #include "sink/pg_conninfo.h"
 #include "sink/sink.h"
 
@@ -103,17 +105,12 @@
 #define PG_DEFAULT_TABLE "sessions"
 #define PG_DEFAULT_BATCH_ROWS 2000
 #define PG_MAX_BATCH_ROWS 1000000
-#define PG_DEFAULT_RETRY_TIMEOUT_MS (10LL * 60 * 1000)
-#define PG_DEFAULT_BACKOFF_MAX_MS (10LL * 1000)
-#define PG_BACKOFF_START_MS 100LL
-#define PG_DEFAULT_IO_TIMEOUT_MS (60LL * 1000)
 #define PG_STMT_NAME "sessionizer_upsert"
 
 #define PG_OPTIONS_HELP                                                                    \
-    "table=[SCHEMA.]NAME, batch_rows=N, retry_timeout=DUR (0: forever), retry_backoff_max=DUR, " \
-    "io_timeout=DUR, password=SECRET (e.g. password=@file:PATH)"
+    "table=[SCHEMA.]NAME, batch_rows=N, " PG_CONN_SETTINGS_HELP                              \
+    ", password=SECRET (e.g. password=@file:PATH)"
 
-enum { PG_OK = 0, PG_TRANSIENT = 1, PG_PERMANENT = 2 };
 
 typedef struct pg_row {
     int64_t session_id;
@@ -143,11 +140,7 @@ typedef struct pg_sink {
     char *identity;      /* "postgresql://HOSTS:PORTS/DB table=T", made at open */
     int create_schema;
     size_t batch_rows;
-    long long retry_timeout_ms; /* 0 = forever */
-    long long backoff_max_ms;
-    long long io_timeout_ms;
-    job_status *status; /* reachability, retries, errors; signs of life while waiting */
-    PGconn *conn;
+    pg_conn pc;          /* connection, io_timeout, retries, stop (pg_conn.h) */
     char *upsert_sql;
 
     /* Sessions written since the last successful flush. */
@@ -161,8 +154,6 @@ typedef struct pg_sink {
     buf p_opt[SINK_N_OPTIONAL];
     int string_users;
     unsigned columns;
-    volatile sig_atomic_t *stop; /* the job's (context.h) */
-    retry rt;                    /* the retry under way (pg_retry) */
 } pg_sink;
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -179,16 +170,6 @@ static void put_be64(buf *b, uint64_t v)
     unsigned char o[8];
     for (int i = 0; i < 8; i++) o[i] = (unsigned char)(v >> (56 - 8 * i));
     buf_append(b, o, 8);
-}
-
-/* Durations are spelt as everywhere else (common/units.h): "1500ms", "30s",
- * "10m", "1h", or a bare number of seconds. */
-static int parse_duration_ms(const char *s, long long *out)
-{
-    int64_t us;
-    if (parse_duration_us(s, &us)) return -1;
-    *out = (long long)(us / 1000);
-    return 0;
 }
 
 /* Identifier quoting as SQL defines it: "..." with " doubled. Identifiers
@@ -216,221 +197,6 @@ __attribute__((format(printf, 4, 5))) static int pg_fail(const pg_sink *s, char 
 }
 
 /* ---- connection and statements ------------------------------------------ */
-
-/* SQLSTATEs that retrying on a fresh connection can fix. */
-static int sqlstate_transient(const char *st)
-{
-    if (!st || strlen(st) != 5) return 1; /* not from the server: libpq's own, I/O */
-    if (strncmp(st, "08", 2) == 0) return 1; /* connection exception */
-    if (strncmp(st, "40", 2) == 0) return 1; /* serialization failure, deadlock */
-    if (strncmp(st, "53", 2) == 0) return 1; /* too many connections, out of memory, disk full */
-    if (strcmp(st, "57P04") == 0) return 0;  /* database dropped */
-    if (strncmp(st, "57", 2) == 0) return 1; /* admin/crash shutdown, cannot connect now, canceled */
-    if (strncmp(st, "58", 2) == 0) return 1; /* I/O error on the server */
-    if (strcmp(st, "55P03") == 0) return 1;  /* lock not available */
-    if (strcmp(st, "55006") == 0) return 1;  /* object in use */
-    if (strcmp(st, "25006") == 0) return 1;  /* read-only transaction: a standby, wait for promotion */
-    if (strcmp(st, "25P03") == 0) return 1;  /* idle-in-transaction timeout */
-    return 0;
-}
-
-/* Finds the SQLSTATE a verbose libpq message carries ("FATAL:  28P01: ..."). */
-static int find_sqlstate(const char *msg, char out[6])
-{
-    for (const char *p = strstr(msg, ":  "); p; p = strstr(p + 1, ":  ")) {
-        const char *c = p + 3;
-        int ok = 1;
-        for (int i = 0; i < 5; i++)
-            if (!((c[i] >= '0' && c[i] <= '9') || (c[i] >= 'A' && c[i] <= 'Z'))) ok = 0;
-        if (ok && c[5] == ':') {
-            memcpy(out, c, 5);
-            out[5] = 0;
-            return 1;
-        }
-    }
-    return 0;
-}
-
-/* libpq's message on one line: LOCATION lines dropped, newlines joined. */
-static void tidy_message(const char *in, char *out, size_t outlen)
-{
-    buf b;
-    buf_init(&b);
-    const char *p = in;
-    while (*p) {
-        while (*p == ' ' || *p == '\t') p++;
-        const char *nl = strchr(p, '\n');
-        size_t n = nl ? (size_t)(nl - p) : strlen(p);
-        if (n && strncmp(p, "LOCATION:", 9) != 0) {
-            if (b.len) buf_append_str(&b, b.data[b.len - 1] == '.' ? " " : "; ");
-            buf_append(&b, p, n);
-        }
-        p += n + (nl ? 1 : 0);
-    }
-    buf_append_byte(&b, 0);
-    snprintf(out, outlen, "%s", (const char *)b.data);
-    buf_free(&b);
-}
-
-/* Server notices: NOTICE and below are chatter ("relation already exists,
- * skipping"); a WARNING is worth the operator's eye. */
-static void pg_notice(void *arg, const PGresult *r)
-{
-    (void)arg;
-    const char *sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
-    const char *msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
-    if (sev && msg && strcmp(sev, "WARNING") == 0)
-        log_warn("postgresql", "server warning: %s", msg);
-}
-
-static void pg_drop(pg_sink *s)
-{
-    /* No cancel request for a statement that did not answer in time: the
-     * server (or the network) that did not answer would most likely leave
-     * PQcancel() blocked too. The backend notices the closed connection by
-     * itself (client_connection_check_interval, set in pg_setup) and rolls
-     * back, releasing its locks. */
-    if (!s->conn) return;
-    PQfinish(s->conn);
-    s->conn = NULL;
-}
-
-/* Waits until the connection's socket is readable (for_write 0), writable
- * (1) or either (2). Returns 1 when ready, 0 on timeout, -1 when there is no
- * socket or the job was asked to stop RETRY_STOP_GRACE_MS ago: a statement
- * in flight, which may be the COMMIT, gets that long to be answered by a
- * healthy server, and no longer from a hung one (io_timeout is a minute). */
-static int pg_wait(pg_sink *s, PGconn *conn, int for_write, int64_t deadline)
-{
-    for (;;) {
-        int fd = PQsocket(conn);
-        if (fd < 0) return -1;
-        if (retry_stop_grace_over(&s->rt)) return -1;
-        int64_t left = deadline - mono_ms();
-        if (left <= 0) return 0;
-        /* 2: while sending a statement, also wake up for input: the server
-         * may be talking back (notices, an early error) and must not be left
-         * blocked. 1: connecting, exactly what PQconnectPoll asked for. */
-        short ev = for_write == 2 ? POLLOUT | POLLIN : for_write ? POLLOUT : POLLIN;
-        struct pollfd pfd = {.fd = fd, .events = ev};
-        /* A job waiting for its server is alive. */
-        status_beat(s->status);
-        int r = poll(&pfd, 1, left > RETRY_SLICE_MS ? RETRY_SLICE_MS : (int)left);
-        if (r > 0) return 1;
-        if (r < 0 && errno != EINTR) return -1;
-        /* r == 0 or EINTR: look at the stop flag and the deadline again */
-    }
-}
-
-static int classify_connect_failure(PGconn *c, const char *msg)
-{
-    char st[6];
-    if (find_sqlstate(msg, st)) return sqlstate_transient(st) ? PG_TRANSIENT : PG_PERMANENT;
-    if (c && PQconnectionNeedsPassword(c)) return PG_PERMANENT;
-    static const char *const permanent[] = {
-        "password",       "does not support SSL", "certificate", "sslmode",    "channel binding",
-        "GSSAPI",         "invalid",              "unsupported", "SSL error: ", "no pg_hba",
-        "authentication", "requirepeer",
-    };
-    for (size_t i = 0; i < sizeof permanent / sizeof *permanent; i++)
-        if (strstr(msg, permanent[i])) return PG_PERMANENT;
-    return PG_TRANSIENT;
-}
-
-/* Sends what libpq has buffered and collects every result of the current
- * command. The first error result wins; *out receives the result to check
- * (NULL when the connection failed before any result arrived). */
-static int pg_collect(pg_sink *s, PGresult **out, int *timed_out)
-{
-    PGconn *c = s->conn;
-    int64_t deadline = mono_ms() + s->io_timeout_ms;
-    *out = NULL;
-    *timed_out = 0;
-    for (;;) {
-        int f = PQflush(c);
-        if (f == 0) break;
-        if (f < 0) return -1;
-        int w = pg_wait(s, c, 2, deadline);
-        if (w == 0) {
-            *timed_out = 1;
-            return -1;
-        }
-        if (w < 0) return -1;
-        if (!PQconsumeInput(c)) return -1;
-    }
-    for (;;) {
-        while (PQisBusy(c)) {
-            int w = pg_wait(s, c, 0, deadline);
-            if (w == 0) {
-                *timed_out = 1;
-                return -1;
-            }
-            if (w < 0 || !PQconsumeInput(c)) return -1;
-        }
-        PGresult *r = PQgetResult(c);
-        if (!r) break;
-        ExecStatusType st = PQresultStatus(r);
-        int is_err = st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK;
-        if (!*out) {
-            *out = r;
-        } else if (is_err && (PQresultStatus(*out) == PGRES_COMMAND_OK ||
-                              PQresultStatus(*out) == PGRES_TUPLES_OK)) {
-            PQclear(*out);
-            *out = r;
-        } else {
-            PQclear(r);
-        }
-        if (PQstatus(c) == CONNECTION_BAD) break;
-    }
-    return 0;
-}
-
-/* Checks the outcome of a command sent with PQsend*(): sent is the PQsend*
- * return value. Returns PG_OK and the result in *res (when res is not NULL,
- * the caller clears it), or a failure class with the message in err. */
-static int pg_finish_cmd(pg_sink *s, int sent, const char *what, PGresult **res, char *err,
-                         size_t errlen)
-{
-    PGresult *r = NULL;
-    int timed_out = 0;
-    if (res) *res = NULL;
-    if (!sent || pg_collect(s, &r, &timed_out) < 0 || !r) {
-        if (r) PQclear(r);
-        if (timed_out) {
-            pg_fail(s, err, errlen, "postgresql: %s: no answer from the server within %lld ms (io_timeout)",
-                    what, s->io_timeout_ms);
-            return PG_TRANSIENT;
-        }
-        char m[1024];
-        tidy_message(PQerrorMessage(s->conn), m, sizeof m);
-        pg_fail(s, err, errlen, "postgresql: %s: %s", what, *m ? m : "connection lost");
-        return PG_TRANSIENT;
-    }
-    ExecStatusType st = PQresultStatus(r);
-    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
-        if (res) *res = r;
-        else PQclear(r);
-        return PG_OK;
-    }
-    const char *code = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-    const char *primary = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
-    const char *detail = PQresultErrorField(r, PG_DIAG_MESSAGE_DETAIL);
-    const char *hint = PQresultErrorField(r, PG_DIAG_MESSAGE_HINT);
-    char m[1024];
-    tidy_message(primary ? primary : PQresultErrorMessage(r), m, sizeof m);
-    if (!*m) tidy_message(PQerrorMessage(s->conn), m, sizeof m);
-    int transient = PQstatus(s->conn) == CONNECTION_BAD || sqlstate_transient(code);
-    pg_fail(s, err, errlen, "postgresql: %s: %s%s%s%s%s%s%s%s", what, m, code ? " (SQLSTATE " : "",
-            code ? code : "", code ? ")" : "", detail ? "; " : "", detail ? detail : "",
-            hint ? "; hint: " : "", hint ? hint : "");
-    PQclear(r);
-    return transient ? PG_TRANSIENT : PG_PERMANENT;
-}
-
-static int pg_exec(pg_sink *s, const char *sql, const char *what, char *err, size_t errlen)
-{
-    return pg_finish_cmd(s, PQsendQuery(s->conn, sql), what, NULL, err, errlen);
-}
 
 /* Appends a one-dimensional binary array header (PostgreSQL's array_send format). */
 static void array_header(buf *b, size_t n, uint32_t elem_oid)
@@ -504,37 +270,23 @@ static int pg_upsert(pg_sink *s, size_t from, size_t to, const char *ts, char *e
             lengths[np] = (int)s->p_opt[c].len;
             formats[np++] = 1;
         }
-    int sent = PQsendQueryPrepared(s->conn, PG_STMT_NAME, np, values, lengths, formats, 0);
-    return pg_finish_cmd(s, sent, "upsert", NULL, err, errlen);
+    int sent = PQsendQueryPrepared(s->pc.conn, PG_STMT_NAME, np, values, lengths, formats, 0);
+    return pg_conn_finish(&s->pc, sent, "upsert", NULL, err, errlen);
 }
 
 /* Makes sure the table exists with the expected shape; prepares the upsert
  * and runs it once on no rows, which checks the privileges it needs. */
-static int pg_setup(pg_sink *s, char *err, size_t errlen)
+static int pg_setup(void *ud, char *err, size_t errlen)
 {
+    pg_sink *s = ud;
     int st;
-    if (PQserverVersion(s->conn) < 90500)
+    /* (pg_conn has made commits synchronous and lets a backend notice a
+     * vanished client: pg_conn.h.) */
+    if (PQserverVersion(s->pc.conn) < 90500)
         return pg_fail(s, err, errlen,
                        "postgresql: server version %d is too old: INSERT ... ON CONFLICT needs 9.5 or later",
-                       PQserverVersion(s->conn)),
+                       PQserverVersion(s->pc.conn)),
                PG_PERMANENT;
-
-    /* flush() promises durability: a server configured with
-     * synchronous_commit=off would acknowledge commits it may still lose. */
-    st = pg_exec(s,
-                 "SELECT set_config('synchronous_commit', 'on', false) "
-                 "WHERE current_setting('synchronous_commit') = 'off'",
-                 "setting synchronous_commit", err, errlen);
-    if (st) return st;
-    /* When we give up on a statement (io_timeout) and close the connection,
-     * the backend running it should stop too rather than finish it, holding
-     * row locks that the retry then waits for: from PostgreSQL 14 on, a
-     * backend can check for a vanished client while a statement runs. */
-    if (PQserverVersion(s->conn) >= 140000) {
-        st = pg_exec(s, "SET client_connection_check_interval = '2s'",
-                     "setting client_connection_check_interval", err, errlen);
-        if (st) return st;
-    }
 
     /* The job's columns, the types format_type() gives them, and whether
      * the table is created with them (create) or must have them (check). */
@@ -559,14 +311,14 @@ static int pg_setup(pg_sink *s, char *err, size_t errlen)
     for (int round = 0;; round++) {
         const char *params[1] = {s->table_sql};
         int sent = PQsendQueryParams(
-            s->conn,
+            s->pc.conn,
             "SELECT c.relkind::text, a.attname::text, format_type(a.atttypid, a.atttypmod), "
             "a.attnotnull, a.atthasdef "
             "FROM pg_class c LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 "
             "AND NOT a.attisdropped WHERE c.oid = to_regclass($1) ORDER BY a.attnum",
             1, NULL, params, NULL, NULL, 0);
         PGresult *r;
-        st = pg_finish_cmd(s, sent, "looking up the table", &r, err, errlen);
+        st = pg_conn_finish(&s->pc, sent, "looking up the table", &r, err, errlen);
         if (st) {
             buf_free(&create);
             return st;
@@ -587,13 +339,13 @@ static int pg_setup(pg_sink *s, char *err, size_t errlen)
                 return PG_PERMANENT;
             }
             char cerr[1024];
-            st = pg_exec(s, create_sql, "creating the table", cerr, sizeof cerr);
+            st = pg_conn_exec(&s->pc, create_sql, "creating the table", cerr, sizeof cerr);
             /* Two jobs creating the table at once: the loser's IF NOT EXISTS
              * can still trip on the catalog's unique index, on the relation
-             * (23505, 42P07) or on its row type (42710, "type ... already
-             * exists", seen when scale-out instances start together). Look
-             * again. */
-            if (st && !strstr(cerr, "23505") && !strstr(cerr, "42P07") && !strstr(cerr, "42710")) {
+             * or on its row type (pg_conn_lost_create_race: 23505, 42P07,
+             * 42710 "type ... already exists", seen when scale-out instances
+             * start together). Look again. */
+            if (st && !pg_conn_lost_create_race(&s->pc)) {
                 snprintf(err, errlen, "%s", cerr);
                 buf_free(&create);
                 return st;
@@ -677,7 +429,7 @@ static int pg_setup(pg_sink *s, char *err, size_t errlen)
     int n_types = 4;
     for (unsigned c = 0; c < SINK_N_OPTIONAL; c++)
         if (s->columns >> c & 1) types[n_types++] = pg_optional[c].array;
-    st = pg_finish_cmd(s, PQsendPrepare(s->conn, PG_STMT_NAME, s->upsert_sql, n_types, types),
+    st = pg_conn_finish(&s->pc, PQsendPrepare(s->pc.conn, PG_STMT_NAME, s->upsert_sql, n_types, types),
                        "preparing the upsert", NULL, err, errlen);
     if (st) return st;
     /* A dry run on no rows: the planner checks that a unique index matches
@@ -697,64 +449,20 @@ static int pg_setup(pg_sink *s, char *err, size_t errlen)
     return st;
 }
 
-static int pg_connect(pg_sink *s, char *err, size_t errlen)
-{
-    /* password after dbname: libpq keeps the last value of a keyword. */
-    static const char *const keys[] = {"dbname", "fallback_application_name", "client_encoding",
-                                       "password", NULL};
-    const char *vals[] = {s->ci.conninfo, "sessionizer", "UTF8", s->password, NULL};
-    pg_drop(s);
-    PGconn *c = PQconnectStartParams(keys, vals, 1);
-    if (!c) return pg_fail(s, err, errlen, "postgresql: out of memory"), PG_PERMANENT;
-    PQsetErrorVerbosity(c, PQERRORS_VERBOSE);
-    int64_t deadline = mono_ms() + s->io_timeout_ms;
-    PostgresPollingStatusType ps = PGRES_POLLING_WRITING;
-    if (PQstatus(c) == CONNECTION_BAD) ps = PGRES_POLLING_FAILED;
-    while (ps != PGRES_POLLING_OK) {
-        if (ps == PGRES_POLLING_FAILED) {
-            char m[1024];
-            tidy_message(PQerrorMessage(c), m, sizeof m);
-            int cls = classify_connect_failure(c, m);
-            pg_fail(s, err, errlen, "postgresql: cannot connect to %s: %s", s->ci.display, m);
-            PQfinish(c);
-            return cls;
-        }
-        int w = pg_wait(s, c, ps == PGRES_POLLING_WRITING, deadline);
-        if (w == 0) {
-            PQfinish(c);
-            return pg_fail(s, err, errlen,
-                           "postgresql: cannot connect to %s: no answer within %lld ms (io_timeout)",
-                           s->ci.display, s->io_timeout_ms),
-                   PG_TRANSIENT;
-        }
-        ps = PQconnectPoll(c);
-    }
-    PQsetErrorVerbosity(c, PQERRORS_DEFAULT);
-    PQsetNoticeReceiver(c, pg_notice, NULL);
-    if (PQsetnonblocking(c, 1) != 0) {
-        PQfinish(c);
-        return pg_fail(s, err, errlen, "postgresql: cannot make the connection non-blocking"),
-               PG_TRANSIENT;
-    }
-    s->conn = c;
-    int st = pg_setup(s, err, errlen);
-    if (st) pg_drop(s);
-    return st;
-}
-
 /* One attempt at committing everything buffered. */
-static int pg_commit_rows(pg_sink *s, char *err, size_t errlen)
+static int pg_commit_rows(void *ud, char *err, size_t errlen)
 {
+    pg_sink *s = ud;
     char ts[32];
     sink_now_iso8601(ts); /* one ingestion time per transaction */
-    int st = pg_exec(s, "BEGIN", "BEGIN", err, errlen);
+    int st = pg_conn_exec(&s->pc, "BEGIN", "BEGIN", err, errlen);
     for (size_t i = 0; !st && i < s->n_rows; i += s->batch_rows) {
         size_t to = i + s->batch_rows < s->n_rows ? i + s->batch_rows : s->n_rows;
         st = pg_upsert(s, i, to, ts, err, errlen);
     }
     if (st) return st;
     PGresult *r;
-    st = pg_finish_cmd(s, PQsendQuery(s->conn, "COMMIT"), "COMMIT", &r, err, errlen);
+    st = pg_conn_finish(&s->pc, PQsendQuery(s->pc.conn, "COMMIT"), "COMMIT", &r, err, errlen);
     if (st) return st;
     /* A transaction that failed answers COMMIT with ROLLBACK. */
     int committed = strcmp(PQcmdStatus(r), "COMMIT") == 0;
@@ -763,69 +471,6 @@ static int pg_commit_rows(pg_sink *s, char *err, size_t errlen)
         return pg_fail(s, err, errlen, "postgresql: COMMIT was answered with a rollback"),
                PG_TRANSIENT;
     return PG_OK;
-}
-
-static void pg_beat(void *ud) { status_beat(((pg_sink *)ud)->status); }
-
-/* Runs op (or just connects when op is NULL), retrying transient failures
- * with the common backoff (retry.h) until retry_timeout or a stop request. */
-static int pg_retry(pg_sink *s, int (*op)(pg_sink *, char *, size_t), const char *what, char *err,
-                    size_t errlen)
-{
-    retry_init(&s->rt,
-               &(retry_policy){.first_ms = PG_BACKOFF_START_MS, .max_ms = s->backoff_max_ms,
-                               .give_up_ms = s->retry_timeout_ms},
-               s->stop);
-    s->rt.beat = pg_beat;
-    s->rt.beat_ud = s;
-    char logged[2048] = ""; /* the last error logged */
-    io_status *io = s->status ? &s->status->sink : NULL;
-    for (int attempt = 1;; attempt++) {
-        if (attempt > 1) io_status_retry(io);
-        int st = s->conn ? PG_OK : pg_connect(s, err, errlen);
-        int connected = st == PG_OK;
-        if (st == PG_OK && op) st = op(s, err, errlen);
-        if (st == PG_OK) {
-            io_status_up(io);
-            if (attempt > 1)
-                log_info("postgresql", "%s succeeded after %d attempts (%.1f s)", what, attempt,
-                         (double)retry_elapsed_ms(&s->rt) / 1000);
-            return 0;
-        }
-        /* Whatever happened, the connection's state is now unknown (a failed
-         * transaction, a half-read result): start afresh. */
-        pg_drop(s);
-        io_status_error(io, strstr(err, "io_timeout") ? IO_ERR_TIMEOUT
-                            : !connected || strstr(err, "connection") ? IO_ERR_CONNECTION
-                                                                      : IO_ERR_SERVER);
-        if (st == PG_TRANSIENT) io_status_down(io);
-        if (st == PG_PERMANENT) return -1;
-        int64_t wait = 0;
-        int v = retry_failed(&s->rt, &wait);
-        char last[1536];
-        snprintf(last, sizeof last, "%s", err);
-        if (v == RETRY_GIVE_UP) {
-            snprintf(err, errlen, "%s: gave up after %d attempts in %.1f s (retry_timeout=%.0fs): %s",
-                     what, attempt, (double)retry_elapsed_ms(&s->rt) / 1000,
-                     (double)s->retry_timeout_ms / 1000, last);
-            return -1;
-        }
-        if (v == RETRY_AGAIN) {
-            if (strcmp(logged, err) != 0) {
-                log_warn("postgresql", "%s; retrying %s in %.1f s (attempt %d)",
-                         strncmp(err, "postgresql: ", 12) == 0 ? err + 12 : err, what,
-                         (double)wait / 1000, attempt + 1);
-                snprintf(logged, sizeof logged, "%s", err);
-            } else {
-                log_warn("postgresql", "same error; retrying %s in %.1f s (attempt %d)", what,
-                         (double)wait / 1000, attempt + 1);
-            }
-        }
-        if (v == RETRY_STOPPED || retry_sleep(&s->rt, wait)) {
-            snprintf(err, errlen, "%s: interrupted while waiting to retry: %s", what, last);
-            return -1;
-        }
-    }
 }
 
 /* ---- the sink ------------------------------------------------------------ */
@@ -933,7 +578,7 @@ static int pg_flush(sink *base, char *err, size_t errlen)
     pg_sink *s = (pg_sink *)base;
     if (s->n_rows == 0) return 0;
     char e[2048];
-    if (pg_retry(s, pg_commit_rows, "commit", e, sizeof e) != 0) {
+    if (pg_conn_retry(&s->pc, pg_commit_rows, s, "commit", e, sizeof e) != 0) {
         snprintf(err, errlen, "%s", e);
         return -1;
     }
@@ -947,7 +592,7 @@ static void pg_close(sink *base)
 {
     pg_sink *s = (pg_sink *)base;
     if (!s) return;
-    pg_drop(s);
+    pg_conn_drop(&s->pc);
     pg_conninfo_free(&s->ci);
     if (s->password) memset(s->password, 0, strlen(s->password));
     free(s->password);
@@ -993,6 +638,7 @@ static int pg_parse_props(pg_sink *s, const char *const *props, char *err, size_
 {
     for (size_t i = 0; props && props[i]; i++) {
         const char *kv = props[i];
+        int rc = 0;
         const char *eq = strchr(kv, '=');
         if (!eq)
             return pg_fail(s, err, errlen, "postgresql: option '%s' is not key=value (known: %s)",
@@ -1017,22 +663,8 @@ static int pg_parse_props(pg_sink *s, const char *const *props, char *err, size_
                 return pg_fail(s, err, errlen, "postgresql: batch_rows=%s: expected 1 to %d", v,
                                PG_MAX_BATCH_ROWS);
             s->batch_rows = (size_t)n;
-        } else if (KEY_IS("retry_timeout") || KEY_IS("retry_backoff_max") ||
-                   KEY_IS("io_timeout")) {
-            long long ms;
-            if (parse_duration_ms(v, &ms))
-                return pg_fail(s, err, errlen,
-                               "postgresql: %.*s=%s: expected a duration such as 500ms, 30s, 10m",
-                               (int)kl, kv, v);
-            if (KEY_IS("retry_timeout")) {
-                s->retry_timeout_ms = ms;
-            } else if (ms < 1) {
-                return pg_fail(s, err, errlen, "postgresql: %.*s must be positive", (int)kl, kv);
-            } else if (KEY_IS("io_timeout")) {
-                s->io_timeout_ms = ms;
-            } else {
-                s->backoff_max_ms = ms < PG_BACKOFF_START_MS ? PG_BACKOFF_START_MS : ms;
-            }
+        } else if (pg_conn_setting(&s->pc, kv, kl, v, &rc, err, errlen)) {
+            if (rc) return rc;
         } else {
             return pg_fail(s, err, errlen, "postgresql: unknown option '%.*s' (known: %s)", (int)kl,
                            kv, PG_OPTIONS_HELP);
@@ -1049,7 +681,7 @@ static int pg_parse_props(pg_sink *s, const char *const *props, char *err, size_
 static void pg_make_identity(pg_sink *s)
 {
     const char *host = "", *hostaddr = "", *port = "", *db = "";
-    PQconninfoOption *ci = PQconninfo(s->conn);
+    PQconninfoOption *ci = PQconninfo(s->pc.conn);
     for (PQconninfoOption *o = ci; o && o->keyword; o++) {
         const char *v = o->val ? o->val : "";
         if (strcmp(o->keyword, "host") == 0) host = v;
@@ -1074,8 +706,12 @@ static sink *pg_open_as(const char *scheme, const char *target, const sink_optio
     s->string_users = opts->string_users;
     s->columns = opts->columns;
     for (unsigned c = 0; c < SINK_N_OPTIONAL; c++) buf_init(&s->p_opt[c]);
-    s->stop = opts && opts->ctx ? opts->ctx->stop : NULL;
-    s->status = opts && opts->ctx ? opts->ctx->status : NULL;
+    pg_conn_init(&s->pc, "postgresql", &s->ci);
+    s->pc.stop = opts && opts->ctx ? opts->ctx->stop : NULL;
+    s->pc.status = opts && opts->ctx ? opts->ctx->status : NULL;
+    s->pc.io = s->pc.status ? &s->pc.status->sink : NULL;
+    s->pc.setup = pg_setup;
+    s->pc.ud = s;
     buf c;
     buf_init(&c);
     /* The sink receives what follows "postgresql:"; libpq wants the URI whole.
@@ -1085,9 +721,6 @@ static sink *pg_open_as(const char *scheme, const char *target, const sink_optio
     pg_conninfo_init(&s->ci, buf_steal_str(&c));
     s->create_schema = opts ? opts->create_schema : 1;
     s->batch_rows = PG_DEFAULT_BATCH_ROWS;
-    s->retry_timeout_ms = PG_DEFAULT_RETRY_TIMEOUT_MS;
-    s->backoff_max_ms = PG_DEFAULT_BACKOFF_MAX_MS;
-    s->io_timeout_ms = PG_DEFAULT_IO_TIMEOUT_MS;
     buf_init(&s->literals);
     buf_init(&s->p_sid);
     buf_init(&s->p_uid);
@@ -1097,12 +730,13 @@ static sink *pg_open_as(const char *scheme, const char *target, const sink_optio
         pg_close(&s->base);
         return NULL;
     }
+    s->pc.password = s->password;
     /* Reject a malformed connection string now, with libpq's reason. */
     char *perr = NULL;
     PQconninfoOption *parsed = PQconninfoParse(s->ci.conninfo, &perr);
     if (!parsed) {
         char m[1024];
-        tidy_message(perr ? perr : "out of memory", m, sizeof m);
+        pg_tidy_message(perr ? perr : "out of memory", m, sizeof m);
         pg_fail(s, err, errlen, "postgresql: bad connection string %s: %s", s->ci.display, m);
         PQfreemem(perr);
         pg_close(&s->base);
@@ -1154,7 +788,7 @@ static sink *pg_open_as(const char *scheme, const char *target, const sink_optio
     /* Connect now, so that a wrong password or a missing grant stops the job
      * before it reads anything; a server that is down is waited for. */
     char e[2048];
-    if (pg_retry(s, NULL, "connect", e, sizeof e) != 0) {
+    if (pg_conn_retry(&s->pc, NULL, s, "connect", e, sizeof e) != 0) {
         snprintf(err, errlen, "%s", e);
         pg_close(&s->base);
         return NULL;
