@@ -793,16 +793,19 @@ static int put_user(void *ctx, const user_key *user, const void *blob, size_t le
     assert(user->str == NULL); /* int users only (scaleout_run) */
     int64_t user_id = user->id;
     so *s = ctx;
-    return task_store_put_user(s->store, user_id, blob, len, s->err, s->errlen);
+    task_store_put_user(s->store, user_id, blob, len);
+    return 0;
 }
 
 static void s2_seek(so *s, s2task *t)
 {
+    /* keyed input: the task is a source partition, read by stage 1's consumer */
+    const char *topic = s->keyed ? s->topic : s->rtopic;
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_topic_partition_list_add(l, s->rtopic, t->id)->offset = t->pos;
-    rd_kafka_error_t *e = rd_kafka_seek_partitions(s->c2, l, META_TIMEOUT_MS);
+    rd_kafka_topic_partition_list_add(l, topic, t->id)->offset = t->pos;
+    rd_kafka_error_t *e = rd_kafka_seek_partitions(s->keyed ? s->c1 : s->c2, l, META_TIMEOUT_MS);
     if (e) {
-        fail(s, "seeking %s partition %d: %s", s->rtopic, (int)t->id, rd_kafka_error_string(e));
+        fail(s, "seeking %s partition %d: %s", topic, (int)t->id, rd_kafka_error_string(e));
         rd_kafka_error_destroy(e);
     }
     rd_kafka_topic_partition_list_destroy(l);
@@ -821,7 +824,22 @@ static int s2_commit(so *s, int suspending)
         s2task *t = &s->t2[r];
         if (!t->assigned || !t->changed) continue;
         int superseded = 0;
-        if (task_store_begin(s->store, t->id, t->pos, &superseded, s->err, s->errlen)) goto fail;
+        buf *b = &s->scratch;
+        task_store_begin(s->store, t->id, t->pos);
+#define PUT(key, fill)                                                                           \
+    do {                                                                                         \
+        buf_reset(b);                                                                            \
+        fill;                                                                                    \
+        task_store_put(s->store, key, b->data, b->len);                                          \
+    } while (0)
+        if (engine_foreach_dirty(t->eng, put_user, s)) goto fail_tx;
+        PUT("position", buf_put_i64le(b, t->pos));
+        PUT("engine", engine_save_meta(t->eng, b));
+        PUT("dedup", save_dedup(s, t, b));
+        if (t->done) PUT("done", buf_append_byte(b, 1));
+        if (t->end >= 0) PUT("end", buf_put_i64le(b, t->end));
+#undef PUT
+        if (task_store_commit(s->store, &superseded, s->err, s->errlen)) goto fail;
         if (superseded) {
             /* Another owner went further while this instance was cut off:
              * take its state and go on from there. */
@@ -833,21 +851,6 @@ static int s2_commit(so *s, int suspending)
             s2_seek(s, t);
             continue;
         }
-        buf *b = &s->scratch;
-#define PUT(key, fill)                                                                           \
-    do {                                                                                         \
-        buf_reset(b);                                                                            \
-        fill;                                                                                    \
-        if (task_store_put(s->store, key, b->data, b->len, s->err, s->errlen)) goto fail_tx;     \
-    } while (0)
-        if (engine_foreach_dirty(t->eng, put_user, s)) goto fail_tx;
-        PUT("position", buf_put_i64le(b, t->pos));
-        PUT("engine", engine_save_meta(t->eng, b));
-        PUT("dedup", save_dedup(s, t, b));
-        if (t->done) PUT("done", buf_append_byte(b, 1));
-        if (t->end >= 0) PUT("end", buf_put_i64le(b, t->end));
-#undef PUT
-        if (task_store_commit(s->store, s->err, s->errlen)) goto fail;
         engine_clear_dirty(t->eng);
         t->changed = 0;
     }
@@ -1160,18 +1163,22 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
     s->group2 = xmalloc(gl + 16);
     snprintf(s->group2, gl + 16, "%s-sessions", jc->source.group);
 
-    s->prod = new_producer(s, err, errlen);
-    if (!s->prod) goto out;
-    if (topic_partitions(s->prod, s->topic, &s->n_src, err, errlen)) goto out;
+    /* Keyed input produces nothing: no producer, whose idempotence
+     * (producer id, epochs) would only be one more thing to keep alive
+     * through outages. */
+    s->keyed = cfg->keyed_input;
+    if (s->keyed) s->c1 = new_consumer(s, jc->source.group, 3, err, errlen);
+    else s->prod = new_producer(s, err, errlen);
+    if (!(s->keyed ? s->c1 : s->prod)) goto out;
+    if (topic_partitions(s->keyed ? s->c1 : s->prod, s->topic, &s->n_src, err, errlen)) goto out;
     if (s->n_src <= 0 || s->n_src > MAX_SRC_PARTITIONS) {
         snprintf(err, errlen, "topic %s does not exist on the Kafka cluster at %s", s->topic,
                  s->brokers);
         goto out;
     }
-    s->keyed = cfg->keyed_input;
     if (s->keyed) s->R = s->n_src; /* a task per source partition */
     else if (check_internal_topic(s, err, errlen)) goto out;
-    {
+    if (!s->keyed) {
         /* A batch must be a record the producer accepts (-X message.max.bytes). */
         char v[32];
         size_t vl = sizeof v;
@@ -1181,7 +1188,13 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
             mmb = atoll(v);
         s->batch_cap = mmb > 2 * BATCH_BYTES ? BATCH_BYTES : mmb > 1024 ? (size_t)mmb / 2 : 1;
     }
-    s->store = task_store_open(conninfo, jc->source.group, err, errlen);
+    /* The sink's io_timeout, retry_timeout... (and password) when the
+     * state is in the sink's database. */
+    s->store = task_store_open(&(task_store_options){.conninfo = conninfo,
+                                                     .props = cfg->state_uri ? NULL : jc->sink.props,
+                                                     .group = jc->source.group,
+                                                     .stop = jc->stop},
+                               err, errlen);
     if (!s->store) goto out;
     s->ctx = (job_context){.stop = jc->stop};
     s->sink_opts = jc->sink;
@@ -1201,9 +1214,9 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
         s->t2[r].ended = xcalloc((size_t)s->n_src, 1);
         s->t2[r].idle = xcalloc((size_t)s->n_src, 1);
     }
-    s->c1 = new_consumer(s, jc->source.group, s->keyed ? 3 : 1, err, errlen);
-    if (!s->c1) goto out;
     if (!s->keyed) {
+        s->c1 = new_consumer(s, jc->source.group, 1, err, errlen);
+        if (!s->c1) goto out;
         s->c2 = new_consumer(s, s->group2, 2, err, errlen);
         if (!s->c2) goto out;
     }
@@ -1233,7 +1246,7 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
         if (stopping(s)) break;
         int n = drain(s, s->c1, s->keyed ? k_message : s1_message, 0);
         if (!s->keyed) s1_flush(s);
-        rd_kafka_poll(s->prod, 0);
+        if (s->prod) rd_kafka_poll(s->prod, 0);
         if (!s->keyed) n += drain(s, s->c2, s2_message, 0);
         if (s->failed) goto out;
         int64_t t = now_ms();

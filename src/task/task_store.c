@@ -4,61 +4,67 @@
  * Two tables shared by every group, keyed by (grp, task):
  *   sessionizer_task_meta  (grp, task, k, v bytea)      named blobs
  *   sessionizer_task_users (grp, task, user_id, blob)   open sessions per user
- * Values travel in binary (bytea, int8), never spliced into SQL. A failure
- * here stops the instance without committing (the caller's contract): the
- * state of a task is only ever replaced by a whole newer commit, so the
- * next owner resumes from the last one.
+ * Values travel in binary (bytea, int8), never spliced into SQL.
+ *
+ * Every exchange goes through pg_conn (sink/pg_conn.h), the sink's own
+ * mechanism: bounded waits, a stop obeyed, transient failures retried as a
+ * whole transaction. Instances racing on one task (two owners during an
+ * eviction) serialize on the task's position row, and a deadlock or
+ * serialization failure among them is such a transient failure. What is not
+ * transient (a permission, a state that does not decode) fails the call at
+ * once, and the instance then stops without committing (the caller's
+ * contract): the state of a task is only ever replaced by a whole newer
+ * commit, so the next owner resumes from the last one.
  */
 #include "task/task_store.h"
 
+#include <assert.h>
 #include <libpq-fe.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/status.h"
 #include "common/xalloc.h"
+#include "sink/pg_conn.h"
+#include "sink/pg_conninfo.h"
 
-/* A commit's user rows are sent as two statements over arrays (binary
- * int8[] and bytea[]), not one statement per row: a task commits thousands
+/* A commit's rows are sent as statements over arrays (binary int8[],
+ * text[] and bytea[]), not one statement per row: a task commits thousands
  * of users a second, and a round trip each made the state store the
  * scale-out's bottleneck (docs/scaling.md, Figures). */
 #define PG_INT8OID 20
+#define PG_TEXTOID 25
 #define PG_BYTEAOID 17
 #define PG_INT8ARRAYOID 1016
+#define PG_TEXTARRAYOID 1009
 #define PG_BYTEAARRAYOID 1001
 #define FLUSH_ROWS 10000 /* rows per statement at most */
 
 typedef struct pg_array {
-    buf elems; /* per element: be32 length, bytes */
-    uint32_t n;
+    buf elems;   /* per element: be32 length, bytes */
+    size_t *off; /* where each element starts in elems */
+    uint32_t n, cap;
 } pg_array;
 
 struct task_store {
-    PGconn *conn;
+    pg_conninfo ci;
+    char *password;
+    pg_conn pc;
     char *group;
-    int32_t task; /* of the open transaction */
+    int schema_ok;
+    /* the commit being built (begin .. commit) */
     int in_tx;
-    pg_array up_ids, up_blobs, del_ids;
+    int32_t task;
+    int64_t position;
+    pg_array meta_keys, meta_vals, up_ids, up_blobs, del_ids;
     buf arr[2];
+    /* the operation pg_conn_retry runs */
+    int superseded;
+    PGresult *res[2];
+    int64_t count;
+    const char *count_key;
 };
-
-static void pg_err(task_store *ts, const char *what, PGresult *r, char *err, size_t errlen)
-{
-    const char *m = r ? PQresultErrorMessage(r) : "";
-    if (!m || !*m) m = PQerrorMessage(ts->conn);
-    snprintf(err, errlen, "task state store: %s: %.400s", what, m);
-    size_t n = strlen(err);
-    while (n > 0 && (err[n - 1] == '\n' || err[n - 1] == ' ')) err[--n] = 0;
-}
-
-static int exec_ok(task_store *ts, const char *sql, char *err, size_t errlen)
-{
-    PGresult *r = PQexec(ts->conn, sql);
-    int ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
-    if (!ok) pg_err(ts, sql, r, err, errlen);
-    PQclear(r);
-    return ok ? 0 : -1;
-}
 
 static void put_be32(buf *b, uint32_t v)
 {
@@ -69,9 +75,14 @@ static void put_be32(buf *b, uint32_t v)
 
 static void array_add(pg_array *a, const void *v, size_t len)
 {
+    assert(len <= 0x7fffffff);
+    if (a->n == a->cap) {
+        a->cap = a->cap ? a->cap * 2 : 64;
+        a->off = xrealloc(a->off, a->cap * sizeof *a->off);
+    }
+    a->off[a->n++] = a->elems.len;
     put_be32(&a->elems, (uint32_t)len);
     buf_append(&a->elems, v, len);
-    a->n++;
 }
 
 static void array_add_i64(pg_array *a, int64_t v)
@@ -81,17 +92,19 @@ static void array_add_i64(pg_array *a, int64_t v)
     array_add(a, c, 8);
 }
 
-/* PostgreSQL's binary array format: ndim, has-nulls, element type, then
- * (size, lower bound) per dimension, then the elements. */
-static void array_encode(const pg_array *a, unsigned oid, buf *out)
+/* Elements [from, to) in PostgreSQL's binary array format: ndim,
+ * has-nulls, element type, then (size, lower bound), then the elements. */
+static void array_encode(const pg_array *a, uint32_t from, uint32_t to, unsigned oid, buf *out)
 {
+    assert(from < to && to <= a->n);
+    size_t start = a->off[from], end = to < a->n ? a->off[to] : a->elems.len;
     buf_reset(out);
     put_be32(out, 1);
     put_be32(out, 0);
     put_be32(out, oid);
-    put_be32(out, a->n);
+    put_be32(out, to - from);
     put_be32(out, 1);
-    buf_append(out, a->elems.data, a->elems.len);
+    buf_append(out, a->elems.data + start, end - start);
 }
 
 static void array_reset(pg_array *a)
@@ -100,28 +113,62 @@ static void array_reset(pg_array *a)
     a->n = 0;
 }
 
-static const char *SCHEMA =
-    "CREATE TABLE IF NOT EXISTS sessionizer_task_meta (grp text NOT NULL, task int NOT NULL, "
-    "k text NOT NULL, v bytea NOT NULL, PRIMARY KEY (grp, task, k));"
-    "CREATE TABLE IF NOT EXISTS sessionizer_task_users (grp text NOT NULL, task int NOT NULL, "
-    "user_id bigint NOT NULL, blob bytea NOT NULL, PRIMARY KEY (grp, task, user_id))";
+static void array_free(pg_array *a)
+{
+    buf_free(&a->elems);
+    free(a->off);
+}
 
-task_store *task_store_open(const char *conninfo, const char *group, char *err, size_t errlen)
+static const char *const SCHEMA[] = {
+    "CREATE TABLE IF NOT EXISTS sessionizer_task_meta (grp text NOT NULL, task int NOT NULL, "
+    "k text NOT NULL, v bytea NOT NULL, PRIMARY KEY (grp, task, k))",
+    "CREATE TABLE IF NOT EXISTS sessionizer_task_users (grp text NOT NULL, task int NOT NULL, "
+    "user_id bigint NOT NULL, blob bytea NOT NULL, PRIMARY KEY (grp, task, user_id))",
+};
+
+/* After every connection (pg_conn's setup): quiet notices, and the tables. */
+static int store_setup(void *ud, char *err, size_t errlen)
+{
+    task_store *ts = ud;
+    int st = pg_conn_exec(&ts->pc, "SET client_min_messages = warning", "setting client_min_messages",
+                          err, errlen);
+    for (size_t i = 0; !st && !ts->schema_ok && i < sizeof SCHEMA / sizeof *SCHEMA; i++) {
+        st = pg_conn_exec(&ts->pc, SCHEMA[i], "creating its tables", err, errlen);
+        /* Instances starting together race on CREATE TABLE IF NOT EXISTS;
+         * the loser's error means the winner's table is there now. */
+        if (st && pg_conn_lost_create_race(&ts->pc))
+            st = pg_conn_exec(&ts->pc, SCHEMA[i], "creating its tables", err, errlen);
+    }
+    if (!st) ts->schema_ok = 1;
+    return st;
+}
+
+task_store *task_store_open(const task_store_options *o, char *err, size_t errlen)
 {
     task_store *ts = xcalloc(1, sizeof *ts);
-    ts->conn = PQconnectdb(conninfo);
-    if (PQstatus(ts->conn) != CONNECTION_OK) {
-        /* libpq's message never contains the password */
-        snprintf(err, errlen, "task state store: cannot connect: %.400s", PQerrorMessage(ts->conn));
-        task_store_close(ts);
-        return NULL;
+    pg_conninfo_init(&ts->ci, xstrdup(o->conninfo));
+    ts->group = xstrdup(o->group);
+    pg_conn_init(&ts->pc, "task state store", &ts->ci);
+    ts->pc.stop = o->stop;
+    ts->pc.status = o->status;
+    ts->pc.setup = store_setup;
+    ts->pc.ud = ts;
+    for (const char *const *p = o->props; p && *p; p++) {
+        const char *eq = strchr(*p, '=');
+        if (!eq) continue; /* the sink reports it */
+        size_t kl = (size_t)(eq - *p);
+        int rc = 0;
+        if (kl == 8 && strncmp(*p, "password", 8) == 0) {
+            free(ts->password);
+            ts->password = xstrdup(eq + 1);
+            pg_conninfo_add_secret(&ts->ci, eq + 1, strlen(eq + 1));
+        } else if (pg_conn_setting(&ts->pc, *p, kl, eq + 1, &rc, err, errlen) && rc) {
+            task_store_close(ts);
+            return NULL;
+        }
     }
-    ts->group = xstrdup(group);
-    PGresult *r = PQexec(ts->conn, "SET client_min_messages = warning");
-    PQclear(r);
-    /* Instances starting together race on CREATE TABLE IF NOT EXISTS (a
-     * unique violation in the catalog): the loser's second try sees it. */
-    if (exec_ok(ts, SCHEMA, err, errlen) && exec_ok(ts, SCHEMA, err, errlen)) {
+    ts->pc.password = ts->password;
+    if (pg_conn_retry(&ts->pc, NULL, ts, "connect", err, errlen)) {
         task_store_close(ts);
         return NULL;
     }
@@ -131,11 +178,16 @@ task_store *task_store_open(const char *conninfo, const char *group, char *err, 
 void task_store_close(task_store *ts)
 {
     if (!ts) return;
-    if (ts->conn) PQfinish(ts->conn);
+    pg_conn_drop(&ts->pc);
+    pg_conninfo_free(&ts->ci);
+    if (ts->password) memset(ts->password, 0, strlen(ts->password));
+    free(ts->password);
     free(ts->group);
-    buf_free(&ts->up_ids.elems);
-    buf_free(&ts->up_blobs.elems);
-    buf_free(&ts->del_ids.elems);
+    array_free(&ts->meta_keys);
+    array_free(&ts->meta_vals);
+    array_free(&ts->up_ids);
+    array_free(&ts->up_blobs);
+    array_free(&ts->del_ids);
     buf_free(&ts->arr[0]);
     buf_free(&ts->arr[1]);
     free(ts);
@@ -148,219 +200,231 @@ static int64_t be64(const char *p)
     return (int64_t)v;
 }
 
+static void clear_results(task_store *ts)
+{
+    for (int i = 0; i < 2; i++) {
+        PQclear(ts->res[i]);
+        ts->res[i] = NULL;
+    }
+}
+
+/* Sends sql with the group and task as $1 and $2 (text) and more binary
+ * parameters after them; the result, when res. */
+static int exec_task(task_store *ts, const char *sql, int n_more, const Oid *types_more,
+                     const char *const *vals_more, const int *lens_more, const char *what,
+                     PGresult **res, char *err, size_t errlen)
+{
+    enum { MAX_PARAMS = 4 };
+    assert(n_more + 2 <= MAX_PARAMS);
+    char tbuf[16];
+    snprintf(tbuf, sizeof tbuf, "%d", (int)ts->task);
+    const char *vals[MAX_PARAMS] = {ts->group, tbuf};
+    int lens[MAX_PARAMS] = {0}, fmts[MAX_PARAMS] = {0};
+    Oid types[MAX_PARAMS] = {0};
+    for (int i = 0; i < n_more; i++) {
+        vals[2 + i] = vals_more[i];
+        lens[2 + i] = lens_more[i];
+        fmts[2 + i] = 1;
+        types[2 + i] = types_more[i];
+    }
+    int sent = PQsendQueryParams(ts->pc.conn, sql, 2 + n_more, types, vals, lens, fmts, 1);
+    return pg_conn_finish(&ts->pc, sent, what, res, err, errlen);
+}
+
+/* One attempt at reading a task whole, in one snapshot: a concurrent commit
+ * of another owner must not mix into what is loaded. */
+static int load_op(void *ud, char *err, size_t errlen)
+{
+    task_store *ts = ud;
+    clear_results(ts);
+    int st = pg_conn_exec(&ts->pc, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "loading a task",
+                          err, errlen);
+    if (!st)
+        st = exec_task(ts, "SELECT k, v FROM sessionizer_task_meta WHERE grp = $1 AND task = $2 "
+                       "AND k <> 'stored_position'", 0, NULL, NULL, NULL, "loading a task",
+                       &ts->res[0], err, errlen);
+    if (!st)
+        st = exec_task(ts, "SELECT user_id, blob FROM sessionizer_task_users WHERE grp = $1 AND "
+                       "task = $2", 0, NULL, NULL, NULL, "loading a task's users", &ts->res[1],
+                       err, errlen);
+    if (!st) st = pg_conn_exec(&ts->pc, "COMMIT", "loading a task", err, errlen);
+    if (st) clear_results(ts);
+    return st;
+}
+
 int task_store_load(task_store *ts, int32_t task, task_meta_fn fn_meta, task_user_fn fn_user,
                     void *ctx, char *err, size_t errlen)
 {
-    char tbuf[16];
-    snprintf(tbuf, sizeof tbuf, "%d", (int)task);
-    const char *vals[2] = {ts->group, tbuf};
-    /* One snapshot for both reads: a concurrent commit of another owner
-     * must not mix into what is loaded. */
-    if (exec_ok(ts, "BEGIN ISOLATION LEVEL REPEATABLE READ", err, errlen)) return -1;
-    PGresult *r = PQexecParams(ts->conn, "SELECT k, v FROM sessionizer_task_meta WHERE grp = $1 "
-                               "AND task = $2 AND k <> 'stored_position'",
-                               2, NULL, vals, NULL, NULL, 1);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        pg_err(ts, "loading a task", r, err, errlen);
-        PQclear(r);
-        exec_ok(ts, "ROLLBACK", err, errlen);
-        return -1;
-    }
-    int n = PQntuples(r);
-    for (int i = 0; i < n; i++) {
+    assert(!ts->in_tx);
+    ts->task = task;
+    if (pg_conn_retry(&ts->pc, load_op, ts, "loading a task", err, errlen)) return -1;
+    PGresult *r = ts->res[0], *u = ts->res[1];
+    int n = PQntuples(r), rc = n;
+    for (int i = 0; i < n && rc >= 0; i++) {
         char key[64];
-        int kl = PQgetlength(r, i, 0);
-        snprintf(key, sizeof key, "%.*s", kl, PQgetvalue(r, i, 0));
+        snprintf(key, sizeof key, "%.*s", PQgetlength(r, i, 0), PQgetvalue(r, i, 0));
         if (fn_meta(ctx, key, PQgetvalue(r, i, 1), (size_t)PQgetlength(r, i, 1))) {
             snprintf(err, errlen, "task state store: task %d of group %s: '%s' does not decode "
                      "(written by another version, or other --gap/--lateness/--max-pages?)",
                      (int)task, ts->group, key);
-            PQclear(r);
-            exec_ok(ts, "ROLLBACK", err + strlen(err), 0);
-            return -1;
+            rc = -1;
         }
     }
-    PQclear(r);
-    r = PQexecParams(ts->conn, "SELECT user_id, blob FROM sessionizer_task_users WHERE grp = $1 "
-                     "AND task = $2", 2, NULL, vals, NULL, NULL, 1);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        pg_err(ts, "loading a task's users", r, err, errlen);
-        PQclear(r);
-        exec_ok(ts, "ROLLBACK", err, 0);
-        return -1;
-    }
-    int m = PQntuples(r);
-    for (int i = 0; i < m; i++) {
-        if (PQgetlength(r, i, 0) != 8 ||
-            fn_user(ctx, be64(PQgetvalue(r, i, 0)), PQgetvalue(r, i, 1),
-                    (size_t)PQgetlength(r, i, 1))) {
+    for (int i = 0, m = PQntuples(u); i < m && rc >= 0; i++) {
+        if (PQgetlength(u, i, 0) != 8 ||
+            fn_user(ctx, be64(PQgetvalue(u, i, 0)), PQgetvalue(u, i, 1),
+                    (size_t)PQgetlength(u, i, 1))) {
             snprintf(err, errlen, "task state store: task %d of group %s: a user's sessions do "
                      "not decode", (int)task, ts->group);
-            PQclear(r);
-            exec_ok(ts, "ROLLBACK", err + strlen(err), 0);
-            return -1;
+            rc = -1;
         }
     }
-    PQclear(r);
-    if (exec_ok(ts, "COMMIT", err, errlen)) return -1;
-    return n;
+    clear_results(ts);
+    return rc;
 }
 
-int task_store_begin(task_store *ts, int32_t task, int64_t position, int *superseded, char *err,
-                     size_t errlen)
+void task_store_begin(task_store *ts, int32_t task, int64_t position)
 {
-    *superseded = 0;
-    char tbuf[16], pbuf[24];
-    snprintf(tbuf, sizeof tbuf, "%d", (int)task);
-    snprintf(pbuf, sizeof pbuf, "%lld", (long long)position);
-    if (exec_ok(ts, "BEGIN", err, errlen)) return -1;
+    task_store_abort(ts);
     ts->in_tx = 1;
     ts->task = task;
-    /* The position has a row of its own, created empty if missing, so that
-     * it can be locked even before a task's first commit. */
-    const char *vals[3] = {ts->group, tbuf, pbuf};
-    PGresult *r = PQexecParams(ts->conn,
-                               "INSERT INTO sessionizer_task_meta VALUES ($1, $2, 'stored_position', "
-                               "'') ON CONFLICT DO NOTHING", 2, NULL, vals, NULL, NULL, 0);
-    int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-    PQclear(r);
-    if (!ok) goto fail;
-    r = PQexecParams(ts->conn, "SELECT convert_from(v, 'UTF8') FROM sessionizer_task_meta WHERE "
-                     "grp = $1 AND task = $2 AND k = 'stored_position' FOR UPDATE",
-                     2, NULL, vals, NULL, NULL, 0);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
-        PQclear(r);
-        goto fail;
-    }
-    const char *s = PQgetvalue(r, 0, 0);
-    long long stored = *s ? strtoll(s, NULL, 10) : -1;
-    PQclear(r);
-    if (stored > position) {
-        *superseded = 1;
-        task_store_abort(ts);
-        return 0;
-    }
-    r = PQexecParams(ts->conn, "UPDATE sessionizer_task_meta SET v = convert_to($3, 'UTF8') WHERE "
-                     "grp = $1 AND task = $2 AND k = 'stored_position'",
-                     3, NULL, vals, NULL, NULL, 0);
-    ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-    PQclear(r);
-    if (!ok) goto fail;
-    return 0;
-fail:
-    pg_err(ts, "beginning a task commit", NULL, err, errlen);
-    task_store_abort(ts);
-    return -1;
+    ts->position = position;
+    /* The position is a blob of its own, decimal text (stored_position). */
+    char pbuf[24];
+    int n = snprintf(pbuf, sizeof pbuf, "%lld", (long long)position);
+    task_store_put(ts, "stored_position", pbuf, (size_t)n);
 }
 
-int task_store_put(task_store *ts, const char *key, const void *v, size_t len, char *err,
-                   size_t errlen)
+void task_store_put(task_store *ts, const char *key, const void *v, size_t len)
 {
-    if (!ts->in_tx) return -1;
-    char tbuf[16];
-    snprintf(tbuf, sizeof tbuf, "%d", (int)ts->task);
-    const char *vals[4] = {ts->group, tbuf, key, len ? v : ""};
-    int lens[4] = {0, 0, 0, (int)len};
-    int fmts[4] = {0, 0, 0, 1};
-    PGresult *r = PQexecParams(ts->conn,
-                               "INSERT INTO sessionizer_task_meta VALUES ($1, $2, $3, $4) "
-                               "ON CONFLICT (grp, task, k) DO UPDATE SET v = EXCLUDED.v",
-                               4, NULL, vals, lens, fmts, 0);
-    int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-    if (!ok) pg_err(ts, "writing a task's state", r, err, errlen);
-    PQclear(r);
-    return ok ? 0 : -1;
+    assert(ts->in_tx);
+    array_add(&ts->meta_keys, key, strlen(key));
+    array_add(&ts->meta_vals, len ? v : "", len);
 }
 
-/* Sends the buffered user rows. */
-static int flush_users(task_store *ts, char *err, size_t errlen)
+void task_store_put_user(task_store *ts, int64_t user_id, const void *blob, size_t len)
 {
-    char tbuf[16];
-    snprintf(tbuf, sizeof tbuf, "%d", (int)ts->task);
-    if (ts->up_ids.n > 0) {
-        array_encode(&ts->up_ids, PG_INT8OID, &ts->arr[0]);
-        array_encode(&ts->up_blobs, PG_BYTEAOID, &ts->arr[1]);
-        const char *vals[4] = {ts->group, tbuf, (const char *)ts->arr[0].data,
-                               (const char *)ts->arr[1].data};
-        int lens[4] = {0, 0, (int)ts->arr[0].len, (int)ts->arr[1].len};
-        int fmts[4] = {0, 0, 1, 1};
-        Oid types[4] = {0, 0, PG_INT8ARRAYOID, PG_BYTEAARRAYOID};
-        PGresult *r = PQexecParams(ts->conn,
-                                   "INSERT INTO sessionizer_task_users SELECT $1, $2, u, b FROM "
-                                   "unnest($3::int8[], $4::bytea[]) AS t(u, b) "
-                                   "ON CONFLICT (grp, task, user_id) DO UPDATE SET blob = EXCLUDED.blob",
-                                   4, types, vals, lens, fmts, 0);
-        int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-        if (!ok) pg_err(ts, "writing a task's users", r, err, errlen);
-        PQclear(r);
-        if (!ok) return -1;
-        array_reset(&ts->up_ids);
-        array_reset(&ts->up_blobs);
-    }
-    if (ts->del_ids.n > 0) {
-        array_encode(&ts->del_ids, PG_INT8OID, &ts->arr[0]);
-        const char *vals[3] = {ts->group, tbuf, (const char *)ts->arr[0].data};
-        int lens[3] = {0, 0, (int)ts->arr[0].len};
-        int fmts[3] = {0, 0, 1};
-        Oid types[3] = {0, 0, PG_INT8ARRAYOID};
-        PGresult *r = PQexecParams(ts->conn,
-                                   "DELETE FROM sessionizer_task_users WHERE grp = $1 AND task = $2 "
-                                   "AND user_id = ANY($3::int8[])", 3, types, vals, lens, fmts, 0);
-        int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-        if (!ok) pg_err(ts, "deleting a task's users", r, err, errlen);
-        PQclear(r);
-        if (!ok) return -1;
-        array_reset(&ts->del_ids);
-    }
-    return 0;
-}
-
-int task_store_put_user(task_store *ts, int64_t user_id, const void *blob, size_t len, char *err,
-                        size_t errlen)
-{
-    if (!ts->in_tx) return -1;
+    assert(ts->in_tx);
     if (blob) {
         array_add_i64(&ts->up_ids, user_id);
         array_add(&ts->up_blobs, blob, len);
     } else {
         array_add_i64(&ts->del_ids, user_id);
     }
-    if (ts->up_ids.n + ts->del_ids.n >= FLUSH_ROWS) return flush_users(ts, err, errlen);
-    return 0;
 }
 
-int task_store_commit(task_store *ts, char *err, size_t errlen)
+/* One attempt at the whole commit; safe to run again (a COMMIT lost in
+ * flight that did commit is found as the stored position, which an equal
+ * position overwrites with the same state). */
+static int commit_op(void *ud, char *err, size_t errlen)
 {
-    if (!ts->in_tx) return -1;
-    if (flush_users(ts, err, errlen)) {
-        task_store_abort(ts);
-        return -1;
+    task_store *ts = ud;
+    PGresult *r = NULL;
+    ts->superseded = 0;
+    int st = pg_conn_exec(&ts->pc, "BEGIN", "beginning a task commit", err, errlen);
+    /* The position has a row of its own, created empty if missing, so that
+     * it can be locked even before a task's first commit. */
+    if (!st)
+        st = exec_task(ts, "INSERT INTO sessionizer_task_meta VALUES ($1, $2, 'stored_position', "
+                       "'') ON CONFLICT DO NOTHING", 0, NULL, NULL, NULL,
+                       "beginning a task commit", NULL, err, errlen);
+    if (!st)
+        st = exec_task(ts, "SELECT v FROM sessionizer_task_meta WHERE grp = $1 AND task = $2 AND "
+                       "k = 'stored_position' FOR UPDATE", 0, NULL, NULL, NULL,
+                       "locking a task's position", &r, err, errlen);
+    if (st) return st;
+    char s[24] = "";
+    if (PQntuples(r) == 1)
+        snprintf(s, sizeof s, "%.*s", PQgetlength(r, 0, 0), PQgetvalue(r, 0, 0));
+    PQclear(r);
+    long long stored = *s ? strtoll(s, NULL, 10) : -1;
+    if (stored > ts->position) {
+        ts->superseded = 1;
+        return pg_conn_exec(&ts->pc, "ROLLBACK", "ending a superseded commit", err, errlen);
     }
-    ts->in_tx = 0;
-    return exec_ok(ts, "COMMIT", err, errlen);
+    static const Oid meta_types[2] = {PG_TEXTARRAYOID, PG_BYTEAARRAYOID};
+    static const Oid one_types[1] = {PG_INT8ARRAYOID};
+    array_encode(&ts->meta_keys, 0, ts->meta_keys.n, PG_TEXTOID, &ts->arr[0]);
+    array_encode(&ts->meta_vals, 0, ts->meta_vals.n, PG_BYTEAOID, &ts->arr[1]);
+    const char *mv[2] = {(const char *)ts->arr[0].data, (const char *)ts->arr[1].data};
+    int ml[2] = {(int)ts->arr[0].len, (int)ts->arr[1].len};
+    st = exec_task(ts, "INSERT INTO sessionizer_task_meta SELECT $1, $2, k, v FROM "
+                   "unnest($3::text[], $4::bytea[]) AS t(k, v) "
+                   "ON CONFLICT (grp, task, k) DO UPDATE SET v = EXCLUDED.v",
+                   2, meta_types, mv, ml, "writing a task's state", NULL, err, errlen);
+    for (uint32_t i = 0; !st && i < ts->up_ids.n; i += FLUSH_ROWS) {
+        uint32_t to = ts->up_ids.n - i > FLUSH_ROWS ? i + FLUSH_ROWS : ts->up_ids.n;
+        array_encode(&ts->up_ids, i, to, PG_INT8OID, &ts->arr[0]);
+        array_encode(&ts->up_blobs, i, to, PG_BYTEAOID, &ts->arr[1]);
+        static const Oid types[2] = {PG_INT8ARRAYOID, PG_BYTEAARRAYOID};
+        const char *v[2] = {(const char *)ts->arr[0].data, (const char *)ts->arr[1].data};
+        int l[2] = {(int)ts->arr[0].len, (int)ts->arr[1].len};
+        st = exec_task(ts, "INSERT INTO sessionizer_task_users SELECT $1, $2, u, b FROM "
+                       "unnest($3::int8[], $4::bytea[]) AS t(u, b) "
+                       "ON CONFLICT (grp, task, user_id) DO UPDATE SET blob = EXCLUDED.blob",
+                       2, types, v, l, "writing a task's users", NULL, err, errlen);
+    }
+    for (uint32_t i = 0; !st && i < ts->del_ids.n; i += FLUSH_ROWS) {
+        uint32_t to = ts->del_ids.n - i > FLUSH_ROWS ? i + FLUSH_ROWS : ts->del_ids.n;
+        array_encode(&ts->del_ids, i, to, PG_INT8OID, &ts->arr[0]);
+        const char *v[1] = {(const char *)ts->arr[0].data};
+        int l[1] = {(int)ts->arr[0].len};
+        st = exec_task(ts, "DELETE FROM sessionizer_task_users WHERE grp = $1 AND task = $2 "
+                       "AND user_id = ANY($3::int8[])", 1, one_types, v, l,
+                       "deleting a task's users", NULL, err, errlen);
+    }
+    if (st) return st;
+    st = pg_conn_finish(&ts->pc, PQsendQuery(ts->pc.conn, "COMMIT"), "committing a task", &r, err,
+                        errlen);
+    if (st) return st;
+    /* A transaction that failed answers COMMIT with ROLLBACK. */
+    int committed = strcmp(PQcmdStatus(r), "COMMIT") == 0;
+    PQclear(r);
+    if (!committed)
+        return pg_conn_fail(&ts->pc, err, errlen, "task state store: COMMIT was answered with a "
+                            "rollback"), PG_TRANSIENT;
+    return PG_OK;
+}
+
+int task_store_commit(task_store *ts, int *superseded, char *err, size_t errlen)
+{
+    assert(ts->in_tx);
+    *superseded = 0;
+    int rc = pg_conn_retry(&ts->pc, commit_op, ts, "committing a task", err, errlen);
+    if (!rc) *superseded = ts->superseded;
+    task_store_abort(ts);
+    return rc;
 }
 
 void task_store_abort(task_store *ts)
 {
+    array_reset(&ts->meta_keys);
+    array_reset(&ts->meta_vals);
     array_reset(&ts->up_ids);
     array_reset(&ts->up_blobs);
     array_reset(&ts->del_ids);
-    if (!ts->in_tx) return;
     ts->in_tx = 0;
-    PGresult *r = PQexec(ts->conn, "ROLLBACK");
+}
+
+static int count_op(void *ud, char *err, size_t errlen)
+{
+    task_store *ts = ud;
+    const char *vals[2] = {ts->group, ts->count_key};
+    PGresult *r;
+    int st = pg_conn_finish(&ts->pc,
+                            PQsendQueryParams(ts->pc.conn, "SELECT count(*) FROM sessionizer_task_meta "
+                                              "WHERE grp = $1 AND k = $2", 2, NULL, vals, NULL,
+                                              NULL, 0),
+                            "counting finished tasks", &r, err, errlen);
+    if (st) return st;
+    ts->count = PQntuples(r) == 1 ? strtoll(PQgetvalue(r, 0, 0), NULL, 10) : -1;
     PQclear(r);
+    return PG_OK;
 }
 
 int64_t task_store_count_key(task_store *ts, const char *key, char *err, size_t errlen)
 {
-    const char *vals[2] = {ts->group, key};
-    PGresult *r = PQexecParams(ts->conn, "SELECT count(*) FROM sessionizer_task_meta WHERE "
-                               "grp = $1 AND k = $2", 2, NULL, vals, NULL, NULL, 0);
-    int64_t n = -1;
-    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
-        n = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
-    else
-        pg_err(ts, "counting finished tasks", r, err, errlen);
-    PQclear(r);
-    return n;
+    ts->count_key = key;
+    if (pg_conn_retry(&ts->pc, count_op, ts, "counting finished tasks", err, errlen)) return -1;
+    return ts->count;
 }
