@@ -61,6 +61,9 @@ class Run:
         self.procs = []  # every process started, for cleanup
         self.mock = None
         self.env = {}
+        # kcat's settings for the log (a fetch returns whole batches, so the
+        # batch size bounds how slowly the log can be read)
+        self.kcat_extra = []
         # tiny fetches, so that the faults land while the log is being read
         self.slow = ["-X", "message.max.bytes=1000", "-X", "fetch.max.bytes=1000",
                      "-X", f"max.partition.fetch.bytes={a.fetch_bytes}"]
@@ -114,7 +117,7 @@ class Run:
             self.key_by_user(gen)
         for p in range(self.a.partitions):
             subprocess.run(["kcat", "-P", "-b", self.brokers, "-t", "visits", "-p", str(p), "-l",
-                            os.path.join(gen, f"p{p}.jsonl")], check=True)
+                            os.path.join(gen, f"p{p}.jsonl")] + self.kcat_extra, check=True)
         with open(self.path("dump.tsv"), "w") as f:
             subprocess.run(["kcat", "-C", "-b", self.brokers, "-t", "visits", "-e", "-q", "-f",
                             "%p\t%o\t%T\t%s\n"], stdout=f, check=True)

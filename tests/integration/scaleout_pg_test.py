@@ -1,0 +1,373 @@
+#!/usr/bin/python3
+"""The scale-out against PostgreSQL's failures: short scenarios, each on its
+own private server(s) and mock cluster (the campaign's set-up,
+scaleout_campaign.py), each a few seconds of faults.
+
+    scaleout_pg_test.py outage|stop|zombie [--keyed] [--seed S] [--keep]
+
+outage        2 instances run; PostgreSQL (sink and task store) is shut down
+              (fast: sessions get 57P01) for 2 s and started again mid-run.
+              The instances ride it out (retrying, no exit) and finish
+              (--until-end, exit 0); the table equals the single instance's
+              and the oracle's, the dead letters the oracle's.
+stop          1 instance whose task state store is a PostgreSQL server that
+              is then frozen (SIGSTOP: connections open, nothing answered)
+              while the instance commits to it; the sink is a JSONL file, so
+              the wait is the store's. SIGTERM must end it within 5 s (exit 1:
+              its commit cannot be made), saying that the store was
+              interrupted. The same for an instance started while the server
+              is frozen (it hangs connecting to the store). After the thaw,
+              a third instance finishes the run from the stored state: the
+              outputs together equal the single instance's table.
+zombie        instance A owns every task; its sink's server (not the task
+              store's) is frozen, so A hangs in a commit between the sink's
+              flush and the store's commit, polling Kafka no more: the group
+              drops it (max.poll.interval.ms) and instance B takes every task,
+              finishes the run and exits. Then A's sink thaws and A, still
+              believing it owns its tasks, commits them: the store must
+              refuse each (a stored position further than A's: "committed
+              further by another instance"), A must resume from B's state and
+              exit 0, and no task's stored position may ever go back
+              (sampled all along). The union of A's and B's tables equals the
+              single instance's.
+Environment: SESSIONIZER, KAFKA_MOCK. Exit 1 on any failure.
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import scaleout_campaign as sc  # noqa: E402  (the set-up: servers, log, oracle)
+
+log = sc.log
+
+
+class Test(sc.Run):
+    def __init__(self, a):
+        super().__init__(a)
+        self.pg2 = None
+        # small batches: a fetch returns whole ones, and the faults must land
+        # while the log is being read
+        self.kcat_extra = ["-X", "batch.num.messages=20"]
+
+    def cleanup(self, ok):
+        for d in ("pg", "pg2"):
+            subprocess.run([sc.PG_SERVER, "thaw", self.path(d)], capture_output=True)
+        if self.pg2:
+            subprocess.run([sc.PG_SERVER, "destroy", self.path("pg2")], capture_output=True)
+        super().cleanup(ok)
+
+    def pg(self, cmd, server="pg", *args):
+        subprocess.run([sc.PG_SERVER, cmd, self.path(server)] + list(args), check=True,
+                       capture_output=True)
+
+    def start_pg2(self):
+        out = subprocess.run([sc.PG_SERVER, "start", self.path("pg2")], capture_output=True,
+                             text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("export PG_URI="):
+                self.pg2 = line.split("=", 1)[1].strip("'\"")
+
+    def psql_or_none(self, sql, server="pg"):
+        p = subprocess.run([sc.PG_SERVER, "psql", self.path(server), "-AtX", "-F", "\t", "-c", sql],
+                           capture_output=True, text=True, timeout=10)
+        return p.stdout if p.returncode == 0 else None
+
+    def positions(self):
+        """task -> stored position (-1: locked before any commit), or None
+        while the server does not answer."""
+        out = self.psql_or_none("SELECT task, convert_from(v, 'UTF8') FROM sessionizer_task_meta "
+                                "WHERE grp = 'G' AND k = 'stored_position'")
+        if out is None:
+            return None
+        pos = {}
+        for line in out.splitlines():
+            t, v = line.split("\t")
+            pos[int(t)] = int(v) if v else -1
+        return pos
+
+    def done_tasks(self):
+        out = self.psql_or_none("SELECT count(*) FROM sessionizer_task_meta WHERE grp = 'G' AND k = 'done'")
+        return int(out) if out else 0
+
+    def instance(self, name, sink=None, state=None, extra=()):
+        args = [os.environ["SESSIONIZER"], "run", "--scale-out", "--source",
+                f"kafka://{self.brokers}/visits", "--sink", sink or self.pg_uri, "--group", "G",
+                "--until-end", "--commit-interval", "500ms", "--dlq",
+                "jsonl:" + self.path(f"{name}.dlq")] + sc.FAST + self.slow + list(extra)
+        if state:
+            args += ["--state", state]
+        if self.a.keyed:
+            args.append("--keyed-input")
+        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                             stderr=open(self.path(f"{name}.err"), "w"))
+        p.name = name
+        self.procs.append(p)
+        return p
+
+    def stderr_of(self, p):
+        return open(self.path(f"{p.name}.err"), encoding="utf-8", errors="replace").read()
+
+    def fail(self, p, what):
+        raise SystemExit(f"FAIL: {p.name} {what}; its stderr ends with:\n{self.stderr_of(p)[-3000:]}")
+
+    def wait_ok(self, p, timeout):
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.fail(p, f"did not finish within {timeout} s")
+        if p.returncode != 0:
+            self.fail(p, f"exited with {p.returncode}")
+
+    def wait_for(self, what, cond, timeout, procs=()):
+        end = time.time() + timeout
+        while time.time() < end:
+            if cond():
+                return
+            for p in procs:
+                if p.poll() is not None:
+                    self.fail(p, f"exited with {p.returncode} while waiting for {what}")
+            time.sleep(0.1)
+        raise SystemExit(f"FAIL: no {what} within {timeout} s")
+
+    def dead_letters(self, names):
+        dl = set()
+        for n in names:
+            path = self.path(f"{n}.dlq")
+            if os.path.exists(path):
+                for line in open(path, encoding="utf-8"):
+                    if line.strip():
+                        d = json.loads(line)
+                        dl.add((d["reason"], d.get("partition"), d.get("offset")))
+        return dl
+
+    def check_dead_letters(self, names, counts):
+        dl = self.dead_letters(names)
+        bad = counts["invalid"] + counts["late"] + counts["future"]
+        n_late = sum(1 for x in dl if x[0] == "late")
+        log(f"dead letters: {len(dl)} distinct ({n_late} late), oracle {bad} ({counts['late']} late)")
+        return len(dl) == bad and n_late == counts["late"]
+
+
+def jsonl_rows(paths):
+    """(session_id, user_id, pages) of JSONL outputs; a replay may write a
+    session twice, always the same (a difference is reported by compare as
+    a duplicate)."""
+    rows = set()
+    for path in paths:
+        if os.path.exists(path):
+            for line in open(path, encoding="utf-8"):
+                if line.strip():
+                    d = json.loads(line)
+                    rows.add((d["session_id"], d["user_id"], tuple(d["pages"])))
+    return rows
+
+
+def prepare(t, rtt):
+    t.start_pg()
+    t.start_mock()
+    t.produce()
+    want, counts = t.oracle()
+    t.single()
+    single = t.table("single")
+    if not sc.compare("oracle (single instance)", want, single):
+        raise SystemExit("FAIL: the single-instance run differs from the oracle")
+    # every request takes rtt ms more: the log takes seconds to read, so
+    # that the faults land while it is being read
+    t.mock_cmd(f"rtt 1 {rtt}")
+    return want, counts, set(single)
+
+
+def outage(t):
+    want, counts, single = prepare(t, 30)
+    ps = [t.instance(f"i{n}") for n in range(2)]
+    # mid-run: tasks committed, not all finished
+    t.wait_for("task commit", lambda: (t.positions() or {}) != {}, 60, ps)
+    if t.done_tasks() == t.R_expected:
+        raise SystemExit("FAIL: the run finished before the outage (make the log longer)")
+    log("PostgreSQL: fast shutdown, 2 s down, start again")
+    t.pg("restart", "pg", "2")
+    for p in ps:
+        t.wait_ok(p, 180)
+    retried = [p.name for p in ps if "retrying" in t.stderr_of(p)]
+    store = sum(1 for p in ps for line in t.stderr_of(p).splitlines()
+                if "task state store" in line and "retrying" in line)
+    log(f"instances that retried: {retried} ({store} retries of the task state store)")
+    if not retried:
+        raise SystemExit("FAIL: no instance met the outage (nothing retried)")
+    got = t.table("sessions")
+    ok = sc.compare("oracle", want, got) and sc.compare("single instance", single, got)
+    return t.check_dead_letters(["i0", "i1"], counts) and ok
+
+
+def sigterm_within(t, p, bound):
+    """SIGTERMs p, which waits for the frozen store: it must end within
+    bound seconds, with exit 1, saying that the store was interrupted."""
+    t0 = time.time()
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        t.fail(p, "still running 20 s after SIGTERM (task store's server hung)")
+    took = time.time() - t0
+    err = t.stderr_of(p)
+    last = err.strip().splitlines()[-1] if err.strip() else ""
+    log(f"{p.name}: exit {p.returncode} {took:.2f} s after SIGTERM: {last[-300:]}")
+    ok = True
+    if took > bound:
+        log(f"FAIL: took {took:.2f} s to stop (bound: {bound} s)")
+        ok = False
+    if p.returncode != 1:
+        log(f"FAIL: exit {p.returncode}, expected 1 (its commit cannot be made)")
+        ok = False
+    if "task state store" not in last or "interrupted" not in last:
+        log("FAIL: the last words do not say that the task state store was interrupted")
+        ok = False
+    return ok
+
+
+def stop(t):
+    want, counts, single = prepare(t, 100)
+    t.start_pg2()  # the task store's server; the sink is a file
+    sink = lambda n: "jsonl:" + t.path(f"{n}.jsonl")  # noqa: E731
+    # 1. while running: a commit waits for the frozen store
+    p = t.instance("i0", sink=sink("i0"), state=t.pg2)
+    t.wait_for("task commit",
+               lambda: t.psql_or_none("SELECT 1 FROM sessionizer_task_meta WHERE k = 'position'",
+                                      "pg2") not in (None, ""), 60, [p])
+    t.pg("freeze", "pg2")
+    log("task store's server frozen")
+    time.sleep(1.5)  # commits every 500 ms: one now waits for the server
+    if p.poll() is not None:
+        t.fail(p, "exited while its store was frozen")
+    ok = sigterm_within(t, p, 5)
+    # 2. at start-up: connecting to the frozen store
+    q = t.instance("i1", sink=sink("i1"), state=t.pg2)
+    time.sleep(2)
+    if q.poll() is not None:
+        t.fail(q, "did not wait for the frozen server")
+    ok = sigterm_within(t, q, 5) and ok
+    t.pg("thaw", "pg2")
+    # 3. another instance finishes from what was stored, at full speed
+    t.mock_cmd("rtt 1 0")
+    r = t.instance("i2", sink=sink("i2"), state=t.pg2)
+    t.wait_ok(r, 180)
+    got = jsonl_rows([t.path(f"i{n}.jsonl") for n in range(3)])
+    ok = sc.compare("single instance (the outputs together)", single, list(got)) and ok
+    return t.check_dead_letters(["i0", "i1", "i2"], counts) and ok
+
+
+def zombie(t):
+    want, counts, single = prepare(t, 100)
+    t.start_pg2()  # A's sink; the task store (t.pg_uri) is shared
+    a = t.instance("A", sink=t.pg2, state=t.pg_uri, extra=["-X", "max.poll.interval.ms=6000"])
+    n_tasks = t.a.partitions if t.a.keyed else 4
+    t.wait_for("A's first commits", lambda: len(t.positions() or {}) == n_tasks, 60, [a])
+    t.pg("freeze", "pg2")
+    log("A's sink frozen: A hangs in a commit, between the sink's flush and the store's")
+    history = {}  # task -> positions seen, in order
+    regress = []
+
+    def sample():
+        pos = t.positions()
+        for k, v in (pos or {}).items():
+            h = history.setdefault(k, [])
+            if h and v < h[-1]:
+                regress.append((k, h[-1], v))
+            if not h or h[-1] != v:
+                h.append(v)
+        return pos
+
+    # A stops moving (it waits for its sink), then B
+    last, still = None, 0
+    end = time.time() + 30
+    while still < 15 and time.time() < end:
+        pos = sample()
+        still = still + 1 if pos == last else 0
+        last = pos
+        time.sleep(0.1)
+    if a.poll() is not None:
+        t.fail(a, "exited while its sink was frozen")
+    if t.done_tasks() == n_tasks:
+        raise SystemExit("FAIL: A finished before it hung (make the log longer)")
+    a_pos = dict(last)
+    log(f"A holds at {a_pos}; B starts")
+    t.mock_cmd("rtt 1 0")
+    b = t.instance("B")
+    end = time.time() + 120
+    while b.poll() is None and time.time() < end:
+        sample()
+        time.sleep(0.2)
+    t.wait_ok(b, 1)
+    b_pos = sample()
+    log(f"B finished at {b_pos}")
+    if not all(b_pos[k] >= a_pos[k] for k in a_pos) or b_pos == a_pos:
+        raise SystemExit("FAIL: B did not go further than A")
+    t.pg("thaw", "pg2")
+    log("A's sink thawed")
+    end = time.time() + 120
+    while a.poll() is None and time.time() < end:
+        sample()
+        time.sleep(0.2)
+    t.wait_ok(a, 1)
+    final = sample()
+    ok = True
+    refused = t.stderr_of(a).count("committed further by another instance")
+    log(f"A's commits refused as superseded: {refused}; stored positions after A: {final}")
+    if refused == 0:
+        log("FAIL: A's commits were not refused (the zombie path did not run)")
+        ok = False
+    if final != b_pos:
+        log(f"FAIL: the store changed after B finished: {b_pos} -> {final}")
+        ok = False
+    if regress:
+        log(f"FAIL: stored positions went back: {regress}")
+        ok = False
+    if t.done_tasks() != n_tasks:
+        log("FAIL: not every task is done")
+        ok = False
+    got = t.table("sessions")  # B's
+    a_rows = set()
+    for line in t.psql_or_none("SELECT session_id, user_id, array_to_json(pages) FROM sessions",
+                               "pg2").splitlines():
+        sid, uid, pages = line.split("\t", 2)
+        a_rows.add((int(sid), int(uid), tuple(json.loads(pages) or [])))
+    log(f"A wrote {len(a_rows)} sessions, B {len(got)}")
+    ok = sc.compare("single instance (A's and B's tables)", single, list(a_rows | set(got))) and ok
+    return t.check_dead_letters(["A", "B"], counts) and ok
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("scenario", choices=["outage", "stop", "zombie"])
+    ap.add_argument("--keyed", action="store_true")
+    ap.add_argument("--records", type=int, default=3000, help="for partition 0 (kafka_gen.py)")
+    ap.add_argument("--seed", type=int, default=int(time.time()) % 100000)
+    ap.add_argument("--keep", action="store_true")
+    a = ap.parse_args()
+    a.partitions, a.fetch_bytes, a.rtt = 4, 500, 10
+    t = Test(a)
+    t.R_expected = 4
+    ok = False
+    try:
+        log(f"{a.scenario}{' (keyed)' if a.keyed else ''}, seed {a.seed}")
+        if a.scenario == "outage":
+            ok = outage(t)
+        elif a.scenario == "zombie":
+            ok = zombie(t)
+        else:
+            ok = stop(t)
+        if not ok:
+            raise SystemExit(f"FAIL: {a.scenario}")
+        log("PASS")
+    finally:
+        t.cleanup(ok)
+
+
+if __name__ == "__main__":
+    main()
