@@ -1130,6 +1130,7 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
     buf_init(&s->scratch);
     buf_init(&s->rec);
     int rc = -1;
+    int finished = 0; /* --until-end: every task of the group is done */
     char *conninfo = state_conninfo(cfg);
     s->idle_ms = 2000;
     for (const char *const *p = jc->source.props; p && *p; p++)
@@ -1264,7 +1265,10 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
              * others' progress is read from the store. */
             last_done = t;
             if (s2_commit(s, 0)) goto out;
-            if (all_done(s)) break;
+            if (all_done(s)) {
+                finished = 1;
+                break;
+            }
         }
         if (s->failed) goto out;
         if (n == 0) {
@@ -1284,8 +1288,11 @@ out:
         rd_kafka_t *c = i == 0 ? s->c1 : s->c2;
         if (!c) continue;
         /* Leaving the group needs the coordinator: during an outage it
-         * would hold a stop up; the group evicts us when our session ends. */
-        if (s->failed || s->outage) {
+         * would hold a stop up; the group evicts us when our session ends.
+         * A finished group is not left either: every member would go
+         * through an eager rebalance (seconds) just before it finds the
+         * group finished too, and nothing is left to hand over. */
+        if (s->failed || s->outage || finished) {
             rd_kafka_destroy_flags(c, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
         } else {
             rd_kafka_consumer_close(c);
