@@ -147,3 +147,16 @@ stop_within() {
     wait_job "$pid" "$limit"
     TOOK=$((($(date +%s%N) - t0) / 1000000))
 }
+
+# stop_expect PID BOUND EXIT WHAT: the stop tests' check. SIGTERM to the
+# job, which must exit with EXIT within BOUND seconds (it is given 20 s
+# before it counts as hung); WHAT names the state it was stopped in, for the
+# log and the failure messages. Sets RC and TOOK (stop_within).
+stop_expect() {
+    local pid=$1 bound=$2 want=$3 what=$4
+    stop_within "$pid" 20
+    log "SIGTERM $what: exit $RC after $TOOK ms"
+    [ "$RC" != timeout ] || die "still running 20 s after SIGTERM ($what)"
+    [ "$TOOK" -lt $((bound * 1000)) ] || die "took $TOOK ms to stop ($what; bound: $bound s)"
+    [ "$RC" = "$want" ] || die "exit $RC ($what), expected $want"
+}

@@ -15,8 +15,6 @@
 #include "common/xalloc.h"
 #include "engine/engine.h"
 
-#define SEC 1000000LL
-
 typedef struct out {
     buf text; /* one line per event, in emission order */
     changelog_frame *log;
@@ -24,19 +22,13 @@ typedef struct out {
 
 static int on_close(void *ctx, const closed_session *cs)
 {
-    out *o = ctx;
-    buf_printf(&o->text, "close id=%" PRId64 " user=%" PRId64 " [", cs->session_id, cs->user_id);
-    for (size_t i = 0; i < cs->n_pages; i++)
-        buf_printf(&o->text, "%s%.*s", i ? "," : "", (int)cs->pages[i].len, cs->pages[i].data);
-    buf_append_str(&o->text, "]\n");
+    check_close_line(&((out *)ctx)->text, cs);
     return 0;
 }
 
 static int on_reject(void *ctx, const visit *v, reject_reason why)
 {
-    out *o = ctx;
-    buf_printf(&o->text, "%s user=%" PRId64 " page=%.*s\n", why == REJECT_LATE ? "late" : "cap",
-               v->user_id, (int)v->page_len, v->page);
+    check_reject_line(&((out *)ctx)->text, v, why);
     return 0;
 }
 
@@ -56,15 +48,6 @@ static engine *new_engine(out *o, int64_t g, int64_t l, uint32_t cap)
     engine_callbacks cb = {.ctx = o, .on_close = on_close, .on_reject = on_reject,
                            .on_accept = on_accept};
     return engine_new(&cfg, &cb);
-}
-
-static uint64_t rng_state = 0x2545f4914f6cdd1dULL;
-static uint64_t rnd(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
 }
 
 /* ---- the state of an engine, independent of its memory layout -------------- */
@@ -374,6 +357,7 @@ static void test_snapshot_damage(void)
 
 int main(void)
 {
+    check_rng = 0x2545f4914f6cdd1dULL; /* this file's own sequence of trials */
     test_restore_equals_commit();
     test_frame_size_and_meta();
     test_snapshot_damage();

@@ -13,8 +13,6 @@
 #include "engine/session_id.h"
 #include "record/timestamp.h"
 
-#define SEC 1000000LL
-
 /* ---- output collection -------------------------------------------------- */
 
 typedef struct out {
@@ -25,10 +23,7 @@ typedef struct out {
 static int on_close(void *ctx, const closed_session *cs)
 {
     out *o = ctx;
-    buf_printf(&o->text, "close id=%" PRId64 " user=%" PRId64 " [", cs->session_id, cs->user_id);
-    for (size_t i = 0; i < cs->n_pages; i++)
-        buf_printf(&o->text, "%s%.*s", i ? "," : "", (int)cs->pages[i].len, cs->pages[i].data);
-    buf_append_str(&o->text, "]\n");
+    check_close_line(&o->text, cs);
     o->closed++;
     return 0;
 }
@@ -36,9 +31,7 @@ static int on_close(void *ctx, const closed_session *cs)
 static int on_reject(void *ctx, const visit *v, reject_reason why)
 {
     out *o = ctx;
-    buf_printf(&o->text, "%s user=%" PRId64 " page=%.*s\n",
-               why == REJECT_LATE ? "late" : why == REJECT_FUTURE ? "future" : "cap", v->user_id,
-               (int)v->page_len, v->page);
+    check_reject_line(&o->text, v, why);
     if (why == REJECT_LATE) o->late++;
     else if (why == REJECT_FUTURE) o->future++;
     else o->capped++;
@@ -286,15 +279,6 @@ static void free_lines(char **l, size_t n)
 {
     for (size_t i = 0; i < n; i++) free(l[i]);
     free(l);
-}
-
-static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
-static uint64_t rnd(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
 }
 
 /* ---- checkpoint round trip through an in-memory store -------------------- */

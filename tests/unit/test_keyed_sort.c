@@ -8,13 +8,6 @@
 #include "check.h"
 #include "common/keyed_sort.h"
 
-static uint64_t rng = 88172645463325252ULL;
-static uint64_t rnd(void)
-{
-    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
-    return rng;
-}
-
 /* Sorted, and the same multiset of pairs (ptr carries the original index). */
 static int sorted_permutation(const keyed *v, const uint64_t *orig, size_t n)
 {
@@ -47,6 +40,7 @@ static uint64_t pattern_key(int pattern, size_t i, size_t n)
 
 int main(void)
 {
+    check_rng = 88172645463325252ULL; /* this file's own sequence of inputs */
     static const size_t sizes[] = {0, 1, 2, 3, 15, 16, 17, 33, 100, 1000, 4097, 50000};
     for (size_t s = 0; s < sizeof sizes / sizeof *sizes; s++) {
         size_t n = sizes[s];
