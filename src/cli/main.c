@@ -145,12 +145,6 @@ int main(int argc, char **argv)
                            "place of their own (e.g. --dlq jsonl:deadletter.jsonl); with "
                            "--checkpoint DIR they go to DIR/deadletter.jsonl");
     }
-    if (opts.scale_out && opts.metrics_listen) {
-        /* Its two stages run their own loops, which publish no figures yet:
-         * an endpoint saying "starting" forever would mislead. */
-        options_free(&opts);
-        return usage_error("%s", "--metrics-listen is not available with --scale-out yet");
-    }
     job_config cfg = opts.job;
     cfg.stop = &stop_requested;
     int quiet = opts.quiet;
@@ -186,6 +180,7 @@ int main(int argc, char **argv)
                               .keyed_input = opts.keyed_input};
         int src = scaleout_run(&so, err, sizeof err);
         if (src != 0) log_error("sessionizer", "%s", err);
+        metrics_server_stop(srv);
         options_free(&opts);
         return src != 0 ? 1 : 0;
     }

@@ -204,6 +204,25 @@ void metrics_format(buf *b, const metrics_snapshot *s, const job_status *st, int
         i64_metric(b, "sessionizer_checkpoint_bytes", "gauge",
                    "size of the checkpoint on disk (its snapshot and log files)",
                    s->checkpoint_bytes);
+    if (s->scaleout) {
+        head(b, "sessionizer_scaleout_tasks", "gauge",
+             "tasks this instance owns now: source partitions (stage 1) and session tasks (stage 2)");
+        buf_printf(b, "sessionizer_scaleout_tasks{stage=\"source\"} %d\n", (int)s->so_tasks_source);
+        buf_printf(b, "sessionizer_scaleout_tasks{stage=\"sessions\"} %d\n",
+                   (int)s->so_tasks_sessions);
+        head(b, "sessionizer_scaleout_repartition_produced_total", "counter",
+             "visits and markers this instance's stage 1 produced to the repartition topic");
+        buf_printf(b, "sessionizer_scaleout_repartition_produced_total{kind=\"visit\"} %" PRIu64 "\n",
+                   s->so_produced_visits);
+        buf_printf(b, "sessionizer_scaleout_repartition_produced_total{kind=\"marker\"} %" PRIu64 "\n",
+                   s->so_produced_markers);
+        u64_metric(b, "sessionizer_scaleout_duplicates_dropped_total", "counter",
+                   "repartitioned visits stage 2 dropped as already applied (a replay)",
+                   s->so_duplicates);
+        u64_metric(b, "sessionizer_scaleout_commits_superseded_total", "counter",
+                   "task commits the state store refused: another instance had gone further",
+                   s->so_superseded);
+    }
     seconds_metric(b, "sessionizer_snapshot_timestamp_seconds",
                    "when the job thread took these figures, Unix time", s->taken_wall_ms);
     (void)now_wall_ms;

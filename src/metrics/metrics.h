@@ -59,6 +59,13 @@ typedef struct metrics_snapshot {
     int64_t lag_records[METRICS_MAX_PARTITIONS]; /* -1: unknown */
     int32_t n_lag;                /* 0: the source does not report partitions */
     int64_t checkpoint_bytes;     /* -1: no checkpoint */
+    /* --scale-out: this instance's stages (task/scaleout.c); 0: not one */
+    int scaleout;
+    int32_t so_tasks_source;      /* source partitions it owns now (stage 1, or keyed tasks) */
+    int32_t so_tasks_sessions;    /* session tasks it owns now (stage 2, or keyed tasks) */
+    uint64_t so_produced_visits, so_produced_markers; /* to the repartition topic */
+    uint64_t so_duplicates;       /* repartitioned visits dropped as already applied */
+    uint64_t so_superseded;       /* task commits refused: another instance went further */
 } metrics_snapshot;
 
 /* The readiness bound: ready needs the sum of the partitions' lag at most

@@ -54,9 +54,11 @@
 #include <librdkafka/rdkafka.h>
 
 #include "common/log.h"
+#include "common/status.h"
 #include "common/xalloc.h"
 #include "deadletter/deadletter.h"
 #include "engine/engine.h"
+#include "metrics/metrics.h"
 #include "record/parse.h"
 #include "sink/sink.h"
 #include "task/repartition.h"
@@ -124,6 +126,11 @@ typedef struct so {
     int unproduced;         /* a visit or marker was given up (stop): no stage 1 commit */
     int keyed;              /* --keyed-input: one stage, a task per source partition */
     so_stats st;
+    /* --metrics-listen: this instance's figures (publish); NULL: none */
+    metrics_snapshot *m;
+    int64_t last_publish;
+    uint64_t acc_applied, acc_opened, acc_merged; /* counters of the engines already dropped */
+    uint64_t sessions_flushed;       /* st.sessions at the last sink flush */
     buf scratch, rec;
 } so;
 
@@ -226,7 +233,13 @@ static void on_error(rd_kafka_t *rk, int e, const char *reason, void *opaque)
         return;
     }
     /* Transient (brokers down, timeouts): librdkafka reconnects by itself. */
-    if (e == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) s->outage = 1;
+    if (e == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
+        s->outage = 1;
+        if (s->jc->status) {
+            io_status_error(&s->jc->status->source, IO_ERR_CONNECTION);
+            io_status_down(&s->jc->status->source);
+        }
+    }
     static int64_t last;
     int64_t t = now_ms();
     if (t - last > 5000) {
@@ -456,8 +469,69 @@ static void broadcast(so *s, int kind, int32_t p)
 static void write_dl(so *s, const char *reason, const char *detail, const raw_record *raw,
                         const visit *v)
 {
+    if (s->m) metrics_count_reason(s->m, reason);
     dead_letter dl = {.reason = reason, .detail = detail, .source = s->describe, .raw = raw, .v = v};
     if (s->dlq->ops->write(s->dlq, &dl, s->err, s->errlen)) s->failed = 1;
+}
+
+static void count_read(so *s, int32_t p)
+{
+    s->st.read1++;
+    if (!s->m) return;
+    if (p >= METRICS_MAX_PARTITIONS) p = METRICS_MAX_PARTITIONS - 1;
+    s->m->records_read[p]++;
+    if (p >= s->m->n_read_partitions) s->m->n_read_partitions = p + 1;
+}
+
+/* This instance's figures to the metrics endpoint (metrics.h): the same
+ * names as a single instance's, over the tasks it owns now or dropped, and
+ * the scale-out's own. Every second and after each commit. */
+static void publish(so *s)
+{
+    metrics_snapshot *m = s->m;
+    if (!m) return;
+    m->taken_wall_ms = status_wall_ms();
+    m->visits_accepted = s->acc_applied;
+    m->sessions_closed = s->st.sessions;
+    m->sessions_opened = s->acc_opened;
+    m->sessions_merged = s->acc_merged;
+    m->sessions_open = m->pages_held = 0;
+    m->watermark_us = INT64_MAX;
+    m->so_tasks_source = m->so_tasks_sessions = 0;
+    for (int32_t r = 0; s->t2 && r < s->R; r++) {
+        s2task *t = &s->t2[r];
+        if (!t->assigned || !t->eng) continue;
+        m->so_tasks_sessions++;
+        engine_stats e;
+        engine_get_counters(t->eng, &e);
+        m->visits_accepted += e.visits_applied;
+        m->sessions_opened += e.sessions_opened;
+        m->sessions_merged += e.sessions_merged;
+        m->sessions_open += e.open_sessions;
+        m->pages_held += e.open_pages;
+        /* the instance's: the lowest of its tasks' (none while one has none) */
+        int64_t w = engine_closing_watermark(t->eng);
+        if (w < m->watermark_us) m->watermark_us = w;
+    }
+    if (m->watermark_us == INT64_MAX) m->watermark_us = INT64_MIN;
+    /* lag of the source partitions it reads, from the client's cached high
+     * watermarks (no request) */
+    m->n_lag = 0;
+    for (int32_t p = 0; p < s->n_src && m->n_lag < METRICS_MAX_PARTITIONS; p++) {
+        int assigned = s->keyed ? s->t2 && s->t2[p].assigned : s->p1 && s->p1[p].assigned;
+        if (!assigned) continue;
+        int64_t pos = s->keyed ? s->t2[p].pos : s->p1[p].pos, lo = -1, hi = -1;
+        rd_kafka_get_watermark_offsets(s->c1, s->topic, p, &lo, &hi);
+        m->lag_partition[m->n_lag] = p;
+        m->lag_records[m->n_lag++] = hi >= 0 && pos >= 0 ? (hi > pos ? hi - pos : 0) : -1;
+    }
+    m->so_tasks_source = s->keyed ? m->so_tasks_sessions : m->n_lag;
+    m->so_produced_visits = s->st.produced;
+    m->so_produced_markers = s->st.markers;
+    m->so_duplicates = s->st.dups2;
+    m->so_superseded = s->st.superseded;
+    metrics_publish(s->jc->metrics, m);
+    s->last_publish = now_ms();
 }
 
 static void s1_end(so *s, int32_t p)
@@ -505,7 +579,7 @@ static void s1_message(so *s, rd_kafka_message_t *m)
     }
     if (m->offset < sp->pos) return; /* re-fetched after a rebalance or an outage */
     if (s->jc->until_end && m->offset >= sp->end) return;
-    s->st.read1++;
+    count_read(s, p);
     raw_record raw;
     visit v;
     char detail[160];
@@ -598,7 +672,10 @@ static void s1_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e,
             int32_t p = tp->partition;
             if (p < 0 || p >= s->n_src) continue;
             s1part *sp = &s->p1[p];
-            *sp = (s1part){.assigned = 1, .pos = 0, .max_t = INT64_MIN, .end = -1, .eof_at = -1};
+            /* idleness counts from the assignment: a partition empty so far
+             * is idle after idle.ms, not at once */
+            *sp = (s1part){.assigned = 1, .pos = 0, .max_t = INT64_MIN, .end = -1, .eof_at = -1,
+                           .last_record_ms = now_ms()};
             long long mt = 0, en = -1;
             int has_md = tp->offset >= 0 && tp->metadata_size > 0 && tp->metadata_size < 96;
             if (has_md) {
@@ -701,9 +778,24 @@ static int on_reject(void *ctx, const visit *v, reject_reason why)
     return s->failed ? -1 : 0;
 }
 
+/* Frees a task's engine, keeping its counters for the metrics. */
+static void drop_engine(so *s, s2task *t)
+{
+    if (!t->eng) return;
+    if (s->m) {
+        engine_stats e;
+        engine_get_counters(t->eng, &e);
+        s->acc_applied += e.visits_applied;
+        s->acc_opened += e.sessions_opened;
+        s->acc_merged += e.sessions_merged;
+    }
+    engine_free(t->eng);
+    t->eng = NULL;
+}
+
 static void task_reset(so *s, s2task *t)
 {
-    engine_free(t->eng);
+    drop_engine(s, t);
     engine_config ec = s->jc->engine;
     ec.track_dirty = 1;
     /* Repartitioned: judged in stage 1, in the source partition's order.
@@ -813,7 +905,24 @@ static void s2_seek(so *s, s2task *t)
 
 /* commit: the sink acknowledges the sessions, then each changed task's
  * state goes to the store in a transaction of its own. */
+static int s2_commit_body(so *s, int suspending);
+
 static int s2_commit(so *s, int suspending)
+{
+    int64_t t0 = now_ms();
+    uint64_t closed = s->st.sessions;
+    int rc = s2_commit_body(s, suspending);
+    if (rc == 0 && s->m) {
+        s->m->sink_flushes++;
+        s->m->sink_sessions_written += closed - s->sessions_flushed;
+        s->sessions_flushed = closed;
+        metrics_count_commit(s->m, (double)(now_ms() - t0) / 1000, status_wall_ms());
+        publish(s);
+    }
+    return rc;
+}
+
+static int s2_commit_body(so *s, int suspending)
 {
     if (s->snk->ops->flush(s->snk, s->err, s->errlen) ||
         s->dlq->ops->flush(s->dlq, s->err, s->errlen)) {
@@ -889,8 +998,7 @@ static void s2_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e,
         if (!rd_kafka_assignment_lost(rk) && !s->failed) s2_commit(s, 1);
         for (int32_t r = 0; r < s->R; r++) {
             s->t2[r].assigned = 0;
-            engine_free(s->t2[r].eng);
-            s->t2[r].eng = NULL;
+            drop_engine(s, &s->t2[r]);
         }
         rd_kafka_assign(rk, NULL);
     }
@@ -1049,7 +1157,7 @@ static void k_message(so *s, rd_kafka_message_t *m)
 {
     s2task *t = task_record(s, s->c1, s->topic, m);
     if (!t) return;
-    s->st.read1++;
+    count_read(s, t->id);
     raw_record raw;
     visit v;
     char detail[160];
@@ -1076,7 +1184,10 @@ static int drain(so *s, rd_kafka_t *c, void (*fn)(so *, rd_kafka_message_t *), i
     for (; n < POLL_BATCH && !s->failed; n++) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(c, n == 0 ? timeout_ms : 0);
         if (!m) break;
-        if (!m->err || m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) s->outage = 0;
+        if (!m->err || m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+            if (s->outage && s->jc->status) io_status_up(&s->jc->status->source);
+            s->outage = 0;
+        }
         fn(s, m);
         rd_kafka_message_destroy(m);
     }
@@ -1135,6 +1246,14 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
     s->idle_ms = 2000;
     for (const char *const *p = jc->source.props; p && *p; p++)
         if (strncmp(*p, "sessionizer.idle.ms=", 20) == 0) s->idle_ms = atoll(*p + 20);
+    if (jc->metrics) {
+        s->m = xcalloc(1, sizeof *s->m);
+        s->m->started_wall_ms = status_wall_ms();
+        s->m->checkpoint_bytes = -1;
+        s->m->watermark_us = INT64_MIN;
+        s->m->scaleout = 1;
+    }
+    if (jc->status) io_status_name(&jc->status->source, "kafka");
     if (parse_uri(s, jc->source_uri, err, errlen)) goto out;
     if (!conninfo) {
         snprintf(err, errlen, "--scale-out keeps the session tasks' state in PostgreSQL: use a "
@@ -1194,14 +1313,16 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
     s->store = task_store_open(&(task_store_options){.conninfo = conninfo,
                                                      .props = cfg->state_uri ? NULL : jc->sink.props,
                                                      .group = jc->source.group,
-                                                     .stop = jc->stop},
+                                                     .stop = jc->stop,
+                                                     .status = jc->status},
                                err, errlen);
     if (!s->store) goto out;
-    s->ctx = (job_context){.stop = jc->stop};
+    s->ctx = (job_context){.stop = jc->stop, .status = jc->status};
     s->sink_opts = jc->sink;
     s->sink_opts.ctx = &s->ctx;
     s->snk = sink_open(jc->sink_uri, &s->sink_opts, err, errlen);
     if (!s->snk) goto out;
+    if (jc->status) io_status_name(&jc->status->sink, s->snk->ops->scheme);
     s->dlq = deadletter_open(jc->dlq_uri ? jc->dlq_uri : "jsonl:stderr", jc->dlq_props, &s->ctx,
                              err, errlen);
     if (!s->dlq) goto out;
@@ -1243,8 +1364,11 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
     }
     int64_t interval = jc->commit_interval_ms > 0 ? jc->commit_interval_ms : 1000;
     int64_t last_commit = now_ms(), last_marker = 0, last_done = 0;
+    publish(s);
+    status_set_phase(jc->status, PHASE_RUNNING);
     for (;;) {
         if (stopping(s)) break;
+        status_beat(jc->status);
         int n = drain(s, s->c1, s->keyed ? k_message : s1_message, 0);
         if (!s->keyed) s1_flush(s);
         if (s->prod) rd_kafka_poll(s->prod, 0);
@@ -1255,6 +1379,7 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
             s1_markers(s, t);
             last_marker = t;
         }
+        if (s->m && t - s->last_publish >= 1000) publish(s);
         if (t - last_commit >= interval) {
             if (!s->keyed) s1_commit(s, 0);
             if (s2_commit(s, 0)) goto out;
@@ -1277,10 +1402,13 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
             if (!s->keyed) drain(s, s->c2, s2_message, 40);
         }
     }
+    status_set_phase(jc->status, PHASE_STOPPING);
     if (!s->keyed) s1_commit(s, 0);
     if (s->failed || s2_commit(s, 0)) goto out;
     rc = 0;
 out:
+    status_set_phase(jc->status, PHASE_STOPPING);
+    publish(s); /* the last figures, also after a failure */
     /* A failed instance leaves without the revocations' commits: what it
      * has not committed is redone by the next owner. The loop's last
      * commits are made; the revocations' during the close commit again. */
@@ -1325,6 +1453,7 @@ out:
         }
     free(s->t2);
     free(s->p1);
+    free(s->m);
     if (s->batch)
         for (int32_t r = 0; r < s->R; r++) buf_free(&s->batch[r].b);
     free(s->batch);
@@ -1339,5 +1468,6 @@ out:
     free(s->group2);
     buf_free(&s->scratch);
     buf_free(&s->rec);
+    status_set_phase(jc->status, PHASE_DONE);
     return rc;
 }

@@ -1,9 +1,9 @@
 #!/usr/bin/python3
-"""The scale-out against PostgreSQL's failures: short scenarios, each on its
-own private server(s) and mock cluster (the campaign's set-up,
-scaleout_campaign.py), each a few seconds of faults.
+"""The scale-out's short scenarios: PostgreSQL's failures and the metrics
+endpoint, each on its own private server(s) and mock cluster (the
+campaign's set-up, scaleout_campaign.py), each a few seconds long.
 
-    scaleout_pg_test.py outage|stop|zombie [--keyed] [--seed S] [--keep]
+    scaleout_test.py outage|stop|zombie|metrics [--keyed] [--seed S] [--keep]
 
 outage        2 instances run; PostgreSQL (sink and task store) is shut down
               (fast: sessions get 57P01) for 2 s and started again mid-run.
@@ -30,15 +30,27 @@ zombie        instance A owns every task; its sink's server (not the task
               exit 0, and no task's stored position may ever go back
               (sampled all along). The union of A's and B's tables equals the
               single instance's.
+metrics       2 live instances with --metrics-listen, their assignment
+              settled before the log is produced (so that nothing is read
+              twice): each serves /metrics (promtool accepts it), /healthz and
+              /readyz; summed over the two, records read per partition equal
+              the log's, dead letters per reason and visits accepted equal
+              the oracle's, sessions written equal the table's rows, tasks
+              owned equal the partitions (each instance some), no duplicate
+              and no superseded commit. Then SIGTERM: both exit 0.
 Environment: SESSIONIZER, KAFKA_MOCK. Exit 1 on any failure.
 """
 import argparse
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -95,13 +107,15 @@ class Test(sc.Run):
         out = self.psql_or_none("SELECT count(*) FROM sessionizer_task_meta WHERE grp = 'G' AND k = 'done'")
         return int(out) if out else 0
 
-    def instance(self, name, sink=None, state=None, extra=()):
+    def instance(self, name, sink=None, state=None, extra=(), until_end=True):
         args = [os.environ["SESSIONIZER"], "run", "--scale-out", "--source",
                 f"kafka://{self.brokers}/visits", "--sink", sink or self.pg_uri, "--group", "G",
-                "--until-end", "--commit-interval", "500ms", "--dlq",
+                "--commit-interval", "500ms", "--dlq",
                 "jsonl:" + self.path(f"{name}.dlq")] + sc.FAST + self.slow + list(extra)
         if state:
             args += ["--state", state]
+        if until_end:
+            args.append("--until-end")
         if self.a.keyed:
             args.append("--keyed-input")
         p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
@@ -342,9 +356,121 @@ def zombie(t):
     return t.check_dead_letters(["A", "B"], counts) and ok
 
 
+def scrape(port, path="/metrics"):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def parse_metrics(text):
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            out[k] = float(v)
+    return out
+
+
+def total(ms, prefix):
+    """Sum over instances of every series whose name{labels} starts with prefix."""
+    return sum(v for m in ms for k, v in m.items() if k.startswith(prefix))
+
+
+def metrics(t):
+    t.start_pg()
+    t.start_mock()
+    # no partition is taken for idle (live runs do, docs/scaling.md): the log
+    # arrives a partition at a time, and the others must not be judged idle
+    ps = [t.instance(f"i{n}", extra=["--metrics-listen", "127.0.0.1:0",
+                                     "-X", "sessionizer.idle.ms=3600000"], until_end=False)
+          for n in range(2)]
+    ports = []
+    for p in ps:
+        t.wait_for(f"{p.name}'s metrics port",
+                   lambda: re.search(r"serving http://127\.0\.0\.1:(\d+)/metrics", t.stderr_of(p)),
+                   30, ps)
+        ports.append(int(re.search(r"serving http://127\.0\.0\.1:(\d+)/metrics",
+                                   t.stderr_of(p)).group(1)))
+    n_tasks = 4  # source partitions, and the default --repartition-partitions
+
+    def settled():
+        ms = [parse_metrics(scrape(port)[1]) for port in ports]
+        return all(m.get('sessionizer_scaleout_tasks{stage="source"}', 0) > 0 and
+                   m.get('sessionizer_scaleout_tasks{stage="sessions"}', 0) > 0 for m in ms) and \
+            total(ms, 'sessionizer_scaleout_tasks{stage="source"}') == n_tasks and \
+            total(ms, 'sessionizer_scaleout_tasks{stage="sessions"}') == n_tasks
+    t.wait_for("a settled assignment (both instances own tasks)", settled, 90, ps)
+    time.sleep(2)
+    if not settled():
+        raise SystemExit("FAIL: the assignment moved again")
+    t.produce()  # only now: no rebalance while it is read, nothing read twice
+    want, counts = t.oracle()
+    n_records = sum(1 for _ in open(t.path("dump.tsv"), encoding="utf-8", errors="replace"))
+    per_part = {}
+    for line in open(t.path("dump.tsv"), encoding="utf-8", errors="replace"):
+        per_part[line.split("\t", 1)[0]] = per_part.get(line.split("\t", 1)[0], 0) + 1
+    ms = []
+
+    def all_read():
+        ms[:] = [parse_metrics(scrape(port)[1]) for port in ports]
+        return total(ms, "sessionizer_records_read_total") >= n_records
+    t.wait_for("every record read", all_read, 120, ps)
+    # sessions keep closing while the watermark moves: wait until the
+    # figures and the table stop changing
+    last, still = None, 0
+    end = time.time() + 60
+    while still < 10 and time.time() < end:
+        rows = int(t.psql("SELECT count(*) FROM sessions").strip() or 0)
+        ms = [parse_metrics(scrape(port)[1]) for port in ports]
+        now = (rows, total(ms, "sessionizer_sink_sessions_written_total"),
+               total(ms, "sessionizer_sessions_closed_total"))
+        still = still + 1 if now == last and now[0] == now[1] else 0
+        last = now
+        time.sleep(0.3)
+    ok = True
+
+    def check(cond, what):
+        nonlocal ok
+        log(("ok - " if cond else "FAIL: ") + what)
+        ok = ok and cond
+    for n, port in enumerate(ports):
+        st, text = scrape(port)
+        check(st == 200 and "sessionizer_scaleout_tasks" in text, f"i{n} serves /metrics with the scale-out's figures")
+        if shutil.which("promtool"):
+            pc = subprocess.run(["promtool", "check", "metrics"], input=text.encode(), capture_output=True)
+            check(pc.returncode == 0, f"promtool check metrics accepts i{n}'s: {pc.stderr.decode()[:300]}")
+        check(scrape(port, "/healthz")[0] == 200, f"i{n} /healthz 200")
+        rs, why = scrape(port, "/readyz")
+        check(rs == 200, f"i{n} /readyz 200 ({why.strip()[:200]})")
+    for part, n in sorted(per_part.items()):
+        got = total(ms, f'sessionizer_records_read_total{{partition="{part}"}}')
+        check(got == n, f"partition {part}: {got:.0f} records read (summed), the log has {n}")
+    dl = total(ms, "sessionizer_dead_letters_total")
+    bad = counts["invalid"] + counts["late"] + counts["future"]
+    check(dl == bad, f"{dl:.0f} dead letters (summed), the oracle's invalid, late and future: {bad}")
+    late = total(ms, 'sessionizer_dead_letters_total{reason="late"}')
+    check(late == counts["late"], f"{late:.0f} late (summed), the oracle {counts['late']}")
+    acc = total(ms, "sessionizer_visits_accepted_total")
+    check(acc == n_records - bad, f"{acc:.0f} visits accepted (summed) = records - dead letters = {n_records - bad}")
+    rows, written, closed = last
+    check(written == rows and closed == rows and rows > 0,
+          f"sessions closed {closed:.0f} = written {written:.0f} (summed) = the table's {rows} rows")
+    check(total(ms, "sessionizer_scaleout_duplicates_dropped_total") == 0, "no duplicate dropped")
+    check(total(ms, "sessionizer_scaleout_commits_superseded_total") == 0, "no commit superseded")
+    produced = total(ms, 'sessionizer_scaleout_repartition_produced_total{kind="visit"}')
+    check(produced == n_records - bad, f"{produced:.0f} visits produced to the repartition topic (summed)")
+    for p in ps:
+        p.send_signal(signal.SIGTERM)
+    for p in ps:
+        t.wait_ok(p, 30)
+    return ok
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("scenario", choices=["outage", "stop", "zombie"])
+    ap.add_argument("scenario", choices=["outage", "stop", "zombie", "metrics"])
     ap.add_argument("--keyed", action="store_true")
     ap.add_argument("--records", type=int, default=3000, help="for partition 0 (kafka_gen.py)")
     ap.add_argument("--seed", type=int, default=int(time.time()) % 100000)
@@ -360,6 +486,8 @@ def main():
             ok = outage(t)
         elif a.scenario == "zombie":
             ok = zombie(t)
+        elif a.scenario == "metrics":
+            ok = metrics(t)
         else:
             ok = stop(t)
         if not ok:
