@@ -3,7 +3,7 @@
 endpoint, each on its own private server(s) and mock cluster (the
 campaign's set-up, scaleout_campaign.py), each a few seconds long.
 
-    scaleout_test.py outage|stop|zombie|metrics [--keyed] [--seed S] [--keep]
+    scaleout_test.py outage|stop|zombie|metrics|keys [--keyed] [--seed S] [--keep]
 
 outage        2 instances run; PostgreSQL (sink and task store) is shut down
               (fast: sessions get 57P01) for 2 s and started again mid-run.
@@ -38,6 +38,12 @@ metrics       2 live instances with --metrics-listen, their assignment
               the oracle's, sessions written equal the table's rows, tasks
               owned equal the partitions (each instance some), no duplicate
               and no superseded commit. Then SIGTERM: both exit 0.
+keys          --user-from key --time-from kafka: a log whose records carry
+              the user as their key, the page alone in the value and their
+              Kafka timestamp as the event time (plus keyless records and
+              broken values), read by 2 instances (repartitioned): the table
+              and the dead letters equal a single instance's with the same
+              options.
 Environment: SESSIONIZER, KAFKA_MOCK. Exit 1 on any failure.
 """
 import argparse
@@ -468,9 +474,56 @@ def metrics(t):
     return ok
 
 
+def keys(t):
+    t.start_pg()
+    t.start_mock()
+    gen = t.path("gen")
+    subprocess.run([sc.PY, os.path.join(HERE, "kafka_gen.py"), "--partitions", "4", "--records",
+                    str(t.a.records), "--users", "60", "--seed", str(t.a.seed), gen], check=True)
+    for p in range(4):
+        keyed, keyless = [], []
+        for line in open(os.path.join(gen, f"p{p}.jsonl"), encoding="utf-8"):
+            try:
+                d = json.loads(line)
+            except ValueError:
+                keyed.append("7|" + line)  # a broken value: invalid_json
+                continue
+            if isinstance(d.get("user_id"), int):
+                keyed.append(f"{d['user_id']}|" + json.dumps({"page": d["page"]}) + "\n")
+            else:
+                keyless.append(line)  # no key: missing_field
+        for name, lines, k in (("k", keyed, ["-K", "|"]), ("n", keyless, [])):
+            path = t.path(f"{name}{p}.txt")
+            open(path, "w", encoding="utf-8").writelines(lines)
+            if lines:
+                subprocess.run(["kcat", "-P", "-b", t.brokers, "-t", "visits", "-p", str(p), "-l",
+                                path, "-X", "batch.num.messages=50"] + k, check=True)
+    # a gap of milliseconds: the Kafka timestamps (when kcat sent each batch)
+    # then split sessions
+    opts = ["--user-from", "key", "--time-from", "kafka", "--gap", "5ms"]
+    p = subprocess.run([os.environ["SESSIONIZER"], "run", "--source", f"kafka://{t.brokers}/visits",
+                        "--sink", t.pg_uri, "--sink-opt", "table=single", "--group", "single",
+                        "--until-end", "-q", "--dlq", "jsonl:" + t.path("single.dlq")] + opts + sc.FAST,
+                       capture_output=True, text=True, timeout=180)
+    if p.returncode != 0:
+        raise SystemExit(f"FAIL: the single-instance run failed: {p.stderr[-2000:]}")
+    single = t.table("single")
+    t.mock_cmd("rtt 1 10")
+    ps = [t.instance(f"i{n}", extra=opts) for n in range(2)]
+    for q in ps:
+        t.wait_ok(q, 180)
+    got = t.table("sessions")
+    ok = len(single) > 0 and sc.compare("single instance", set(single), got)
+    want_dl = t.dead_letters(["single"])
+    got_dl = t.dead_letters(["i0", "i1"])
+    reasons = sorted({r for r, _, _ in want_dl})
+    log(f"dead letters: single {len(want_dl)} ({', '.join(reasons)}), instances {len(got_dl)}")
+    return ok and want_dl == got_dl and {"missing_field", "invalid_json"} <= set(reasons)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("scenario", choices=["outage", "stop", "zombie", "metrics"])
+    ap.add_argument("scenario", choices=["outage", "stop", "zombie", "metrics", "keys"])
     ap.add_argument("--keyed", action="store_true")
     ap.add_argument("--records", type=int, default=3000, help="for partition 0 (kafka_gen.py)")
     ap.add_argument("--seed", type=int, default=int(time.time()) % 100000)
@@ -488,6 +541,8 @@ def main():
             ok = zombie(t)
         elif a.scenario == "metrics":
             ok = metrics(t)
+        elif a.scenario == "keys":
+            ok = keys(t)
         else:
             ok = stop(t)
         if not ok:
