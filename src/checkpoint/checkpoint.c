@@ -26,6 +26,7 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -43,6 +44,10 @@
  * this much: the bytes written per visit then stay under twice the log's, and
  * a restore replays at most about one snapshot's worth of log. */
 #define COMPACT_MIN_BYTES ((int64_t)16 << 20)
+/* Sealed frames waiting for the writer thread: past this many bytes (or
+ * CHECKPOINT_MAX_IN_FLIGHT frames) a commit waits for the disk, so a slow
+ * disk slows the job down instead of growing its memory. */
+#define WR_MAX_BYTES ((size_t)64 << 20)
 
 typedef struct meta_entry {
     char *key;
@@ -80,6 +85,24 @@ struct checkpoint {
      * leaves the old snapshot with logs that still reach every commit. */
     pthread_t bg;
     int bg_running;
+    /* The frames' writer thread (group commit): a commit seals its frame and
+     * queues it; the thread appends everything queued with one write and one
+     * fdatasync, then publishes the last commit number it made durable. The
+     * job tells the outside world (Kafka's committed offsets) only about
+     * durable commits (checkpoint_durable_seq). Shared under wr_mu: the
+     * queue, the counts, the error, the stop flag; log_fd is changed by the
+     * job only while the queue is empty and the thread idle. */
+    pthread_t wr;
+    int wr_running, wr_stop, wr_busy;
+    pthread_mutex_t wr_mu;
+    pthread_cond_t wr_work, wr_progress;
+    buf wr_queue, wr_batch;   /* sealed frames waiting; the batch being written */
+    uint64_t wr_queue_seq;    /* last commit in wr_queue */
+    size_t wr_queue_frames, wr_batch_frames;
+    int wr_errno;             /* a write or fdatasync failed: every later commit fails */
+    uint64_t wr_err_log;      /* in that log */
+    int wr_delay_ms;          /* tests: the thread waits this long before each batch */
+    _Atomic uint64_t durable;
     atomic_int bg_done;
     int bg_errno, bg_fd;
     char *bg_tmp, *bg_path;
@@ -518,6 +541,13 @@ checkpoint *checkpoint_open(const char *dir, char *err, size_t errlen)
     cp->compact_min = min && atoll(min) > 0 ? atoll(min) : COMPACT_MIN_BYTES;
     changelog_frame_init(&cp->frame);
     buf_init(&cp->out);
+    buf_init(&cp->wr_queue);
+    buf_init(&cp->wr_batch);
+    pthread_mutex_init(&cp->wr_mu, NULL);
+    pthread_cond_init(&cp->wr_work, NULL);
+    pthread_cond_init(&cp->wr_progress, NULL);
+    const char *delay = getenv("SESSIONIZER_TEST_SYNC_DELAY_MS"); /* undocumented: tests */
+    cp->wr_delay_ms = delay && atoi(delay) > 0 ? atoi(delay) : 0;
     char *lock_path = path_of(cp, "lock");
     cp->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     free(lock_path);
@@ -574,6 +604,7 @@ checkpoint *checkpoint_open(const char *dir, char *err, size_t errlen)
     free(logs);
     snaps = logs = NULL;
     if (rc) goto fail;
+    atomic_store(&cp->durable, cp->seq);
     return cp;
 fail:
     free(snaps);
@@ -583,6 +614,7 @@ fail:
 }
 
 static int bg_collect(checkpoint *cp, int wait, char *err, size_t errlen);
+static void wr_stop(checkpoint *cp);
 
 static void release_restore_data(checkpoint *cp)
 {
@@ -598,6 +630,7 @@ void checkpoint_close(checkpoint *cp)
 {
     if (!cp) return;
     char ignored[16];
+    wr_stop(cp); /* writes what is queued first */
     bg_collect(cp, 1, ignored, sizeof ignored); /* a failure only leaves the old snapshot */
     release_restore_data(cp);
     if (cp->v1) sqlite3_close(cp->v1);
@@ -608,6 +641,11 @@ void checkpoint_close(checkpoint *cp)
     free(cp->meta);
     changelog_frame_free(&cp->frame);
     buf_free(&cp->out);
+    buf_free(&cp->wr_queue);
+    buf_free(&cp->wr_batch);
+    pthread_mutex_destroy(&cp->wr_mu);
+    pthread_cond_destroy(&cp->wr_work);
+    pthread_cond_destroy(&cp->wr_progress);
     if (cp->log_fd >= 0) close(cp->log_fd);
     if (cp->dir_fd >= 0) close(cp->dir_fd);
     if (cp->lock_fd >= 0) close(cp->lock_fd);
@@ -806,26 +844,146 @@ static int write_snapshot(checkpoint *cp, const engine *e, uint64_t seq, int in_
     return 0;
 }
 
+/* ---- the writer thread ---------------------------------------------------------- */
+
+static int write_failed(checkpoint *cp, int e, uint64_t log_start, char *err, size_t errlen)
+{
+    char name[64];
+    snprintf(name, sizeof name, "log-%016" PRIx64, log_start);
+    errno = e;
+    return sys_error(cp, "cannot write", name, err, errlen);
+}
+
+static void *wr_main(void *arg)
+{
+    checkpoint *cp = arg;
+    pthread_mutex_lock(&cp->wr_mu);
+    for (;;) {
+        while (cp->wr_queue.len == 0 && !cp->wr_stop) pthread_cond_wait(&cp->wr_work, &cp->wr_mu);
+        if (cp->wr_queue.len == 0) break; /* stopped, and everything is written */
+        buf t = cp->wr_batch;
+        cp->wr_batch = cp->wr_queue;
+        cp->wr_queue = t;
+        cp->wr_batch_frames = cp->wr_queue_frames;
+        cp->wr_queue_frames = 0;
+        uint64_t seq = cp->wr_queue_seq, log_start = cp->log_start;
+        int fd = cp->log_fd;
+        cp->wr_busy = 1;
+        pthread_mutex_unlock(&cp->wr_mu);
+        if (cp->wr_delay_ms > 0) nanosleep(&(struct timespec){cp->wr_delay_ms / 1000,
+                                                              cp->wr_delay_ms % 1000 * 1000000L}, NULL);
+        int e = 0;
+        if (write_all(fd, cp->wr_batch.data, cp->wr_batch.len) || fdatasync(fd)) e = errno ? errno : EIO;
+        buf_reset(&cp->wr_batch);
+        pthread_mutex_lock(&cp->wr_mu);
+        cp->wr_busy = 0;
+        cp->wr_batch_frames = 0;
+        if (e) {
+            /* Nothing more goes after a frame that may be torn: a restart
+             * drops a torn last frame, but would call one followed by
+             * another damage. */
+            cp->wr_errno = e;
+            cp->wr_err_log = log_start;
+            buf_reset(&cp->wr_queue);
+            cp->wr_queue_frames = 0;
+            pthread_cond_broadcast(&cp->wr_progress);
+            break;
+        }
+        atomic_store(&cp->durable, seq);
+        pthread_cond_broadcast(&cp->wr_progress);
+    }
+    pthread_mutex_unlock(&cp->wr_mu);
+    return NULL;
+}
+
+static void wr_stop(checkpoint *cp)
+{
+    if (!cp->wr_running) return;
+    pthread_mutex_lock(&cp->wr_mu);
+    cp->wr_stop = 1;
+    pthread_cond_signal(&cp->wr_work);
+    pthread_mutex_unlock(&cp->wr_mu);
+    pthread_join(cp->wr, NULL);
+    cp->wr_running = 0;
+}
+
+/* Queues the sealed frame in cp->out (commit seq) for the writer; waits only
+ * while the queue is full. Without a thread, writes it here. */
+static int wr_enqueue(checkpoint *cp, uint64_t seq, char *err, size_t errlen)
+{
+    if (!cp->wr_running && !cp->wr_errno && !cp->wr_stop &&
+        pthread_create(&cp->wr, NULL, wr_main, cp) == 0)
+        cp->wr_running = 1;
+    if (!cp->wr_running) {
+        if (cp->wr_errno) return write_failed(cp, cp->wr_errno, cp->wr_err_log, err, errlen);
+        if (write_all(cp->log_fd, cp->out.data, cp->out.len) || fdatasync(cp->log_fd)) {
+            cp->wr_errno = errno;
+            cp->wr_err_log = cp->log_start;
+            return write_failed(cp, cp->wr_errno, cp->log_start, err, errlen);
+        }
+        atomic_store(&cp->durable, seq);
+        return 0;
+    }
+    pthread_mutex_lock(&cp->wr_mu);
+    while (!cp->wr_errno &&
+           ((cp->wr_queue.len > 0 && cp->wr_queue.len + cp->out.len > WR_MAX_BYTES) ||
+            cp->wr_queue_frames + cp->wr_batch_frames >= CHECKPOINT_MAX_IN_FLIGHT))
+        pthread_cond_wait(&cp->wr_progress, &cp->wr_mu);
+    int e = cp->wr_errno;
+    if (!e) {
+        if (cp->wr_queue.len == 0) {
+            buf t = cp->wr_queue;
+            cp->wr_queue = cp->out;
+            cp->out = t;
+        } else {
+            buf_append(&cp->wr_queue, cp->out.data, cp->out.len);
+        }
+        cp->wr_queue_seq = seq;
+        cp->wr_queue_frames++;
+        pthread_cond_signal(&cp->wr_work);
+    }
+    pthread_mutex_unlock(&cp->wr_mu);
+    return e ? write_failed(cp, e, cp->wr_err_log, err, errlen) : 0;
+}
+
+int checkpoint_sync(checkpoint *cp, char *err, size_t errlen)
+{
+    if (!cp->wr_running)
+        return cp->wr_errno ? write_failed(cp, cp->wr_errno, cp->wr_err_log, err, errlen) : 0;
+    pthread_mutex_lock(&cp->wr_mu);
+    while ((cp->wr_queue.len > 0 || cp->wr_busy) && !cp->wr_errno)
+        pthread_cond_wait(&cp->wr_progress, &cp->wr_mu);
+    int e = cp->wr_errno;
+    pthread_mutex_unlock(&cp->wr_mu);
+    return e ? write_failed(cp, e, cp->wr_err_log, err, errlen) : 0;
+}
+
+uint64_t checkpoint_seq(const checkpoint *cp) { return cp->seq; }
+
+uint64_t checkpoint_durable_seq(checkpoint *cp) { return atomic_load(&cp->durable); }
+
 int checkpoint_commit(checkpoint *cp, const engine *e, char *err, size_t errlen)
 {
     uint64_t seq = cp->seq + 1;
     int busy = bg_collect(cp, 0, err, errlen);
     if (busy < 0) return -1;
     if (cp->need_snapshot) {
-        if (write_snapshot(cp, e, seq, 0, err, errlen)) return -1;
+        /* the first commit after a format-1 restore: written here, whole */
+        if (checkpoint_sync(cp, err, errlen) || write_snapshot(cp, e, seq, 0, err, errlen))
+            return -1;
         cp->need_snapshot = 0;
+        atomic_store(&cp->durable, seq);
     } else {
         buf_reset(&cp->out);
         changelog_seal(&cp->frame, seq, e, &cp->out);
-        if (write_all(cp->log_fd, cp->out.data, cp->out.len) || fdatasync(cp->log_fd)) {
-            char name[64];
-            snprintf(name, sizeof name, "log-%016" PRIx64, cp->log_start);
-            return sys_error(cp, "cannot write", name, err, errlen);
-        }
         cp->log_bytes += (int64_t)cp->out.len;
         cp->written += (int64_t)cp->out.len;
+        if (wr_enqueue(cp, seq, err, errlen)) return -1;
         int64_t limit = cp->snap_bytes > cp->compact_min ? cp->snap_bytes : cp->compact_min;
-        if (!busy && cp->log_bytes > limit && write_snapshot(cp, e, seq, 1, err, errlen))
+        /* A compaction starts a new log: the frames up to seq go to the old
+         * one first (and the writer is idle while log_fd changes). */
+        if (!busy && cp->log_bytes > limit &&
+            (checkpoint_sync(cp, err, errlen) || write_snapshot(cp, e, seq, 1, err, errlen)))
             return -1;
     }
     cp->seq = seq;

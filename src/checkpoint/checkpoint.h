@@ -6,8 +6,8 @@
  * commits since (log-<seq>), in the encodings of changelog.h. Each commit
  * appends one checksummed frame (the visits the engine accepted since the
  * previous commit, the source position and the other named blobs, the
- * watermarks and counters) and fsyncs it: its cost follows what changed,
- * never the open state. When the logs outgrow the snapshot a new snapshot is
+ * watermarks and counters) and fdatasyncs it, on a writer thread of its own
+ * (checkpoint_commit): its cost follows what changed, never the open state. When the logs outgrow the snapshot a new snapshot is
  * written and the older files are deleted. Restoring loads the snapshot and
  * replays the logged frames (docs/checkpoint.md has the argument that this
  * rebuilds exactly the committed state).
@@ -62,9 +62,26 @@ void checkpoint_log_close_all(checkpoint *cp);
 int checkpoint_begin(checkpoint *cp, char *err, size_t errlen);
 int checkpoint_put(checkpoint *cp, const char *key, const void *val, size_t len, char *err,
                    size_t errlen);
-/* Makes the commit durable, closed with e's watermarks and counters. */
+/* Seals the commit, closed with e's watermarks and counters, and queues it
+ * for the writer thread, which appends it to the log and fdatasyncs it
+ * (several queued commits with one fdatasync). Returns once it is queued:
+ * the job goes on while the disk works. -1 if this or an earlier commit
+ * could not be written (err says why; the last durable commit is intact, and
+ * nothing is appended after a failed one). */
 int checkpoint_commit(checkpoint *cp, const engine *e, char *err, size_t errlen);
 void checkpoint_abort(checkpoint *cp);
+
+/* Commits sealed but not yet durable are at most this many; beyond it (or
+ * 64 MiB of frames) checkpoint_commit waits for the disk. */
+#define CHECKPOINT_MAX_IN_FLIGHT 64
+
+/* The last commit sealed, and the last one durable: whatever the job tells
+ * the outside world about a commit (Kafka's committed offsets) waits until
+ * checkpoint_durable_seq reaches it. */
+uint64_t checkpoint_seq(const checkpoint *cp);
+uint64_t checkpoint_durable_seq(checkpoint *cp);
+/* Waits until every sealed commit is durable: 0, or -1 (err says why). */
+int checkpoint_sync(checkpoint *cp, char *err, size_t errlen);
 
 /* Bytes on disk (snapshot and logs), and bytes written by this process
  * (frames and snapshots), for the summary and the benchmarks. */

@@ -31,6 +31,7 @@ typedef struct appendfile {
     int unterminated; /* the file ends in a foreign line without its newline */
     buf pending;    /* written, not yet flushed */
     int64_t size;   /* bytes durably written (after the last flush) */
+    int synced;     /* nothing written, cut or rewound since the last fsync */
 } appendfile;
 
 /* path "-" (or "stdout") is standard output, "stderr" standard error.

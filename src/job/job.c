@@ -7,6 +7,7 @@
  */
 #include "job/job.h"
 
+#include <assert.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,6 +74,14 @@ typedef struct job {
     double last_publish;
     unsigned window, window_late; /* records and late ones in the current LATE_WINDOW */
     int late_warned;              /* warned, and the late rate has not fallen back since */
+    /* Commits sealed but not yet durable, with the source position each
+     * holds: the source hears of a position (committed()) only once the
+     * checkpoint's writer has made its commit durable. Oldest at acks_head. */
+    struct {
+        uint64_t seq;
+        buf pos;
+    } acks[CHECKPOINT_MAX_IN_FLIGHT + 1];
+    size_t acks_head, acks_len;
 } job;
 
 /* A stall never goes unnoticed: when half the records of a window of this
@@ -292,6 +301,7 @@ static void publish(job *j)
 }
 
 static int commit_body(job *j, int with_position);
+static void acknowledge(job *j);
 
 static int commit_at(job *j, int with_position)
 {
@@ -345,12 +355,47 @@ static int commit_body(job *j, int with_position)
 #undef PUT
     if (checkpoint_commit(j->cp, j->eng, j->err, j->errlen)) return -1;
     engine_clear_dirty(j->eng); /* gives back the close queue's memory after a peak */
-    if (j->src->ops->committed) j->src->ops->committed(j->src);
+    if (with_position && j->src->ops->committed) {
+        /* the position just saved (the source has not moved since), told to
+         * the source once the commit is durable */
+        assert(j->acks_len <= CHECKPOINT_MAX_IN_FLIGHT);
+        size_t at = (j->acks_head + j->acks_len++) % (CHECKPOINT_MAX_IN_FLIGHT + 1);
+        j->acks[at].seq = checkpoint_seq(j->cp);
+        buf_reset(&j->acks[at].pos);
+        buf_reset(b);
+        j->src->ops->position(j->src, b);
+        buf_append(&j->acks[at].pos, b->data, b->len);
+        acknowledge(j);
+    }
     j->res->commits++;
     return 0;
 fail:
     checkpoint_abort(j->cp);
     return -1;
+}
+
+/* Tells the source the newest position whose commit is durable. */
+static void acknowledge(job *j)
+{
+    if (!j->cp || j->acks_len == 0) return;
+    uint64_t durable = checkpoint_durable_seq(j->cp);
+    size_t last = SIZE_MAX;
+    while (j->acks_len > 0 && j->acks[j->acks_head].seq <= durable) {
+        last = j->acks_head;
+        j->acks_head = (j->acks_head + 1) % (CHECKPOINT_MAX_IN_FLIGHT + 1);
+        j->acks_len--;
+    }
+    if (last != SIZE_MAX)
+        j->src->ops->committed(j->src, j->acks[last].pos.data, j->acks[last].pos.len);
+}
+
+/* The last commit of a run: durable before the job returns, and told. */
+static int commit_final(job *j)
+{
+    if (commit(j)) return -1;
+    if (j->cp && checkpoint_sync(j->cp, j->err, j->errlen)) return -1;
+    acknowledge(j);
+    return 0;
 }
 
 /* The record layout and the session columns are bound to the checkpoint
@@ -564,7 +609,7 @@ static int memory_check(job *j)
 {
     uint64_t rss = memory_resident_bytes();
     if (j->memory_limit == 0 || rss <= j->memory_limit) return 0;
-    if (commit(j)) return -1;
+    if (commit_final(j)) return -1;
     engine_stats st;
     engine_get_stats(j->eng, &st);
     snprintf(j->err, j->errlen,
@@ -607,7 +652,7 @@ static int run_loop(job *j)
         if (cfg->stop && *cfg->stop) {
             j->res->stopped_by_signal = 1;
             status_set_phase(cfg->status, PHASE_STOPPING);
-            return commit(j);
+            return commit_final(j);
         }
         raw_record rec;
         int st = j->src->ops->poll(j->src, &rec, 100, j->err, j->errlen);
@@ -634,7 +679,7 @@ static int run_loop(job *j)
                 if (j->cp) checkpoint_log_close_all(j->cp);
                 if (engine_close_all(j->eng)) return -1;
             }
-            return commit(j);
+            return commit_final(j);
         }
         /* Clock checks are cheap but not free: look every 64 records (at
          * 200 records/s, every third of a second). */
@@ -651,6 +696,7 @@ static int run_loop(job *j)
                 if (show) last_progress = t, at_last_progress = j->res->records;
             }
             if (j->m && t - j->last_publish >= 1.0) publish(j);
+            acknowledge(j);
             if ((cfg->commit_interval_ms > 0 && (t - last_commit) * 1000 >= (double)cfg->commit_interval_ms &&
                  (since_commit > 0 || j->closed_since_commit > 0))) {
                 /* also when only sessions closed: a caught-up flag can close
@@ -748,6 +794,7 @@ out:
     free(j.m);
     free(j.parts);
     free(j.close_stamps);
+    for (size_t i = 0; i <= CHECKPOINT_MAX_IN_FLIGHT; i++) buf_free(&j.acks[i].pos);
     for (size_t i = 0; i < PIPELINE; i++) {
         buf_free(&j.queue[i].bytes);
         buf_free(&j.queue[i].page);

@@ -57,7 +57,6 @@
 #include "source/kafka_internal.h"
 #include "source/source.h"
 
-#define POSITION_VERSION 1u
 #define STOP_POLL_MS 200 /* the longest a request to the cluster holds up the job's thread */
 
 extern const source_ops kafka_source_ops;
@@ -553,6 +552,15 @@ static int kafka_seek(source *s, const void *pos, size_t len, char *err, size_t 
         for (int32_t p = 0; p < ks->n_parts; p++)
             ks->done += ks->parts[p].pos >= ks->parts[p].end;
     }
+    /* where a restart resumes (the consumer group's offsets may be behind:
+     * they follow durable commits, kafka_committed) */
+    buf b;
+    buf_init(&b);
+    for (int32_t p = 0; p < ks->n_parts && p < 64; p++)
+        buf_printf(&b, " p%d:%" PRId64, (int)p, ks->parts[p].pos);
+    log_info("kafka", "resuming topic %s from the checkpoint at offsets%.*s%s", ks->topic,
+             (int)b.len, b.data ? (const char *)b.data : "", ks->n_parts > 64 ? " ..." : "");
+    buf_free(&b);
     return 0;
 }
 

@@ -20,7 +20,8 @@
  *    session timed out during an outage) is the same case.
  *
  * The positions themselves are kafka.c's (the checkpoint's); the group only
- * hears of them, after each checkpoint commit (kafka_committed).
+ * hears of them once the checkpoint commit holding them is durable
+ * (kafka_committed).
  */
 #include <stdio.h>
 #include <string.h>
@@ -146,17 +147,31 @@ void kafka_rebalance(kafka_source *ks, rd_kafka_t *rk, rd_kafka_resp_err_t err,
     ks->active = ks->ever_active = 1;
 }
 
-void kafka_committed(source *s)
+/* pos is a durable checkpoint's position (kafka_position's layout), which
+ * may be behind the records polled since: the group never hears of an
+ * offset a restart would not resume from. */
+void kafka_committed(source *s, const void *pos, size_t len)
 {
     kafka_source *ks = (kafka_source *)s;
     if (!ks->active) return; /* the group would refuse a commit from a non-member */
     /* During an outage a commit would only queue up behind the coordinator,
      * and hold up a shutdown; the next checkpoint commits newer offsets. */
     if (ks->outage_since_ms) return;
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(ks->n_parts);
-    for (int32_t p = 0; p < ks->n_parts; p++)
-        if (ks->parts[p].assigned && ks->parts[p].pos >= 0)
-            rd_kafka_topic_partition_list_add(l, ks->topic, p)->offset = ks->parts[p].pos;
+    reader r;
+    reader_init(&r, pos, len);
+    uint32_t version = 0, n = 0;
+    reader_u32le(&r, &version);
+    reader_u32le(&r, &n);
+    if (r.bad || version != POSITION_VERSION || reader_left(&r) != (size_t)n * 12) return;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)n);
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t id = 0;
+        int64_t off = 0;
+        reader_u32le(&r, &id);
+        reader_i64le(&r, &off);
+        if (id < (uint32_t)ks->n_parts && ks->parts[id].assigned && off >= 0)
+            rd_kafka_topic_partition_list_add(l, ks->topic, (int32_t)id)->offset = off;
+    }
     if (l->cnt > 0) rd_kafka_commit(ks->rk, l, 1);
     rd_kafka_topic_partition_list_destroy(l);
 }

@@ -36,6 +36,8 @@
 #define RECENT 64 /* > the job's pipeline depth */
 _Static_assert(RECENT >= RAW_RECORD_KEEP, "delivered records' keys must outlive the job's use");
 #define OFFSET_UNKNOWN (-1)
+/* the checkpoint's position blob: le32 version, le32 count, {le32 partition, le64 next offset} */
+#define POSITION_VERSION 1u
 
 typedef struct kpart {
     int64_t pos;      /* next offset to deliver; OFFSET_UNKNOWN: from the log start */
@@ -170,7 +172,7 @@ void kafka_rebalance(kafka_source *ks, rd_kafka_t *rk, rd_kafka_resp_err_t err,
                      rd_kafka_topic_partition_list_t *list);
 void kafka_grow_parts(kafka_source *ks, int32_t n);
 int64_t kafka_pause_limit_ms(const kafka_source *ks);
-void kafka_committed(source *s);
+void kafka_committed(source *s, const void *pos, size_t len);
 int kafka_leave_group(kafka_source *ks);
 
 /* kafka_conf.c */

@@ -54,9 +54,10 @@ typedef struct source_ops {
     void (*position)(source *s, buf *out);
     /* Resume after a saved position (called before the first poll). */
     int (*seek)(source *s, const void *pos, size_t len, char *err, size_t errlen);
-    /* Optional: the checkpoint holding position() was committed (Kafka
-     * commits the offsets to its consumer group so lag tools see progress). */
-    void (*committed)(source *s);
+    /* Optional: a checkpoint holding pos (what position() wrote then) is
+     * durable; it may be older than the records polled since. Kafka commits
+     * those offsets to its consumer group so that lag tools see progress. */
+    void (*committed)(source *s, const void *pos, size_t len);
     /* Optional: fill up to max partition_info, return how many partitions. */
     size_t (*partitions)(source *s, partition_info *out, size_t max);
     /* A human description of the input for messages ("file visits.jsonl"). */
