@@ -291,44 +291,17 @@ class Bench:
         r.setdefault("_peer_meta", {})[key] = info
 
     def peer_kafka(self, r):
-        """bench/kafka.sh (Kafka engineer): records/s from the mock cluster (16
-        partitions) end to end into null:, against a bare librdkafka consumer on
-        the same topic, start-up excluded from both. REPEAT=1: the rounds here
-        repeat it."""
+        """bench/kafka.sh: records/s from the mock cluster (16 partitions, two
+        topics: long and short sessions) end to end into null:, with
+        --checkpoint (the headline) and without, against a bare librdkafka
+        consumer on the same topic, start-up excluded from both; CPU seconds
+        beside. REPEAT=1: the rounds here repeat it."""
         b = self.a.build_dir
         if not b or not all(os.path.exists(os.path.join(b, t)) for t in ("kafka-mock",
                                                                        "kafka-bare")):
             self.notes.append("kafka.sh: skipped (kafka-mock or kafka-bare not built)")
             return
-        env = dict(os.environ, REPEAT="1")
-        p = subprocess.run([os.path.join(HERE, "kafka.sh"), b], cwd=ROOT, env=env,
-                           capture_output=True, timeout=self.a.peer_timeout)
-        out = p.stdout.decode(errors="replace")
-        m = re.search(r"best: bare-poll (\d+)/s, bare-batch (\d+)/s, sessionizer (\d+)/s", out)
-        if p.returncode != 0 or not m:
-            self.notes.append(f"kafka.sh: exit {p.returncode}: "
-                              + (out + p.stderr.decode(errors="replace")).strip()[-300:])
-            return
-        poll, batch, sz = (float(x) for x in m.groups())
-        if "WARNING" in p.stderr.decode(errors="replace"):
-            self.notes.append("kafka.sh: the mock dropped the head of the log")
-        r["kafka.poll.value"], r["kafka.poll.peer_value"] = sz, poll
-        self.meta(r, "kafka.poll", section="kafka", unit="/s",
-                  peer="bare librdkafka consumer (poll)", target=">= 0.8x", target_ratio=0.8,
-                  figure="Kafka (mock, 16 partitions) -> null: records/s")
-        r["kafka.batch.value"], r["kafka.batch.peer_value"] = sz, batch
-        self.meta(r, "kafka.batch", section="kafka", unit="/s",
-                  peer="bare consumer (consume_batch)",
-                  figure="Kafka -> null: vs a batch-consuming bare consumer")
-        f = re.search(r"best: .*\bfile (\d+)/s", out)
-        if f and float(f.group(1)) > 0:
-            r["kafka.file.value"], r["kafka.file.peer_value"] = sz, float(f.group(1))
-            self.meta(r, "kafka.file", section="kafka", unit="/s",
-                      peer="the same visits from a file",
-                      figure="Kafka -> null: vs the same visits from a file")
-        rss = re.search(r"peak RSS (\d+) KiB", out)
-        if rss:
-            r["kafka.rss_mb"] = int(rss.group(1)) / 1024
+        self.run_peer_script(os.path.join(HERE, "kafka.sh"), r, args=[b], env={"REPEAT": "1"})
 
     def peer_pg(self, r):
         """bench/pg_sink.sh (PostgreSQL engineer): upserts/s of the sink's batches
@@ -399,12 +372,12 @@ class Bench:
             self.meta(r, k, section="sinks", unit="/s", peer="one write at a time",
                       figure=f"CQL sink sessions/s (test server), {label}")
 
-    def run_peer_script(self, path, r):
+    def run_peer_script(self, path, r, args=(), env=None):
         name = os.path.basename(path)
         env = dict(os.environ, BENCH_SESSIONIZER=self.sz, BENCH_OUT=self.out,
-                   BENCH_DATA=self.a.data, BENCH_ROOT=ROOT, BENCH_ROUNDS="1")
+                   BENCH_DATA=self.a.data, BENCH_ROOT=ROOT, BENCH_ROUNDS="1", **(env or {}))
         t0 = time.time()
-        p = subprocess.run([path], capture_output=True, env=env, cwd=ROOT,
+        p = subprocess.run([path, *args], capture_output=True, env=env, cwd=ROOT,
                            timeout=self.a.peer_timeout)
         r[f"peer.{name}.wall"] = time.time() - t0
         out = p.stdout.decode(errors="replace")
