@@ -104,10 +104,31 @@ static inline char *arena_of(const session *s)
     return (char *)s->store + (size_t)s->cap_pages * sizeof(page_entry);
 }
 
+/* A user whose sessions were evicted to the cold store (engine_set_cold_store):
+ * what memory keeps of it, with its user slot and one close-queue entry keyed
+ * on its earliest session end (the first session's last_t: a user's sessions
+ * are disjoint and sorted), so that the watermark finds it without reading
+ * the store. 24 bytes, a 32-byte heap chunk. */
+typedef struct cold_user {
+    int64_t user_id;
+    uint64_t handle; /* the store's name for the blob */
+    uint32_t len;    /* the blob's bytes */
+    uint32_t dead;   /* loaded back: freed when the close queue reaches it */
+} cold_user;
+
 /* An entry of the close queue: key = close_key(t) for some t <= the
- * session's last_t (stale until re-keyed), ptr = the session. */
+ * session's last_t (stale until re-keyed), ptr = the session; or, with the
+ * pointer's low bit set, a cold user keyed on its earliest session end
+ * (exact: a cold user does not change). */
 typedef keyed close_entry;
+static inline int entry_is_cold(const close_entry *c) { return ((uintptr_t)c->ptr & 1) != 0; }
 static inline session *entry_session(const close_entry *c) { return c->ptr; }
+static inline cold_user *entry_cold(const close_entry *c)
+{
+    return (cold_user *)((uintptr_t)c->ptr & ~(uintptr_t)1);
+}
+static inline void *cold_tag(cold_user *c) { return (void *)((uintptr_t)c | 1); }
+_Static_assert(_Alignof(cold_user) >= 2, "the low bit of a cold user's address is free for the tag");
 
 typedef struct close_bucket {
     close_entry *v;
@@ -118,11 +139,18 @@ typedef struct close_bucket {
 
 typedef struct user_slot {
     int64_t user_id;
-    session *head;        /* NULL: free slot, or a user awaiting checkpoint deletion */
+    union {
+        session *head;   /* NULL: free slot, or a user awaiting checkpoint deletion */
+        cold_user *cold; /* is_cold: the sessions are in the cold store */
+    };
     uint32_t dirty_epoch; /* == engine.epoch: already listed in engine.dirty */
-    uint16_t used;
-    uint16_t persisted; /* the checkpoint holds a row for this user */
+    uint8_t used;
+    uint8_t persisted; /* the checkpoint holds a row for this user */
+    uint8_t is_cold;
+    uint8_t touched;   /* applied to since the eviction clock's hand last passed */
 } user_slot;
+_Static_assert(sizeof(user_slot) == 24, "a user slot stays 24 bytes: it is paid per user, hot or cold");
+_Static_assert(sizeof(cold_user) == 24, "a cold user fits a 32-byte heap chunk");
 
 /* An interned string user (see the top of this file). */
 typedef struct user_name {
@@ -176,7 +204,30 @@ struct engine {
 
     engine_stats st;
     int replaying; /* between engine_replay_begin and _end: closing watermark held */
+
+    /* State larger than memory (engine_set_cold_store). mem counts the heap
+     * bytes of sessions, page stores, cold users and string users' bytes as
+     * malloc sizes them; the tables are added by engine_memory_bytes. */
+    engine_cold_store cold;
+    uint64_t budget;
+    uint64_t mem, cq_cap; /* cq_cap: entries the close queue's arrays hold room for */
+    uint64_t cold_sessions, cold_pages; /* of open_sessions/open_pages, those in the store */
+    size_t hand;        /* the eviction clock's position in slots */
+    uint64_t evict_again; /* keep_budget's: no eviction below this */
+    buf cold_buf;       /* a blob on its way to or from the store */
+    cold_user **due;    /* cold users the closing watermark reached, being loaded */
+    size_t cap_due;
 };
+
+/* What malloc takes for n bytes (glibc: 8 bytes of header, 16-byte
+ * granules, 32 at least): the budget is on resident memory, not on what
+ * was asked for. */
+static inline uint64_t heap_bytes(size_t n)
+{
+    if (n == 0) return 0;
+    uint64_t c = ((uint64_t)n + 8 + 15) & ~(uint64_t)15;
+    return c < 32 ? 32 : c;
+}
 
 /* ---- small helpers --------------------------------------------------- */
 
@@ -260,6 +311,7 @@ static int64_t intern_add(engine *e, const char *s, uint32_t len, uint64_t h)
         assert(e->n_names < UINT32_MAX); /* ids + 1 fit the table's slots */
     }
     char *copy = xmalloc(len ? len : 1);
+    e->mem += heap_bytes(len ? len : 1);
     memcpy(copy, s, len);
     e->names[id] = (user_name){copy, len, h};
     itab_place(e, id);
@@ -280,6 +332,7 @@ static void intern_release(engine *e, int64_t id)
         hole = i;
     }
     e->itab[hole] = 0;
+    e->mem -= heap_bytes(n->len ? n->len : 1);
     free(n->bytes);
     n->bytes = NULL;
     e->n_interned--;
@@ -362,6 +415,8 @@ static user_slot *user_insert(engine *e, int64_t user_id)
     s->user_id = user_id;
     s->head = NULL;
     s->dirty_epoch = 0;
+    s->is_cold = 0;
+    s->touched = 0;
     e->n_used++;
     return s;
 }
@@ -425,13 +480,15 @@ static inline unsigned cq_bucket_of(uint64_t last, uint64_t key)
     return key == last ? 0 : 64 - (unsigned)__builtin_clzll(key ^ last);
 }
 
-static void cq_place(engine *e, uint64_t key, session *s)
+static void cq_place(engine *e, uint64_t key, void *s)
 {
     assert(key >= e->cq_last);
     unsigned b = cq_bucket_of(e->cq_last, key);
     close_bucket *q = &e->cq[b];
     if (q->len == q->cap) {
+        e->cq_cap -= q->cap;
         q->cap = q->cap ? q->cap * 2 : 64;
+        e->cq_cap += q->cap;
         q->v = xrealloc(q->v, q->cap * sizeof *q->v);
     }
     q->v[q->len++] = (close_entry){key, s};
@@ -449,6 +506,7 @@ static void cq_trim(engine *e)
     for (unsigned b = 0; b < CLOSE_BUCKETS; b++) {
         close_bucket *q = &e->cq[b];
         if (q->len == 0 && q->cap > 65536) {
+            e->cq_cap -= q->cap;
             free(q->v);
             q->v = NULL;
             q->cap = 0;
@@ -457,6 +515,20 @@ static void cq_trim(engine *e)
 }
 
 static int emit_and_free(engine *e, session *s);
+static int load_cold(engine *e, user_slot *u, int queued);
+
+static void free_dead_session(engine *e, session *s)
+{
+    assert(s->store == NULL);
+    e->mem -= heap_bytes(sizeof *s);
+    free(s);
+}
+
+static void free_cold(engine *e, cold_user *c)
+{
+    e->mem -= heap_bytes(sizeof *c);
+    free(c);
+}
 
 static int64_t session_user(const keyed *k) { return ((const session *)k->ptr)->user_id; }
 
@@ -480,14 +552,22 @@ static int close_upto(engine *e, uint64_t upto)
             uint64_t min = UINT64_MAX;
             size_t n = 0;
             for (size_t i = 0; i < q->len; i++) {
-                session *s = entry_session(&q->v[i]);
-                if (session_dead(s)) {
-                    free(s);
-                    continue;
+                close_entry c = q->v[i];
+                if (entry_is_cold(&c)) {
+                    if (entry_cold(&c)->dead) {
+                        free_cold(e, entry_cold(&c));
+                        continue;
+                    }
+                } else {
+                    session *s = entry_session(&c);
+                    if (session_dead(s)) {
+                        free_dead_session(e, s);
+                        continue;
+                    }
+                    c.key = close_key(s->last_t);
                 }
-                uint64_t key = close_key(s->last_t);
-                q->v[n++] = (close_entry){key, s};
-                if (key < min) min = key;
+                q->v[n++] = c;
+                if (c.key < min) min = c.key;
             }
             e->cq_nonempty &= ~(UINT64_C(1) << (b - 1));
             q->len = 0;
@@ -501,7 +581,38 @@ static int close_upto(engine *e, uint64_t upto)
             uint64_t hi = lo | ((UINT64_C(1) << (b - 1)) - 1);
             uint64_t last = min < upto ? min : upto;
             e->cq_last = last < hi ? last : hi;
-            for (size_t i = 0; i < n; i++) cq_place(e, q->v[i].key, entry_session(&q->v[i]));
+            for (size_t i = 0; i < n; i++) cq_place(e, q->v[i].key, q->v[i].ptr);
+            continue;
+        }
+        /* Cold users whose earliest session end the queue reached come back
+         * into memory first: their sessions then close in order with the
+         * others (the first one lands in bucket 0, the rest above). */
+        size_t n_due = 0, kept = 0;
+        for (size_t i = 0; i < b0->len; i++) {
+            close_entry c = b0->v[i];
+            if (!entry_is_cold(&c)) {
+                b0->v[kept++] = c;
+            } else if (entry_cold(&c)->dead) {
+                free_cold(e, entry_cold(&c));
+            } else {
+                if (n_due == e->cap_due) {
+                    e->cap_due = e->cap_due ? e->cap_due * 2 : 64;
+                    e->due = xrealloc(e->due, e->cap_due * sizeof *e->due);
+                }
+                e->due[n_due++] = entry_cold(&c);
+            }
+        }
+        b0->len = kept;
+        if (n_due > 0) {
+            for (size_t i = 0; i < n_due; i++) {
+                user_slot *u = user_find(e, e->due[i]->user_id);
+                assert(u && u->is_cold && u->cold == e->due[i]);
+                int rc = load_cold(e, u, 0);
+                if (rc) { /* queued again, so that engine_free finds them */
+                    for (size_t k = i; k < n_due; k++) cq_place(e, e->cq_last, cold_tag(e->due[k]));
+                    return rc;
+                }
+            }
             continue;
         }
         /* Bucket 0: keys equal to last <= upto. Entries whose session grew
@@ -512,7 +623,7 @@ static int close_upto(engine *e, uint64_t upto)
         for (size_t i = 0; i < len; i++) {
             session *s = entry_session(&b0->v[i]);
             if (session_dead(s)) {
-                free(s);
+                free_dead_session(e, s);
             } else if (close_key(s->last_t) != e->cq_last) {
                 cq_place(e, close_key(s->last_t), s);
             } else {
@@ -538,9 +649,10 @@ static int close_upto(engine *e, uint64_t upto)
 
 /* ---- sessions ---------------------------------------------------------- */
 
-static session *session_new(int64_t user_id, const visit *v)
+static session *session_new(uint64_t *mem, int64_t user_id, const visit *v)
 {
     session *s = xcalloc(1, sizeof *s);
+    *mem += heap_bytes(sizeof *s);
     s->user_id = user_id;
     s->first_t = s->last_t = v->event_time_us;
     s->first_pos = v->pos;
@@ -549,8 +661,15 @@ static session *session_new(int64_t user_id, const visit *v)
     return s;
 }
 
-static void session_free(session *s)
+/* The heap bytes of a session's page store. */
+static inline uint64_t store_bytes(const session *s)
 {
+    return s->store ? heap_bytes((size_t)s->cap_pages * sizeof(page_entry) + s->arena_cap) : 0;
+}
+
+static void session_free(uint64_t *mem, session *s)
+{
+    *mem -= store_bytes(s) + heap_bytes(sizeof *s);
     free(s->store);
     free(s);
 }
@@ -577,7 +696,8 @@ static void session_compact(session *s)
  * half of it is such text: then it is compacted instead, so that a session
  * takes at most about twice the text it keeps. Returns -1 if the text would
  * pass 4 GiB, which the bound on max_session_bytes rules out. */
-static int session_reserve(session *s, uint32_t max_pages, uint32_t pages, uint32_t bytes)
+static int session_reserve(uint64_t *mem, session *s, uint32_t max_pages, uint32_t pages,
+                           uint32_t bytes)
 {
     if ((uint64_t)s->arena_len + bytes > s->arena_cap && s->arena_len - s->page_bytes >= s->page_bytes &&
         s->arena_len > s->page_bytes)
@@ -593,10 +713,12 @@ static int session_reserve(session *s, uint32_t max_pages, uint32_t pages, uint3
     if (cap_bytes > UINT32_MAX - 1) cap_bytes = UINT32_MAX - 1;
     size_t old_text = (size_t)s->cap_pages * sizeof(page_entry);
     size_t new_text = (size_t)cap_pages * sizeof(page_entry);
+    *mem -= store_bytes(s);
     s->store = xrealloc(s->store, new_text + (size_t)cap_bytes);
     if (new_text != old_text) memmove(s->store + new_text, s->store + old_text, s->arena_len);
     s->cap_pages = (uint32_t)cap_pages;
     s->arena_cap = (uint32_t)cap_bytes;
+    *mem += store_bytes(s);
     return 0;
 }
 
@@ -664,7 +786,7 @@ static int session_add_page(engine *e, session *s, const visit *v)
     for (uint32_t k = lo; k < s->n_pages; k++) before -= pages[k].len;
     if (!before_cut(s, t, part, off) || lo >= e->cfg.max_pages ||
         before + v->page_len > e->cfg.max_session_bytes ||
-        session_reserve(s, e->cfg.max_pages, 1, v->page_len)) {
+        session_reserve(&e->mem, s, e->cfg.max_pages, 1, v->page_len)) {
         lower_cut(s, t, part, off);
         int rc = reject_visit(e, v);
         while (s->n_pages > lo) {
@@ -700,7 +822,7 @@ static int session_merge(engine *e, session *a, session *b)
     uint64_t total = (uint64_t)a->page_bytes + b->page_bytes;
     uint32_t n = a->n_pages + b->n_pages;
     if (n > e->cfg.max_pages) n = e->cfg.max_pages;
-    session_reserve(&merged, e->cfg.max_pages, n, total > UINT32_MAX - 1 ? 0 : (uint32_t)total);
+    session_reserve(&e->mem, &merged, e->cfg.max_pages, n, total > UINT32_MAX - 1 ? 0 : (uint32_t)total);
     const page_entry *pa = pages_of(a), *pb = pages_of(b);
     uint32_t i = 0, j = 0;
     int rc = 0;
@@ -715,7 +837,7 @@ static int session_merge(engine *e, session *a, session *b)
         if (!before_cut(&merged, p->t, p->partition, p->offset) ||
             merged.n_pages >= e->cfg.max_pages ||
             (uint64_t)merged.page_bytes + p->len > e->cfg.max_session_bytes ||
-            session_reserve(&merged, e->cfg.max_pages, 1, p->len)) {
+            session_reserve(&e->mem, &merged, e->cfg.max_pages, 1, p->len)) {
             lower_cut(&merged, p->t, p->partition, p->offset); /* and the pages after it */
             int rc2 = reject_entry(e, from, p, REJECT_SESSION_CAP);
             if (!rc) rc = rc2;
@@ -727,6 +849,7 @@ static int session_merge(engine *e, session *a, session *b)
         pages_of(&merged)[merged.n_pages++] = q;
         merged.page_bytes += p->len;
     }
+    e->mem -= store_bytes(a);
     free(a->store);
     a->store = merged.store;
     a->cap_pages = merged.cap_pages;
@@ -740,6 +863,7 @@ static int session_merge(engine *e, session *a, session *b)
     if (b->first_t < a->first_t) a->first_t = b->first_t;
     if (b->last_t > a->last_t) a->last_t = b->last_t;
     if (log_position_cmp(&b->first_pos, &a->first_pos) < 0) a->first_pos = b->first_pos;
+    e->mem -= store_bytes(b);
     free(b->store);
     b->store = NULL;
     a->visits += b->visits;
@@ -786,7 +910,7 @@ static int emit_and_free(engine *e, session *s)
     *pp = s->next;
     mark_dirty(e, u);
     user_release_if_empty(e, u);
-    session_free(s);
+    session_free(&e->mem, s);
     return rc;
 }
 
@@ -842,6 +966,7 @@ engine *engine_new(const engine_config *cfg, const engine_callbacks *cb)
     e->closing_wm = INT64_MIN;
     e->epoch = 1;
     user_grow(e);
+    buf_init(&e->cold_buf);
     return e;
 }
 
@@ -849,7 +974,11 @@ void engine_free(engine *e)
 {
     if (!e) return;
     for (size_t b = 0; b < CLOSE_BUCKETS; b++) {
-        for (size_t i = 0; i < e->cq[b].len; i++) session_free(entry_session(&e->cq[b].v[i]));
+        for (size_t i = 0; i < e->cq[b].len; i++) {
+            const close_entry *c = &e->cq[b].v[i];
+            if (entry_is_cold(c)) free_cold(e, entry_cold(c));
+            else session_free(&e->mem, entry_session(c));
+        }
         free(e->cq[b].v);
     }
     free(e->slots);
@@ -861,6 +990,8 @@ void engine_free(engine *e)
     free(e->names);
     free(e->itab);
     free(e->free_ids);
+    buf_free(&e->cold_buf);
+    free(e->due);
     free(e);
 }
 
@@ -928,7 +1059,7 @@ static int future_rule(engine *e, partition_state *p, const visit *v, int *held)
     return 0;
 }
 
-int engine_apply(engine *e, const visit *v)
+static int apply_one(engine *e, const visit *v)
 {
     partition_state *p = partition_get(e, v->pos.partition);
     /* A replayed visit was accepted, in this order, past the future rule;
@@ -941,6 +1072,26 @@ int engine_apply(engine *e, const visit *v)
         if (rc || held) return rc;
     }
     return apply_visit(e, p, v);
+}
+
+/* Evicts when over the budget (engine_set_cold_store). */
+static int keep_budget(engine *e)
+{
+    uint64_t mem = engine_memory_bytes(e);
+    if (!e->budget || !e->cold.put || mem <= e->budget) return 0;
+    /* Nothing left to evict last time (cold users' index alone over the
+     * budget): try again only after the state grew by a sixteenth. */
+    if (mem <= e->evict_again) return 0;
+    int rc = engine_evict(e, e->budget - e->budget / 8);
+    mem = engine_memory_bytes(e);
+    e->evict_again = mem > e->budget ? mem + e->budget / 16 : 0;
+    return rc;
+}
+
+int engine_apply(engine *e, const visit *v)
+{
+    int rc = apply_one(e, v);
+    return rc ? rc : keep_budget(e);
 }
 
 /* Lateness, then the visit joins its session. */
@@ -959,6 +1110,11 @@ static int apply_visit(engine *e, partition_state *p, const visit *v)
 
     int64_t uid = user_of(e, v);
     user_slot *u = user_insert(e, uid);
+    if (u->is_cold) {
+        int rc = load_cold(e, u, 1);
+        if (rc) return rc;
+    }
+    u->touched = 1;
     mark_dirty(e, u);
     int64_t g = e->cfg.gap_us;
     session **pp = &u->head, *hit = NULL;
@@ -968,7 +1124,7 @@ static int apply_visit(engine *e, partition_state *p, const visit *v)
 
     int rc = 0;
     if (!hit) {
-        session *s = session_new(uid, v);
+        session *s = session_new(&e->mem, uid, v);
         s->next = *pp;
         *pp = s;
         close_queue_push(e, s);
@@ -1006,7 +1162,7 @@ void engine_prefetch(const engine *e, int64_t user_id, int stage)
         return;
     }
     /* Only the common case of a user in its home slot is worth a hint. */
-    if (!u->used || u->user_id != user_id || !u->head) return;
+    if (!u->used || u->user_id != user_id || u->is_cold || !u->head) return;
     const session *s = u->head;
     if (stage == 1) {
         __builtin_prefetch(s);
@@ -1060,12 +1216,14 @@ void engine_get_counters(const engine *e, engine_stats *out)
 {
     *out = e->st;
     out->open_users = 0;
+    out->memory_bytes = engine_memory_bytes(e);
 }
 
 void engine_get_stats(const engine *e, engine_stats *out)
 {
     *out = e->st;
     out->user_ids = e->n_names;
+    out->memory_bytes = engine_memory_bytes(e);
     out->open_users = 0;
     for (size_t i = 0; i < e->n_slots; i++)
         if (e->slots[i].used && e->slots[i].head) out->open_users++;
@@ -1073,10 +1231,15 @@ void engine_get_stats(const engine *e, engine_stats *out)
 
 int engine_check_invariants(const engine *e)
 {
-    uint64_t sessions = 0, pages = 0;
+    uint64_t sessions = 0, pages = 0, cold = 0;
     for (size_t i = 0; i < e->n_slots; i++) {
         const user_slot *u = &e->slots[i];
         if (!u->used) continue;
+        if (u->is_cold) {
+            cold++;
+            if (!u->cold || u->cold->user_id != u->user_id || u->cold->dead) return 3;
+            continue;
+        }
         for (const session *s = u->head; s; s = s->next) {
             sessions++;
             pages += s->n_pages;
@@ -1098,20 +1261,31 @@ int engine_check_invariants(const engine *e)
             if (e->closing_wm != INT64_MIN && s->last_t + e->cfg.gap_us < e->closing_wm) return 4;
         }
     }
-    uint64_t live = 0;
+    uint64_t live = 0, live_cold = 0;
+    int64_t due_upto;
+    int any_due = e->closing_wm != INT64_MIN &&
+                  !__builtin_sub_overflow(e->closing_wm, e->cfg.gap_us + 1, &due_upto);
     for (unsigned b = 0; b < CLOSE_BUCKETS; b++) {
         const close_bucket *q = &e->cq[b];
         if (b > 0 && q->len > 0 && !(e->cq_nonempty & (UINT64_C(1) << (b - 1)))) return 3;
         for (size_t i = 0; i < q->len; i++) {
             const close_entry *c = &q->v[i];
             if (c->key < e->cq_last || cq_bucket_of(e->cq_last, c->key) != b) return 3;
+            if (entry_is_cold(c)) {
+                if (entry_cold(c)->dead) continue;
+                live_cold++;
+                if (any_due && c->key <= close_key(due_upto)) return 4;
+                continue;
+            }
             if (session_dead(entry_session(c))) continue;
             live++;
             if (c->key > close_key(entry_session(c)->last_t)) return 3;
         }
     }
-    if (live != sessions) return 3;
-    if (sessions != e->st.open_sessions || pages != e->st.open_pages) return 5;
+    if (live != sessions || live_cold != cold || cold != e->st.cold_users) return 3;
+    if (sessions + e->cold_sessions != e->st.open_sessions ||
+        pages + e->cold_pages != e->st.open_pages)
+        return 5;
     if (e->cfg.string_users) {
         if (e->n_interned != e->n_used || e->n_interned + e->n_free != e->n_names) return 6;
         for (size_t i = 0; i < e->n_slots; i++) {
@@ -1383,6 +1557,19 @@ static user_key key_of(const engine *e, int64_t id)
     return (user_key){.id = id, .str = e->names[id].bytes, .len = e->names[id].len};
 }
 
+/* A user's blob: encoded, or read back from the store for a cold user (it
+ * stays cold: a snapshot must not need the memory it was evicted to save). */
+static int user_blob(const engine *e, const user_slot *u, buf *out)
+{
+    buf_reset(out);
+    if (!u->is_cold) {
+        encode_user(u->head, out);
+        return 0;
+    }
+    int rc = e->cold.get(e->cold.ctx, u->cold->handle, u->cold->len, out);
+    return rc ? rc : out->len == u->cold->len ? 0 : -1;
+}
+
 int engine_foreach_dirty(engine *e, engine_dirty_fn fn, void *ctx)
 {
     /* In key order: a B-tree store then writes each page once, in sequence
@@ -1402,10 +1589,9 @@ int engine_foreach_dirty(engine *e, engine_dirty_fn fn, void *ctx)
             }
             continue;
         }
-        buf_reset(&b);
-        encode_user(u->head, &b);
+        rc = user_blob(e, u, &b);
         user_key k = key_of(e, e->dirty[i]);
-        rc = fn(ctx, &k, b.data, b.len);
+        if (!rc) rc = fn(ctx, &k, b.data, b.len);
     }
     buf_free(&b);
     return rc;
@@ -1419,10 +1605,9 @@ int engine_foreach_user(const engine *e, engine_dirty_fn fn, void *ctx)
     for (size_t i = 0; i < e->n_slots && !rc; i++) {
         const user_slot *u = &e->slots[i];
         if (!u->used || !u->head) continue;
-        buf_reset(&b);
-        encode_user(u->head, &b);
+        rc = user_blob(e, u, &b);
         user_key k = key_of(e, u->user_id);
-        rc = fn(ctx, &k, b.data, b.len);
+        if (!rc) rc = fn(ctx, &k, b.data, b.len);
     }
     buf_free(&b);
     return rc;
@@ -1446,7 +1631,10 @@ void engine_clear_dirty(engine *e)
     }
 }
 
-int engine_load_user(engine *e, const user_key *key, const void *blob, size_t len)
+/* Decodes a user's blob (encode_user) into its empty slot u: its sessions
+ * join the queue and the counters. 0, or -1 if the blob is damaged (what was
+ * decoded stays, for engine_free). */
+static int decode_user(engine *e, user_slot *u, const void *blob, size_t len)
 {
     reader r;
     reader_init(&r, blob, len);
@@ -1455,21 +1643,12 @@ int engine_load_user(engine *e, const user_key *key, const void *blob, size_t le
     int with_visits = (n & BLOB_WITH_VISITS) != 0;
     n &= ~BLOB_WITH_VISITS;
     if (n == 0 || n > len / 40) return -1;
-    if ((key->str != NULL) != (e->cfg.string_users != 0)) return -1; /* the other user type */
-    int64_t user_id = key->id;
-    if (e->cfg.string_users) {
-        if (key->len == 0 || key->len > USER_MAX_BYTES || memchr(key->str, 0, key->len)) return -1;
-        uint64_t h = name_hash(key->str, key->len);
-        if (intern_find(e, key->str, key->len, h) >= 0) return -1; /* the same user twice */
-        user_id = intern_add(e, key->str, key->len, h);
-    }
-    user_slot *u = user_insert(e, user_id);
-    if (u->head) return -1; /* the same user twice */
-    u->persisted = 1;
+    int64_t user_id = u->user_id;
     session **tail = &u->head;
     int64_t prev_last = INT64_MIN;
     for (uint32_t k = 0; k < n; k++) {
         session *s = xcalloc(1, sizeof *s);
+        e->mem += heap_bytes(sizeof *s);
         s->user_id = user_id;
         uint32_t part = 0, n_pages = 0;
         reader_i64le(&r, &s->first_t);
@@ -1502,7 +1681,7 @@ int engine_load_user(engine *e, const user_key *key, const void *blob, size_t le
             (prev_last != INT64_MIN && s->first_t - prev_last <= e->cfg.gap_us))
             return -1;
         prev_last = s->last_t;
-        session_reserve(s, e->cfg.max_pages, n_pages, 0);
+        session_reserve(&e->mem, s, e->cfg.max_pages, n_pages, 0);
         for (uint32_t i = 0; i < n_pages; i++) {
             page_entry p = {0};
             uint32_t ppart = 0;
@@ -1517,7 +1696,7 @@ int engine_load_user(engine *e, const user_key *key, const void *blob, size_t le
             if (i > 0 && !page_before(&pages_of(s)[i - 1], p.t, p.partition, p.offset)) return -1;
             if (!before_cut(s, p.t, p.partition, p.offset)) return -1;
             if ((uint64_t)s->page_bytes + p.len > e->cfg.max_session_bytes) return -1;
-            if (session_reserve(s, e->cfg.max_pages, 0, p.len)) return -1;
+            if (session_reserve(&e->mem, s, e->cfg.max_pages, 0, p.len)) return -1;
             p.str_off = arena_push(s, (const char *)str, p.len);
             pages_of(s)[s->n_pages++] = p;
             s->page_bytes += p.len;
@@ -1525,4 +1704,161 @@ int engine_load_user(engine *e, const user_key *key, const void *blob, size_t le
         }
     }
     return reader_left(&r) == 0 ? 0 : -1;
+}
+
+
+int engine_load_user(engine *e, const user_key *key, const void *blob, size_t len)
+{
+    if ((key->str != NULL) != (e->cfg.string_users != 0)) return -1; /* the other user type */
+    int64_t user_id = key->id;
+    if (e->cfg.string_users) {
+        if (key->len == 0 || key->len > USER_MAX_BYTES || memchr(key->str, 0, key->len)) return -1;
+        uint64_t h = name_hash(key->str, key->len);
+        if (intern_find(e, key->str, key->len, h) >= 0) return -1; /* the same user twice */
+        user_id = intern_add(e, key->str, key->len, h);
+    }
+    user_slot *u = user_insert(e, user_id);
+    if (u->head) return -1; /* the same user twice (hot or cold) */
+    u->persisted = 1;
+    int rc = decode_user(e, u, blob, len);
+    return rc ? rc : keep_budget(e);
+}
+
+/* ---- state larger than memory -------------------------------------------- */
+
+void engine_set_cold_store(engine *e, const engine_cold_store *store, uint64_t budget_bytes)
+{
+    e->cold = *store;
+    e->budget = budget_bytes;
+}
+
+uint64_t engine_memory_bytes(const engine *e)
+{
+    return e->mem + (uint64_t)e->n_slots * sizeof(user_slot) + e->cq_cap * sizeof(close_entry) +
+           (uint64_t)e->cap_names * sizeof(user_name) + (uint64_t)e->n_itab * sizeof(uint32_t) +
+           (uint64_t)e->cap_free * sizeof(int64_t) + (uint64_t)e->cap_dirty * sizeof(int64_t) +
+           (uint64_t)e->cap_refs * sizeof(page_ref) + e->cold_buf.cap +
+           (uint64_t)e->cap_due * sizeof(cold_user *);
+}
+
+/* Loads a cold user back into memory. queued: its entry is still in the
+ * close queue (marked dead, freed when reached); else the caller took it out
+ * and it is freed here. */
+static int load_cold(engine *e, user_slot *u, int queued)
+{
+    cold_user *c = u->cold;
+    assert(u->is_cold && c && !c->dead);
+    buf_reset(&e->cold_buf);
+    int rc = e->cold.get(e->cold.ctx, c->handle, c->len, &e->cold_buf);
+    if (rc) return rc;
+    if (e->cold_buf.len != c->len) return -1;
+    if (e->cold.drop) e->cold.drop(e->cold.ctx, c->handle, c->len);
+    u->is_cold = 0;
+    u->head = NULL;
+    e->st.cold_users--;
+    e->st.users_loaded++;
+    if (queued) c->dead = 1;
+    else free_cold(e, c);
+    /* decode_user counts the sessions as new; they were open all along */
+    uint64_t sessions = e->st.open_sessions, pages = e->st.open_pages;
+    rc = decode_user(e, u, e->cold_buf.data, e->cold_buf.len);
+    uint64_t ds = e->st.open_sessions - sessions, dp = e->st.open_pages - pages;
+    e->st.open_sessions = sessions;
+    e->st.open_pages = pages;
+    e->cold_sessions -= ds;
+    e->cold_pages -= dp;
+    /* what a damaged blob left half-decoded cannot be told from the rest */
+    return rc;
+}
+
+/* Encodes u's sessions into the store and frees them; their close-queue
+ * entries are left dead for drop_dead_entries. */
+static int evict_user(engine *e, user_slot *u)
+{
+    assert(!u->is_cold && u->head);
+    buf_reset(&e->cold_buf);
+    encode_user(u->head, &e->cold_buf);
+    if (e->cold_buf.len > UINT32_MAX) return 0; /* cannot be named by a stub: stays */
+    user_key k = key_of(e, u->user_id);
+    uint64_t handle = 0;
+    int rc = e->cold.put(e->cold.ctx, &k, e->cold_buf.data, e->cold_buf.len, &handle);
+    if (rc) return rc;
+    cold_user *c = xmalloc(sizeof *c);
+    e->mem += heap_bytes(sizeof *c);
+    *c = (cold_user){.user_id = u->user_id, .handle = handle, .len = (uint32_t)e->cold_buf.len};
+    /* the first session ends first: sessions are sorted and disjoint */
+    uint64_t key = close_key(u->head->last_t);
+    for (session *s = u->head, *next; s; s = next) {
+        next = s->next;
+        e->cold_sessions++;
+        e->cold_pages += s->n_pages;
+        e->mem -= store_bytes(s);
+        free(s->store);
+        s->store = NULL;
+        s->visits = 0; /* dead: its entry goes with drop_dead_entries */
+    }
+    u->cold = c;
+    u->is_cold = 1;
+    u->touched = 0;
+    e->st.cold_users++;
+    e->st.users_evicted++;
+    cq_place(e, key, cold_tag(c)); /* key >= the session's entry's key >= cq_last */
+    return 0;
+}
+
+/* Removes the entries of dead sessions and dead cold users from the queue
+ * (after a batch of evictions: their memory is what the batch is for). */
+static void drop_dead_entries(engine *e)
+{
+    for (unsigned b = 0; b < CLOSE_BUCKETS; b++) {
+        close_bucket *q = &e->cq[b];
+        size_t n = 0;
+        for (size_t i = 0; i < q->len; i++) {
+            close_entry c = q->v[i];
+            int dead = entry_is_cold(&c) ? entry_cold(&c)->dead != 0 : session_dead(entry_session(&c));
+            if (dead) {
+                if (entry_is_cold(&c)) free_cold(e, entry_cold(&c));
+                else free_dead_session(e, entry_session(&c));
+                continue;
+            }
+            q->v[n++] = c;
+        }
+        q->len = n;
+    }
+}
+
+int engine_evict(engine *e, uint64_t target_bytes)
+{
+    if (!e->cold.put || !e->cold.get) return 0;
+    /* What the evicted sessions' entries and structs hold until the sweep. */
+    uint64_t pending = 0;
+    int rc = 0, any = 0;
+    /* A clock: a user applied to since the hand last passed gets a second
+     * chance. Two turns at most: the first clears every mark. */
+    for (size_t seen = 0; seen < 2 * e->n_slots && !rc; seen++) {
+        if (engine_memory_bytes(e) - pending <= target_bytes) break;
+        user_slot *u = &e->slots[e->hand];
+        e->hand = (e->hand + 1) & (e->n_slots - 1);
+        if (!u->used || u->is_cold || !u->head) continue;
+        if (u->touched) {
+            u->touched = 0;
+            continue;
+        }
+        for (const session *s = u->head; s; s = s->next) pending += heap_bytes(sizeof *s);
+        rc = evict_user(e, u);
+        any |= rc == 0;
+    }
+    if (any) drop_dead_entries(e);
+    return rc;
+}
+
+int engine_cold_rehandle(engine *e, int (*fn)(void *ctx, uint64_t *handle, uint32_t len), void *ctx)
+{
+    for (size_t i = 0; i < e->n_slots; i++) {
+        user_slot *u = &e->slots[i];
+        if (!u->used || !u->is_cold) continue;
+        int rc = fn(ctx, &u->cold->handle, u->cold->len);
+        if (rc) return rc;
+    }
+    return 0;
 }

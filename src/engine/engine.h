@@ -65,6 +65,30 @@ typedef struct engine_callbacks {
     int (*on_accept)(void *ctx, const visit *v);
 } engine_callbacks;
 
+/* State larger than memory. The engine does no I/O: the caller's store
+ * keeps the blobs of users evicted from memory (the encoding of
+ * engine_foreach_user), and the engine keeps of each such "cold" user its
+ * slot and one close-queue entry on its earliest session end, so that the
+ * watermark knows whom to load back without reading the store (~90 bytes
+ * per cold user: docs/checkpoint.md "Memory limit"). Eviction changes no
+ * output: a cold user is loaded back, whole, when a visit of it is accepted,
+ * when the closing watermark reaches its earliest session end, or for
+ * engine_foreach_user/_dirty (loaded then only into a buffer). The store
+ * need not be durable: a checkpoint's snapshot carries cold users' blobs like
+ * the others', and a restore rebuilds them from it and the change log. */
+typedef struct engine_cold_store {
+    void *ctx;
+    /* Keeps a blob; *handle is what get will be given for it. 0, or non-zero
+     * (the user stays in memory; the engine call in progress fails with it). */
+    int (*put)(void *ctx, const user_key *user, const void *blob, size_t len, uint64_t *handle);
+    /* Appends the blob of a handle (len bytes) to out. 0, or non-zero: the
+     * engine call in progress fails and the engine must be freed. */
+    int (*get)(void *ctx, uint64_t handle, size_t len, buf *out);
+    /* Optional: the blob was taken back into memory and will not be asked
+     * for again. */
+    void (*drop)(void *ctx, uint64_t handle, size_t len);
+} engine_cold_store;
+
 typedef struct engine_config {
     int64_t gap_us;        /* G */
     int64_t lateness_us;   /* L */
@@ -91,6 +115,11 @@ typedef struct engine_stats {
     uint64_t sessions_opened;
     uint64_t sessions_merged;
     uint64_t user_ids;         /* string users: ids ever allocated, the most users held at once */
+    /* State larger than memory (engine_set_cold_store); since engine_new. */
+    uint64_t cold_users;       /* users whose sessions are in the store now */
+    uint64_t users_evicted;    /* evictions */
+    uint64_t users_loaded;     /* loads back into memory */
+    uint64_t memory_bytes;     /* engine_memory_bytes at the time */
 } engine_stats;
 
 /* The future rule, so that one record from a broken clock cannot move the
@@ -154,6 +183,25 @@ void engine_get_counters(const engine *e, engine_stats *out);
 /* Checks the invariants written atop engine.c (O(state): for tests). Returns
  * 0, or the number of the first invariant found broken (1-6). */
 int engine_check_invariants(const engine *e);
+
+/* --- State larger than memory --------------------------------------------- */
+
+/* Gives the engine a store for cold users and a budget: whenever its memory
+ * (engine_memory_bytes) passes budget_bytes at the end of engine_apply or
+ * engine_load_user, it evicts users to the store, least recently applied to
+ * first (a clock over the user table), down to 7/8 of the budget. 0: no
+ * automatic eviction (engine_evict still works with a store). */
+void engine_set_cold_store(engine *e, const engine_cold_store *store, uint64_t budget_bytes);
+/* Evicts users, least recently applied to first, until engine_memory_bytes
+ * is at most target_bytes or only cold users are left. 0, or what put
+ * returned. */
+int engine_evict(engine *e, uint64_t target_bytes);
+/* The heap bytes the engine holds: sessions, pages, users (hot and cold),
+ * its tables. */
+uint64_t engine_memory_bytes(const engine *e);
+/* Renames every cold user's blob: fn may move it and change *handle (the
+ * store's compaction). 0, or what fn returned. */
+int engine_cold_rehandle(engine *e, int (*fn)(void *ctx, uint64_t *handle, uint32_t len), void *ctx);
 
 /* --- Checkpoint support (encoding only; the engine does no I/O) ---------- */
 

@@ -1066,6 +1066,261 @@ static void test_visit_counts(void)
     buf_free(&b);
 }
 
+
+/* ---- state larger than memory ---------------------------------------------- */
+
+/* A cold store in memory: handle = index; a dropped blob is freed, and a get
+ * of it (or of a handle never given) fails the test. fail_puts_after: put
+ * fails from then on (0: never). */
+typedef struct cstore {
+    buf *blobs;
+    int *live;
+    size_t n, cap;
+    unsigned long puts, gets, fail_puts_after;
+} cstore;
+
+static int cstore_put(void *ctx, const user_key *user, const void *blob, size_t len, uint64_t *handle)
+{
+    cstore *s = ctx;
+    (void)user;
+    if (s->fail_puts_after && s->puts >= s->fail_puts_after) return 7;
+    if (s->n == s->cap) {
+        s->cap = s->cap ? 2 * s->cap : 64;
+        s->blobs = xrealloc(s->blobs, s->cap * sizeof *s->blobs);
+        s->live = xrealloc(s->live, s->cap * sizeof *s->live);
+    }
+    buf_init(&s->blobs[s->n]);
+    buf_append(&s->blobs[s->n], blob, len);
+    s->live[s->n] = 1;
+    *handle = s->n++;
+    s->puts++;
+    return 0;
+}
+
+static int cstore_get(void *ctx, uint64_t handle, size_t len, buf *dst)
+{
+    cstore *s = ctx;
+    s->gets++;
+    if (handle >= s->n || !s->live[handle] || s->blobs[handle].len != len) return -9;
+    buf_append(dst, s->blobs[handle].data, len);
+    return 0;
+}
+
+static void cstore_drop(void *ctx, uint64_t handle, size_t len)
+{
+    cstore *s = ctx;
+    CHECK(handle < s->n && s->live[handle] && s->blobs[handle].len == len);
+    if (handle < s->n) {
+        s->live[handle] = 0;
+        buf_free(&s->blobs[handle]);
+    }
+}
+
+/* Moves every blob to a new handle (a compaction's renaming). */
+static int cstore_move(void *ctx, uint64_t *handle, uint32_t len)
+{
+    uint64_t to;
+    buf b;
+    buf_init(&b);
+    if (cstore_get(ctx, *handle, len, &b) || cstore_put(ctx, NULL, b.data, b.len, &to)) return -1;
+    cstore_drop(ctx, *handle, len);
+    buf_free(&b);
+    *handle = to;
+    return 0;
+}
+
+static void cstore_free(cstore *s)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (s->live[i]) buf_free(&s->blobs[i]);
+    free(s->blobs);
+    free(s->live);
+}
+
+
+/* A snapshot as text, users sorted (slot order differs with evictions). */
+static int snap_line(void *ctx, const user_key *user, const void *blob, size_t len)
+{
+    buf *b = ctx;
+    buf_printf(b, "%020" PRId64 ":", user->id + INT64_MAX / 2);
+    for (size_t i = 0; i < len; i++) buf_printf(b, "%02x", ((const unsigned char *)blob)[i]);
+    buf_append_byte(b, '\n');
+    return 0;
+}
+
+static char *snapshot_text(const engine *e)
+{
+    buf b;
+    buf_init(&b);
+    CHECK_EQ_I64(engine_foreach_user(e, snap_line, &b), 0);
+    size_t n;
+    buf_append_byte(&b, 0);
+    char **l = close_lines((const char *)b.data, &n);
+    qsort(l, n, sizeof *l, cmp_str);
+    buf s;
+    buf_init(&s);
+    for (size_t i = 0; i < n; i++) buf_printf(&s, "%s\n", l[i]);
+    buf_append_byte(&s, 0);
+    free_lines(l, n);
+    buf_free(&b);
+    return (char *)s.data;
+}
+
+/* Evicting users at random points (engine_evict to random targets, and a
+ * tiny automatic budget) changes nothing the engine emits: the transcript of
+ * closes and rejects, in order, and every snapshot (engine_foreach_user,
+ * cold users read back from the store) equal those of the same engine never
+ * evicting; the invariants hold after every step (cold users included in
+ * I3-I5). Inputs: 1-3 partitions with caught-up flips, disorder, late
+ * visits, page and byte caps, merges. */
+static void test_eviction_changes_nothing(void)
+{
+    char pages[64][16];
+    for (int i = 0; i < 64; i++) snprintf(pages[i], sizeof pages[i], "p%d", i);
+    uint64_t evicted = 0, loaded = 0, by_watermark = 0;
+    for (int trial = 0; trial < 300; trial++) {
+        size_t n = 1 + rnd() % 500;
+        int64_t g = (int64_t)(1 + rnd() % 20) * SEC, l = (int64_t)(rnd() % 15) * SEC;
+        uint32_t cap = 1 + (uint32_t)(rnd() % 12);
+        g_max_bytes = rnd() % 3 ? 0 : 2 + (uint32_t)(rnd() % 30);
+        int users = 1 + (int)(rnd() % 40), parts = 1 + (int)(rnd() % 3);
+        out o1, o2;
+        engine *e1 = new_engine(&o1, g, l, cap);
+        engine *e2 = new_engine(&o2, g, l, cap);
+        cstore cs = {0};
+        engine_cold_store ops = {.ctx = &cs, .put = cstore_put, .get = cstore_get, .drop = cstore_drop};
+        /* budget 0 (manual evictions only) or a few KB: automatic ones too */
+        engine_set_cold_store(e2, &ops, rnd() % 2 ? 0 : 16384 + rnd() % 65536);
+        int broken = 0;
+        int64_t clock[3] = {0, 0, 0};
+        for (size_t i = 0; i < n && !broken; i++) {
+            int32_t p = (int32_t)(rnd() % (uint64_t)parts);
+            clock[p] += (int64_t)(rnd() % 8) * SEC;
+            visit v = mk((int64_t)(rnd() % (uint64_t)users) - 3, pages[rnd() % 64],
+                         clock[p] - (int64_t)(rnd() % 25) * SEC, p, (int64_t)i * 100);
+            CHECK_EQ_I64(engine_apply(e1, &v), 0);
+            CHECK_EQ_I64(engine_apply(e2, &v), 0);
+            if (rnd() % 16 == 0) {
+                int32_t q = (int32_t)(rnd() % (uint64_t)parts);
+                int up = (int)(rnd() % 2);
+                engine_set_caught_up(e1, q, up);
+                engine_set_caught_up(e2, q, up);
+            }
+            if (rnd() % 8 == 0) {
+                uint64_t mem = engine_memory_bytes(e2);
+                CHECK_EQ_I64(engine_evict(e2, rnd() % 3 ? 0 : mem / 2), 0);
+            }
+            if (rnd() % 50 == 0) CHECK_EQ_I64(engine_cold_rehandle(e2, cstore_move, &cs), 0);
+            if (rnd() % 40 == 0) {
+                char *a = snapshot_text(e1), *b = snapshot_text(e2);
+                CHECK_STR(b, a);
+                free(a);
+                free(b);
+            }
+            broken = engine_check_invariants(e1) * 10 + engine_check_invariants(e2);
+        }
+        CHECK_EQ_I64(broken, 0);
+        engine_stats st1, st2;
+        engine_get_stats(e1, &st1);
+        engine_get_stats(e2, &st2);
+        CHECK_EQ_I64(st2.open_sessions, st1.open_sessions);
+        CHECK_EQ_I64(st2.open_pages, st1.open_pages);
+        CHECK_EQ_I64(st2.open_users, st1.open_users);
+        uint64_t gets = cs.gets;
+        engine_close_all(e1);
+        engine_close_all(e2);
+        if (cs.gets > gets) by_watermark++;
+        CHECK_STR(text(&o2), text(&o1));
+        engine_get_stats(e2, &st2);
+        CHECK_EQ_I64(st2.cold_users, 0);
+        CHECK_EQ_I64(engine_check_invariants(e2), 0);
+        evicted += st2.users_evicted;
+        loaded += st2.users_loaded;
+        engine_free(e1);
+        engine_free(e2);
+        cstore_free(&cs);
+        buf_free(&o1.text);
+        buf_free(&o2.text);
+    }
+    g_max_bytes = 0;
+    fprintf(stderr, "eviction trials: %" PRIu64 " evicted, %" PRIu64 " loaded, %" PRIu64 " trials loading for the watermark\n", evicted, loaded, by_watermark);
+    /* the trials did evict, and load back both for visits and for closing */
+    CHECK(evicted > 1000);
+    CHECK(loaded == evicted);
+    CHECK(by_watermark > 50);
+}
+
+/* A store that fails: the engine call reports the store's error, the user
+ * stays in memory (no state lost), and the engine frees cleanly (ASan). */
+static void test_eviction_store_failure(void)
+{
+    out o;
+    engine *e = new_engine(&o, 10 * SEC, 0, 10);
+    cstore cs = {.fail_puts_after = 3};
+    engine_cold_store ops = {.ctx = &cs, .put = cstore_put, .get = cstore_get, .drop = cstore_drop};
+    engine_set_cold_store(e, &ops, 0);
+    for (int u = 0; u < 10; u++) {
+        visit v = mk(u, "x", SEC, 0, u);
+        engine_apply(e, &v);
+    }
+    CHECK_EQ_I64(engine_evict(e, 0), 7);
+    engine_stats st;
+    engine_get_stats(e, &st);
+    CHECK_EQ_I64(st.cold_users, 3);
+    CHECK_EQ_I64(st.open_sessions, 10);
+    CHECK_EQ_I64(engine_check_invariants(e), 0);
+    engine_close_all(e);
+    CHECK_EQ_I64(o.closed, 10);
+    engine_free(e);
+    cstore_free(&cs);
+    buf_free(&o.text);
+}
+
+
+/* String users evicted and loaded back: their interned ids stay while they
+ * are cold (I6), and the sessions close as without eviction. */
+static void test_eviction_string_users(void)
+{
+    for (int trial = 0; trial < 50; trial++) {
+        buf b1, b2;
+        buf_init(&b1);
+        buf_init(&b2);
+        int64_t g = (int64_t)(1 + rnd() % 10) * SEC;
+        engine *e1 = labelled_engine(&b1, 1, g, 0, 5), *e2 = labelled_engine(&b2, 1, g, 0, 5);
+        cstore cs = {0};
+        engine_cold_store ops = {.ctx = &cs, .put = cstore_put, .get = cstore_get, .drop = cstore_drop};
+        engine_set_cold_store(e2, &ops, 8192);
+        int64_t clock = 0;
+        int broken = 0;
+        for (int i = 0; i < 300 && !broken; i++) {
+            char name[16];
+            snprintf(name, sizeof name, "user-%03d", (int)(rnd() % 60));
+            clock += (int64_t)(rnd() % 3) * SEC;
+            visit v = mk(0, "pg", clock, 0, i);
+            v.user = name;
+            v.user_len = (uint32_t)strlen(name);
+            engine_apply(e1, &v);
+            engine_apply(e2, &v);
+            if (rnd() % 10 == 0) engine_evict(e2, 0);
+            broken = engine_check_invariants(e1) * 10 + engine_check_invariants(e2);
+        }
+        CHECK_EQ_I64(broken, 0);
+        engine_stats st;
+        engine_get_stats(e2, &st);
+        CHECK(st.users_evicted > 0);
+        engine_close_all(e1);
+        engine_close_all(e2);
+        buf_append_byte(&b1, 0);
+        buf_append_byte(&b2, 0);
+        CHECK_STR((const char *)b2.data, (const char *)b1.data);
+        engine_free(e1);
+        engine_free(e2);
+        cstore_free(&cs);
+        buf_free(&b1);
+        buf_free(&b2);
+    }
+}
+
 int main(void)
 {
     test_string_users_like_ints();
@@ -1084,5 +1339,8 @@ int main(void)
     test_repartitioned_equals_single();
     test_idle_partition();
     test_corrupt_blobs_refused();
+    test_eviction_changes_nothing();
+    test_eviction_store_failure();
+    test_eviction_string_users();
     return check_summary("test_engine");
 }
