@@ -1077,8 +1077,9 @@ static int apply_one(engine *e, const visit *v)
 /* Evicts when over the budget (engine_set_cold_store). */
 static int keep_budget(engine *e)
 {
+    if (!e->budget) return 0;
     uint64_t mem = engine_memory_bytes(e);
-    if (!e->budget || !e->cold.put || mem <= e->budget) return 0;
+    if (!e->cold.put || mem <= e->budget) return 0;
     /* Nothing left to evict last time (cold users' index alone over the
      * budget): try again only after the state grew by a sixteenth. */
     if (mem <= e->evict_again) return 0;
