@@ -314,11 +314,15 @@ int changelog_replay(engine *e, const changelog_view *v)
             if (len > 2 * AHEAD / 3 && kinds[s2] == 1) engine_prefetch(e, ring[s2].user_id, 2);
             if (len < AHEAD && decoded < v->n_events) continue;
         }
-        /* the oldest: the ring is full, or everything is decoded */
-        if (kinds[head] == 2) engine_close_all(e);
+        /* the oldest: the ring is full, or everything is decoded. With its
+         * outputs quiet, the engine fails only for its cold store
+         * (engine_set_cold_store): the replay stops there. */
+        int failed;
+        if (kinds[head] == 2) failed = engine_close_all(e);
         else if (kinds[head] == 3)
-            engine_advance_partition(e, ring[head].pos.partition, ring[head].event_time_us);
-        else engine_apply(e, &ring[head]);
+            failed = engine_advance_partition(e, ring[head].pos.partition, ring[head].event_time_us);
+        else failed = engine_apply(e, &ring[head]);
+        if (failed) rc = -1;
         head = (head + 1) % AHEAD;
         len--;
     }
@@ -391,7 +395,11 @@ int changelog_snapshot(const engine *e, uint64_t seq, const buf *meta, uint32_t 
     uint32_t em = (uint32_t)(w.chunk.len - at - 4);
     for (int i = 0; i < 4; i++) w.chunk.data[at + i] = (unsigned char)(em >> (8 * i));
     chunk_flush(&w);
-    if (!w.rc) engine_foreach_user(e, snap_user, &w);
+    if (!w.rc) {
+        /* a cold user the engine could not read back must not go missing */
+        int rc = engine_foreach_user(e, snap_user, &w);
+        if (rc && !w.rc) w.rc = rc;
+    }
     if (!w.rc && w.chunk.len > 12) chunk_flush(&w);
     if (!w.rc) chunk_flush(&w); /* the empty chunk: the end */
     buf_free(&w.chunk);

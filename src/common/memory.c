@@ -5,6 +5,9 @@
 
 #include <stdio.h>
 #include <unistd.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 uint64_t memory_resident_bytes(void)
 {
@@ -39,4 +42,11 @@ uint64_t memory_default_limit(void)
         if (lim > 0 && (total == 0 || lim < total)) total = lim;
     }
     return total / 2;
+}
+
+void memory_give_back(void)
+{
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
 }

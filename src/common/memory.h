@@ -15,4 +15,11 @@ uint64_t memory_resident_bytes(void);
  * memory.limit_in_bytes, v1). 0 if neither is known. */
 uint64_t memory_default_limit(void);
 
+/* Returns the free pages of the heap to the kernel (glibc: also those
+ * between live blocks): after the job spilled users near its limit, their
+ * freed memory is scattered in blocks malloc cannot give to one large
+ * allocation, and would otherwise stay resident. xalloc_keep_heap keeps it by
+ * default, for speed; this is for when memory, not speed, is short. */
+void memory_give_back(void);
+
 #endif

@@ -1735,11 +1735,20 @@ void engine_set_cold_store(engine *e, const engine_cold_store *store, uint64_t b
 
 uint64_t engine_memory_bytes(const engine *e)
 {
-    return e->mem + (uint64_t)e->n_slots * sizeof(user_slot) + e->cq_cap * sizeof(close_entry) +
+    /* The user table counts half again: when it doubles, the old and the new
+     * array are both live, and the new one is one block that malloc's free
+     * lists (the freed sessions of evicted users) cannot provide. */
+    return e->mem + (uint64_t)e->n_slots * sizeof(user_slot) * 3 / 2 + e->cq_cap * sizeof(close_entry) +
            (uint64_t)e->cap_names * sizeof(user_name) + (uint64_t)e->n_itab * sizeof(uint32_t) +
            (uint64_t)e->cap_free * sizeof(int64_t) + (uint64_t)e->cap_dirty * sizeof(int64_t) +
            (uint64_t)e->cap_refs * sizeof(page_ref) + e->cold_buf.cap +
            (uint64_t)e->cap_due * sizeof(cold_user *);
+}
+
+uint64_t engine_growth_bytes(const engine *e, uint64_t more_users)
+{
+    if ((e->n_used + more_users) * 10 <= e->n_slots * 7) return 0;
+    return (uint64_t)e->n_slots * 2 * sizeof(user_slot);
 }
 
 /* Loads a cold user back into memory. queued: its entry is still in the

@@ -199,6 +199,11 @@ int engine_evict(engine *e, uint64_t target_bytes);
 /* The heap bytes the engine holds: sessions, pages, users (hot and cold),
  * its tables. */
 uint64_t engine_memory_bytes(const engine *e);
+/* What the engine allocates at once if more_users new users arrive: its
+ * user table doubling (0 if it would not). Eviction cannot make room for it
+ * (a cold user keeps its slot), so a caller bounding resident memory stops
+ * before it (job.c, memory_check). */
+uint64_t engine_growth_bytes(const engine *e, uint64_t more_users);
 /* Renames every cold user's blob: fn may move it and change *handle (the
  * store's compaction). 0, or what fn returned. */
 int engine_cold_rehandle(engine *e, int (*fn)(void *ctx, uint64_t *handle, uint32_t len), void *ctx);

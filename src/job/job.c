@@ -8,6 +8,7 @@
 #include "job/job.h"
 
 #include <assert.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,7 @@
 #include "common/status.h"
 #include "common/xalloc.h"
 #include "deadletter/deadletter.h"
+#include "job/coldstore.h"
 #include "record/parse.h"
 #include "record/timestamp.h"
 
@@ -66,6 +68,12 @@ typedef struct job {
     pending queue[PIPELINE];
     size_t q_head, q_len; /* oldest at q_head */
     uint64_t memory_limit; /* resolved --memory-limit, bytes */
+    /* State larger than memory: the engine's budget within memory_limit, and
+     * the scratch file of cold users (opened at the first eviction). */
+    uint64_t spill_budget;
+    uint64_t rss_at_cut; /* resident size after memory_check last lowered the budget */
+    coldstore *cold;
+    char cold_err[512]; /* a cold store failure, kept from being overwritten */
     /* With cfg->metrics: the figures this thread keeps (plain counters) and
      * publishes at each commit and every second; base holds the engine's
      * counters as restored, since the metrics count from process start. */
@@ -156,6 +164,99 @@ static int on_reject(void *ctx, const visit *v, reject_reason why)
     return write_dead_letter(j, "session_cap",
                              "the session already holds --max-pages earlier pages, or "
                              "--max-session-bytes of earlier pages' text", raw, v);
+}
+
+/* ---- state larger than memory --------------------------------------------- */
+
+/* In the checkpoint directory: on the disk the user chose for the job's
+ * state (never /dev/shm-like defaults when a checkpoint says where). */
+static const char *spill_dir(const job *j)
+{
+    const char *tmp = getenv("TMPDIR");
+    return j->cfg->checkpoint_dir ? j->cfg->checkpoint_dir : tmp && *tmp ? tmp : "/tmp";
+}
+
+static int cold_failed(job *j, const char *what)
+{
+    int e = errno;
+    snprintf(j->cold_err, sizeof j->cold_err,
+             "the cold store of --memory-limit (an unlinked file in %s) failed: %s: %s%s",
+             spill_dir(j), what, strerror(e),
+             e == ENOSPC || e == EDQUOT
+                 ? " (disk full; the checkpoint is intact: free space, or raise --memory-limit, "
+                   "and restart)"
+                 : "; the checkpoint is intact and a restart resumes from it");
+    snprintf(j->err, j->errlen, "%s", j->cold_err);
+    j->failed = 1;
+    return -1;
+}
+
+static int cold_put(void *ctx, const user_key *user, const void *blob, size_t len, uint64_t *handle)
+{
+    job *j = ctx;
+    (void)user;
+    if (!j->cold) {
+        j->cold = coldstore_open(spill_dir(j), j->cold_err, sizeof j->cold_err);
+        if (!j->cold) {
+            snprintf(j->err, j->errlen, "%s", j->cold_err);
+            j->failed = 1;
+            return -1;
+        }
+    }
+    return coldstore_put(j->cold, blob, len, handle) ? cold_failed(j, "cannot write") : 0;
+}
+
+static int cold_get(void *ctx, uint64_t handle, size_t len, buf *out)
+{
+    job *j = ctx;
+    return coldstore_get(j->cold, handle, len, out) ? cold_failed(j, "cannot read a user back") : 0;
+}
+
+static void cold_drop(void *ctx, uint64_t handle, size_t len)
+{
+    coldstore_drop(((job *)ctx)->cold, handle, len);
+}
+
+/* Memory the job needs besides the engine's state, at first: buffers of the
+ * source, sink, parser and checkpoint frame (which grows with the visits of
+ * a commit), the cold store's write buffer, malloc's slack. An eighth of the
+ * limit, 4 MiB at least; memory_check lowers the budget if that was not
+ * enough. */
+#define SPILL_RESERVE_MIN ((uint64_t)4 << 20)
+#define SPILL_BUDGET_MIN ((uint64_t)1 << 20)
+#define SPILL_FRAME_BYTES 64
+
+static void set_spill_budget(job *j, uint64_t budget)
+{
+    j->spill_budget = budget;
+    engine_cold_store ops = {.ctx = j, .put = cold_put, .get = cold_get, .drop = cold_drop};
+    engine_set_cold_store(j->eng, &ops, budget);
+}
+
+/* The engine spills cold users once its memory passes what the limit leaves
+ * after the process's own (resident before any state) and the reserve. A
+ * limit too small for that leaves only the stop of memory_check. */
+static void setup_spill(job *j)
+{
+    uint64_t base = memory_resident_bytes(), limit = j->memory_limit;
+    uint64_t reserve = limit / 8 > SPILL_RESERVE_MIN ? limit / 8 : SPILL_RESERVE_MIN;
+    /* the change-log frame of a commit and its sealed copy: ~25 bytes a
+     * visit on the bench files, each in a buffer that doubles */
+    if (j->cfg->checkpoint_dir)
+        reserve += SPILL_FRAME_BYTES * (j->cfg->commit_every ? j->cfg->commit_every : 100000);
+    if (limit == 0 || base == 0 || limit <= base + reserve + SPILL_BUDGET_MIN) return;
+    set_spill_budget(j, limit - base - reserve);
+}
+
+/* At a commit: rewrite the cold store when dead records outweigh the live
+ * ones (coldstore.h). A rename half done leaves handles in both files: the
+ * job then stops (the checkpoint is the truth, the store a scratch). */
+static int compact_cold(job *j)
+{
+    if (!j->cold || !coldstore_wants_compaction(j->cold)) return 0;
+    if (coldstore_compact_begin(j->cold)) return 0; /* no room for a new file: later */
+    int ok = engine_cold_rehandle(j->eng, coldstore_move, j->cold) == 0;
+    return coldstore_compact_end(j->cold, ok) ? cold_failed(j, "cannot compact") : 0;
 }
 
 /* ---- the prefetch pipeline ------------------------------------------------ */
@@ -353,8 +454,13 @@ static int commit_body(job *j, int with_position)
     if (j->snk->ops->save) PUT("sink", j->snk->ops->save(j->snk, b));
     if (j->dlq->ops->save) PUT("deadletter", j->dlq->ops->save(j->dlq, b));
 #undef PUT
-    if (checkpoint_commit(j->cp, j->eng, j->err, j->errlen)) return -1;
+    if (checkpoint_commit(j->cp, j->eng, j->err, j->errlen)) {
+        /* a snapshot reads cold users back: name the store, not the snapshot */
+        if (j->cold_err[0]) snprintf(j->err, j->errlen, "%s", j->cold_err);
+        return -1;
+    }
     engine_clear_dirty(j->eng); /* gives back the close queue's memory after a peak */
+    if (compact_cold(j)) return -1;
     if (with_position && j->src->ops->committed) {
         /* the position just saved (the source has not moved since), told to
          * the source once the commit is durable */
@@ -505,6 +611,10 @@ static int restore(job *j)
         return -1;
     if (check_records(j)) return -1;
     int rc = checkpoint_restore(j->cp, j->eng, err, errlen);
+    if (rc && j->cold_err[0]) { /* not the checkpoint's fault */
+        snprintf(err, errlen, "%s", j->cold_err);
+        return -1;
+    }
     if (rc == -2) {
         snprintf(err, errlen, "checkpoint %s was written with other session settings "
                  "(--gap, --lateness, --max-pages, --max-session-bytes, which is 1GiB for a "
@@ -608,17 +718,44 @@ static int update_partitions(job *j, int print_progress, double rate)
 static int memory_check(job *j)
 {
     uint64_t rss = memory_resident_bytes();
-    if (j->memory_limit == 0 || rss <= j->memory_limit) return 0;
+    /* Near the limit while spilling: the rest of the process took more than
+     * the reserve (or malloc's free lists are fragmented). The engine's
+     * budget gives up the overshoot and a margin, and the engine evicts down
+     * to it now. Only a growth of the resident size lowers the budget, and
+     * evicting does not grow it (freed memory is reused, not returned), so
+     * this settles instead of spiralling down. */
+    uint64_t margin = j->memory_limit / 16 > SPILL_BUDGET_MIN ? j->memory_limit / 16 : SPILL_BUDGET_MIN;
+    /* The user table's doubling is one block, that evicted sessions'
+     * scattered memory cannot provide: room for it is made by evicting and
+     * giving the freed pages back, and the job stops before it if that was
+     * not enough. */
+    uint64_t next = engine_growth_bytes(j->eng, MEMORY_CHECK_EVERY);
+    if (j->spill_budget && rss + next + margin > j->memory_limit && rss > j->rss_at_cut) {
+        uint64_t cut = rss + next + margin - j->memory_limit + margin / 2;
+        set_spill_budget(j, j->spill_budget > cut + SPILL_BUDGET_MIN ? j->spill_budget - cut
+                                                                     : SPILL_BUDGET_MIN);
+        if (engine_evict(j->eng, j->spill_budget - j->spill_budget / 8) || j->failed) return -1;
+        memory_give_back();
+        rss = memory_resident_bytes();
+        j->rss_at_cut = rss;
+    }
+    if (j->memory_limit == 0 || rss + next <= j->memory_limit) return 0;
     if (commit_final(j)) return -1;
     engine_stats st;
     engine_get_stats(j->eng, &st);
+    char grow[96] = "";
+    if (rss <= j->memory_limit)
+        snprintf(grow, sizeof grow, " (with the next growth of the engine's user table, %.0f MiB)",
+                 (double)next / 1048576.0);
     snprintf(j->err, j->errlen,
-             "resident memory reached %.0f MiB, over --memory-limit %.0f MiB, with %" PRIu64
-             " open sessions holding %" PRIu64 " pages. Stopped after a commit: %s. Raise "
+             "resident memory reached %.0f MiB%s, over --memory-limit %.0f MiB, with %" PRIu64
+             " open sessions holding %" PRIu64 " pages, those of %" PRIu64 " users spilled to "
+             "disk (each still takes about 100 bytes of memory). Stopped after a "
+             "commit: %s. Raise "
              "--memory-limit, or lower --gap, --max-pages or --max-session-bytes, which bound "
              "what a session holds",
-             (double)rss / 1048576.0, (double)j->memory_limit / 1048576.0, st.open_sessions,
-             st.open_pages,
+             (double)rss / 1048576.0, grow, (double)j->memory_limit / 1048576.0, st.open_sessions,
+             st.open_pages, st.cold_users,
              j->cp ? "the checkpoint is intact and a restart resumes from it"
                    : "the closed sessions are written; without --checkpoint the open ones are "
                      "lost");
@@ -771,8 +908,9 @@ int job_run(const job_config *cfg, job_result *res, char *err, size_t errlen)
     j.eng = engine_new(&ec, &cb);
     j.parser = record_parser_new(&cfg->records);
     j.parts = xcalloc(MAX_PARTITIONS, sizeof *j.parts);
-    if (j.cp && (checkpoint_has_state(j.cp) ? restore(&j) : commit_at(&j, 0))) goto out;
     j.memory_limit = cfg->memory_limit ? cfg->memory_limit : memory_default_limit();
+    setup_spill(&j); /* before a restore, which may need it too */
+    if (j.cp && (checkpoint_has_state(j.cp) ? restore(&j) : commit_at(&j, 0))) goto out;
     engine_get_counters(j.eng, &j.base);
     publish(&j);
     status_set_phase(cfg->status, PHASE_RUNNING);
@@ -784,9 +922,16 @@ out:
     if (j.cp) res->checkpoint_bytes = checkpoint_disk_bytes(j.cp);
     if (j.cp) res->checkpoint_written = checkpoint_bytes_written(j.cp);
     res->seconds = now_s() - start;
+    coldstore_stats cst;
+    coldstore_get_stats(j.cold, &cst);
+    res->spill_budget = j.spill_budget;
+    res->spill_written = cst.written;
+    res->spill_read = cst.read;
+    res->spill_file_bytes = cst.file_bytes;
     checkpoint_close(j.cp);
     record_parser_free(j.parser);
     engine_free(j.eng);
+    coldstore_close(j.cold);
     if (j.dlq) j.dlq->ops->close(j.dlq);
     if (j.snk) j.snk->ops->close(j.snk);
     if (j.src) j.src->ops->close(j.src);

@@ -43,8 +43,9 @@ typedef struct job_config {
     int64_t commit_interval_ms;   /* wall-clock time between commits (0: only by count) */
     int progress;                 /* 0 never, 1 auto (terminal), 2 always (plain lines) */
     int latency_stats;            /* measure close-to-acknowledgement latency */
-    uint64_t memory_limit;        /* resident bytes; past them, commit and stop (0: a
-                                     default share of the machine, memory.h) */
+    uint64_t memory_limit;        /* resident bytes (0: a default share of the machine,
+                                     memory.h): the engine spills cold users to disk to stay
+                                     under it; past it all the same, commit and stop */
     volatile sig_atomic_t *stop;  /* set by a signal handler: commit and return */
     job_status *status;           /* NULL: no signs of life, no systemd notifications */
     metrics_shared *metrics;      /* NULL: no figures published */
@@ -62,6 +63,9 @@ typedef struct job_result {
     int stopped_by_signal;
     int64_t checkpoint_bytes;   /* on disk at the end */
     int64_t checkpoint_written; /* frames and snapshots written by this run */
+    /* State larger than memory: the engine's budget (0: no spilling), the
+     * cold store's bytes written and read, its file's length at the end. */
+    uint64_t spill_budget, spill_written, spill_read, spill_file_bytes;
     /* With latency_stats: from the apply that closed a session to the sink's
      * acknowledgement of the flush that carried it, in microseconds. */
     histogram close_to_ack_us;
