@@ -21,7 +21,9 @@ the job against a target through random faults until a run completes:
               resumes from the last good checkpoint copied to a roomy disk
   batch       every run draws another --commit-every
   (and half the runs snapshot their checkpoint every 4 or 64 KB of log, so
-  that faults also land in compactions)
+  that faults also land in compactions; half keep at most 16 or 256 KB of
+  sessions in memory and spill the rest to disk, as --memory-limit does, so
+  that faults land in evictions and loads: "spill" in the summary)
   + the target's own faults (see the Target classes)
 
 Targets: sqlite, jsonl, postgresql, cql (sinks, reading the log from a file)
@@ -618,6 +620,12 @@ def run_until_complete(trial, target, rnd, stats, deadline):
         env = dict(os.environ)
         if rnd.random() < 0.5:
             env["SESSIONIZER_SNAPSHOT_MIN_BYTES"] = str(rnd.choice([4096, 65536]))
+        # half the runs keep at most a few KB of sessions in memory, the rest
+        # spilled to disk and read back (--memory-limit, issue 12): faults land
+        # in evictions, loads, and snapshots and restores of spilled users
+        if rnd.random() < 0.5:
+            env["SESSIONIZER_SPILL_BUDGET"] = str(rnd.choice([16384, 262144]))
+            stats["spill"] += 1
         p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=errfile, env=env)
         try:
             if fault in ("kill", "term", "lose"):
@@ -685,7 +693,7 @@ def main():
     targets = [TARGETS[t](workdir) for t in a.targets.split(",")]
     totals = dict(trials=0, runs=0, sessions=0, lost=0, duplicates=0, changed=0, oracle=0,
                   vs_oracle=0)
-    faults = {f: 0 for f in ["kill", "term", "lose", "diskfull"]}
+    faults = {f: 0 for f in ["kill", "term", "lose", "diskfull", "spill"]}
     failed = 0        # runs that errored
     bad_trials = 0    # trials with any loss, duplicate, change, oracle disagreement or error
     start = time.time()

@@ -467,6 +467,12 @@ def t_spill(c):
     limit = base + 10 * 1024 * 1024  # about 2/3 of the unlimited run's state
     common = ["run", "--source", f"file:{log}", "--until-end", "--commit-every", "20000"]
     env = dict(os.environ, SESSIONIZER_SNAPSHOT_MIN_BYTES="300000")  # snapshots of spilled users
+    asan = "ASAN_OPTIONS" in os.environ
+    if asan:
+        # the sanitizers' shadow memory and quarantine are not the job's: the
+        # engine's budget is set directly, the same eviction path
+        env["SESSIONIZER_SPILL_BUDGET"] = str(4 << 20)
+        limit = 8 << 30
     run(*common, "--sink", f"sqlite:{d}/ref.db", "--checkpoint", f"{d}/cpr", "--memory-limit", "8GiB")
     ref = content(f"{d}/ref.db")
     unlimited, _ = peak_of([*common, "--sink", "null:", "--checkpoint", f"{d}/cpn", "--memory-limit", "8GiB"])
@@ -475,12 +481,13 @@ def t_spill(c):
     m = re.search(rb"(\d+) times a user's sessions were spilled to disk and (\d+) read back", err)
     c.check(m is not None and int(m.group(1)) > 5000 and int(m.group(2)) == int(m.group(1)),
             f"users were spilled and read back: {m.group(0).decode() if m else err.decode()[-300:]}")
-    if "ASAN_OPTIONS" in os.environ:
-        print(f"spill: peak {peak >> 20} MiB under ASan, limit {limit >> 20} MiB (not checked)")
+    if asan:
+        print(f"spill: peak {peak >> 20} MiB under ASan (not checked)")
     else:
-        c.check(peak <= limit < unlimited,
-                f"resident memory under the limit ({peak >> 20} MiB, limit {limit >> 20} MiB, "
-                f"unlimited run {unlimited >> 20} MiB)")
+        # coarse: the job looks every 4096 records (docs/checkpoint.md)
+        c.check(peak <= limit + (4 << 20) and limit < unlimited and peak + (2 << 20) < unlimited,
+                f"resident memory near the limit, below the unlimited run's ({peak >> 20} MiB, "
+                f"limit {limit >> 20} MiB, unlimited run {unlimited >> 20} MiB)")
     lim = [*common, "--sink", f"sqlite:{d}/lim.db", "--checkpoint", f"{d}/cpl", "--memory-limit", str(limit)]
     t0 = time.time()
     p = subprocess.run([BIN, *lim], capture_output=True, env=env)
@@ -488,12 +495,14 @@ def t_spill(c):
     c.eq(p.returncode, 0, "the limited run into SQLite completes")
     c.eq(content(f"{d}/lim.db"), ref, "its table equals the unlimited run's")
     os.mkdir(f"{d}/k")
-    os.environ["SESSIONIZER_SNAPSHOT_MIN_BYTES"] = "300000"
+    saved = dict(os.environ)
+    os.environ.update(env)
     try:
         kills, err = run_with_kills([*common, "--sink", f"sqlite:{d}/k/s.db", "--checkpoint", f"{d}/k/cp",
                                      "--memory-limit", str(limit)], random.Random(5), 0.7 * wall)
     finally:
-        del os.environ["SESSIONIZER_SNAPSHOT_MIN_BYTES"]
+        os.environ.clear()
+        os.environ.update(saved)
     c.check(kills >= 1, f"the limited job was killed mid-run ({kills} kills)")
     c.eq(content(f"{d}/k/s.db"), ref, f"after {kills} SIGKILLs the table equals the unlimited run's")
     c.eq(summary(err)["records"], 120000, "every record counted once across restarts")
