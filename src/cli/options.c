@@ -136,8 +136,10 @@ const opt_def cli_option_table[] = {
      .help = "and at least this often (0: only by count)"},
     {.name = "memory-limit", .type = OPT_BYTES, .arg = "N", .def = "0", .min = 0,
      .max = UINT64_MAX, AT_UNSIGNED(job.memory_limit),
-     .help = "resident memory budget: past it the job commits and stops, its checkpoint "
-             "intact (0: half of the machine's memory or of its cgroup's limit)"},
+     .help = "resident memory budget: to stay under it the least recently visited users' "
+             "open sessions go to a file on disk, read back when needed; past it all the same "
+             "the job commits and stops, its checkpoint intact (0: half of the machine's memory "
+             "or of its cgroup's limit)"},
     {.name = "sink-opt", .type = OPT_LIST, .arg = "KEY=VALUE", AT_LIST(job.sink.props),
      .help = "sink setting (repeatable), e.g. consistency=ONE"},
     {.name = "create-schema", .type = OPT_BOOL, .def = "true", AT_INT(job.sink.create_schema),
