@@ -37,7 +37,8 @@ cleanup() {
 trap cleanup EXIT
 PG_SERVER_TMP=$WORK pg_server_start >/dev/null
 "$MOCK" --partitions "$P" --topic visits >"$WORK/addr" 2>"$WORK/mock.err" &
-PIDS+=($!)
+MOCK_PID=$!
+PIDS+=($MOCK_PID)
 for _ in $(seq 100); do [ -s "$WORK/addr" ] && break; sleep 0.05; done
 B=$(head -n1 "$WORK/addr")
 $PY "$ROOT/tests/integration/kafka_gen.py" --partitions "$P" --records "$N" --users 5000 "$WORK/gen" >/dev/null
@@ -68,6 +69,9 @@ run() {
 cpu() { tail -n1 "$WORK/$1.time" | awk '{printf "%.2f", $2 + $3}'; }
 wall() { tail -n1 "$WORK/$1.time" | awk '{printf "%.2f", $1}'; }
 load() { cut -d' ' -f1 /proc/loadavg; }
+# the broker's (the mock cluster's process) CPU seconds so far
+bcpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$MOCK_PID/stat"; }
+sub() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a - b}'; }
 # The processing window of scale-out runs: from the first stage 1 assignment
 # (after start-up: the mock never answers CreateTopics, a 5 s wait) to the
 # last instance's exit line; a join's rebalance is inside it.
@@ -95,12 +99,16 @@ SUMMARY=()
 for round in $(seq "$ROUNDS"); do
     echo "== round $round"
     L0=$(load)
+    K0=$(bcpu)
     run single$round --source "kafka://$B/visits" --sink "$PG_URI" --sink-opt table=single$round --group single$round --until-end
+    K1=$(bcpu)
     run one$round --scale-out --source "kafka://$B/visits" --sink "$PG_URI" --sink-opt table=one$round --group one$round --until-end
+    K2=$(bcpu)
     run two_a$round --scale-out --source "kafka://$B/visits" --sink "$PG_URI" --sink-opt table=two$round --group two$round --until-end &
     A=$!
     run two_b$round --scale-out --source "kafka://$B/visits" --sink "$PG_URI" --sink-opt table=two$round --group two$round --until-end
     wait $A
+    K3=$(bcpu)
     # The same without a sink's cost: what the repartition itself costs.
     run single_null$round --source "kafka://$B/visits" --sink null: --group single_null$round --until-end
     run single_ck_null$round --source "kafka://$B/visits" --sink null: --checkpoint "$WORK/ck$round" --group single_ck_null$round --until-end
@@ -110,6 +118,7 @@ for round in $(seq "$ROUNDS"); do
     C2=$(awk -v a="$(cpu two_a$round)" -v b="$(cpu two_b$round)" 'BEGIN{printf "%.2f", a + b}')
     W2=$(awk -v a="$(wall two_a$round)" -v b="$(wall two_b$round)" 'BEGIN{printf "%.2f", (a > b ? a : b)}')
     echo "load average (1 min) $L0 at the start, $L1 at the end of the round"
+    echo "broker (mock cluster) CPU: single $(sub "$K1" "$K0") s, scale-out 1 instance $(sub "$K2" "$K1") s, 2 instances $(sub "$K3" "$K2") s"
     echo "single instance:           wall $(wall single$round) s, CPU $CS s, $(us "$CS") CPU us/record"
     X1=$(window "$WORK/one$round.err"); X2=$(window "$WORK"/two_?$round.err)
     echo "scale-out, 1 instance:     wall $(wall one$round) s, CPU $C1 s, $(us "$C1") CPU us/record; processing $X1 s"
