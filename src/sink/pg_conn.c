@@ -253,6 +253,11 @@ int pg_conn_finish(pg_conn *c, int sent, const char *what, PGresult **res, char 
                          c->who, what, c->io_timeout_ms);
             return PG_TRANSIENT;
         }
+        if (retry_stop_grace_over(&c->rt)) {
+            pg_conn_fail(c, err, errlen, "%s: %s: no answer within the %d ms a stop request allows",
+                         c->who, what, RETRY_STOP_GRACE_MS);
+            return PG_TRANSIENT;
+        }
         char m[1024];
         pg_tidy_message(PQerrorMessage(c->conn), m, sizeof m);
         pg_conn_fail(c, err, errlen, "%s: %s: %s", c->who, what, *m ? m : "connection lost");

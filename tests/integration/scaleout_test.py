@@ -253,29 +253,30 @@ def sigterm_within(t, p, bound):
 
 def stop(t):
     want, counts, single = prepare(t, 100)
-    t.start_pg2()  # the task store's server; the sink is a file
+    # the server is the task store's alone (the reference table is read
+    # already): the sink is a file
     sink = lambda n: "jsonl:" + t.path(f"{n}.jsonl")  # noqa: E731
     # 1. while running: a commit waits for the frozen store
-    p = t.instance("i0", sink=sink("i0"), state=t.pg2)
+    p = t.instance("i0", sink=sink("i0"), state=t.pg_uri)
     t.wait_for("task commit",
-               lambda: t.psql_or_none("SELECT 1 FROM sessionizer_task_meta WHERE k = 'position'",
-                                      "pg2") not in (None, ""), 60, [p])
-    t.pg("freeze", "pg2")
+               lambda: t.psql_or_none("SELECT 1 FROM sessionizer_task_meta WHERE k = 'position'")
+               not in (None, ""), 60, [p])
+    t.pg("freeze", "pg")
     log("task store's server frozen")
     time.sleep(1.5)  # commits every 500 ms: one now waits for the server
     if p.poll() is not None:
         t.fail(p, "exited while its store was frozen")
     ok = sigterm_within(t, p, 5)
     # 2. at start-up: connecting to the frozen store
-    q = t.instance("i1", sink=sink("i1"), state=t.pg2)
+    q = t.instance("i1", sink=sink("i1"), state=t.pg_uri)
     time.sleep(2)
     if q.poll() is not None:
         t.fail(q, "did not wait for the frozen server")
     ok = sigterm_within(t, q, 5) and ok
-    t.pg("thaw", "pg2")
+    t.pg("thaw", "pg")
     # 3. another instance finishes from what was stored, at full speed
     t.mock_cmd("rtt 1 0")
-    r = t.instance("i2", sink=sink("i2"), state=t.pg2)
+    r = t.instance("i2", sink=sink("i2"), state=t.pg_uri)
     t.wait_ok(r, 180)
     got = jsonl_rows([t.path(f"i{n}.jsonl") for n in range(3)])
     ok = sc.compare("single instance (the outputs together)", single, list(got)) and ok
