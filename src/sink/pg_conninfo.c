@@ -1,6 +1,7 @@
 /*
- * pg_conninfo.c - the PostgreSQL sink's connection string kept out of its
- * messages (see pg_conninfo.h).
+ * pg_conninfo.c - the PostgreSQL sink's connection string: kept out of its
+ * messages, checked as libpq reads it, and named without its credentials
+ * (see pg_conninfo.h).
  */
 #include "sink/pg_conninfo.h"
 
@@ -153,6 +154,42 @@ void pg_conninfo_init(pg_conninfo *s, char *conninfo)
     s->display = buf_steal_str(&d);
 }
 
+/* Parses the connection string as libpq will and masks the password found
+ * there: libpq's reading is the one that counts. */
+int pg_conninfo_parse(pg_conninfo *ci, char **why)
+{
+    *why = NULL;
+    PQconninfoOption *parsed = PQconninfoParse(ci->conninfo, why);
+    if (!parsed) return -1;
+    for (PQconninfoOption *o = parsed; o->keyword; o++)
+        if (strcmp(o->keyword, "password") == 0 && o->val)
+            pg_conninfo_add_secret(ci, o->val, strlen(o->val));
+    PQconninfoFree(parsed);
+    return 0;
+}
+
+/* What a checkpoint is bound to: the settings that choose the server, the
+ * database and the table, as libpq resolved them (defaults, service files
+ * and environment included), never user or password. "postgres:" and
+ * "postgresql:" spellings of one database give one identity. */
+char *pg_conninfo_identity(PGconn *conn, const char *table_sql)
+{
+    const char *host = "", *hostaddr = "", *port = "", *db = "";
+    PQconninfoOption *ci = PQconninfo(conn);
+    for (PQconninfoOption *o = ci; o && o->keyword; o++) {
+        const char *v = o->val ? o->val : "";
+        if (strcmp(o->keyword, "host") == 0) host = v;
+        else if (strcmp(o->keyword, "hostaddr") == 0) hostaddr = v;
+        else if (strcmp(o->keyword, "port") == 0) port = v;
+        else if (strcmp(o->keyword, "dbname") == 0) db = v;
+    }
+    buf b;
+    buf_init(&b);
+    buf_printf(&b, "postgresql://%s%s%s:%s/%s table=%s", host, *hostaddr ? " hostaddr=" : "",
+               hostaddr, port, db, table_sql);
+    PQconninfoFree(ci);
+    return buf_steal_str(&b);
+}
 void pg_conninfo_free(pg_conninfo *s)
 {
     free(s->conninfo);
