@@ -28,6 +28,16 @@ static void base64(buf *out, const unsigned char *p, size_t n)
     }
 }
 
+/* ,"NAME":"text", or ,"NAME_base64":"..." for bytes that are not UTF-8. */
+static void bytes_field(buf *out, const char *name, const char *p, size_t n)
+{
+    int text = utf8_valid(p, n);
+    buf_printf(out, ",\"%s%s\":\"", name, text ? "" : "_base64");
+    if (text) buf_append_json_escaped(out, p, n);
+    else base64(out, (const unsigned char *)p, n);
+    buf_append_byte(out, '"');
+}
+
 void dead_letter_json(buf *out, const dead_letter *dl)
 {
     const log_position *pos = dl->raw ? &dl->raw->pos : &dl->v->pos;
@@ -41,17 +51,15 @@ void dead_letter_json(buf *out, const dead_letter *dl)
                pos->offset);
     if (pos->append_ts_ms) buf_printf(out, ",\"append_ts_ms\":%" PRId64, pos->append_ts_ms);
     if (dl->raw && dl->raw->line) buf_printf(out, ",\"line\":%" PRId64, dl->raw->line);
+    /* A Kafka record's key, as the Kafka dead-letter output keeps it: often
+     * the user, and what a fix-and-reproduce needs besides the value. */
+    if (dl->raw && dl->raw->key)
+        bytes_field(out, "key", (const char *)dl->raw->key, dl->raw->key_len);
     if (dl->raw && dl->raw->oversized)
         buf_printf(out, ",\"truncated\":true,\"original_bytes\":%zu", dl->raw->full_len);
     if (dl->raw) {
-        if (utf8_valid(dl->raw->data, dl->raw->len)) {
-            buf_append_str(out, ",\"record\":\"");
-            buf_append_json_escaped(out, dl->raw->data, dl->raw->len);
-        } else {
-            buf_append_str(out, ",\"record_base64\":\"");
-            base64(out, (const unsigned char *)dl->raw->data, dl->raw->len);
-        }
-        buf_append_str(out, "\"}");
+        bytes_field(out, "record", dl->raw->data, dl->raw->len);
+        buf_append_byte(out, '}');
         return;
     }
     buf rec;

@@ -54,10 +54,12 @@ void deadletter_usage(buf *out);
 
 /* The JSON object describing a dead letter, shared by every output:
  * {"reason":..,"detail":..,"source":..,"partition":..,"offset":..,
- *  "append_ts_ms":..,"line":..,"record":"<original text>"} where the record
- * is "record_base64" instead when it is not valid UTF-8, and is rebuilt from
- * the visit (with "reconstructed":true) when the bytes are gone. A record cut
- * at --max-record-bytes adds "truncated":true,"original_bytes":N. */
+ *  "append_ts_ms":..,"line":..,"key":..,"record":"<original text>"} where
+ * the record is "record_base64" instead when it is not valid UTF-8, and is
+ * rebuilt from the visit (with "reconstructed":true) when the bytes are
+ * gone. "key" is a Kafka record's key, when it has one ("key_base64" when
+ * it is not UTF-8). A record cut at --max-record-bytes adds
+ * "truncated":true,"original_bytes":N. */
 void dead_letter_json(buf *out, const dead_letter *dl);
 /* How every dead_letter_json object starts. */
 #define DEAD_LETTER_JSON_PREFIX "{\"reason\":\""
