@@ -4,7 +4,8 @@
  * commit, on random inputs over several partitions with caught-up signals
  * (which raise the closing watermark without being logged), partitions
  * advanced from elsewhere, late visits, session caps and end-of-input "close
- * all"; and damaged frames and
+ * all", also with users spilled to a cold store (engine_set_cold_store) by
+ * the committed engine and by its restores; and damaged frames and
  * snapshots are refused, a frame cut short reported as such.
  */
 #include <stdlib.h>
@@ -111,6 +112,49 @@ static void describe(const engine *e, buf *dst)
     buf_free(&m);
 }
 
+/* ---- a cold store in memory (engine_set_cold_store): handle = index ------- */
+
+typedef struct cold {
+    buf *blobs;
+    size_t n, cap;
+} cold;
+
+static int cold_put(void *ctx, const user_key *user, const void *blob, size_t len, uint64_t *handle)
+{
+    cold *c = ctx;
+    (void)user;
+    if (c->n == c->cap) {
+        c->cap = c->cap ? 2 * c->cap : 64;
+        c->blobs = xrealloc(c->blobs, c->cap * sizeof *c->blobs);
+    }
+    buf_init(&c->blobs[c->n]);
+    buf_append(&c->blobs[c->n], blob, len);
+    *handle = c->n++;
+    return 0;
+}
+
+static int cold_get(void *ctx, uint64_t handle, size_t len, buf *dst)
+{
+    cold *c = ctx;
+    if (handle >= c->n || c->blobs[handle].len != len) return -1;
+    buf_append(dst, c->blobs[handle].data, len);
+    return 0;
+}
+
+static void cold_free(cold *c)
+{
+    for (size_t i = 0; i < c->n; i++) buf_free(&c->blobs[i]);
+    free(c->blobs);
+}
+
+/* Half the trials spill: the engine keeps at most budget bytes (a few KB). */
+static void maybe_spill(engine *e, cold *c, uint64_t budget)
+{
+    if (!budget) return;
+    engine_cold_store ops = {.ctx = c, .put = cold_put, .get = cold_get};
+    engine_set_cold_store(e, &ops, budget);
+}
+
 /* ---- an in-memory backend ---------------------------------------------------- */
 
 typedef struct store {
@@ -146,6 +190,7 @@ static void test_restore_equals_commit(void)
     char pages[40][8];
     for (int i = 0; i < 40; i++) snprintf(pages[i], sizeof pages[i], "p%d", i);
     int restores = 0, closes_replayed = 0;
+    uint64_t spilled = 0;
     for (int trial = 0; trial < 250; trial++) {
         int64_t g = (int64_t)(1 + rnd() % 20) * SEC, l = (int64_t)(rnd() % 15) * SEC;
         uint32_t cap = 1 + (uint32_t)(rnd() % 8);
@@ -159,6 +204,11 @@ static void test_restore_equals_commit(void)
         buf_init(&o2.text);
         engine *e1 = new_engine(&o1, g, l, cap); /* uninterrupted */
         engine *e2 = new_engine(&o2, g, l, cap); /* committed, crashed, restored */
+        /* e2 spills in half the trials, its restores too (they evict as they
+         * load and replay); snapshots then read spilled users back */
+        cold cs = {0};
+        uint64_t budget = rnd() % 2 ? 0 : 12288 + rnd() % 32768;
+        maybe_spill(e2, &cs, budget);
         store st = {0};
         buf_init(&st.snapshot);
         buf_init(&st.log);
@@ -209,8 +259,12 @@ static void test_restore_equals_commit(void)
                 changelog_frame_reset(&frame);
                 if (rnd() % 3 == 0) { /* a crash right after the commit */
                     describe(e2, &want);
+                    engine_stats est;
+                    engine_get_stats(e2, &est);
+                    spilled += est.users_evicted;
                     engine_free(e2);
                     e2 = new_engine(&o2, g, l, cap);
+                    maybe_spill(e2, &cs, budget);
                     engine_callbacks none = {0};
                     engine_callbacks cb = engine_swap_callbacks(e2, &none);
                     int rrc = restore(e2, &st);
@@ -235,8 +289,12 @@ static void test_restore_equals_commit(void)
         /* the restored run emitted exactly the uninterrupted one's transcript */
         CHECK_STR((const char *)o2.text.data, (const char *)o1.text.data);
         if (!ok) fprintf(stderr, "trial %d: restored state differs from the commit's\n", trial);
+        engine_stats est;
+        engine_get_stats(e2, &est);
+        spilled += est.users_evicted;
         engine_free(e1);
         engine_free(e2);
+        cold_free(&cs);
         buf_free(&o1.text);
         buf_free(&o2.text);
         buf_free(&want);
@@ -247,6 +305,7 @@ static void test_restore_equals_commit(void)
     }
     CHECK(restores > 200);
     CHECK(closes_replayed > 50);
+    CHECK(spilled > 1000); /* the spilling trials did spill */
 }
 
 /* A visit's cost in a frame: its page plus a small constant. */
