@@ -32,12 +32,15 @@
  * that the memory they will touch (user slot, session, last page) can be
  * prefetched in three stages: an engine with 100k users is bound by memory
  * latency, not by instructions. Results are unaffected: visits are applied
- * strictly in input order, and the queue is drained before anything that
- * must see every polled record applied (caught-up signals, commits, end). */
+ * strictly in input order, a source's caught-up marks wait in the same
+ * queue in their place among them, and the queue is drained before anything
+ * that must see every polled record applied (commits, end). */
 #define PIPELINE 12
 _Static_assert(PIPELINE < RAW_RECORD_KEEP, "a record's key must outlive its wait in the queue");
 
 typedef struct pending {
+    int is_mark;      /* a caught-up mark, not a record */
+    source_mark mark;
     visit v;
     parse_error pe; /* an invalid record waits its turn too: dead letters stay in input order */
     char detail[160];
@@ -290,6 +293,8 @@ static int apply_oldest(job *j)
     pending *p = &j->queue[j->q_head];
     j->q_head = (j->q_head + 1) % PIPELINE;
     j->q_len--;
+    if (p->is_mark) return engine_set_caught_up(j->eng, p->mark.partition, p->mark.caught_up) ||
+                           j->failed ? -1 : 0;
     if (p->pe != PARSE_OK) {
         j->res->invalid++;
         return write_dead_letter(j, parse_error_code(p->pe), p->detail, &p->raw, NULL);
@@ -313,6 +318,7 @@ static int enqueue(job *j, const raw_record *rec)
 {
     if (j->q_len == PIPELINE && apply_oldest(j)) return -1;
     pending *p = &j->queue[(j->q_head + j->q_len++) % PIPELINE];
+    p->is_mark = 0;
     buf_reset(&p->bytes);
     buf_append(&p->bytes, rec->data, rec->len);
     p->raw = *rec;
@@ -336,6 +342,18 @@ static int enqueue(job *j, const raw_record *rec)
         engine_prefetch(j->eng, j->queue[(j->q_head + j->q_len - 1 - PIPELINE / 3) % PIPELINE].v.user_id, 1);
     if (j->q_len > 2 * PIPELINE / 3)
         engine_prefetch(j->eng, j->queue[(j->q_head + j->q_len - 1 - 2 * PIPELINE / 3) % PIPELINE].v.user_id, 2);
+    return 0;
+}
+
+/* A caught-up mark takes its place in the queue: it speaks of the records
+ * before it, which the engine must have applied first, and of none after. */
+static int enqueue_mark(job *j, const source_mark *m)
+{
+    assert(m->partition >= 0);
+    if (j->q_len == PIPELINE && apply_oldest(j)) return -1;
+    pending *p = &j->queue[(j->q_head + j->q_len++) % PIPELINE];
+    p->is_mark = 1;
+    p->mark = *m;
     return 0;
 }
 
@@ -662,19 +680,16 @@ static int restore(job *j)
 
 /* ---- progress ------------------------------------------------------------ */
 
-static int update_partitions(job *j, int print_progress, double rate)
+/* The lag per partition, for the metrics and the progress line (caught-up
+ * states are not asked for: they come in-band, as marks). */
+static void update_partitions(job *j, int print_progress, double rate)
 {
-    if (!j->src->ops->partitions) return 0;
-    /* A caught-up signal speaks of every record polled so far: they must all
-     * be applied first, or a partition's last records could meet a closing
-     * watermark that its own flag advanced. */
-    if (drain(j)) return -1;
+    if (!j->src->ops->partitions) return;
     size_t n = j->src->ops->partitions(j->src, j->parts, MAX_PARTITIONS);
     if (n > MAX_PARTITIONS) n = MAX_PARTITIONS;
     int64_t behind = 0;
     int known = 1;
     for (size_t i = 0; i < n; i++) {
-        if (engine_set_caught_up(j->eng, j->parts[i].partition, j->parts[i].caught_up)) return -1;
         if (j->parts[i].lag < 0) known = 0;
         else behind += j->parts[i].lag;
     }
@@ -686,7 +701,7 @@ static int update_partitions(job *j, int print_progress, double rate)
         }
         j->m->n_lag = (int32_t)n;
     }
-    if (!print_progress) return 0;
+    if (!print_progress) return;
     /* On a terminal, a status line redrawn in place; elsewhere a log line. */
     int tty = isatty(STDERR_FILENO);
     buf *b = &j->scratch;
@@ -709,7 +724,6 @@ static int update_partitions(job *j, int print_progress, double rate)
         buf_append_byte(b, 0);
         log_info("sessionizer", "%s", (const char *)b->data);
     }
-    return 0;
 }
 
 /* ---- memory budget ------------------------------------------------------- */
@@ -799,8 +813,13 @@ static int run_loop(job *j)
             return commit_final(j);
         }
         raw_record rec;
-        int st = j->src->ops->poll(j->src, &rec, 100, j->err, j->errlen);
+        source_mark mark;
+        int st = j->src->ops->poll(j->src, &rec, &mark, 100, j->err, j->errlen);
         if (st == SOURCE_ERROR) return -1;
+        if (st == SOURCE_MARK) {
+            if (enqueue_mark(j, &mark)) return -1;
+            continue;
+        }
         if (st == SOURCE_RECORD) {
             if (j->m) {
                 int32_t p = rec.pos.partition < 0 ? 0
@@ -816,7 +835,9 @@ static int run_loop(job *j)
             if (j->res->records_this_run % MEMORY_CHECK_EVERY == 0 && memory_check(j)) return -1;
         }
         if (st == SOURCE_END) {
-            if (update_partitions(j, 0, 0)) return -1;
+            /* every record and mark applied before the end's own closes */
+            if (drain(j)) return -1;
+            update_partitions(j, 0, 0);
             if (cfg->until_end) {
                 /* held visits first: their acceptance is logged before the close */
                 if (engine_release_held(j->eng)) return -1;
@@ -827,15 +848,19 @@ static int run_loop(job *j)
         }
         /* Clock checks are cheap but not free: look every 64 records (at
          * 200 records/s, every third of a second). */
+        /* Nothing more is coming right now: what waits in the queue, the
+         * marks included, is applied (and its closed sessions committed in
+         * time), not held until the input resumes. */
+        if (st == SOURCE_IDLE && drain(j)) return -1;
         if (st == SOURCE_IDLE || (j->res->records & 63) == 0) {
             double t = now_s();
             status_beat(cfg->status);
             int show = progress_every > 0 && t - last_progress >= progress_every;
-            /* Caught-up flags also when busy: an idle partition must not hold
-             * back closing while the others stream. */
+            /* The lag also when busy; and asking is how the Kafka source
+             * notices, in a quiet stream, that an outage is over. */
             if (st == SOURCE_IDLE || show || t - last_partitions >= 1.0) {
                 double rate = (double)(j->res->records - at_last_progress) / (t - last_progress);
-                if (update_partitions(j, show, rate)) return -1;
+                update_partitions(j, show, rate);
                 last_partitions = t;
                 if (show) last_progress = t, at_last_progress = j->res->records;
             }

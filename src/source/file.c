@@ -18,7 +18,9 @@
  * A pipe or terminal (stdin, a FIFO) can go quiet without ending: poll()
  * waits at most the job's timeout and the source reports itself idle, so
  * that the job commits (and writes the sessions already closed) while the
- * producer pauses.
+ * producer pauses. Its one partition is caught up only at the end of the
+ * input (a pause is not an end): the first poll marks it not caught up, and
+ * the end is marked just before SOURCE_END (source.h, marks).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -53,6 +55,7 @@ typedef struct file_source {
     char *cut;           /* ...whose first max_record bytes are kept here */
     int64_t cut_offset;  /* its offset */
     size_t cut_len;      /* its length so far, without the newline */
+    int marked;          /* the last caught-up mark poll() returned; -1 none yet */
 } file_source;
 
 /* Reads more input: 0 when some came or the input ended, 1 when a stream
@@ -98,6 +101,7 @@ static source *file_open(const char *target, const source_options *opts, char *e
     file_source *f = xcalloc(1, sizeof *f);
     f->base.ops = NULL;
     f->is_stdin = strcmp(target, "-") == 0;
+    f->marked = -1;
     f->path = xstrdup(target);
     if (f->is_stdin) {
         f->fd = STDIN_FILENO;
@@ -132,10 +136,21 @@ static source *file_open(const char *target, const source_options *opts, char *e
     return &f->base;
 }
 
-static int file_poll(source *s, raw_record *out, int timeout_ms, char *err, size_t errlen)
+/* 1 with *mark filled when partition 0's state is not yet marked as this. */
+static int mark_once(file_source *f, int caught_up, source_mark *mark)
+{
+    if (f->marked == caught_up) return 0;
+    f->marked = caught_up;
+    *mark = (source_mark){.partition = 0, .caught_up = caught_up, .position = f->offset};
+    return 1;
+}
+
+static int file_poll(source *s, raw_record *out, source_mark *mark, int timeout_ms, char *err,
+                     size_t errlen)
 {
     file_source *f = (file_source *)s;
     int rc;
+    if (f->marked < 0 && mark_once(f, 0, mark)) return SOURCE_MARK;
     for (;;) {
         char *p = f->buf + f->start;
         size_t avail = f->end - f->start;
@@ -174,7 +189,8 @@ static int file_poll(source *s, raw_record *out, int timeout_ms, char *err, size
                 return rc < 0 ? SOURCE_ERROR : SOURCE_IDLE;
             continue;
         }
-        if (!nl && avail == 0) return SOURCE_END; /* eof */
+        if (!nl && avail == 0) /* eof: everything was delivered */
+            return mark_once(f, 1, mark) ? SOURCE_MARK : SOURCE_END;
         out->pos.offset = f->offset;
         out->line = ++f->line;
         /* The record stays valid until the next poll: fill() moves the
@@ -248,10 +264,8 @@ static int file_seek(source *s, const void *pos, size_t len, char *err, size_t e
 
 static size_t file_partitions(source *s, partition_info *out, size_t max)
 {
-    file_source *f = (file_source *)s;
-    if (max > 0)
-        out[0] = (partition_info){.partition = 0, .caught_up = f->eof && f->start == f->end,
-                                  .lag = -1};
+    (void)s; /* the lag of a file is not known */
+    if (max > 0) out[0] = (partition_info){.partition = 0, .lag = -1};
     return 1;
 }
 

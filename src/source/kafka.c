@@ -31,7 +31,12 @@
  *    partition never does. After a quiet moment, every flag goes down for
  *    sessionizer.idle.ms before the next record is applied (poll()), so
  *    that records produced together to two partitions cannot close each
- *    other's sessions early.
+ *    other's sessions early. A flag travels in-band (source.h, marks):
+ *    poll() returns a mark where it changed, between the records delivered
+ *    before and after. With --until-end that is the record that reached the
+ *    end; live, the flags are worked out (refresh_marks()) at every quiet
+ *    moment, at least once a second while records stream, at a rebalance
+ *    and at a burst.
  *
  *  - Failures: librdkafka reconnects by itself, so a broker outage is only
  *    reported (poll returns IDLE meanwhile) and reading resumes at our
@@ -243,6 +248,8 @@ static int wait_for_cluster(kafka_source *ks, char *err, size_t errlen)
     return rc;
 }
 
+static void refresh_marks(kafka_source *ks, int64_t now);
+
 static source *kafka_open(const char *target, const source_options *opts, char *err,
                           size_t errlen)
 {
@@ -308,6 +315,7 @@ static source *kafka_open(const char *target, const source_options *opts, char *
         ks->done = 0;
         for (int32_t p = 0; p < ks->n_parts; p++) ks->done += ks->parts[p].pos >= ks->parts[p].end;
     }
+    refresh_marks(ks, mono_ms()); /* the first poll marks every partition */
     ks->starting = 0;
     ks->q = rd_kafka_queue_get_consumer(ks->rk);
     rd_kafka_poll_set_consumer(ks->rk);
@@ -343,7 +351,13 @@ static void log_ts_type(kafka_source *ks, rd_kafka_timestamp_type_t t)
 
 static void advance(kafka_source *ks, kpart *kp, int64_t next)
 {
-    if (ks->until_end && kp->pos < kp->end && next >= kp->end) ks->done++;
+    if (ks->until_end && kp->pos < kp->end && next >= kp->end) {
+        ks->done++;
+        /* caught up right after the record that reached the end */
+        kp->want = 1;
+        ks->marks_due = 1;
+        ks->mark_scan = 0;
+    }
     kp->pos = next;
 }
 
@@ -415,7 +429,57 @@ static int take(kafka_source *ks, rd_kafka_message_t *m, raw_record *out)
     return 1;
 }
 
-static int kafka_poll(source *s, raw_record *out, int timeout_ms, char *err, size_t errlen)
+/* ---- caught-up marks (source.h) ------------------------------------------ */
+
+/* Whether a partition counts as caught up now. With --until-end: its
+ * position reached the end offset it had at start. Live: the fetcher
+ * reported the end of the partition, no record was delivered since, and
+ * none for sessionizer.idle.ms (Flink's "idleness"). The high watermark
+ * alone would do for the lag but not for this: after a pause or a restart it
+ * can be stale. And a partition taken for caught up stops holding back the
+ * closing watermark, so a backlog, or a burst that arrives right after the
+ * end was seen, would turn late if it lagged the other partitions by more
+ * than the lateness. */
+static int caught_up_now(const kafka_source *ks, const kpart *kp, int64_t now)
+{
+    if (ks->until_end) return kp->pos >= kp->end;
+    return kp->assigned && kp->eof_at >= 0 && kp->pos == kp->eof_at &&
+           (kp->last_ms == 0 || now - kp->last_ms >= ks->idle_ms) &&
+           now - ks->burst_ms >= ks->idle_ms;
+}
+
+/* Works out every partition's flag at one instant; poll() then marks those
+ * that changed (all of them the first time: marked starts at -1). */
+static void refresh_marks(kafka_source *ks, int64_t now)
+{
+    ks->refreshed_ms = now;
+    for (int32_t p = 0; p < ks->n_parts; p++) {
+        kpart *kp = &ks->parts[p];
+        kp->want = caught_up_now(ks, kp, now);
+        if (kp->want != kp->marked) ks->marks_due = 1;
+    }
+    ks->mark_scan = 0;
+}
+
+/* The next due mark, lowest partition first; 0 when none is left. */
+static int next_mark(kafka_source *ks, source_mark *mark)
+{
+    for (; ks->mark_scan < ks->n_parts; ks->mark_scan++) {
+        kpart *kp = &ks->parts[ks->mark_scan];
+        if (kp->want == kp->marked) continue;
+        kp->marked = kp->want;
+        *mark = (source_mark){.partition = ks->mark_scan, .caught_up = kp->want,
+                              .position = kp->pos};
+        ks->mark_scan++;
+        return 1;
+    }
+    ks->marks_due = 0;
+    ks->mark_scan = 0;
+    return 0;
+}
+
+static int kafka_poll(source *s, raw_record *out, source_mark *mark, int timeout_ms, char *err,
+                      size_t errlen)
 {
     kafka_source *ks = (kafka_source *)s;
     int waited = 0;
@@ -424,13 +488,20 @@ static int kafka_poll(source *s, raw_record *out, int timeout_ms, char *err, siz
             snprintf(err, errlen, "%s", ks->fatal_msg);
             return SOURCE_ERROR;
         }
+        /* Marks first: they speak of every record delivered so far, and
+         * --until-end's last one comes before the end. */
+        if (ks->marks_due && next_mark(ks, mark)) return SOURCE_MARK;
         if (ks->until_end && ks->done >= ks->n_parts) return SOURCE_END;
         const kentry *e = kafka_ring_peek(ks);
         if (e) {
             kentry c = *e;
+            ks->idle_owed = 0; /* not idle after all */
             if (!c.m) {
                 kafka_ring_pop(ks, &c);
+                int was_rebalance = c.ev->kind == EV_REBALANCE; /* kafka_handle_event frees it */
                 kafka_handle_event(ks, c.ev);
+                /* an assignment's change changes flags: mark it here */
+                if (was_rebalance) refresh_marks(ks, mono_ms());
                 continue;
             }
             /* The first record after the input went quiet: partitions that
@@ -438,16 +509,24 @@ static int kafka_poll(source *s, raw_record *out, int timeout_ms, char *err, siz
              * the closing watermark to its own partition's, while a record
              * produced at the same moment to another partition may be a
              * fetch behind (the reference walkthrough produces B and C
-             * together, to different partitions). Return IDLE once first, so
-             * that the job refreshes the caught-up flags, which stay down for
-             * sessionizer.idle.ms after a burst begins. A steady stream has
-             * no quiet moment and is not affected; a trickle closes sessions
-             * in steps of sessionizer.idle.ms. */
+             * together, to different partitions). So every flag goes down
+             * for sessionizer.idle.ms from here (refresh_marks), marked
+             * before this record. A steady stream has no quiet moment and
+             * is not affected; a trickle closes sessions in steps of
+             * sessionizer.idle.ms. */
             if (!ks->until_end && !c.m->err && ks->quiet &&
                 ks->batch_ms - ks->burst_ms >= ks->idle_ms) {
                 ks->burst_ms = ks->batch_ms;
                 ks->quiet = 0;
-                return SOURCE_IDLE;
+                refresh_marks(ks, mono_ms());
+                continue;
+            }
+            /* While records stream, the flags are worked out at least once a
+             * second (an idle partition must not hold back closing while the
+             * others stream), marked before the next record. */
+            if (!ks->until_end && ks->batch_ms - ks->refreshed_ms >= 1000) {
+                refresh_marks(ks, mono_ms());
+                continue;
             }
             kafka_ring_pop(ks, &c);
             if (take(ks, c.m, out)) return SOURCE_RECORD;
@@ -470,8 +549,18 @@ static int kafka_poll(source *s, raw_record *out, int timeout_ms, char *err, siz
                      "member that crashed stays in the group until its session times out)",
                      ks->group, ks->topic);
         }
+        if (ks->idle_owed) {
+            ks->idle_owed = 0;
+            return SOURCE_IDLE;
+        }
         if (waited) {
             ks->quiet = 1;
+            /* a quiet moment: the flags now, marked before the IDLE */
+            refresh_marks(ks, mono_ms());
+            if (ks->marks_due) {
+                ks->idle_owed = 1;
+                continue;
+            }
             return SOURCE_IDLE;
         }
         /* The thread starts at the first poll, after seek(). */
@@ -561,6 +650,7 @@ static int kafka_seek(source *s, const void *pos, size_t len, char *err, size_t 
     log_info("kafka", "resuming topic %s from the checkpoint at offsets%.*s%s", ks->topic,
              (int)b.len, b.data ? (const char *)b.data : "", ks->n_parts > 64 ? " ..." : "");
     buf_free(&b);
+    refresh_marks(ks, mono_ms()); /* positions moved */
     return 0;
 }
 
@@ -583,31 +673,16 @@ static size_t kafka_partitions(source *s, partition_info *out, size_t max)
     }
     for (int32_t p = 0; p < ks->n_parts && (size_t)p < max; p++) {
         kpart *kp = &ks->parts[p];
-        int64_t end;
-        int caught_up;
-        if (ks->until_end) {
-            end = kp->end;
-            caught_up = kp->pos >= end;
-        } else {
-            /* Caught up: the fetcher reported the end of the partition, no
-             * record was delivered since, and none for sessionizer.idle.ms
-             * (Flink's "idleness"). The high watermark alone would do for
-             * the lag but not for this: after a pause or a restart it can be
-             * stale. And a partition taken for caught up stops holding back
-             * the closing watermark, so a backlog, or a burst that arrives
-             * right after the end was seen, would turn late if it lagged the
-             * other partitions by more than the lateness. */
+        int64_t end = kp->end;
+        if (!ks->until_end) { /* the end moves: librdkafka's last view of it */
             int64_t lo = -1, hi = -1;
             if (rd_kafka_get_watermark_offsets(ks->rk, ks->topic, p, &lo, &hi) == 0 &&
                 hi > kp->high)
                 kp->high = hi;
             end = kp->high;
-            caught_up = kp->assigned && kp->eof_at >= 0 && kp->pos == kp->eof_at &&
-                        (kp->last_ms == 0 || now - kp->last_ms >= ks->idle_ms) &&
-                        now - ks->burst_ms >= ks->idle_ms;
         }
         int64_t lag = kp->pos < 0 || end < 0 ? -1 : end > kp->pos ? end - kp->pos : 0;
-        out[p] = (partition_info){.partition = p, .caught_up = caught_up, .lag = lag};
+        out[p] = (partition_info){.partition = p, .lag = lag};
     }
     return (size_t)ks->n_parts;
 }

@@ -54,7 +54,8 @@ void kafka_grow_parts(kafka_source *ks, int32_t n)
     for (int32_t p = ks->n_parts; p < n; p++) {
         /* A partition added while we run: all of it is new, read it from its
          * start; --until-end had nothing of it at start, so it is done. */
-        ks->parts[p] = (kpart){.pos = OFFSET_UNKNOWN, .end = 0, .high = -1, .low = 0, .eof_at = -1};
+        ks->parts[p] = (kpart){.pos = OFFSET_UNKNOWN, .end = 0, .high = -1, .low = 0, .eof_at = -1,
+                               .marked = -1};
         if (ks->until_end) ks->done++;
     }
     ks->n_parts = n;

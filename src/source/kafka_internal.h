@@ -47,6 +47,8 @@ typedef struct kpart {
     int64_t eof_at;   /* offset of the last end-of-partition event, -1 none */
     int64_t last_ms;  /* when it last delivered a record (batch time) */
     int assigned;     /* the group gave it to us and we are reading it */
+    int want;         /* caught up, as last worked out (kafka.c, refresh_marks) */
+    int marked;       /* as last marked to the job; -1 never */
 } kpart;
 
 /* What a librdkafka callback served on the consumer thread hands to the job's
@@ -82,6 +84,10 @@ typedef struct kafka_source {
     int64_t batch_ms; /* when the current batch was taken from librdkafka */
     int64_t burst_ms;    /* when records came back after a pause, see poll() */
     int quiet;           /* poll returned IDLE since the last record */
+    int marks_due;       /* some partition's want differs from its marked */
+    int idle_owed;       /* poll found nothing, and returns IDLE after the marks */
+    int32_t mark_scan;   /* next partition to look at for a due mark */
+    int64_t refreshed_ms; /* when refresh_marks() last ran */
     int reset_is_error; /* auto.offset.reset=error (ours) rather than the user's choice */
     int debug;          /* -X debug=...: pass librdkafka's debug log through */
 

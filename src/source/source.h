@@ -8,6 +8,15 @@
  * (record/parse.h). Its read position is opaque to the job: position() saves
  * it into the checkpoint and seek() restores it, so that the checkpoint is
  * the only source of truth for where to resume.
+ *
+ * Whether a partition has delivered everything it had ("caught up", which
+ * lets the engine's closing watermark pass it) travels in-band, as Flink's
+ * sources emit watermarks and idleness in their split's stream: poll()
+ * returns a mark where the partition's state changed, after the records
+ * delivered before the change and before those after it. So the job applies
+ * it exactly there, with no draining and no side question to the source.
+ * A source announces every partition's state in its first marks (a resumed
+ * engine does not know it), and then only changes.
  */
 #ifndef SESSIONIZER_SOURCE_H
 #define SESSIONIZER_SOURCE_H
@@ -31,16 +40,25 @@ typedef struct source_options {
 } source_options;
 
 enum source_status {
+    SOURCE_MARK = 2,    /* *mark holds a partition's caught-up mark */
     SOURCE_RECORD = 1,  /* *out holds a record */
     SOURCE_IDLE = 0,    /* nothing right now (live input) */
     SOURCE_END = -1,    /* end of input reached (bounded input, or --until-end) */
     SOURCE_ERROR = -2,  /* fatal; err says why */
 };
 
-/* Per-partition progress, for the watermark and the progress line. */
+/* Partition p is caught up (has delivered everything there was to deliver,
+ * by the source's rule: docs/kafka.md, "Watermarks across partitions"), or
+ * no longer is, from this point of the stream on. */
+typedef struct source_mark {
+    int32_t partition;
+    int caught_up;
+    int64_t position; /* p's next position there (Kafka offset, file byte offset; -1 unknown) */
+} source_mark;
+
+/* Per-partition progress, for the progress line and the metrics only. */
 typedef struct partition_info {
     int32_t partition;
-    int caught_up;   /* has delivered everything there was to deliver */
     int64_t lag;     /* records behind the end, -1 if unknown */
 } partition_info;
 
@@ -48,8 +66,10 @@ typedef struct source_ops {
     const char *scheme;
     const char *usage;
     source *(*open)(const char *target, const source_options *opts, char *err, size_t errlen);
-    /* Waits up to timeout_ms for the next record. */
-    int (*poll)(source *s, raw_record *out, int timeout_ms, char *err, size_t errlen);
+    /* Waits up to timeout_ms for the next record or mark (SOURCE_RECORD
+     * fills *out, SOURCE_MARK *mark). */
+    int (*poll)(source *s, raw_record *out, source_mark *mark, int timeout_ms, char *err,
+                size_t errlen);
     /* Position after the last record returned by poll(). */
     void (*position)(source *s, buf *out);
     /* Resume after a saved position (called before the first poll). */
@@ -58,7 +78,8 @@ typedef struct source_ops {
      * durable; it may be older than the records polled since. Kafka commits
      * those offsets to its consumer group so that lag tools see progress. */
     void (*committed)(source *s, const void *pos, size_t len);
-    /* Optional: fill up to max partition_info, return how many partitions. */
+    /* Optional: fill up to max partition_info, return how many partitions
+     * (lag only: caught-up states come as marks). */
     size_t (*partitions)(source *s, partition_info *out, size_t max);
     /* A human description of the input for messages ("file visits.jsonl"). */
     const char *(*describe)(source *s);
