@@ -1,12 +1,14 @@
 /*
- * context.h - what one job shares with the source, the sink and the
- * dead-letter output it opens: the stop flag, and the handles one of them
- * lends to another.
+ * context.h - what one job (or task) shares with the source, the sink and
+ * the dead-letter output it opens: the stop flag, the status, and what one
+ * of them lends to another.
  *
  * The job creates it before opening anything and passes it at open
  * (source_options.ctx, sink_options.ctx, deadletter_open); it outlives them
- * all. So a new wait anywhere sees the stop request without new wiring, and
- * nothing shared goes through a process-wide global.
+ * all, and owns what is lent through it (job_context_release frees it). So a
+ * new wait anywhere sees the stop request without new wiring, nothing shared
+ * goes through a process-wide global, and nothing lent points into a
+ * component that may close first.
  */
 #ifndef SESSIONIZER_CONTEXT_H
 #define SESSIONIZER_CONTEXT_H
@@ -14,7 +16,14 @@
 #include <signal.h>
 #include <stddef.h>
 
-struct source;
+/* A Kafka cluster as one component lends it to others: `--dlq kafka:TOPIC`
+ * writes to the cluster the job reads from, with the same connection
+ * settings (SASL, TLS...), and a dead-letter output is opened with its own
+ * URI only. The context's own copies. */
+typedef struct kafka_cluster {
+    char *bootstrap; /* "host:port,..."; NULL: nobody lent a cluster */
+    char **props;    /* the lender's -X "key=value" pairs, NULL-terminated */
+} kafka_cluster;
 
 typedef struct job_context {
     /* Set (by a signal handler) when the job is asked to stop. Whoever waits
@@ -22,10 +31,9 @@ typedef struct job_context {
      * a few seconds once it is set; a wait that gives up fails what it was
      * doing, so that the checkpoint does not advance. NULL: never. */
     volatile sig_atomic_t *stop;
-    /* The open Kafka source, while it is open (it sets and clears this):
-     * `--dlq kafka:TOPIC` takes its cluster, its connection settings and the
-     * keys of its records from it (source/kafka.h). NULL: none. */
-    struct source *kafka_source;
+    /* The Kafka cluster of the input, lent by whoever reads it (the Kafka
+     * source at open, the scale-out at start); job_context_kafka() reads it. */
+    kafka_cluster kafka;
     /* The job's signs of life and its source's and sink's health (status.h):
      * whoever waits calls status_beat() at least every second, and reports
      * reachability, retries and errors in status->source or ->sink. NULL:
@@ -37,5 +45,15 @@ static inline int job_stopping(const job_context *ctx)
 {
     return ctx && ctx->stop && *ctx->stop;
 }
+
+/* Lends the input's Kafka cluster to the context's other components
+ * (copies; a second call replaces the first). props may be NULL. */
+void job_context_lend_kafka(job_context *ctx, const char *bootstrap, const char *const *props);
+
+/* The lent Kafka cluster, or NULL when none was lent (ctx may be NULL). */
+const kafka_cluster *job_context_kafka(const job_context *ctx);
+
+/* Frees what the context owns; it can be used again afterwards. */
+void job_context_release(job_context *ctx);
 
 #endif

@@ -22,10 +22,12 @@
  *                        the value holds its first --max-record-bytes bytes
  *   original_bytes       decimal, with truncated: its length before the cut
  *
- * Brokers and connection settings: `kafka:TOPIC` uses the cluster of the
- * Kafka source and its -X properties that concern the connection (security,
- * SASL, TLS, client id, sockets, debug); `-X dlq.KEY=VALUE` sets KEY on the
- * dead-letter producer only. The `kafka://` form needs no Kafka source.
+ * Brokers and connection settings: `kafka:TOPIC` uses the input's cluster,
+ * which the job's context owns once the Kafka source (or the scale-out) lent
+ * it (context.h), and its -X properties that concern the connection
+ * (security, SASL, TLS, client id, sockets, debug); `-X dlq.KEY=VALUE` sets
+ * KEY on the dead-letter producer only. The `kafka://` form needs no Kafka
+ * source.
  *
  * Delivery: the producer is idempotent (no duplicates from its own retries);
  * flush(), which the job calls before every checkpoint commit, waits until
@@ -55,14 +57,13 @@
 #include "common/xalloc.h"
 #include "deadletter/deadletter.h"
 #include "record/timestamp.h"
-#include "source/kafka.h"
 
 #define STARTUP_MS 15000
 
 typedef struct kafka_deadletter {
     deadletter base;
     rd_kafka_t *rk;
-    job_context *ctx;  /* the job's: the stop flag, the Kafka source */
+    job_context *ctx;  /* the job's: the stop flag, the input's Kafka cluster */
     char *topic, *brokers;
     char *identity; /* "kafka:cluster=ID/topic=T", as the Kafka source's */
     uint64_t failed;       /* delivery failures since open */
@@ -139,15 +140,16 @@ static deadletter *kdl_open(const char *target, const char *const *props, job_co
         brokers_len = (size_t)(slash - brokers);
         topic = slash + 1;
     } else {
-        brokers = kafka_source_bootstrap(ctx);
-        if (!brokers) {
+        const kafka_cluster *input = job_context_kafka(ctx);
+        if (!input) {
             snprintf(err, errlen, "dead-letter output 'kafka:%s' takes the brokers of a "
                      "kafka:// source; with another source write "
                      "--dlq kafka://HOST:PORT/%s", target, target);
             return NULL;
         }
+        brokers = input->bootstrap;
         brokers_len = strlen(brokers);
-        if (!props) props = kafka_source_props(ctx);
+        if (!props) props = (const char *const *)input->props;
     }
     if (!*topic || strchr(topic, '/')) {
         snprintf(err, errlen, "dead-letter output 'kafka:%s': no topic name", target);

@@ -978,5 +978,6 @@ out:
         buf_free(&j.queue[i].user);
     }
     buf_free(&j.scratch);
+    job_context_release(&ctx);
     return rc;
 }

@@ -58,7 +58,6 @@
 #include "common/status.h"
 #include "common/clock.h"
 #include "common/xalloc.h"
-#include "source/kafka.h"
 #include "source/kafka_internal.h"
 #include "source/source.h"
 
@@ -181,7 +180,6 @@ void kafka_destroy(kafka_source *ks)
     free(ks->group);
     free(ks->describe);
     free(ks->identity);
-    if (ks->ctx && ks->ctx->kafka_source == &ks->base) ks->ctx->kafka_source = NULL;
     free(ks);
 }
 
@@ -330,7 +328,9 @@ static source *kafka_open(const char *target, const source_options *opts, char *
     }
     ks->base.ops = &kafka_source_ops;
     ks->opened_ms = mono_ms();
-    if (ks->ctx) ks->ctx->kafka_source = &ks->base;
+    /* `--dlq kafka:TOPIC` writes to this cluster with these settings: the
+     * context keeps its own copy, which outlives this source. */
+    job_context_lend_kafka(ks->ctx, ks->brokers, ks->props);
     return &ks->base;
 }
 
@@ -715,27 +715,6 @@ static void kafka_close(source *s)
         ks->rk = NULL;
     }
     kafka_destroy(ks);
-}
-
-/* ---- shared with the Kafka dead-letter output (kafka.h) ----------------- */
-
-static const kafka_source *lent(const job_context *ctx)
-{
-    return ctx && ctx->kafka_source && ctx->kafka_source->ops == &kafka_source_ops
-               ? (const kafka_source *)ctx->kafka_source
-               : NULL;
-}
-
-const char *kafka_source_bootstrap(const job_context *ctx)
-{
-    const kafka_source *ks = lent(ctx);
-    return ks ? ks->brokers : NULL;
-}
-
-const char *const *kafka_source_props(const job_context *ctx)
-{
-    const kafka_source *ks = lent(ctx);
-    return ks ? ks->props : NULL;
 }
 
 const source_ops kafka_source_ops = {

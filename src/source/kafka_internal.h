@@ -1,6 +1,6 @@
 /*
  * kafka_internal.h - what the pieces of the Kafka source share, and nothing
- * else may use (the rest of the program sees source.h and kafka.h).
+ * else may use (the rest of the program sees source.h only).
  *
  * The source is one object, kafka_source, split by concern so that each file
  * can be read alone:
@@ -75,7 +75,7 @@ typedef struct kafka_source {
     char *brokers, *topic, *group, *describe;
     char *identity; /* "kafka:cluster=ID/topic=T", made in kafka_open() */
     const char *const *props;
-    job_context *ctx; /* the job's: its stop flag; we lend ourselves to it (kafka.h) */
+    job_context *ctx; /* the job's: its stop flag; we lend it our cluster (context.h) */
     kpart *parts;
     int32_t n_parts;
     int until_end;

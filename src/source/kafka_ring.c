@@ -16,7 +16,8 @@
  *    second ring and are destroyed there: freeing them on the job's thread
  *    cost it about as much as the engine (they come from the fetcher's
  *    malloc arena, whose lock it then fought over). The last RECENT
- *    messages stay alive, for the dead-letter output's key lookup (kafka.h).
+ *    messages stay alive: a dead letter's key and headers point into them
+ *    (raw_record.key, .origin), for the Kafka dead-letter output.
  *
  *  - Threads: the consumer thread only moves messages. It reads and writes
  *    none of the source's state (positions, flags, assignment, errors): the
