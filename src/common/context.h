@@ -16,6 +16,8 @@
 #include <signal.h>
 #include <stddef.h>
 
+#include "task/task.h"
+
 /* A Kafka cluster as one component lends it to others: `--dlq kafka:TOPIC`
  * writes to the cluster the job reads from, with the same connection
  * settings (SASL, TLS...), and a dead-letter output is opened with its own
@@ -34,6 +36,11 @@ typedef struct job_context {
     /* The Kafka cluster of the input, lent by whoever reads it (the Kafka
      * source at open, the scale-out at start); job_context_kafka() reads it. */
     kafka_cluster kafka;
+    /* The task this context serves (task.h): one task over the whole input
+     * in a single instance. Its answer to the consumer group's assignments
+     * (read, or hold and wait, and for how long) is the task's, not the
+     * source's, which reports the offers and holds the partitions paused. */
+    task_assignment task;
     /* The job's signs of life and its source's and sink's health (status.h):
      * whoever waits calls status_beat() at least every second, and reports
      * reachability, retries and errors in status->source or ->sink. NULL:

@@ -532,17 +532,11 @@ static int kafka_poll(source *s, raw_record *out, source_mark *mark, int timeout
             if (take(ks, c.m, out)) return SOURCE_RECORD;
             continue; /* the loop's top reports a failure or the end first */
         }
-        if (ks->paused_since_ms && mono_ms() - ks->paused_since_ms > kafka_pause_limit_ms(ks)) {
-            snprintf(err, errlen, "consumer group %s has another member holding part of topic "
-                     "%s (for more than %.0f s). One sessionizer instance must read every "
-                     "partition (a user's visits may be in any of them), so this one %s. Stop "
-                     "the other member, or use another --group", ks->group, ks->topic,
-                     (double)kafka_pause_limit_ms(ks) / 1000.0,
-                     ks->ever_active ? "stops; a restart resumes from its checkpoint"
-                                     : "refuses to run");
+        group_timing timing = kafka_group_timing(ks);
+        if (ks->task->held_since_ms &&
+            task_hold_expired(ks->task, &timing, mono_ms(), ks->group, ks->topic, err, errlen))
             return SOURCE_ERROR;
-        }
-        if (!ks->ever_active && !ks->paused_since_ms && !ks->wait_logged &&
+        if (!ks->task->ever_read && !ks->task->held_since_ms && !ks->wait_logged &&
             mono_ms() - ks->opened_ms > 10000) {
             ks->wait_logged = 1;
             log_warn("kafka", "still waiting for group %s to assign the partitions of %s (a "

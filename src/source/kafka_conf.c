@@ -133,6 +133,8 @@ kafka_source *kafka_configure(const char *target, const source_options *opts,
     ks->group = xstrdup(opts->group && *opts->group ? opts->group : "sessionizer");
     ks->props = opts->props;
     ks->ctx = opts->ctx;
+    /* an assignment's verdict is the task's, which lives in its context */
+    ks->task = opts->ctx ? &opts->ctx->task : &ks->own_task;
     ks->until_end = opts->until_end;
     ks->max_record = opts->max_record_bytes ? opts->max_record_bytes : (1u << 20);
     ks->io = opts->ctx && opts->ctx->status ? &opts->ctx->status->source : NULL;

@@ -9,15 +9,18 @@
  *    partition (the reference producer is unkeyed), so a session is only
  *    right when one engine sees all of them; and engine state cannot be split
  *    per partition on revocation. The source still joins the consumer group
- *    (subscribe) so that a second instance is noticed. An instance offered
- *    less than the whole topic reads nothing (it accepts the assignment
- *    paused: the group protocol requires the accept). One that never read
- *    waits long enough for a crashed predecessor to be evicted from the
- *    group (2 x session.timeout.ms + 5 s), then refuses to run and leaves;
- *    one that was reading waits longer (sessionizer.rebalance.wait.ms,
- *    default 4 x session.timeout.ms + 30 s) and goes on from its own
- *    positions when the whole topic comes back. A lost assignment (the group
- *    session timed out during an outage) is the same case.
+ *    (subscribe) so that a second instance is noticed. Whether an offer lets
+ *    the instance read, and how long it waits when it does not, is the
+ *    task's call (src/task/task.h: the single instance is one task over the
+ *    whole topic); this file reports each offer to the task context and,
+ *    when told to hold, accepts the assignment paused (the group protocol
+ *    requires the accept) and reads nothing. One that never read waits
+ *    long enough for a crashed predecessor to be evicted from the group
+ *    (2 x session.timeout.ms + 5 s), then refuses to run and leaves; one
+ *    that was reading waits longer (sessionizer.rebalance.wait.ms, default
+ *    4 x session.timeout.ms + 30 s) and goes on from its own positions when
+ *    the whole topic comes back. A lost assignment (the group session timed
+ *    out during an outage) is the same case.
  *
  * The positions themselves are kafka.c's (the checkpoint's); the group only
  * hears of them once the checkpoint commit holding them is durable
@@ -67,16 +70,11 @@ static void unassign_all(kafka_source *ks)
     ks->active = 0;
 }
 
-/* How long an instance offered part of the topic waits for all of it. A
- * newcomer cannot tell a live member from a crashed one (a SIGKILLed
- * predecessor stays in the group until its session times out), so it waits
- * for that eviction and then refuses; the running instance waits longer, so
- * that it outlasts the newcomer and takes the whole topic back. */
-int64_t kafka_pause_limit_ms(const kafka_source *ks)
+/* What the task's waits are made of (task.h). */
+group_timing kafka_group_timing(const kafka_source *ks)
 {
-    if (!ks->ever_active) return 2 * ks->session_timeout_ms + 5000;
-    if (ks->rebalance_wait_ms >= 0) return ks->rebalance_wait_ms;
-    return 4 * ks->session_timeout_ms + 30000;
+    return (group_timing){.session_timeout_ms = ks->session_timeout_ms,
+                          .rebalance_wait_ms = ks->rebalance_wait_ms};
 }
 
 void kafka_rebalance(kafka_source *ks, rd_kafka_t *rk, rd_kafka_resp_err_t err,
@@ -110,7 +108,11 @@ void kafka_rebalance(kafka_source *ks, rd_kafka_t *rk, rd_kafka_resp_err_t err,
         kpart *kp = &ks->parts[tp->partition];
         tp->offset = kp->pos >= 0 ? kp->pos : RD_KAFKA_OFFSET_BEGINNING;
     }
-    if (count < ks->n_parts) {
+    /* Whether the offer lets the task run is the task's call (task.h): the
+     * single-instance task needs the whole topic. */
+    int64_t held_since = ks->task->held_since_ms;
+    group_timing timing = kafka_group_timing(ks);
+    if (task_offer(ks->task, count, ks->n_parts, mono_ms()) == TASK_HOLD) {
         /* The group protocol needs the assignment accepted (an unassign here
          * would leave the consumer waiting for an assign call and deaf to
          * the next rebalance), so accept it, paused, and read nothing. */
@@ -122,13 +124,12 @@ void kafka_rebalance(kafka_source *ks, rd_kafka_t *rk, rd_kafka_resp_err_t err,
                        rd_kafka_err2str(e));
             return;
         }
-        if (!ks->paused_since_ms) ks->paused_since_ms = mono_ms();
         log_warn("kafka", "group %s has another member (this instance was offered %d of %d "
                  "partitions of %s): %s, up to %.0f s", ks->group, (int)count,
                 (int)ks->n_parts, ks->topic,
-                ks->ever_active ? "paused until it leaves"
-                                : "waiting in case it is a crashed instance about to be evicted",
-                (double)kafka_pause_limit_ms(ks) / 1000.0);
+                ks->task->ever_read ? "paused until it leaves"
+                                    : "waiting in case it is a crashed instance about to be evicted",
+                (double)task_hold_limit_ms(ks->task, &timing) / 1000.0);
         return;
     }
     for (int i = 0; i < list->cnt; i++)
@@ -140,12 +141,11 @@ void kafka_rebalance(kafka_source *ks, rd_kafka_t *rk, rd_kafka_resp_err_t err,
         kafka_fail(ks, "cannot assign the partitions of %s: %s", ks->topic, rd_kafka_err2str(e));
         return;
     }
-    if (ks->paused_since_ms)
+    if (held_since)
         log_info("kafka", "group %s gave this instance all %d partitions after %.1f s: "
                  "reading", ks->group, (int)ks->n_parts,
-                (double)(mono_ms() - ks->paused_since_ms) / 1000.0);
-    ks->paused_since_ms = 0;
-    ks->active = ks->ever_active = 1;
+                (double)(mono_ms() - held_since) / 1000.0);
+    ks->active = 1;
 }
 
 /* pos is a durable checkpoint's position (kafka_position's layout), which

@@ -27,6 +27,7 @@
 #include "common/status.h"
 #include "record/visit.h"
 #include "source/source.h"
+#include "task/task.h"
 
 #define BATCH 1024       /* most messages the consumer thread takes at once */
 #define RING 32768       /* messages between the consumer thread and the job, power of 2 */
@@ -133,12 +134,14 @@ typedef struct kafka_source {
     rd_kafka_message_t *recent[RECENT];
     size_t recent_i;
 
-    int active, ever_active;
+    int active;              /* the group gave us the whole topic and we read it */
+    /* What the task this source serves makes of an assignment (task.h): its
+     * context's, or own_task without a context. */
+    task_assignment *task, own_task;
     int64_t opened_ms;       /* for the 'still waiting for the group' line */
     int wait_logged;
     int closing;             /* leaving the group: the revocation is ours */
     int starting;            /* in open(): errors are kept for its message */
-    int64_t paused_since_ms; /* 0: not paused */
     int32_t done;            /* --until-end: partitions at or past their end */
     int ts_type;             /* last logged timestamp type, -1 none */
     int64_t outage_since_ms; /* 0: no outage being reported */
@@ -177,7 +180,7 @@ void kafka_on_commit(kafka_source *ks, rd_kafka_resp_err_t err);
 void kafka_rebalance(kafka_source *ks, rd_kafka_t *rk, rd_kafka_resp_err_t err,
                      rd_kafka_topic_partition_list_t *list);
 void kafka_grow_parts(kafka_source *ks, int32_t n);
-int64_t kafka_pause_limit_ms(const kafka_source *ks);
+group_timing kafka_group_timing(const kafka_source *ks);
 void kafka_committed(source *s, const void *pos, size_t len);
 int kafka_leave_group(kafka_source *ks);
 
