@@ -214,6 +214,10 @@ struct engine {
     uint64_t cold_sessions, cold_pages; /* of open_sessions/open_pages, those in the store */
     size_t hand;        /* the eviction clock's position in slots */
     uint64_t evict_again; /* keep_budget's: no eviction below this */
+    /* keep_budget's fast path: while mem stays below this and no table
+     * grew (each growth sets it to 0), memory is within the budget (or
+     * below evict_again) without adding it up at every visit */
+    uint64_t budget_check_at;
     buf cold_buf;       /* a blob on its way to or from the store */
     cold_user **due;    /* cold users the closing watermark reached, being loaded */
     size_t cap_due;
@@ -293,6 +297,7 @@ static int64_t intern_find(const engine *e, const char *s, uint32_t len, uint64_
 static int64_t intern_add(engine *e, const char *s, uint32_t len, uint64_t h)
 {
     if ((e->n_interned + 1) * 10 > e->n_itab * 7) {
+        e->budget_check_at = 0;
         free(e->itab);
         e->n_itab = e->n_itab ? e->n_itab * 2 : 1024;
         e->itab = xcalloc(e->n_itab, sizeof *e->itab);
@@ -304,6 +309,7 @@ static int64_t intern_add(engine *e, const char *s, uint32_t len, uint64_t h)
         id = e->free_ids[--e->n_free];
     } else {
         if (e->n_names == e->cap_names) {
+            e->budget_check_at = 0;
             e->cap_names = e->cap_names ? e->cap_names * 2 : 1024;
             e->names = xrealloc(e->names, e->cap_names * sizeof *e->names);
         }
@@ -337,6 +343,7 @@ static void intern_release(engine *e, int64_t id)
     n->bytes = NULL;
     e->n_interned--;
     if (e->n_free == e->cap_free) {
+        e->budget_check_at = 0;
         e->cap_free = e->cap_free ? e->cap_free * 2 : 1024;
         e->free_ids = xrealloc(e->free_ids, e->cap_free * sizeof *e->free_ids);
     }
@@ -426,6 +433,7 @@ static void user_grow(engine *e)
     user_slot *old = e->slots;
     size_t n_old = e->n_slots;
     e->n_slots = n_old ? n_old * 2 : 1024;
+    e->budget_check_at = 0;
     e->slots = xcalloc(e->n_slots, sizeof *e->slots);
     e->n_used = 0;
     for (size_t i = 0; i < n_old; i++) {
@@ -458,6 +466,7 @@ static void mark_dirty(engine *e, user_slot *u)
     if (!e->cfg.track_dirty || u->dirty_epoch == e->epoch) return;
     u->dirty_epoch = e->epoch;
     if (e->n_dirty == e->cap_dirty) {
+        e->budget_check_at = 0;
         e->cap_dirty = e->cap_dirty ? e->cap_dirty * 2 : 1024;
         e->dirty = xrealloc(e->dirty, e->cap_dirty * sizeof *e->dirty);
     }
@@ -489,6 +498,7 @@ static void cq_place(engine *e, uint64_t key, void *s)
         e->cq_cap -= q->cap;
         q->cap = q->cap ? q->cap * 2 : 64;
         e->cq_cap += q->cap;
+        e->budget_check_at = 0;
         q->v = xrealloc(q->v, q->cap * sizeof *q->v);
     }
     q->v[q->len++] = (close_entry){key, s};
@@ -596,6 +606,7 @@ static int close_upto(engine *e, uint64_t upto)
                 free_cold(e, entry_cold(&c));
             } else {
                 if (n_due == e->cap_due) {
+                    e->budget_check_at = 0;
                     e->cap_due = e->cap_due ? e->cap_due * 2 : 64;
                     e->due = xrealloc(e->due, e->cap_due * sizeof *e->due);
                 }
@@ -878,6 +889,7 @@ static int session_merge(engine *e, session *a, session *b)
 static int emit_and_free(engine *e, session *s)
 {
     if (s->n_pages > e->cap_refs) {
+        e->budget_check_at = 0;
         e->cap_refs = s->n_pages;
         e->scratch_refs = xrealloc(e->scratch_refs, e->cap_refs * sizeof *e->scratch_refs);
     }
@@ -1077,15 +1089,19 @@ static int apply_one(engine *e, const visit *v)
 /* Evicts when over the budget (engine_set_cold_store). */
 static int keep_budget(engine *e)
 {
-    if (!e->budget) return 0;
+    if (!e->budget || e->mem < e->budget_check_at || !e->cold.put) return 0;
     uint64_t mem = engine_memory_bytes(e);
-    if (!e->cold.put || mem <= e->budget) return 0;
     /* Nothing left to evict last time (cold users' index alone over the
      * budget): try again only after the state grew by a sixteenth. */
-    if (mem <= e->evict_again) return 0;
+    uint64_t line = e->budget > e->evict_again ? e->budget : e->evict_again;
+    if (mem <= line) {
+        e->budget_check_at = e->mem + (line - mem) + 1; /* the tables as they are */
+        return 0;
+    }
     int rc = engine_evict(e, e->budget - e->budget / 8);
     mem = engine_memory_bytes(e);
     e->evict_again = mem > e->budget ? mem + e->budget / 16 : 0;
+    e->budget_check_at = 0;
     return rc;
 }
 
@@ -1731,6 +1747,7 @@ void engine_set_cold_store(engine *e, const engine_cold_store *store, uint64_t b
 {
     e->cold = *store;
     e->budget = budget_bytes;
+    e->budget_check_at = 0;
 }
 
 uint64_t engine_memory_bytes(const engine *e)
@@ -1758,6 +1775,7 @@ static int load_cold(engine *e, user_slot *u, int queued)
 {
     cold_user *c = u->cold;
     assert(u->is_cold && c && !c->dead);
+    e->budget_check_at = 0; /* cold_buf may grow */
     buf_reset(&e->cold_buf);
     int rc = e->cold.get(e->cold.ctx, c->handle, c->len, &e->cold_buf);
     if (rc) return rc;
@@ -1786,6 +1804,7 @@ static int load_cold(engine *e, user_slot *u, int queued)
 static int evict_user(engine *e, user_slot *u)
 {
     assert(!u->is_cold && u->head);
+    e->budget_check_at = 0; /* cold_buf may grow */
     buf_reset(&e->cold_buf);
     encode_user(u->head, &e->cold_buf);
     if (e->cold_buf.len > UINT32_MAX) return 0; /* cannot be named by a stub: stays */
