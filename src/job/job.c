@@ -39,7 +39,7 @@
 _Static_assert(PIPELINE < RAW_RECORD_KEEP, "a record's key must outlive its wait in the queue");
 
 typedef struct pending {
-    int is_mark;      /* a caught-up mark, not a record */
+    int is_mark;      /* a caught-up mark, not a record (then pe is not PARSE_OK) */
     source_mark mark;
     visit v;
     parse_error pe; /* an invalid record waits its turn too: dead letters stay in input order */
@@ -293,9 +293,14 @@ static int apply_oldest(job *j)
     pending *p = &j->queue[j->q_head];
     j->q_head = (j->q_head + 1) % PIPELINE;
     j->q_len--;
-    if (p->is_mark) return engine_set_caught_up(j->eng, p->mark.partition, p->mark.caught_up) ||
-                           j->failed ? -1 : 0;
     if (p->pe != PARSE_OK) {
+        /* Marks take the invalid records' rare branch: a valid record's
+         * path pays nothing for them. */
+        if (p->is_mark) {
+            p->is_mark = 0;
+            return engine_set_caught_up(j->eng, p->mark.partition, p->mark.caught_up) ||
+                           j->failed ? -1 : 0;
+        }
         j->res->invalid++;
         return write_dead_letter(j, parse_error_code(p->pe), p->detail, &p->raw, NULL);
     }
@@ -318,7 +323,7 @@ static int enqueue(job *j, const raw_record *rec)
 {
     if (j->q_len == PIPELINE && apply_oldest(j)) return -1;
     pending *p = &j->queue[(j->q_head + j->q_len++) % PIPELINE];
-    p->is_mark = 0;
+    assert(!p->is_mark); /* apply_oldest clears it */
     buf_reset(&p->bytes);
     buf_append(&p->bytes, rec->data, rec->len);
     p->raw = *rec;
@@ -353,6 +358,7 @@ static int enqueue_mark(job *j, const source_mark *m)
     if (j->q_len == PIPELINE && apply_oldest(j)) return -1;
     pending *p = &j->queue[(j->q_head + j->q_len++) % PIPELINE];
     p->is_mark = 1;
+    p->pe = PARSE_INVALID_JSON; /* any error will do: see apply_oldest */
     p->mark = *m;
     return 0;
 }
@@ -816,10 +822,6 @@ static int run_loop(job *j)
         source_mark mark;
         int st = j->src->ops->poll(j->src, &rec, &mark, 100, j->err, j->errlen);
         if (st == SOURCE_ERROR) return -1;
-        if (st == SOURCE_MARK) {
-            if (enqueue_mark(j, &mark)) return -1;
-            continue;
-        }
         if (st == SOURCE_RECORD) {
             if (j->m) {
                 int32_t p = rec.pos.partition < 0 ? 0
@@ -833,6 +835,9 @@ static int run_loop(job *j)
             since_commit++;
             if (enqueue(j, &rec)) return -1;
             if (j->res->records_this_run % MEMORY_CHECK_EVERY == 0 && memory_check(j)) return -1;
+        } else if (st == SOURCE_MARK) {
+            if (enqueue_mark(j, &mark)) return -1;
+            continue;
         }
         if (st == SOURCE_END) {
             /* every record and mark applied before the end's own closes */
@@ -848,11 +853,11 @@ static int run_loop(job *j)
         }
         /* Clock checks are cheap but not free: look every 64 records (at
          * 200 records/s, every third of a second). */
-        /* Nothing more is coming right now: what waits in the queue, the
-         * marks included, is applied (and its closed sessions committed in
-         * time), not held until the input resumes. */
-        if (st == SOURCE_IDLE && drain(j)) return -1;
         if (st == SOURCE_IDLE || (j->res->records & 63) == 0) {
+            /* Nothing more is coming right now: what waits in the queue,
+             * the marks included, is applied (and its closed sessions
+             * committed in time), not held until the input resumes. */
+            if (st == SOURCE_IDLE && drain(j)) return -1;
             double t = now_s();
             status_beat(cfg->status);
             int show = progress_every > 0 && t - last_progress >= progress_every;
