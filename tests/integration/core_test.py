@@ -577,7 +577,13 @@ def t_sigterm(c):
     args = ["run", "--source", f"file:{log}", "--sink", f"sqlite:{d}/s.db", "--checkpoint", f"{d}/cp",
             "--until-end", "--commit-every", "5000"]
     p = subprocess.Popen([BIN, *args], stderr=subprocess.PIPE)
-    time.sleep(0.3)
+    # mid-run: once the checkpoint directory has something in it (the job
+    # creates it after installing its handlers), not at a fixed instant that
+    # a slow start (a loaded machine, ASan) can precede
+    deadline = time.time() + 60
+    while time.time() < deadline and p.poll() is None and not (
+            os.path.isdir(f"{d}/cp") and os.listdir(f"{d}/cp")):
+        time.sleep(0.01)
     p.send_signal(signal.SIGTERM)
     err = p.stderr.read()
     p.wait()
