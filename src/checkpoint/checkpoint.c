@@ -31,6 +31,7 @@
 #include <xxhash.h>
 
 #include "checkpoint/changelog.h"
+#include "common/fdio.h"
 #include "common/log.h"
 #include "common/sqlite_path.h"
 #include "common/xalloc.h"
@@ -175,22 +176,6 @@ static char *path_of(const checkpoint *cp, const char *name)
     char *p = xmalloc(n);
     snprintf(p, n, "%s/%s", cp->dir, name);
     return p;
-}
-
-static int write_all(int fd, const void *data, size_t len)
-{
-    const unsigned char *p = data;
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-            if (n == 0) errno = EIO;
-            return -1;
-        }
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
 }
 
 static int read_file(const char *path, buf *out)
@@ -410,7 +395,7 @@ static int open_log_for_append(checkpoint *cp, uint64_t start, int create, char 
     } else if (create) {
         unsigned char h[LOG_HEADER];
         log_header(start, h);
-        if (write_all(fd, h, sizeof h) || fdatasync(fd) || fsync(cp->dir_fd))
+        if (fd_write_all(fd, h, sizeof h, FDIO_APPEND) || fdatasync(fd) || fsync(cp->dir_fd))
             rc = sys_error(cp, "cannot write", path, err, errlen);
         cp->log_bytes = LOG_HEADER;
         cp->written += LOG_HEADER;
@@ -419,7 +404,7 @@ static int open_log_for_append(checkpoint *cp, uint64_t start, int create, char 
         if (fstat(fd, &st) == 0 && st.st_size < LOG_HEADER) { /* header never written */
             unsigned char h[LOG_HEADER];
             log_header(start, h);
-            if (ftruncate(fd, 0) || write_all(fd, h, sizeof h) || fdatasync(fd))
+            if (ftruncate(fd, 0) || fd_write_all(fd, h, sizeof h, FDIO_APPEND) || fdatasync(fd))
                 rc = sys_error(cp, "cannot write", path, err, errlen);
         }
     }
@@ -742,7 +727,7 @@ static int snap_write(void *ctx, const void *data, size_t len)
 {
     snap_out *o = ctx;
     o->bytes += (int64_t)len;
-    return write_all(o->fd, data, len);
+    return fd_write_all(o->fd, data, len, FDIO_APPEND);
 }
 
 static void remove_older(checkpoint *cp, uint64_t keep);
@@ -873,7 +858,8 @@ static void *wr_main(void *arg)
         if (cp->wr_delay_ms > 0) nanosleep(&(struct timespec){cp->wr_delay_ms / 1000,
                                                               cp->wr_delay_ms % 1000 * 1000000L}, NULL);
         int e = 0;
-        if (write_all(fd, cp->wr_batch.data, cp->wr_batch.len) || fdatasync(fd)) e = errno ? errno : EIO;
+        if (fd_write_all(fd, cp->wr_batch.data, cp->wr_batch.len, FDIO_APPEND) || fdatasync(fd))
+            e = errno ? errno : EIO;
         buf_reset(&cp->wr_batch);
         pthread_mutex_lock(&cp->wr_mu);
         cp->wr_busy = 0;
@@ -916,7 +902,7 @@ static int wr_enqueue(checkpoint *cp, uint64_t seq, char *err, size_t errlen)
         cp->wr_running = 1;
     if (!cp->wr_running) {
         if (cp->wr_errno) return write_failed(cp, cp->wr_errno, cp->wr_err_log, err, errlen);
-        if (write_all(cp->log_fd, cp->out.data, cp->out.len) || fdatasync(cp->log_fd)) {
+        if (fd_write_all(cp->log_fd, cp->out.data, cp->out.len, FDIO_APPEND) || fdatasync(cp->log_fd)) {
             cp->wr_errno = errno;
             cp->wr_err_log = cp->log_start;
             return write_failed(cp, cp->wr_errno, cp->log_start, err, errlen);

@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "common/fdio.h"
 #include "common/xalloc.h"
 
 #define RECORD_HEADER 12
@@ -67,27 +68,10 @@ static void cfile_close(cfile *f)
     buf_free(&f->wbuf);
 }
 
-static int pwrite_all(int fd, const void *data, size_t len, uint64_t at)
-{
-    const unsigned char *p = data;
-    while (len > 0) {
-        ssize_t n = pwrite(fd, p, len, (off_t)at);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-            if (n == 0) errno = EIO;
-            return -1;
-        }
-        p += n;
-        len -= (size_t)n;
-        at += (uint64_t)n;
-    }
-    return 0;
-}
-
 static int cfile_flush(coldstore *cs, cfile *f)
 {
     if (f->wbuf.len == 0) return 0;
-    if (pwrite_all(f->fd, f->wbuf.data, f->wbuf.len, f->flushed)) return -1;
+    if (fd_write_all(f->fd, f->wbuf.data, f->wbuf.len, (int64_t)f->flushed)) return -1;
     cs->written += f->wbuf.len;
     f->flushed += f->wbuf.len;
     buf_reset(&f->wbuf);
@@ -112,7 +96,8 @@ static int cfile_put(coldstore *cs, cfile *f, const void *blob, size_t len, uint
     unsigned char h[RECORD_HEADER];
     header(h, blob, len, at);
     if (RECORD_HEADER + len > WRITE_BUFFER) { /* a big one goes straight to the file */
-        if (pwrite_all(f->fd, h, RECORD_HEADER, at) || pwrite_all(f->fd, blob, len, at + RECORD_HEADER))
+        if (fd_write_all(f->fd, h, RECORD_HEADER, (int64_t)at) ||
+            fd_write_all(f->fd, blob, len, (int64_t)(at + RECORD_HEADER)))
             return -1;
         f->flushed += RECORD_HEADER + len;
         cs->written += RECORD_HEADER + len;
