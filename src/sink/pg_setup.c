@@ -43,9 +43,10 @@ int pg_setup(void *ud, char *err, size_t errlen)
     /* (pg_conn has made commits synchronous and lets a backend notice a
      * vanished client: pg_conn.h.) */
     if (PQserverVersion(s->pc.conn) < 90500)
-        return pg_fail(s, err, errlen,
-                       "postgresql: server version %d is too old: INSERT ... ON CONFLICT needs 9.5 or later",
-                       PQserverVersion(s->pc.conn)),
+        return pg_conn_fail(&s->pc, err, errlen,
+                            "postgresql: server version %d is too old: INSERT ... ON CONFLICT "
+                            "needs 9.5 or later",
+                            PQserverVersion(s->pc.conn)),
                PG_PERMANENT;
 
     /* The job's columns, the types format_type() gives them, and whether
@@ -88,13 +89,14 @@ int pg_setup(void *ud, char *err, size_t errlen)
             PQclear(r);
             if (!s->create_schema || round > 0) {
                 if (!s->create_schema)
-                    pg_fail(s, err, errlen,
-                            "postgresql: table %s does not exist in %s, and creating it is "
-                            "turned off (create_schema); create it with: %s",
-                            s->table_display, s->ci.display, create_sql);
+                    pg_conn_fail(&s->pc, err, errlen,
+                                 "postgresql: table %s does not exist in %s, and creating it is "
+                                 "turned off (create_schema); create it with: %s",
+                                 s->table_display, s->ci.display, create_sql);
                 else
-                    pg_fail(s, err, errlen, "postgresql: table %s is still missing after CREATE TABLE",
-                            s->table_display);
+                    pg_conn_fail(&s->pc, err, errlen,
+                                 "postgresql: table %s is still missing after CREATE TABLE",
+                                 s->table_display);
                 buf_free(&create);
                 return PG_PERMANENT;
             }
@@ -117,10 +119,10 @@ int pg_setup(void *ud, char *err, size_t errlen)
         if (strcmp(relkind, "r") != 0 && strcmp(relkind, "p") != 0) {
             PQclear(r);
             buf_free(&create);
-            return pg_fail(s, err, errlen,
-                           "postgresql: %s is not a table (relkind '%s'); give another name with "
-                           "table=",
-                           s->table_display, relkind),
+            return pg_conn_fail(&s->pc, err, errlen,
+                                "postgresql: %s is not a table (relkind '%s'); give another name "
+                                "with table=",
+                                s->table_display, relkind),
                    PG_PERMANENT;
         }
         buf why, fix;
@@ -166,12 +168,12 @@ int pg_setup(void *ud, char *err, size_t errlen)
             }
         PQclear(r);
         if (why.len) {
-            pg_fail(s, err, errlen,
-                    "postgresql: existing table %s does not fit the sessions this job writes "
-                    "(%.*s): %.*s. Fix it with: %.*s",
-                    s->table_display, (int)(create.len - 1), create_sql, (int)why.len,
-                    (const char *)why.data, (int)(fix.len ? fix.len - 1 : 0),
-                    (const char *)fix.data);
+            pg_conn_fail(&s->pc, err, errlen,
+                         "postgresql: existing table %s does not fit the sessions this job writes "
+                         "(%.*s): %.*s. Fix it with: %.*s",
+                         s->table_display, (int)(create.len - 1), create_sql, (int)why.len,
+                         (const char *)why.data, (int)(fix.len ? fix.len - 1 : 0),
+                         (const char *)fix.data);
             buf_free(&why);
             buf_free(&fix);
             buf_free(&create);
@@ -199,11 +201,11 @@ int pg_setup(void *ud, char *err, size_t errlen)
     sink_now_iso8601(ts);
     st = pg_upsert(s, 0, 0, ts, derr, sizeof derr);
     if (st && strstr(derr, "42P10"))
-        return pg_fail(s, err, errlen,
-                       "postgresql: table %s has no primary key or unique constraint on "
-                       "(session_id, user_id), which the upsert needs: ALTER TABLE %s ADD "
-                       "PRIMARY KEY (session_id, user_id)",
-                       s->table_display, s->table_sql),
+        return pg_conn_fail(&s->pc, err, errlen,
+                            "postgresql: table %s has no primary key or unique constraint on "
+                            "(session_id, user_id), which the upsert needs: ALTER TABLE %s ADD "
+                            "PRIMARY KEY (session_id, user_id)",
+                            s->table_display, s->table_sql),
                PG_PERMANENT;
     if (st) snprintf(err, errlen, "%s", derr);
     return st;

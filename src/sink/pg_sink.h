@@ -66,10 +66,6 @@ typedef struct pg_sink {
     unsigned columns;
 } pg_sink;
 
-/* postgresql.c */
-__attribute__((format(printf, 4, 5)))
-int pg_fail(const pg_sink *s, char *err, size_t errlen, const char *fmt, ...);
-
 /* pg_setup.c: pg_conn's setup (ud: the pg_sink) */
 int pg_setup(void *ud, char *err, size_t errlen);
 

@@ -105,8 +105,8 @@ int pg_upsert(pg_sink *s, size_t from, size_t to, const char *ts, char *err, siz
         buf_append(&s->p_pages, s->literals.data + r->off, r->len);
     }
     if (s->p_pages.len > 0x3fffffff)
-        return pg_fail(s, err, errlen,
-                       "postgresql: a batch of %zu sessions is over 1 GB; lower batch_rows", n),
+        return pg_conn_fail(&s->pc, err, errlen,
+                            "postgresql: a batch of %zu sessions is over 1 GB; lower batch_rows", n),
                PG_PERMANENT;
     const char *values[4 + SINK_N_OPTIONAL] = {(const char *)s->p_sid.data,
                                                (const char *)s->p_uid.data,
@@ -188,7 +188,8 @@ static int pg_commit_rows(void *ud, char *err, size_t errlen)
     int committed = strcmp(PQcmdStatus(r), "COMMIT") == 0;
     PQclear(r);
     if (!committed)
-        return pg_fail(s, err, errlen, "postgresql: COMMIT was answered with a rollback"),
+        return pg_conn_fail(&s->pc, err, errlen,
+                            "postgresql: COMMIT was answered with a rollback"),
                PG_TRANSIENT;
     return PG_OK;
 }
@@ -234,7 +235,8 @@ int pg_write(sink *base, const closed_session *cs, char *err, size_t errlen)
 {
     pg_sink *s = (pg_sink *)base;
     if (s->n_rows >= 0xFFFFFFF0u)
-        return pg_fail(s, err, errlen, "postgresql: too many sessions between two flushes");
+        return pg_conn_fail(&s->pc, err, errlen,
+                            "postgresql: too many sessions between two flushes");
     /* pages as a text[] literal: {"a","b"} with \ and " escaped. */
     size_t off = s->literals.len;
     buf_append_byte(&s->literals, '{');
@@ -242,10 +244,10 @@ int pg_write(sink *base, const closed_session *cs, char *err, size_t errlen)
         const page_ref *p = &cs->pages[i];
         if (memchr(p->data, 0, p->len)) {
             s->literals.len = off;
-            return pg_fail(s, err, errlen,
-                           "postgresql: session %lld of user %lld has a page containing a NUL "
-                           "character, which PostgreSQL text cannot store",
-                           (long long)cs->session_id, (long long)cs->user_id);
+            return pg_conn_fail(&s->pc, err, errlen,
+                                "postgresql: session %lld of user %lld has a page containing a NUL "
+                                "character, which PostgreSQL text cannot store",
+                                (long long)cs->session_id, (long long)cs->user_id);
         }
         if (i) buf_append_byte(&s->literals, ',');
         buf_append_byte(&s->literals, '"');

@@ -53,7 +53,6 @@
  */
 #include <errno.h>
 #include <libpq-fe.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,17 +87,6 @@ static void quote_ident(buf *b, const char *s, size_t n)
     buf_append_byte(b, '"');
 }
 
-int pg_fail(const pg_sink *s, char *err, size_t errlen, const char *fmt, ...)
-{
-    char tmp[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (err && errlen) pg_conninfo_redact(&s->ci, tmp, err, errlen);
-    return -1;
-}
-
 /* ---- the sink ------------------------------------------------------------ */
 
 static void pg_close(sink *base)
@@ -125,12 +113,14 @@ static void pg_close(sink *base)
 
 static int pg_set_table(pg_sink *s, const char *name, char *err, size_t errlen)
 {
-    if (!*name) return pg_fail(s, err, errlen, "postgresql: table= needs a name");
+    if (!*name) return pg_conn_fail(&s->pc, err, errlen, "postgresql: table= needs a name");
     const char *dot = strchr(name, '.');
     if (dot && strchr(dot + 1, '.'))
-        return pg_fail(s, err, errlen, "postgresql: table=%s: use NAME or SCHEMA.NAME", name);
+        return pg_conn_fail(&s->pc, err, errlen, "postgresql: table=%s: use NAME or SCHEMA.NAME",
+                            name);
     if (dot && (dot == name || !dot[1]))
-        return pg_fail(s, err, errlen, "postgresql: table=%s: empty schema or table name", name);
+        return pg_conn_fail(&s->pc, err, errlen,
+                            "postgresql: table=%s: empty schema or table name", name);
     buf q;
     buf_init(&q);
     if (dot) {
@@ -154,8 +144,9 @@ static int pg_parse_props(pg_sink *s, const char *const *props, char *err, size_
         int rc = 0;
         const char *eq = strchr(kv, '=');
         if (!eq)
-            return pg_fail(s, err, errlen, "postgresql: option '%s' is not key=value (known: %s)",
-                           kv, PG_OPTIONS_HELP);
+            return pg_conn_fail(&s->pc, err, errlen,
+                                "postgresql: option '%s' is not key=value (known: %s)", kv,
+                                PG_OPTIONS_HELP);
         size_t kl = (size_t)(eq - kv);
         const char *v = eq + 1;
 #define KEY_IS(k) (kl == strlen(k) && strncmp(kv, k, kl) == 0)
@@ -173,14 +164,16 @@ static int pg_parse_props(pg_sink *s, const char *const *props, char *err, size_
             errno = 0;
             long long n = strtoll(v, &end, 10);
             if (errno || end == v || *end || n < 1 || n > PG_MAX_BATCH_ROWS)
-                return pg_fail(s, err, errlen, "postgresql: batch_rows=%s: expected 1 to %d", v,
-                               PG_MAX_BATCH_ROWS);
+                return pg_conn_fail(&s->pc, err, errlen,
+                                    "postgresql: batch_rows=%s: expected 1 to %d", v,
+                                    PG_MAX_BATCH_ROWS);
             s->batch_rows = (size_t)n;
         } else if (pg_conn_setting(&s->pc, kv, kl, v, &rc, err, errlen)) {
             if (rc) return rc;
         } else {
-            return pg_fail(s, err, errlen, "postgresql: unknown option '%.*s' (known: %s)", (int)kl,
-                           kv, PG_OPTIONS_HELP);
+            return pg_conn_fail(&s->pc, err, errlen,
+                                "postgresql: unknown option '%.*s' (known: %s)", (int)kl, kv,
+                                PG_OPTIONS_HELP);
         }
 #undef KEY_IS
     }
@@ -226,7 +219,8 @@ static sink *pg_open_as(const char *scheme, const char *target, const sink_optio
     if (pg_conninfo_parse(&s->ci, &perr)) {
         char m[1024];
         pg_tidy_message(perr ? perr : "out of memory", m, sizeof m);
-        pg_fail(s, err, errlen, "postgresql: bad connection string %s: %s", s->ci.display, m);
+        pg_conn_fail(&s->pc, err, errlen, "postgresql: bad connection string %s: %s",
+                     s->ci.display, m);
         PQfreemem(perr);
         pg_close(&s->base);
         return NULL;
