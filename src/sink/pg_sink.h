@@ -30,6 +30,8 @@
 /* PostgreSQL's binary timestamps count microseconds from 2000-01-01. */
 #define PG_EPOCH_US 946684800000000LL
 #define PG_STMT_NAME "sessionizer_upsert"
+/* The largest message the server accepts (and the largest value): 1 GB - 1. */
+#define PG_MAX_MESSAGE_BYTES 0x3fffffff
 
 typedef struct pg_row {
     int64_t session_id;
@@ -49,7 +51,8 @@ typedef struct pg_sink {
     char *table_display; /* as the user wrote it */
     char *identity;      /* "postgresql://HOSTS:PORTS/DB table=T", made at open */
     int create_schema;
-    size_t batch_rows;
+    size_t batch_rows;   /* most rows per statement */
+    size_t batch_bytes;  /* most bytes of bound parameters per statement (bar a lone row) */
     pg_conn pc;          /* connection, io_timeout, retries, stop (pg_conn.h) */
     char *upsert_sql;
 

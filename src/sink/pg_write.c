@@ -8,7 +8,10 @@
  *  - write() only copies the session into memory (deduplicated on the key, the
  *    last write winning, since one statement may not touch a row twice).
  *  - flush() sends everything buffered since the last flush in ONE
- *    transaction, batch_rows rows per statement. A statement is
+ *    transaction, at most batch_rows rows and batch_bytes bytes of bound
+ *    parameters per statement (PostgreSQL takes no message, and no value,
+ *    over 1 GB, and the parameters are a copy of the rows in memory; a
+ *    session larger than batch_bytes goes alone). A statement is
  *      INSERT ... SELECT FROM unnest($1::int8[], $2::int8[], $3::text[])
  *      ON CONFLICT (session_id, user_id) DO UPDATE SET pages, ingestion_time
  *    prepared once per connection, with the three arrays sent in binary: one
@@ -20,6 +23,7 @@
  *    synchronous_commit raised to "on" if the server had it "off": that is
  *    what lets the job commit its checkpoint afterwards.
  */
+#include <assert.h>
 #include <libpq-fe.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -59,6 +63,16 @@ static void array_header(buf *b, size_t n, uint32_t elem_oid)
         put_be32(b, (uint32_t)n);
         put_be32(b, 1);
     }
+}
+
+/* What a row adds to the upsert's bound parameters, as pg_upsert encodes it
+ * (each array element is a 4-byte length and the value). */
+static size_t row_param_bytes(const pg_sink *s, const pg_row *r)
+{
+    size_t n = (4 + 8) + 4 + (s->string_users ? r->user_len : 8) + 4 + r->len;
+    for (unsigned c = 0; c < SINK_N_OPTIONAL; c++)
+        if (s->columns >> c & 1) n += c == 3 ? 4 + 16 : 4 + 8;
+    return n;
 }
 
 /* Executes the prepared upsert for rows [from, to) with ingestion time ts. */
@@ -104,9 +118,15 @@ int pg_upsert(pg_sink *s, size_t from, size_t to, const char *ts, char *err, siz
         put_be32(&s->p_pages, (uint32_t)r->len);
         buf_append(&s->p_pages, s->literals.data + r->off, r->len);
     }
-    if (s->p_pages.len > 0x3fffffff)
+    size_t total = s->p_sid.len + s->p_uid.len + s->p_pages.len;
+    for (unsigned c = 0; c < SINK_N_OPTIONAL; c++) total += s->p_opt[c].len;
+    /* pg_commit_rows cut the batch at batch_bytes (the arrays' headers aside) */
+    assert(n == 1 || total <= s->batch_bytes + (3 + SINK_N_OPTIONAL) * 20);
+    if (total > PG_MAX_MESSAGE_BYTES) /* a single session, then */
         return pg_conn_fail(&s->pc, err, errlen,
-                            "postgresql: a batch of %zu sessions is over 1 GB; lower batch_rows", n),
+                            "postgresql: session %lld is %zu bytes as parameters, over the 1 GB "
+                            "PostgreSQL takes in one message (lower --max-session-bytes)",
+                            (long long)s->rows[from].session_id, total),
                PG_PERMANENT;
     const char *values[4 + SINK_N_OPTIONAL] = {(const char *)s->p_sid.data,
                                                (const char *)s->p_uid.data,
@@ -176,9 +196,16 @@ static int pg_commit_rows(void *ud, char *err, size_t errlen)
     char ts[32];
     sink_now_iso8601(ts); /* one ingestion time per transaction */
     int st = pg_conn_exec(&s->pc, "BEGIN", "BEGIN", err, errlen);
-    for (size_t i = 0; !st && i < s->n_rows; i += s->batch_rows) {
-        size_t to = i + s->batch_rows < s->n_rows ? i + s->batch_rows : s->n_rows;
+    for (size_t i = 0; !st && i < s->n_rows;) {
+        size_t to = i, bytes = 0;
+        while (to < s->n_rows && to - i < s->batch_rows) {
+            size_t b = row_param_bytes(s, &s->rows[to]);
+            if (to > i && bytes + b > s->batch_bytes) break; /* a large one goes alone */
+            bytes += b;
+            to++;
+        }
         st = pg_upsert(s, i, to, ts, err, errlen);
+        i = to;
     }
     if (st) return st;
     PGresult *r;

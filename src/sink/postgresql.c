@@ -9,7 +9,7 @@
  *
  * The target is any libpq connection string: a URI (the usual case) or, after
  * "postgresql:", a "key=value ..." conninfo. Settings of the sink itself come
- * as "key=value" props (see PG_OPTIONS_HELP): table=, batch_rows=,
+ * as "key=value" props (see PG_OPTIONS_HELP): table=, batch_rows=, batch_bytes=,
  * retry_timeout=, retry_backoff_max=, io_timeout=, and password= (given to
  * libpq after the connection string, so it wins over one in the URI; with the
  * CLI's password=@file:PATH it never appears on the command line).
@@ -59,6 +59,7 @@
 #include <string.h>
 
 #include "common/buf.h"
+#include "common/units.h"
 #include "common/xalloc.h"
 #include "sink/pg_conn.h"
 #include "sink/pg_conninfo.h"
@@ -68,9 +69,14 @@
 #define PG_DEFAULT_TABLE "sessions"
 #define PG_DEFAULT_BATCH_ROWS 2000
 #define PG_MAX_BATCH_ROWS 1000000
+/* Far under the 1 GB the server takes in one message; beyond a few MiB a
+ * statement's size no longer speeds anything up, and it is copied in memory. */
+#define PG_DEFAULT_BATCH_BYTES ((size_t)64 << 20)
+#define PG_MAX_BATCH_BYTES ((size_t)256 << 20)
+_Static_assert(PG_MAX_BATCH_BYTES < PG_MAX_MESSAGE_BYTES / 2, "room for a row past the bound");
 
 #define PG_OPTIONS_HELP                                                                    \
-    "table=[SCHEMA.]NAME, batch_rows=N, " PG_CONN_SETTINGS_HELP                              \
+    "table=[SCHEMA.]NAME, batch_rows=N, batch_bytes=SIZE, " PG_CONN_SETTINGS_HELP          \
     ", password=SECRET (e.g. password=@file:PATH)"
 
 /* ---- small helpers ------------------------------------------------------- */
@@ -168,6 +174,13 @@ static int pg_parse_props(pg_sink *s, const char *const *props, char *err, size_
                                     "postgresql: batch_rows=%s: expected 1 to %d", v,
                                     PG_MAX_BATCH_ROWS);
             s->batch_rows = (size_t)n;
+        } else if (KEY_IS("batch_bytes")) {
+            uint64_t n;
+            if (parse_count(v, &n) || n < 1 || n > PG_MAX_BATCH_BYTES)
+                return pg_conn_fail(&s->pc, err, errlen,
+                                    "postgresql: batch_bytes=%s: expected a size from 1 to 256MiB",
+                                    v);
+            s->batch_bytes = (size_t)n;
         } else if (pg_conn_setting(&s->pc, kv, kl, v, &rc, err, errlen)) {
             if (rc) return rc;
         } else {
@@ -204,6 +217,7 @@ static sink *pg_open_as(const char *scheme, const char *target, const sink_optio
     pg_conninfo_init(&s->ci, buf_steal_str(&c));
     s->create_schema = opts ? opts->create_schema : 1;
     s->batch_rows = PG_DEFAULT_BATCH_ROWS;
+    s->batch_bytes = PG_DEFAULT_BATCH_BYTES;
     buf_init(&s->literals);
     buf_init(&s->p_sid);
     buf_init(&s->p_uid);

@@ -213,6 +213,47 @@ static void test_batches(void)
           "rows land on their keys");
     s->ops->close(s);
 
+    /* batch_bytes bounds a statement's bound parameters: 60 sessions of a
+     * 500-byte page (532 bytes as parameters) in statements of at most 4 KiB
+     * are 7 to a statement, and a session larger than the bound goes alone.
+     * A statement trigger counts what each statement brought. */
+    sql("DROP TABLE IF EXISTS batched_bytes");
+    sql("DROP TABLE IF EXISTS batched_stmts");
+    const char *const props3[] = {"table=batched_bytes", "batch_bytes=4KiB", NULL};
+    s = open_sink(uri, props3, 1, err, sizeof err);
+    check(s != NULL, "open with batch_bytes=4KiB (%s)", err);
+    if (s) {
+        sql("CREATE TABLE batched_stmts (rows int, page_bytes bigint)");
+        sql("CREATE FUNCTION batched_count() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "INSERT INTO batched_stmts SELECT count(*), sum(octet_length(array_to_string(pages, "
+            "''))) FROM new_rows; RETURN NULL; END $$");
+        sql("CREATE TRIGGER batched_count AFTER INSERT ON batched_bytes REFERENCING NEW TABLE "
+            "AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION batched_count()");
+        static char big[500], huge[10000];
+        memset(big, 'b', sizeof big - 1);
+        memset(huge, 'h', sizeof huge - 1);
+        const char *pb[1] = {big}, *ph[1] = {huge};
+        for (int i = 0; i < 60; i++) write_session(s, 5000 + i, i, pb, 1, err, sizeof err);
+        write_session(s, 9999, 1, ph, 1, err, sizeof err);
+        check(flush_sink(s, err, sizeof err) == 0, "flush 61 sessions of ~36 KB in all (%s)", err);
+        check(strcmp(sql_value("SELECT count(*) FROM batched_bytes"), "61") == 0, "61 rows");
+        check(strcmp(sql_value("SELECT count(DISTINCT ingestion_time) FROM batched_bytes"), "1") ==
+                  0,
+              "still one transaction");
+        check(strcmp(sql_value("SELECT count(*) FROM batched_stmts"), "10") == 0,
+              "10 statements: 9 of up to 7 sessions, the large one alone (%s)",
+              sql_value("SELECT count(*) FROM batched_stmts"));
+        check(strcmp(sql_value("SELECT max(rows) FROM batched_stmts WHERE page_bytes < 9999"),
+                     "7") == 0,
+              "at most 7 of the 532-byte sessions in a statement");
+        check(strcmp(sql_value("SELECT rows FROM batched_stmts WHERE page_bytes = 9999"), "1") == 0,
+              "the session over the bound alone in its statement");
+        s->ops->close(s);
+    }
+    sql("DROP TABLE IF EXISTS batched_bytes");
+    sql("DROP TABLE IF EXISTS batched_stmts");
+    sql("DROP FUNCTION IF EXISTS batched_count()");
+
     /* Schema-qualified, case-preserving names. */
     sql("CREATE SCHEMA IF NOT EXISTS \"Other\"");
     const char *const props2[] = {"table=Other.My \"Sessions\"", NULL};
@@ -291,6 +332,10 @@ static void test_schema_refusals(void)
     const char *const p5[] = {"batch_rows=0", NULL};
     s = open_sink(uri, p5, 1, err, sizeof err);
     check(!s && strstr(err, "batch_rows"), "batch_rows=0 refused: %s", err);
+    const char *const p5b[] = {"batch_bytes=1GiB", NULL};
+    s = open_sink(uri, p5b, 1, err, sizeof err);
+    check(!s && strstr(err, "batch_bytes=1GiB: expected a size from 1 to 256MiB"),
+          "batch_bytes over 256MiB refused: %s", err);
     const char *const p6[] = {"tabel=x", NULL};
     s = open_sink(uri, p6, 1, err, sizeof err);
     check(!s && strstr(err, "unknown option 'tabel'"), "unknown option refused: %s", err);
