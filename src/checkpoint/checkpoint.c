@@ -34,6 +34,7 @@
 #include "common/fdio.h"
 #include "common/log.h"
 #include "common/sqlite_path.h"
+#include "common/testenv.h"
 #include "common/xalloc.h"
 
 #define V1_FORMAT "sessionizer-checkpoint-1"
@@ -521,9 +522,9 @@ checkpoint *checkpoint_open(const char *dir, char *err, size_t errlen)
     checkpoint *cp = xcalloc(1, sizeof *cp);
     cp->dir = xstrdup(dir);
     cp->log_fd = cp->dir_fd = -1;
-    /* undocumented in --help: for tests that need a snapshot from a small log */
-    const char *min = getenv("SESSIONIZER_SNAPSHOT_MIN_BYTES");
-    cp->compact_min = min && atoll(min) > 0 ? atoll(min) : COMPACT_MIN_BYTES;
+    /* for tests that need a snapshot from a small log */
+    long long min = testenv_positive(TESTENV_SNAPSHOT_MIN_BYTES);
+    cp->compact_min = min ? min : COMPACT_MIN_BYTES;
     changelog_frame_init(&cp->frame);
     buf_init(&cp->out);
     buf_init(&cp->wr_queue);
@@ -531,8 +532,7 @@ checkpoint *checkpoint_open(const char *dir, char *err, size_t errlen)
     pthread_mutex_init(&cp->wr_mu, NULL);
     pthread_cond_init(&cp->wr_work, NULL);
     pthread_cond_init(&cp->wr_progress, NULL);
-    const char *delay = getenv("SESSIONIZER_TEST_SYNC_DELAY_MS"); /* undocumented: tests */
-    cp->wr_delay_ms = delay && atoi(delay) > 0 ? atoi(delay) : 0;
+    cp->wr_delay_ms = (int)testenv_positive(TESTENV_SYNC_DELAY_MS);
     char *lock_path = path_of(cp, "lock");
     cp->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     free(lock_path);

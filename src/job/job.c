@@ -20,6 +20,7 @@
 #include "common/log.h"
 #include "common/memory.h"
 #include "common/status.h"
+#include "common/testenv.h"
 #include "common/xalloc.h"
 #include "deadletter/deadletter.h"
 #include "job/coldstore.h"
@@ -243,9 +244,9 @@ static void setup_spill(job *j)
 {
     /* undocumented in --help: tests and the fault campaign spill small
      * inputs with a budget of a few KB */
-    const char *forced = getenv("SESSIONIZER_SPILL_BUDGET");
-    if (forced && atoll(forced) > 0) {
-        set_spill_budget(j, (uint64_t)atoll(forced));
+    long long forced = testenv_positive(TESTENV_SPILL_BUDGET);
+    if (forced) {
+        set_spill_budget(j, (uint64_t)forced);
         return;
     }
     uint64_t base = memory_resident_bytes(), limit = j->memory_limit;

@@ -77,6 +77,15 @@ def layers(c):
     p = subprocess.run([BIN, "run"], env=env, capture_output=True)
     c.eq(p.returncode, 0, "a job from the environment alone: " + p.stderr.decode()[-300:])
     c.eq(content(f"{d}/env.db"), ref, "writes the same table")
+    # A misspelt variable is warned about; a variable for tests is not.
+    p = subprocess.run([BIN, "config"], capture_output=True,
+                       env=dict(env, SESSIONIZER_MAX_PGAES="3", SESSIONIZER_SPILL_BUDGET="4096",
+                                SESSIONIZER_SNAPSHOT_MIN_BYTES="4096",
+                                SESSIONIZER_TEST_SYNC_DELAY_MS="1"))
+    err = p.stderr.decode()
+    c.check(p.returncode == 0 and "SESSIONIZER_MAX_PGAES is not an option's variable" in err,
+            "a misspelt variable is warned about: " + err[:300])
+    c.eq(err.count("is not an option's variable"), 1, "and nothing else: " + err[:300])
     # A bad value names where it came from.
     env["SESSIONIZER_GAP"] = "fifty"
     p = subprocess.run([BIN, "run"], env=env, capture_output=True)
