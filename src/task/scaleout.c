@@ -243,13 +243,6 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
                  "postgresql:// --sink, or give --state postgresql://...");
         goto out;
     }
-    if (jc->records.user_type == USER_STRING) {
-        /* The repartition records and the task store carry int users.
-         * (--user-from key and --time-from kafka are stage 1's parsing
-         * alone: the visit it produces is the same.) */
-        snprintf(err, errlen, "--scale-out does not support --user-type string yet");
-        goto out;
-    }
     if (jc->checkpoint_dir || jc->source.start_latest) {
         snprintf(err, errlen, "--scale-out keeps no local state: --checkpoint and --start latest "
                  "do not apply (the group's offsets and the state store are the checkpoint)");
@@ -300,6 +293,8 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
                                err, errlen);
     if (!s->store) goto out;
     s->ctx = (job_context){.stop = jc->stop, .status = jc->status};
+    /* `--dlq kafka:TOPIC` writes to the input's cluster, with its settings */
+    job_context_lend_kafka(&s->ctx, s->brokers, jc->source.props);
     s->sink_opts = jc->sink;
     s->sink_opts.ctx = &s->ctx;
     s->snk = sink_open(jc->sink_uri, &s->sink_opts, err, errlen);
@@ -443,6 +438,7 @@ out:
     if (s->dlq) s->dlq->ops->close(s->dlq);
     if (s->snk) s->snk->ops->close(s->snk);
     task_store_close(s->store);
+    job_context_release(&s->ctx);
     free(conninfo);
     free(s->brokers);
     free(s->topic);

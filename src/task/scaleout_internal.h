@@ -96,6 +96,8 @@ typedef struct so {
     int outage;             /* every broker down, as last reported; see the exit */
     int unproduced;         /* a visit or marker was given up (stop): no stage 1 commit */
     int keyed;              /* --keyed-input: one stage, a task per source partition */
+    int stored_strings;     /* the task being loaded says it has string users */
+    int stored_other;       /* ... it has a user row of the other --user-type */
     so_stats st;
     /* --metrics-listen: this instance's figures (so_publish); NULL: none */
     metrics_snapshot *m;
@@ -106,6 +108,13 @@ typedef struct so {
 } so;
 
 static inline int stopping(const so *s) { return s->jc->stop && *s->jc->stop; }
+
+/* --user-type string: the repartition's batches are version 3, the task
+ * store's rows are keyed by the user's bytes. Every instance of a group
+ * must run with the same type; records and stored tasks say theirs. */
+static inline int string_users(const so *s) { return s->jc->records.user_type == USER_STRING; }
+#define OTHER_USER_TYPE "(every instance of a group needs the same --user-type: a new --group " \
+                        "starts over with another)"
 
 /* scaleout.c */
 /* Records the first failure (err) and makes the loop end; later ones are

@@ -20,17 +20,6 @@
 #include "common/xalloc.h"
 #include "task/scaleout_internal.h"
 
-/* The repartition partition of a user: splitmix64, so that consecutive ids
- * spread; it must never change for a group (docs/scaling.md). */
-static int32_t partition_of(int64_t user, int32_t R)
-{
-    uint64_t x = (uint64_t)user + 0x9e3779b97f4a7c15ULL;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return (int32_t)(x % (uint64_t)R);
-}
-
 /* ---- the repartition topic (repartition.h) ------------------------------- */
 
 static int produce(so *s, int32_t r, const buf *b)
@@ -72,9 +61,9 @@ void s1_flush(so *s)
 
 static void batch_add(so *s, const visit *v, int64_t max_t)
 {
-    int32_t r = partition_of(v->user_id, s->R);
+    int32_t r = repart_partition(v, s->R);
     repart_batch *q = &s->batch[r];
-    if (q->n > 0 && repart_batch_after(q, v->page_len) > s->batch_cap) batch_flush(s, r);
+    if (q->n > 0 && repart_batch_after(q, v) > s->batch_cap) batch_flush(s, r);
     repart_batch_add(q, v, max_t);
     s->st.produced++;
 }

@@ -77,6 +77,7 @@ static void task_reset(so *s, s2task *t)
 {
     drop_engine(s, t);
     engine_config ec = s->jc->engine;
+    ec.string_users = string_users(s);
     ec.track_dirty = 1;
     /* Repartitioned: judged in stage 1, in the source partition's order.
      * Keyed: the engine judges it, as lateness. */
@@ -116,6 +117,7 @@ static int load_meta(void *ctx, const char *key, const void *v, size_t len)
     if (strcmp(key, "engine") == 0) return engine_load_meta(t->eng, v, len) ? -1 : 0;
     if (strcmp(key, "position") == 0) return reader_i64le(&r, &t->pos) || reader_left(&r) ? -1 : 0;
     if (strcmp(key, "done") == 0) return t->done = 1, 0;
+    if (strcmp(key, "users") == 0) return s->stored_strings = len == 6 && !memcmp(v, "string", 6), 0;
     if (strcmp(key, "end") == 0) return reader_i64le(&r, &t->end) || reader_left(&r) ? -1 : 0;
     if (strcmp(key, "dedup") == 0) {
         uint32_t ver = 0, R = 0, n = 0;
@@ -139,10 +141,14 @@ static int load_meta(void *ctx, const char *key, const void *v, size_t len)
     return 0; /* a key of a later version: ignored */
 }
 
-static int load_user(void *ctx, int64_t user_id, const void *blob, size_t len)
+static int load_user(void *ctx, const user_key *user, const void *blob, size_t len)
 {
     so *s = ctx;
-    return engine_load_user(s->cur->eng, &(user_key){.id = user_id}, blob, len);
+    if ((user->str != NULL) != string_users(s)) {
+        s->stored_other = 1;
+        return -1;
+    }
+    return engine_load_user(s->cur->eng, user, blob, len);
 }
 
 /* restore: the task's committed state, or a new one. */
@@ -150,8 +156,19 @@ static int task_restore(so *s, s2task *t)
 {
     task_reset(s, t);
     s->cur = t;
+    s->stored_strings = s->stored_other = 0;
     int n = task_store_load(s->store, t->id, load_meta, load_user, s, s->err, s->errlen);
     s->cur = NULL;
+    /* A task stored with the other --user-type (string tasks say so, int
+     * tasks by saying nothing, and by their user rows): refused before its
+     * rows could mislead the engine. */
+    if (s->stored_other || (n > 0 && s->stored_strings != string_users(s))) {
+        snprintf(s->err, s->errlen, "task state store: task %d of group %s was written with "
+                 "--user-type %s, this instance runs --user-type %s %s", (int)t->id,
+                 s->jc->source.group, string_users(s) ? "int" : "string",
+                 string_users(s) ? "string" : "int", OTHER_USER_TYPE);
+        n = -1;
+    }
     if (n < 0) {
         s->failed = 1;
         return -1;
@@ -162,10 +179,9 @@ static int task_restore(so *s, s2task *t)
 
 static int put_user(void *ctx, const user_key *user, const void *blob, size_t len)
 {
-    assert(user->str == NULL); /* int users only (scaleout_run) */
-    int64_t user_id = user->id;
     so *s = ctx;
-    task_store_put_user(s->store, user_id, blob, len);
+    assert((user->str != NULL) == string_users(s));
+    task_store_put_user(s->store, user, blob, len);
     return 0;
 }
 
@@ -231,6 +247,7 @@ static int s2_commit_body(so *s, int suspending)
         PUT("engine", engine_save_meta(t->eng, b));
         PUT("dedup", save_dedup(s, t, b));
         if (t->done) PUT("done", buf_append_byte(b, 1));
+        if (string_users(s)) PUT("users", buf_append_str(b, "string"));
         if (t->end >= 0) PUT("end", buf_put_i64le(b, t->end));
 #undef PUT
         if (task_store_commit(s->store, &superseded, s->err, s->errlen)) goto fail;
@@ -320,6 +337,12 @@ static s2task *task_record(so *s, rd_kafka_t *c, const char *topic, rd_kafka_mes
 static int s2_visit(so *s, s2task *t, const visit *v, int64_t max_t)
 {
     int32_t p = v->pos.partition;
+    if ((v->user != NULL) != string_users(s)) {
+        so_fail(s, "%s partition %d: a visit with %s user from an instance running --user-type "
+                "%s %s", s->rtopic, (int)t->id, v->user ? "a string" : "an int",
+                v->user ? "string" : "int", OTHER_USER_TYPE);
+        return -1;
+    }
     if (v->pos.offset < t->next_seen[p]) {
         s->st.dups2++;
         return 0;

@@ -1,10 +1,15 @@
 /*
  * task_store.c - session tasks' state in PostgreSQL (task_store.h).
  *
- * Two tables shared by every group, keyed by (grp, task):
+ * Three tables shared by every group, keyed by (grp, task):
  *   sessionizer_task_meta  (grp, task, k, v bytea)      named blobs
- *   sessionizer_task_users (grp, task, user_id, blob)   open sessions per user
- * Values travel in binary (bytea, int8), never spliced into SQL.
+ *   sessionizer_task_users (grp, task, user_id, blob)   open sessions per int user
+ *   sessionizer_task_string_users (grp, task, user_id bytea, blob)
+ *                                                       ... per string user
+ * Values travel in binary (bytea, int8), never spliced into SQL. A string
+ * user is bytea, not text: its bytes come back exactly whatever the
+ * server's encoding, and the primary key's index holds them (at most
+ * USER_MAX_BYTES, far below a btree entry's ~2.7 kB).
  *
  * Every exchange goes through pg_conn (sink/pg_conn.h), the sink's own
  * mechanism: bounded waits, a stop obeyed, transient failures retried as a
@@ -58,10 +63,11 @@ struct task_store {
     int32_t task;
     int64_t position;
     pg_array meta_keys, meta_vals, up_ids, up_blobs, del_ids;
+    pg_array up_sids, up_sblobs, del_sids; /* string users */
     buf arr[2];
     /* the operation pg_conn_retry runs */
     int superseded;
-    PGresult *res[2];
+    PGresult *res[3]; /* a load's meta, int users, string users */
     int64_t count;
     const char *count_key;
 };
@@ -124,6 +130,8 @@ static const char *const SCHEMA[] = {
     "k text NOT NULL, v bytea NOT NULL, PRIMARY KEY (grp, task, k))",
     "CREATE TABLE IF NOT EXISTS sessionizer_task_users (grp text NOT NULL, task int NOT NULL, "
     "user_id bigint NOT NULL, blob bytea NOT NULL, PRIMARY KEY (grp, task, user_id))",
+    "CREATE TABLE IF NOT EXISTS sessionizer_task_string_users (grp text NOT NULL, task int NOT "
+    "NULL, user_id bytea NOT NULL, blob bytea NOT NULL, PRIMARY KEY (grp, task, user_id))",
 };
 
 /* After every connection (pg_conn's setup): quiet notices, and the tables. */
@@ -188,6 +196,9 @@ void task_store_close(task_store *ts)
     array_free(&ts->up_ids);
     array_free(&ts->up_blobs);
     array_free(&ts->del_ids);
+    array_free(&ts->up_sids);
+    array_free(&ts->up_sblobs);
+    array_free(&ts->del_sids);
     buf_free(&ts->arr[0]);
     buf_free(&ts->arr[1]);
     free(ts);
@@ -202,7 +213,7 @@ static int64_t be64(const char *p)
 
 static void clear_results(task_store *ts)
 {
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 3; i++) {
         PQclear(ts->res[i]);
         ts->res[i] = NULL;
     }
@@ -247,6 +258,10 @@ static int load_op(void *ud, char *err, size_t errlen)
         st = exec_task(ts, "SELECT user_id, blob FROM sessionizer_task_users WHERE grp = $1 AND "
                        "task = $2", 0, NULL, NULL, NULL, "loading a task's users", &ts->res[1],
                        err, errlen);
+    if (!st)
+        st = exec_task(ts, "SELECT user_id, blob FROM sessionizer_task_string_users WHERE grp = $1 "
+                       "AND task = $2", 0, NULL, NULL, NULL, "loading a task's users",
+                       &ts->res[2], err, errlen);
     if (!st) st = pg_conn_exec(&ts->pc, "COMMIT", "loading a task", err, errlen);
     if (st) clear_results(ts);
     return st;
@@ -258,7 +273,7 @@ int task_store_load(task_store *ts, int32_t task, task_meta_fn fn_meta, task_use
     assert(!ts->in_tx);
     ts->task = task;
     if (pg_conn_retry(&ts->pc, load_op, ts, "loading a task", err, errlen)) return -1;
-    PGresult *r = ts->res[0], *u = ts->res[1];
+    PGresult *r = ts->res[0], *u = ts->res[1], *su = ts->res[2];
     int n = PQntuples(r), rc = n;
     for (int i = 0; i < n && rc >= 0; i++) {
         char key[64];
@@ -272,10 +287,20 @@ int task_store_load(task_store *ts, int32_t task, task_meta_fn fn_meta, task_use
     }
     for (int i = 0, m = PQntuples(u); i < m && rc >= 0; i++) {
         if (PQgetlength(u, i, 0) != 8 ||
-            fn_user(ctx, be64(PQgetvalue(u, i, 0)), PQgetvalue(u, i, 1),
+            fn_user(ctx, &(user_key){.id = be64(PQgetvalue(u, i, 0))}, PQgetvalue(u, i, 1),
                     (size_t)PQgetlength(u, i, 1))) {
             snprintf(err, errlen, "task state store: task %d of group %s: a user's sessions do "
                      "not decode", (int)task, ts->group);
+            rc = -1;
+        }
+    }
+    for (int i = 0, m = PQntuples(su); i < m && rc >= 0; i++) {
+        int len = PQgetlength(su, i, 0);
+        if (len < 1 || len > USER_MAX_BYTES ||
+            fn_user(ctx, &(user_key){.str = PQgetvalue(su, i, 0), .len = (uint32_t)len},
+                    PQgetvalue(su, i, 1), (size_t)PQgetlength(su, i, 1))) {
+            snprintf(err, errlen, "task state store: task %d of group %s: a string user's "
+                     "sessions do not decode", (int)task, ts->group);
             rc = -1;
         }
     }
@@ -302,14 +327,22 @@ void task_store_put(task_store *ts, const char *key, const void *v, size_t len)
     array_add(&ts->meta_vals, len ? v : "", len);
 }
 
-void task_store_put_user(task_store *ts, int64_t user_id, const void *blob, size_t len)
+void task_store_put_user(task_store *ts, const user_key *user, const void *blob, size_t len)
 {
     assert(ts->in_tx);
-    if (blob) {
-        array_add_i64(&ts->up_ids, user_id);
+    if (user->str) {
+        assert(user->len >= 1 && user->len <= USER_MAX_BYTES);
+        if (blob) {
+            array_add(&ts->up_sids, user->str, user->len);
+            array_add(&ts->up_sblobs, blob, len);
+        } else {
+            array_add(&ts->del_sids, user->str, user->len);
+        }
+    } else if (blob) {
+        array_add_i64(&ts->up_ids, user->id);
         array_add(&ts->up_blobs, blob, len);
     } else {
-        array_add_i64(&ts->del_ids, user_id);
+        array_add_i64(&ts->del_ids, user->id);
     }
 }
 
@@ -373,6 +406,28 @@ static int commit_op(void *ud, char *err, size_t errlen)
                        "AND user_id = ANY($3::int8[])", 1, one_types, v, l,
                        "deleting a task's users", NULL, err, errlen);
     }
+    for (uint32_t i = 0; !st && i < ts->up_sids.n; i += FLUSH_ROWS) {
+        uint32_t to = ts->up_sids.n - i > FLUSH_ROWS ? i + FLUSH_ROWS : ts->up_sids.n;
+        array_encode(&ts->up_sids, i, to, PG_BYTEAOID, &ts->arr[0]);
+        array_encode(&ts->up_sblobs, i, to, PG_BYTEAOID, &ts->arr[1]);
+        static const Oid types[2] = {PG_BYTEAARRAYOID, PG_BYTEAARRAYOID};
+        const char *v[2] = {(const char *)ts->arr[0].data, (const char *)ts->arr[1].data};
+        int l[2] = {(int)ts->arr[0].len, (int)ts->arr[1].len};
+        st = exec_task(ts, "INSERT INTO sessionizer_task_string_users SELECT $1, $2, u, b FROM "
+                       "unnest($3::bytea[], $4::bytea[]) AS t(u, b) "
+                       "ON CONFLICT (grp, task, user_id) DO UPDATE SET blob = EXCLUDED.blob",
+                       2, types, v, l, "writing a task's users", NULL, err, errlen);
+    }
+    for (uint32_t i = 0; !st && i < ts->del_sids.n; i += FLUSH_ROWS) {
+        uint32_t to = ts->del_sids.n - i > FLUSH_ROWS ? i + FLUSH_ROWS : ts->del_sids.n;
+        array_encode(&ts->del_sids, i, to, PG_BYTEAOID, &ts->arr[0]);
+        static const Oid sone_types[1] = {PG_BYTEAARRAYOID};
+        const char *v[1] = {(const char *)ts->arr[0].data};
+        int l[1] = {(int)ts->arr[0].len};
+        st = exec_task(ts, "DELETE FROM sessionizer_task_string_users WHERE grp = $1 AND task = "
+                       "$2 AND user_id = ANY($3::bytea[])", 1, sone_types, v, l,
+                       "deleting a task's users", NULL, err, errlen);
+    }
     if (st) return st;
     st = pg_conn_finish(&ts->pc, PQsendQuery(ts->pc.conn, "COMMIT"), "committing a task", &r, err,
                         errlen);
@@ -403,6 +458,9 @@ void task_store_abort(task_store *ts)
     array_reset(&ts->up_ids);
     array_reset(&ts->up_blobs);
     array_reset(&ts->del_ids);
+    array_reset(&ts->up_sids);
+    array_reset(&ts->up_sblobs);
+    array_reset(&ts->del_sids);
     ts->in_tx = 0;
 }
 

@@ -6,7 +6,10 @@
  * A task (one partition of the repartition topic, src/task/scaleout.c) owns
  * named blobs (its position, the engine's watermarks and counters, its
  * de-duplication table) and one row per user with open sessions, the same
- * shape as the local checkpoint (checkpoint.h), keyed by (group, task).
+ * shape as the local checkpoint (checkpoint.h), keyed by (group, task). A
+ * user is an int64 or, with --user-type string, its bytes (1 to
+ * USER_MAX_BYTES, visit.h): each kind has a table of its own, so that int
+ * users keep their compact key and a group's existing rows stay valid.
  *
  * A commit is one transaction that first locks the task's position row: a
  * commit whose position is below the stored one is refused (*superseded set),
@@ -33,6 +36,7 @@
 #include <stdint.h>
 
 #include "common/buf.h"
+#include "record/visit.h"
 
 struct job_status;
 
@@ -59,7 +63,9 @@ void task_store_close(task_store *ts);
  * from one snapshot and only once it has been read whole (a retried read
  * calls nothing twice). Returns the number of blobs (0: a new task), or -1. */
 typedef int (*task_meta_fn)(void *ctx, const char *key, const void *v, size_t len);
-typedef int (*task_user_fn)(void *ctx, int64_t user_id, const void *blob, size_t len);
+/* user: an int user (str NULL) or a string user's bytes, valid during the
+ * call only. */
+typedef int (*task_user_fn)(void *ctx, const user_key *user, const void *blob, size_t len);
 int task_store_load(task_store *ts, int32_t task, task_meta_fn fn_meta, task_user_fn fn_user,
                     void *ctx, char *err, size_t errlen);
 
@@ -69,7 +75,7 @@ int task_store_load(task_store *ts, int32_t task, task_meta_fn fn_meta, task_use
  * put. */
 void task_store_begin(task_store *ts, int32_t task, int64_t position);
 void task_store_put(task_store *ts, const char *key, const void *v, size_t len);
-void task_store_put_user(task_store *ts, int64_t user_id, const void *blob, size_t len);
+void task_store_put_user(task_store *ts, const user_key *user, const void *blob, size_t len);
 int task_store_commit(task_store *ts, int *superseded, char *err, size_t errlen);
 void task_store_abort(task_store *ts);
 

@@ -3,7 +3,8 @@
  * on arbitrary bytes, as another writer on the internal topic could leave
  * them. Input: one byte for the number of source partitions, then the
  * record. Every visit it yields lies within the record and below that
- * number; a record it accepts, encoded again, decodes to the same items.
+ * number, its string user (version 3) within the record and the parser's
+ * bound; a record it accepts, encoded again, decodes to the same items.
  */
 #include "fuzz_check.h"
 #include <stdint.h>
@@ -35,6 +36,12 @@ static int check_item(void *p, int kind, const visit *v, int64_t max_t)
         REQUIRE(max_t >= v->event_time_us);
         REQUIRE((const uint8_t *)v->page >= c->rec &&
                 (const uint8_t *)v->page + v->page_len <= c->rec + c->len);
+        if (v->user)
+            REQUIRE((const uint8_t *)v->user >= c->rec &&
+                    (const uint8_t *)v->user + v->user_len <= c->rec + c->len &&
+                    v->user_len >= 1 && v->user_len <= USER_MAX_BYTES && v->user_id == 0);
+        /* one user type a batch (repart_batch_add asserts it) */
+        REQUIRE(c->n == 1 || (v->user != NULL) == (c->first.user != NULL));
         repart_batch_add(&c->again, v, max_t);
     } else {
         REQUIRE(c->n == 1);
@@ -53,7 +60,10 @@ static int check_same(void *p, int kind, const visit *v, int64_t max_t)
             REQUIRE(v->user_id == c->first.user_id && v->event_time_us == c->first.event_time_us &&
                     v->pos.append_ts_ms == c->first.pos.append_ts_ms &&
                     v->page_len == c->first.page_len &&
-                    memcmp(v->page, c->first.page, v->page_len) == 0);
+                    memcmp(v->page, c->first.page, v->page_len) == 0 &&
+                    (v->user == NULL) == (c->first.user == NULL) &&
+                    v->user_len == c->first.user_len &&
+                    (!v->user || memcmp(v->user, c->first.user, v->user_len) == 0));
     }
     return 0;
 }

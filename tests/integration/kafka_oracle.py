@@ -2,7 +2,9 @@
 from docs/semantics.md and docs/kafka.md, for the Kafka tests.
 
 Input: a dump of the topic, one record per line as kcat prints it with
--f '%p\\t%o\\t%T\\t%s\\n' (partition, offset, timestamp ms, payload).
+-f '%p\\t%o\\t%T\\t%s\\n' (partition, offset, timestamp ms, payload); with
+--user-from key, -f '%p\\t%o\\t%T\\t%k\\t%s\\n' (the key before the payload,
+empty for none). --user-type string takes string users (docs/semantics.md).
 Output: the expected table as "session_id|user_id|pages" lines, ordered like
 `SELECT ... ORDER BY session_id, user_id`, and the counts on stderr.
 
@@ -32,24 +34,31 @@ def main():
     ap.add_argument("--lateness", type=float, default=10.0, help="seconds")
     ap.add_argument("--max-session-bytes", type=int, default=oracle.MAX_SESSION_BYTES)
     ap.add_argument("--counts", action="store_true", help="print the counts as JSON instead")
+    ap.add_argument("--user-type", choices=["int", "string"], default="int")
+    ap.add_argument("--user-from", choices=["field", "key"], default="field")
     ap.add_argument("dump")
     a = ap.parse_args()
     gap, lateness = int(a.gap * 1e6), int(a.lateness * 1e6)
+    layout = {"user_type": a.user_type, "user_from": a.user_from}
+    from_key = a.user_from == "key"
 
     by_part = {}
     with open(a.dump, "rb") as f:
         for line in f:
             line = line.rstrip(b"\n")
-            p, o, ts, payload = line.split(b"\t", 3)
-            by_part.setdefault(int(p), []).append((int(o), int(ts), payload))
+            if from_key:
+                p, o, ts, key, payload = line.split(b"\t", 4)
+            else:
+                (p, o, ts, payload), key = line.split(b"\t", 3), None
+            by_part.setdefault(int(p), []).append((int(o), int(ts), payload, key or None))
     counts = dict(records=0, invalid=0, late=0, visits=0, sessions=0, future=0)
     visits = []
     for p, recs in by_part.items():
         recs.sort()
         max_t = None
-        for off, ts, payload in recs:
+        for off, ts, payload, key in recs:
             counts["records"] += 1
-            v = oracle.parse_line(payload)
+            v = oracle.parse_line(payload, layout, key)
             if v is None:
                 counts["invalid"] += 1
                 continue

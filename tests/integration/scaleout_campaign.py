@@ -95,9 +95,9 @@ class Run:
         return subprocess.run([PG_SERVER, "psql", self.path("pg"), "-AtX", "-F", "\t", "-c", sql],
                               capture_output=True, text=True, check=True).stdout
 
-    def start_mock(self):
+    def start_mock(self, extra=()):
         self.mock = subprocess.Popen([os.environ["KAFKA_MOCK"], "--partitions",
-                                      str(self.a.partitions), "--topic", "visits"],
+                                      str(self.a.partitions), "--topic", "visits", *extra],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=open(self.path("mock.err"), "w"), text=True)
         self.procs.append(self.mock)

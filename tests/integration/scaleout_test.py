@@ -3,7 +3,7 @@
 endpoint, each on its own private server(s) and mock cluster (the
 campaign's set-up, scaleout_campaign.py), each a few seconds long.
 
-    scaleout_test.py outage|stop|zombie|metrics|keys [--keyed] [--seed S] [--keep]
+    scaleout_test.py outage|stop|zombie|metrics|keys|strings [--keyed] [--seed S] [--keep]
 
 outage        2 instances run; PostgreSQL (sink and task store) is shut down
               (fast: sessions get 57P01) for 2 s and started again mid-run.
@@ -44,6 +44,17 @@ keys          --user-from key --time-from kafka: a log whose records carry
               broken values), read by 2 instances (repartitioned): the table
               and the dead letters equal a single instance's with the same
               options.
+strings       --user-type string, two logs read at once: `visits`, the
+              campaign's log with string users (UUIDs, e-mail addresses,
+              non-ASCII, one of the 512-byte bound) plus a few records the
+              type refuses (an int user, a 513-byte one), and `keyed`, whose
+              records carry a string user as their key (--user-from key;
+              some have none). Each through 2 instances (repartitioned) and a
+              single instance: each table equals the single instance's and
+              the oracle's (kafka_oracle.py --user-type string). Dead letters
+              go to Kafka (--dlq kafka:TOPIC): the instances' topic holds the
+              single instance's (reason, partition, offset), each once at
+              least, and nothing else.
 Environment: SESSIONIZER, KAFKA_MOCK. Exit 1 on any failure.
 """
 import argparse
@@ -522,9 +533,149 @@ def keys(t):
     return ok and want_dl == got_dl and {"missing_field", "invalid_json"} <= set(reasons)
 
 
+def string_user(u):
+    """A string user for the generator's int user u: several shapes, no '|'
+    (the oracle's separator) and no tab (kcat's)."""
+    if u == 0:
+        return "é" * 200 + "x" * 112  # 512 bytes: the bound
+    return (f"{u:08x}-9b3d-4c5e-8f7a-1b2c3d4e5f60", f"user{u}@example.com",
+            f"ünïcødé-{u}", f"{u}")[u % 4]
+
+
+def str_table(t, name):
+    rows = []
+    for line in t.psql(f"SELECT session_id, user_id, array_to_json(pages) FROM {name}").splitlines():
+        sid, uid, pages = line.split("\t", 2)
+        rows.append((int(sid), uid, tuple(json.loads(pages) or [])))
+    return rows
+
+
+def str_oracle(t, dump, *opts):
+    out = subprocess.run([sc.PY, os.path.join(HERE, "kafka_oracle.py"), "--user-type", "string",
+                          *opts, dump], capture_output=True, text=True, check=True)
+    rows = set()
+    for line in out.stdout.splitlines():
+        sid, uid, pages = line.split("|", 2)
+        rows.add((int(sid), uid, tuple(json.loads(pages))))
+    return rows, json.loads(out.stderr.strip().splitlines()[-1])
+
+
+def kafka_dead_letters(t, topic):
+    """(reason, partition, offset) of a dead-letter topic's messages, and
+    their number (a replay may write one twice)."""
+    out = subprocess.run(["kcat", "-C", "-b", t.brokers, "-t", topic, "-e", "-q", "-f", "%h\n"],
+                         capture_output=True, text=True, check=True).stdout
+    dl = []
+    for line in out.splitlines():
+        m = re.match(r"reason=([a-z_]+),.*source_partition=(\d+),source_offset=(\d+)", line)
+        if not m:
+            raise SystemExit(f"FAIL: a dead letter without reason or source: {line[:300]}")
+        dl.append((m.group(1), int(m.group(2)), int(m.group(3))))
+    return set(dl), len(dl)
+
+
+def strings(t):
+    t.start_pg()
+    t.start_mock(["--topic", "keyed:4", "--topic", "dlq-single:1", "--topic", "dlq-G:1",
+                  "--topic", "dlq-single-k:1", "--topic", "dlq-K:1"])
+    gen = t.path("gen")
+    subprocess.run([sc.PY, os.path.join(HERE, "kafka_gen.py"), "--partitions", "4", "--records",
+                    str(t.a.records), "--users", "60", "--seed", str(t.a.seed), gen], check=True)
+    rnd = t.rnd
+    for p in range(4):
+        values, keyed = [], []
+        for n, line in enumerate(open(os.path.join(gen, f"p{p}.jsonl"), encoding="utf-8")):
+            try:
+                d = json.loads(line)
+            except ValueError:
+                values.append(line)  # invalid_json
+                keyed.append("k|" + line)
+                continue
+            u = d["user_id"]
+            if isinstance(u, int):
+                r = rnd.random()
+                # a few the string type refuses: an int user, one over the bound
+                d["user_id"] = u if r < 0.004 else "x" * 513 if r < 0.008 else string_user(u)
+            values.append(json.dumps(d, ensure_ascii=n % 2 == 0) + "\n")
+            user = d.pop("user_id")
+            if isinstance(user, str) and rnd.random() > 0.01:
+                keyed.append(f"{user}|" + json.dumps(d, ensure_ascii=False) + "\n")
+            else:
+                keyed.append(json.dumps(d) + "\n")  # no key: missing_field
+        for topic, lines in (("visits", values), ("keyed", keyed)):
+            path = t.path(f"{topic}{p}.txt")
+            open(path, "w", encoding="utf-8").writelines(lines)
+            # keyless records are those without the delimiter
+            subprocess.run(["kcat", "-P", "-b", t.brokers, "-t", topic, "-p", str(p), "-l", path,
+                            "-X", "batch.num.messages=50"] + (["-K", "|"] if topic == "keyed" else []),
+                           check=True)
+    runs = {  # name: topic, options, oracle's dump format and options
+        "v": ("visits", ["--user-type", "string"], "%p\t%o\t%T\t%s\n", []),
+        "k": ("keyed", ["--user-type", "string", "--user-from", "key"], "%p\t%o\t%T\t%k\t%s\n",
+              ["--user-from", "key"]),
+    }
+    want = {}
+    for name, (topic, _, fmt, oopts) in runs.items():
+        with open(t.path(f"dump-{name}.tsv"), "w") as f:
+            subprocess.run(["kcat", "-C", "-b", t.brokers, "-t", topic, "-e", "-q", "-f", fmt],
+                           stdout=f, check=True)
+        want[name] = str_oracle(t, t.path(f"dump-{name}.tsv"), *oopts)
+        log(f"oracle {name}: {want[name][1]}")
+    # the single instances, both logs at once
+    singles = {}
+    for name, (topic, opts, _, _) in runs.items():
+        dlq = "dlq-single" + ("-k" if name == "k" else "")
+        singles[name] = subprocess.Popen(
+            [os.environ["SESSIONIZER"], "run", "--source", f"kafka://{t.brokers}/{topic}",
+             "--sink", t.pg_uri, "--sink-opt", f"table=single_{name}", "--group", f"single-{name}",
+             "--until-end", "-q", "--dlq", f"kafka:{dlq}"] + opts + sc.FAST,
+            stdout=subprocess.DEVNULL, stderr=open(t.path(f"single-{name}.err"), "w"))
+        singles[name].name = f"single-{name}"
+        t.procs.append(singles[name])
+    for p in singles.values():
+        t.wait_ok(p, 180)
+    # then 2 instances for each log, all four at once
+    ps = []
+    for name, (topic, opts, _, _) in runs.items():
+        group, dlq = ("G", "dlq-G") if name == "v" else ("K", "dlq-K")
+        for n in range(2):
+            args = [os.environ["SESSIONIZER"], "run", "--scale-out", "--source",
+                    f"kafka://{t.brokers}/{topic}", "--sink", t.pg_uri, "--sink-opt",
+                    f"table=sessions_{name}", "--group", group, "--commit-interval", "500ms",
+                    "--until-end", "--dlq", f"kafka:{dlq}"] + opts + sc.FAST
+            p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                 stderr=open(t.path(f"{name}{n}.err"), "w"))
+            p.name = f"{name}{n}"
+            t.procs.append(p)
+            ps.append(p)
+    for p in ps:
+        t.wait_ok(p, 180)
+    ok = True
+    for name in runs:
+        rows, counts = want[name]
+        single = str_table(t, f"single_{name}")
+        got = str_table(t, f"sessions_{name}")
+        ok = sc.compare(f"{name}: oracle (single instance)", rows, single) and ok
+        ok = sc.compare(f"{name}: oracle", rows, got) and ok
+        ok = len(single) > 0 and sc.compare(f"{name}: single instance", set(single), got) and ok
+        longest = max(len(u.encode()) for _, u, _ in got)
+        want_dl, n_single = kafka_dead_letters(t, "dlq-single" + ("-k" if name == "k" else ""))
+        got_dl, n_got = kafka_dead_letters(t, "dlq-G" if name == "v" else "dlq-K")
+        reasons = sorted({r for r, _, _ in want_dl})
+        bad = counts["invalid"] + counts["late"] + counts["future"]
+        log(f"{name}: longest user {longest} bytes; dead letters: single {n_single} "
+            f"({len(want_dl)} distinct: {', '.join(reasons)}), instances {n_got} ({len(got_dl)} "
+            f"distinct), the oracle's {bad}")
+        ok = ok and want_dl == got_dl and len(want_dl) == bad == n_single
+        # (the generator's cut JSON names an int user first: mistyped_field)
+        ok = ok and longest == 512 and "invalid_user_id" in reasons
+        ok = ok and ({"mistyped_field"} if name == "v" else {"missing_field", "invalid_json"}) <= set(reasons)
+    return ok
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("scenario", choices=["outage", "stop", "zombie", "metrics", "keys"])
+    ap.add_argument("scenario", choices=["outage", "stop", "zombie", "metrics", "keys", "strings"])
     ap.add_argument("--keyed", action="store_true")
     ap.add_argument("--records", type=int, default=3000, help="for partition 0 (kafka_gen.py)")
     ap.add_argument("--seed", type=int, default=int(time.time()) % 100000)
@@ -544,6 +695,8 @@ def main():
             ok = metrics(t)
         elif a.scenario == "keys":
             ok = keys(t)
+        elif a.scenario == "strings":
+            ok = strings(t)
         else:
             ok = stop(t)
         if not ok:

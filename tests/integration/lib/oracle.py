@@ -155,9 +155,13 @@ def nesting_depth(text):
     return deepest
 
 
-def parse_line(raw, layout=None):
-    """Returns (user, t_us, page) or None for a record that must be dead-lettered."""
+def parse_line(raw, layout=None, key=None):
+    """Returns (user, t_us, page) or None for a record that must be dead-lettered.
+    With layout["user_from"] == "key" (--user-from key, string users only
+    here) the user is key, the Kafka record's key bytes (None: it has none)."""
     lay = dict(DEFAULT_LAYOUT, **(layout or {}))
+    from_key = lay.get("user_from") == "key"
+    assert not from_key or lay["user_type"] == "string"
     try:
         text = raw.decode("utf-8")
         if text.count("[") + text.count("{") > MAX_DEPTH and nesting_depth(text) > MAX_DEPTH:
@@ -168,8 +172,10 @@ def parse_line(raw, layout=None):
     if not isinstance(doc, _Pairs):
         return None
     try:
-        u, p, t = resolve(doc, lay["user"]), resolve(doc, lay["page"]), resolve(doc, lay["time"])
-    except ValueError:
+        p, t = resolve(doc, lay["page"]), resolve(doc, lay["time"])
+        u = key.decode("utf-8") if from_key and key is not None else \
+            resolve(doc, lay["user"]) if not from_key else None
+    except (ValueError, UnicodeDecodeError):
         return None
     if lay["user_type"] == "int":
         if type(u) is not int or not -(1 << 63) <= u < (1 << 63):
