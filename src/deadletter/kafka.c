@@ -53,6 +53,7 @@
 
 #include "common/buf.h"
 #include "common/clock.h"
+#include "common/rdkafka_conf.h"
 #include "common/retry.h"
 #include "common/xalloc.h"
 #include "deadletter/deadletter.h"
@@ -97,16 +98,15 @@ static int connection_prop(const char *key)
 static int apply(rd_kafka_conf_t *conf, const char *const *props, char *err, size_t errlen)
 {
     for (const char *const *pp = props; pp && *pp; pp++) {
-        const char *eq = strchr(*pp, '=');
-        if (!eq) continue;
-        char key[256];
-        snprintf(key, sizeof key, "%.*s", (int)(eq - *pp), *pp);
+        char key[RDKAFKA_KEY_MAX];
+        const char *v = rdkafka_prop_split(*pp, key);
+        if (!v) continue;
         const char *k = key;
         if (strncmp(key, "dlq.", 4) == 0) k = key + 4;
         else if (!connection_prop(key)) continue;
-        char why[512];
-        if (rd_kafka_conf_set(conf, k, eq + 1, why, sizeof why) != RD_KAFKA_CONF_OK) {
-            snprintf(err, errlen, "dead-letter producer: -X %s: %s", key, why);
+        char e[1024];
+        if (rdkafka_conf_set(conf, k, v, e, sizeof e)) {
+            snprintf(err, errlen, "dead-letter producer (-X %s): %s", key, e);
             return -1;
         }
     }
@@ -162,12 +162,12 @@ static deadletter *kdl_open(const char *target, const char *const *props, job_co
     buf_init(&d->value);
 
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    char why[512];
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", d->brokers, why, sizeof why) ||
-        rd_kafka_conf_set(conf, "client.id", "sessionizer-dlq", why, sizeof why) ||
-        rd_kafka_conf_set(conf, "enable.idempotence", "true", why, sizeof why) ||
+    char why[1024];
+    if (rdkafka_conf_set(conf, "bootstrap.servers", d->brokers, why, sizeof why) ||
+        rdkafka_conf_set(conf, "client.id", "sessionizer-dlq", why, sizeof why) ||
+        rdkafka_conf_set(conf, "enable.idempotence", "true", why, sizeof why) ||
         /* a typo in --dlq must not create a topic that nobody reads */
-        rd_kafka_conf_set(conf, "allow.auto.create.topics", "false", why, sizeof why)) {
+        rdkafka_conf_set(conf, "allow.auto.create.topics", "false", why, sizeof why)) {
         snprintf(err, errlen, "dead-letter producer: %s", why);
         rd_kafka_conf_destroy(conf);
         destroy(d);

@@ -13,6 +13,7 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "common/rdkafka_conf.h"
 #include "common/xalloc.h"
 #include "source/kafka_internal.h"
 
@@ -43,26 +44,14 @@ static int valid_topic(const char *t)
     return 1;
 }
 
-static int conf_set(rd_kafka_conf_t *conf, const char *k, const char *v, char *err, size_t errlen)
-{
-    char why[512];
-    if (rd_kafka_conf_set(conf, k, v, why, sizeof why) != RD_KAFKA_CONF_OK) {
-        snprintf(err, errlen, "Kafka property -X %s=%s: %s", k, v, why);
-        return -1;
-    }
-    return 0;
-}
-
 /* Applies the -X properties: librdkafka's own, ours (sessionizer.*), and
  * skips the dead-letter producer's (dlq.*). */
 static int apply_props(kafka_source *ks, rd_kafka_conf_t *conf, char *err, size_t errlen)
 {
     for (const char *const *pp = ks->props; pp && *pp; pp++) {
-        const char *eq = strchr(*pp, '=');
-        if (!eq) continue; /* the CLI already refused these */
-        char key[256];
-        snprintf(key, sizeof key, "%.*s", (int)(eq - *pp), *pp);
-        const char *v = eq + 1;
+        char key[RDKAFKA_KEY_MAX];
+        const char *v = rdkafka_prop_split(*pp, key);
+        if (!v) continue; /* the CLI already refused these */
         if (strncmp(key, "dlq.", 4) == 0) continue;
         if (strcmp(key, "sessionizer.startup.timeout.ms") == 0 ||
             strcmp(key, "sessionizer.rebalance.wait.ms") == 0 ||
@@ -105,7 +94,7 @@ static int apply_props(kafka_source *ks, rd_kafka_conf_t *conf, char *err, size_
             return -1;
         }
         if (strcmp(key, "debug") == 0) ks->debug = 1;
-        if (conf_set(conf, key, v, err, errlen)) return -1;
+        if (rdkafka_conf_set(conf, key, v, err, errlen)) return -1;
     }
     return 0;
 }
@@ -150,21 +139,21 @@ kafka_source *kafka_configure(const char *target, const source_options *opts,
              ks->group);
 
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (conf_set(conf, "bootstrap.servers", ks->brokers, err, errlen) ||
-        conf_set(conf, "group.id", ks->group, err, errlen) ||
-        conf_set(conf, "client.id", "sessionizer", err, errlen) ||
-        conf_set(conf, "auto.offset.reset", "error", err, errlen) ||
-        conf_set(conf, "session.timeout.ms", DEFAULT_SESSION_TIMEOUT, err, errlen) ||
+    if (rdkafka_conf_set(conf, "bootstrap.servers", ks->brokers, err, errlen) ||
+        rdkafka_conf_set(conf, "group.id", ks->group, err, errlen) ||
+        rdkafka_conf_set(conf, "client.id", "sessionizer", err, errlen) ||
+        rdkafka_conf_set(conf, "auto.offset.reset", "error", err, errlen) ||
+        rdkafka_conf_set(conf, "session.timeout.ms", DEFAULT_SESSION_TIMEOUT, err, errlen) ||
         /* librdkafka checks queued.min.messages against the consumer queue
          * that every partition forwards to, i.e. against the total: with the
          * default (100000) and many partitions the fetcher stops after one
          * round and waits for the queue to drain, stalling up to a second at
          * a time. The queue stays bounded by queued.max.messages.kbytes. */
-        conf_set(conf, "queued.min.messages", "1000000", err, errlen) ||
+        rdkafka_conf_set(conf, "queued.min.messages", "1000000", err, errlen) ||
         apply_props(ks, conf, err, errlen) ||
-        conf_set(conf, "enable.auto.commit", "false", err, errlen) ||
-        conf_set(conf, "enable.auto.offset.store", "false", err, errlen) ||
-        conf_set(conf, "enable.partition.eof", "true", err, errlen)) {
+        rdkafka_conf_set(conf, "enable.auto.commit", "false", err, errlen) ||
+        rdkafka_conf_set(conf, "enable.auto.offset.store", "false", err, errlen) ||
+        rdkafka_conf_set(conf, "enable.partition.eof", "true", err, errlen)) {
         rd_kafka_conf_destroy(conf);
         kafka_destroy(ks);
         return NULL;

@@ -14,35 +14,26 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/rdkafka_conf.h"
 #include "common/status.h"
 #include "common/xalloc.h"
 #include "task/scaleout_internal.h"
 
 /* ---- librdkafka set-up --------------------------------------------------- */
 
-static int conf_set(rd_kafka_conf_t *c, const char *k, const char *v, char *err, size_t errlen)
-{
-    char e[512];
-    if (rd_kafka_conf_set(c, k, v, e, sizeof e) != RD_KAFKA_CONF_OK) {
-        snprintf(err, errlen, "kafka property %s=%s: %s", k, v, e);
-        return -1;
-    }
-    return 0;
-}
-
 /* Ours first, then the user's -X (which win), except those the design
  * depends on. */
 static rd_kafka_conf_t *base_conf(so *s, char *err, size_t errlen)
 {
     rd_kafka_conf_t *c = rd_kafka_conf_new();
-    if (conf_set(c, "bootstrap.servers", s->brokers, err, errlen) ||
-        conf_set(c, "client.id", "sessionizer", err, errlen) ||
-        conf_set(c, "log_level", "4", err, errlen))
+    if (rdkafka_conf_set(c, "bootstrap.servers", s->brokers, err, errlen) ||
+        rdkafka_conf_set(c, "client.id", "sessionizer", err, errlen) ||
+        rdkafka_conf_set(c, "log_level", "4", err, errlen))
         goto bad;
     for (const char *const *p = s->jc->source.props; p && *p; p++) {
-        const char *eq = strchr(*p, '=');
-        char key[256];
-        snprintf(key, sizeof key, "%.*s", (int)(eq - *p), *p);
+        char key[RDKAFKA_KEY_MAX];
+        const char *v = rdkafka_prop_split(*p, key);
+        if (!v) continue; /* the CLI refused it */
         if (strncmp(key, "sessionizer.", 12) == 0 || strncmp(key, "dlq.", 4) == 0) continue;
         static const char *const refused[] = {"bootstrap.servers", "group.id", "enable.auto.commit",
                                               "enable.auto.offset.store", "enable.partition.eof",
@@ -53,7 +44,7 @@ static rd_kafka_conf_t *base_conf(so *s, char *err, size_t errlen)
                 snprintf(err, errlen, "-X %s is set by --scale-out itself", key);
                 goto bad;
             }
-        if (conf_set(c, key, eq + 1, err, errlen)) goto bad;
+        if (rdkafka_conf_set(c, key, v, err, errlen)) goto bad;
     }
     return c;
 bad:
@@ -99,20 +90,20 @@ rd_kafka_t *so_new_consumer(so *s, const char *group, int stage, char *err, size
 {
     rd_kafka_conf_t *c = base_conf(s, err, errlen);
     if (!c) return NULL;
-    if (conf_set(c, "group.id", group, err, errlen) ||
-        conf_set(c, "enable.auto.commit", "false", err, errlen) ||
-        conf_set(c, "enable.auto.offset.store", "false", err, errlen) ||
-        conf_set(c, "enable.partition.eof", "true", err, errlen) ||
-        conf_set(c, "partition.assignment.strategy", "range", err, errlen) ||
+    if (rdkafka_conf_set(c, "group.id", group, err, errlen) ||
+        rdkafka_conf_set(c, "enable.auto.commit", "false", err, errlen) ||
+        rdkafka_conf_set(c, "enable.auto.offset.store", "false", err, errlen) ||
+        rdkafka_conf_set(c, "enable.partition.eof", "true", err, errlen) ||
+        rdkafka_conf_set(c, "partition.assignment.strategy", "range", err, errlen) ||
         /* stage 2 must not skip what was produced: lost data is an error */
-        conf_set(c, "auto.offset.reset", stage == 1 ? "earliest" : "error", err, errlen)) {
+        rdkafka_conf_set(c, "auto.offset.reset", stage == 1 ? "earliest" : "error", err, errlen)) {
         rd_kafka_conf_destroy(c);
         return NULL;
     }
     char e[512];
     if (rd_kafka_conf_get(c, "session.timeout.ms", e, &(size_t){sizeof e}) == RD_KAFKA_CONF_OK &&
         strcmp(e, "45000") == 0)
-        conf_set(c, "session.timeout.ms", "10000", err, errlen);
+        rdkafka_conf_set(c, "session.timeout.ms", "10000", err, errlen);
     rd_kafka_conf_set_opaque(c, s);
     rd_kafka_conf_set_error_cb(c, so_on_error);
     rd_kafka_conf_set_rebalance_cb(c, stage == 1 ? s1_rebalance : stage == 2 ? s2_rebalance
@@ -133,10 +124,10 @@ rd_kafka_t *so_new_producer(so *s, char *err, size_t errlen)
     /* Idempotent and gapless: a source partition's records reach a
      * repartition partition in order and without holes, which stage 2's
      * de-duplication relies on; a hole is a fatal error, not a skip. */
-    if (conf_set(c, "enable.idempotence", "true", err, errlen) ||
-        conf_set(c, "enable.gapless.guarantee", "true", err, errlen) ||
-        conf_set(c, "message.timeout.ms", "0", err, errlen) ||
-        conf_set(c, "linger.ms", "5", err, errlen)) {
+    if (rdkafka_conf_set(c, "enable.idempotence", "true", err, errlen) ||
+        rdkafka_conf_set(c, "enable.gapless.guarantee", "true", err, errlen) ||
+        rdkafka_conf_set(c, "message.timeout.ms", "0", err, errlen) ||
+        rdkafka_conf_set(c, "linger.ms", "5", err, errlen)) {
         rd_kafka_conf_destroy(c);
         return NULL;
     }
