@@ -14,44 +14,23 @@ WATCHDOG=1 at half the interval (1 s here) while it runs (idle included), and
 STOPPING=1 on SIGTERM, then exits 0.
 """
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
 from harness import BIN, Checks, generate, summary, tmpdir  # noqa: E402
-
-
-def get(port, path):
-    """(status, body) of GET http://127.0.0.1:port/path."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def parse_metrics(text):
-    """{'name{labels}': value} of the exposition text."""
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            k, v = line.rsplit(" ", 1)
-            out[k] = float(v)
-    return out
+from metrics_http import get, parse_metrics, scrape, served_port  # noqa: E402
 
 
 def wait_port(err_path, timeout=20):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        m = re.search(r"serving http://127\.0\.0\.1:(\d+)/metrics", open(err_path).read())
-        if m:
-            return int(m.group(1))
+        port = served_port(open(err_path).read())
+        if port:
+            return port
         time.sleep(0.05)
     raise AssertionError("the job did not say where it serves metrics: " + open(err_path).read())
 
@@ -72,7 +51,7 @@ def t_endpoint(c):
         # the figures arrive with the next publication (each commit, every second)
         deadline, m = time.time() + 20, {}
         while time.time() < deadline:
-            m = parse_metrics(get(port, "/metrics")[1])
+            m = scrape(port)
             if m.get('sessionizer_records_read_total{partition="0"}') == n:
                 break
             time.sleep(0.1)

@@ -30,13 +30,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "lib"))
 from harness import Checks, summary  # noqa: E402
+from metrics_http import http_get, scrape, served_port  # noqa: E402
 
 BIN = os.environ["SESSIONIZER"]
 MOCK = os.environ["KAFKA_MOCK"]
@@ -58,16 +57,6 @@ def free_port():
     return port
 
 
-def http(url):
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except OSError as e:
-        return 0, str(e)
-
-
 def wait_for(what, fn, timeout):
     """Polls fn() every 0.2 s until it returns a true value; returns it, or
     raises naming what did not happen."""
@@ -79,15 +68,6 @@ def wait_for(what, fn, timeout):
         if time.time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.2)
-
-
-def metrics(port):
-    out = {}
-    for line in http(f"http://127.0.0.1:{port}/metrics")[1].splitlines():
-        if line and not line.startswith("#"):
-            k, v = line.rsplit(" ", 1)
-            out[k] = float(v)
-    return out
 
 
 class Prom:
@@ -103,11 +83,11 @@ class Prom:
                                    f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
                                   stdout=subprocess.DEVNULL, stderr=open(f"{work}/prometheus.err", "wb"))
         PROCS.append(self.p)
-        wait_for("Prometheus to start", lambda: http(f"http://127.0.0.1:{self.port}/-/ready")[0] == 200, 30)
+        wait_for("Prometheus to start", lambda: http_get(f"http://127.0.0.1:{self.port}/-/ready")[0] == 200, 30)
 
     def query(self, q):
         """{labels-as-tuple: value} of an instant query."""
-        st, body = http(f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": q}))
+        st, body = http_get(f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": q}))
         if st != 200:
             return {}
         res = json.loads(body)["data"]["result"]
@@ -180,19 +160,18 @@ def run(c, work, pg_dir):
                            stderr=open(err, "wb"))
     PROCS.append(job)
     port = int(wait_for("the metrics address in the log",
-                        lambda: (re.findall(r"serving http://127\.0\.0\.1:(\d+)/", open(err).read()) or [None])[0],
-                        20))
+                        lambda: served_port(open(err).read()), 20))
     ep = f"http://127.0.0.1:{port}"
     prom = Prom(work, port)
 
     def read_total():
-        m = metrics(port)
+        m = scrape(port)
         return sum(v for k, v in m.items() if k.startswith("sessionizer_records_read_total"))
 
     wait_for(f"the job to read the first {sent} records", lambda: read_total() == sent, 40)
-    c.eq(wait_for("/readyz 200", lambda: http(ep + "/readyz")[0] == 200 and http(ep + "/readyz"), 15),
+    c.eq(wait_for("/readyz 200", lambda: http_get(ep + "/readyz")[0] == 200 and http_get(ep + "/readyz"), 15),
          (200, "ready\n"), "1: running and caught up: /readyz says ready")
-    c.eq(http(ep + "/healthz"), (200, "ok\n"), "1: /healthz ok")
+    c.eq(http_get(ep + "/healthz"), (200, "ok\n"), "1: /healthz ok")
     got = wait_for("Prometheus to scrape the records read",
                    lambda: prom.scalar("sum(sessionizer_records_read_total)") == sent and sent, 15)
     c.eq(got, sent, f"1: Prometheus: sum(sessionizer_records_read_total) = {sent} records produced")
@@ -204,16 +183,16 @@ def run(c, work, pg_dir):
     mock.send_signal(signal.SIGUSR1)
     st, body = wait_for("/readyz to report the source down",
                         lambda: (lambda r: r if r[0] == 503 and "source kafka unreachable" in r[1] else None)(
-                            http(ep + "/readyz")), 20)
+                            http_get(ep + "/readyz")), 20)
     c.check("source kafka unreachable for" in body and "sink" not in body,
             f"2: brokers down: /readyz 503 naming the source alone: {body.strip()}")
-    c.eq(http(ep + "/healthz")[0], 200, "2: /healthz still ok (the job is waiting, not stuck)")
-    c.eq(metrics(port).get('sessionizer_up{role="source",component="kafka"}'), 0.0,
+    c.eq(http_get(ep + "/healthz")[0], 200, "2: /healthz still ok (the job is waiting, not stuck)")
+    c.eq(scrape(port).get('sessionizer_up{role="source",component="kafka"}'), 0.0,
          "2: sessionizer_up{role=source} 0 on the endpoint")
     c.check(wait_for("Prometheus to see the source down",
                      lambda: prom.scalar('sessionizer_up{role="source"}') == 0.0, 10),
             "2: and in Prometheus")
-    c.check(metrics(port).get('sessionizer_errors_total{component="kafka",kind="connection"}', 0) > 0,
+    c.check(scrape(port).get('sessionizer_errors_total{component="kafka",kind="connection"}', 0) > 0,
             "2: Kafka connection errors counted")
     log(f"step 2: brokers down, not ready: {body.strip()}")
     time.sleep(1)
@@ -225,14 +204,14 @@ def run(c, work, pg_dir):
         more += len(lines)
     sent += more
     wait_for(f"the job to read the {more} records produced after the outage", lambda: read_total() == sent, 40)
-    c.eq(wait_for("/readyz 200 after the outage", lambda: http(ep + "/readyz")[0] == 200 and http(ep + "/readyz"), 20),
+    c.eq(wait_for("/readyz 200 after the outage", lambda: http_get(ep + "/readyz")[0] == 200 and http_get(ep + "/readyz"), 20),
          (200, "ready\n"), "2: brokers back: ready again")
     c.check(wait_for("Prometheus to see the source up", lambda: prom.scalar('sessionizer_up{role="source"}') == 1.0, 10),
             "2: Prometheus: source up again")
     log(f"step 2: brokers back, {sent} records read, ready ({time.time() - t_start:.1f} s)")
 
     # 3. PostgreSQL stopped while sessions close ---------------------------------
-    closed_before = metrics(port)["sessionizer_sink_sessions_written_total"]
+    closed_before = scrape(port)["sessionizer_sink_sessions_written_total"]
     subprocess.run([PG, "stop", pg_dir], check=True, capture_output=True)
     for p in (0, 1):  # an hour later: every open session closes and must be written
         lines = visits(p, 4000, 20, 30, 2)
@@ -240,11 +219,11 @@ def run(c, work, pg_dir):
         sent += len(lines)
     st, body = wait_for("/readyz to report the sink down",
                         lambda: (lambda r: r if r[0] == 503 and "sink postgresql unreachable" in r[1] else None)(
-                            http(ep + "/readyz")), 30)
+                            http_get(ep + "/readyz")), 30)
     c.check("sink postgresql unreachable for" in body, f"3: PostgreSQL down: /readyz 503 naming the sink: {body.strip()}")
     time.sleep(2)  # a few retries
-    c.eq(http(ep + "/healthz")[0], 200, "3: /healthz still ok while the sink retries")
-    m = metrics(port)
+    c.eq(http_get(ep + "/healthz")[0], 200, "3: /healthz still ok while the sink retries")
+    m = scrape(port)
     c.eq(m.get('sessionizer_up{role="sink",component="postgresql"}'), 0.0, "3: sessionizer_up{role=sink} 0")
     retries = m.get('sessionizer_retries_total{component="postgresql"}', 0)
     c.check(retries >= 2 and m.get('sessionizer_errors_total{component="postgresql",kind="connection"}', 0) >= 2,
@@ -255,16 +234,16 @@ def run(c, work, pg_dir):
             "3: Prometheus: retries")
     log(f"step 3: PostgreSQL down, not ready: {body.strip()}")
     subprocess.run([PG, "start-again", pg_dir], check=True, capture_output=True)
-    c.eq(wait_for("/readyz 200 after the restart", lambda: http(ep + "/readyz")[0] == 200 and http(ep + "/readyz"), 30),
+    c.eq(wait_for("/readyz 200 after the restart", lambda: http_get(ep + "/readyz")[0] == 200 and http_get(ep + "/readyz"), 30),
          (200, "ready\n"), "3: PostgreSQL back: ready again")
     wait_for("the closed sessions to be written",
-             lambda: metrics(port)["sessionizer_sink_sessions_written_total"] > closed_before, 20)
+             lambda: scrape(port)["sessionizer_sink_sessions_written_total"] > closed_before, 20)
     log(f"step 3: PostgreSQL back, ready ({time.time() - t_start:.1f} s)")
 
     # 4. at rest: Prometheus = the job's own summary -------------------------------
     wait_for("every record read", lambda: read_total() == sent, 20)
     time.sleep(1.5)  # a snapshot after the last commit
-    final = metrics(port)
+    final = scrape(port)
     names = ["sessionizer_records_read_total", "sessionizer_dead_letters_total",
              "sessionizer_sessions_closed_total", "sessionizer_sessions_open", "sessionizer_pages_held",
              "sessionizer_visits_accepted_total"]

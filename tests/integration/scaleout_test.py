@@ -66,12 +66,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "lib"))
 import scaleout_campaign as sc  # noqa: E402  (the set-up: servers, log, oracle)
+from metrics_http import get, scrape, served_port  # noqa: E402
 
 log = sc.log
 
@@ -374,23 +374,6 @@ def zombie(t):
     return t.check_dead_letters(["A", "B"], counts) and ok
 
 
-def scrape(port, path="/metrics"):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def parse_metrics(text):
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            k, v = line.rsplit(" ", 1)
-            out[k] = float(v)
-    return out
-
-
 def total(ms, prefix):
     """Sum over instances of every series whose name{labels} starts with prefix."""
     return sum(v for m in ms for k, v in m.items() if k.startswith(prefix))
@@ -406,15 +389,12 @@ def metrics(t):
           for n in range(2)]
     ports = []
     for p in ps:
-        t.wait_for(f"{p.name}'s metrics port",
-                   lambda: re.search(r"serving http://127\.0\.0\.1:(\d+)/metrics", t.stderr_of(p)),
-                   30, ps)
-        ports.append(int(re.search(r"serving http://127\.0\.0\.1:(\d+)/metrics",
-                                   t.stderr_of(p)).group(1)))
+        t.wait_for(f"{p.name}'s metrics port", lambda: served_port(t.stderr_of(p)), 30, ps)
+        ports.append(served_port(t.stderr_of(p)))
     n_tasks = 4  # source partitions, and the default --repartition-partitions
 
     def settled():
-        ms = [parse_metrics(scrape(port)[1]) for port in ports]
+        ms = [scrape(port) for port in ports]
         return all(m.get('sessionizer_scaleout_tasks{stage="source"}', 0) > 0 and
                    m.get('sessionizer_scaleout_tasks{stage="sessions"}', 0) > 0 for m in ms) and \
             total(ms, 'sessionizer_scaleout_tasks{stage="source"}') == n_tasks and \
@@ -432,7 +412,7 @@ def metrics(t):
     ms = []
 
     def all_read():
-        ms[:] = [parse_metrics(scrape(port)[1]) for port in ports]
+        ms[:] = [scrape(port) for port in ports]
         return total(ms, "sessionizer_records_read_total") >= n_records
     t.wait_for("every record read", all_read, 120, ps)
     # sessions keep closing while the watermark moves: wait until the
@@ -441,7 +421,7 @@ def metrics(t):
     end = time.time() + 60
     while still < 10 and time.time() < end:
         rows = int(t.psql("SELECT count(*) FROM sessions").strip() or 0)
-        ms = [parse_metrics(scrape(port)[1]) for port in ports]
+        ms = [scrape(port) for port in ports]
         now = (rows, total(ms, "sessionizer_sink_sessions_written_total"),
                total(ms, "sessionizer_sessions_closed_total"))
         still = still + 1 if now == last and now[0] == now[1] else 0
@@ -454,13 +434,13 @@ def metrics(t):
         log(("ok - " if cond else "FAIL: ") + what)
         ok = ok and cond
     for n, port in enumerate(ports):
-        st, text = scrape(port)
+        st, text = get(port)
         check(st == 200 and "sessionizer_scaleout_tasks" in text, f"i{n} serves /metrics with the scale-out's figures")
         if shutil.which("promtool"):
             pc = subprocess.run(["promtool", "check", "metrics"], input=text.encode(), capture_output=True)
             check(pc.returncode == 0, f"promtool check metrics accepts i{n}'s: {pc.stderr.decode()[:300]}")
-        check(scrape(port, "/healthz")[0] == 200, f"i{n} /healthz 200")
-        rs, why = scrape(port, "/readyz")
+        check(get(port, "/healthz")[0] == 200, f"i{n} /healthz 200")
+        rs, why = get(port, "/readyz")
         check(rs == 200, f"i{n} /readyz 200 ({why.strip()[:200]})")
     for part, n in sorted(per_part.items()):
         got = total(ms, f'sessionizer_records_read_total{{partition="{part}"}}')
