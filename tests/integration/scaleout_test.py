@@ -44,17 +44,21 @@ keys          --user-from key --time-from kafka: a log whose records carry
               broken values), read by 2 instances (repartitioned): the table
               and the dead letters equal a single instance's with the same
               options.
-strings       --user-type string, two logs read at once: `visits`, the
+strings       --user-type string, three logs read at once: `visits`, the
               campaign's log with string users (UUIDs, e-mail addresses,
               non-ASCII, one of the 512-byte bound) plus a few records the
-              type refuses (an int user, a 513-byte one), and `keyed`, whose
+              type refuses (an int user, a 513-byte one); `keyed`, whose
               records carry a string user as their key (--user-from key;
-              some have none). Each through 2 instances (repartitioned) and a
-              single instance: each table equals the single instance's and
-              the oracle's (kafka_oracle.py --user-type string). Dead letters
-              go to Kafka (--dlq kafka:TOPIC): the instances' topic holds the
-              single instance's (reason, partition, offset), each once at
-              least, and nothing else.
+              some have none); `bykey`, visits' records with every user in
+              one partition, read with --keyed-input. Each through 2
+              instances and a single instance: each table equals the single
+              instance's and the oracle's (kafka_oracle.py --user-type
+              string). Dead letters go to Kafka (--dlq kafka:TOPIC): the
+              instances' topic holds the single instance's (reason,
+              partition, offset), each once at least, and nothing else.
+              Then an instance with --user-type int joins the string group
+              of `visits`: it stops, saying that the tasks were written with
+              --user-type string.
 Environment: SESSIONIZER, KAFKA_MOCK. Exit 1 on any failure.
 """
 import argparse
@@ -66,6 +70,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -555,80 +560,102 @@ def kafka_dead_letters(t, topic):
 
 
 def strings(t):
+    # three logs, one topic each: v (users in a field), k (users as keys,
+    # --user-from key), s (users in a field, each user's records in one
+    # partition: --keyed-input); each with a dead-letter topic per run
+    runs = {  # name: topic, options, instances' extra options, oracle's dump format, its options
+        "v": ("visits", ["--user-type", "string"], [], "%p\t%o\t%T\t%s\n", []),
+        "k": ("keyed", ["--user-type", "string", "--user-from", "key"], [],
+              "%p\t%o\t%T\t%k\t%s\n", ["--user-from", "key"]),
+        "s": ("bykey", ["--user-type", "string"], ["--keyed-input"], "%p\t%o\t%T\t%s\n", []),
+    }
+    dlq_topics = [f"dlq-{who}-{name}:1" for name in runs for who in ("single", "so")]
     t.start_pg()
-    t.start_mock(["--topic", "keyed:4", "--topic", "dlq-single:1", "--topic", "dlq-G:1",
-                  "--topic", "dlq-single-k:1", "--topic", "dlq-K:1"])
+    t.start_mock(["--topic", "keyed:4", "--topic", "bykey:4"] +
+                 [x for d in dlq_topics for x in ("--topic", d)])
     gen = t.path("gen")
     subprocess.run([sc.PY, os.path.join(HERE, "kafka_gen.py"), "--partitions", "4", "--records",
                     str(t.a.records), "--users", "60", "--seed", str(t.a.seed), gen], check=True)
     rnd = t.rnd
+    lines = {name: [[] for _ in range(4)] for name in runs}
+    merged = []  # (how far into its partition, partition, line) of v, for s
     for p in range(4):
-        values, keyed = [], []
-        for n, line in enumerate(open(os.path.join(gen, f"p{p}.jsonl"), encoding="utf-8")):
+        src = open(os.path.join(gen, f"p{p}.jsonl"), encoding="utf-8").readlines()
+        for n, line in enumerate(src):
             try:
                 d = json.loads(line)
             except ValueError:
-                values.append(line)  # invalid_json
-                keyed.append("k|" + line)
+                lines["v"][p].append(line)  # invalid_json (mistyped_field: an int user first)
+                lines["k"][p].append("k|" + line)
+                merged.append((n / len(src), p, line))
                 continue
             u = d["user_id"]
             if isinstance(u, int):
                 r = rnd.random()
                 # a few the string type refuses: an int user, one over the bound
                 d["user_id"] = u if r < 0.004 else "x" * 513 if r < 0.008 else string_user(u)
-            values.append(json.dumps(d, ensure_ascii=n % 2 == 0) + "\n")
+            value = json.dumps(d, ensure_ascii=n % 2 == 0) + "\n"
+            lines["v"][p].append(value)
+            merged.append((n / len(src), p, value))
             user = d.pop("user_id")
             if isinstance(user, str) and rnd.random() > 0.01:
-                keyed.append(f"{user}|" + json.dumps(d, ensure_ascii=False) + "\n")
+                lines["k"][p].append(f"{user}|" + json.dumps(d, ensure_ascii=False) + "\n")
             else:
-                keyed.append(json.dumps(d) + "\n")  # no key: missing_field
-        for topic, lines in (("visits", values), ("keyed", keyed)):
-            path = t.path(f"{topic}{p}.txt")
-            open(path, "w", encoding="utf-8").writelines(lines)
+                lines["k"][p].append(json.dumps(d) + "\n")  # no key: missing_field
+    # s: v's records, every string user's in partition crc32(user) mod 4, in
+    # the generator's event-time order (others stay where they were)
+    merged.sort(key=lambda x: x[0])
+    for _, p, line in merged:
+        try:
+            u = json.loads(line)["user_id"]
+            dest = zlib.crc32(u.encode()) % 4 if isinstance(u, str) else p
+        except (ValueError, KeyError):
+            dest = p
+        lines["s"][dest].append(line)
+    producers = []  # at once: the test's time is mostly waits
+    for name, (topic, *_) in runs.items():
+        for p in range(4):
+            path = t.path(f"{name}{p}.txt")
+            open(path, "w", encoding="utf-8").writelines(lines[name][p])
             # keyless records are those without the delimiter
-            subprocess.run(["kcat", "-P", "-b", t.brokers, "-t", topic, "-p", str(p), "-l", path,
-                            "-X", "batch.num.messages=50"] + (["-K", "|"] if topic == "keyed" else []),
-                           check=True)
-    runs = {  # name: topic, options, oracle's dump format and options
-        "v": ("visits", ["--user-type", "string"], "%p\t%o\t%T\t%s\n", []),
-        "k": ("keyed", ["--user-type", "string", "--user-from", "key"], "%p\t%o\t%T\t%k\t%s\n",
-              ["--user-from", "key"]),
-    }
+            producers.append(subprocess.Popen(
+                ["kcat", "-P", "-b", t.brokers, "-t", topic, "-p", str(p), "-l", path,
+                 "-X", "batch.num.messages=50"] + (["-K", "|"] if name == "k" else [])))
+    if any(p.wait() != 0 for p in producers):
+        raise SystemExit("FAIL: kcat could not produce the logs")
     want = {}
-    for name, (topic, _, fmt, oopts) in runs.items():
+    for name, (topic, _, _, fmt, oopts) in runs.items():
         with open(t.path(f"dump-{name}.tsv"), "w") as f:
             subprocess.run(["kcat", "-C", "-b", t.brokers, "-t", topic, "-e", "-q", "-f", fmt],
                            stdout=f, check=True)
         want[name] = str_oracle(t, t.path(f"dump-{name}.tsv"), *oopts)
         log(f"oracle {name}: {want[name][1]}")
-    # the single instances, both logs at once
-    singles = {}
-    for name, (topic, opts, _, _) in runs.items():
-        dlq = "dlq-single" + ("-k" if name == "k" else "")
-        singles[name] = subprocess.Popen(
-            [os.environ["SESSIONIZER"], "run", "--source", f"kafka://{t.brokers}/{topic}",
-             "--sink", t.pg_uri, "--sink-opt", f"table=single_{name}", "--group", f"single-{name}",
-             "--until-end", "-q", "--dlq", f"kafka:{dlq}"] + opts + sc.FAST,
-            stdout=subprocess.DEVNULL, stderr=open(t.path(f"single-{name}.err"), "w"))
-        singles[name].name = f"single-{name}"
-        t.procs.append(singles[name])
-    for p in singles.values():
+
+    def start(name, args):
+        p = subprocess.Popen([os.environ["SESSIONIZER"], "run"] + args + sc.FAST,
+                             stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                             stderr=open(t.path(f"{name}.err"), "w"))
+        p.name = name
+        t.procs.append(p)
+        return p
+    # the single instances and 2 instances a log, all at once
+    singles = [start(f"single-{name}", ["--source", f"kafka://{t.brokers}/{topic}", "--sink",
+                                        t.pg_uri, "--sink-opt", f"table=single_{name}", "--group",
+                                        f"single-{name}", "--until-end", "-q", "--dlq",
+                                        f"kafka:dlq-single-{name}"] + opts)
+               for name, (topic, opts, *_) in runs.items()]
+    ps = [start(f"{name}{n}", ["--scale-out", "--source", f"kafka://{t.brokers}/{topic}", "--sink",
+                               t.pg_uri, "--sink-opt", f"table=sessions_{name}", "--group",
+                               f"G{name}", "--commit-interval", "500ms", "--until-end", "--dlq",
+                               f"kafka:dlq-so-{name}"] + opts + extra)
+          for name, (topic, opts, extra, *_) in runs.items() for n in range(2)]
+    for p in singles + ps[:2]:  # ps[:2]: v's
         t.wait_ok(p, 180)
-    # then 2 instances for each log, all four at once
-    ps = []
-    for name, (topic, opts, _, _) in runs.items():
-        group, dlq = ("G", "dlq-G") if name == "v" else ("K", "dlq-K")
-        for n in range(2):
-            args = [os.environ["SESSIONIZER"], "run", "--scale-out", "--source",
-                    f"kafka://{t.brokers}/{topic}", "--sink", t.pg_uri, "--sink-opt",
-                    f"table=sessions_{name}", "--group", group, "--commit-interval", "500ms",
-                    "--until-end", "--dlq", f"kafka:{dlq}"] + opts + sc.FAST
-            p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                                 stderr=open(t.path(f"{name}{n}.err"), "w"))
-            p.name = f"{name}{n}"
-            t.procs.append(p)
-            ps.append(p)
-    for p in ps:
+    # an instance with the other --user-type joins a group of string users
+    # (live: a finished --until-end run has nothing to load): refused
+    other = start("other", ["--scale-out", "--source", f"kafka://{t.brokers}/visits", "--sink",
+                            "null:", "--state", t.pg_uri, "--group", "Gv", "--dlq", "kafka:dlq-so-v"])
+    for p in ps[2:]:
         t.wait_ok(p, 180)
     ok = True
     for name in runs:
@@ -639,18 +666,24 @@ def strings(t):
         ok = sc.compare(f"{name}: oracle", rows, got) and ok
         ok = len(single) > 0 and sc.compare(f"{name}: single instance", set(single), got) and ok
         longest = max(len(u.encode()) for _, u, _ in got)
-        want_dl, n_single = kafka_dead_letters(t, "dlq-single" + ("-k" if name == "k" else ""))
-        got_dl, n_got = kafka_dead_letters(t, "dlq-G" if name == "v" else "dlq-K")
+        want_dl, n_single = kafka_dead_letters(t, f"dlq-single-{name}")
+        got_dl, n_got = kafka_dead_letters(t, f"dlq-so-{name}")
         reasons = sorted({r for r, _, _ in want_dl})
         bad = counts["invalid"] + counts["late"] + counts["future"]
         log(f"{name}: longest user {longest} bytes; dead letters: single {n_single} "
             f"({len(want_dl)} distinct: {', '.join(reasons)}), instances {n_got} ({len(got_dl)} "
             f"distinct), the oracle's {bad}")
         ok = ok and want_dl == got_dl and len(want_dl) == bad == n_single
-        # (the generator's cut JSON names an int user first: mistyped_field)
         ok = ok and longest == 512 and "invalid_user_id" in reasons
-        ok = ok and ({"mistyped_field"} if name == "v" else {"missing_field", "invalid_json"}) <= set(reasons)
-    return ok
+        # (the generator's cut JSON names an int user first: mistyped_field)
+        ok = ok and ({"missing_field", "invalid_json"} if name == "k" else {"mistyped_field"}) <= set(reasons)
+    try:
+        other.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        t.fail(other, "with --user-type int in a group of string users still runs after 60 s")
+    last = t.stderr_of(other).strip().splitlines()[-1]
+    log(f"--user-type int in group Gv: exit {other.returncode}: {last[-250:]}")
+    return ok and other.returncode == 1 and "written with --user-type string" in last
 
 
 def main():
