@@ -4,13 +4,13 @@
  *
  *   build-bench/sqlite-limit SOURCE.db TARGET.db
  *
- * SOURCE.db is a table written by `sessionizer ... --sink sqlite:SOURCE.db`.
- * Its rows are read into memory in rowid order, which is the order the sink
- * inserted them: flush after flush, each flush sorted by session_id, so a
- * session_id lower than the previous one marks where a flush (one
- * transaction) began. TARGET.db (removed first) gets the same schema, the
- * same pragmas and the same upsert statement as src/sink/sqlite.c, and the
- * rows in the same transactions. No parsing, no engine, no JSON: the time
+ * SOURCE.db is a table written by `sessionizer ... --sink sqlite:SOURCE.db`
+ * into a new database, so each row sits at the rowid of its session's first
+ * position (src/sink/sqlite.c). Its rows are read into memory by
+ * ingestion_time, which is one per flush (one transaction), then rowid, the
+ * order the sink wrote them in. TARGET.db (removed first) gets the same
+ * schema, the same pragmas and the same placed upsert as the sink, and the
+ * rows at the same rowids in the same transactions. No parsing, no engine, no JSON: the time
  * printed is SQLite's share of file -> sqlite:, and anything the sink is
  * slower than this is sessionizer's overhead.
  */
@@ -26,9 +26,10 @@
 #include "sink/sqlite_sql.h"
 
 typedef struct row {
-    int64_t session_id, user_id;
+    int64_t rowid, session_id, user_id;
     char *pages;
     int pages_len;
+    int txn; /* the flush it was written by */
 } row;
 
 static double now_s(void)
@@ -53,20 +54,27 @@ int main(int argc, char **argv)
     sqlite3 *src;
     if (sqlite3_open_v2(argv[1], &src, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) die(src, "open source");
     sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(src, "SELECT session_id, user_id, pages FROM sessions ORDER BY rowid", -1,
+    if (sqlite3_prepare_v2(src, "SELECT rowid, session_id, user_id, pages, "
+                           "ingestion_time FROM sessions ORDER BY ingestion_time, rowid", -1,
                            &st, NULL) != SQLITE_OK)
         die(src, "read source");
     size_t n = 0, cap = 1 << 20, flushes = 0;
+    char last[64] = "";
     row *rows = malloc(cap * sizeof *rows);
     while (sqlite3_step(st) == SQLITE_ROW) {
         if (n == cap) rows = realloc(rows, (cap *= 2) * sizeof *rows);
         if (!rows) return 1;
         row *r = &rows[n++];
-        r->session_id = sqlite3_column_int64(st, 0);
-        r->user_id = sqlite3_column_int64(st, 1);
-        r->pages_len = sqlite3_column_bytes(st, 2);
+        r->rowid = sqlite3_column_int64(st, 0);
+        r->session_id = sqlite3_column_int64(st, 1);
+        r->user_id = sqlite3_column_int64(st, 2);
+        r->pages_len = sqlite3_column_bytes(st, 3);
         r->pages = malloc((size_t)r->pages_len + 1);
-        memcpy(r->pages, sqlite3_column_text(st, 2), (size_t)r->pages_len);
+        memcpy(r->pages, sqlite3_column_text(st, 3), (size_t)r->pages_len);
+        const char *t = (const char *)sqlite3_column_text(st, 4);
+        if (n == 1 || strcmp(t, last) != 0) flushes++;
+        snprintf(last, sizeof last, "%s", t);
+        r->txn = (int)flushes;
     }
     sqlite3_finalize(st);
     sqlite3_close(src);
@@ -81,7 +89,7 @@ int main(int argc, char **argv)
     /* the sink's own statements (src/sink/sqlite_sql.h) */
     char create[1024], upsert[1024];
     sqlite_sink_create_sql(create, sizeof create, 0, 0);
-    sqlite_sink_upsert_sql(upsert, sizeof upsert, 0);
+    sqlite_sink_place_sql(upsert, sizeof upsert, 0);
     if (sqlite3_exec(db, SQLITE_SINK_PRAGMAS, NULL, NULL, NULL) != SQLITE_OK ||
         sqlite3_exec(db, create, NULL, NULL, NULL) != SQLITE_OK)
         die(db, "schema");
@@ -90,16 +98,16 @@ int main(int argc, char **argv)
         die(db, "prepare");
     const char *now = "2026-01-01T00:00:00.000000Z";
     for (size_t i = 0; i < n; i++) {
-        if (i == 0 || rows[i].session_id < rows[i - 1].session_id) { /* a new flush */
+        if (i == 0 || rows[i].txn != rows[i - 1].txn) { /* a new flush */
             if (i > 0 && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) die(db, "commit");
             if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) die(db, "begin");
-            flushes++;
         }
         sqlite3_bind_int64(up, 1, rows[i].session_id);
         sqlite3_bind_int64(up, 2, rows[i].user_id);
         sqlite3_bind_text(up, 3, rows[i].pages, rows[i].pages_len, SQLITE_STATIC);
         sqlite3_bind_text(up, 4, now, -1, SQLITE_STATIC);
-        if (sqlite3_step(up) != SQLITE_DONE) die(db, "upsert");
+        sqlite3_bind_int64(up, 5, rows[i].rowid);
+        if (sqlite3_step(up) != SQLITE_DONE || sqlite3_changes(db) != 1) die(db, "upsert");
         sqlite3_reset(up);
     }
     if (n > 0 && sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) die(db, "commit");

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "record/visit.h"
+
 typedef struct page_ref {
     const char *data; /* UTF-8, not NUL-terminated */
     uint32_t len;
@@ -17,6 +19,10 @@ typedef struct page_ref {
 
 typedef struct closed_session {
     int64_t session_id;
+    /* the position of the earliest-appended visit: what session_id is made
+     * of with the user, and unique to the session within its log (the
+     * SQLite sink places the row by it) */
+    log_position first_pos;
     int64_t user_id;        /* int users; 0 for string users */
     const char *user;       /* string users: UTF-8, not NUL-terminated; NULL for int users */
     uint32_t user_len;

@@ -901,6 +901,7 @@ static int emit_and_free(engine *e, session *s)
     closed_session cs = {.session_id = name ? session_id_of_string(name->bytes, name->len,
                                                                    &s->first_pos)
                                             : session_id_of(s->user_id, &s->first_pos),
+                         .first_pos = s->first_pos,
                          .user_id = name ? 0 : s->user_id,
                          .user = name ? name->bytes : NULL,
                          .user_len = name ? name->len : 0,

@@ -3,20 +3,28 @@
  *
  * Table sessions(session_id INTEGER, user_id INTEGER (TEXT for string
  * users), pages TEXT (a JSON array), ingestion_time TEXT (ISO-8601 UTC),
- * [the --columns chosen], PRIMARY KEY(session_id, user_id)), created when
- * missing. An existing table may have more columns, if each can be left out
- * of an INSERT (nullable or with a default): the job's own are checked by
- * name and type affinity, and what differs is refused with the DDL that
- * fixes it. Every flush is one transaction of upserts
- * through one prepared statement; the database runs in WAL mode with
- * synchronous=FULL so that a committed flush survives power loss, which is
- * what lets the job advance its checkpoint after it.
+ * [the --columns chosen]), created when missing. An existing table may have
+ * more columns, if each can be left out of an INSERT (nullable or with a
+ * default): the job's own are checked by name and type affinity, and what
+ * differs is refused with the DDL that fixes it. Every flush is one
+ * transaction of upserts through one prepared statement; the database runs
+ * in WAL mode with synchronous=FULL so that a committed flush survives power
+ * loss, which is what lets the job advance its checkpoint after it.
  *
- * Session ids are hashes, so sessions arrive in random key order. Written as
- * they come, every upsert lands on another B-tree page; buffered until the
- * flush and sorted by key, they walk the tree in order and each page is read
- * and written once per flush. Measured with bench/: 15.7 s -> 6.0 s for 2M
- * sessions, with a 256 MiB page cache and 16 KiB pages doing the rest.
+ * A row is the upsert of its session on (session_id, user_id). Session ids
+ * are hashes: under an index on them every flush's rows land on random
+ * leaves, and rewriting those leaves was most of SQLite's time (docs/
+ * performance.md). So the table has no key: a row sits at the rowid of its
+ * session's first position (sqlite_sink_rowid), which only that session of
+ * the log has and which grows with the log, and a flush sorted by it appends
+ * to the table. A re-run rewrites the rows in place. The rowid is checked
+ * to hold the same session (user and id): when another one is there (rows of
+ * another log in the same table) or a position has no rowid, the table gets
+ * the unique index on (session_id, user_id) (SQLITE_SINK_KEY_INDEX) in that
+ * flush and from then on, in this run and the next, rows are found by it,
+ * as in a table with the primary key (session_id, user_id), which databases
+ * made before keep. Either way one session has one row. Under the key, a
+ * flush is sorted by session_id instead: it walks the index in order.
  *
  * Another process may hold the database's lock (a reader checkpointing the
  * WAL, a writer): a statement that meets it waits with the common backoff
@@ -45,11 +53,15 @@
 typedef struct sqlite_sink {
     sink base;
     sqlite3 *db;
-    sqlite3_stmt *upsert;
+    sqlite3_stmt *upsert; /* on the key; NULL while rows are placed */
+    sqlite3_stmt *place;  /* at the row's place (sqlite_sink_rowid) */
+    int keyed;            /* rows are found by (session_id, user_id) */
     int in_txn;
     buf pages;     /* the pending sessions' pages (JSON arrays) and string users */
     struct pending_row {
         int64_t session_id, user_id;
+        long long rowid; /* valid if placed */
+        int placed;      /* its position has a rowid */
         size_t pages_off, pages_len;
         size_t user_off, user_len; /* string users */
         int64_t first_us, last_us;
@@ -57,7 +69,7 @@ typedef struct sqlite_sink {
     } *pending;    /* written since the last flush */
     int string_users;
     unsigned columns;
-    keyed *order;  /* the pending rows by session_id, at flush */
+    keyed *order;  /* the pending rows by rowid or session_id, at flush */
     size_t n_pending, cap_pending;
     char *path;
     char *identity; /* "sqlite:" and the database's real path */
@@ -104,8 +116,9 @@ static char affinity(const char *decl)
     return '?';
 }
 
-/* Checks an existing table. 1: no table; 0: usable; -1: not (err has the
- * DDL that fixes it). */
+/* Checks an existing table. 1: no table; 0: usable (s->keyed set if its
+ * primary key is (session_id, user_id), the other usable layout being no
+ * declared key); -1: not (err has the DDL that fixes it). */
 static int check_schema(sqlite_sink *s, char *err, size_t errlen)
 {
     struct want { const char *name, *type; int pk; int found; } want[8] = {
@@ -123,17 +136,18 @@ static int check_schema(sqlite_sink *s, char *err, size_t errlen)
     buf_init(&fix);
     buf_init(&why);
     size_t n = 0;
-    int key_ok = 1;
+    int key_ok = 1, any_pk = 0, pk_differs = 0;
     while (sqlite3_step(st) == SQLITE_ROW) {
         n++;
         const char *name = (const char *)sqlite3_column_text(st, 0);
         const char *type = (const char *)sqlite3_column_text(st, 1);
         int notnull = sqlite3_column_int(st, 2), has_default = sqlite3_column_int(st, 3);
         int pk = sqlite3_column_int(st, 4);
+        any_pk |= pk != 0;
         size_t k = 0;
         while (k < n_want && strcmp(name, want[k].name) != 0) k++;
         if (k == n_want) { /* not ours: the INSERT leaves it out */
-            if (pk) key_ok = 0;
+            if (pk) pk_differs = 1;
             else if (notnull && !has_default) {
                 buf_printf(&why, "%scolumn %s is NOT NULL without a default", why.len ? "; " : "", name);
                 buf_printf(&fix, "ALTER TABLE sessions DROP COLUMN %s; ALTER TABLE sessions ADD "
@@ -142,7 +156,7 @@ static int check_schema(sqlite_sink *s, char *err, size_t errlen)
             continue;
         }
         want[k].found = 1;
-        if (want[k].pk != pk) key_ok = 0;
+        if (want[k].pk != pk) pk_differs = 1;
         if (affinity(type) != affinity(want[k].type)) {
             buf_printf(&why, "%scolumn %s is %s, expected %s", why.len ? "; " : "", name,
                        type && *type ? type : "untyped", want[k].type);
@@ -166,11 +180,14 @@ static int check_schema(sqlite_sink *s, char *err, size_t errlen)
             if (want[k].pk) key_ok = 0;
             else buf_printf(&fix, "ALTER TABLE sessions ADD COLUMN %s %s; ", want[k].name, want[k].type);
         }
+    if (any_pk && pk_differs) key_ok = 0;
+    s->keyed = any_pk;
     if (!key_ok) {
         char create[1024];
         sqlite_sink_create_sql(create, sizeof create, s->string_users, s->columns);
-        snprintf(err, errlen, "SQLite sink %s: table 'sessions' %s%.*s; its primary key must be "
-                 "(session_id INTEGER, user_id %s), which cannot be altered: use another database "
+        snprintf(err, errlen, "SQLite sink %s: table 'sessions' %s%.*s; its key columns must be "
+                 "session_id INTEGER and user_id %s, under no primary key or the primary key "
+                 "(session_id, user_id), which cannot be altered: use another database "
                  "file, or move the table aside (ALTER TABLE sessions RENAME TO sessions_old) and "
                  "let the sink create it: %s", s->path, why.len ? "differs: " : "has another primary key",
                  (int)why.len, why.len ? (const char *)why.data : "",
@@ -209,6 +226,45 @@ static int refuse_path(const char *target, char *err, size_t errlen)
     return -1;
 }
 
+/* Whether the table has the unique index on (session_id, user_id) that
+ * SQLITE_SINK_KEY_INDEX makes (under any name). 1, 0, or -1 on error (then
+ * the statements fail later with SQLite's message). */
+static int has_key_index(sqlite_sink *s)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, "SELECT 1 FROM pragma_index_list('sessions') il WHERE il.\"unique\" "
+                           "AND (SELECT group_concat(name) FROM (SELECT name FROM "
+                           "pragma_index_info(il.name) ORDER BY seqno)) = 'session_id,user_id'",
+                           -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* The statement of the table's layout (s->keyed). */
+static int prepare(sqlite_sink *s, char *err, size_t errlen)
+{
+    char sql[1024];
+    if (s->keyed) sqlite_sink_upsert_sql(sql, sizeof sql, s->columns);
+    else sqlite_sink_place_sql(sql, sizeof sql, s->columns);
+    if (sqlite3_prepare_v2(s->db, sql, -1, s->keyed ? &s->upsert : &s->place, NULL) != SQLITE_OK)
+        return fail_db(s, "preparing the upsert", err, errlen);
+    return 0;
+}
+
+/* Rows are found by the key from now on (the header says when): the index,
+ * in the flush's transaction, so it commits with the rows that needed it. */
+static int take_key(sqlite_sink *s, char *err, size_t errlen)
+{
+    assert(s->in_txn && !s->keyed);
+    if (sqlite3_exec(s->db, SQLITE_SINK_KEY_INDEX, NULL, NULL, NULL) != SQLITE_OK)
+        return fail_db(s, "adding the key (session_id, user_id) for rows of another input", err,
+                       errlen);
+    s->keyed = 1;
+    return prepare(s, err, errlen);
+}
+
 static sink *sqlite_open(const char *target, const sink_options *opts, char *err, size_t errlen)
 {
     if (refuse_path(target, err, errlen)) return NULL;
@@ -228,14 +284,14 @@ static sink *sqlite_open(const char *target, const sink_options *opts, char *err
     sqlite3_busy_handler(s->db, busy_wait, s);
     int missing = check_schema(s, err, errlen);
     if (missing < 0) goto fail;
+    if (!missing && !s->keyed && has_key_index(s) != 0) s->keyed = 1;
     if (missing && !opts->create_schema) {
         snprintf(err, errlen, "SQLite sink %s: table 'sessions' is missing and schema creation "
                  "is disabled", target);
         goto fail;
     }
-    char *msg = NULL, create[1024], upsert[1024];
+    char *msg = NULL, create[1024];
     sqlite_sink_create_sql(create, sizeof create, s->string_users, s->columns);
-    sqlite_sink_upsert_sql(upsert, sizeof upsert, s->columns);
     if (sqlite3_exec(s->db, SQLITE_SINK_PRAGMAS, NULL, NULL, &msg) != SQLITE_OK ||
         sqlite3_exec(s->db, create, NULL, NULL, &msg) != SQLITE_OK) {
         snprintf(err, errlen, "SQLite sink %s: cannot prepare the database: %s", target,
@@ -243,10 +299,7 @@ static sink *sqlite_open(const char *target, const sink_options *opts, char *err
         sqlite3_free(msg);
         goto fail;
     }
-    if (sqlite3_prepare_v2(s->db, upsert, -1, &s->upsert, NULL) != SQLITE_OK) {
-        fail_db(s, "preparing the upsert", err, errlen);
-        goto fail;
-    }
+    if (prepare(s, err, errlen) != 0) goto fail;
     /* The file exists now: a symlink or a relative path to it is the same
      * database. */
     char *real = realpath(target, NULL);
@@ -275,6 +328,7 @@ static int sqlite_write(sink *base, const closed_session *cs, char *err, size_t 
     struct pending_row *row = &s->pending[s->n_pending++];
     row->session_id = cs->session_id;
     row->user_id = cs->user_id;
+    row->placed = sqlite_sink_rowid(cs->first_pos.partition, cs->first_pos.offset, &row->rowid);
     row->pages_off = s->pages.len;
     session_json_pages(&s->pages, cs);
     row->pages_len = s->pages.len - row->pages_off;
@@ -289,50 +343,80 @@ static int sqlite_write(sink *base, const closed_session *cs, char *err, size_t 
     return 0;
 }
 
+/* Binds a row's values to st (the parameters of sqlite_sql.h). */
+static void bind_row(sqlite_sink *s, sqlite3_stmt *st, const struct pending_row *row, const char *now,
+                     char start[40], char end[40])
+{
+    assert(row->pages_off + row->pages_len <= s->pages.len &&
+           row->user_off + row->user_len <= s->pages.len);
+    sqlite3_bind_int64(st, 1, row->session_id);
+    if (s->string_users)
+        sqlite3_bind_text(st, 2, (const char *)s->pages.data + row->user_off, (int)row->user_len,
+                          SQLITE_STATIC);
+    else
+        sqlite3_bind_int64(st, 2, row->user_id);
+    sqlite3_bind_text(st, 3, (const char *)s->pages.data + row->pages_off, (int)row->pages_len,
+                      SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, now, -1, SQLITE_STATIC);
+    int arg = 5;
+    if (s->columns & SINK_COL_SESSION_START) {
+        format_iso8601_us(row->first_us, start);
+        sqlite3_bind_text(st, arg++, start, -1, SQLITE_STATIC);
+    }
+    if (s->columns & SINK_COL_SESSION_END) {
+        format_iso8601_us(row->last_us, end);
+        sqlite3_bind_text(st, arg++, end, -1, SQLITE_STATIC);
+    }
+    if (s->columns & SINK_COL_VISIT_COUNT)
+        sqlite3_bind_int64(st, arg++, (int64_t)row->visits);
+    if (s->columns & SINK_COL_DURATION)
+        sqlite3_bind_int64(st, arg++, (row->last_us - row->first_us) / 1000);
+    if (st == s->place) {
+        assert(row->placed);
+        sqlite3_bind_int64(st, arg, row->rowid);
+    }
+}
+
 static int sqlite_flush(sink *base, char *err, size_t errlen)
 {
     sqlite_sink *s = (sqlite_sink *)base;
     if (s->n_pending == 0) return 0;
-    /* Rows of equal session_id (different users: a 64-bit hash collision)
-     * are distinct rows, so their relative order does not matter. */
+    /* Placed: by rowid, unique within the log. Keyed: rows of equal
+     * session_id (different users: a 64-bit hash collision) are distinct
+     * rows, so their relative order does not matter. */
+    int placed = !s->keyed;
+    for (size_t i = 0; i < s->n_pending; i++) placed &= s->pending[i].placed;
     for (size_t i = 0; i < s->n_pending; i++)
-        s->order[i] = (keyed){keyed_from_i64(s->pending[i].session_id), &s->pending[i]};
+        s->order[i] = (keyed){placed ? keyed_from_i64(s->pending[i].rowid)
+                                     : keyed_from_i64(s->pending[i].session_id),
+                              &s->pending[i]};
     keyed_sort(s->order, s->n_pending);
     char now[32];
     sink_now_iso8601(now); /* the write's time: one transaction, one instant */
     if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
         return fail_db(s, "BEGIN", err, errlen);
     s->in_txn = 1;
+    if (!placed && !s->keyed && take_key(s, err, errlen) != 0) return -1;
     for (size_t i = 0; i < s->n_pending; i++) {
         const struct pending_row *row = s->order[i].ptr;
-        assert(i == 0 || keyed_from_i64(row->session_id) >= s->order[i - 1].key);
-        assert(row->pages_off + row->pages_len <= s->pages.len &&
-               row->user_off + row->user_len <= s->pages.len);
-        sqlite3_bind_int64(s->upsert, 1, row->session_id);
-        if (s->string_users)
-            sqlite3_bind_text(s->upsert, 2, (const char *)s->pages.data + row->user_off,
-                              (int)row->user_len, SQLITE_STATIC);
-        else
-            sqlite3_bind_int64(s->upsert, 2, row->user_id);
-        sqlite3_bind_text(s->upsert, 3, (const char *)s->pages.data + row->pages_off,
-                          (int)row->pages_len, SQLITE_STATIC);
-        sqlite3_bind_text(s->upsert, 4, now, -1, SQLITE_STATIC);
-        int arg = 5;
         char start[40], end[40];
-        if (s->columns & SINK_COL_SESSION_START) {
-            format_iso8601_us(row->first_us, start);
-            sqlite3_bind_text(s->upsert, arg++, start, -1, SQLITE_STATIC);
+        sqlite3_stmt *st = s->keyed ? s->upsert : s->place;
+        bind_row(s, st, row, now, start, end);
+        int rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        if (rc == SQLITE_DONE && st == s->place && sqlite3_changes(s->db) == 0) {
+            /* another session holds the place: by the key from here on */
+            if (take_key(s, err, errlen) != 0) return -1;
+            i--;
+            continue;
         }
-        if (s->columns & SINK_COL_SESSION_END) {
-            format_iso8601_us(row->last_us, end);
-            sqlite3_bind_text(s->upsert, arg++, end, -1, SQLITE_STATIC);
+        if (rc == SQLITE_CONSTRAINT && st == s->place) {
+            /* another writer added the key, and this session's row is
+             * elsewhere: take it too (idempotent), and find the row by it */
+            if (take_key(s, err, errlen) != 0) return -1;
+            i--;
+            continue;
         }
-        if (s->columns & SINK_COL_VISIT_COUNT)
-            sqlite3_bind_int64(s->upsert, arg++, (int64_t)row->visits);
-        if (s->columns & SINK_COL_DURATION)
-            sqlite3_bind_int64(s->upsert, arg++, (row->last_us - row->first_us) / 1000);
-        int rc = sqlite3_step(s->upsert);
-        sqlite3_reset(s->upsert);
         if (rc != SQLITE_DONE) return fail_db(s, "upsert", err, errlen);
     }
     /* COMMIT can meet a reader holding the WAL: busy_wait waits. */
@@ -354,6 +438,7 @@ static void sqlite_close(sink *base)
     sqlite_sink *s = (sqlite_sink *)base;
     if (s->in_txn) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
     sqlite3_finalize(s->upsert);
+    sqlite3_finalize(s->place);
     sqlite3_close(s->db);
     buf_free(&s->pages);
     free(s->pending);

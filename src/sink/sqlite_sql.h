@@ -8,6 +8,7 @@
 #ifndef SESSIONIZER_SQLITE_SQL_H
 #define SESSIONIZER_SQLITE_SQL_H
 
+#include <stdint.h>
 #include <stdio.h>
 
 #define SQLITE_SINK_PRAGMAS                                                                \
@@ -27,7 +28,9 @@ static inline const char *sqlite_sink_user_type(int string_users)
     return string_users ? "TEXT" : "INTEGER";
 }
 
-/* CREATE TABLE IF NOT EXISTS sessions (...). Returns snprintf's count. */
+/* CREATE TABLE IF NOT EXISTS sessions (...): a rowid table without a
+ * declared key, whose rows sit at sqlite_sink_rowid (below). Returns
+ * snprintf's count. */
 static inline int sqlite_sink_create_sql(char *out, size_t n, int string_users, unsigned columns)
 {
     int k = snprintf(out, n, "CREATE TABLE IF NOT EXISTS sessions (session_id INTEGER NOT NULL, "
@@ -37,28 +40,74 @@ static inline int sqlite_sink_create_sql(char *out, size_t n, int string_users, 
         if (columns >> c & 1)
             k += snprintf(out + k, n > (size_t)k ? n - (size_t)k : 0, ", %s %s NOT NULL",
                           sqlite_sink_optional[c][0], sqlite_sink_optional[c][1]);
-    k += snprintf(out + k, n > (size_t)k ? n - (size_t)k : 0,
-                  ", PRIMARY KEY (session_id, user_id))");
+    k += snprintf(out + k, n > (size_t)k ? n - (size_t)k : 0, ")");
     return k;
 }
 
-/* The upsert: ?1 session_id, ?2 user_id, ?3 pages, ?4 ingestion_time, then
- * the chosen optional columns in bit order. */
-static inline int sqlite_sink_upsert_sql(char *out, size_t n, unsigned columns)
+/* The unique key a table gets when a row cannot be placed by position
+ * (sqlite.c): from then on rows are found by it, as in a table whose
+ * primary key is (session_id, user_id) (databases made before 2026-12). */
+#define SQLITE_SINK_KEY_INDEX                                                              \
+    "CREATE UNIQUE INDEX IF NOT EXISTS sessions_key ON sessions (session_id, user_id)"
+
+/* Where a session's row sits in a table without a key: its first position,
+ * (partition << 48) | offset, which no other session of the same log has
+ * (a record belongs to one session) and which grows with the log, so that a
+ * flush's rows are appended to the table. A file is partition 0 and byte
+ * offsets; a Kafka topic of up to 32768 partitions and offsets below 2^48
+ * (a million records a second for 8 years) fits. Returns 0 when the
+ * position does not fit: the table then takes the key (above). */
+static inline int sqlite_sink_rowid(int32_t partition, int64_t offset, long long *rowid)
 {
-    char names[128] = "", params[64] = "", sets[256] = "";
+    if (partition < 0 || partition >= (1 << 15) || offset < 0 || offset >= (1LL << 48))
+        return 0;
+    *rowid = (long long)partition << 48 | offset;
+    return 1;
+}
+
+/* The parameters of both upserts: ?1 session_id, ?2 user_id, ?3 pages,
+ * ?4 ingestion_time, then the chosen optional columns in bit order, then
+ * (placed only) the rowid. Returns the count of the columns' parameters. */
+static inline int sqlite_sink_columns_sql(unsigned columns, char names[128], char params[64],
+                                          char sets[256])
+{
     int nn = 0, np = 0, ns = 0, arg = 5;
+    names[0] = params[0] = sets[0] = 0;
     for (unsigned c = 0; c < 4; c++)
         if (columns >> c & 1) {
             const char *name = sqlite_sink_optional[c][0];
-            nn += snprintf(names + nn, sizeof names - (size_t)nn, ", %s", name);
-            np += snprintf(params + np, sizeof params - (size_t)np, ", ?%d", arg++);
-            ns += snprintf(sets + ns, sizeof sets - (size_t)ns, ", %s = excluded.%s", name, name);
+            nn += snprintf(names + nn, 128 - (size_t)nn, ", %s", name);
+            np += snprintf(params + np, 64 - (size_t)np, ", ?%d", arg++);
+            ns += snprintf(sets + ns, 256 - (size_t)ns, ", %s = excluded.%s", name, name);
         }
+    return arg - 1;
+}
+
+/* The upsert on the key (session_id, user_id): tables with that primary key
+ * or the unique index SQLITE_SINK_KEY_INDEX. SQLite picks the rowid. */
+static inline int sqlite_sink_upsert_sql(char *out, size_t n, unsigned columns)
+{
+    char names[128], params[64], sets[256];
+    sqlite_sink_columns_sql(columns, names, params, sets);
     return snprintf(out, n, "INSERT INTO sessions (session_id, user_id, pages, ingestion_time%s) "
                     "VALUES (?1, ?2, ?3, ?4%s) ON CONFLICT (session_id, user_id) DO UPDATE "
                     "SET pages = excluded.pages, ingestion_time = excluded.ingestion_time%s",
                     names, params, sets);
+}
+
+/* The upsert at the row's place (sqlite_sink_rowid): the row there is
+ * rewritten only if it is the same session; if another session holds the
+ * place (the table holds sessions of another log), nothing changes
+ * (sqlite3_changes() == 0) and the sink falls back to the key. */
+static inline int sqlite_sink_place_sql(char *out, size_t n, unsigned columns)
+{
+    char names[128], params[64], sets[256];
+    int last = sqlite_sink_columns_sql(columns, names, params, sets);
+    return snprintf(out, n, "INSERT INTO sessions (rowid, session_id, user_id, pages, "
+                    "ingestion_time%s) VALUES (?%d, ?1, ?2, ?3, ?4%s) ON CONFLICT (rowid) DO UPDATE "
+                    "SET pages = excluded.pages, ingestion_time = excluded.ingestion_time%s "
+                    "WHERE session_id = excluded.session_id AND user_id = excluded.user_id",
+                    names, last + 1, params, sets);
 }
 
 #endif

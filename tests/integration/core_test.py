@@ -3,7 +3,8 @@
 
   core_test.py golden | replay | oracle | sigkill | batches | deadletter |
                corrupt | cli | stdin | sigterm | resume_open | diskfull | torn |
-               idle | sqlite_paths | outputs | logs | memory_limit | spill
+               idle | sqlite_paths | outputs | logs | memory_limit | spill |
+               sqlite_layout
 
 Each prints "N passed, N failed" and exits non-zero on a failure.
 """
@@ -1108,6 +1109,60 @@ def t_existing_table(c):
     p = job(f"file:{SAMPLE}", f"{d}/bad.db", None, check=False)
     c.check(p.returncode == 1 and b"must is NOT NULL without a default" in p.stderr,
             "a required column the sink cannot fill is refused: " + p.stderr.decode().strip()[:300])
+
+def t_sqlite_layout(c):
+    """A new table has no key: each row sits at the rowid of its session's
+    first byte offset, and a re-run rewrites those rows. Rows of another
+    input whose places are taken add the unique key (session_id, user_id),
+    and one session still has one row. A table with the primary key keeps
+    it."""
+    d = tmpdir()
+    db = f"{d}/s.db"
+    placed = [(0, 9083342062386381219), (140, 2197506010493845107), (210, 6602007354676743790)]
+
+    def layout(path):
+        con = sqlite3.connect(path)
+        rows = sorted(con.execute("SELECT rowid, session_id FROM sessions"))
+        idx = sorted(r[0] for r in con.execute("SELECT sql FROM sqlite_master WHERE type = 'index' "
+                                               "AND tbl_name = 'sessions'") if r[0])
+        pk = [r[1] for r in con.execute("PRAGMA table_info(sessions)") if r[5]]
+        con.close()
+        return rows, idx, pk
+
+    job(f"file:{SAMPLE}", db)
+    c.eq(content(db), GOLDEN, "a new table gets the walkthrough's sessions")
+    c.eq(layout(db), (placed, [], []), "at the rowids of their first offsets, with no key")
+    job(f"file:{SAMPLE}", db)
+    c.eq(layout(db), (placed, [], []), "a re-run rewrites the same rows in place")
+    c.eq(content(db), GOLDEN, "with the same content")
+    # another input: its first line takes offset 0, which user 1's session holds
+    other = f"{d}/other.jsonl"
+    with open(other, "wb") as f:
+        f.write(b'{"user_id": 7, "page": "X.html", "event_time": "2023-02-20T03:00:00"}\n')
+        f.write(open(SAMPLE, "rb").read())
+    both, _ = oracle.sessions(open(other, "rb").read())
+    both.update(GOLDEN)
+    for _ in range(2):
+        job(f"file:{other}", db)
+        rows, idx, pk = layout(db)
+        c.eq(content(db), both, "another input's sessions join the table, none lost")
+        c.eq(len(rows), len(both), "one row per (session_id, user_id)")
+        c.check(len(idx) == 1 and "UNIQUE" in idx[0] and "(session_id, user_id)" in idx[0],
+                f"the table took the key: {idx}")
+    job(f"file:{SAMPLE}", db)
+    c.eq((content(db), len(layout(db)[0])), (both, len(both)), "the first input again: no new rows")
+    # a table with the primary key (databases made before) keeps its layout
+    old = f"{d}/old.db"
+    con = sqlite3.connect(old)
+    con.execute("CREATE TABLE sessions (session_id INTEGER NOT NULL, user_id INTEGER NOT NULL, "
+                "pages TEXT NOT NULL, ingestion_time TEXT NOT NULL, PRIMARY KEY (session_id, user_id))")
+    con.close()
+    for _ in range(2):
+        job(f"file:{SAMPLE}", old)
+        rows, idx, pk = layout(old)
+        c.eq((content(old), len(rows), idx, pk), (GOLDEN, 3, [], ["session_id", "user_id"]),
+             "a primary-key table is written by its key and keeps its layout")
+
 
 def t_future(c):
     """A visit from a broken clock (year 9999) is dead-lettered as future and
