@@ -361,6 +361,17 @@ static void advance(kafka_source *ks, kpart *kp, int64_t next)
     kp->pos = next;
 }
 
+void kafka_partition_eof(kafka_source *ks, kpart *kp, int64_t offset)
+{
+    /* Everything below the end offset was delivered (or never will be:
+     * transaction markers, compacted records): move past it, but never past
+     * --until-end's end, whose records beyond were dropped. */
+    int64_t to = ks->until_end && offset > kp->end ? kp->end : offset;
+    if (kp->assigned && to > kp->pos) advance(ks, kp, to);
+    if (offset > kp->high) kp->high = offset;
+    if (kp->assigned) kp->eof_at = offset;
+}
+
 /* Takes one message from librdkafka. Returns 1 when it is a record to
  * deliver (then it joins ks->recent), 0 when it was consumed otherwise. */
 static int take(kafka_source *ks, rd_kafka_message_t *m, raw_record *out)
@@ -368,14 +379,7 @@ static int take(kafka_source *ks, rd_kafka_message_t *m, raw_record *out)
     if (m->err) {
         if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF && m->rkt &&
             m->partition >= 0 && m->partition < ks->n_parts) {
-            kpart *kp = &ks->parts[m->partition];
-            /* Everything below the end offset was delivered (or never will
-             * be: transaction markers, compacted records): move past it, but
-             * never past --until-end's end, whose records beyond were dropped. */
-            int64_t to = ks->until_end && m->offset > kp->end ? kp->end : m->offset;
-            if (kp->assigned && to > kp->pos) advance(ks, kp, to);
-            if (m->offset > kp->high) kp->high = m->offset;
-            if (kp->assigned) kp->eof_at = m->offset;
+            kafka_partition_eof(ks, &ks->parts[m->partition], m->offset);
             if (ks->outage_since_ms) {
                 io_status_up(ks->io);
                 log_info("kafka", "cluster reachable again after %.1f s",
@@ -676,6 +680,7 @@ static size_t kafka_partitions(source *s, partition_info *out, size_t max)
             end = kp->high;
         }
         int64_t lag = kp->pos < 0 || end < 0 ? -1 : end > kp->pos ? end - kp->pos : 0;
+        if (ks->until_end && kp->pos >= end) lag = 0; /* done (one added since: -1, -1) */
         out[p] = (partition_info){.partition = p, .lag = lag};
     }
     return (size_t)ks->n_parts;

@@ -56,9 +56,11 @@ void kafka_grow_parts(kafka_source *ks, int32_t n)
     ks->parts = xrealloc(ks->parts, (size_t)n * sizeof *ks->parts);
     for (int32_t p = ks->n_parts; p < n; p++) {
         /* A partition added while we run: all of it is new, read it from its
-         * start; --until-end had nothing of it at start, so it is done. */
-        ks->parts[p] = (kpart){.pos = OFFSET_UNKNOWN, .end = 0, .high = -1, .low = 0, .eof_at = -1,
-                               .marked = -1};
+         * start; --until-end had nothing of it at start, so its end is where
+         * it starts and it is done (pos >= end, the rule every count of done
+         * follows: its end-of-partition event must not count it again). */
+        ks->parts[p] = (kpart){.pos = OFFSET_UNKNOWN, .end = OFFSET_UNKNOWN, .high = -1, .low = 0,
+                               .eof_at = -1, .marked = -1};
         if (ks->until_end) ks->done++;
     }
     ks->n_parts = n;

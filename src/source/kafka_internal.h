@@ -157,6 +157,8 @@ typedef struct kafka_source {
 /* kafka.c */
 __attribute__((format(printf, 2, 3)))
 void kafka_fail(kafka_source *ks, const char *fmt, ...);
+/* The fetcher reached the end of partition kp at offset (its EOF event). */
+void kafka_partition_eof(kafka_source *ks, kpart *kp, int64_t offset);
 void kafka_on_error(kafka_source *ks, rd_kafka_resp_err_t err, const char *reason);
 void kafka_destroy(kafka_source *ks);
 
