@@ -8,6 +8,13 @@
 #   ROUNDS=3 (rounds of every configuration, one after the other, so that
 #   each round's ratios compare runs made under about the same load)
 #   SESSIONIZER=path (another binary, e.g. a copy, for an A/B run)
+#   BASELINE=path (a binary whose 1-instance scale-out also runs in every
+#   round, beside ours: a before/after in the same minutes)
+#   USERS=N (kafka_gen's users, default 5000; few users make long sessions:
+#   USERS=50 gives ~700 visits a session, spanning many commits)
+#   COMMIT=DURATION (--commit-interval of every run; default the option's)
+#   QUICK=1 (only the single instance and the 1-instance scale-outs: no 2
+#   instances, null: sinks or lost machine)
 #
 # kafka_gen.py gives partition p RECORDS/(p+1) records (the default: ~136k
 # records in 8 partitions, under the mock's ~5 MB per partition), spread
@@ -23,6 +30,11 @@ PY=/usr/bin/python3
 N=${1:-50000}
 P=${2:-8}
 ROUNDS=${ROUNDS:-3}
+USERS=${USERS:-5000}
+QUICK=${QUICK:-}
+BASELINE=${BASELINE:-}
+COMMIT_ARGS=()
+[ -n "${COMMIT:-}" ] && COMMIT_ARGS=(--commit-interval "$COMMIT")
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sz-scaleout-bench.XXXXXX")
 chmod 755 "$WORK"
 mkdir -p "$ROOT/bench/out"
@@ -41,7 +53,7 @@ MOCK_PID=$!
 PIDS+=($MOCK_PID)
 for _ in $(seq 100); do [ -s "$WORK/addr" ] && break; sleep 0.05; done
 B=$(head -n1 "$WORK/addr")
-$PY "$ROOT/tests/integration/kafka_gen.py" --partitions "$P" --records "$N" --users 5000 "$WORK/gen" >/dev/null
+$PY "$ROOT/tests/integration/kafka_gen.py" --partitions "$P" --records "$N" --users "$USERS" "$WORK/gen" >/dev/null
 # Generated partition i goes to a topic partition chosen so that the range
 # assignor's two halves hold about as many records each (the best split):
 # with kafka_gen's sizes as they are, 2 instances would split stage 1's work
@@ -58,13 +70,27 @@ PYEOF
 while read -r i p; do kcat -P -b "$B" -t visits -p "$p" -l "$WORK/gen/p$i.jsonl"; done <"$WORK/map"
 TOTAL=$(cat "$WORK"/gen/p*.jsonl | wc -l)
 FAST=(-X session.timeout.ms=6000 -X heartbeat.interval.ms=1000)
-echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $TOTAL records in $P partitions; $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $TOTAL records in $P partitions, $USERS users; $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')${COMMIT:+; --commit-interval $COMMIT}${BASELINE:+; baseline $BASELINE}"
 
 # run NAME ARGS...: one process, its wall and CPU seconds into $WORK/NAME.time
+# (BIN=path: another binary)
 run() {
     local name=$1; shift
-    /usr/bin/time -f "%e %U %S" -o "$WORK/$name.time" "$SZ" run "$@" -q --dlq "jsonl:$WORK/$name.dlq" \
-        "${FAST[@]}" 2>"$WORK/$name.err" || { tail -5 "$WORK/$name.err"; exit 1; }
+    /usr/bin/time -f "%e %U %S" -o "$WORK/$name.time" "${BIN:-$SZ}" run "$@" -q --dlq "jsonl:$WORK/$name.dlq" \
+        "${FAST[@]}" "${COMMIT_ARGS[@]}" 2>"$WORK/$name.err" || { tail -5 "$WORK/$name.err"; exit 1; }
+}
+# what a scale-out run's task store wrote, per visit applied by stage 2
+store_bytes() {
+    $PY - "$WORK/$1.err" <<'PYEOF'
+import re, sys
+err = open(sys.argv[1]).read()
+m = re.search(r"task store: (\d+) commits(?: \((\d+) snapshots\))? wrote (\d+) bytes", err)
+v = re.search(r"applied (\d+) visits", err)
+if not m or not v: print("task store: ?"); sys.exit()
+c, snaps, b, visits = int(m.group(1)), m.group(2), int(m.group(3)), int(v.group(1))
+print(f"task store: {b} bytes in {c} commits{' (' + snaps + ' snapshots)' if snaps else ''} "
+      f"for {visits} visits: {b / max(visits, 1):.1f} B/visit")
+PYEOF
 }
 cpu() { tail -n1 "$WORK/$1.time" | awk '{printf "%.2f", $2 + $3}'; }
 wall() { tail -n1 "$WORK/$1.time" | awk '{printf "%.2f", $1}'; }
@@ -104,6 +130,20 @@ for round in $(seq "$ROUNDS"); do
     K1=$(bcpu)
     run one$round --scale-out --source "kafka://$B/visits" --sink "$PG_URI" --sink-opt table=one$round --group one$round --until-end
     K2=$(bcpu)
+    if [ -n "$BASELINE" ]; then
+        BIN=$BASELINE run base$round --scale-out --source "kafka://$B/visits" --sink "$PG_URI" --sink-opt table=base$round --group base$round --until-end
+        echo "scale-out, 1 instance, baseline: wall $(wall base$round) s, CPU $(cpu base$round) s, $(us "$(cpu base$round)") CPU us/record; $(store_bytes base$round)"
+        echo "table base$round: $(table_of "base$round"), against single$round: $(same "base$round" single$round)"
+    fi
+    echo "scale-out, 1 instance: $(store_bytes one$round)"
+    if [ -n "$QUICK" ]; then
+        CS=$(cpu single$round); C1=$(cpu one$round)
+        echo "single instance:           wall $(wall single$round) s, CPU $CS s, $(us "$CS") CPU us/record"
+        echo "scale-out, 1 instance:     wall $(wall one$round) s, CPU $C1 s, $(us "$C1") CPU us/record"
+        echo "table one$round: $(table_of "one$round"), against single$round: $(same "one$round" single$round)"
+        SUMMARY+=("$round | $(load) | $(div "$C1" "$CS")x${BASELINE:+ | $(div "$(cpu base$round)" "$CS")x}")
+        continue
+    fi
     run two_a$round --scale-out --source "kafka://$B/visits" --sink "$PG_URI" --sink-opt table=two$round --group two$round --until-end &
     A=$!
     run two_b$round --scale-out --source "kafka://$B/visits" --sink "$PG_URI" --sink-opt table=two$round --group two$round --until-end
@@ -131,6 +171,12 @@ for round in $(seq "$ROUNDS"); do
     grep -h "stage . assigned\|stage 1 read" "$WORK"/two_*$round.err | sort | cut -c1-200
     SUMMARY+=("$round | $L0-$L1 | $(div "$C1" "$CS")x | $(div "$C2" "$CS")x | $(div "$(cpu one_null$round)" "$(cpu single_null$round)")x | $(div "$(cpu one_null$round)" "$(cpu single_ck_null$round)")x | $(div "$(wall one$round)" "$W2")x | $(div "$X1" "$X2")x")
 done
+if [ -n "$QUICK" ]; then
+    echo "== same-run ratios (CPU seconds, against the single instance of the same round)"
+    echo "round | load | 1 instance / single${BASELINE:+ | baseline 1 instance / single}"
+    for l in "${SUMMARY[@]}"; do echo "$l"; done
+    exit 0
+fi
 echo "== same-run ratios (CPU seconds summed over instances, against the single instance of the same round)"
 echo "round | load | 1 instance / single | 2 instances / single | null: 1 / single | null: 1 / single --checkpoint | wall 1 instance / wall 2 instances | processing 1 / processing 2"
 for l in "${SUMMARY[@]}"; do echo "$l"; done

@@ -14,7 +14,8 @@
 
 #include <stddef.h>
 
-/* A snapshot once the change log passes this many bytes (default 16 MiB). */
+/* A snapshot once the change log passes this many bytes (default 16 MiB;
+ * a scale-out task's, in the task store: 1 MiB). */
 #define TESTENV_SNAPSHOT_MIN_BYTES "SESSIONIZER_SNAPSHOT_MIN_BYTES"
 /* The engine's memory budget in bytes, whatever --memory-limit says. */
 #define TESTENV_SPILL_BUDGET "SESSIONIZER_SPILL_BUDGET"

@@ -29,7 +29,10 @@
  *    times (minus the lateness) that reach r, records and markers alike
  *    (engine_advance_partition). Its state (position in r, engine
  *    watermarks, the de-duplication table, open sessions) is committed to
- *    PostgreSQL (task_store.h) after the sink has acknowledged the sessions.
+ *    PostgreSQL (task_store.h) after the sink has acknowledged the sessions,
+ *    as a change log: a frame of what its engine accepted since the last
+ *    commit (visits, engine_advance_partition calls, "close all"), with
+ *    snapshots now and then; a restore replays it.
  *
  *  docs/scaling.md gives the argument that with --until-end the final table
  *  equals a single instance's, whatever the kills, joins and outages.
@@ -186,7 +189,7 @@ static int my_tasks_done(const so *s)
 
 static int all_done(so *s)
 {
-    int64_t n = task_store_count_key(s->store, "done", s->err, s->errlen);
+    int64_t n = task_store_count_done(s->store, s->err, s->errlen);
     if (n < 0) s->failed = 1;
     return n == s->R;
 }
@@ -308,7 +311,10 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
     s->batch = xcalloc((size_t)s->R, sizeof *s->batch);
     s->t2 = xcalloc((size_t)s->R, sizeof *s->t2);
     for (int32_t r = 0; r < s->R; r++) {
+        s->t2[r].s = s;
         s->t2[r].id = r;
+        s->t2[r].adv = xcalloc((size_t)s->n_src, sizeof(int64_t));
+        changelog_frame_init(&s->t2[r].log);
         s->t2[r].next_seen = xcalloc((size_t)s->n_src, sizeof(int64_t));
         s->t2[r].ended = xcalloc((size_t)s->n_src, 1);
         s->t2[r].idle = xcalloc((size_t)s->n_src, 1);
@@ -417,6 +423,13 @@ out:
                 " over the cap)", s->st.read1, s->st.invalid1, s->st.late1, s->st.future1, s->st.produced,
                 s->st.markers, s->st.read2, s->st.visits2, s->st.dups2, s->st.sessions, s->st.late2,
                 s->st.capped2);
+    if (s->store) {
+        task_store_stats ts;
+        task_store_get_stats(s->store, &ts);
+        log_info("scaleout", "task store: %" PRIu64 " commits (%" PRIu64 " snapshots) wrote %"
+                 PRIu64 " bytes: %" PRIu64 " of frames, %" PRIu64 " of snapshots", ts.commits,
+                 ts.snapshots, ts.bytes, ts.frame_bytes, ts.snapshot_bytes);
+    }
     if (s->prod) {
         if (rc == 0) rd_kafka_flush(s->prod, 5000);
         rd_kafka_destroy(s->prod);
@@ -427,6 +440,8 @@ out:
             free(s->t2[r].next_seen);
             free(s->t2[r].ended);
             free(s->t2[r].idle);
+            free(s->t2[r].adv);
+            changelog_frame_free(&s->t2[r].log);
         }
     free(s->t2);
     free(s->p1);

@@ -22,6 +22,7 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "checkpoint/changelog.h"
 #include "common/buf.h"
 #include "common/context.h"
 #include "deadletter/deadletter.h"
@@ -54,7 +55,10 @@ typedef struct s1part {
     int idle_sent;
 } s1part;
 
+typedef struct so so;
+
 typedef struct s2task {
+    so *s;
     int32_t id;
     int assigned;
     engine *eng;
@@ -64,6 +68,13 @@ typedef struct s2task {
     unsigned char *ended, *idle;
     int32_t n_ended;
     int done, changed;
+    /* what the engine accepted since the last commit: the next frame of the
+     * task's change log (task_store.h) */
+    changelog_frame log;
+    /* per source partition: the highest time the engine is known to have
+     * (accepted visits, advances): an advance at or below it changes
+     * nothing, and is neither made nor logged */
+    int64_t *adv;
 } s2task;
 
 typedef struct so_stats {
@@ -71,7 +82,7 @@ typedef struct so_stats {
     uint64_t read2, dups2, visits2, late2, capped2, sessions, superseded;
 } so_stats;
 
-typedef struct so {
+struct so {
     const scaleout_config *cfg;
     const job_config *jc;
     job_context ctx;   /* shared with the sink and the dead-letter output it opens */
@@ -96,8 +107,6 @@ typedef struct so {
     int outage;             /* every broker down, as last reported; see the exit */
     int unproduced;         /* a visit or marker was given up (stop): no stage 1 commit */
     int keyed;              /* --keyed-input: one stage, a task per source partition */
-    int stored_strings;     /* the task being loaded says it has string users */
-    int stored_other;       /* ... it has a user row of the other --user-type */
     so_stats st;
     /* --metrics-listen: this instance's figures (so_publish); NULL: none */
     metrics_snapshot *m;
@@ -105,13 +114,14 @@ typedef struct so {
     uint64_t acc_applied, acc_opened, acc_merged; /* counters of the engines already dropped */
     uint64_t sessions_flushed;       /* st.sessions at the last sink flush */
     buf scratch, rec;
-} so;
+};
 
 static inline int stopping(const so *s) { return s->jc->stop && *s->jc->stop; }
 
 /* --user-type string: the repartition's batches are version 3, the task
- * store's rows are keyed by the user's bytes. Every instance of a group
- * must run with the same type; records and stored tasks say theirs. */
+ * store's change log carries the users' bytes. Every instance of a group
+ * must run with the same type; records and stored tasks say theirs (the
+ * store refuses a task of the other type with the same words). */
 static inline int string_users(const so *s) { return s->jc->records.user_type == USER_STRING; }
 #define OTHER_USER_TYPE "(every instance of a group needs the same --user-type: a new --group " \
                         "starts over with another)"

@@ -4,7 +4,9 @@
  * --keyed-input's (a source partition each). A task owns an engine, a
  * position and its part of the state in the task store (PostgreSQL), with
  * the lifecycle restore -> process -> commit -> suspend driven by the
- * consumer group's assignments. The why is atop scaleout.c and in
+ * consumer group's assignments. The state is a change log (task_store.h):
+ * each commit a frame of what the engine accepted since the last one,
+ * which a restore replays. The why is atop scaleout.c and in
  * docs/scaling.md.
  */
 #include <assert.h>
@@ -22,9 +24,10 @@
 
 /* ---- stage 2 ------------------------------------------------------------- */
 
+/* The engine's callbacks get the task (s2task) as ctx. */
 static int on_close(void *ctx, const closed_session *cs)
 {
-    so *s = ctx;
+    so *s = ((s2task *)ctx)->s;
     s->st.sessions++;
     if (s->snk->ops->write(s->snk, cs, s->err, s->errlen)) {
         s->failed = 1;
@@ -35,7 +38,7 @@ static int on_close(void *ctx, const closed_session *cs)
 
 static int on_reject(void *ctx, const visit *v, reject_reason why)
 {
-    so *s = ctx;
+    so *s = ((s2task *)ctx)->s;
     /* the record's bytes, when it is the one being applied (keyed input) */
     const raw_record *raw = s->cur_raw && s->cur_raw->pos.partition == v->pos.partition &&
                                     s->cur_raw->pos.offset == v->pos.offset
@@ -58,6 +61,34 @@ static int on_reject(void *ctx, const visit *v, reject_reason why)
     return s->failed ? -1 : 0;
 }
 
+/* The change log: a restore replays these to rebuild the open sessions. */
+static int on_accept(void *ctx, const visit *v)
+{
+    s2task *t = ctx;
+    changelog_add_visit(&t->log, v);
+    int32_t p = v->pos.partition;
+    if (p >= 0 && p < t->s->n_src && v->event_time_us > t->adv[p]) t->adv[p] = v->event_time_us;
+    return 0;
+}
+
+/* engine_advance_partition, logged; skipped when it cannot move anything. */
+static int task_advance(s2task *t, int32_t p, int64_t max_t)
+{
+    if (max_t <= t->adv[p]) return 0;
+    t->adv[p] = max_t;
+    changelog_add_advance(&t->log, p, max_t);
+    return engine_advance_partition(t->eng, p, max_t);
+}
+
+/* engine_close_all, logged after the visits it releases (the job's order). */
+static int task_close_all(s2task *t)
+{
+    int rc = engine_release_held(t->eng);
+    if (rc) return rc;
+    changelog_add_close_all(&t->log);
+    return engine_close_all(t->eng);
+}
+
 /* Frees a task's engine, keeping its counters for the metrics. */
 static void drop_engine(so *s, s2task *t)
 {
@@ -78,18 +109,20 @@ static void task_reset(so *s, s2task *t)
     drop_engine(s, t);
     engine_config ec = s->jc->engine;
     ec.string_users = string_users(s);
-    ec.track_dirty = 1;
     /* Repartitioned: judged in stage 1, in the source partition's order.
      * Keyed: the engine judges it, as lateness. */
     if (!s->keyed) ec.max_future_us = 0;
-    engine_callbacks cb = {.ctx = s, .on_close = on_close, .on_reject = on_reject};
+    engine_callbacks cb = {.ctx = t, .on_close = on_close, .on_reject = on_reject,
+                           .on_accept = on_accept};
     t->eng = engine_new(&ec, &cb);
+    changelog_frame_reset(&t->log);
     t->pos = 0;
     t->end = -1;
     t->done = t->changed = 0;
     t->n_ended = 0;
     for (int32_t p = 0; p < s->n_src; p++) {
         t->next_seen[p] = -1;
+        t->adv[p] = INT64_MIN;
         t->ended[p] = t->idle[p] = 0;
         /* every source partition holds back closing until it is heard of;
          * keyed, a task's users are all in its own partition */
@@ -108,23 +141,26 @@ static void save_dedup(const so *s, const s2task *t, buf *b)
     }
 }
 
-static int load_meta(void *ctx, const char *key, const void *v, size_t len)
+/* The task's named blobs, from its snapshot and then each frame (a later
+ * one replaces an earlier one); the caught-up flags are applied once all are
+ * read (task_restore). */
+static int load_meta(void *ctx, const char *key, size_t key_len, const void *v, size_t len)
 {
     so *s = ctx;
     s2task *t = s->cur;
     reader r;
     reader_init(&r, v, len);
-    if (strcmp(key, "engine") == 0) return engine_load_meta(t->eng, v, len) ? -1 : 0;
-    if (strcmp(key, "position") == 0) return reader_i64le(&r, &t->pos) || reader_left(&r) ? -1 : 0;
-    if (strcmp(key, "done") == 0) return t->done = 1, 0;
-    if (strcmp(key, "users") == 0) return s->stored_strings = len == 6 && !memcmp(v, "string", 6), 0;
-    if (strcmp(key, "end") == 0) return reader_i64le(&r, &t->end) || reader_left(&r) ? -1 : 0;
-    if (strcmp(key, "dedup") == 0) {
+#define IS(k) (key_len == sizeof k - 1 && memcmp(key, k, key_len) == 0)
+    if (IS("position")) return reader_i64le(&r, &t->pos) || reader_left(&r) ? -1 : 0;
+    if (IS("done")) return t->done = 1, 0;
+    if (IS("end")) return reader_i64le(&r, &t->end) || reader_left(&r) ? -1 : 0;
+    if (IS("dedup")) {
         uint32_t ver = 0, R = 0, n = 0;
         reader_u32le(&r, &ver);
         reader_u32le(&r, &R);
         reader_u32le(&r, &n);
         if (r.bad || ver != 1 || R != (uint32_t)s->R || n != (uint32_t)s->n_src) return -1;
+        t->n_ended = 0;
         for (uint32_t p = 0; p < n; p++) {
             const unsigned char *f;
             reader_i64le(&r, &t->next_seen[p]);
@@ -132,23 +168,11 @@ static int load_meta(void *ctx, const char *key, const void *v, size_t len)
             t->ended[p] = *f & 1;
             t->idle[p] = (*f >> 1) & 1;
             t->n_ended += t->ended[p];
-            /* caught-up flags are not in the engine's saved state */
-            if (!s->keyed || (int32_t)p == t->id)
-                engine_set_caught_up(t->eng, (int32_t)p, t->ended[p] || t->idle[p]);
         }
         return r.bad || reader_left(&r) ? -1 : 0;
     }
+#undef IS
     return 0; /* a key of a later version: ignored */
-}
-
-static int load_user(void *ctx, const user_key *user, const void *blob, size_t len)
-{
-    so *s = ctx;
-    if ((user->str != NULL) != string_users(s)) {
-        s->stored_other = 1;
-        return -1;
-    }
-    return engine_load_user(s->cur->eng, user, blob, len);
 }
 
 /* restore: the task's committed state, or a new one. */
@@ -156,32 +180,16 @@ static int task_restore(so *s, s2task *t)
 {
     task_reset(s, t);
     s->cur = t;
-    s->stored_strings = s->stored_other = 0;
-    int n = task_store_load(s->store, t->id, load_meta, load_user, s, s->err, s->errlen);
+    int n = task_store_load(s->store, t->id, t->eng, load_meta, s, s->err, s->errlen);
     s->cur = NULL;
-    /* A task stored with the other --user-type (string tasks say so, int
-     * tasks by saying nothing, and by their user rows): refused before its
-     * rows could mislead the engine. */
-    if (s->stored_other || (n > 0 && s->stored_strings != string_users(s))) {
-        snprintf(s->err, s->errlen, "task state store: task %d of group %s was written with "
-                 "--user-type %s, this instance runs --user-type %s %s", (int)t->id,
-                 s->jc->source.group, string_users(s) ? "int" : "string",
-                 string_users(s) ? "string" : "int", OTHER_USER_TYPE);
-        n = -1;
-    }
+    /* caught-up flags are not in the engine's saved state */
+    for (int32_t p = 0; n > 0 && p < s->n_src; p++)
+        if ((!s->keyed || p == t->id) && engine_set_caught_up(t->eng, p, t->ended[p] || t->idle[p]))
+            n = -1;
     if (n < 0) {
         s->failed = 1;
         return -1;
     }
-    engine_clear_dirty(t->eng);
-    return 0;
-}
-
-static int put_user(void *ctx, const user_key *user, const void *blob, size_t len)
-{
-    so *s = ctx;
-    assert((user->str != NULL) == string_users(s));
-    task_store_put_user(s->store, user, blob, len);
     return 0;
 }
 
@@ -235,22 +243,21 @@ static int s2_commit_body(so *s, int suspending)
         if (!t->assigned || !t->changed) continue;
         int superseded = 0;
         buf *b = &s->scratch;
-        task_store_begin(s->store, t->id, t->pos);
 #define PUT(key, fill)                                                                           \
     do {                                                                                         \
         buf_reset(b);                                                                            \
         fill;                                                                                    \
-        task_store_put(s->store, key, b->data, b->len);                                          \
+        changelog_add_meta(&t->log, key, b->data, b->len);                                       \
     } while (0)
-        if (engine_foreach_dirty(t->eng, put_user, s)) goto fail_tx;
         PUT("position", buf_put_i64le(b, t->pos));
-        PUT("engine", engine_save_meta(t->eng, b));
         PUT("dedup", save_dedup(s, t, b));
         if (t->done) PUT("done", buf_append_byte(b, 1));
         if (string_users(s)) PUT("users", buf_append_str(b, "string"));
         if (t->end >= 0) PUT("end", buf_put_i64le(b, t->end));
 #undef PUT
-        if (task_store_commit(s->store, &superseded, s->err, s->errlen)) goto fail;
+        if (task_store_commit(s->store, t->id, t->pos, t->done, &t->log, t->eng, &superseded,
+                              s->err, s->errlen))
+            goto fail;
         if (superseded) {
             /* Another owner went further while this instance was cut off:
              * take its state and go on from there. */
@@ -262,12 +269,10 @@ static int s2_commit_body(so *s, int suspending)
             s2_seek(s, t);
             continue;
         }
-        engine_clear_dirty(t->eng);
+        changelog_frame_reset(&t->log);
         t->changed = 0;
     }
     return 0;
-fail_tx:
-    task_store_abort(s->store);
 fail:
     s->failed = 1;
     return -1;
@@ -355,7 +360,7 @@ static int s2_visit(so *s, s2task *t, const visit *v, int64_t max_t)
     }
     s->st.visits2++;
     if (!rc) rc = engine_apply(t->eng, v);
-    if (!rc) rc = engine_advance_partition(t->eng, p, max_t);
+    if (!rc) rc = task_advance(t, p, max_t);
     return rc;
 }
 
@@ -368,7 +373,7 @@ static int s2_marker(so *s, s2task *t, int kind, int32_t p, int64_t off, int64_t
         t->idle[p] = 0;
         rc = engine_set_caught_up(t->eng, p, 0);
     }
-    if (!rc) rc = engine_advance_partition(t->eng, p, max_t);
+    if (!rc) rc = task_advance(t, p, max_t);
     if (!rc && kind == REPART_IDLE && off >= t->next_seen[p] && !t->ended[p]) {
         t->idle[p] = 1;
         rc = engine_set_caught_up(t->eng, p, 1);
@@ -378,7 +383,7 @@ static int s2_marker(so *s, s2task *t, int kind, int32_t p, int64_t off, int64_t
         t->n_ended++;
         rc = engine_set_caught_up(t->eng, p, 1);
         if (!rc && s->jc->until_end && t->n_ended == s->n_src && !t->done) {
-            rc = engine_close_all(t->eng);
+            rc = task_close_all(t);
             t->done = 1;
         }
     }
@@ -423,7 +428,7 @@ void s2_message(so *s, rd_kafka_message_t *m)
 static void k_finish(so *s, s2task *t)
 {
     if (t->done) return;
-    if (engine_close_all(t->eng)) s->failed = 1;
+    if (task_close_all(t)) s->failed = 1;
     t->done = 1;
     t->changed = 1;
 }

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# pg_sink_unit.sh BINARY - runs the sink-level PostgreSQL tests (pg_sink_unit.c)
-# against a private server started with lib/pg_server.sh, removed at the end.
+# pg_sink_unit.sh BINARY - runs a C test that needs a PostgreSQL server
+# (pg_sink_unit.c, task_store_unit.c) against a private server started with
+# lib/pg_server.sh, removed at the end.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-bin=${1:?usage: pg_sink_unit.sh PATH/TO/pg_sink_unit}
+bin=${1:?usage: pg_sink_unit.sh PATH/TO/TEST_BINARY}
 . "$here/lib/pg_server.sh"
 trap pg_server_cleanup EXIT
 pg_server_start
