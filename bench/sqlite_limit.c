@@ -85,12 +85,15 @@ int main(int argc, char **argv)
     unlink(argv[2]), unlink(wal), unlink(shm);
     double t0 = now_s();
     sqlite3 *db;
-    if (sqlite3_open(argv[2], &db) != SQLITE_OK) die(db, "open target");
+    if (sqlite3_open_v2(argv[2], &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK)
+        die(db, "open target");
     /* the sink's own statements (src/sink/sqlite_sql.h) */
     char create[1024], upsert[1024];
     sqlite_sink_create_sql(create, sizeof create, 0, 0);
     sqlite_sink_place_sql(upsert, sizeof upsert, 0);
     if (sqlite3_exec(db, SQLITE_SINK_PRAGMAS, NULL, NULL, NULL) != SQLITE_OK ||
+        sqlite3_exec(db, SQLITE_SINK_CACHE_PLACED, NULL, NULL, NULL) != SQLITE_OK ||
         sqlite3_exec(db, create, NULL, NULL, NULL) != SQLITE_OK)
         die(db, "schema");
     sqlite3_stmt *up;

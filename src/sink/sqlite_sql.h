@@ -12,8 +12,14 @@
 #include <stdio.h>
 
 #define SQLITE_SINK_PRAGMAS                                                                \
-    "PRAGMA page_size=16384; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"            \
-    "PRAGMA cache_size=-262144;"
+    "PRAGMA page_size=16384; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+
+/* The page cache: rows placed by position touch the table's last pages and,
+ * on a re-run, a flush's pages in order, so a few MiB hold a flush's
+ * working set; a flush upserting on a hashed key walks the whole index, which
+ * a 256 MiB cache keeps in memory. (Negative: KiB.) */
+#define SQLITE_SINK_CACHE_PLACED "PRAGMA cache_size=-32768"
+#define SQLITE_SINK_CACHE_KEYED "PRAGMA cache_size=-262144"
 
 /* The opt-in columns in the bit order of sink.h's SINK_COL_*: session_start
  * and session_end as ISO-8601 UTC text (like ingestion_time, to the
