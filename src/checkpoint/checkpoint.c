@@ -104,6 +104,7 @@ struct checkpoint {
     int wr_errno;             /* a write or fdatasync failed: every later commit fails */
     uint64_t wr_err_log;      /* in that log */
     int wr_delay_ms;          /* tests: the thread waits this long before each batch */
+    size_t wr_max_bytes;      /* WR_MAX_BYTES, or less (checkpoint_set_max_queued) */
     _Atomic uint64_t durable;
     atomic_int bg_done;
     int bg_errno, bg_fd;
@@ -533,6 +534,7 @@ checkpoint *checkpoint_open(const char *dir, char *err, size_t errlen)
     pthread_cond_init(&cp->wr_work, NULL);
     pthread_cond_init(&cp->wr_progress, NULL);
     cp->wr_delay_ms = (int)testenv_positive(TESTENV_SYNC_DELAY_MS);
+    cp->wr_max_bytes = WR_MAX_BYTES;
     char *lock_path = path_of(cp, "lock");
     cp->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     free(lock_path);
@@ -912,7 +914,7 @@ static int wr_enqueue(checkpoint *cp, uint64_t seq, char *err, size_t errlen)
     }
     pthread_mutex_lock(&cp->wr_mu);
     while (!cp->wr_errno &&
-           ((cp->wr_queue.len > 0 && cp->wr_queue.len + cp->out.len > WR_MAX_BYTES) ||
+           ((cp->wr_queue.len > 0 && cp->wr_queue.len + cp->out.len > cp->wr_max_bytes) ||
             cp->wr_queue_frames + cp->wr_batch_frames >= CHECKPOINT_MAX_IN_FLIGHT))
         pthread_cond_wait(&cp->wr_progress, &cp->wr_mu);
     int e = cp->wr_errno;
@@ -930,6 +932,11 @@ static int wr_enqueue(checkpoint *cp, uint64_t seq, char *err, size_t errlen)
     }
     pthread_mutex_unlock(&cp->wr_mu);
     return e ? write_failed(cp, e, cp->wr_err_log, err, errlen) : 0;
+}
+
+void checkpoint_set_max_queued(checkpoint *cp, size_t bytes)
+{
+    cp->wr_max_bytes = bytes < WR_MAX_BYTES ? bytes : WR_MAX_BYTES;
 }
 
 int checkpoint_sync(checkpoint *cp, char *err, size_t errlen)

@@ -74,6 +74,9 @@ void checkpoint_abort(checkpoint *cp);
 /* Commits sealed but not yet durable are at most this many; beyond it (or
  * 64 MiB of frames) checkpoint_commit waits for the disk. */
 #define CHECKPOINT_MAX_IN_FLIGHT 64
+/* Lowers the 64 MiB (a job under --memory-limit: its frames in flight are
+ * part of what the limit bounds). A frame larger than it still goes, alone. */
+void checkpoint_set_max_queued(checkpoint *cp, size_t bytes);
 
 /* The last commit sealed, and the last one durable: whatever the job tells
  * the outside world about a commit (Kafka's committed offsets) waits until

@@ -50,3 +50,12 @@ void memory_give_back(void)
     malloc_trim(0);
 #endif
 }
+
+void memory_tight(void)
+{
+#ifdef __GLIBC__
+    mallopt(M_MMAP_THRESHOLD, 256 << 10);
+    mallopt(M_TOP_PAD, 1 << 20);
+    mallopt(M_TRIM_THRESHOLD, 4 << 20);
+#endif
+}

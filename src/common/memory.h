@@ -22,4 +22,12 @@ uint64_t memory_default_limit(void);
  * default, for speed; this is for when memory, not speed, is short. */
 void memory_give_back(void);
 
+/* Undoes xalloc_keep_heap for a job that spills under --memory-limit: every
+ * block of 256 KiB or more (the engine's tables, the close queue's arrays,
+ * the checkpoint's frames, the cold store's buffer) gets its own mapping,
+ * returned to the kernel whole when freed or moved by a growth, instead of
+ * sitting in the heap among small blocks where its free space stays
+ * resident; and the heap's top is given back past 4 MiB free. */
+void memory_tight(void);
+
 #endif

@@ -105,15 +105,19 @@ static inline char *arena_of(const session *s)
 }
 
 /* A user whose sessions were evicted to the cold store (engine_set_cold_store):
- * what memory keeps of it, with its user slot and one close-queue entry keyed
+ * all that memory keeps of it. It leaves the user table (which thus holds
+ * the hot users only, and does not grow with the cold ones) for the cold
+ * table, an array of pointers to these, and has one close-queue entry keyed
  * on its earliest session end (the first session's last_t: a user's sessions
  * are disjoint and sorted), so that the watermark finds it without reading
  * the store. 24 bytes, a 32-byte heap chunk. */
 typedef struct cold_user {
     int64_t user_id;
-    uint64_t handle; /* the store's name for the blob */
-    uint32_t len;    /* the blob's bytes */
-    uint32_t dead;   /* loaded back: freed when the close queue reaches it */
+    uint64_t handle;   /* the store's name for the blob */
+    uint32_t len;      /* the blob's bytes */
+    uint8_t dead;      /* loaded back: freed when the close queue reaches it */
+    uint8_t persisted; /* the user slot's, kept while cold */
+    uint8_t listed;    /* in engine.dirty for the current epoch (its slot's dirty_epoch) */
 } cold_user;
 
 /* An entry of the close queue: key = close_key(t) for some t <= the
@@ -139,17 +143,13 @@ typedef struct close_bucket {
 
 typedef struct user_slot {
     int64_t user_id;
-    union {
-        session *head;   /* NULL: free slot, or a user awaiting checkpoint deletion */
-        cold_user *cold; /* is_cold: the sessions are in the cold store */
-    };
+    session *head;        /* NULL: free slot, or a user awaiting checkpoint deletion */
     uint32_t dirty_epoch; /* == engine.epoch: already listed in engine.dirty */
     uint8_t used;
     uint8_t persisted; /* the checkpoint holds a row for this user */
-    uint8_t is_cold;
     uint8_t touched;   /* applied to since the eviction clock's hand last passed */
 } user_slot;
-_Static_assert(sizeof(user_slot) == 24, "a user slot stays 24 bytes: it is paid per user, hot or cold");
+_Static_assert(sizeof(user_slot) == 24, "a user slot stays 24 bytes: it is paid per hot user");
 _Static_assert(sizeof(cold_user) == 24, "a cold user fits a 32-byte heap chunk");
 
 /* An interned string user (see the top of this file). */
@@ -174,9 +174,13 @@ struct engine {
     engine_config cfg;
     engine_callbacks cb;
 
-    user_slot *slots;
+    user_slot *slots; /* hot users (and users awaiting their deletion's commit) */
     size_t n_slots; /* power of two */
     size_t n_used;
+    /* Cold users: open addressing (linear probing on the user id) over
+     * pointers to their stubs; n_ctab 0 or a power of two. */
+    cold_user **ctab;
+    size_t n_ctab, n_cold;
 
     close_bucket cq[CLOSE_BUCKETS];
     uint64_t cq_last;     /* no key below it is, or will be, in the queue */
@@ -422,17 +426,19 @@ static user_slot *user_insert(engine *e, int64_t user_id)
     s->user_id = user_id;
     s->head = NULL;
     s->dirty_epoch = 0;
-    s->is_cold = 0;
     s->touched = 0;
     e->n_used++;
     return s;
 }
 
-static void user_grow(engine *e)
+/* Rehashes the user table into n slots (a power of two above n_used). */
+static void user_resize(engine *e, size_t n)
 {
     user_slot *old = e->slots;
     size_t n_old = e->n_slots;
-    e->n_slots = n_old ? n_old * 2 : 1024;
+    assert(n > e->n_used && (n & (n - 1)) == 0);
+    e->n_slots = n;
+    e->hand = 0;
     e->budget_check_at = 0;
     e->slots = xcalloc(e->n_slots, sizeof *e->slots);
     e->n_used = 0;
@@ -444,9 +450,12 @@ static void user_grow(engine *e)
     free(old);
 }
 
-static void user_remove(engine *e, user_slot *s)
+static void user_grow(engine *e) { user_resize(e, e->n_slots ? e->n_slots * 2 : 1024); }
+
+/* Takes a slot out of the table; its user keeps its interned name (string
+ * users), as a user moving to the cold table does. */
+static void user_unlink(engine *e, user_slot *s)
 {
-    if (e->cfg.string_users) intern_release(e, s->user_id);
     size_t mask = e->n_slots - 1;
     size_t hole = (size_t)(s - e->slots);
     for (size_t i = (hole + 1) & mask; e->slots[i].used; i = (i + 1) & mask) {
@@ -459,6 +468,75 @@ static void user_remove(engine *e, user_slot *s)
     }
     memset(&e->slots[hole], 0, sizeof e->slots[hole]);
     e->n_used--;
+}
+
+static void user_remove(engine *e, user_slot *s)
+{
+    if (e->cfg.string_users) intern_release(e, s->user_id);
+    user_unlink(e, s);
+}
+
+/* ---- cold table (linear probing, backward-shift deletion) --------------- */
+
+static cold_user *cold_find(const engine *e, int64_t user_id)
+{
+    if (e->n_cold == 0) return NULL;
+    size_t mask = e->n_ctab - 1;
+    for (size_t i = mix64((uint64_t)user_id) & mask; e->ctab[i]; i = (i + 1) & mask)
+        if (e->ctab[i]->user_id == user_id) return e->ctab[i];
+    return NULL;
+}
+
+static void cold_place(engine *e, cold_user *c)
+{
+    size_t mask = e->n_ctab - 1, i = mix64((uint64_t)c->user_id) & mask;
+    while (e->ctab[i]) i = (i + 1) & mask;
+    e->ctab[i] = c;
+}
+
+static void cold_resize(engine *e, size_t n)
+{
+    cold_user **old = e->ctab;
+    size_t n_old = e->n_ctab;
+    assert(n > e->n_cold && (n & (n - 1)) == 0);
+    e->budget_check_at = 0;
+    e->n_ctab = n;
+    e->ctab = xcalloc(n, sizeof *e->ctab);
+    for (size_t i = 0; i < n_old; i++)
+        if (old[i]) cold_place(e, old[i]);
+    free(old);
+}
+
+static void cold_insert(engine *e, cold_user *c)
+{
+    assert(!cold_find(e, c->user_id));
+    if ((e->n_cold + 1) * 10 > e->n_ctab * 7) cold_resize(e, e->n_ctab ? e->n_ctab * 2 : 1024);
+    cold_place(e, c);
+    e->n_cold++;
+}
+
+static void cold_remove(engine *e, const cold_user *c)
+{
+    size_t mask = e->n_ctab - 1, hole = mix64((uint64_t)c->user_id) & mask;
+    while (e->ctab[hole] != c) hole = (hole + 1) & mask;
+    for (size_t i = (hole + 1) & mask; e->ctab[i]; i = (i + 1) & mask) {
+        size_t home = mix64((uint64_t)e->ctab[i]->user_id) & mask;
+        int stays = hole <= i ? (hole < home && home <= i) : (hole < home || home <= i);
+        if (stays) continue;
+        e->ctab[hole] = e->ctab[i];
+        hole = i;
+    }
+    e->ctab[hole] = NULL;
+    e->n_cold--;
+}
+
+/* After evictions or loads: a table under a sixth full halves (down to
+ * 1024 slots), so that what eviction frees includes the tables' share. Both
+ * then sit between a third and seven tenths full, so this does not flap. */
+static void tables_shrink(engine *e)
+{
+    while (e->n_slots > 1024 && e->n_used * 6 < e->n_slots) user_resize(e, e->n_slots / 2);
+    while (e->n_ctab > 1024 && e->n_cold * 6 < e->n_ctab) cold_resize(e, e->n_ctab / 2);
 }
 
 static void mark_dirty(engine *e, user_slot *u)
@@ -525,7 +603,7 @@ static void cq_trim(engine *e)
 }
 
 static int emit_and_free(engine *e, session *s);
-static int load_cold(engine *e, user_slot *u, int queued);
+static int load_cold(engine *e, cold_user *c, int queued, user_slot **out);
 
 static void free_dead_session(engine *e, session *s)
 {
@@ -616,9 +694,8 @@ static int close_upto(engine *e, uint64_t upto)
         b0->len = kept;
         if (n_due > 0) {
             for (size_t i = 0; i < n_due; i++) {
-                user_slot *u = user_find(e, e->due[i]->user_id);
-                assert(u && u->is_cold && u->cold == e->due[i]);
-                int rc = load_cold(e, u, 0);
+                assert(cold_find(e, e->due[i]->user_id) == e->due[i]);
+                int rc = load_cold(e, e->due[i], 0, NULL);
                 if (rc) { /* queued again, so that engine_free finds them */
                     for (size_t k = i; k < n_due; k++) cq_place(e, e->cq_last, cold_tag(e->due[k]));
                     return rc;
@@ -995,6 +1072,7 @@ void engine_free(engine *e)
         free(e->cq[b].v);
     }
     free(e->slots);
+    free(e->ctab); /* the stubs went with their close-queue entries */
     for (size_t i = 0; i < e->n_parts; i++) buf_free(&e->parts[i].page), buf_free(&e->parts[i].user);
     free(e->parts);
     free(e->dirty);
@@ -1127,10 +1205,15 @@ static int apply_visit(engine *e, partition_state *p, const visit *v)
     }
 
     int64_t uid = user_of(e, v);
-    user_slot *u = user_insert(e, uid);
-    if (u->is_cold) {
-        int rc = load_cold(e, u, 1);
-        if (rc) return rc;
+    user_slot *u = e->n_cold ? user_find(e, uid) : NULL;
+    if (!u) {
+        cold_user *c = cold_find(e, uid);
+        if (c) {
+            int rc = load_cold(e, c, 1, &u);
+            if (rc) return rc;
+        } else {
+            u = user_insert(e, uid);
+        }
     }
     u->touched = 1;
     mark_dirty(e, u);
@@ -1180,7 +1263,7 @@ void engine_prefetch(const engine *e, int64_t user_id, int stage)
         return;
     }
     /* Only the common case of a user in its home slot is worth a hint. */
-    if (!u->used || u->user_id != user_id || u->is_cold || !u->head) return;
+    if (!u->used || u->user_id != user_id || !u->head) return;
     const session *s = u->head;
     if (stage == 1) {
         __builtin_prefetch(s);
@@ -1242,7 +1325,7 @@ void engine_get_stats(const engine *e, engine_stats *out)
     *out = e->st;
     out->user_ids = e->n_names;
     out->memory_bytes = engine_memory_bytes(e);
-    out->open_users = 0;
+    out->open_users = e->n_cold;
     for (size_t i = 0; i < e->n_slots; i++)
         if (e->slots[i].used && e->slots[i].head) out->open_users++;
 }
@@ -1253,11 +1336,7 @@ int engine_check_invariants(const engine *e)
     for (size_t i = 0; i < e->n_slots; i++) {
         const user_slot *u = &e->slots[i];
         if (!u->used) continue;
-        if (u->is_cold) {
-            cold++;
-            if (!u->cold || u->cold->user_id != u->user_id || u->cold->dead) return 3;
-            continue;
-        }
+        if (cold_find(e, u->user_id)) return 3; /* hot and cold at once */
         for (const session *s = u->head; s; s = s->next) {
             sessions++;
             pages += s->n_pages;
@@ -1278,6 +1357,12 @@ int engine_check_invariants(const engine *e)
             if (text != s->page_bytes) return 2;
             if (e->closing_wm != INT64_MIN && s->last_t + e->cfg.gap_us < e->closing_wm) return 4;
         }
+    }
+    for (size_t i = 0; i < e->n_ctab; i++) {
+        const cold_user *c = e->ctab[i];
+        if (!c) continue;
+        cold++;
+        if (cold_find(e, c->user_id) != c || c->dead || c->len == 0) return 3;
     }
     uint64_t live = 0, live_cold = 0;
     int64_t due_upto;
@@ -1300,18 +1385,24 @@ int engine_check_invariants(const engine *e)
             if (c->key > close_key(entry_session(c)->last_t)) return 3;
         }
     }
-    if (live != sessions || live_cold != cold || cold != e->st.cold_users) return 3;
+    if (live != sessions || live_cold != cold || cold != e->n_cold || cold != e->st.cold_users) return 3;
     if (sessions + e->cold_sessions != e->st.open_sessions ||
         pages + e->cold_pages != e->st.open_pages)
         return 5;
     if (e->cfg.string_users) {
-        if (e->n_interned != e->n_used || e->n_interned + e->n_free != e->n_names) return 6;
-        for (size_t i = 0; i < e->n_slots; i++) {
-            const user_slot *u = &e->slots[i];
-            if (!u->used) continue;
-            if (u->user_id < 0 || (size_t)u->user_id >= e->n_names) return 6;
-            const user_name *n = &e->names[u->user_id];
-            if (!n->bytes || intern_find(e, n->bytes, n->len, n->hash) != u->user_id) return 6;
+        if (e->n_interned != e->n_used + e->n_cold || e->n_interned + e->n_free != e->n_names) return 6;
+        for (size_t i = 0; i < e->n_slots + e->n_ctab; i++) {
+            int64_t id;
+            if (i < e->n_slots) {
+                if (!e->slots[i].used) continue;
+                id = e->slots[i].user_id;
+            } else {
+                if (!e->ctab[i - e->n_slots]) continue;
+                id = e->ctab[i - e->n_slots]->user_id;
+            }
+            if (id < 0 || (size_t)id >= e->n_names) return 6;
+            const user_name *n = &e->names[id];
+            if (!n->bytes || intern_find(e, n->bytes, n->len, n->hash) != id) return 6;
         }
     }
     return 0;
@@ -1575,17 +1666,13 @@ static user_key key_of(const engine *e, int64_t id)
     return (user_key){.id = id, .str = e->names[id].bytes, .len = e->names[id].len};
 }
 
-/* A user's blob: encoded, or read back from the store for a cold user (it
- * stays cold: a snapshot must not need the memory it was evicted to save). */
-static int user_blob(const engine *e, const user_slot *u, buf *out)
+/* A cold user's blob, read back from the store (it stays cold: a snapshot
+ * must not need the memory it was evicted to save). */
+static int cold_blob(const engine *e, const cold_user *c, buf *out)
 {
     buf_reset(out);
-    if (!u->is_cold) {
-        encode_user(u->head, out);
-        return 0;
-    }
-    int rc = e->cold.get(e->cold.ctx, u->cold->handle, u->cold->len, out);
-    return rc ? rc : out->len == u->cold->len ? 0 : -1;
+    int rc = e->cold.get(e->cold.ctx, c->handle, c->len, out);
+    return rc ? rc : out->len == c->len ? 0 : -1;
 }
 
 int engine_foreach_dirty(engine *e, engine_dirty_fn fn, void *ctx)
@@ -1598,6 +1685,13 @@ int engine_foreach_dirty(engine *e, engine_dirty_fn fn, void *ctx)
     int rc = 0;
     for (size_t i = 0; i < e->n_dirty && !rc; i++) {
         const user_slot *u = user_find(e, e->dirty[i]);
+        const cold_user *c = u ? NULL : cold_find(e, e->dirty[i]);
+        if (c) {
+            rc = cold_blob(e, c, &b);
+            user_key k = key_of(e, e->dirty[i]);
+            if (!rc) rc = fn(ctx, &k, b.data, b.len);
+            continue;
+        }
         if (!u || !u->head) {
             /* A user whose sessions opened and closed between two commits
              * never reached the checkpoint: nothing to delete. */
@@ -1607,9 +1701,10 @@ int engine_foreach_dirty(engine *e, engine_dirty_fn fn, void *ctx)
             }
             continue;
         }
-        rc = user_blob(e, u, &b);
+        buf_reset(&b);
+        encode_user(u->head, &b);
         user_key k = key_of(e, e->dirty[i]);
-        if (!rc) rc = fn(ctx, &k, b.data, b.len);
+        rc = fn(ctx, &k, b.data, b.len);
     }
     buf_free(&b);
     return rc;
@@ -1623,8 +1718,16 @@ int engine_foreach_user(const engine *e, engine_dirty_fn fn, void *ctx)
     for (size_t i = 0; i < e->n_slots && !rc; i++) {
         const user_slot *u = &e->slots[i];
         if (!u->used || !u->head) continue;
-        rc = user_blob(e, u, &b);
+        buf_reset(&b);
+        encode_user(u->head, &b);
         user_key k = key_of(e, u->user_id);
+        rc = fn(ctx, &k, b.data, b.len);
+    }
+    for (size_t i = 0; i < e->n_ctab && !rc; i++) {
+        const cold_user *c = e->ctab[i];
+        if (!c) continue;
+        rc = cold_blob(e, c, &b);
+        user_key k = key_of(e, c->user_id);
         if (!rc) rc = fn(ctx, &k, b.data, b.len);
     }
     buf_free(&b);
@@ -1637,7 +1740,11 @@ void engine_clear_dirty(engine *e)
 {
     for (size_t i = 0; i < e->n_dirty; i++) {
         user_slot *u = user_find(e, e->dirty[i]);
-        if (!u) continue;
+        if (!u) {
+            cold_user *c = cold_find(e, e->dirty[i]);
+            if (c) c->persisted = 1, c->listed = 0;
+            continue;
+        }
         u->persisted = u->head != NULL;
         if (!u->head) user_remove(e, u);
     }
@@ -1735,8 +1842,9 @@ int engine_load_user(engine *e, const user_key *key, const void *blob, size_t le
         if (intern_find(e, key->str, key->len, h) >= 0) return -1; /* the same user twice */
         user_id = intern_add(e, key->str, key->len, h);
     }
+    if (cold_find(e, user_id)) return -1; /* the same user twice */
     user_slot *u = user_insert(e, user_id);
-    if (u->head) return -1; /* the same user twice (hot or cold) */
+    if (u->head) return -1;
     u->persisted = 1;
     int rc = decode_user(e, u, blob, len);
     return rc ? rc : keep_budget(e);
@@ -1753,10 +1861,12 @@ void engine_set_cold_store(engine *e, const engine_cold_store *store, uint64_t b
 
 uint64_t engine_memory_bytes(const engine *e)
 {
-    /* The user table counts half again: when it doubles, the old and the new
-     * array are both live, and the new one is one block that malloc's free
-     * lists (the freed sessions of evicted users) cannot provide. */
-    return e->mem + (uint64_t)e->n_slots * sizeof(user_slot) * 3 / 2 + e->cq_cap * sizeof(close_entry) +
+    /* The user and cold tables count half again: when one doubles, the old
+     * and the new array are both live, and the new one is one block that
+     * malloc's free lists (the freed sessions of evicted users) cannot
+     * provide. */
+    return e->mem + (uint64_t)e->n_slots * sizeof(user_slot) * 3 / 2 +
+           (uint64_t)e->n_ctab * sizeof(cold_user *) * 3 / 2 + e->cq_cap * sizeof(close_entry) +
            (uint64_t)e->cap_names * sizeof(user_name) + (uint64_t)e->n_itab * sizeof(uint32_t) +
            (uint64_t)e->cap_free * sizeof(int64_t) + (uint64_t)e->cap_dirty * sizeof(int64_t) +
            (uint64_t)e->cap_refs * sizeof(page_ref) + e->cold_buf.cap +
@@ -1765,25 +1875,32 @@ uint64_t engine_memory_bytes(const engine *e)
 
 uint64_t engine_growth_bytes(const engine *e, uint64_t more_users)
 {
-    if ((e->n_used + more_users) * 10 <= e->n_slots * 7) return 0;
-    return (uint64_t)e->n_slots * 2 * sizeof(user_slot);
+    uint64_t n = 0;
+    if ((e->n_used + more_users) * 10 > e->n_slots * 7) n += (uint64_t)e->n_slots * 2 * sizeof(user_slot);
+    if (e->n_ctab && (e->n_cold + more_users) * 10 > e->n_ctab * 7)
+        n += (uint64_t)e->n_ctab * 2 * sizeof(cold_user *);
+    return n;
 }
 
-/* Loads a cold user back into memory. queued: its entry is still in the
- * close queue (marked dead, freed when reached); else the caller took it out
- * and it is freed here. */
-static int load_cold(engine *e, user_slot *u, int queued)
+/* Loads a cold user back into memory, into a new slot of the user table
+ * (*out, if out). queued: its entry is still in the close queue (marked
+ * dead, freed when reached); else the caller took it out and it is freed
+ * here. */
+static int load_cold(engine *e, cold_user *c, int queued, user_slot **out)
 {
-    cold_user *c = u->cold;
-    assert(u->is_cold && c && !c->dead);
+    assert(!c->dead);
     e->budget_check_at = 0; /* cold_buf may grow */
     buf_reset(&e->cold_buf);
     int rc = e->cold.get(e->cold.ctx, c->handle, c->len, &e->cold_buf);
     if (rc) return rc;
     if (e->cold_buf.len != c->len) return -1;
     if (e->cold.drop) e->cold.drop(e->cold.ctx, c->handle, c->len);
-    u->is_cold = 0;
-    u->head = NULL;
+    cold_remove(e, c);
+    user_slot *u = user_insert(e, c->user_id);
+    assert(u->head == NULL && !u->persisted);
+    u->persisted = c->persisted;
+    u->dirty_epoch = c->listed ? e->epoch : 0;
+    if (out) *out = u;
     e->st.cold_users--;
     e->st.users_loaded++;
     if (queued) c->dead = 1;
@@ -1804,7 +1921,7 @@ static int load_cold(engine *e, user_slot *u, int queued)
  * entries are left dead for drop_dead_entries. */
 static int evict_user(engine *e, user_slot *u)
 {
-    assert(!u->is_cold && u->head);
+    assert(u->head);
     e->budget_check_at = 0; /* cold_buf may grow */
     buf_reset(&e->cold_buf);
     encode_user(u->head, &e->cold_buf);
@@ -1815,7 +1932,11 @@ static int evict_user(engine *e, user_slot *u)
     if (rc) return rc;
     cold_user *c = xmalloc(sizeof *c);
     e->mem += heap_bytes(sizeof *c);
-    *c = (cold_user){.user_id = u->user_id, .handle = handle, .len = (uint32_t)e->cold_buf.len};
+    *c = (cold_user){.user_id = u->user_id,
+                     .handle = handle,
+                     .len = (uint32_t)e->cold_buf.len,
+                     .persisted = u->persisted,
+                     .listed = e->cfg.track_dirty && u->dirty_epoch == e->epoch};
     /* the first session ends first: sessions are sorted and disjoint */
     uint64_t key = close_key(u->head->last_t);
     for (session *s = u->head, *next; s; s = next) {
@@ -1827,9 +1948,8 @@ static int evict_user(engine *e, user_slot *u)
         s->store = NULL;
         s->visits = 0; /* dead: its entry goes with drop_dead_entries */
     }
-    u->cold = c;
-    u->is_cold = 1;
-    u->touched = 0;
+    user_unlink(e, u); /* its interned name stays with the cold user */
+    cold_insert(e, c);
     e->st.cold_users++;
     e->st.users_evicted++;
     cq_place(e, key, cold_tag(c)); /* key >= the session's entry's key >= cq_last */
@@ -1869,7 +1989,7 @@ int engine_evict(engine *e, uint64_t target_bytes)
         if (engine_memory_bytes(e) - pending <= target_bytes) break;
         user_slot *u = &e->slots[e->hand];
         e->hand = (e->hand + 1) & (e->n_slots - 1);
-        if (!u->used || u->is_cold || !u->head) continue;
+        if (!u->used || !u->head) continue;
         if (u->touched) {
             u->touched = 0;
             continue;
@@ -1878,16 +1998,19 @@ int engine_evict(engine *e, uint64_t target_bytes)
         rc = evict_user(e, u);
         any |= rc == 0;
     }
-    if (any) drop_dead_entries(e);
+    if (any) {
+        drop_dead_entries(e);
+        tables_shrink(e);
+    }
     return rc;
 }
 
 int engine_cold_rehandle(engine *e, int (*fn)(void *ctx, uint64_t *handle, uint32_t len), void *ctx)
 {
-    for (size_t i = 0; i < e->n_slots; i++) {
-        user_slot *u = &e->slots[i];
-        if (!u->used || !u->is_cold) continue;
-        int rc = fn(ctx, &u->cold->handle, u->cold->len);
+    for (size_t i = 0; i < e->n_ctab; i++) {
+        cold_user *c = e->ctab[i];
+        if (!c) continue;
+        int rc = fn(ctx, &c->handle, c->len);
         if (rc) return rc;
     }
     return 0;

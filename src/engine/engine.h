@@ -67,9 +67,10 @@ typedef struct engine_callbacks {
 
 /* State larger than memory. The engine does no I/O: the caller's store
  * keeps the blobs of users evicted from memory (the encoding of
- * engine_foreach_user), and the engine keeps of each such "cold" user its
- * slot and one close-queue entry on its earliest session end, so that the
- * watermark knows whom to load back without reading the store (~90 bytes
+ * engine_foreach_user), and the engine keeps of each such "cold" user a
+ * stub in its own table (out of the user table, which holds the hot users
+ * only) and one close-queue entry on its earliest session end, so that the
+ * watermark knows whom to load back without reading the store (59-71 bytes
  * per cold user: docs/checkpoint.md "Memory limit"). Eviction changes no
  * output: a cold user is loaded back, whole, when a visit of it is accepted,
  * when the closing watermark reaches its earliest session end, or for
@@ -197,12 +198,13 @@ void engine_set_cold_store(engine *e, const engine_cold_store *store, uint64_t b
  * returned. */
 int engine_evict(engine *e, uint64_t target_bytes);
 /* The heap bytes the engine holds: sessions, pages, users (hot and cold),
- * its tables. */
+ * its tables. After evicting, a user or cold table under a sixth full
+ * halves. */
 uint64_t engine_memory_bytes(const engine *e);
-/* What the engine allocates at once if more_users new users arrive: its
- * user table doubling (0 if it would not). Eviction cannot make room for it
- * (a cold user keeps its slot), so a caller bounding resident memory stops
- * before it (job.c, memory_check). */
+/* What the engine allocates at once if more_users new users arrive (hot, or
+ * all of them made cold): its user table or cold table doubling (0 if
+ * neither would). A caller bounding resident memory makes room for it or
+ * stops before it (job.c, memory_check). */
 uint64_t engine_growth_bytes(const engine *e, uint64_t more_users);
 /* Renames every cold user's blob: fn may move it and change *handle (the
  * store's compaction). 0, or what fn returned. */

@@ -76,6 +76,7 @@ typedef struct job {
      * the scratch file of cold users (opened at the first eviction). */
     uint64_t spill_budget;
     uint64_t rss_at_cut; /* resident size after memory_check last lowered the budget */
+    uint64_t commit_every; /* cfg->commit_every, or fewer visits when spilling (setup_spill) */
     coldstore *cold;
     char cold_err[512]; /* a cold store failure, kept from being overwritten */
     /* With cfg->metrics: the figures this thread keeps (plain counters) and
@@ -228,7 +229,11 @@ static void cold_drop(void *ctx, uint64_t handle, size_t len)
  * enough. */
 #define SPILL_RESERVE_MIN ((uint64_t)4 << 20)
 #define SPILL_BUDGET_MIN ((uint64_t)1 << 20)
-#define SPILL_FRAME_BYTES 64
+#define SPILL_COMMIT_MIN 1000
+/* A visit's share of the frames: ~25 bytes in the change-log frame being
+ * built, its sealed copy, the writer's queue and its batch, each a buffer
+ * that doubles. */
+#define SPILL_FRAME_BYTES 200
 
 static void set_spill_budget(job *j, uint64_t budget)
 {
@@ -251,11 +256,19 @@ static void setup_spill(job *j)
     }
     uint64_t base = memory_resident_bytes(), limit = j->memory_limit;
     uint64_t reserve = limit / 8 > SPILL_RESERVE_MIN ? limit / 8 : SPILL_RESERVE_MIN;
-    /* the change-log frame of a commit and its sealed copy: ~25 bytes a
-     * visit on the bench files, each in a buffer that doubles */
-    if (j->cfg->checkpoint_dir)
-        reserve += SPILL_FRAME_BYTES * (j->cfg->commit_every ? j->cfg->commit_every : 100000);
+    /* The frames of a commit are bounded by committing at least every
+     * limit / 4096 visits (so they take about a twentieth of the limit: 25
+     * visits a MiB of limit, ~0.7 ms of work), and the writer's queue to two
+     * frames: otherwise the default 100k visits a commit took 10-16 MiB. */
+    uint64_t visits = limit / 4096 > SPILL_COMMIT_MIN ? limit / 4096 : SPILL_COMMIT_MIN;
+    if (j->cp) {
+        if (j->commit_every > visits) j->commit_every = visits;
+        uint64_t n = j->commit_every ? j->commit_every : 100000;
+        checkpoint_set_max_queued(j->cp, 2 * SPILL_FRAME_BYTES / 8 * n);
+        reserve += SPILL_FRAME_BYTES * n;
+    }
     if (limit == 0 || base == 0 || limit <= base + reserve + SPILL_BUDGET_MIN) return;
+    memory_tight();
     set_spill_budget(j, limit - base - reserve);
 }
 
@@ -766,6 +779,7 @@ static int memory_check(job *j)
         memory_give_back();
         rss = memory_resident_bytes();
         j->rss_at_cut = rss;
+        next = engine_growth_bytes(j->eng, MEMORY_CHECK_EVERY); /* cold users left the table */
     }
     if (j->memory_limit == 0 || rss + next <= j->memory_limit) return 0;
     if (commit_final(j)) return -1;
@@ -778,7 +792,7 @@ static int memory_check(job *j)
     snprintf(j->err, j->errlen,
              "resident memory reached %.0f MiB%s, over --memory-limit %.0f MiB, with %" PRIu64
              " open sessions holding %" PRIu64 " pages, those of %" PRIu64 " users spilled to "
-             "disk (each still takes about 100 bytes of memory). Stopped after a "
+             "disk (each still takes about 60-70 bytes of memory). Stopped after a "
              "commit: %s. Raise "
              "--memory-limit, or lower --gap, --max-pages or --max-session-bytes, which bound "
              "what a session holds",
@@ -881,7 +895,7 @@ static int run_loop(job *j)
                 since_commit = 0;
             }
         }
-        if (cfg->commit_every && since_commit >= cfg->commit_every) {
+        if (j->commit_every && since_commit >= j->commit_every) {
             if (commit(j)) return -1;
             last_commit = now_s();
             since_commit = 0;
@@ -893,7 +907,7 @@ int job_run(const job_config *cfg, job_result *res, char *err, size_t errlen)
 {
     memset(res, 0, sizeof *res);
     double start = now_s();
-    job j = {.cfg = cfg, .res = res, .err = err, .errlen = errlen};
+    job j = {.cfg = cfg, .res = res, .err = err, .errlen = errlen, .commit_every = cfg->commit_every};
     buf_init(&j.scratch);
     int rc = -1;
     /* What the source, the sink and the dead-letter output share (context.h):
