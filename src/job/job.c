@@ -268,7 +268,9 @@ static void setup_spill(job *j)
         reserve += SPILL_FRAME_BYTES * n;
     }
     if (limit == 0 || base == 0 || limit <= base + reserve + SPILL_BUDGET_MIN) return;
-    memory_tight();
+    /* a limit the user chose: memory before speed (the default, half of the
+     * machine, keeps the heap's speed) */
+    if (j->cfg->memory_limit) memory_tight();
     set_spill_budget(j, limit - base - reserve);
 }
 
