@@ -913,6 +913,57 @@ static void help_options(buf *b)
     }
 }
 
+/* A sink that shares its settings table with an earlier one (postgres:,
+ * postgresql:'s other name) is listed with it. */
+static int settings_listed_before(size_t i)
+{
+    for (size_t j = 0; j < i; j++)
+        if (sink_registered(j)->settings == sink_registered(i)->settings) return 1;
+    return 0;
+}
+
+/* "postgresql:, postgres:" */
+static void settings_schemes(buf *b, size_t i)
+{
+    for (size_t k = i; sink_registered(k); k++)
+        if (sink_registered(k)->settings == sink_registered(i)->settings)
+            buf_printf(b, "%s%s:", k > i ? ", " : "", sink_registered(k)->scheme);
+}
+
+/* One setting's text: what it does, and its default. */
+static void setting_text(buf *t, const sink_setting *st)
+{
+    buf_append_str(t, st->help);
+    if (st->def) buf_printf(t, " (default %s)", st->def);
+}
+
+/* The sinks' --sink-opt settings, from their tables (sink.h), which are also
+ * what their parsers accept. */
+static void help_sink_settings(buf *b)
+{
+    enum { INDENT = 26 };
+    buf t;
+    buf_init(&t);
+    for (size_t i = 0; sink_registered(i); i++) {
+        if (!sink_registered(i)->settings || settings_listed_before(i)) continue;
+        buf_append_str(b, "  ");
+        settings_schemes(b, i);
+        buf_append_byte(b, '\n');
+        for (const sink_setting *st = sink_registered(i)->settings; st->key; st++) {
+            size_t start = b->len;
+            buf_printf(b, "    %s=%s", st->key, st->value);
+            size_t col = b->len - start;
+            if (col + 1 > INDENT) buf_printf(b, "\n%*s", INDENT, "");
+            else buf_printf(b, "%*s", (int)(INDENT - col), "");
+            buf_reset(&t);
+            setting_text(&t, st);
+            wrap(b, cstr(&t), INDENT, INDENT);
+        }
+    }
+    buf_append_str(b, "  The other sinks take none.\n");
+    buf_free(&t);
+}
+
 void options_help(buf *b)
 {
     buf_append_str(b,
@@ -928,6 +979,8 @@ void options_help(buf *b)
     source_usage(b);
     buf_append_str(b, "    -             JSON lines from standard input\n\nSinks (--sink):\n");
     sink_usage(b);
+    buf_append_str(b, "\nSink settings (--sink-opt KEY=VALUE, repeatable):\n");
+    help_sink_settings(b);
     buf_append_str(b, "\nDead-letter outputs (--dlq):\n");
     deadletter_usage(b);
     buf_append_str(b, "\nOptions:\n");
@@ -1031,6 +1084,31 @@ void options_man(buf *b)
         if (k == 0) buf_append_str(&t, "    -             JSON lines from standard input\n");
         roff_buf(b, &t);
         buf_append_str(b, ".fi\n");
+    }
+    buf_append_str(b, ".SH SINK SETTINGS\nGiven as \\fB\\-\\-sink\\-opt\\fR \\fIKEY\\fR=\\fIVALUE\\fR "
+                      "(repeatable); the other sinks take none.\n");
+    for (size_t i = 0; sink_registered(i); i++) {
+        if (!sink_registered(i)->settings || settings_listed_before(i)) continue;
+        buf_reset(&t);
+        settings_schemes(&t, i);
+        buf_append_str(b, ".SS ");
+        roff_buf(b, &t);
+        buf_append_byte(b, '\n');
+        for (const sink_setting *st = sink_registered(i)->settings; st->key; st++) {
+            buf_reset(&t);
+            buf_append_str(&t, st->key);
+            buf_append_str(b, ".TP\n\\fB");
+            roff_buf(b, &t);
+            buf_reset(&t);
+            buf_append_str(&t, st->value);
+            buf_append_str(b, "\\fR=\\fI");
+            roff_buf(b, &t);
+            buf_append_str(b, "\\fR\n");
+            buf_reset(&t);
+            setting_text(&t, st);
+            roff_buf(b, &t);
+            buf_append_byte(b, '\n');
+        }
     }
     buf_append_str(b,
         ".SH VALUES\n"

@@ -30,6 +30,7 @@
  *    by the CLI, or password_file=PATH, keep the password off the command
  *    line) and never appear in a message: the library redacts them.
  */
+#include <assert.h>
 #include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -47,11 +48,28 @@
 #include "cql/cql_proto.h"
 #include "sink/sink.h"
 
-#define CQL_OPTIONS_HELP                                                                     \
-    "consistency=LOCAL_QUORUM username= password= password_file= tls=0|1 tls_ca=FILE "      \
-    "tls_verify=1 tls_cert=FILE tls_key=FILE connect_timeout=5s request_timeout=12s " \
-    "retry_timeout=5m max_in_flight=512 batch=none|unlogged batch_size=16 local_dc= "  \
-    "token_aware=1"
+/* --sink-opt: what parse_props takes, and --help shows (sink.h). */
+static const sink_setting cql_settings[] = {
+    {"consistency", "LEVEL", "LOCAL_QUORUM",
+     "ANY, ONE, TWO, THREE, QUORUM, ALL, LOCAL_QUORUM, EACH_QUORUM or LOCAL_ONE"},
+    {"username", "NAME", NULL, "log in with PasswordAuthenticator (SASL PLAIN)"},
+    {"password", "SECRET", NULL, "its password (password=@file:PATH keeps it off the command line)"},
+    {"password_file", "PATH", NULL, "its password, read from a file"},
+    {"tls", "0|1", "0", "TLS to every node"},
+    {"tls_ca", "FILE", NULL, "the CA certificates that verify the nodes (default: the system's)"},
+    {"tls_verify", "0|1", "1", "verify the nodes' certificates and names"},
+    {"tls_cert", "FILE", NULL, "a client certificate"},
+    {"tls_key", "FILE", NULL, "its private key"},
+    {"connect_timeout", "DURATION", "5s", "the longest wait to connect to a node, 1ms to 10m"},
+    {"request_timeout", "DURATION", "12s", "the longest wait for an answer, 1ms to 10m"},
+    {"retry_timeout", "DURATION", "5m", "how long a request is retried, 0 (never give up) to 1d"},
+    {"max_in_flight", "N", "512", "requests in flight, 1 to 32768"},
+    {"batch", "none|unlogged", "none", "unlogged: UNLOGGED batches of sessions owned by one node"},
+    {"batch_size", "N", "16", "sessions per batch, 1 to 1024"},
+    {"local_dc", "NAME", NULL, "the data center to write to (default: the first node's)"},
+    {"token_aware", "0|1", "1", "send each write to a node that owns its row"},
+    {NULL, NULL, NULL, NULL}};
+extern const sink_ops cql_sink_ops;
 
 #define CQL_MAX_BATCH 1024
 
@@ -115,14 +133,18 @@ static int parse_props(cql_sink *s, const char *const *props, char *err, size_t 
 {
     for (size_t i = 0; props && props[i]; i++) {
         const char *kv = props[i];
-        const char *eq = strchr(kv, '=');
-        if (!eq)
-            return fail(err, errlen, "cql: option '%s' is not key=value (known: %s)", kv,
-                        CQL_OPTIONS_HELP);
-        size_t kl = (size_t)(eq - kv);
-        const char *v = eq + 1;
+        size_t kl = strcspn(kv, "=");
         long n;
 #define KEY_IS(k) (kl == strlen(k) && strncmp(kv, k, kl) == 0)
+        if (KEY_IS("connect_timeout_ms") || KEY_IS("request_timeout_ms") ||
+            KEY_IS("retry_timeout_ms"))
+            return fail(err, errlen, "cql: %.*s is now %.*s=DURATION (e.g. %.*s=30s), spelt as "
+                        "every duration of the program", (int)kl, kv, (int)kl - 3, kv,
+                        (int)kl - 3, kv);
+        const char *v;
+        char why[1024];
+        if (!sink_setting_find(&cql_sink_ops, kv, &v, why, sizeof why))
+            return fail(err, errlen, "%s", why);
 /* Durations through the one parser (common/units.h), kept in milliseconds. */
 #define DUR_OPT(k, lo_ms, hi_ms, range, dst)                                                  \
     else if (KEY_IS(k)) {                                                                     \
@@ -186,20 +208,14 @@ static int parse_props(cql_sink *s, const char *const *props, char *err, size_t 
         DUR_OPT("connect_timeout", 1, 600000, "1ms to 10m", s->cfg.connect_timeout_ms)
         DUR_OPT("request_timeout", 1, 600000, "1ms to 10m", s->cfg.request_timeout_ms)
         DUR_OPT("retry_timeout", 0, 86400000, "0 (never give up) to 1d", s->cfg.retry_timeout_ms)
-        else if (KEY_IS("connect_timeout_ms") || KEY_IS("request_timeout_ms") ||
-                 KEY_IS("retry_timeout_ms")) {
-            return fail(err, errlen, "cql: %.*s is now %.*s=DURATION (e.g. %.*s=30s), spelt as "
-                        "every duration of the program", (int)kl, kv, (int)kl - 3, kv,
-                        (int)kl - 3, kv);
-        }
         INT_OPT("max_in_flight", 1, 32768, s->cfg.max_in_flight)
         else if (KEY_IS("batch_size")) {
             if (parse_int(v, 1, CQL_MAX_BATCH, &n))
                 return fail(err, errlen, "cql: batch_size=%s: expected 1 to %d", v, CQL_MAX_BATCH);
             s->batch_size = (size_t)n;
         } else {
-            return fail(err, errlen, "cql: unknown option '%.*s' (known: %s)", (int)kl, kv,
-                        CQL_OPTIONS_HELP);
+            assert(!"a setting of cql_settings without its case");
+            return fail(err, errlen, "cql: %s: a setting without its case (a bug)", kv);
         }
 #undef INT_OPT
 #undef DUR_OPT
@@ -702,7 +718,8 @@ static void cql_sink_close(sink *base)
 const sink_ops cql_sink_ops = {
     .scheme = "cql",
     .usage = "cql://HOST[:PORT][,HOST[:PORT]...]/KEYSPACE  upsert into KEYSPACE.sessions on "
-             "ScyllaDB/Cassandra (--sink-opt " CQL_OPTIONS_HELP ")",
+             "ScyllaDB/Cassandra",
+    .settings = cql_settings,
     .open = cql_sink_open,
     .write = cql_sink_write,
     .flush = cql_sink_flush,

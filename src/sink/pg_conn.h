@@ -78,7 +78,14 @@ void pg_conn_init(pg_conn *c, const char *who, const pg_conninfo *ci);
  * 0 when it is not. */
 int pg_conn_setting(pg_conn *c, const char *key, size_t keylen, const char *value, int *rc,
                     char *err, size_t errlen);
-#define PG_CONN_SETTINGS_HELP "retry_timeout=DUR (0: forever), retry_backoff_max=DUR, io_timeout=DUR"
+/* The same, as entries of a sink's settings table (sink.h's sink_setting). */
+#define PG_CONN_SETTINGS                                                                     \
+    {"retry_timeout", "DURATION", "10m",                                                     \
+     "how long a flush (or the first connection) retries transient failures (0: forever)"},  \
+    {"retry_backoff_max", "DURATION", "10s",                                                 \
+     "the longest wait between two attempts (from 100ms, doubling, with jitter)"},           \
+    {"io_timeout", "DURATION", "60s",                                                        \
+     "the longest wait for an answer; then the connection is dropped and the flush retried"}
 
 /* Runs op(ud) (or only connects when op is NULL), connecting first when
  * needed; a transient failure drops the connection, waits (common/retry.h)

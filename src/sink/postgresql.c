@@ -9,7 +9,7 @@
  *
  * The target is any libpq connection string: a URI (the usual case) or, after
  * "postgresql:", a "key=value ..." conninfo. Settings of the sink itself come
- * as "key=value" props (see PG_OPTIONS_HELP): table=, batch_rows=, batch_bytes=,
+ * as "key=value" props (pg_settings): table=, batch_rows=, batch_bytes=,
  * retry_timeout=, retry_backoff_max=, io_timeout=, and password= (given to
  * libpq after the connection string, so it wins over one in the URI; with the
  * CLI's password=@file:PATH it never appears on the command line).
@@ -51,6 +51,7 @@
  *    passes through pg_conninfo_redact() (pg_conninfo.h) before it leaves
  *    this file.
  */
+#include <assert.h>
 #include <errno.h>
 #include <libpq-fe.h>
 #include <stdint.h>
@@ -75,9 +76,24 @@
 #define PG_MAX_BATCH_BYTES ((size_t)256 << 20)
 _Static_assert(PG_MAX_BATCH_BYTES < PG_MAX_MESSAGE_BYTES / 2, "room for a row past the bound");
 
-#define PG_OPTIONS_HELP                                                                    \
-    "table=[SCHEMA.]NAME, batch_rows=N, batch_bytes=SIZE, " PG_CONN_SETTINGS_HELP          \
-    ", password=SECRET (e.g. password=@file:PATH)"
+#define PG_STR_(x) #x
+#define PG_STR(x) PG_STR_(x)
+
+extern const sink_ops postgresql_sink_ops;
+extern const sink_ops postgres_sink_ops;
+
+/* --sink-opt: what pg_parse_props takes, and --help shows (sink.h). */
+static const sink_setting pg_settings[] = {
+    {"table", "[SCHEMA.]NAME", PG_DEFAULT_TABLE,
+     "the table, taken literally (case-sensitive, quoted as an identifier)"},
+    {"batch_rows", "N", PG_STR(PG_DEFAULT_BATCH_ROWS), "most rows per statement, 1 to 1000000"},
+    {"batch_bytes", "SIZE", "64MiB",
+     "most bytes of bound parameters per statement, 1 to 256MiB (a larger session goes alone)"},
+    PG_CONN_SETTINGS,
+    {"password", "SECRET", NULL,
+     "the password, over one in the connection string (password=@file:PATH keeps it off the "
+     "command line)"},
+    {NULL, NULL, NULL, NULL}};
 
 /* ---- small helpers ------------------------------------------------------- */
 
@@ -146,16 +162,14 @@ static int pg_set_table(pg_sink *s, const char *name, char *err, size_t errlen)
 static int pg_parse_props(pg_sink *s, const char *const *props, char *err, size_t errlen)
 {
     for (size_t i = 0; props && props[i]; i++) {
-        const char *kv = props[i];
+        const char *v;
+        char e[1024];
+        const sink_setting *st = sink_setting_find(&postgresql_sink_ops, props[i], &v, e, sizeof e);
+        if (!st) return pg_conn_fail(&s->pc, err, errlen, "%s", e);
+        const char *kv = st->key;
+        size_t kl = strlen(kv);
         int rc = 0;
-        const char *eq = strchr(kv, '=');
-        if (!eq)
-            return pg_conn_fail(&s->pc, err, errlen,
-                                "postgresql: option '%s' is not key=value (known: %s)", kv,
-                                PG_OPTIONS_HELP);
-        size_t kl = (size_t)(eq - kv);
-        const char *v = eq + 1;
-#define KEY_IS(k) (kl == strlen(k) && strncmp(kv, k, kl) == 0)
+#define KEY_IS(k) (strcmp(kv, k) == 0)
         if (KEY_IS("table")) {
             if (pg_set_table(s, v, err, errlen)) return -1;
         } else if (KEY_IS("password")) {
@@ -184,9 +198,9 @@ static int pg_parse_props(pg_sink *s, const char *const *props, char *err, size_
         } else if (pg_conn_setting(&s->pc, kv, kl, v, &rc, err, errlen)) {
             if (rc) return rc;
         } else {
-            return pg_conn_fail(&s->pc, err, errlen,
-                                "postgresql: unknown option '%.*s' (known: %s)", (int)kl, kv,
-                                PG_OPTIONS_HELP);
+            assert(!"a setting of pg_settings without its case");
+            return pg_conn_fail(&s->pc, err, errlen, "postgresql: %s: a setting without its case "
+                                "(a bug)", kv);
         }
 #undef KEY_IS
     }
@@ -254,9 +268,6 @@ static sink *pg_open_as(const char *scheme, const char *target, const sink_optio
     return &s->base;
 }
 
-extern const sink_ops postgresql_sink_ops;
-extern const sink_ops postgres_sink_ops;
-
 static sink *pg_open_postgresql(const char *target, const sink_options *opts, char *err,
                                 size_t errlen)
 {
@@ -276,7 +287,8 @@ static sink *pg_open_postgres(const char *target, const sink_options *opts, char
 const sink_ops postgresql_sink_ops = {
     .scheme = "postgresql",
     .usage = "postgresql://...  upsert into a PostgreSQL table 'sessions' (any libpq URI, e.g. "
-             "postgresql://user@host:5432/db?sslmode=require; --sink-opt " PG_OPTIONS_HELP ")",
+             "postgresql://user@host:5432/db?sslmode=require)",
+    .settings = pg_settings,
     .open = pg_open_postgresql,
     .write = pg_write,
     .flush = pg_flush,
@@ -289,6 +301,7 @@ const sink_ops postgresql_sink_ops = {
 const sink_ops postgres_sink_ops = {
     .scheme = "postgres",
     .usage = "postgres://...    same as postgresql://",
+    .settings = pg_settings,
     .open = pg_open_postgres,
     .write = pg_write,
     .flush = pg_flush,

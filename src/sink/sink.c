@@ -30,7 +30,14 @@ sink *sink_open(const char *uri, const sink_options *opts, char *err, size_t err
 {
     for (size_t i = 0; i < sizeof registry / sizeof *registry; i++) {
         const char *target = uri_after_scheme(uri, registry[i]->scheme);
-        if (target) return registry[i]->open(target, opts, err, errlen);
+        if (!target) continue;
+        if (!registry[i]->settings && opts && opts->props && opts->props[0]) {
+            /* ignored, it would be a setting that silently does nothing */
+            snprintf(err, errlen, "the %s sink takes no --sink-opt settings (given '%s')",
+                     registry[i]->scheme, opts->props[0]);
+            return NULL;
+        }
+        return registry[i]->open(target, opts, err, errlen);
     }
     snprintf(err, errlen, "unknown sink '%s' (see --help for the supported sinks)", uri);
     return NULL;
@@ -40,6 +47,36 @@ void sink_usage(buf *out)
 {
     for (size_t i = 0; i < sizeof registry / sizeof *registry; i++)
         buf_printf(out, "    %s\n", registry[i]->usage);
+}
+
+const sink_ops *sink_registered(size_t i)
+{
+    return i < sizeof registry / sizeof *registry ? registry[i] : NULL;
+}
+
+const sink_setting *sink_setting_find(const sink_ops *ops, const char *prop, const char **value,
+                                      char *err, size_t errlen)
+{
+    const char *eq = strchr(prop, '=');
+    size_t kl = eq ? (size_t)(eq - prop) : strlen(prop);
+    for (const sink_setting *st = ops->settings; st && st->key; st++)
+        if (eq && strlen(st->key) == kl && strncmp(st->key, prop, kl) == 0) {
+            *value = eq + 1;
+            return st;
+        }
+    buf known;
+    buf_init(&known);
+    for (const sink_setting *st = ops->settings; st && st->key; st++)
+        buf_printf(&known, "%s%s=%s", known.len ? ", " : "", st->key, st->value);
+    if (!eq)
+        snprintf(err, errlen, "%s: option '%.64s' is not key=value (known: %.*s)", ops->scheme,
+                 prop, (int)known.len, known.data ? (const char *)known.data : "");
+    else
+        snprintf(err, errlen, "%s: unknown option '%.*s' (known: %.*s)", ops->scheme,
+                 (int)(kl > 64 ? 64 : kl), prop, (int)known.len,
+                 known.data ? (const char *)known.data : "");
+    buf_free(&known);
+    return NULL;
 }
 
 const char *const sink_column_names[SINK_N_OPTIONAL] = {"session_start", "session_end",

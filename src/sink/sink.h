@@ -59,9 +59,22 @@ typedef struct sink_options {
     job_context *ctx;
 } sink_options;
 
+/* A setting a sink takes as --sink-opt KEY=VALUE. A sink's table of them is
+ * the one description its parser (sink_setting_find), --help and the man
+ * page read: a key the table does not list is refused. */
+typedef struct sink_setting {
+    const char *key;
+    const char *value; /* how VALUE is written, for the help: "N", "DURATION", ... */
+    const char *def;   /* the default, a valid VALUE; NULL: none */
+    const char *help;  /* what it does */
+} sink_setting;
+
 typedef struct sink_ops {
     const char *scheme; /* URI scheme without ':' ("sqlite", "jsonl", ...) */
     const char *usage;  /* one line for --help */
+    /* Its --sink-opt settings, ending with a {NULL} entry; NULL: it takes
+     * none, and sink_open refuses any. */
+    const sink_setting *settings;
     /* Opens the sink described by the part of the URI after "scheme:". */
     sink *(*open)(const char *target, const sink_options *opts, char *err, size_t errlen);
     int (*write)(sink *s, const closed_session *cs, char *err, size_t errlen);
@@ -88,6 +101,13 @@ struct sink {
 sink *sink_open(const char *uri, const sink_options *opts, char *err, size_t errlen);
 /* Lists the registered sinks' usage lines (for --help). */
 void sink_usage(buf *out);
+/* The i-th registered sink, NULL past the last (--help lists their settings). */
+const sink_ops *sink_registered(size_t i);
+/* Looks up one "KEY=VALUE" prop in the sink's settings: the setting, with
+ * *value pointing after the '='; or NULL with err ("SCHEME: unknown option
+ * 'K' (known: ...)", or not KEY=VALUE). */
+const sink_setting *sink_setting_find(const sink_ops *ops, const char *prop, const char **value,
+                                      char *err, size_t errlen);
 
 /* Shared by sinks: wall-clock now as ISO-8601 UTC with milliseconds
  * ("2024-01-27T06:20:45.422Z") and as milliseconds since the epoch. */
