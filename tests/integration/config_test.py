@@ -18,7 +18,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
-from harness import BIN, ROOT, Checks, content, generate, run, summary, tmpdir  # noqa: E402
+from harness import BIN, ROOT, content, generate, run, run_checks, summary, tmpdir  # noqa: E402
 
 PG = os.path.join(ROOT, "tests", "integration", "lib", "pg_server.sh")
 
@@ -184,7 +184,4 @@ def secrets_pg(c):
 
 
 if __name__ == "__main__":
-    name = sys.argv[1]
-    c = Checks(f"config.{name}")
-    {"layers": layers, "secrets_pg": secrets_pg}[name](c)
-    c.done()
+    run_checks(f"config.{sys.argv[1]}", {"layers": layers, "secrets_pg": secrets_pg}[sys.argv[1]])

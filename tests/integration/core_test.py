@@ -20,7 +20,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
 import oracle  # noqa: E402
-from harness import BIN, GEN, PY, ROOT, Checks, content, generate, run, summary, table, tmpdir  # noqa: E402
+from harness import BIN, GEN, PY, ROOT, content, generate, run, run_checks, summary, table, tmpdir  # noqa: E402
 
 SAMPLE = os.path.join(ROOT, "samples", "visits.jsonl")
 
@@ -1209,12 +1209,4 @@ def t_future(c):
 TESTS = {name[2:]: fn for name, fn in globals().items() if name.startswith("t_")}
 
 if __name__ == "__main__":
-    name = sys.argv[1]
-    c = Checks(f"core.{name}")
-    try:
-        TESTS[name](c)
-    except Exception as e:  # a crash is a failure, reported as such
-        import traceback
-        traceback.print_exc()
-        c.failed += 1
-    c.done()
+    run_checks(f"core.{sys.argv[1]}", TESTS[sys.argv[1]])

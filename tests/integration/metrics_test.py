@@ -21,7 +21,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
-from harness import BIN, Checks, generate, summary, tmpdir  # noqa: E402
+from harness import BIN, generate, run_checks, summary, tmpdir  # noqa: E402
 from metrics_http import get, parse_metrics, scrape, served_port  # noqa: E402
 
 
@@ -161,12 +161,4 @@ def t_notify(c):
 TESTS = {"endpoint": t_endpoint, "notify": t_notify}
 
 if __name__ == "__main__":
-    name = sys.argv[1]
-    c = Checks(f"metrics.{name}")
-    try:
-        TESTS[name](c)
-    except Exception as e:  # a crash is a failure, reported as such
-        import traceback
-        traceback.print_exc()
-        c.failed += 1
-    c.done()
+    run_checks(f"metrics.{sys.argv[1]}", TESTS[sys.argv[1]])

@@ -34,7 +34,7 @@ import urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "lib"))
-from harness import Checks, summary  # noqa: E402
+from harness import run_checks, summary  # noqa: E402
 from metrics_http import http_get, scrape, served_port  # noqa: E402
 
 BIN = os.environ["SESSIONIZER"]
@@ -274,11 +274,4 @@ def run(c, work, pg_dir):
 
 
 if __name__ == "__main__":
-    c = Checks("monitoring")
-    try:
-        main(c)
-    except Exception:  # a timeout or a crash is a failure, reported as such
-        import traceback
-        traceback.print_exc()
-        c.failed += 1
-    c.done()
+    run_checks("monitoring", main)

@@ -42,6 +42,19 @@ class Checks:
         sys.exit(1 if self.failed or not self.passed else 0)
 
 
+def run_checks(name, fn):
+    """Runs fn(Checks(name)) and exits with its verdict: an exception (a
+    timeout, a crash) is a failure, reported with its traceback."""
+    c = Checks(name)
+    try:
+        fn(c)
+    except Exception:
+        import traceback
+        traceback.print_exc()
+        c.failed += 1
+    c.done()
+
+
 def tmpdir():
     d = tempfile.mkdtemp(prefix="sessionizer-test-")
     import atexit
