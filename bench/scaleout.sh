@@ -15,6 +15,8 @@
 #   COMMIT=DURATION (--commit-interval of every run; default the option's)
 #   QUICK=1 (only the single instance and the 1-instance scale-outs: no 2
 #   instances, null: sinks or lost machine)
+#   USER_TYPE=string (every run with --user-type string, the log's users as
+#   UUIDs: what string users cost against the int run of the same minutes)
 #
 # kafka_gen.py gives partition p RECORDS/(p+1) records (the default: ~136k
 # records in 8 partitions, under the mock's ~5 MB per partition), spread
@@ -54,6 +56,17 @@ PIDS+=($MOCK_PID)
 for _ in $(seq 100); do [ -s "$WORK/addr" ] && break; sleep 0.05; done
 B=$(head -n1 "$WORK/addr")
 $PY "$ROOT/tests/integration/kafka_gen.py" --partitions "$P" --records "$N" --users "$USERS" "$WORK/gen" >/dev/null
+USER_OPTS=()
+if [ "${USER_TYPE:-int}" = string ]; then
+    USER_OPTS=(--user-type string)
+    # user u -> a UUID-shaped string of 36 bytes (the broken records stay broken)
+    for f in "$WORK"/gen/p*.jsonl; do
+        $PY -c 'import re, sys
+for l in open(sys.argv[1]):
+    sys.stdout.write(re.sub(r"\"user_id\": (\d+),", lambda m: "\"user_id\": \"%08x-9b3d-4c5e-8f7a-1b2c3d4e5f60\"," % int(m.group(1)), l))' "$f" >"$f.s"
+        mv "$f.s" "$f"
+    done
+fi
 # Generated partition i goes to a topic partition chosen so that the range
 # assignor's two halves hold about as many records each (the best split):
 # with kafka_gen's sizes as they are, 2 instances would split stage 1's work
@@ -70,14 +83,15 @@ PYEOF
 while read -r i p; do kcat -P -b "$B" -t visits -p "$p" -l "$WORK/gen/p$i.jsonl"; done <"$WORK/map"
 TOTAL=$(cat "$WORK"/gen/p*.jsonl | wc -l)
 FAST=(-X session.timeout.ms=6000 -X heartbeat.interval.ms=1000)
-echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $TOTAL records in $P partitions, $USERS users; $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')${COMMIT:+; --commit-interval $COMMIT}${BASELINE:+; baseline $BASELINE}"
+echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $TOTAL records in $P partitions, $USERS ${USER_TYPE:-int} users; $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')${COMMIT:+; --commit-interval $COMMIT}${BASELINE:+; baseline $BASELINE}"
 
 # run NAME ARGS...: one process, its wall and CPU seconds into $WORK/NAME.time
 # (BIN=path: another binary)
 run() {
     local name=$1; shift
     /usr/bin/time -f "%e %U %S" -o "$WORK/$name.time" "${BIN:-$SZ}" run "$@" -q --dlq "jsonl:$WORK/$name.dlq" \
-        "${FAST[@]}" "${COMMIT_ARGS[@]}" 2>"$WORK/$name.err" || { tail -5 "$WORK/$name.err"; exit 1; }
+        "${FAST[@]}" "${COMMIT_ARGS[@]}" ${USER_OPTS[@]+"${USER_OPTS[@]}"} 2>"$WORK/$name.err" || \
+        { tail -5 "$WORK/$name.err"; exit 1; }
 }
 # what a scale-out run's task store wrote, per visit applied by stage 2
 store_bytes() {
@@ -190,7 +204,8 @@ echo "repartition topic: $NREC records, $NBYTES value bytes for $VISITS visits: 
 # reading) is SIGKILLed 1 s after its first assignment, then B takes over.
 SLOW=(-X message.max.bytes=1000 -X fetch.max.bytes=1000 -X max.partition.fetch.bytes=300)
 "$SZ" run --scale-out --source "kafka://$B/visits" --sink "$PG_URI" --sink-opt table=lost \
-    --group lost --until-end -q --dlq "jsonl:$WORK/lostA.dlq" "${FAST[@]}" "${SLOW[@]}" 2>"$WORK/lostA.err" &
+    --group lost --until-end -q --dlq "jsonl:$WORK/lostA.dlq" "${FAST[@]}" "${SLOW[@]}" \
+    ${USER_OPTS[@]+"${USER_OPTS[@]}"} 2>"$WORK/lostA.err" &
 A=$!
 PIDS+=($A)
 for _ in $(seq 600); do grep -q "stage 1 assigned" "$WORK/lostA.err" && break; sleep 0.1; done
@@ -212,13 +227,14 @@ def varint(b, i):
 def unzigzag(v): return (v >> 1) ^ -(v & 1)
 reach = {}
 i = 0
-while i + 4 <= len(data):  # the repartition records (src/task/scaleout.c)
+while i + 4 <= len(data):  # the repartition records (src/task/repartition.h)
     (n,) = struct.unpack(">i", data[i:i + 4]); v = data[i + 4:i + 4 + n]; i += 4 + n
     if v[0:1] == b"B":  # a batch of visits: partition, zigzag offset delta, 4 more varints, page
-        j, off = 2, 0
+        j, off = 2, 0   # (version 3, string users: the 4th is the user's length, its bytes follow)
         while j < len(v):
             p, j = varint(v, j); d, j = varint(v, j); off += unzigzag(d)
-            for _ in range(4): _, j = varint(v, j)
+            for _ in range(4): x, j = varint(v, j)
+            if v[1] == 3: j += x
             plen, j = varint(v, j); j += plen
             reach[p] = max(reach.get(p, 0), off + 1)
     else:  # a marker: partition, next offset
