@@ -9,6 +9,7 @@
 #define SESSIONIZER_RDKAFKA_CONF_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <librdkafka/rdkafka.h>
 
@@ -24,5 +25,14 @@ int rdkafka_conf_set(rd_kafka_conf_t *c, const char *key, const char *value, cha
  * longer), the value returned; NULL when there is no '=' (the CLI refuses
  * those before any client sees them). */
 const char *rdkafka_prop_split(const char *prop, char key[RDKAFKA_KEY_MAX]);
+
+/* Milliseconds as Kafka's *.ms properties write them (sessionizer.idle.ms,
+ * session.timeout.ms): a whole number from 0 to 86400000. 0, or -1. */
+int rdkafka_parse_ms(const char *v, int64_t *out);
+
+/* The last -X KEY=MS among props into *ms (left alone when there is none):
+ * 0, or -1 with err when its value is not rdkafka_parse_ms's. */
+int rdkafka_prop_ms(const char *const *props, const char *key, int64_t *ms, char *err,
+                    size_t errlen);
 
 #endif

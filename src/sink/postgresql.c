@@ -29,7 +29,8 @@
  *    shutting down, admin shutdown, serialization failure, deadlock, too many
  *    connections, read-only standby, a statement that does not answer within
  *    io_timeout) drop the connection, wait with capped exponential backoff
- *    (100 ms doubling to retry_backoff_max, +-20% jitter), reconnect and
+ *    (common/retry.h: 100 ms doubling to retry_backoff_max, each wait drawn
+ *    between half and all of that), reconnect and
  *    retry the whole transaction. That is safe because the rows are upserts
  *    on a key derived from the input: a transaction whose COMMIT was lost in
  *    flight and is replayed rewrites the same rows. Retrying stops after

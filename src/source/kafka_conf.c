@@ -22,15 +22,6 @@
 #define DEFAULT_IDLE_MS 2000
 #define DEFAULT_SESSION_TIMEOUT "10000"
 
-static int parse_ms(const char *v, int64_t *out)
-{
-    char *end;
-    long long n = strtoll(v, &end, 10);
-    if (end == v || *end || n < 0 || n > 86400000LL) return -1;
-    *out = n;
-    return 0;
-}
-
 static int valid_topic(const char *t)
 {
     size_t n = strlen(t);
@@ -58,7 +49,7 @@ static int apply_props(kafka_source *ks, rd_kafka_conf_t *conf, char *err, size_
             strcmp(key, "sessionizer.idle.ms") == 0) {
             int64_t *dst = key[12] == 's' ? &ks->startup_ms
                            : key[12] == 'r' ? &ks->rebalance_wait_ms : &ks->idle_ms;
-            if (parse_ms(v, dst)) {
+            if (rdkafka_parse_ms(v, dst)) {
                 snprintf(err, errlen, "-X %s=%s: expected milliseconds (0 to 86400000)", key, v);
                 return -1;
             }
@@ -89,7 +80,8 @@ static int apply_props(kafka_source *ks, rd_kafka_conf_t *conf, char *err, size_
             return -1;
         }
         if (strcmp(key, "auto.offset.reset") == 0) ks->reset_is_error = strcmp(v, "error") == 0;
-        if (strcmp(key, "session.timeout.ms") == 0 && parse_ms(v, &ks->session_timeout_ms)) {
+        if (strcmp(key, "session.timeout.ms") == 0 &&
+            rdkafka_parse_ms(v, &ks->session_timeout_ms)) {
             snprintf(err, errlen, "-X %s=%s: expected milliseconds", key, v);
             return -1;
         }

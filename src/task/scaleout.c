@@ -59,6 +59,7 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/rdkafka_conf.h"
 #include "common/status.h"
 #include "common/xalloc.h"
 #include "task/scaleout_internal.h"
@@ -230,8 +231,6 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
     int finished = 0; /* --until-end: every task of the group is done */
     char *conninfo = state_conninfo(cfg);
     s->idle_ms = 2000;
-    for (const char *const *p = jc->source.props; p && *p; p++)
-        if (strncmp(*p, "sessionizer.idle.ms=", 20) == 0) s->idle_ms = atoll(*p + 20);
     if (jc->metrics) {
         s->m = xcalloc(1, sizeof *s->m);
         s->m->started_wall_ms = status_wall_ms();
@@ -240,7 +239,9 @@ int scaleout_run(const scaleout_config *cfg, char *err, size_t errlen)
         s->m->scaleout = 1;
     }
     if (jc->status) io_status_name(&jc->status->source, "kafka");
-    if (parse_uri(s, jc->source_uri, err, errlen)) goto out;
+    if (parse_uri(s, jc->source_uri, err, errlen) ||
+        rdkafka_prop_ms(jc->source.props, "sessionizer.idle.ms", &s->idle_ms, err, errlen))
+        goto out;
     if (!conninfo) {
         snprintf(err, errlen, "--scale-out keeps the session tasks' state in PostgreSQL: use a "
                  "postgresql:// --sink, or give --state postgresql://...");
