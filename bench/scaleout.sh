@@ -11,8 +11,12 @@
 #   BASELINE=path (a binary whose 1-instance scale-out also runs in every
 #   round, beside ours: a before/after in the same minutes)
 #   USERS=N (kafka_gen's users, default 5000; few users make long sessions:
-#   USERS=50 gives ~700 visits a session, spanning many commits)
-#   COMMIT=DURATION (--commit-interval of every run; default the option's)
+#   USERS=50 gives ~130 visits a session, up to several hundred)
+#   COMMIT=DURATION (--commit-interval of every run; default the option's).
+#   A pre-produced log is read in a burst of a second or two, so that a
+#   session spans many commits, as it does live, only with commits every
+#   few milliseconds: the task store's figures in docs/scaling.md use
+#   USERS=50 COMMIT=5ms
 #   QUICK=1 (only the single instance and the 1-instance scale-outs: no 2
 #   instances, null: sinks or lost machine)
 #   USER_TYPE=string (every run with --user-type string, the log's users as

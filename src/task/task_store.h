@@ -12,7 +12,8 @@
  * it touched; when a task's frames outgrow its snapshot (and at least
  * TASK_STORE_COMPACT_MIN bytes) the commit writes a new snapshot instead of
  * its frame and deletes what it replaces, in the same transaction, which
- * bounds both the bytes written per visit (under twice the frames') and a
+ * bounds both the bytes written per visit (two to three times the frames':
+ * a snapshot of a growing state also holds what its frames added) and a
  * restore's replay (about one snapshot's worth of frames). Restoring is the
  * latest snapshot, then the frames after it replayed through the pure engine
  * (changelog_replay checks each reaches its commit's recorded state).
@@ -72,7 +73,7 @@ void task_store_close(task_store *ts);
  * it, for tests, as for the local checkpoint). 1 MiB, not the local
  * checkpoint's 16: a moved task's restore reads its frames from the server
  * and replays them during a rebalance, which pauses every instance; 1 MiB is
- * ~40,000 visits of ~25 bytes, tens of milliseconds. */
+ * ~40,000 visits of ~25 bytes to replay at most. */
 #define TASK_STORE_COMPACT_MIN ((int64_t)1 << 20)
 
 /* Loads task's state into e, a new engine with the task's settings: the
