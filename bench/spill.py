@@ -2,13 +2,15 @@
 """bench/spill.py - state larger than memory (issue 12): --memory-limit below
 the open state, beside the unlimited run in the same round.
 
-  bench/spill.py [--rounds N] [--visits N] [--shapes long,users] [--fractions 0.5,0.25]
+  bench/spill.py [--rounds N] [--visits N] [--shapes long,users,short] [--fractions 0.5,0.25]
 
 Shapes (tests/integration/lib/gen_visits.py, as bench/durable.py's):
   long    100k users, 4400 visits/s of event time: sessions of ~9 visits,
           every open user visited every ~23 s (no idle users to spill)
   users   1M users, 20000 visits/s: ~690k sessions of 1-2 visits open at
           once, most of them idle until the watermark closes them
+  short   100k users, 50 visits/s: sessions of one visit, a few thousand
+          open at once (a state far smaller than the job's own memory)
 For each shape and round: file -> null: with --checkpoint unlimited, then
 with --memory-limit at base + f x (unlimited peak - base) for each fraction f
 (base: the job's resident size on an empty input). Each run's own peak
@@ -32,6 +34,7 @@ ROOT = os.path.dirname(HERE)
 GEN = os.path.join(ROOT, "tests", "integration", "lib", "gen_visits.py")
 PY = "/usr/bin/python3"
 SHAPES = {
+    "short": ["--users", "100000", "--seed", "1"],
     "long": ["--users", "100000", "--seed", "1", "--rate", "4400"],
     "users": ["--users", "1000000", "--seed", "1", "--rate", "20000"],
 }
@@ -69,7 +72,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--visits", type=int, default=2000000)
-    ap.add_argument("--shapes", default="long,users")
+    ap.add_argument("--shapes", default="long,users,short")
     ap.add_argument("--fractions", default="0.5,0.25")
     ap.add_argument("--sessionizer", default=os.path.join(ROOT, "build", "sessionizer"))
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
