@@ -172,15 +172,14 @@ static int parse_props(cql_sink *s, const char *const *props, char *err, size_t 
             free(s->username);
             s->username = xstrdup(v);
         } else if (KEY_IS("password")) {
-            free(s->password);
+            secret_free(s->password);
             s->password = xstrdup(v);
         } else if (KEY_IS("password_file")) {
             /* the same reading as the CLI's password=@file:PATH (common/secret.h) */
             char *pw, e[512];
             if (secret_read_file(v, &pw, e, sizeof e))
                 return fail(err, errlen, "cql: password_file: %s", e);
-            if (s->password) memset(s->password, 0, strlen(s->password));
-            free(s->password);
+            secret_free(s->password);
             s->password = pw;
         } else if (KEY_IS("tls_ca")) {
             free(s->tls_ca);
@@ -705,8 +704,7 @@ static void cql_sink_close(sink *base)
     free(s->keyspace);
     free(s->contact_points);
     free(s->username);
-    if (s->password) memset(s->password, 0, strlen(s->password));
-    free(s->password);
+    secret_free(s->password);
     free(s->tls_ca);
     free(s->tls_cert);
     free(s->tls_key);

@@ -61,6 +61,7 @@
 #include <string.h>
 
 #include "common/buf.h"
+#include "common/secret.h"
 #include "common/units.h"
 #include "common/xalloc.h"
 #include "sink/pg_conn.h"
@@ -118,8 +119,7 @@ static void pg_close(sink *base)
     if (!s) return;
     pg_conn_drop(&s->pc);
     pg_conninfo_free(&s->ci);
-    if (s->password) memset(s->password, 0, strlen(s->password));
-    free(s->password);
+    secret_free(s->password);
     free(s->table_sql);
     free(s->table_display);
     free(s->identity);
@@ -174,10 +174,7 @@ static int pg_parse_props(pg_sink *s, const char *const *props, char *err, size_
         if (KEY_IS("table")) {
             if (pg_set_table(s, v, err, errlen)) return -1;
         } else if (KEY_IS("password")) {
-            if (s->password) {
-                memset(s->password, 0, strlen(s->password));
-                free(s->password);
-            }
+            secret_free(s->password);
             s->password = xstrdup(v);
             pg_conninfo_add_secret(&s->ci, v, strlen(v));
         } else if (KEY_IS("batch_rows")) {

@@ -44,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/secret.h"
 #include "common/status.h"
 #include "common/testenv.h"
 #include "common/xalloc.h"
@@ -194,7 +195,7 @@ task_store *task_store_open(const task_store_options *o, char *err, size_t errle
         size_t kl = (size_t)(eq - *p);
         int rc = 0;
         if (kl == 8 && strncmp(*p, "password", 8) == 0) {
-            free(ts->password);
+            secret_free(ts->password);
             ts->password = xstrdup(eq + 1);
             pg_conninfo_add_secret(&ts->ci, eq + 1, strlen(eq + 1));
         } else if (pg_conn_setting(&ts->pc, *p, kl, eq + 1, &rc, err, errlen) && rc) {
@@ -223,8 +224,7 @@ void task_store_close(task_store *ts)
     if (!ts) return;
     pg_conn_drop(&ts->pc);
     pg_conninfo_free(&ts->ci);
-    if (ts->password) memset(ts->password, 0, strlen(ts->password));
-    free(ts->password);
+    secret_free(ts->password);
     free(ts->group);
     free(ts->base);
     clear_results(ts);
