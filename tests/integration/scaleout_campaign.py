@@ -194,6 +194,20 @@ def fail_instance(r, n, what):
     raise SystemExit(f"FAIL: instance {n} {what}; its stderr ends with:\n{tail}")
 
 
+def dead_letters(paths):
+    """The distinct dead letters (reason, partition, offset) in the JSON-lines
+    files of paths that exist: each instance writes its own, and a record
+    read again after a rebalance may be dead-lettered twice."""
+    dl = set()
+    for path in paths:
+        if os.path.exists(path):
+            for line in open(path, encoding="utf-8"):
+                if line.strip():
+                    d = json.loads(line)
+                    dl.add((d["reason"], d.get("partition"), d.get("offset")))
+    return dl
+
+
 def compare(name, want, got_rows):
     got = set(got_rows)
     keys_want = {(s, u): pg for s, u, pg in want}
@@ -328,14 +342,7 @@ def main():
         got = r.table("sessions")
         ok = compare("oracle", want, got) and compare("single instance", set(single), got)
         # dead letters: every invalid and late record of the log, nothing else
-        dl = set()
-        for n in range(nxt):
-            path = r.path(f"i{n}.dlq")
-            if os.path.exists(path):
-                for line in open(path, encoding="utf-8"):
-                    if line.strip():
-                        d = json.loads(line)
-                        dl.add((d["reason"], d.get("partition"), d.get("offset")))
+        dl = dead_letters(r.path(f"i{n}.dlq") for n in range(nxt))
         bad = counts["invalid"] + counts["late"] + counts["future"]
         n_late = sum(1 for x in dl if x[0] == "late")
         log(f"dead letters: {len(dl)} distinct ({n_late} late), oracle {bad} "

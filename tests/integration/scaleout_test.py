@@ -172,15 +172,7 @@ class Test(sc.Run):
         raise SystemExit(f"FAIL: no {what} within {timeout} s")
 
     def dead_letters(self, names):
-        dl = set()
-        for n in names:
-            path = self.path(f"{n}.dlq")
-            if os.path.exists(path):
-                for line in open(path, encoding="utf-8"):
-                    if line.strip():
-                        d = json.loads(line)
-                        dl.add((d["reason"], d.get("partition"), d.get("offset")))
-        return dl
+        return sc.dead_letters(self.path(f"{n}.dlq") for n in names)
 
     def check_dead_letters(self, names, counts):
         dl = self.dead_letters(names)
