@@ -32,7 +32,6 @@
  */
 #include <assert.h>
 #include <ctype.h>
-#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -119,13 +118,13 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
     return -1;
 }
 
+/* A count as the command line writes them (common/units.h: 512, 1k). */
 static int parse_int(const char *v, long lo, long hi, long *out)
 {
-    char *end;
-    errno = 0;
-    long n = strtol(v, &end, 10);
-    if (errno || end == v || *end || n < lo || n > hi) return -1;
-    *out = n;
+    assert(lo >= 0);
+    uint64_t n;
+    if (parse_count(v, &n) || n < (uint64_t)lo || n > (uint64_t)hi) return -1;
+    *out = (long)n;
     return 0;
 }
 

@@ -53,7 +53,6 @@
  *    this file.
  */
 #include <assert.h>
-#include <errno.h>
 #include <libpq-fe.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -178,10 +177,8 @@ static int pg_parse_props(pg_sink *s, const char *const *props, char *err, size_
             s->password = xstrdup(v);
             pg_conninfo_add_secret(&s->ci, v, strlen(v));
         } else if (KEY_IS("batch_rows")) {
-            char *end;
-            errno = 0;
-            long long n = strtoll(v, &end, 10);
-            if (errno || end == v || *end || n < 1 || n > PG_MAX_BATCH_ROWS)
+            uint64_t n; /* a count as the command line writes them (2000, 2k) */
+            if (parse_count(v, &n) || n < 1 || n > PG_MAX_BATCH_ROWS)
                 return pg_conn_fail(&s->pc, err, errlen,
                                     "postgresql: batch_rows=%s: expected 1 to %d", v,
                                     PG_MAX_BATCH_ROWS);

@@ -5,7 +5,8 @@
  * KEY=DEFAULT (or a sample value when there is no default) and goes on to the
  * next prop; --help and the man page list KEY=VALUE; a key outside the table
  * is refused naming every key of the table. A sink without settings refuses
- * any --sink-opt instead of ignoring it.
+ * any --sink-opt instead of ignoring it. Counts are spelt as on the command
+ * line.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -104,6 +105,25 @@ int main(void)
         }
     }
     CHECK(n_settings >= 20); /* PostgreSQL's (twice) and CQL's at least */
+
+    /* Counts are written as on the command line (common/units.h). */
+    static const struct { const char *uri, *prop; int ok; } counts[] = {
+        {"postgresql://127.0.0.1:1/db", "batch_rows=2k", 1},
+        {"postgresql://127.0.0.1:1/db", "batch_rows=2x", 0},
+        {"cql://127.0.0.1:1/ks", "max_in_flight=1k", 1},
+        {"cql://127.0.0.1:1/ks", "batch_size=2k", 0}, /* over 1024 */
+    };
+    for (size_t i = 0; i < sizeof counts / sizeof *counts; i++) {
+        char err[2048] = "";
+        const char *props[] = {counts[i].prop, "no_such_setting=1", NULL};
+        sink_options opts = {.create_schema = 1, .props = props};
+        sink *s = sink_open(counts[i].uri, &opts, err, sizeof err);
+        CHECK(s == NULL);
+        if (s) s->ops->close(s);
+        int went_on = strstr(err, "unknown option 'no_such_setting'") != NULL;
+        if (went_on != counts[i].ok) fprintf(stderr, "%s: %s\n", counts[i].prop, err);
+        CHECK(went_on == counts[i].ok);
+    }
     buf_free(&help);
     buf_free(&man);
     unlink(secret_file);
