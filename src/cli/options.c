@@ -266,16 +266,6 @@ static void format_count(buf *b, uint64_t v, int bytes)
     buf_printf(b, "%llu", (unsigned long long)v);
 }
 
-static int parse_bool(const char *s, int *out)
-{
-    static const char *const yes[] = {"true", "yes", "on", "1"}, *const no[] = {"false", "no", "off", "0"};
-    for (size_t i = 0; i < 4; i++) {
-        if (strcmp(s, yes[i]) == 0) return *out = 1, 0;
-        if (strcmp(s, no[i]) == 0) return *out = 0, 0;
-    }
-    return -1;
-}
-
 static const char *const origin_names[] = {"default", "config file", "environment",
                                            "command line"};
 

@@ -35,6 +35,16 @@ int parse_duration_us(const char *s, int64_t *out_us)
     return -1;
 }
 
+int parse_bool(const char *s, int *out)
+{
+    static const char *const yes[] = {"true", "yes", "on", "1"}, *const no[] = {"false", "no", "off", "0"};
+    for (size_t i = 0; i < 4; i++) {
+        if (strcmp(s, yes[i]) == 0) return *out = 1, 0;
+        if (strcmp(s, no[i]) == 0) return *out = 0, 0;
+    }
+    return -1;
+}
+
 int parse_count(const char *s, uint64_t *out)
 {
     static const struct { const char *unit; uint64_t mul; } units[] = {

@@ -154,6 +154,14 @@ static int parse_props(cql_sink *s, const char *const *props, char *err, size_t 
                         "30s, 5m", k, v, range);                                              \
         dst = (int)(us / 1000);                                                               \
     }
+#define BOOL_OPT(k, dst)                                                                      \
+    else if (KEY_IS(k)) {                                                                     \
+        int b_;                                                                               \
+        if (parse_bool(v, &b_))                                                               \
+            return fail(err, errlen, "cql: %s=%s: expected 1 or 0 (or true/false, yes/no, "   \
+                        "on/off)", k, v);                                                     \
+        dst = b_;                                                                             \
+    }
 #define INT_OPT(k, lo, hi, dst)                                                               \
     else if (KEY_IS(k)) {                                                                     \
         if (parse_int(v, lo, hi, &n))                                                         \
@@ -200,9 +208,9 @@ static int parse_props(cql_sink *s, const char *const *props, char *err, size_t 
             else
                 return fail(err, errlen, "cql: batch=%s: expected none or unlogged", v);
         }
-        INT_OPT("tls", 0, 1, s->cfg.tls)
-        INT_OPT("tls_verify", 0, 1, s->cfg.tls_verify)
-        INT_OPT("token_aware", 0, 1, s->cfg.token_aware)
+        BOOL_OPT("tls", s->cfg.tls)
+        BOOL_OPT("tls_verify", s->cfg.tls_verify)
+        BOOL_OPT("token_aware", s->cfg.token_aware)
         DUR_OPT("connect_timeout", 1, 600000, "1ms to 10m", s->cfg.connect_timeout_ms)
         DUR_OPT("request_timeout", 1, 600000, "1ms to 10m", s->cfg.request_timeout_ms)
         DUR_OPT("retry_timeout", 0, 86400000, "0 (never give up) to 1d", s->cfg.retry_timeout_ms)
@@ -215,6 +223,7 @@ static int parse_props(cql_sink *s, const char *const *props, char *err, size_t 
             assert(!"a setting of cql_settings without its case");
             return fail(err, errlen, "cql: %s: a setting without its case (a bug)", kv);
         }
+#undef BOOL_OPT
 #undef INT_OPT
 #undef DUR_OPT
 #undef KEY_IS

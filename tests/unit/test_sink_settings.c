@@ -5,8 +5,8 @@
  * KEY=DEFAULT (or a sample value when there is no default) and goes on to the
  * next prop; --help and the man page list KEY=VALUE; a key outside the table
  * is refused naming every key of the table. A sink without settings refuses
- * any --sink-opt instead of ignoring it. Counts are spelt as on the command
- * line.
+ * any --sink-opt instead of ignoring it. Counts and booleans are spelt as on
+ * the command line.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -106,12 +106,16 @@ int main(void)
     }
     CHECK(n_settings >= 20); /* PostgreSQL's (twice) and CQL's at least */
 
-    /* Counts are written as on the command line (common/units.h). */
+    /* Counts and booleans are written as on the command line (common/units.h). */
     static const struct { const char *uri, *prop; int ok; } counts[] = {
         {"postgresql://127.0.0.1:1/db", "batch_rows=2k", 1},
         {"postgresql://127.0.0.1:1/db", "batch_rows=2x", 0},
         {"cql://127.0.0.1:1/ks", "max_in_flight=1k", 1},
         {"cql://127.0.0.1:1/ks", "batch_size=2k", 0}, /* over 1024 */
+        /* and booleans too (a config file's tls: true) */
+        {"cql://127.0.0.1:1/ks", "tls=true", 1},
+        {"cql://127.0.0.1:1/ks", "token_aware=off", 1},
+        {"cql://127.0.0.1:1/ks", "tls=2", 0},
     };
     for (size_t i = 0; i < sizeof counts / sizeof *counts; i++) {
         char err[2048] = "";
