@@ -37,6 +37,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sqlite3.h>
 #include <stdint.h>
 #include <unistd.h>
@@ -50,31 +52,71 @@
 #include "sink/sink.h"
 #include "sink/sqlite_sql.h"
 
+/* A session's row as write() prepared it, its text in its chunk's buffer. */
+typedef struct pending_row {
+    int64_t session_id, user_id;
+    long long rowid; /* valid if placed */
+    int placed;      /* its position has a rowid */
+    size_t pages_off, pages_len;
+    size_t user_off, user_len; /* string users */
+    int64_t first_us, last_us;
+    uint64_t visits;
+} pending_row;
+
+/* Rows handed to the writer thread together: small enough that the rows
+ * of a flush still in the job's hands when it asks for the COMMIT are few,
+ * large enough that sorting them walks the table's last pages in order
+ * (sessions close a few hundred positions out of order). */
+#define CHUNK_ROWS 4096
+/* Chunks waiting for the writer before write() waits: the queue's bound. */
+#define MAX_QUEUED 16
+
+typedef struct chunk {
+    pending_row *rows; /* CHUNK_ROWS */
+    size_t n;
+    buf text;          /* the rows' pages (JSON arrays) and string users */
+    struct chunk *next;
+} chunk;
+
 typedef struct sqlite_sink {
     sink base;
-    sqlite3 *db;
-    sqlite3_stmt *upsert; /* on the key; NULL while rows are placed */
-    sqlite3_stmt *place;  /* at the row's place (sqlite_sink_rowid) */
-    int keyed;            /* rows are found by (session_id, user_id) */
-    int in_txn;
-    buf pages;     /* the pending sessions' pages (JSON arrays) and string users */
-    struct pending_row {
-        int64_t session_id, user_id;
-        long long rowid; /* valid if placed */
-        int placed;      /* its position has a rowid */
-        size_t pages_off, pages_len;
-        size_t user_off, user_len; /* string users */
-        int64_t first_us, last_us;
-        uint64_t visits;
-    } *pending;    /* written since the last flush */
+    sqlite3 *db;           /* the writer thread's while it runs */
+    sqlite3_stmt *upsert;  /* on the key; NULL while rows are placed */
+    sqlite3_stmt *place;   /* at the row's place (sqlite_sink_rowid) */
     int string_users;
     unsigned columns;
-    keyed *order;  /* the pending rows by rowid or session_id, at flush */
-    size_t n_pending, cap_pending;
     char *path;
     char *identity; /* "sqlite:" and the database's real path */
     volatile sig_atomic_t *stop; /* the job's (context.h) */
-    retry busy;                  /* the wait for a lock held elsewhere */
+
+    /* the job thread's */
+    chunk *cur;                /* being filled by write() */
+    uint64_t rows_since_flush;
+
+    /* shared, under mu */
+    pthread_mutex_t mu;
+    pthread_cond_t work;       /* for the writer: a chunk, a flush or quit */
+    pthread_cond_t progress;   /* for the job: a chunk taken, a flush done */
+    chunk *queue, *queue_tail; /* full chunks for the writer, in order */
+    size_t n_queued;
+    chunk *spare;              /* written chunks, for write() to reuse */
+    uint64_t flush_asked, flush_done;
+    int flush_rc;
+    char flush_err[1024];
+    int quit;
+    pthread_t thread;
+    int thread_running;
+
+    /* the writer thread's (the job's before the thread starts) */
+    int keyed;          /* rows are found by (session_id, user_id) */
+    int in_txn;
+    int failed;         /* since the last flush; err says why */
+    char err[1024];
+    char now[32];       /* the transaction's ingestion_time */
+    chunk *held;        /* keyed: the flush's chunks, sorted at COMMIT */
+    keyed *order;
+    size_t cap_order;
+    retry busy;         /* the wait for a lock held elsewhere */
 } sqlite_sink;
 
 #define BUSY_GIVE_UP_MS 30000
@@ -268,6 +310,8 @@ static int take_key(sqlite_sink *s, char *err, size_t errlen)
     return prepare(s, err, errlen);
 }
 
+static int start_writer(sqlite_sink *s, char *err, size_t errlen); /* below */
+
 static sink *sqlite_open(const char *target, const sink_options *opts, char *err, size_t errlen)
 {
     if (refuse_path(target, err, errlen)) return NULL;
@@ -276,7 +320,9 @@ static sink *sqlite_open(const char *target, const sink_options *opts, char *err
     s->path = xstrdup(target);
     s->string_users = opts->string_users;
     s->columns = opts->columns;
-    buf_init(&s->pages);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->work, NULL);
+    pthread_cond_init(&s->progress, NULL);
     /* NOMUTEX: the connection is the sink's, used by one thread at a time;
      * SQLite's serialized mode locked a mutex around each of the ~7 calls
      * per row (10% of file -> sqlite:) */
@@ -306,7 +352,7 @@ static sink *sqlite_open(const char *target, const sink_options *opts, char *err
         sqlite3_free(msg);
         goto fail;
     }
-    if (prepare(s, err, errlen) != 0) goto fail;
+    if (prepare(s, err, errlen) != 0 || start_writer(s, err, errlen) != 0) goto fail;
     /* The file exists now: a symlink or a relative path to it is the same
      * database. */
     char *real = realpath(target, NULL);
@@ -321,50 +367,32 @@ fail:
     return NULL;
 }
 
-static int sqlite_write(sink *base, const closed_session *cs, char *err, size_t errlen)
-{
-    (void)err, (void)errlen;
-    sqlite_sink *s = (sqlite_sink *)base;
-    if (s->n_pending == s->cap_pending) {
-        s->cap_pending = s->cap_pending ? s->cap_pending * 2 : 1024;
-        s->pending = xrealloc(s->pending, s->cap_pending * sizeof *s->pending);
-        s->order = xrealloc(s->order, s->cap_pending * sizeof *s->order);
-    }
-    /* pending and order grow together: the sort at flush fills order */
-    assert(s->n_pending < s->cap_pending);
-    struct pending_row *row = &s->pending[s->n_pending++];
-    row->session_id = cs->session_id;
-    row->user_id = cs->user_id;
-    row->placed = sqlite_sink_rowid(cs->first_pos.partition, cs->first_pos.offset, &row->rowid);
-    row->pages_off = s->pages.len;
-    session_json_pages(&s->pages, cs);
-    row->pages_len = s->pages.len - row->pages_off;
-    row->user_off = s->pages.len;
-    row->user_len = cs->user_len;
-    if (cs->user) buf_append(&s->pages, cs->user, cs->user_len);
-    row->first_us = cs->first_event_us;
-    row->last_us = cs->last_event_us;
-    row->visits = cs->visits;
-    /* both are bound as SQLite text, whose lengths are ints */
-    assert(row->pages_len <= INT_MAX && row->user_len <= INT_MAX);
-    return 0;
-}
+/* ---- the writer thread ---------------------------------------------------
+ *
+ * write() prepares each row (its pages as JSON) on the job's thread and
+ * hands rows over a chunk at a time; the writer upserts them in the open
+ * transaction while the job goes on, so SQLite's work overlaps the engine's
+ * instead of following it. flush() hands over the last chunk and waits for
+ * the COMMIT: the commit protocol is unchanged (durable on return). Under
+ * the key, the writer holds a flush's chunks and upserts them sorted by
+ * session_id at the COMMIT, as before. The connection is the writer's alone
+ * from the thread's start to its join (SQLITE_OPEN_NOMUTEX). */
 
 /* Binds a row's values to st (the parameters of sqlite_sql.h). */
-static void bind_row(sqlite_sink *s, sqlite3_stmt *st, const struct pending_row *row, const char *now,
+static void bind_row(sqlite_sink *s, sqlite3_stmt *st, const chunk *c, const pending_row *row,
                      char start[40], char end[40])
 {
-    assert(row->pages_off + row->pages_len <= s->pages.len &&
-           row->user_off + row->user_len <= s->pages.len);
+    assert(row->pages_off + row->pages_len <= c->text.len &&
+           row->user_off + row->user_len <= c->text.len);
     sqlite3_bind_int64(st, 1, row->session_id);
     if (s->string_users)
-        sqlite3_bind_text(st, 2, (const char *)s->pages.data + row->user_off, (int)row->user_len,
+        sqlite3_bind_text(st, 2, (const char *)c->text.data + row->user_off, (int)row->user_len,
                           SQLITE_STATIC);
     else
         sqlite3_bind_int64(st, 2, row->user_id);
-    sqlite3_bind_text(st, 3, (const char *)s->pages.data + row->pages_off, (int)row->pages_len,
+    sqlite3_bind_text(st, 3, (const char *)c->text.data + row->pages_off, (int)row->pages_len,
                       SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, now, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, s->now, -1, SQLITE_STATIC);
     int arg = 5;
     if (s->columns & SINK_COL_SESSION_START) {
         format_iso8601_us(row->first_us, start);
@@ -384,55 +412,253 @@ static void bind_row(sqlite_sink *s, sqlite3_stmt *st, const struct pending_row 
     }
 }
 
+/* Upserts one row with the layout's statement: at its place, or by the key
+ * once the place is another session's (the header says why). 0 or -1. */
+static int upsert_row(sqlite_sink *s, const chunk *c, const pending_row *row)
+{
+    char start[40], end[40];
+    if (!s->keyed && !row->placed && take_key(s, s->err, sizeof s->err) != 0) return -1;
+    for (;;) {
+        sqlite3_stmt *st = s->keyed ? s->upsert : s->place;
+        bind_row(s, st, c, row, start, end);
+        int rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        /* placed, and nothing changed: another session holds the place; or
+         * a constraint: another writer added the key, and this session's
+         * row is elsewhere. Either way by the key (idempotent), again. */
+        if (st == s->place &&
+            ((rc == SQLITE_DONE && sqlite3_changes(s->db) == 0) || rc == SQLITE_CONSTRAINT)) {
+            if (take_key(s, s->err, sizeof s->err) != 0) return -1;
+            continue;
+        }
+        return rc == SQLITE_DONE ? 0 : fail_db(s, "upsert", s->err, sizeof s->err);
+    }
+}
+
+static int begin(sqlite_sink *s)
+{
+    if (s->in_txn) return 0;
+    sink_now_iso8601(s->now); /* the write's time: one transaction, one instant */
+    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        return fail_db(s, "BEGIN", s->err, sizeof s->err);
+    s->in_txn = 1;
+    return 0;
+}
+
+/* s->order[at...] = c's rows with their sort keys: rowid while placed,
+ * session_id under the key (rows of equal session_id, different users: a
+ * 64-bit hash collision, are distinct rows; their order does not matter). */
+static void sort_keys(sqlite_sink *s, size_t at, chunk *c)
+{
+    for (size_t i = 0; i < c->n; i++) {
+        pending_row *r = &c->rows[i];
+        s->order[at + i] = (keyed){keyed_from_i64(s->keyed || !r->placed ? r->session_id : r->rowid),
+                                   r};
+    }
+}
+
+static void order_room(sqlite_sink *s, size_t n)
+{
+    if (s->cap_order >= n) return;
+    s->cap_order = n;
+    s->order = xrealloc(s->order, s->cap_order * sizeof *s->order);
+}
+
+/* A chunk from the job. Returns 1 if the writer keeps it (held until the
+ * COMMIT), else 0 (done with it). */
+static int take_chunk(sqlite_sink *s, chunk *c)
+{
+    if (s->failed) return 0;
+    if (begin(s) != 0) {
+        s->failed = 1;
+        return 0;
+    }
+    if (s->keyed) {
+        c->next = s->held;
+        s->held = c;
+        return 1;
+    }
+    order_room(s, c->n);
+    sort_keys(s, 0, c);
+    keyed_sort(s->order, c->n);
+    for (size_t i = 0; i < c->n && !s->failed; i++)
+        if (upsert_row(s, c, s->order[i].ptr) != 0) s->failed = 1;
+    return 0;
+}
+
+/* The chunk of the held ones whose rows hold r. */
+static const chunk *chunk_of(const chunk *c, const pending_row *r)
+{
+    while (!(r >= c->rows && r < c->rows + c->n)) c = c->next;
+    return c;
+}
+
+/* The flush's COMMIT, after the held chunks (keyed). 0 or -1. */
+static int commit(sqlite_sink *s)
+{
+    size_t n = 0;
+    for (chunk *c = s->held; c; c = c->next) n += c->n;
+    if (n && !s->failed) {
+        order_room(s, n);
+        size_t at = 0;
+        for (chunk *c = s->held; c; c = c->next) {
+            sort_keys(s, at, c);
+            at += c->n;
+        }
+        keyed_sort(s->order, n);
+        for (size_t i = 0; i < n && !s->failed; i++) {
+            const pending_row *r = s->order[i].ptr;
+            if (upsert_row(s, chunk_of(s->held, r), r) != 0) s->failed = 1;
+        }
+    }
+    if (s->failed) return -1;
+    assert(s->in_txn);
+    /* COMMIT can meet a reader holding the WAL: busy_wait waits. */
+    if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        return fail_db(s, "COMMIT", s->err, sizeof s->err);
+    s->in_txn = 0;
+    return 0;
+}
+
+/* Under mu. */
+static void recycle(sqlite_sink *s, chunk *c)
+{
+    c->n = 0;
+    buf_reset(&c->text);
+    c->next = s->spare;
+    s->spare = c;
+}
+
+static void *writer_main(void *arg)
+{
+    sqlite_sink *s = arg;
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        if (s->queue) {
+            chunk *c = s->queue;
+            s->queue = c->next;
+            if (!s->queue) s->queue_tail = NULL;
+            s->n_queued--;
+            int quit = s->quit; /* closing: what was not flushed is dropped */
+            pthread_mutex_unlock(&s->mu);
+            int kept = quit ? 0 : take_chunk(s, c);
+            pthread_mutex_lock(&s->mu);
+            if (!kept) recycle(s, c);
+            pthread_cond_signal(&s->progress);
+        } else if (s->flush_done != s->flush_asked) {
+            pthread_mutex_unlock(&s->mu);
+            int rc = commit(s);
+            /* a failed flush leaves nothing behind for the next to commit */
+            if (rc && s->in_txn && sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL) == SQLITE_OK)
+                s->in_txn = 0;
+            pthread_mutex_lock(&s->mu);
+            while (s->held) {
+                chunk *c = s->held;
+                s->held = c->next;
+                recycle(s, c);
+            }
+            s->flush_rc = rc;
+            if (rc) snprintf(s->flush_err, sizeof s->flush_err, "%s", s->err);
+            s->failed = 0;
+            s->flush_done = s->flush_asked;
+            pthread_cond_signal(&s->progress);
+        } else if (s->quit) {
+            break;
+        } else {
+            pthread_cond_wait(&s->work, &s->mu);
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* Starts the writer, with SIGINT and SIGTERM blocked in it so that a stop
+ * request lands on the job's thread and interrupts its waits. */
+static int start_writer(sqlite_sink *s, char *err, size_t errlen)
+{
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    int e = pthread_create(&s->thread, NULL, writer_main, s);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (e) {
+        snprintf(err, errlen, "SQLite sink %s: cannot start its writer thread: %s", s->path,
+                 strerror(e));
+        return -1;
+    }
+    s->thread_running = 1;
+    return 0;
+}
+
+/* Hands the job's chunk to the writer; waits while MAX_QUEUED are queued. */
+static void hand_over(sqlite_sink *s)
+{
+    chunk *c = s->cur;
+    s->cur = NULL;
+    pthread_mutex_lock(&s->mu);
+    while (s->n_queued >= MAX_QUEUED) pthread_cond_wait(&s->progress, &s->mu);
+    c->next = NULL;
+    if (s->queue_tail) s->queue_tail->next = c;
+    else s->queue = c;
+    s->queue_tail = c;
+    s->n_queued++;
+    pthread_cond_signal(&s->work);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static int sqlite_write(sink *base, const closed_session *cs, char *err, size_t errlen)
+{
+    (void)err, (void)errlen;
+    sqlite_sink *s = (sqlite_sink *)base;
+    if (!s->cur) {
+        pthread_mutex_lock(&s->mu);
+        s->cur = s->spare;
+        if (s->cur) s->spare = s->cur->next;
+        pthread_mutex_unlock(&s->mu);
+        if (!s->cur) {
+            s->cur = xcalloc(1, sizeof *s->cur);
+            s->cur->rows = xmalloc(CHUNK_ROWS * sizeof *s->cur->rows);
+            buf_init(&s->cur->text);
+        }
+    }
+    chunk *c = s->cur;
+    assert(c->n < CHUNK_ROWS);
+    pending_row *row = &c->rows[c->n++];
+    row->session_id = cs->session_id;
+    row->user_id = cs->user_id;
+    row->placed = sqlite_sink_rowid(cs->first_pos.partition, cs->first_pos.offset, &row->rowid);
+    row->pages_off = c->text.len;
+    session_json_pages(&c->text, cs);
+    row->pages_len = c->text.len - row->pages_off;
+    row->user_off = c->text.len;
+    row->user_len = cs->user_len;
+    if (cs->user) buf_append(&c->text, cs->user, cs->user_len);
+    row->first_us = cs->first_event_us;
+    row->last_us = cs->last_event_us;
+    row->visits = cs->visits;
+    /* both are bound as SQLite text, whose lengths are ints */
+    assert(row->pages_len <= INT_MAX && row->user_len <= INT_MAX);
+    s->rows_since_flush++;
+    if (c->n == CHUNK_ROWS) hand_over(s);
+    return 0;
+}
+
 static int sqlite_flush(sink *base, char *err, size_t errlen)
 {
     sqlite_sink *s = (sqlite_sink *)base;
-    if (s->n_pending == 0) return 0;
-    /* Placed: by rowid, unique within the log. Keyed: rows of equal
-     * session_id (different users: a 64-bit hash collision) are distinct
-     * rows, so their relative order does not matter. */
-    int placed = !s->keyed;
-    for (size_t i = 0; i < s->n_pending; i++) placed &= s->pending[i].placed;
-    for (size_t i = 0; i < s->n_pending; i++)
-        s->order[i] = (keyed){placed ? keyed_from_i64(s->pending[i].rowid)
-                                     : keyed_from_i64(s->pending[i].session_id),
-                              &s->pending[i]};
-    keyed_sort(s->order, s->n_pending);
-    char now[32];
-    sink_now_iso8601(now); /* the write's time: one transaction, one instant */
-    if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
-        return fail_db(s, "BEGIN", err, errlen);
-    s->in_txn = 1;
-    if (!placed && !s->keyed && take_key(s, err, errlen) != 0) return -1;
-    for (size_t i = 0; i < s->n_pending; i++) {
-        const struct pending_row *row = s->order[i].ptr;
-        char start[40], end[40];
-        sqlite3_stmt *st = s->keyed ? s->upsert : s->place;
-        bind_row(s, st, row, now, start, end);
-        int rc = sqlite3_step(st);
-        sqlite3_reset(st);
-        if (rc == SQLITE_DONE && st == s->place && sqlite3_changes(s->db) == 0) {
-            /* another session holds the place: by the key from here on */
-            if (take_key(s, err, errlen) != 0) return -1;
-            i--;
-            continue;
-        }
-        if (rc == SQLITE_CONSTRAINT && st == s->place) {
-            /* another writer added the key, and this session's row is
-             * elsewhere: take it too (idempotent), and find the row by it */
-            if (take_key(s, err, errlen) != 0) return -1;
-            i--;
-            continue;
-        }
-        if (rc != SQLITE_DONE) return fail_db(s, "upsert", err, errlen);
-    }
-    /* COMMIT can meet a reader holding the WAL: busy_wait waits. */
-    if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
-        return fail_db(s, "COMMIT", err, errlen);
-    s->in_txn = 0;
-    s->n_pending = 0;
-    buf_reset(&s->pages);
-    return 0;
+    if (s->rows_since_flush == 0) return 0;
+    if (s->cur && s->cur->n) hand_over(s);
+    pthread_mutex_lock(&s->mu);
+    uint64_t mine = ++s->flush_asked;
+    pthread_cond_signal(&s->work);
+    while (s->flush_done < mine) pthread_cond_wait(&s->progress, &s->mu);
+    int rc = s->flush_rc;
+    if (rc) snprintf(err, errlen, "%s", s->flush_err);
+    pthread_mutex_unlock(&s->mu);
+    if (rc == 0) s->rows_since_flush = 0;
+    return rc ? -1 : 0;
 }
 
 static void sqlite_identity(sink *base, buf *out)
@@ -440,15 +666,39 @@ static void sqlite_identity(sink *base, buf *out)
     buf_append_str(out, ((sqlite_sink *)base)->identity);
 }
 
+static void free_chunks(chunk *c)
+{
+    while (c) {
+        chunk *next = c->next;
+        free(c->rows);
+        buf_free(&c->text);
+        free(c);
+        c = next;
+    }
+}
+
 static void sqlite_close(sink *base)
 {
     sqlite_sink *s = (sqlite_sink *)base;
+    if (s->thread_running) {
+        pthread_mutex_lock(&s->mu);
+        s->quit = 1;
+        pthread_cond_signal(&s->work);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->thread, NULL);
+    }
+    /* rows not flushed were not committed by the job either */
     if (s->in_txn) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
     sqlite3_finalize(s->upsert);
     sqlite3_finalize(s->place);
     sqlite3_close(s->db);
-    buf_free(&s->pages);
-    free(s->pending);
+    free_chunks(s->cur);
+    free_chunks(s->queue);
+    free_chunks(s->spare);
+    free_chunks(s->held);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->work);
+    pthread_cond_destroy(&s->progress);
     free(s->order);
     free(s->path);
     free(s->identity);
