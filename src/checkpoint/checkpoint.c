@@ -616,7 +616,7 @@ static void release_restore_data(checkpoint *cp)
 void checkpoint_close(checkpoint *cp)
 {
     if (!cp) return;
-    char ignored[16];
+    char ignored[256]; /* sized for the message, which -O3 checks even if unread */
     wr_stop(cp); /* writes what is queued first */
     bg_collect(cp, 1, ignored, sizeof ignored); /* a failure only leaves the old snapshot */
     release_restore_data(cp);
