@@ -1895,8 +1895,14 @@ uint64_t engine_growth_bytes(const engine *e, uint64_t more_users)
 {
     uint64_t n = 0;
     if ((e->n_used + more_users) * 10 > e->n_slots * 7) n += (uint64_t)e->n_slots * 2 * sizeof(user_slot);
-    if (e->n_ctab && (e->n_cold + more_users) * 10 > e->n_ctab * 7)
-        n += (uint64_t)e->n_ctab * 2 * sizeof(cold_user *);
+    /* One eviction batch can make tens of thousands of users cold at once,
+     * the cold table doubling on the way: what it would take if every user
+     * went cold (only with a store: without one nobody does). */
+    if (e->cold.put) {
+        uint64_t users = e->n_cold + e->n_used + more_users, size = e->n_ctab ? e->n_ctab : 1024;
+        while (users * 10 > size * 7) size *= 2;
+        if (size > e->n_ctab) n += size * sizeof(cold_user *);
+    }
     return n;
 }
 

@@ -201,9 +201,9 @@ int engine_evict(engine *e, uint64_t target_bytes);
  * its tables. After evicting, a user or cold table under a sixth full
  * halves. */
 uint64_t engine_memory_bytes(const engine *e);
-/* What the engine allocates at once if more_users new users arrive (hot, or
- * all of them made cold): its user table or cold table doubling (0 if
- * neither would). A caller bounding resident memory makes room for it or
+/* What the engine allocates at once if more_users new users arrive: its
+ * user table doubling, and the cold table it would need if every user went
+ * cold (eviction moves many at once) (0 if neither would grow). A caller bounding resident memory makes room for it or
  * stops before it (job.c, memory_check). */
 uint64_t engine_growth_bytes(const engine *e, uint64_t more_users);
 /* Renames every cold user's blob: fn may move it and change *handle (the
