@@ -54,6 +54,7 @@
 
 /* A session's row as write() prepared it, its text in its chunk's buffer. */
 typedef struct pending_row {
+    const struct chunk *chunk; /* the one holding it */
     int64_t session_id, user_id;
     long long rowid; /* valid if placed */
     int placed;      /* its position has a rowid */
@@ -417,6 +418,7 @@ static void bind_row(sqlite_sink *s, sqlite3_stmt *st, const chunk *c, const pen
 static int upsert_row(sqlite_sink *s, const chunk *c, const pending_row *row)
 {
     char start[40], end[40];
+    assert(row->chunk == c);
     if (!s->keyed && !row->placed && take_key(s, s->err, sizeof s->err) != 0) return -1;
     for (;;) {
         sqlite3_stmt *st = s->keyed ? s->upsert : s->place;
@@ -486,13 +488,6 @@ static int take_chunk(sqlite_sink *s, chunk *c)
     return 0;
 }
 
-/* The chunk of the held ones whose rows hold r. */
-static const chunk *chunk_of(const chunk *c, const pending_row *r)
-{
-    while (!(r >= c->rows && r < c->rows + c->n)) c = c->next;
-    return c;
-}
-
 /* The flush's COMMIT, after the held chunks (keyed). 0 or -1. */
 static int commit(sqlite_sink *s)
 {
@@ -508,7 +503,7 @@ static int commit(sqlite_sink *s)
         keyed_sort(s->order, n);
         for (size_t i = 0; i < n && !s->failed; i++) {
             const pending_row *r = s->order[i].ptr;
-            if (upsert_row(s, chunk_of(s->held, r), r) != 0) s->failed = 1;
+            if (upsert_row(s, r->chunk, r) != 0) s->failed = 1;
         }
     }
     if (s->failed) return -1;
@@ -626,6 +621,7 @@ static int sqlite_write(sink *base, const closed_session *cs, char *err, size_t 
     chunk *c = s->cur;
     assert(c->n < CHUNK_ROWS);
     pending_row *row = &c->rows[c->n++];
+    row->chunk = c;
     row->session_id = cs->session_id;
     row->user_id = cs->user_id;
     row->placed = sqlite_sink_rowid(cs->first_pos.partition, cs->first_pos.offset, &row->rowid);
