@@ -92,7 +92,12 @@ int parse_iso8601_us(const char *s, size_t len, int64_t *out_us)
     if (i != len) return -1;
     int64_t days = days_from_civil(y, mo, d);
     int64_t secs = days * 86400 + h * 3600 + mi * 60 + se - offset_s;
-    *out_us = secs * 1000000 + frac_us;
+    int64_t us = secs * 1000000 + frac_us;
+    /* The years 0000-9999 of the instant (UTC), as epoch times: a zone can
+     * move 9999-12-31T23:59:59-00:59 into year 10000, which no time of the
+     * program (format_iso8601_us's, a sink's) can be written as. */
+    if (us < -INT64_C(62167219200000000) || us > INT64_C(253402300799999999)) return -1;
+    *out_us = us;
     return 0;
 }
 

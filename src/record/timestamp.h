@@ -4,7 +4,8 @@
  * Accepted: YYYY-MM-DD'T'hh:mm:ss[.fraction][Z|+hh:mm|-hh:mm], 'T' also
  * written 't' or ' '; no zone means UTC; the fraction has 1 to 9 digits and
  * is truncated to microseconds. Rejected: impossible dates (2023-02-29),
- * hour 24, leap second 60, years outside 0000-9999, anything else.
+ * hour 24, leap second 60, instants outside the years 0000-9999 (UTC: the
+ * zone applied), anything else.
  */
 #ifndef SESSIONIZER_TIMESTAMP_H
 #define SESSIONIZER_TIMESTAMP_H

@@ -49,7 +49,8 @@ def parse_ts(s):
         if oh > 23 or om > 59:
             return None
         off = (oh * 3600 + om * 60) * (-1 if z[0] == "-" else 1)
-    return ((days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se - off) * 1000000 + us)
+    t = (days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se - off) * 1000000 + us
+    return t if MIN_US <= t <= MAX_US else None  # the years 0000-9999 in UTC
 
 
 def session_id(user, append_ts=0, partition=0, offset=0):
