@@ -227,14 +227,30 @@ def nodes():
         res.check(min(srv.stats()['owned']) > 0, 'nodes: peers discovered, all 3 nodes written')
         # a node dies in the middle of a run
         srv.control('reset-stats')
-        # slow the run down so that it lasts well past the kill at 0.5 s whatever
-        # the machine's speed: 12000 writes answered after 10 ms, 64 in flight
+        # slow the run down so that it lasts well past the kill whatever the
+        # machine's speed: 12000 writes answered after 10 ms, 64 in flight.
+        # Node 1 is killed once it has taken writes, not at a fixed time: a
+        # slow start (ASan on a loaded machine) took longer than 0.5 s to
+        # connect, and node 1 died before the run had written to it.
         srv.control('fault delay ms=10 op=EXECUTE count=-1')
-        killer = threading.Timer(0.5, lambda: srv.control('kill node=1'))
+        run_done = threading.Event()
+
+        def kill_node_1_once_written():
+            deadline = time.time() + 120
+            while not run_done.is_set() and time.time() < deadline:
+                if srv.stats()['owned'][1] > 0:
+                    srv.control('kill node=1')
+                    return
+                time.sleep(0.02)
+
+        killer = threading.Thread(target=kill_node_1_once_written)
         killer.start()
-        rc, _, err, secs = run_tool(srv, '--first', '500', '--flush-every', '200',
-                                    '-o', 'max_in_flight=64', n=12000, timeout=300)
-        killer.cancel()
+        try:
+            rc, _, err, secs = run_tool(srv, '--first', '500', '--flush-every', '200',
+                                        '-o', 'max_in_flight=64', n=12000, timeout=300)
+        finally:
+            run_done.set()
+            killer.join()
         st = srv.stats()
         res.equal(rc, 0, 'nodes: node 2 of 3 killed mid-run, the run completes: %s' % err.strip()[-300:])
         res.check('lost' in err, 'nodes: the lost node is reported')
