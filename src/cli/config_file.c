@@ -185,6 +185,18 @@ void config_file_quote(buf *b, const char *s)
             buf_append_str(b, "\\t");
         } else if (*p < 0x20 || *p == 0x7f) {
             buf_printf(b, "\\x%02x", *p);
+        } else if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f) {
+            /* C1 controls: not printable in YAML, and U+0085 (NEL) is a line
+             * break that a reader folds into a space */
+            buf_printf(b, "\\x%02x", p[1]);
+            p++;
+        } else if (p[0] == 0xe2 && p[1] == 0x80 && (p[2] == 0xa8 || p[2] == 0xa9)) {
+            buf_append_str(b, p[2] == 0xa8 ? "\\L" : "\\P"); /* line and paragraph separators */
+            p += 2;
+        } else if (p[0] == 0xef && ((p[1] == 0xbb && p[2] == 0xbf) || (p[1] == 0xbf && p[2] >= 0xbe))) {
+            /* U+FEFF, U+FFFE, U+FFFF: not printable in YAML */
+            buf_printf(b, "\\u%s", p[1] == 0xbb ? "FEFF" : p[2] == 0xbe ? "FFFE" : "FFFF");
+            p += 2;
         } else {
             buf_append_byte(b, *p); /* UTF-8 passes through: YAML is UTF-8 */
         }
