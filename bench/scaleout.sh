@@ -205,7 +205,9 @@ IN_BYTES=$(cat "$WORK"/gen/p*.jsonl | wc -c)
 echo "repartition topic: $NREC records, $NBYTES value bytes for $VISITS visits: $(div "$NBYTES" "$VISITS") B/visit (the input: $(div "$IN_BYTES" "$TOTAL") B/record)"
 
 # The cost of a lost machine: instance A (tiny fetches, so that it is still
-# reading) is SIGKILLed 1 s after its first assignment, then B takes over.
+# reading) is SIGKILLed LOST_AFTER (default 0.3 s) after its first
+# assignment, then B takes over. On a quiet machine A read the whole log in
+# about 1 s, so a kill at 1 s measured nothing.
 SLOW=(-X message.max.bytes=1000 -X fetch.max.bytes=1000 -X max.partition.fetch.bytes=300)
 "$SZ" run --scale-out --source "kafka://$B/visits" --sink "$PG_URI" --sink-opt table=lost \
     --group lost --until-end -q --dlq "jsonl:$WORK/lostA.dlq" "${FAST[@]}" "${SLOW[@]}" \
@@ -213,7 +215,7 @@ SLOW=(-X message.max.bytes=1000 -X fetch.max.bytes=1000 -X max.partition.fetch.b
 A=$!
 PIDS+=($A)
 for _ in $(seq 600); do grep -q "stage 1 assigned" "$WORK/lostA.err" && break; sleep 0.1; done
-sleep 1
+sleep "${LOST_AFTER:-0.3}"
 kill -9 $A
 wait $A 2>/dev/null || true
 # what A had delivered to the repartition topic: the highest source offset per partition
@@ -245,6 +247,9 @@ while i + 4 <= len(data):  # the repartition records (src/task/repartition.h)
         p, j = varint(v, 2); off, j = varint(v, j)
         reach[p] = max(reach.get(p, 0), off)
 err = open(sys.argv[2]).read()
+if "stage 1 assigned" not in err:
+    sys.exit("lost machine: its successor was never assigned stage 1 (the first instance had finished "
+             "the group before its kill: try a smaller LOST_AFTER)")
 committed = {int(p): int(o) for p, o in re.findall(r"p(\d+)@(-?\d+)", err.split("stage 1 assigned", 1)[1].splitlines()[0])}
 dups = int(re.search(r"dropped (\d+) duplicates", err).group(1))
 since = sum(max(0, reach.get(p, 0) - max(c, 0)) for p, c in committed.items())
