@@ -10,7 +10,11 @@
 
 #define FRAME_MAGIC 0x46435a53u    /* "SZCF" */
 #define SNAPSHOT_MAGIC 0x4e535a53u /* "SZSN" */
-#define SNAPSHOT_VERSION 2u        /* format 1 was the SQLite checkpoint */
+/* 3: a user's blob may carry its sessions' last positions (engine.c,
+ * BLOB_WITH_LAST), which version 2's readers would take for damage; 2 is
+ * still read. Format 1 was the SQLite checkpoint. */
+#define SNAPSHOT_VERSION 3u
+#define SNAPSHOT_OLDEST 2u
 #define FRAME_SEED 0x6672616d65ull /* different seeds: a frame never verifies as a chunk */
 #define CHUNK_SEED 0x6368756e6bull
 #define CHUNK_TARGET (1u << 20)
@@ -432,7 +436,7 @@ static int snapshot_head(reader *r, const void *data, size_t len, uint64_t *seq,
     if (r->bad || magic != SNAPSHOT_MAGIC) return -1;
     *strings = (version & SNAPSHOT_STRING_USERS) != 0;
     version &= ~SNAPSHOT_STRING_USERS;
-    if (version != SNAPSHOT_VERSION) return version > SNAPSHOT_VERSION ? -3 : -1;
+    if (version < SNAPSHOT_OLDEST || version > SNAPSHOT_VERSION) return version > SNAPSHOT_VERSION ? -3 : -1;
     if (next_chunk(r, &c) != 1) return -1;
     reader_u32le(&c, &n_meta);
     /* the meta entries run up to the engine meta, whose length comes last */

@@ -20,9 +20,15 @@ typedef struct page_ref {
 typedef struct closed_session {
     int64_t session_id;
     /* the position of the earliest-appended visit: what session_id is made
-     * of with the user, and unique to the session within its log (the
-     * SQLite sink places the row by it) */
+     * of with the user, and unique to the session within its log */
     log_position first_pos;
+    /* the greatest (partition, offset) among the session's visits: as unique
+     * to the session as first_pos, and, since sessions close in the order of
+     * their last event times, growing with the order sessions close in (the
+     * SQLite sink places the row by it). last_partition < 0: unknown (the
+     * session was restored from a checkpoint written before it was kept). */
+    int32_t last_partition;
+    int64_t last_offset;
     int64_t user_id;        /* int users; 0 for string users */
     const char *user;       /* string users: UTF-8, not NUL-terminated; NULL for int users */
     uint32_t user_len;

@@ -77,6 +77,10 @@ typedef struct session {
     int64_t user_id;
     int64_t first_t, last_t;
     log_position first_pos; /* earliest-appended member visit */
+    /* The greatest (partition, offset) of a member visit: unique to the
+     * session like first_pos, but growing with the order sessions close in
+     * (closed_session.h). last_part < 0: unknown (a blob from before it). */
+    int64_t last_off;
     unsigned char *store;   /* page_entry[cap_pages] followed by arena_cap bytes */
     struct session *next;
     uint32_t n_pages, cap_pages;
@@ -91,6 +95,7 @@ typedef struct session {
      * so every page after the cut is out too, whatever arrives later: the
      * engine must remember where the run ended to reject them. */
     int32_t cut_part;
+    int32_t last_part;
     int64_t cut_t, cut_off;
 } session;
 
@@ -746,6 +751,21 @@ static int close_upto(engine *e, uint64_t upto)
 
 /* ---- sessions ---------------------------------------------------------- */
 
+/* Raises s's last position to (part, off) if greater. An unknown last
+ * position (a session restored from a blob without it) stays unknown: the
+ * visits it had are not known, so no maximum over them is. */
+static inline void session_raise_last(session *s, int32_t part, int64_t off)
+{
+    if (s->last_part < 0 || part < 0) {
+        s->last_part = -1;
+        return;
+    }
+    if (part > s->last_part || (part == s->last_part && off > s->last_off)) {
+        s->last_part = part;
+        s->last_off = off;
+    }
+}
+
 static session *session_new(uint64_t *mem, int64_t user_id, const visit *v)
 {
     session *s = xcalloc(1, sizeof *s);
@@ -753,6 +773,8 @@ static session *session_new(uint64_t *mem, int64_t user_id, const visit *v)
     s->user_id = user_id;
     s->first_t = s->last_t = v->event_time_us;
     s->first_pos = v->pos;
+    s->last_part = v->pos.partition;
+    s->last_off = v->pos.offset;
     s->cut_t = NO_CUT;
     s->visits = 0; /* counted by engine_apply with every visit */
     return s;
@@ -960,6 +982,7 @@ static int session_merge(engine *e, session *a, session *b)
     if (b->first_t < a->first_t) a->first_t = b->first_t;
     if (b->last_t > a->last_t) a->last_t = b->last_t;
     if (log_position_cmp(&b->first_pos, &a->first_pos) < 0) a->first_pos = b->first_pos;
+    session_raise_last(a, b->last_part, b->last_off);
     e->mem -= store_bytes(b);
     free(b->store);
     b->store = NULL;
@@ -989,6 +1012,8 @@ static int emit_and_free(engine *e, session *s)
                                                                    &s->first_pos)
                                             : session_id_of(s->user_id, &s->first_pos),
                          .first_pos = s->first_pos,
+                         .last_partition = s->last_part,
+                         .last_offset = s->last_off,
                          .user_id = name ? 0 : s->user_id,
                          .user = name ? name->bytes : NULL,
                          .user_len = name ? name->len : 0,
@@ -1251,6 +1276,7 @@ static int apply_visit(engine *e, partition_state *p, const visit *v)
         if (t < hit->first_t) hit->first_t = t;
         if (t > hit->last_t) hit->last_t = t;
         if (log_position_cmp(&v->pos, &hit->first_pos) < 0) hit->first_pos = v->pos;
+        session_raise_last(hit, v->pos.partition, v->pos.offset);
     }
     hit->visits++;
     int rc2 = session_add_page(e, hit, v);
@@ -1617,15 +1643,19 @@ engine_callbacks engine_swap_callbacks(engine *e, const engine_callbacks *cb)
 /* The session count's top bit says each session carries its visit count
  * (u64 after its first position). Blobs written before visit counts existed
  * lack it; their sessions restore with one visit per stored page, which no
- * output sees: such a checkpoint has no --columns (bound, see job.c). */
+ * output sees: such a checkpoint has no --columns (bound, see job.c). The
+ * next bit says each session carries its last position (u32 partition, i64
+ * offset, after the visit count); without it the last position is unknown. */
 #define BLOB_WITH_VISITS 0x80000000u
+#define BLOB_WITH_LAST 0x40000000u
+#define BLOB_FLAGS (BLOB_WITH_VISITS | BLOB_WITH_LAST)
 
 static void encode_user(const session *head, buf *out)
 {
     uint32_t n = 0;
     for (const session *s = head; s; s = s->next) n++;
-    assert(n < BLOB_WITH_VISITS);
-    buf_put_u32le(out, n | BLOB_WITH_VISITS);
+    assert(n < BLOB_WITH_LAST);
+    buf_put_u32le(out, n | BLOB_WITH_VISITS | BLOB_WITH_LAST);
     for (const session *s = head; s; s = s->next) {
         buf_put_i64le(out, s->first_t);
         buf_put_i64le(out, s->last_t);
@@ -1633,6 +1663,8 @@ static void encode_user(const session *head, buf *out)
         buf_put_u32le(out, (uint32_t)s->first_pos.partition);
         buf_put_i64le(out, s->first_pos.offset);
         buf_put_u64le(out, s->visits);
+        buf_put_u32le(out, (uint32_t)s->last_part);
+        buf_put_i64le(out, s->last_off);
         /* The top bit of the page count says a cut follows (a count is at
          * most max_pages < 2^31, so blobs without a cut read as before). */
         buf_put_u32le(out, s->n_pages | (s->cut_t != NO_CUT ? BLOB_HAS_CUT : 0));
@@ -1783,8 +1815,9 @@ static int decode_user(engine *e, user_slot *u, const void *blob, size_t len)
     reader_init(&r, blob, len);
     uint32_t n = 0;
     if (reader_u32le(&r, &n)) return -1;
-    int with_visits = (n & BLOB_WITH_VISITS) != 0;
-    n &= ~BLOB_WITH_VISITS;
+    int with_visits = (n & BLOB_WITH_VISITS) != 0, with_last = (n & BLOB_WITH_LAST) != 0;
+    if (with_last && !with_visits) return -1;
+    n &= ~BLOB_FLAGS;
     if (n == 0 || n > len / 40) return -1;
     int64_t user_id = u->user_id;
     session **tail = &u->head;
@@ -1800,6 +1833,12 @@ static int decode_user(engine *e, user_slot *u, const void *blob, size_t len)
         reader_u32le(&r, &part);
         reader_i64le(&r, &s->first_pos.offset);
         if (with_visits) reader_u64le(&r, &s->visits);
+        uint32_t last_part = UINT32_MAX;
+        if (with_last) {
+            reader_u32le(&r, &last_part);
+            reader_i64le(&r, &s->last_off);
+        }
+        s->last_part = (int32_t)last_part; /* -1: unknown */
         reader_u32le(&r, &n_pages);
         if (!with_visits) s->visits = n_pages ? n_pages : 1;
         s->first_pos.partition = (int32_t)part;

@@ -14,17 +14,20 @@
  * A row is the upsert of its session on (session_id, user_id). Session ids
  * are hashes: under an index on them every flush's rows land on random
  * leaves, and rewriting those leaves was most of SQLite's time (docs/
- * performance.md). So the table has no key: a row sits at the rowid of its
- * session's first position (sqlite_sink_rowid), which only that session of
- * the log has and which grows with the log, and a flush sorted by it appends
- * to the table. A re-run rewrites the rows in place. The rowid is checked
- * to hold the same session (user and id): when another one is there (rows of
- * another log in the same table) or a position has no rowid, the table gets
- * the unique index on (session_id, user_id) (SQLITE_SINK_KEY_INDEX) in that
- * flush and from then on, in this run and the next, rows are found by it,
- * as in a table with the primary key (session_id, user_id), which databases
- * made before keep. Either way one session has one row. Under the key, a
- * flush is sorted by session_id instead: it walks the index in order.
+ * performance.md). So a table the sink creates has no key: a row sits at
+ * the rowid of its session's last position (sqlite_sink_rowid), which only
+ * that session of the log has and which grows with the order sessions
+ * close in, and a flush sorted by it appends to the table. A re-run
+ * rewrites the rows in place. The rowid is checked to hold the same session
+ * (user and id): when another one is there (rows of another log in the same
+ * table) or a position has no rowid, the table gets the unique index on
+ * (session_id, user_id) (SQLITE_SINK_KEY_INDEX) in that flush and from then
+ * on, in this run and the next, rows are found by it, as in a table with
+ * the primary key (session_id, user_id), which databases made before keep.
+ * A table without the layout's mark (SQLITE_SINK_LAYOUT_MARK: made by hand,
+ * or by a version that placed rows at their first position) takes the
+ * index when it is opened. Either way one session has one row. Under the
+ * key, a flush is sorted by session_id instead: it walks the index in order.
  *
  * Another process may hold the database's lock (a reader checkpointing the
  * WAL, a writer): a statement that meets it waits with the common backoff
@@ -285,6 +288,20 @@ static int has_key_index(sqlite_sink *s)
     return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
 }
 
+/* Whether the table carries SQLITE_SINK_LAYOUT_MARK. 1, 0, or -1 on error. */
+static int has_layout_mark(sqlite_sink *s)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, "SELECT instr(sql, ?1) > 0 FROM sqlite_schema WHERE type = "
+                           "'table' AND name = 'sessions'", -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_text(st, 1, SQLITE_SINK_LAYOUT_MARK, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    int marked = rc == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
+    sqlite3_finalize(st);
+    return marked;
+}
+
 /* The statement and cache of the table's layout (s->keyed). */
 static int prepare(sqlite_sink *s, char *err, size_t errlen)
 {
@@ -352,6 +369,21 @@ static sink *sqlite_open(const char *target, const sink_options *opts, char *err
                  msg ? msg : "unknown error");
         sqlite3_free(msg);
         goto fail;
+    }
+    if (!s->keyed) {
+        int marked = has_layout_mark(s);
+        if (marked < 0) {
+            fail_db(s, "reading the schema", err, errlen);
+            goto fail;
+        }
+        if (!marked) { /* (the header says why) */
+            if (sqlite3_exec(s->db, SQLITE_SINK_KEY_INDEX, NULL, NULL, NULL) != SQLITE_OK) {
+                fail_db(s, "adding the key (session_id, user_id) to a table without the "
+                        "sink's layout", err, errlen);
+                goto fail;
+            }
+            s->keyed = 1;
+        }
     }
     if (prepare(s, err, errlen) != 0 || start_writer(s, err, errlen) != 0) goto fail;
     /* The file exists now: a symlink or a relative path to it is the same
@@ -624,7 +656,7 @@ static int sqlite_write(sink *base, const closed_session *cs, char *err, size_t 
     row->chunk = c;
     row->session_id = cs->session_id;
     row->user_id = cs->user_id;
-    row->placed = sqlite_sink_rowid(cs->first_pos.partition, cs->first_pos.offset, &row->rowid);
+    row->placed = sqlite_sink_rowid(cs->last_partition, cs->last_offset, &row->rowid);
     row->pages_off = c->text.len;
     session_json_pages(&c->text, cs);
     row->pages_len = c->text.len - row->pages_off;

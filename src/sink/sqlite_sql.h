@@ -34,14 +34,22 @@ static inline const char *sqlite_sink_user_type(int string_users)
     return string_users ? "TEXT" : "INTEGER";
 }
 
+/* The comment that marks a table whose rows sit at sqlite_sink_rowid
+ * (below): SQLite keeps a CREATE TABLE's text, comments included, in
+ * sqlite_schema, so the layout travels with the table (and shows in
+ * .schema). A table without it (made by hand, or by a version that placed
+ * rows by their first position) is written by the key instead. */
+#define SQLITE_SINK_LAYOUT_MARK                                                            \
+    "/* sessionizer: each row sits at the rowid of its session's last position */"
+
 /* CREATE TABLE IF NOT EXISTS sessions (...): a rowid table without a
  * declared key, whose rows sit at sqlite_sink_rowid (below). Returns
  * snprintf's count. */
 static inline int sqlite_sink_create_sql(char *out, size_t n, int string_users, unsigned columns)
 {
-    int k = snprintf(out, n, "CREATE TABLE IF NOT EXISTS sessions (session_id INTEGER NOT NULL, "
-                     "user_id %s NOT NULL, pages TEXT NOT NULL, ingestion_time TEXT NOT NULL",
-                     sqlite_sink_user_type(string_users));
+    int k = snprintf(out, n, "CREATE TABLE IF NOT EXISTS sessions (" SQLITE_SINK_LAYOUT_MARK
+                     " session_id INTEGER NOT NULL, user_id %s NOT NULL, pages TEXT NOT NULL, "
+                     "ingestion_time TEXT NOT NULL", sqlite_sink_user_type(string_users));
     for (unsigned c = 0; c < 4; c++)
         if (columns >> c & 1)
             k += snprintf(out + k, n > (size_t)k ? n - (size_t)k : 0, ", %s %s NOT NULL",
@@ -56,13 +64,18 @@ static inline int sqlite_sink_create_sql(char *out, size_t n, int string_users, 
 #define SQLITE_SINK_KEY_INDEX                                                              \
     "CREATE UNIQUE INDEX IF NOT EXISTS sessions_key ON sessions (session_id, user_id)"
 
-/* Where a session's row sits in a table without a key: its first position,
+/* Where a session's row sits in a marked table: its last position (the
+ * greatest (partition, offset) of its visits, closed_session.h),
  * (partition << 48) | offset, which no other session of the same log has
- * (a record belongs to one session) and which grows with the log, so that a
- * flush's rows are appended to the table. A file is partition 0 and byte
- * offsets; a Kafka topic of up to 32768 partitions and offsets below 2^48
- * (a million records a second for 8 years) fits. Returns 0 when the
- * position does not fit: the table then takes the key (above). */
+ * (a record belongs to one session). Sessions close in the order of their
+ * last event times, so within a partition a flush's rows land at the end
+ * of the table, a few hundred positions out of order: appended. (The first
+ * position, used before, put a session's row as far back as the session is
+ * long: with sessions spanning commits each flush rewrote most of the
+ * table's recent pages.) A file is partition 0 and byte offsets; a Kafka
+ * topic of up to 32768 partitions and offsets below 2^48 (a million records
+ * a second for 8 years) fits. Returns 0 when the position does not fit or
+ * is unknown (partition < 0): the table then takes the key (above). */
 static inline int sqlite_sink_rowid(int32_t partition, int64_t offset, long long *rowid)
 {
     if (partition < 0 || partition >= (1 << 15) || offset < 0 || offset >= (1LL << 48))

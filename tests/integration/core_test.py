@@ -1109,13 +1109,16 @@ def t_existing_table(c):
 
 def t_sqlite_layout(c):
     """A new table has no key: each row sits at the rowid of its session's
-    first byte offset, and a re-run rewrites those rows. Rows of another
+    last byte offset, and a re-run rewrites those rows. Rows of another
     input whose places are taken add the unique key (session_id, user_id),
     and one session still has one row. A table with the primary key keeps
-    it."""
+    it; a table without a key and without the sink's layout mark (made by
+    hand, or by a version that placed rows at their first offset) takes the
+    unique key when it is opened, and keeps its rows."""
     d = tmpdir()
     db = f"{d}/s.db"
-    placed = [(0, 9083342062386381219), (140, 2197506010493845107), (210, 6602007354676743790)]
+    # user 1's first session is A.html (offset 0) and B.html (offset 70)
+    placed = [(70, 9083342062386381219), (140, 2197506010493845107), (210, 6602007354676743790)]
 
     def layout(path):
         con = sqlite3.connect(path)
@@ -1128,11 +1131,12 @@ def t_sqlite_layout(c):
 
     job(f"file:{SAMPLE}", db)
     c.eq(content(db), GOLDEN, "a new table gets the walkthrough's sessions")
-    c.eq(layout(db), (placed, [], []), "at the rowids of their first offsets, with no key")
+    c.eq(layout(db), (placed, [], []), "at the rowids of their last offsets, with no key")
     job(f"file:{SAMPLE}", db)
     c.eq(layout(db), (placed, [], []), "a re-run rewrites the same rows in place")
     c.eq(content(db), GOLDEN, "with the same content")
-    # another input: its first line takes offset 0, which user 1's session holds
+    # another input, one line longer: user 1's first session ends at offset
+    # 140, where the first input's second session sits
     other = f"{d}/other.jsonl"
     with open(other, "wb") as f:
         f.write(b'{"user_id": 7, "page": "X.html", "event_time": "2023-02-20T03:00:00"}\n')
@@ -1159,6 +1163,24 @@ def t_sqlite_layout(c):
         rows, idx, pk = layout(old)
         c.eq((content(old), len(rows), idx, pk), (GOLDEN, 3, [], ["session_id", "user_id"]),
              "a primary-key table is written by its key and keeps its layout")
+    # no key, no mark: rows at their first offsets (the previous layout)
+    prev = f"{d}/prev.db"
+    con = sqlite3.connect(prev)
+    con.execute("CREATE TABLE sessions (session_id INTEGER NOT NULL, user_id INTEGER NOT NULL, "
+                "pages TEXT NOT NULL, ingestion_time TEXT NOT NULL)")
+    con.executemany("INSERT INTO sessions (rowid, session_id, user_id, pages, ingestion_time) "
+                    "VALUES (?, ?, ?, ?, '2026-12-01T00:00:00.000000Z')",
+                    [(0, 9083342062386381219, 1, '["A.html","B.html"]'),
+                     (140, 2197506010493845107, 1, '["C.html"]'),
+                     (210, 6602007354676743790, 2, '["D.html"]')])
+    con.commit()
+    con.close()
+    for _ in range(2):
+        job(f"file:{SAMPLE}", prev)
+        rows, idx, pk = layout(prev)
+        c.eq((content(prev), [r[0] for r in rows]), (GOLDEN, [0, 140, 210]),
+             "a table without the mark keeps its rows where they are, one per session")
+        c.check(len(idx) == 1 and "UNIQUE" in idx[0], f"and took the key: {idx}")
 
 
 def t_future(c):

@@ -1321,6 +1321,83 @@ static void test_eviction_string_users(void)
     }
 }
 
+/* ---- the last position (closed_session.last_*) ---------------------------- */
+
+typedef struct lasts { int n; int32_t part[4]; int64_t off[4]; } lasts;
+
+static int note_last(void *ctx, const closed_session *cs)
+{
+    lasts *l = ctx;
+    if (l->n < 4) {
+        l->part[l->n] = cs->last_partition;
+        l->off[l->n] = cs->last_offset;
+    }
+    l->n++;
+    return 0;
+}
+
+static engine *last_engine(lasts *l)
+{
+    memset(l, 0, sizeof *l);
+    engine_config cfg = {.gap_us = 10 * SEC, .lateness_us = 1000 * SEC, .max_pages = 2,
+                         .track_dirty = 1};
+    return engine_new(&cfg, &(engine_callbacks){.ctx = l, .on_close = note_last});
+}
+
+/* A session's last position is the greatest (partition, offset) of all its
+ * visits (merged and capped ones too), survives a checkpoint's blob, and is
+ * unknown (-1) when restored from a blob written before it was kept. */
+static void test_last_position(void)
+{
+    lasts l;
+    engine *e = last_engine(&l);
+    visit v[] = {mk(3, "a", 0, 0, 50), mk(3, "b", 5 * SEC, 1, 7), mk(3, "c", 20 * SEC, 0, 99),
+                 mk(3, "d", 12 * SEC, 0, 3) /* bridges (a, b) and c; over the cap */};
+    for (size_t i = 0; i < 4; i++) CHECK(engine_apply(e, &v[i]) == 0);
+    store st = {0};
+    buf_init(&st.meta);
+    engine_foreach_dirty(e, store_put, &st);
+    CHECK_EQ_I64(st.n, 1);
+    engine_close_all(e);
+    CHECK_EQ_I64(l.n, 1);
+    CHECK_EQ_I64(l.part[0], 1);
+    CHECK_EQ_I64(l.off[0], 7);
+    engine_free(e);
+
+    e = last_engine(&l); /* restored from the blob */
+    CHECK(engine_load_user(e, &(user_key){.id = 3}, st.blobs[0].data, st.blobs[0].len) == 0);
+    visit later = mk(3, "e", 25 * SEC, 1, 6); /* joins, below the last position */
+    CHECK(engine_apply(e, &later) == 0);
+    engine_close_all(e);
+    CHECK_EQ_I64(l.n, 1);
+    CHECK_EQ_I64(l.part[0], 1);
+    CHECK_EQ_I64(l.off[0], 7);
+    engine_free(e);
+
+    /* the same blob as written before: no flag, no (u32 partition, i64
+     * offset) after the visit count (count, then 44 bytes of the session) */
+    buf old;
+    buf_init(&old);
+    const unsigned char *b = st.blobs[0].data;
+    uint32_t n = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+    CHECK(n & 0x40000000u);
+    buf_put_u32le(&old, n & ~0x40000000u);
+    buf_append(&old, b + 4, 44);
+    buf_append(&old, b + 4 + 44 + 12, st.blobs[0].len - 4 - 44 - 12);
+    e = last_engine(&l);
+    CHECK(engine_load_user(e, &(user_key){.id = 3}, old.data, old.len) == 0);
+    CHECK(engine_apply(e, &later) == 0);
+    engine_close_all(e);
+    CHECK_EQ_I64(l.n, 1);
+    CHECK_EQ_I64(l.part[0], -1); /* unknown: the SQLite sink finds the row by its key */
+    engine_free(e);
+    buf_free(&old);
+    for (size_t i = 0; i < st.n; i++) buf_free(&st.blobs[i]);
+    free(st.blobs);
+    free(st.users);
+    buf_free(&st.meta);
+}
+
 int main(void)
 {
     test_string_users_like_ints();
@@ -1342,5 +1419,6 @@ int main(void)
     test_eviction_changes_nothing();
     test_eviction_store_failure();
     test_eviction_string_users();
+    test_last_position();
     return check_summary("test_engine");
 }
