@@ -2024,14 +2024,28 @@ static int evict_user(engine *e, user_slot *u)
     return 0;
 }
 
+/* Where an entry's dead mark is: the line a sweep must read. */
+static inline const void *entry_mark(const close_entry *c)
+{
+    return entry_is_cold(c) ? (const void *)&entry_cold(c)->dead
+                            : (const void *)&entry_session(c)->visits;
+}
+
 /* Removes the entries of dead sessions and dead cold users from the queue
- * (after a batch of evictions: their memory is what the batch is for). */
+ * (after a batch of evictions: their memory is what the batch is for). Each
+ * entry's struct is a cache miss (the queue holds every open and cold user):
+ * the marks are fetched SWEEP_AHEAD entries ahead, so that the misses overlap
+ * instead of following one another (the sweep was 12% of a spilling run's
+ * CPU, nine tenths of it waiting for these loads). */
+#define SWEEP_AHEAD 48
 static void drop_dead_entries(engine *e)
 {
     for (unsigned b = 0; b < CLOSE_BUCKETS; b++) {
         close_bucket *q = &e->cq[b];
         size_t n = 0;
+        for (size_t i = 0; i < q->len && i < SWEEP_AHEAD; i++) __builtin_prefetch(entry_mark(&q->v[i]));
         for (size_t i = 0; i < q->len; i++) {
+            if (i + SWEEP_AHEAD < q->len) __builtin_prefetch(entry_mark(&q->v[i + SWEEP_AHEAD]));
             close_entry c = q->v[i];
             int dead = entry_is_cold(&c) ? entry_cold(&c)->dead != 0 : session_dead(entry_session(&c));
             if (dead) {
