@@ -15,6 +15,7 @@ packages=(
   libssl-dev                      # TLS for the CQL client
   libmicrohttpd-dev               # the metrics and health endpoint (--metrics-listen)
   libsystemd-dev                  # sd_notify: READY, STOPPING, the watchdog
+  liburing-dev                    # --memory-limit: the cold store's reads ahead
   prometheus                      # promtool and a real server scraping the endpoint in the tests
   python3 python3-cassandra       # independent check of the CQL bytes
   python3-xxhash                  # the tests' independent session-id oracle

@@ -1293,13 +1293,23 @@ static int apply_visit(engine *e, partition_state *p, const visit *v)
 void engine_prefetch(const engine *e, int64_t user_id, int stage)
 {
     if (e->cfg.string_users) return; /* the id is known only once interned */
-    const user_slot *u = &e->slots[mix64((uint64_t)user_id) & (e->n_slots - 1)];
+    uint64_t h = mix64((uint64_t)user_id);
+    const user_slot *u = &e->slots[h & (e->n_slots - 1)];
     if (stage == 0) {
         __builtin_prefetch(u);
+        if (e->n_cold) __builtin_prefetch(&e->ctab[h & (e->n_ctab - 1)]);
         return;
     }
     /* Only the common case of a user in its home slot is worth a hint. */
-    if (!u->used || u->user_id != user_id || !u->head) return;
+    if (!u->used || u->user_id != user_id || !u->head) {
+        /* A cold user's blob: the store can read it ahead, several at
+         * once, instead of one system call when the visit needs it. */
+        if (stage == 1 && e->n_cold && e->cold.prefetch) {
+            const cold_user *c = cold_find(e, user_id);
+            if (c) e->cold.prefetch(e->cold.ctx, c->handle, c->len);
+        }
+        return;
+    }
     const session *s = u->head;
     if (stage == 1) {
         __builtin_prefetch(s);

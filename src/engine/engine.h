@@ -88,6 +88,9 @@ typedef struct engine_cold_store {
     /* Optional: the blob was taken back into memory and will not be asked
      * for again. */
     void (*drop)(void *ctx, uint64_t handle, size_t len);
+    /* Optional, a hint (engine_prefetch): get may soon be asked for this
+     * blob. No effect on results: get still returns the blob (or fails). */
+    void (*prefetch)(void *ctx, uint64_t handle, size_t len);
 } engine_cold_store;
 
 typedef struct engine_config {
@@ -150,7 +153,8 @@ int engine_apply(engine *e, const visit *v);
 /* A hint, no effect on results: start loading what engine_apply will touch
  * for this user. The job calls it for visits a few records ahead, in stages
  * 0, 1, 2 (the user's slot, then the session, then its last page), each
- * stage reading only what the previous one brought into cache. */
+ * stage reading only what the previous one brought into cache. A cold user
+ * is found at stage 1 and its blob hinted to the store (its prefetch). */
 void engine_prefetch(const engine *e, int64_t user_id, int stage);
 
 /* The source's view of a partition: caught_up means it has delivered

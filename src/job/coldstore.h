@@ -38,6 +38,10 @@ void coldstore_close(coldstore *cs);
 int coldstore_put(coldstore *cs, const void *blob, size_t len, uint64_t *handle);
 int coldstore_get(coldstore *cs, uint64_t handle, size_t len, buf *out);
 void coldstore_drop(coldstore *cs, uint64_t handle, size_t len);
+/* A hint: a get of this record is coming. Its read is queued, and handed to
+ * the kernel with the others queued by the next get that needs one of them
+ * (one system call for several loads); no effect on what get returns. */
+void coldstore_prefetch(coldstore *cs, uint64_t handle, size_t len);
 
 int coldstore_wants_compaction(const coldstore *cs);
 int coldstore_compact_begin(coldstore *cs);
@@ -50,6 +54,7 @@ typedef struct coldstore_stats {
     uint64_t live_bytes, file_bytes; /* records held; the file's length */
     uint64_t written, read;          /* bytes, since open */
     uint64_t compactions;
+    uint64_t read_ahead;             /* gets served by a read ahead (coldstore_prefetch) */
 } coldstore_stats;
 void coldstore_get_stats(const coldstore *cs, coldstore_stats *out);
 

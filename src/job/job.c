@@ -118,6 +118,12 @@ static void cold_drop(void *ctx, uint64_t handle, size_t len)
     coldstore_drop(((job *)ctx)->cold, handle, len);
 }
 
+static void cold_prefetch(void *ctx, uint64_t handle, size_t len)
+{
+    job *j = ctx;
+    if (j->cold) coldstore_prefetch(j->cold, handle, len);
+}
+
 /* Memory the job needs besides the engine's state, at first: buffers of the
  * source, sink, parser and checkpoint frame (which grows with the visits of
  * a commit), the cold store's write buffer, malloc's slack. An eighth of the
@@ -134,7 +140,8 @@ static void cold_drop(void *ctx, uint64_t handle, size_t len)
 static void set_spill_budget(job *j, uint64_t budget)
 {
     j->spill_budget = budget;
-    engine_cold_store ops = {.ctx = j, .put = cold_put, .get = cold_get, .drop = cold_drop};
+    engine_cold_store ops = {
+        .ctx = j, .put = cold_put, .get = cold_get, .drop = cold_drop, .prefetch = cold_prefetch};
     engine_set_cold_store(j->eng, &ops, budget);
 }
 
@@ -524,6 +531,7 @@ out:
     res->spill_budget = j.spill_budget;
     res->spill_written = cst.written;
     res->spill_read = cst.read;
+    res->spill_read_ahead = cst.read_ahead;
     res->spill_file_bytes = cst.file_bytes;
     checkpoint_close(j.cp); /* its writer thread first, as before the task's engine */
     stream_task_close(j.task);

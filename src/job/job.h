@@ -66,6 +66,7 @@ typedef struct job_result {
     /* State larger than memory: the engine's budget (0: no spilling), the
      * cold store's bytes written and read, its file's length at the end. */
     uint64_t spill_budget, spill_written, spill_read, spill_file_bytes;
+    uint64_t spill_read_ahead; /* loads whose read was queued ahead (io_uring) */
     /* With latency_stats: from the apply that closed a session to the sink's
      * acknowledgement of the flush that carried it, in microseconds. */
     histogram close_to_ack_us;
