@@ -5,6 +5,8 @@
 
 #include <stdio.h>
 #include <unistd.h>
+
+#include "common/xalloc.h"
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -58,4 +60,5 @@ void memory_tight(void)
     mallopt(M_TOP_PAD, 1 << 20);
     mallopt(M_TRIM_THRESHOLD, 4 << 20);
 #endif
+    xalloc_small_pages();
 }
