@@ -1660,38 +1660,73 @@ engine_callbacks engine_swap_callbacks(engine *e, const engine_callbacks *cb)
 #define BLOB_WITH_LAST 0x40000000u
 #define BLOB_FLAGS (BLOB_WITH_VISITS | BLOB_WITH_LAST)
 
+static inline unsigned char *put_le32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
+    return p + 4;
+}
+
+static inline unsigned char *put_le64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+    return p + 8;
+}
+
+#define BLOB_SESSION_BYTES 60 /* a session's fixed fields, below */
+#define BLOB_CUT_BYTES 20
+#define BLOB_PAGE_BYTES 24 /* a page's fixed fields */
+
+/* Sized first, then written with plain stores: the whole open state goes
+ * through here at every compaction, on the job's thread (a buf_put_* call
+ * per field cost 3x more). */
 static void encode_user(const session *head, buf *out)
 {
     uint32_t n = 0;
-    for (const session *s = head; s; s = s->next) n++;
-    assert(n < BLOB_WITH_LAST);
-    buf_put_u32le(out, n | BLOB_WITH_VISITS | BLOB_WITH_LAST);
+    size_t need = 4;
     for (const session *s = head; s; s = s->next) {
-        buf_put_i64le(out, s->first_t);
-        buf_put_i64le(out, s->last_t);
-        buf_put_i64le(out, s->first_pos.append_ts_ms);
-        buf_put_u32le(out, (uint32_t)s->first_pos.partition);
-        buf_put_i64le(out, s->first_pos.offset);
-        buf_put_u64le(out, s->visits);
-        buf_put_u32le(out, (uint32_t)s->last_part);
-        buf_put_i64le(out, s->last_off);
+        n++;
+        need += BLOB_SESSION_BYTES + (s->cut_t != NO_CUT ? BLOB_CUT_BYTES : 0) +
+                (size_t)s->n_pages * BLOB_PAGE_BYTES + s->page_bytes;
+    }
+    assert(n < BLOB_WITH_LAST);
+    buf_reserve(out, need);
+    unsigned char *p = out->data + out->len, *end = p + need;
+    p = put_le32(p, n | BLOB_WITH_VISITS | BLOB_WITH_LAST);
+    for (const session *s = head; s; s = s->next) {
+        unsigned char *fixed = p;
+        p = put_le64(p, (uint64_t)s->first_t);
+        p = put_le64(p, (uint64_t)s->last_t);
+        p = put_le64(p, (uint64_t)s->first_pos.append_ts_ms);
+        p = put_le32(p, (uint32_t)s->first_pos.partition);
+        p = put_le64(p, (uint64_t)s->first_pos.offset);
+        p = put_le64(p, s->visits);
+        p = put_le32(p, (uint32_t)s->last_part);
+        p = put_le64(p, (uint64_t)s->last_off);
         /* The top bit of the page count says a cut follows (a count is at
          * most max_pages < 2^31, so blobs without a cut read as before). */
-        buf_put_u32le(out, s->n_pages | (s->cut_t != NO_CUT ? BLOB_HAS_CUT : 0));
+        p = put_le32(p, s->n_pages | (s->cut_t != NO_CUT ? BLOB_HAS_CUT : 0));
+        assert(p - fixed == BLOB_SESSION_BYTES);
+        (void)fixed;
         if (s->cut_t != NO_CUT) {
-            buf_put_i64le(out, s->cut_t);
-            buf_put_u32le(out, (uint32_t)s->cut_part);
-            buf_put_i64le(out, s->cut_off);
+            p = put_le64(p, (uint64_t)s->cut_t);
+            p = put_le32(p, (uint32_t)s->cut_part);
+            p = put_le64(p, (uint64_t)s->cut_off);
         }
+        const page_entry *pages = pages_of(s);
+        const char *text = s->n_pages ? arena_of(s) : NULL;
         for (uint32_t i = 0; i < s->n_pages; i++) {
-            const page_entry *p = &pages_of(s)[i];
-            buf_put_i64le(out, p->t);
-            buf_put_u32le(out, (uint32_t)p->partition);
-            buf_put_i64le(out, p->offset);
-            buf_put_u32le(out, p->len);
-            buf_append(out, arena_of(s) + p->str_off, p->len);
+            const page_entry *pg = &pages[i];
+            p = put_le64(p, (uint64_t)pg->t);
+            p = put_le32(p, (uint32_t)pg->partition);
+            p = put_le64(p, (uint64_t)pg->offset);
+            p = put_le32(p, pg->len);
+            if (pg->len) memcpy(p, text + pg->str_off, pg->len);
+            p += pg->len;
         }
     }
+    assert(p == end); /* the sizes above are the layout's */
+    (void)end;
+    out->len += need;
 }
 
 static int cmp_i64(const void *a, const void *b)
@@ -1770,12 +1805,23 @@ int engine_foreach_dirty(engine *e, engine_dirty_fn fn, void *ctx)
     return rc;
 }
 
+/* How far ahead engine_foreach_user prefetches a slot's first session, and
+ * (half as far) that session's page store: the walk is over the whole open
+ * state, and without the hints it waited on two cache misses per user. */
+#define WALK_AHEAD 16
+
 int engine_foreach_user(const engine *e, engine_dirty_fn fn, void *ctx)
 {
     buf b;
     buf_init(&b);
     int rc = 0;
     for (size_t i = 0; i < e->n_slots && !rc; i++) {
+        if (i + WALK_AHEAD < e->n_slots && e->slots[i + WALK_AHEAD].head)
+            __builtin_prefetch(e->slots[i + WALK_AHEAD].head);
+        if (i + WALK_AHEAD / 2 < e->n_slots && e->slots[i + WALK_AHEAD / 2].head) {
+            const unsigned char *store = e->slots[i + WALK_AHEAD / 2].head->store;
+            if (store) __builtin_prefetch(store), __builtin_prefetch(store + 64);
+        }
         const user_slot *u = &e->slots[i];
         if (!u->used || !u->head) continue;
         buf_reset(&b);
