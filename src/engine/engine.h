@@ -211,7 +211,9 @@ uint64_t engine_memory_bytes(const engine *e);
  * stops before it (job.c, memory_check). */
 uint64_t engine_growth_bytes(const engine *e, uint64_t more_users);
 /* Renames every cold user's blob: fn may move it and change *handle (the
- * store's compaction). 0, or what fn returned. */
+ * store's compaction), then or later: handle points into the cold user's
+ * stub, which stays put until the next call on the engine. 0, or what fn
+ * returned. */
 int engine_cold_rehandle(engine *e, int (*fn)(void *ctx, uint64_t *handle, uint32_t len), void *ctx);
 
 /* --- Checkpoint support (encoding only; the engine does no I/O) ---------- */

@@ -50,6 +50,7 @@ typedef struct ahead {
     uint32_t len;   /* the blob's; the read is RECORD_HEADER + len */
     uint8_t state;
     int32_t res;    /* the read's result (AHEAD_DONE) */
+    uint64_t *target; /* a compaction's move: the handle to rename */
     unsigned char *buf;
     size_t cap;
 } ahead;
@@ -70,6 +71,7 @@ struct coldstore {
     int have_ring, ring_open; /* reading ahead; the ring exists (to exit) */
     ahead slot[AHEAD_SLOTS];
     unsigned next_slot, queued, inflight;
+    unsigned n_moving; /* a compaction's moves queued in slot[0..n_moving) */
     uint64_t read_ahead; /* gets served by a read ahead */
 };
 
@@ -194,15 +196,19 @@ static void ahead_drain(coldstore *cs)
      * about to close: the ring is not used again (gets read with preadv). */
     if (cs->queued) cs->have_ring = 0;
     while (cs->inflight > 0) ahead_reap(cs, 1);
-    for (unsigned i = 0; i < AHEAD_SLOTS; i++) cs->slot[i].state = AHEAD_FREE;
+    for (unsigned i = 0; i < AHEAD_SLOTS; i++) {
+        cs->slot[i].state = AHEAD_FREE;
+        cs->slot[i].target = NULL;
+    }
     cs->queued = 0;
+    cs->n_moving = 0;
 }
 
 static ahead *ahead_find(coldstore *cs, uint64_t handle, size_t len)
 {
     for (unsigned i = 0; i < AHEAD_SLOTS; i++) {
         ahead *a = &cs->slot[i];
-        if (a->state != AHEAD_FREE && a->handle == handle && a->len == len) return a;
+        if (a->state != AHEAD_FREE && !a->target && a->handle == handle && a->len == len) return a;
     }
     return NULL;
 }
@@ -211,7 +217,8 @@ void coldstore_prefetch(coldstore *cs, uint64_t handle, size_t len)
 {
     cfile *f = &cs->cur;
     /* a record still in the write buffer is served from memory */
-    if (!cs->have_ring || len > AHEAD_MAX - RECORD_HEADER || handle + RECORD_HEADER + len > f->flushed)
+    if (!cs->have_ring || len > AHEAD_MAX - RECORD_HEADER || handle + RECORD_HEADER + len > f->flushed ||
+        cs->next.fd >= 0) /* a compaction's moves use the slots */
         return;
     if (ahead_find(cs, handle, len)) return;
     ahead *a = &cs->slot[cs->next_slot];
@@ -347,12 +354,12 @@ int coldstore_wants_compaction(const coldstore *cs)
 int coldstore_compact_begin(coldstore *cs)
 {
     assert(cs->next.fd < 0);
+    ahead_drain(cs); /* the slots carry the moves' reads */
     return cfile_open(&cs->next, cs->dir);
 }
 
-int coldstore_move(void *ctx, uint64_t *handle, uint32_t len)
+static int move_now(coldstore *cs, uint64_t *handle, uint32_t len)
 {
-    coldstore *cs = ctx;
     buf b;
     buf_init(&b);
     int rc = cfile_get(cs, &cs->cur, *handle, len, &b);
@@ -363,11 +370,78 @@ int coldstore_move(void *ctx, uint64_t *handle, uint32_t len)
     return rc;
 }
 
+/* The moves queued in the slots: their reads in one system call, then each
+ * record, checked, into the new file. A read that failed or came short is
+ * read again with preadv (which says why, if it fails again). */
+static int moves_flush(coldstore *cs)
+{
+    ahead_submit(cs);
+    if (cs->queued) cs->have_ring = 0; /* refused: the moves read one by one */
+    while (cs->inflight > 0) ahead_reap(cs, 1);
+    int rc = 0;
+    for (unsigned i = 0; i < AHEAD_SLOTS; i++) {
+        ahead *a = &cs->slot[i];
+        if (a->state == AHEAD_FREE || !a->target) continue;
+        uint64_t *target = a->target;
+        a->target = NULL;
+        int done = a->state == AHEAD_DONE && a->res == (int32_t)(RECORD_HEADER + a->len);
+        a->state = AHEAD_FREE;
+        if (rc) continue;
+        if (!done) {
+            rc = move_now(cs, target, a->len);
+            continue;
+        }
+        unsigned char expect[RECORD_HEADER];
+        header(expect, a->buf + RECORD_HEADER, a->len, a->handle);
+        if (memcmp(a->buf, expect, RECORD_HEADER) != 0) {
+            errno = EIO;
+            rc = -1;
+            continue;
+        }
+        cs->read += RECORD_HEADER + a->len;
+        uint64_t to = 0;
+        rc = cfile_put(cs, &cs->next, a->buf + RECORD_HEADER, a->len, &to);
+        if (!rc) *target = to;
+    }
+    cs->n_moving = 0;
+    return rc;
+}
+
+int coldstore_move(void *ctx, uint64_t *handle, uint32_t len)
+{
+    coldstore *cs = ctx;
+    cfile *f = &cs->cur;
+    /* Records of the file are read AHEAD_SLOTS at a time (one system call
+     * instead of one each: a compaction moves every cold user); *handle is
+     * renamed when its batch is written, at the latest by compact_end. */
+    if (!cs->have_ring || len > AHEAD_MAX - RECORD_HEADER || *handle + RECORD_HEADER + len > f->flushed)
+        return move_now(cs, handle, len);
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&cs->ring);
+    if (!sqe) return move_now(cs, handle, len);
+    ahead *a = &cs->slot[cs->n_moving++];
+    assert(a->state == AHEAD_FREE);
+    if (a->cap < AHEAD_MAX) {
+        a->cap = AHEAD_MAX;
+        free(a->buf);
+        a->buf = xmalloc(a->cap);
+    }
+    a->handle = *handle;
+    a->len = len;
+    a->target = handle;
+    a->state = AHEAD_QUEUED;
+    cs->queued++;
+    io_uring_prep_read(sqe, f->fd, a->buf, RECORD_HEADER + len, *handle);
+    io_uring_sqe_set_data(sqe, a);
+    return cs->n_moving == AHEAD_SLOTS ? moves_flush(cs) : 0;
+}
+
 int coldstore_compact_end(coldstore *cs, int ok)
 {
+    if (cs->n_moving && moves_flush(cs)) ok = 0;
     if (ok && cfile_flush(cs, &cs->next)) ok = 0;
     if (!ok) { /* handles already renamed point into next: the job stops */
         int e = errno;
+        ahead_drain(cs);
         cfile_close(&cs->next);
         errno = e ? e : EIO;
         return -1;

@@ -45,7 +45,9 @@ void coldstore_prefetch(coldstore *cs, uint64_t handle, size_t len);
 
 int coldstore_wants_compaction(const coldstore *cs);
 int coldstore_compact_begin(coldstore *cs);
-/* For engine_cold_rehandle: copies the record into the new file. */
+/* For engine_cold_rehandle: copies the record into the new file and renames
+ * *handle, which must stay where it is until coldstore_compact_end: the
+ * records are read in batches, and the last batch is written by it. */
 int coldstore_move(void *cs, uint64_t *handle, uint32_t len);
 /* Switches to the new file (ok) or drops it (!ok). 0, or -1 with errno. */
 int coldstore_compact_end(coldstore *cs, int ok);

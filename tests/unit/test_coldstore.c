@@ -105,9 +105,7 @@ static void test_reads(size_t fixed_len)
     CHECK_EQ_I64(coldstore_compact_begin(cs), 0);
     for (size_t i = 0; i < N; i++) {
         if (!live[i]) continue;
-        uint64_t h = handle[i];
-        CHECK_EQ_I64(coldstore_move(cs, &h, (uint32_t)len_of[i]), 0);
-        handle[i] = h;
+        CHECK_EQ_I64(coldstore_move(cs, &handle[i], (uint32_t)len_of[i]), 0);
     }
     CHECK_EQ_I64(coldstore_compact_end(cs, 1), 0);
     coldstore *other = coldstore_open("/tmp", err, sizeof err);
