@@ -13,6 +13,7 @@
  */
 #include "checkpoint/checkpoint.h"
 
+#include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -100,6 +101,10 @@ struct checkpoint {
     pthread_cond_t wr_work, wr_progress;
     buf wr_queue, wr_batch;   /* sealed frames waiting; the batch being written */
     uint64_t wr_queue_seq;    /* last commit in wr_queue */
+    uint64_t wr_queue_ticket; /* the gate's ticket wr_queue waits for (0: none) */
+    checkpoint_gate_fn gate;
+    void *gate_ctx;
+    char *gate_err;           /* the gate failed: why (with wr_errno = EIO) */
     size_t wr_queue_frames, wr_batch_frames;
     int wr_errno;             /* a write or fdatasync failed: every later commit fails */
     uint64_t wr_err_log;      /* in that log */
@@ -637,6 +642,7 @@ void checkpoint_close(checkpoint *cp)
     if (cp->dir_fd >= 0) close(cp->dir_fd);
     if (cp->lock_fd >= 0) close(cp->lock_fd);
     free(cp->dir);
+    free(cp->gate_err);
     free(cp);
 }
 
@@ -835,6 +841,10 @@ static int write_snapshot(checkpoint *cp, const engine *e, uint64_t seq, int in_
 
 static int write_failed(checkpoint *cp, int e, uint64_t log_start, char *err, size_t errlen)
 {
+    if (cp->gate_err) { /* what the commit counted on failed, not the disk */
+        snprintf(err, errlen, "%s", cp->gate_err);
+        return -1;
+    }
     char name[64];
     snprintf(name, sizeof name, "log-%016" PRIx64, log_start);
     errno = e;
@@ -854,14 +864,22 @@ static void *wr_main(void *arg)
         cp->wr_batch_frames = cp->wr_queue_frames;
         cp->wr_queue_frames = 0;
         uint64_t seq = cp->wr_queue_seq, log_start = cp->log_start;
+        uint64_t ticket = cp->wr_queue_ticket;
+        cp->wr_queue_ticket = 0;
         int fd = cp->log_fd;
         cp->wr_busy = 1;
         pthread_mutex_unlock(&cp->wr_mu);
         if (cp->wr_delay_ms > 0) nanosleep(&(struct timespec){cp->wr_delay_ms / 1000,
                                                               cp->wr_delay_ms % 1000 * 1000000L}, NULL);
         int e = 0;
-        if (fd_write_all(fd, cp->wr_batch.data, cp->wr_batch.len, FDIO_APPEND) || fdatasync(fd))
+        char why[1024];
+        if (ticket && cp->gate(cp->gate_ctx, ticket, why, sizeof why)) {
+            cp->gate_err = xstrdup(why); /* read by others only once wr_errno is set */
+            e = EIO;
+        } else if (fd_write_all(fd, cp->wr_batch.data, cp->wr_batch.len, FDIO_APPEND) ||
+                   fdatasync(fd)) {
             e = errno ? errno : EIO;
+        }
         buf_reset(&cp->wr_batch);
         pthread_mutex_lock(&cp->wr_mu);
         cp->wr_busy = 0;
@@ -897,13 +915,18 @@ static void wr_stop(checkpoint *cp)
 
 /* Queues the sealed frame in cp->out (commit seq) for the writer; waits only
  * while the queue is full. Without a thread, writes it here. */
-static int wr_enqueue(checkpoint *cp, uint64_t seq, char *err, size_t errlen)
+static int wr_enqueue(checkpoint *cp, uint64_t seq, uint64_t ticket, char *err, size_t errlen)
 {
     if (!cp->wr_running && !cp->wr_errno && !cp->wr_stop &&
         pthread_create(&cp->wr, NULL, wr_main, cp) == 0)
         cp->wr_running = 1;
     if (!cp->wr_running) {
         if (cp->wr_errno) return write_failed(cp, cp->wr_errno, cp->wr_err_log, err, errlen);
+        if (ticket && cp->gate(cp->gate_ctx, ticket, err, errlen)) {
+            cp->gate_err = xstrdup(err);
+            cp->wr_errno = EIO;
+            return -1;
+        }
         if (fd_write_all(cp->log_fd, cp->out.data, cp->out.len, FDIO_APPEND) || fdatasync(cp->log_fd)) {
             cp->wr_errno = errno;
             cp->wr_err_log = cp->log_start;
@@ -927,6 +950,7 @@ static int wr_enqueue(checkpoint *cp, uint64_t seq, char *err, size_t errlen)
             buf_append(&cp->wr_queue, cp->out.data, cp->out.len);
         }
         cp->wr_queue_seq = seq;
+        if (ticket) cp->wr_queue_ticket = ticket; /* the later ticket covers the earlier */
         cp->wr_queue_frames++;
         pthread_cond_signal(&cp->wr_work);
     }
@@ -955,14 +979,24 @@ uint64_t checkpoint_seq(const checkpoint *cp) { return cp->seq; }
 
 uint64_t checkpoint_durable_seq(checkpoint *cp) { return atomic_load(&cp->durable); }
 
-int checkpoint_commit(checkpoint *cp, const engine *e, char *err, size_t errlen)
+void checkpoint_set_gate(checkpoint *cp, checkpoint_gate_fn gate, void *ctx)
 {
+    assert(!cp->wr_running); /* the writer reads them unlocked */
+    cp->gate = gate;
+    cp->gate_ctx = ctx;
+}
+
+int checkpoint_commit(checkpoint *cp, const engine *e, uint64_t ticket, char *err, size_t errlen)
+{
+    assert(!ticket || cp->gate);
     uint64_t seq = cp->seq + 1;
     int busy = bg_collect(cp, 0, err, errlen);
     if (busy < 0) return -1;
     if (cp->need_snapshot) {
-        /* the first commit after a format-1 restore: written here, whole */
-        if (checkpoint_sync(cp, err, errlen) || write_snapshot(cp, e, seq, 0, err, errlen))
+        /* the first commit after a format-1 restore: written here, whole,
+         * once what it counts on is durable */
+        if (checkpoint_sync(cp, err, errlen) || (ticket && cp->gate(cp->gate_ctx, ticket, err, errlen)) ||
+            write_snapshot(cp, e, seq, 0, err, errlen))
             return -1;
         cp->need_snapshot = 0;
         atomic_store(&cp->durable, seq);
@@ -971,7 +1005,7 @@ int checkpoint_commit(checkpoint *cp, const engine *e, char *err, size_t errlen)
         changelog_seal(&cp->frame, seq, e, &cp->out);
         cp->log_bytes += (int64_t)cp->out.len;
         cp->written += (int64_t)cp->out.len;
-        if (wr_enqueue(cp, seq, err, errlen)) return -1;
+        if (wr_enqueue(cp, seq, ticket, err, errlen)) return -1;
         int64_t limit = cp->snap_bytes > cp->compact_min ? cp->snap_bytes : cp->compact_min;
         /* A compaction starts a new log: the frames up to seq go to the old
          * one first (and the writer is idle while log_fd changes). */

@@ -62,13 +62,21 @@ void checkpoint_log_close_all(checkpoint *cp);
 int checkpoint_begin(checkpoint *cp, char *err, size_t errlen);
 int checkpoint_put(checkpoint *cp, const char *key, const void *val, size_t len, char *err,
                    size_t errlen);
+/* What a commit may count on that is not yet durable when it is sealed: the
+ * sink's commit of ticket `ticket` (sink.h, flush_begin). The gate waits
+ * until it is durable: 0, or -1 with the reason. */
+typedef int (*checkpoint_gate_fn)(void *ctx, uint64_t ticket, char *err, size_t errlen);
+void checkpoint_set_gate(checkpoint *cp, checkpoint_gate_fn gate, void *ctx);
+
 /* Seals the commit, closed with e's watermarks and counters, and queues it
- * for the writer thread, which appends it to the log and fdatasyncs it
- * (several queued commits with one fdatasync). Returns once it is queued:
- * the job goes on while the disk works. -1 if this or an earlier commit
- * could not be written (err says why; the last durable commit is intact, and
- * nothing is appended after a failed one). */
-int checkpoint_commit(checkpoint *cp, const engine *e, char *err, size_t errlen);
+ * for the writer thread, which waits for the gate's `ticket` (0: none; with
+ * several queued commits, for the last one's: tickets are committed in
+ * order), then appends it to the log and fdatasyncs it (several queued
+ * commits with one fdatasync). Returns once it is queued: the job goes on
+ * while the sink and the disk work. -1 if this or an earlier commit could
+ * not be written, or its gate failed (err says why; the last durable commit
+ * is intact, and nothing is appended after a failed one). */
+int checkpoint_commit(checkpoint *cp, const engine *e, uint64_t ticket, char *err, size_t errlen);
 void checkpoint_abort(checkpoint *cp);
 
 /* Commits sealed but not yet durable are at most this many; beyond it (or

@@ -8,7 +8,11 @@
  * Contract (the idempotency guarantee rests on it):
  *  - write() may buffer; flush() returns 0 only when every session written
  *    since the previous flush is durably acknowledged by the store. The job
- *    commits its checkpoint only after a successful flush.
+ *    commits its checkpoint only after a successful flush. A sink that
+ *    commits on a thread of its own may split flush() in two (flush_begin,
+ *    flush_wait): the job then goes on while the store commits, and the
+ *    checkpoint's writer waits for that commit before it writes the commit
+ *    that counts on it (docs/checkpoint.md, "A commit").
  *  - Writes are upserts keyed on (session_id, user_id): writing the same
  *    session twice leaves one row, with the later ingestion_time.
  *  - Transient failures (lost connection, timeouts, overload) are retried
@@ -23,6 +27,7 @@
 
 #include <signal.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "common/buf.h"
 #include "common/context.h"
@@ -79,6 +84,15 @@ typedef struct sink_ops {
     sink *(*open)(const char *target, const sink_options *opts, char *err, size_t errlen);
     int (*write)(sink *s, const closed_session *cs, char *err, size_t errlen);
     int (*flush)(sink *s, char *err, size_t errlen);
+    /* Optional, both or neither (flush() is then begin + wait). flush_begin
+     * hands everything written so far to the store as one commit, returns at
+     * once with its ticket (tickets grow; the same ticket again when nothing
+     * was written since) and orders the writes after it into later commits.
+     * flush_wait, from any thread, waits until the commit of that ticket
+     * (and so every earlier one) is durable: 0, or -1 with the reason; after
+     * a failed commit every later ticket fails too. */
+    uint64_t (*flush_begin)(sink *s);
+    int (*flush_wait)(sink *s, uint64_t ticket, char *err, size_t errlen);
     /* Optional: state to store in the checkpoint so that a restart can undo
      * writes that were made after the checkpoint (an append-only file
      * truncates to its checkpointed length). NULL when writes are upserts. */

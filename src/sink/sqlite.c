@@ -74,6 +74,10 @@ typedef struct pending_row {
 #define CHUNK_ROWS 4096
 /* Chunks waiting for the writer before write() waits: the queue's bound. */
 #define MAX_QUEUED 16
+/* Flushes begun and not yet committed before flush_begin waits: more than
+ * the checkpoint's commits in flight (CHECKPOINT_MAX_IN_FLIGHT, 64), each of
+ * which waits for one. */
+#define FLUSH_RING 128
 
 typedef struct chunk {
     pending_row *rows; /* CHUNK_ROWS */
@@ -96,6 +100,7 @@ typedef struct sqlite_sink {
     /* the job thread's */
     chunk *cur;                /* being filled by write() */
     uint64_t rows_since_flush;
+    uint64_t last_ticket;      /* of the last flush begun */
 
     /* shared, under mu */
     pthread_mutex_t mu;
@@ -104,14 +109,20 @@ typedef struct sqlite_sink {
     chunk *queue, *queue_tail; /* full chunks for the writer, in order */
     size_t n_queued;
     chunk *spare;              /* written chunks, for write() to reuse */
+    uint64_t chunks_handed;    /* ever queued */
+    /* Flush tickets: begun, committed (or failed); ticket k commits the
+     * first flush_at[k % FLUSH_RING] chunks handed over, so a flush's
+     * transaction ends where it was begun, whatever was written after. */
     uint64_t flush_asked, flush_done;
-    int flush_rc;
+    uint64_t flush_at[FLUSH_RING];
+    uint64_t failed_ticket;    /* the first flush that failed (0: none): sticky */
     char flush_err[1024];
     int quit;
     pthread_t thread;
     int thread_running;
 
     /* the writer thread's (the job's before the thread starts) */
+    uint64_t chunks_taken;
     int keyed;          /* rows are found by (session_id, user_id) */
     int in_txn;
     int failed;         /* since the last flush; err says why */
@@ -561,20 +572,16 @@ static void *writer_main(void *arg)
     sqlite_sink *s = arg;
     pthread_mutex_lock(&s->mu);
     for (;;) {
-        if (s->queue) {
-            chunk *c = s->queue;
-            s->queue = c->next;
-            if (!s->queue) s->queue_tail = NULL;
-            s->n_queued--;
-            int quit = s->quit; /* closing: what was not flushed is dropped */
+        if (s->flush_done < s->flush_asked &&
+            s->chunks_taken == s->flush_at[(s->flush_done + 1) % FLUSH_RING]) {
+            uint64_t ticket = s->flush_done + 1;
+            /* closing: a flush begun and not committed is dropped (nobody
+             * counts on it: the checkpoint is closed first) */
+            int given_up = s->failed_ticket != 0 || s->quit;
+            if (s->quit && !s->failed_ticket)
+                snprintf(s->err, sizeof s->err, "SQLite sink %s: closed before its commit", s->path);
             pthread_mutex_unlock(&s->mu);
-            int kept = quit ? 0 : take_chunk(s, c);
-            pthread_mutex_lock(&s->mu);
-            if (!kept) recycle(s, c);
-            pthread_cond_signal(&s->progress);
-        } else if (s->flush_done != s->flush_asked) {
-            pthread_mutex_unlock(&s->mu);
-            int rc = commit(s);
+            int rc = given_up ? -1 : commit(s);
             /* a failed flush leaves nothing behind for the next to commit */
             if (rc && s->in_txn && sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL) == SQLITE_OK)
                 s->in_txn = 0;
@@ -584,11 +591,29 @@ static void *writer_main(void *arg)
                 s->held = c->next;
                 recycle(s, c);
             }
-            s->flush_rc = rc;
-            if (rc) snprintf(s->flush_err, sizeof s->flush_err, "%s", s->err);
+            if (rc && !s->failed_ticket) {
+                s->failed_ticket = ticket;
+                snprintf(s->flush_err, sizeof s->flush_err, "%s", s->err);
+            }
             s->failed = 0;
-            s->flush_done = s->flush_asked;
-            pthread_cond_signal(&s->progress);
+            s->flush_done = ticket;
+            pthread_cond_broadcast(&s->progress);
+        } else if (s->queue) {
+            assert(s->flush_done == s->flush_asked ||
+                   s->chunks_taken < s->flush_at[(s->flush_done + 1) % FLUSH_RING]);
+            chunk *c = s->queue;
+            s->queue = c->next;
+            if (!s->queue) s->queue_tail = NULL;
+            s->n_queued--;
+            s->chunks_taken++;
+            /* closing: what was not flushed is dropped; after a failed
+             * flush nothing is written again (its error is the job's) */
+            int skip = s->quit || s->failed_ticket;
+            pthread_mutex_unlock(&s->mu);
+            int kept = skip ? 0 : take_chunk(s, c);
+            pthread_mutex_lock(&s->mu);
+            if (!kept) recycle(s, c);
+            pthread_cond_broadcast(&s->progress);
         } else if (s->quit) {
             break;
         } else {
@@ -631,6 +656,7 @@ static void hand_over(sqlite_sink *s)
     else s->queue = c;
     s->queue_tail = c;
     s->n_queued++;
+    s->chunks_handed++;
     pthread_cond_signal(&s->work);
     pthread_mutex_unlock(&s->mu);
 }
@@ -673,20 +699,37 @@ static int sqlite_write(sink *base, const closed_session *cs, char *err, size_t 
     return 0;
 }
 
-static int sqlite_flush(sink *base, char *err, size_t errlen)
+static uint64_t sqlite_flush_begin(sink *base)
 {
     sqlite_sink *s = (sqlite_sink *)base;
-    if (s->rows_since_flush == 0) return 0;
+    if (s->rows_since_flush == 0) return s->last_ticket;
     if (s->cur && s->cur->n) hand_over(s);
     pthread_mutex_lock(&s->mu);
-    uint64_t mine = ++s->flush_asked;
+    while (s->flush_asked - s->flush_done >= FLUSH_RING - 1)
+        pthread_cond_wait(&s->progress, &s->mu);
+    uint64_t ticket = ++s->flush_asked;
+    s->flush_at[ticket % FLUSH_RING] = s->chunks_handed;
     pthread_cond_signal(&s->work);
-    while (s->flush_done < mine) pthread_cond_wait(&s->progress, &s->mu);
-    int rc = s->flush_rc;
-    if (rc) snprintf(err, errlen, "%s", s->flush_err);
     pthread_mutex_unlock(&s->mu);
-    if (rc == 0) s->rows_since_flush = 0;
-    return rc ? -1 : 0;
+    s->rows_since_flush = 0;
+    s->last_ticket = ticket;
+    return ticket;
+}
+
+static int sqlite_flush_wait(sink *base, uint64_t ticket, char *err, size_t errlen)
+{
+    sqlite_sink *s = (sqlite_sink *)base;
+    pthread_mutex_lock(&s->mu);
+    while (s->flush_done < ticket) pthread_cond_wait(&s->progress, &s->mu);
+    int failed = s->failed_ticket && s->failed_ticket <= ticket;
+    if (failed) snprintf(err, errlen, "%s", s->flush_err);
+    pthread_mutex_unlock(&s->mu);
+    return failed ? -1 : 0;
+}
+
+static int sqlite_flush(sink *base, char *err, size_t errlen)
+{
+    return sqlite_flush_wait(base, sqlite_flush_begin(base), err, errlen);
 }
 
 static void sqlite_identity(sink *base, buf *out)
@@ -739,6 +782,8 @@ const sink_ops sqlite_sink_ops = {
     .open = sqlite_open,
     .write = sqlite_write,
     .flush = sqlite_flush,
+    .flush_begin = sqlite_flush_begin,
+    .flush_wait = sqlite_flush_wait,
     .identity = sqlite_identity,
     .close = sqlite_close,
 };

@@ -75,6 +75,16 @@ struct stream_task {
         buf pos;
     } acks[CHECKPOINT_MAX_IN_FLIGHT + 1];
     size_t acks_head, acks_len;
+    /* With a sink that commits on its own thread (sink.h, flush_begin), its
+     * commits are acknowledged when the checkpoint's commit that waited for
+     * them is durable: each such commit's sessions and their close stamps,
+     * counted then. Oldest at sent_head. */
+    struct {
+        uint64_t seq, sessions;
+        int64_t *stamps;
+        size_t cap;
+    } sent[CHECKPOINT_MAX_IN_FLIGHT + 1];
+    size_t sent_head, sent_len;
 };
 
 /* Kafka Streams' task states and transitions (Task.State), less resuming a
@@ -295,21 +305,60 @@ static void save_counters(const stream_task *t, buf *out)
 
 static void acknowledge(stream_task *t);
 
+/* The sink acknowledged n sessions, closed at stamps[0..n) (with
+ * close_to_ack_us), at `acked`. */
+static void sessions_acknowledged(stream_task *t, uint64_t n, const int64_t *stamps, int64_t acked)
+{
+    if (t->cfg.close_to_ack_us)
+        for (uint64_t i = 0; i < n; i++)
+            histogram_add(t->cfg.close_to_ack_us, (uint64_t)(acked - stamps[i]));
+    if (t->io.m) {
+        t->io.m->sink_flushes++;
+        t->io.m->sink_sessions_written += n;
+    }
+}
+
+/* The checkpoint's gate (checkpoint.h) over the sink's flush_wait. */
+static int sink_gate(void *ctx, uint64_t ticket, char *err, size_t errlen)
+{
+    sink *out = ctx;
+    return out->ops->flush_wait(out, ticket, err, errlen);
+}
+
+/* After commit seq: the sessions the sink has yet to acknowledge wait for
+ * it with their stamps (the arrays are swapped, not copied). */
+static void send_sessions(stream_task *t, uint64_t seq)
+{
+    assert(t->sent_len <= CHECKPOINT_MAX_IN_FLIGHT);
+    size_t at = (t->sent_head + t->sent_len++) % (CHECKPOINT_MAX_IN_FLIGHT + 1);
+    t->sent[at].seq = seq;
+    t->sent[at].sessions = t->n.unflushed_sessions;
+    int64_t *stamps = t->sent[at].stamps;
+    size_t cap = t->sent[at].cap;
+    t->sent[at].stamps = t->close_stamps;
+    t->sent[at].cap = t->cap_stamps;
+    t->close_stamps = stamps;
+    t->cap_stamps = cap;
+    t->n.unflushed_sessions = 0;
+}
+
 static int commit_body(stream_task *t, int with_position)
 {
     /* The source position covers every polled record: apply them all first. */
     if (drain(t)) return -1;
-    if (t->io.out->ops->flush(t->io.out, t->err, t->errlen)) return -1;
-    if (t->cfg.close_to_ack_us) {
-        int64_t acked = mono_us();
-        for (uint64_t i = 0; i < t->n.unflushed_sessions; i++)
-            histogram_add(t->cfg.close_to_ack_us, (uint64_t)(acked - t->close_stamps[i]));
+    /* With a checkpoint, a sink that commits on a thread of its own is not
+     * waited for here: the checkpoint's writer waits for its commit (the
+     * ticket) before it writes this commit's frame, and the job goes on
+     * reading meanwhile. */
+    int pipelined = t->io.cp && t->io.out->ops->flush_begin;
+    uint64_t ticket = 0;
+    if (pipelined) {
+        ticket = t->io.out->ops->flush_begin(t->io.out);
+    } else {
+        if (t->io.out->ops->flush(t->io.out, t->err, t->errlen)) return -1;
+        sessions_acknowledged(t, t->n.unflushed_sessions, t->close_stamps, mono_us());
+        t->n.unflushed_sessions = 0;
     }
-    if (t->io.m) {
-        t->io.m->sink_flushes++;
-        t->io.m->sink_sessions_written += t->n.unflushed_sessions;
-    }
-    t->n.unflushed_sessions = 0;
     if (t->io.dlq->ops->flush(t->io.dlq, t->err, t->errlen)) return -1;
     if (!t->io.cp) return 0;
     buf *b = &t->scratch;
@@ -333,7 +382,8 @@ static int commit_body(stream_task *t, int with_position)
 #undef PUT
     /* (a failure reading cold users back for a snapshot is named by the
      * driver, whose cold store it is) */
-    if (checkpoint_commit(t->io.cp, t->eng, t->err, t->errlen)) return -1;
+    if (checkpoint_commit(t->io.cp, t->eng, ticket, t->err, t->errlen)) return -1;
+    if (pipelined) send_sessions(t, checkpoint_seq(t->io.cp));
     engine_clear_dirty(t->eng); /* gives back the close queue's memory after a peak */
     if (with_position && t->io.input->ops->committed) {
         /* the position just saved (the source has not moved since), told to
@@ -354,11 +404,21 @@ fail:
     return -1;
 }
 
-/* Tells the source the newest position whose commit is durable. */
+/* Tells the source the newest position whose commit is durable, and counts
+ * the sessions those commits waited for. */
 static void acknowledge(stream_task *t)
 {
-    if (!t->io.cp || t->acks_len == 0) return;
+    if (!t->io.cp || (t->acks_len == 0 && t->sent_len == 0)) return;
     uint64_t durable = checkpoint_durable_seq(t->io.cp);
+    if (t->sent_len > 0 && t->sent[t->sent_head].seq <= durable) {
+        int64_t now = mono_us();
+        while (t->sent_len > 0 && t->sent[t->sent_head].seq <= durable) {
+            size_t h = t->sent_head;
+            sessions_acknowledged(t, t->sent[h].sessions, t->sent[h].stamps, now);
+            t->sent_head = (h + 1) % (CHECKPOINT_MAX_IN_FLIGHT + 1);
+            t->sent_len--;
+        }
+    }
     size_t last = SIZE_MAX;
     while (t->acks_len > 0 && t->acks[t->acks_head].seq <= durable) {
         last = t->acks_head;
@@ -547,6 +607,8 @@ stream_task *stream_task_new(const stream_task_config *cfg, const stream_task_pa
                            .on_accept = parts->cp ? on_accept : NULL};
     t->eng = engine_new(&cfg->engine, &cb);
     t->parser = record_parser_new(cfg->records);
+    assert(!parts->out->ops->flush_begin == !parts->out->ops->flush_wait);
+    if (parts->cp && parts->out->ops->flush_begin) checkpoint_set_gate(parts->cp, sink_gate, parts->out);
     return t;
 }
 
@@ -614,7 +676,10 @@ void stream_task_close(stream_task *t)
     record_parser_free(t->parser);
     engine_free(t->eng);
     free(t->close_stamps);
-    for (size_t i = 0; i <= CHECKPOINT_MAX_IN_FLIGHT; i++) buf_free(&t->acks[i].pos);
+    for (size_t i = 0; i <= CHECKPOINT_MAX_IN_FLIGHT; i++) {
+        buf_free(&t->acks[i].pos);
+        free(t->sent[i].stamps);
+    }
     for (size_t i = 0; i < PIPELINE; i++) {
         buf_free(&t->queue[i].bytes);
         buf_free(&t->queue[i].page);

@@ -27,7 +27,10 @@
  *             output are flushed (their acknowledgement), then the
  *             checkpoint's commit is sealed and handed to its writer; the
  *             input hears of a position only once that commit is durable
- *             (report_durable).
+ *             (report_durable). A sink that commits on its own thread
+ *             (sink.h, flush_begin) is not waited for: the checkpoint's
+ *             writer waits for the sink's commit before writing the frame
+ *             that counts on it, and the task goes on meanwhile.
  *   suspend   the last commit, made durable and reported: on a stop request,
  *             at the end of the input, at the memory limit, on a
  *             revocation. Nothing is processed after it: a task given back
