@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "../unit/check.h"
+#include "../unit/engine_state.h"
 #include "checkpoint/changelog.h"
 #include "common/xalloc.h"
 #include "engine/engine.h"
@@ -127,75 +128,14 @@ static int commit(task_store *ts, int32_t id, task *t, int64_t position, int fin
 
 /* ---- the state of an engine, independent of its memory layout ------------- */
 
-typedef struct user_blob {
-    buf key, blob;
-} user_blob;
-
-typedef struct state {
-    user_blob *u;
-    size_t n, cap;
-} state;
-
-static int collect(void *ctx, const user_key *key, const void *blob, size_t len)
-{
-    state *s = ctx;
-    if (s->n == s->cap) {
-        s->cap = s->cap ? 2 * s->cap : 16;
-        s->u = xrealloc(s->u, s->cap * sizeof *s->u);
-    }
-    user_blob *ub = &s->u[s->n++];
-    buf_init(&ub->key);
-    buf_init(&ub->blob);
-    if (key->str) buf_append(&ub->key, key->str, key->len);
-    else buf_put_i64le(&ub->key, key->id);
-    buf_append(&ub->blob, blob, len);
-    return 0;
-}
-
-static int cmp_user(const void *a, const void *b)
-{
-    const buf *x = &((const user_blob *)a)->key, *y = &((const user_blob *)b)->key;
-    int c = memcmp(x->data, y->data, x->len < y->len ? x->len : y->len);
-    return c ? c : (x->len > y->len) - (x->len < y->len);
-}
-
-/* A partition's entry in engine_save_meta: id, max_t, and no held visit. */
-#define PART_ENTRY 16
-static int cmp_part(const void *a, const void *b) { return memcmp(a, b, PART_ENTRY); }
-
-/* Open sessions by user, the engine's meta with its partitions sorted. */
-static void describe(const engine *e, buf *dst)
-{
-    state s = {0};
-    engine_foreach_user(e, collect, &s);
-    if (s.n > 1) qsort(s.u, s.n, sizeof *s.u, cmp_user);
-    buf m;
-    buf_init(&m);
-    engine_save_meta(e, &m);
-    const size_t fixed = 4 + 8 + 8 + 4 + 4 + 8 + 8 + 8 * 8 + 4; /* engine_save_meta's v3 */
-    CHECK(m.len >= fixed && (m.len - fixed) % PART_ENTRY == 0);
-    if (m.len > fixed) qsort(m.data + fixed, (m.len - fixed) / PART_ENTRY, PART_ENTRY, cmp_part);
-    buf_reset(dst);
-    buf_append(dst, m.data, m.len);
-    for (size_t i = 0; i < s.n; i++) {
-        buf_put_u32le(dst, (uint32_t)s.u[i].key.len);
-        buf_append(dst, s.u[i].key.data, s.u[i].key.len);
-        buf_append(dst, s.u[i].blob.data, s.u[i].blob.len);
-        buf_free(&s.u[i].key);
-        buf_free(&s.u[i].blob);
-    }
-    free(s.u);
-    buf_free(&m);
-}
-
 /* a and b hold the same state (and a has open sessions: the test means it) */
 static int same_state(const engine *a, const engine *b)
 {
     buf x, y;
     buf_init(&x);
     buf_init(&y);
-    describe(a, &x);
-    describe(b, &y);
+    engine_state_describe(a, &x);
+    engine_state_describe(b, &y);
     engine_stats st;
     engine_get_stats(a, &st);
     int same = st.open_sessions > 0 && x.len == y.len && memcmp(x.data, y.data, x.len) == 0;

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "engine_state.h"
 #include "checkpoint/changelog.h"
 #include "common/xalloc.h"
 #include "engine/engine.h"
@@ -49,67 +50,6 @@ static engine *new_engine(out *o, int64_t g, int64_t l, uint32_t cap)
     engine_callbacks cb = {.ctx = o, .on_close = on_close, .on_reject = on_reject,
                            .on_accept = on_accept};
     return engine_new(&cfg, &cb);
-}
-
-/* ---- the state of an engine, independent of its memory layout -------------- */
-
-typedef struct user_blob {
-    int64_t user;
-    buf blob;
-} user_blob;
-
-typedef struct state {
-    user_blob *u;
-    size_t n, cap;
-} state;
-
-static int collect(void *ctx, const user_key *key, const void *blob, size_t len)
-{
-    state *s = ctx;
-    int64_t user = key->id;
-    if (s->n == s->cap) {
-        s->cap = s->cap ? 2 * s->cap : 16;
-        s->u = xrealloc(s->u, s->cap * sizeof *s->u);
-    }
-    s->u[s->n].user = user;
-    buf_init(&s->u[s->n].blob);
-    buf_append(&s->u[s->n].blob, blob, len);
-    s->n++;
-    return 0;
-}
-
-static int cmp_user(const void *a, const void *b)
-{
-    int64_t x = ((const user_blob *)a)->user, y = ((const user_blob *)b)->user;
-    return (x > y) - (x < y);
-}
-
-/* A partition's entry: id, max_t, and no held visit (these engines have no
- * --max-future). */
-#define PART_ENTRY 16
-static int cmp_part(const void *a, const void *b) { return memcmp(a, b, PART_ENTRY); }
-
-/* Open sessions by user, the engine's meta with its partitions sorted. */
-static void describe(const engine *e, buf *dst)
-{
-    state s = {0};
-    engine_foreach_user(e, collect, &s);
-    if (s.n > 1) qsort(s.u, s.n, sizeof *s.u, cmp_user);
-    buf m;
-    buf_init(&m);
-    engine_save_meta(e, &m);
-    const size_t fixed = 4 + 8 + 8 + 4 + 4 + 8 + 8 + 8 * 8 + 4; /* engine_save_meta's v3 */
-    CHECK(m.len >= fixed && (m.len - fixed) % PART_ENTRY == 0);
-    if (m.len > fixed) qsort(m.data + fixed, (m.len - fixed) / PART_ENTRY, PART_ENTRY, cmp_part);
-    buf_reset(dst);
-    buf_append(dst, m.data, m.len);
-    for (size_t i = 0; i < s.n; i++) {
-        buf_put_i64le(dst, s.u[i].user);
-        buf_append(dst, s.u[i].blob.data, s.u[i].blob.len);
-        buf_free(&s.u[i].blob);
-    }
-    free(s.u);
-    buf_free(&m);
 }
 
 /* ---- a cold store in memory (engine_set_cold_store): handle = index ------- */
@@ -258,7 +198,7 @@ static void test_restore_equals_commit(void)
                 }
                 changelog_frame_reset(&frame);
                 if (rnd() % 3 == 0) { /* a crash right after the commit */
-                    describe(e2, &want);
+                    engine_state_describe(e2, &want);
                     engine_stats est;
                     engine_get_stats(e2, &est);
                     spilled += est.users_evicted;
@@ -270,7 +210,7 @@ static void test_restore_equals_commit(void)
                     int rrc = restore(e2, &st);
                     ok = rrc == 0;
                     engine_swap_callbacks(e2, &cb);
-                    describe(e2, &got);
+                    engine_state_describe(e2, &got);
                     if (rrc) fprintf(stderr, "trial %d: the restore failed\n", trial);
                     ok = ok && got.len == want.len && memcmp(got.data, want.data, got.len) == 0;
                     ok = ok && engine_check_invariants(e2) == 0;
@@ -385,8 +325,8 @@ static void test_snapshot_damage(void)
     buf x, y;
     buf_init(&x);
     buf_init(&y);
-    describe(e, &x);
-    describe(r, &y);
+    engine_state_describe(e, &x);
+    engine_state_describe(r, &y);
     CHECK(x.len == y.len && memcmp(x.data, y.data, x.len) == 0);
     engine_free(r);
     int refused = 1;
