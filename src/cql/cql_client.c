@@ -27,6 +27,7 @@
 
 #include "common/clock.h"
 #include "common/retry.h"
+#include "common/secret.h"
 #include "common/xalloc.h"
 #include "cql/cql_client_internal.h"
 #include "cql/cql_conn.h"
@@ -299,9 +300,8 @@ void cql_client_free(cql_client *c)
     free(c->ring);
     cql_tls_free(c->tls);
     free(c->contact_points);
-    if (c->password) memset(c->password, 0, strlen(c->password));
     free(c->username);
-    free(c->password);
+    secret_free(c->password); /* a memset before free() may be optimised away */
     free(c->local_dc_cfg);
     free(c->tls_ca);
     free(c->tls_cert);
