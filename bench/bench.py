@@ -278,7 +278,7 @@ class Bench:
 
     def peer_scripts(self):
         found = []
-        for pat in ("kafka*", "pg_*", "*cql*", "layouts*", "durable*"):
+        for pat in ("kafka*", "pg_*", "*cql*", "layouts*", "durable*", "sqlite_duckdb*"):
             for p in sorted(glob.glob(os.path.join(HERE, pat))):
                 name = os.path.basename(p)
                 if name in self.adapters() or p in found or not os.path.isfile(p):

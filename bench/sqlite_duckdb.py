@@ -15,7 +15,8 @@ session), long = --rate 4400 (~9 visits per session, spanning commits).
 
 Wall: sessionizer's whole process; DuckDB's own timing of connect + query +
 CHECKPOINT, without node's start-up (the peer gets the benefit of the
-doubt). CPU: user + system of each whole process. The machine may be
+doubt). Also run by bench/run (BENCH_SESSIONIZER, BENCH_ROUNDS; BENCH lines
+for its table). CPU: user + system of each whole process. The machine may be
 shared: read the CPU seconds and the ratios of the same round. Prints one
 line per run and a table of medians. Figures: docs/performance.md ("The
 SQLite sink: SQLite's own limit").
@@ -35,6 +36,9 @@ OUT = os.path.join(HERE, "out")
 GEN = os.path.join(ROOT, "tests", "integration", "lib", "gen_visits.py")
 SHAPES = {"short": ("visits-2000000-100000.jsonl", []),
           "long": ("visits-2000000-100000-long.jsonl", ["--rate", "4400"])}
+
+
+VISITS = 2000000
 
 
 def timed(cmd):
@@ -61,8 +65,9 @@ def clean(*paths):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--sessionizer", default=os.path.join(ROOT, "build", "sessionizer"))
+    ap.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "3")))
+    ap.add_argument("--sessionizer", default=os.environ.get(
+        "BENCH_SESSIONIZER", os.path.join(ROOT, "build", "sessionizer")))
     ap.add_argument("--base", help="a second sessionizer binary, run in the same rounds")
     ap.add_argument("--shapes", default="short,long")
     a = ap.parse_args()
@@ -72,7 +77,7 @@ def main():
         path = os.path.join(OUT, SHAPES[s][0])
         if not os.path.exists(path):
             print(f"[sqlite_duckdb] generating {path}", file=sys.stderr, flush=True)
-            subprocess.run(["/usr/bin/python3", GEN, "2000000", "--users", "100000", "--seed", "1",
+            subprocess.run(["/usr/bin/python3", GEN, str(VISITS), "--users", "100000", "--seed", "1",
                             *SHAPES[s][1], "--out", path + ".tmp"], check=True)
             os.rename(path + ".tmp", path)
     db, cp, duck = (os.path.join(OUT, n) for n in ("sd-sqlite.db", "sd-checkpoint", "sd-duck.db"))
@@ -113,6 +118,12 @@ def main():
                 ratios = (f"store {med['duckdb store'][0] / wall:.2f}x,"
                           f" keyed {med['duckdb keyed'][0] / wall:.2f}x")
             print(f"{s:6} {name:18} {wall:16.2f} {cpu:8.2f} {rss:6.0f} {ratios:>26}")
+        # for bench/run's table
+        print("BENCH " + json.dumps({
+            "section": "durable", "figure": f"file -> sqlite: with --checkpoint, {s} sessions",
+            "value": VISITS / med["sessionizer"][0], "peer": "DuckDB CREATE TABLE AS, 2 threads",
+            "peer_value": VISITS / med["duckdb store"][0], "unit": "visits/s",
+            "target": "> 1x DuckDB", "target_ratio": 1.0}))
 
 
 if __name__ == "__main__":
