@@ -5,8 +5,6 @@
 
 #include <stdio.h>
 #include <unistd.h>
-
-#include "common/xalloc.h"
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -60,5 +58,4 @@ void memory_tight(void)
     mallopt(M_TOP_PAD, 1 << 20);
     mallopt(M_TRIM_THRESHOLD, 4 << 20);
 #endif
-    xalloc_small_pages();
 }

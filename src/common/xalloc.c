@@ -23,7 +23,7 @@ static void out_of_memory(size_t n)
     abort();
 }
 
-/* Huge pages for the heap (xalloc_keep_heap): the end of the heap already
+/* Huge pages for the heap (xalloc_huge_pages): the end of the heap already
  * advised, 0 while off. A heap of 4 KiB pages took a TLB miss on most of the
  * engine's accesses (user slot, session, page store: scattered over the
  * open state), which the prefetch pipeline cannot hide: with 2 MiB pages
@@ -99,21 +99,15 @@ void xalloc_keep_heap(void)
     mallopt(M_TOP_PAD, 16 << 20);
     mallopt(M_MMAP_THRESHOLD, 32 << 20);
     mallopt(M_MXFAST, 160);
-    /* the heap's start: advised before anything lands there */
-    uintptr_t start = (uintptr_t)sbrk(0);
-    free(malloc(1));
-    if (start != (uintptr_t)-1) {
-        heap_start = start;
-        atomic_store(&huge_upto, start);
-        heap_grew();
-    }
+    heap_start = (uintptr_t)sbrk(0);
 #endif
 }
 
-void xalloc_small_pages(void)
+void xalloc_huge_pages(void)
 {
 #ifdef __GLIBC__
-    uintptr_t upto = atomic_exchange(&huge_upto, 0);
-    if (upto > heap_start) madvise((void *)heap_start, upto - heap_start, MADV_NOHUGEPAGE);
+    if (heap_start == 0 || heap_start == (uintptr_t)-1) return; /* no xalloc_keep_heap */
+    atomic_store(&huge_upto, heap_start);
+    heap_grew();
 #endif
 }

@@ -17,11 +17,12 @@ char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 
 /* Process-wide, at start-up: keep freed memory in the heap rather than
- * giving it back to the kernel, in huge pages (see xalloc.c). */
+ * giving it back to the kernel (see xalloc.c). */
 void xalloc_keep_heap(void);
 
-/* Undoes xalloc_keep_heap's huge pages (memory_tight): a 2 MiB page is
- * resident as soon as one byte of it is, which a memory budget cannot afford. */
-void xalloc_small_pages(void);
+/* And from now on in huge pages (after xalloc_keep_heap; see xalloc.c). Not
+ * under a memory budget the user chose: a 2 MiB page is resident as soon as
+ * one byte of it is. */
+void xalloc_huge_pages(void);
 
 #endif

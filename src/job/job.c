@@ -501,6 +501,9 @@ int job_run(const job_config *cfg, job_result *res, char *err, size_t errlen)
     j.eng = stream_task_engine(j.task);
     j.parts = xcalloc(MAX_PARTITIONS, sizeof *j.parts);
     j.memory_limit = cfg->memory_limit ? cfg->memory_limit : memory_default_limit();
+    /* the default budget keeps the heap's speed (xalloc.h); a limit the
+     * user chose takes memory before speed (setup_spill) */
+    if (!cfg->memory_limit) xalloc_huge_pages();
     setup_spill(&j); /* before a restore, which may need it too */
     if (stream_task_restore(j.task)) {
         task_failed(&j);
