@@ -49,6 +49,9 @@
  *  I5. The counters open_sessions and open_pages match the state.
  *  I6. String users: every user slot's id is interned, to bytes that find
  *      that id again, and nothing else is (one id per slot, no leak).
+ *  I7. The page-store free lists hold pool_bytes <= POOL_MAX_BYTES of heap,
+ *      and mem is exactly the heap bytes of the sessions, their stores, the
+ *      dead structs, the cold users, the string users' bytes and the lists.
  */
 #include "engine/engine.h"
 
@@ -107,6 +110,31 @@ static inline page_entry *pages_of(const session *s) { return (page_entry *)(voi
 static inline char *arena_of(const session *s)
 {
     return (char *)s->store + (size_t)s->cap_pages * sizeof(page_entry);
+}
+
+/* Page stores grow into blocks of a few size classes (by half at least),
+ * and a block given back waits in its class's free list (LIFO: the next
+ * growth takes the block the last close or growth freed, still in cache)
+ * for the next session growing to that size. Growing every store by
+ * realloc to its own size cost a fifth of the engine's time on long
+ * sessions (glibc splitting, coalescing and unlinking blocks of every size);
+ * a growth that finds its list empty still reallocs, which may extend the
+ * block in place. The classes are malloc's chunk sizes less its 8-byte
+ * header, about 1.5x apart; a session's first store is an exact fit (most
+ * sessions have one page), stores above the last class are sized exactly.
+ * The lists hold at most POOL_MAX_BYTES (and a 64th of a memory budget),
+ * counted as the engine's memory (mem), and go first when it evicts. */
+#define STORE_CLASSES 15
+static const uint32_t store_class[STORE_CLASSES] = {56,   88,   120,  184,  248,  376,  504, 760,
+                                                    1016, 1528, 2040, 3064, 4088, 6136, 8184};
+#define POOL_MAX_BYTES ((uint64_t)4 << 20)
+
+/* The smallest class holding n bytes, or STORE_CLASSES if none does. */
+static inline unsigned store_class_of(uint64_t n)
+{
+    unsigned k = 0;
+    while (k < STORE_CLASSES && store_class[k] < n) k++;
+    return k;
 }
 
 /* A user whose sessions were evicted to the cold store (engine_set_cold_store):
@@ -232,6 +260,9 @@ struct engine {
      * below evict_again) without adding it up at every visit */
     uint64_t budget_check_at;
     buf cold_buf;       /* a blob on its way to or from the store */
+    /* Page stores given back, by size class (store_release): counted in mem. */
+    void *pool[STORE_CLASSES];
+    uint64_t pool_bytes;
     cold_user **due;    /* cold users the closing watermark reached, being loaded */
     size_t cap_due;
 };
@@ -780,16 +811,63 @@ static session *session_new(uint64_t *mem, int64_t user_id, const visit *v)
     return s;
 }
 
-/* The heap bytes of a session's page store. */
-static inline uint64_t store_bytes(const session *s)
+/* The bytes of a session's page store, and what the heap takes for them. */
+static inline uint64_t store_size(const session *s)
 {
-    return s->store ? heap_bytes((size_t)s->cap_pages * sizeof(page_entry) + s->arena_cap) : 0;
+    return (uint64_t)s->cap_pages * sizeof(page_entry) + s->arena_cap;
 }
 
-static void session_free(uint64_t *mem, session *s)
+static inline uint64_t store_bytes(const session *s) { return s->store ? heap_bytes(store_size(s)) : 0; }
+
+static inline uint64_t pool_limit(const engine *e)
 {
-    *mem -= store_bytes(s) + heap_bytes(sizeof *s);
-    free(s->store);
+    return e->budget && e->budget / 64 < POOL_MAX_BYTES ? e->budget / 64 : POOL_MAX_BYTES;
+}
+
+/* Gives a store of `size` bytes back: to its class's list if it is a class's
+ * size and the lists have room (it stays in mem), else to malloc. */
+static void store_release(engine *e, unsigned char *store, uint64_t size)
+{
+    if (!store) return;
+    unsigned k = store_class_of(size);
+    if (k < STORE_CLASSES && store_class[k] == size && e->pool_bytes + heap_bytes(size) <= pool_limit(e)) {
+        memcpy(store, &e->pool[k], sizeof(void *));
+        e->pool[k] = store;
+        e->pool_bytes += heap_bytes(size);
+        return;
+    }
+    e->mem -= heap_bytes(size);
+    free(store);
+}
+
+/* A free block of class k, or NULL. It stays counted in mem. */
+static unsigned char *pool_pop(engine *e, unsigned k)
+{
+    unsigned char *b = e->pool[k];
+    if (b) {
+        memcpy(&e->pool[k], b, sizeof(void *));
+        e->pool_bytes -= heap_bytes(store_class[k]);
+    }
+    return b;
+}
+
+static void pool_free(engine *e)
+{
+    for (unsigned k = 0; k < STORE_CLASSES; k++)
+        while (e->pool[k]) {
+            void *b = e->pool[k];
+            memcpy(&e->pool[k], b, sizeof(void *));
+            e->pool_bytes -= heap_bytes(store_class[k]);
+            e->mem -= heap_bytes(store_class[k]);
+            free(b);
+        }
+    assert(e->pool_bytes == 0);
+}
+
+static void session_free(engine *e, session *s)
+{
+    store_release(e, s->store, store_size(s));
+    e->mem -= heap_bytes(sizeof *s);
     free(s);
 }
 
@@ -815,8 +893,7 @@ static void session_compact(session *s)
  * half of it is such text: then it is compacted instead, so that a session
  * takes at most about twice the text it keeps. Returns -1 if the text would
  * pass 4 GiB, which the bound on max_session_bytes rules out. */
-static int session_reserve(uint64_t *mem, session *s, uint32_t max_pages, uint32_t pages,
-                           uint32_t bytes)
+static int session_reserve(engine *e, session *s, uint32_t pages, uint32_t bytes)
 {
     if ((uint64_t)s->arena_len + bytes > s->arena_cap && s->arena_len - s->page_bytes >= s->page_bytes &&
         s->arena_len > s->page_bytes)
@@ -824,20 +901,48 @@ static int session_reserve(uint64_t *mem, session *s, uint32_t max_pages, uint32
     uint64_t need_pages = (uint64_t)s->n_pages + pages, need_bytes = (uint64_t)s->arena_len + bytes;
     if (need_bytes > UINT32_MAX - 1) return -1;
     if (need_pages <= s->cap_pages && need_bytes <= s->arena_cap) return 0;
-    uint64_t cap_pages = s->cap_pages, cap_bytes = s->arena_cap;
-    /* Exact fit for the first page (most sessions have one), doubling after. */
+    uint64_t cap_pages = s->cap_pages, max_pages = e->cfg.max_pages;
     while (cap_pages < need_pages) cap_pages = cap_pages ? cap_pages * 2 : 1;
     if (cap_pages > max_pages && need_pages <= max_pages) cap_pages = max_pages;
-    while (cap_bytes < need_bytes) cap_bytes = cap_bytes ? cap_bytes * 2 : need_bytes;
-    if (cap_bytes > UINT32_MAX - 1) cap_bytes = UINT32_MAX - 1;
-    size_t old_text = (size_t)s->cap_pages * sizeof(page_entry);
-    size_t new_text = (size_t)cap_pages * sizeof(page_entry);
-    *mem -= store_bytes(s);
-    s->store = xrealloc(s->store, new_text + (size_t)cap_bytes);
-    if (new_text != old_text) memmove(s->store + new_text, s->store + old_text, s->arena_len);
+    uint64_t entries = cap_pages * sizeof(page_entry), old_entries = (uint64_t)s->cap_pages * sizeof(page_entry);
+    uint64_t have = store_size(s), want = entries + need_bytes;
+    if (s->store && want <= have) {
+        /* room enough in the block: the entries take some of the text's */
+        memmove(s->store + entries, s->store + old_entries, s->arena_len);
+        s->cap_pages = (uint32_t)cap_pages;
+        s->arena_cap = (uint32_t)(have - entries);
+        return 0;
+    }
+    uint64_t size = want;
+    unsigned char *store;
+    if (!s->store) {
+        /* an exact fit for the first page (most sessions have one) */
+        e->mem += heap_bytes(size);
+        store = xmalloc(size);
+    } else {
+        /* growing by half at least (then up to the class), so that a
+         * session's copies add up to O(its size); the text's room stays
+         * below 4 GiB as need_bytes does */
+        uint64_t grow = want > have + have / 2 ? want : have + have / 2;
+        if (grow - entries > UINT32_MAX - 1) grow = entries + UINT32_MAX - 1;
+        unsigned k = store_class_of(grow);
+        size = k < STORE_CLASSES ? store_class[k] : grow;
+        store = k < STORE_CLASSES ? pool_pop(e, k) : NULL;
+        if (store) {
+            memcpy(store, s->store, (size_t)s->n_pages * sizeof(page_entry));
+            memcpy(store + entries, s->store + old_entries, s->arena_len);
+            store_release(e, s->store, have);
+        } else {
+            /* none free: malloc may grow the block where it is */
+            store = xrealloc(s->store, size);
+            memmove(store + entries, store + old_entries, s->arena_len);
+            e->mem += heap_bytes(size) - heap_bytes(have);
+        }
+    }
+    assert(size >= want && size - entries <= UINT32_MAX - 1);
+    s->store = store;
     s->cap_pages = (uint32_t)cap_pages;
-    s->arena_cap = (uint32_t)cap_bytes;
-    *mem += store_bytes(s);
+    s->arena_cap = (uint32_t)(size - entries);
     return 0;
 }
 
@@ -905,7 +1010,7 @@ static int session_add_page(engine *e, session *s, const visit *v)
     for (uint32_t k = lo; k < s->n_pages; k++) before -= pages[k].len;
     if (!before_cut(s, t, part, off) || lo >= e->cfg.max_pages ||
         before + v->page_len > e->cfg.max_session_bytes ||
-        session_reserve(&e->mem, s, e->cfg.max_pages, 1, v->page_len)) {
+        session_reserve(e, s, 1, v->page_len)) {
         lower_cut(s, t, part, off);
         int rc = reject_visit(e, v);
         while (s->n_pages > lo) {
@@ -941,7 +1046,7 @@ static int session_merge(engine *e, session *a, session *b)
     uint64_t total = (uint64_t)a->page_bytes + b->page_bytes;
     uint32_t n = a->n_pages + b->n_pages;
     if (n > e->cfg.max_pages) n = e->cfg.max_pages;
-    session_reserve(&e->mem, &merged, e->cfg.max_pages, n, total > UINT32_MAX - 1 ? 0 : (uint32_t)total);
+    session_reserve(e, &merged, n, total > UINT32_MAX - 1 ? 0 : (uint32_t)total);
     const page_entry *pa = pages_of(a), *pb = pages_of(b);
     uint32_t i = 0, j = 0;
     int rc = 0;
@@ -956,7 +1061,7 @@ static int session_merge(engine *e, session *a, session *b)
         if (!before_cut(&merged, p->t, p->partition, p->offset) ||
             merged.n_pages >= e->cfg.max_pages ||
             (uint64_t)merged.page_bytes + p->len > e->cfg.max_session_bytes ||
-            session_reserve(&e->mem, &merged, e->cfg.max_pages, 1, p->len)) {
+            session_reserve(e, &merged, 1, p->len)) {
             lower_cut(&merged, p->t, p->partition, p->offset); /* and the pages after it */
             int rc2 = reject_entry(e, from, p, REJECT_SESSION_CAP);
             if (!rc) rc = rc2;
@@ -968,8 +1073,7 @@ static int session_merge(engine *e, session *a, session *b)
         pages_of(&merged)[merged.n_pages++] = q;
         merged.page_bytes += p->len;
     }
-    e->mem -= store_bytes(a);
-    free(a->store);
+    store_release(e, a->store, store_size(a));
     a->store = merged.store;
     a->cap_pages = merged.cap_pages;
     a->n_pages = merged.n_pages;
@@ -983,8 +1087,7 @@ static int session_merge(engine *e, session *a, session *b)
     if (b->last_t > a->last_t) a->last_t = b->last_t;
     if (log_position_cmp(&b->first_pos, &a->first_pos) < 0) a->first_pos = b->first_pos;
     session_raise_last(a, b->last_part, b->last_off);
-    e->mem -= store_bytes(b);
-    free(b->store);
+    store_release(e, b->store, store_size(b));
     b->store = NULL;
     a->visits += b->visits;
     b->visits = 0; /* dead: its close-queue entry still points here */
@@ -1035,7 +1138,7 @@ static int emit_and_free(engine *e, session *s)
     *pp = s->next;
     mark_dirty(e, u);
     user_release_if_empty(e, u);
-    session_free(&e->mem, s);
+    session_free(e, s);
     return rc;
 }
 
@@ -1102,7 +1205,7 @@ void engine_free(engine *e)
         for (size_t i = 0; i < e->cq[b].len; i++) {
             const close_entry *c = &e->cq[b].v[i];
             if (entry_is_cold(c)) free_cold(e, entry_cold(c));
-            else session_free(&e->mem, entry_session(c));
+            else session_free(e, entry_session(c));
         }
         free(e->cq[b].v);
     }
@@ -1118,6 +1221,7 @@ void engine_free(engine *e)
     free(e->free_ids);
     buf_free(&e->cold_buf);
     free(e->due);
+    pool_free(e);
     free(e);
 }
 
@@ -1443,6 +1547,22 @@ int engine_check_invariants(const engine *e)
     if (sessions + e->cold_sessions != e->st.open_sessions ||
         pages + e->cold_pages != e->st.open_pages)
         return 5;
+    /* I7: the free lists and mem */
+    uint64_t pooled = 0, mem = e->dead_bytes + cold * heap_bytes(sizeof(cold_user));
+    for (unsigned k = 0; k < STORE_CLASSES; k++)
+        for (const unsigned char *b = e->pool[k]; b;) {
+            pooled += heap_bytes(store_class[k]);
+            void *next;
+            memcpy(&next, b, sizeof next);
+            b = next;
+        }
+    if (pooled != e->pool_bytes || pooled > POOL_MAX_BYTES) return 7;
+    for (size_t i = 0; i < e->n_slots; i++)
+        for (const session *s = e->slots[i].used ? e->slots[i].head : NULL; s; s = s->next)
+            mem += heap_bytes(sizeof *s) + (s->store ? heap_bytes(store_size(s)) : 0);
+    for (size_t i = 0; i < e->n_names; i++)
+        if (e->names[i].bytes) mem += heap_bytes(e->names[i].len ? e->names[i].len : 1);
+    if (mem + pooled != e->mem) return 7;
     if (e->cfg.string_users) {
         if (e->n_interned != e->n_used + e->n_cold || e->n_interned + e->n_free != e->n_names) return 6;
         for (size_t i = 0; i < e->n_slots + e->n_ctab; i++) {
@@ -1919,7 +2039,7 @@ static int decode_user(engine *e, user_slot *u, const void *blob, size_t len)
             (prev_last != INT64_MIN && s->first_t - prev_last <= e->cfg.gap_us))
             return -1;
         prev_last = s->last_t;
-        session_reserve(&e->mem, s, e->cfg.max_pages, n_pages, 0);
+        session_reserve(e, s, n_pages, 0);
         for (uint32_t i = 0; i < n_pages; i++) {
             page_entry p = {0};
             uint32_t ppart = 0;
@@ -1934,7 +2054,7 @@ static int decode_user(engine *e, user_slot *u, const void *blob, size_t len)
             if (i > 0 && !page_before(&pages_of(s)[i - 1], p.t, p.partition, p.offset)) return -1;
             if (!before_cut(s, p.t, p.partition, p.offset)) return -1;
             if ((uint64_t)s->page_bytes + p.len > e->cfg.max_session_bytes) return -1;
-            if (session_reserve(&e->mem, s, e->cfg.max_pages, 0, p.len)) return -1;
+            if (session_reserve(e, s, 0, p.len)) return -1;
             p.str_off = arena_push(s, (const char *)str, p.len);
             pages_of(s)[s->n_pages++] = p;
             s->page_bytes += p.len;
@@ -2118,6 +2238,7 @@ static void drop_dead_entries(engine *e)
 int engine_evict(engine *e, uint64_t target_bytes)
 {
     if (!e->cold.put || !e->cold.get) return 0;
+    pool_free(e); /* memory is short: the free page stores go first */
     int rc = 0, any = 0;
     /* A clock: a user applied to since the hand last passed gets a second
      * chance. Two turns at most: the first clears every mark. */
