@@ -117,9 +117,9 @@ static inline char *arena_of(const session *s)
  * growth takes the block the last close or growth freed, still in cache)
  * for the next session growing to that size. Growing every store by
  * realloc to its own size cost a fifth of the engine's time on long
- * sessions (glibc splitting, coalescing and unlinking blocks of every size);
- * a growth that finds its list empty still reallocs, which may extend the
- * block in place. The classes are malloc's chunk sizes less its 8-byte
+ * sessions (glibc splitting, coalescing and unlinking blocks of every size).
+ * A growth always moves (a realloc in place would keep the old block from
+ * its list, which then ran dry). The classes are malloc's chunk sizes less its 8-byte
  * header, about 1.5x apart; a session's first store is an exact fit (most
  * sessions have one page), stores above the last class are sized exactly.
  * The lists hold at most POOL_MAX_BYTES (and a 64th of a memory budget),
@@ -928,16 +928,13 @@ static int session_reserve(engine *e, session *s, uint32_t pages, uint32_t bytes
         unsigned k = store_class_of(grow);
         size = k < STORE_CLASSES ? store_class[k] : grow;
         store = k < STORE_CLASSES ? pool_pop(e, k) : NULL;
-        if (store) {
-            memcpy(store, s->store, (size_t)s->n_pages * sizeof(page_entry));
-            memcpy(store + entries, s->store + old_entries, s->arena_len);
-            store_release(e, s->store, have);
-        } else {
-            /* none free: malloc may grow the block where it is */
-            store = xrealloc(s->store, size);
-            memmove(store + entries, store + old_entries, s->arena_len);
-            e->mem += heap_bytes(size) - heap_bytes(have);
+        if (!store) {
+            e->mem += heap_bytes(size);
+            store = xmalloc(size);
         }
+        memcpy(store, s->store, (size_t)s->n_pages * sizeof(page_entry));
+        memcpy(store + entries, s->store + old_entries, s->arena_len);
+        store_release(e, s->store, have);
     }
     assert(size >= want && size - entries <= UINT32_MAX - 1);
     s->store = store;
