@@ -384,6 +384,43 @@ static void test_ties_close_in_user_order(void)
     buf_free(&o.text);
 }
 
+/* One bucket of 150000 entries (every session pushed while the queue was
+ * empty), redistributed as the watermark reaches it: its array is given back
+ * half by half as it empties (the new buckets grow meanwhile), and the
+ * sessions still close each once, in the order of their ends. */
+static void test_large_bucket_redistributed(void)
+{
+    enum { USERS = 150000 };
+    out o;
+    engine *e = new_engine(&o, 10 * SEC, 150 * SEC, 100); /* out of order, none late */
+    for (int i = 0; i < USERS; i++) { /* distinct times in 0..150 s, in no order */
+        visit v = mk(i, "p", (int64_t)(((uint64_t)i * 7919) % USERS) * 1000, 0, i);
+        engine_apply(e, &v);
+    }
+    CHECK_EQ_I64(engine_check_invariants(e), 0);
+    for (int k = 16; k <= 32; k++) { /* the watermark reaches them in steps */
+        visit v = mk(-1, "z", (int64_t)k * 10 * SEC, 0, USERS + k);
+        engine_apply(e, &v);
+    }
+    CHECK_EQ_I64(engine_check_invariants(e), 0);
+    size_t n = 0;
+    int in_order = 1;
+    long long prev = -1;
+    for (const char *line = strstr(text(&o), "close "); line; line = strstr(line + 1, "\nclose ")) {
+        const char *u = strstr(line, "user=");
+        long long user = u ? strtoll(u + 5, NULL, 10) : -2; /* sscanf would strlen the rest */
+        if (user == -1) continue; /* the watermark's own sessions */
+        long long t = user < 0 ? -1 : (long long)(((uint64_t)user * 7919) % USERS);
+        if (t <= prev) in_order = 0;
+        prev = t;
+        n++;
+    }
+    CHECK_EQ_I64(n, USERS);
+    CHECK(in_order);
+    engine_free(e);
+    buf_free(&o.text);
+}
+
 /* A peak of open sessions, all closed, then a commit (which gives back the
  * close queue's large empty arrays), then more visits: the queue keeps
  * working and no session is lost (ASan checks the memory). */
@@ -1412,6 +1449,7 @@ int main(void)
     test_far_future();
     test_ties_close_in_user_order();
     test_queue_after_peak();
+    test_large_bucket_redistributed();
     test_partition_interleavings();
     test_repartitioned_equals_single();
     test_idle_partition();
