@@ -54,26 +54,41 @@ void changelog_frame_reset(changelog_frame *f)
     f->prev_t = f->prev_off = f->prev_ts = 0;
 }
 
+/* A varint into room already reserved; returns the byte after it. */
+static inline unsigned char *put_varint_at(unsigned char *p, uint64_t v)
+{
+    while (v >= 0x80) {
+        *p++ = (unsigned char)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (unsigned char)v;
+    return p;
+}
+
+/* Once per accepted visit, on the job's thread: one reservation for the
+ * whole event (a buf_put_varint per field reserved six times). */
 void changelog_add_visit(changelog_frame *f, const visit *v)
 {
     buf *b = &f->events;
-    buf_reserve(b, 1 + 6 * 10 + v->page_len + v->user_len);
+    buf_reserve(b, 1 + 6 * 10 + v->page_len + v->user_len); /* 6 varints at most */
+    unsigned char *p = b->data + b->len;
     if (v->user) {
-        b->data[b->len++] = EV_VISIT_STRING;
-        buf_put_varint(b, v->user_len);
-        memcpy(b->data + b->len, v->user, v->user_len);
-        b->len += v->user_len;
+        *p++ = EV_VISIT_STRING;
+        p = put_varint_at(p, v->user_len);
+        memcpy(p, v->user, v->user_len);
+        p += v->user_len;
     } else {
-        b->data[b->len++] = EV_VISIT;
-        buf_put_varint(b, zigzag_enc(v->user_id));
+        *p++ = EV_VISIT;
+        p = put_varint_at(p, zigzag_enc(v->user_id));
     }
-    buf_put_varint(b, zigzag_enc(wrap_sub(v->event_time_us, f->prev_t)));
-    buf_put_varint(b, (uint32_t)v->pos.partition);
-    buf_put_varint(b, zigzag_enc(wrap_sub(v->pos.offset, f->prev_off)));
-    buf_put_varint(b, zigzag_enc(wrap_sub(v->pos.append_ts_ms, f->prev_ts)));
-    buf_put_varint(b, v->page_len);
-    memcpy(b->data + b->len, v->page, v->page_len);
-    b->len += v->page_len;
+    p = put_varint_at(p, zigzag_enc(wrap_sub(v->event_time_us, f->prev_t)));
+    p = put_varint_at(p, (uint32_t)v->pos.partition);
+    p = put_varint_at(p, zigzag_enc(wrap_sub(v->pos.offset, f->prev_off)));
+    p = put_varint_at(p, zigzag_enc(wrap_sub(v->pos.append_ts_ms, f->prev_ts)));
+    p = put_varint_at(p, v->page_len);
+    memcpy(p, v->page, v->page_len);
+    p += v->page_len;
+    b->len = (size_t)(p - b->data);
     f->prev_t = v->event_time_us;
     f->prev_off = v->pos.offset;
     f->prev_ts = v->pos.append_ts_ms;
