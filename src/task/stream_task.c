@@ -383,6 +383,10 @@ static int commit_body(stream_task *t, int with_position)
     /* (a failure reading cold users back for a snapshot is named by the
      * driver, whose cold store it is) */
     if (checkpoint_commit(t->io.cp, t->eng, ticket, t->err, t->errlen)) return -1;
+    /* the commits made durable meanwhile are counted first: then fewer than
+     * CHECKPOINT_MAX_IN_FLIGHT wait, this one aside (checkpoint_commit waits
+     * for room) */
+    acknowledge(t);
     if (pipelined) send_sessions(t, checkpoint_seq(t->io.cp));
     engine_clear_dirty(t->eng); /* gives back the close queue's memory after a peak */
     if (with_position && t->io.input->ops->committed) {
