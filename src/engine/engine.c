@@ -728,6 +728,15 @@ static int close_upto(engine *e, uint64_t upto)
                     q->v = xrealloc(q->v, cap * sizeof *q->v);
                 }
             }
+            /* and the last 1 MiB goes too (cq_trim keeps arrays up to it:
+             * one per bucket, kept after every such move, held 4 MiB more
+             * than the long shape's whole cold index needed) */
+            if (q->cap >= 65536) {
+                e->cq_cap -= q->cap;
+                free(q->v);
+                q->v = NULL;
+                q->cap = 0;
+            }
             continue;
         }
         /* Cold users whose earliest session end the queue reached come back
