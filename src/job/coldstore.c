@@ -38,7 +38,7 @@
  * between a hint and its visit (the job's 12-record queue, a replay's ring),
  * so that a hint rarely finds every slot busy. A record larger than
  * AHEAD_MAX is read when needed. The buffers are the store's memory beside
- * its write buffer: 32 x 16 KiB at most, ~32 x 0.5 KiB for sessions of ten
+ * its write buffer: 32 x 16 KiB at most, 32 x 1 KiB for sessions of ten
  * short pages. */
 #define AHEAD_SLOTS 32
 #define AHEAD_MAX (16u << 10)
@@ -204,6 +204,17 @@ static void ahead_drain(coldstore *cs)
     cs->n_moving = 0;
 }
 
+/* A slot's buffer holds the record (in KiB steps: sized to what the
+ * sessions hold, not to AHEAD_MAX, so that the buffers stay ~32 KiB for
+ * users of short sessions). */
+static void ahead_fit(ahead *a, size_t len)
+{
+    if (a->cap >= RECORD_HEADER + len) return;
+    a->cap = (RECORD_HEADER + len + 1023) & ~(size_t)1023;
+    free(a->buf);
+    a->buf = xmalloc(a->cap);
+}
+
 static ahead *ahead_find(coldstore *cs, uint64_t handle, size_t len)
 {
     for (unsigned i = 0; i < AHEAD_SLOTS; i++) {
@@ -229,11 +240,7 @@ void coldstore_prefetch(coldstore *cs, uint64_t handle, size_t len)
     struct io_uring_sqe *sqe = io_uring_get_sqe(&cs->ring);
     if (!sqe) return;
     cs->next_slot = (cs->next_slot + 1) % AHEAD_SLOTS;
-    if (a->cap < RECORD_HEADER + len) {
-        a->cap = AHEAD_MAX;
-        free(a->buf);
-        a->buf = xmalloc(a->cap);
-    }
+    ahead_fit(a, len);
     a->handle = handle;
     a->len = (uint32_t)len;
     a->state = AHEAD_QUEUED;
@@ -420,11 +427,7 @@ int coldstore_move(void *ctx, uint64_t *handle, uint32_t len)
     if (!sqe) return move_now(cs, handle, len);
     ahead *a = &cs->slot[cs->n_moving++];
     assert(a->state == AHEAD_FREE);
-    if (a->cap < AHEAD_MAX) {
-        a->cap = AHEAD_MAX;
-        free(a->buf);
-        a->buf = xmalloc(a->cap);
-    }
+    ahead_fit(a, len);
     a->handle = *handle;
     a->len = len;
     a->target = handle;
