@@ -760,6 +760,9 @@ static int close_upto(engine *e, uint64_t upto)
         }
         b0->len = kept;
         if (n_due > 0) {
+            /* their reads together (the store may submit them at once) */
+            if (e->cold.prefetch && n_due > 1)
+                for (size_t i = 0; i < n_due; i++) e->cold.prefetch(e->cold.ctx, e->due[i]->handle, e->due[i]->len);
             for (size_t i = 0; i < n_due; i++) {
                 assert(cold_find(e, e->due[i]->user_id) == e->due[i]);
                 int rc = load_cold(e, e->due[i], 0, NULL);
@@ -1969,6 +1972,9 @@ int engine_foreach_user(const engine *e, engine_dirty_fn fn, void *ctx)
         rc = fn(ctx, &k, b.data, b.len);
     }
     for (size_t i = 0; i < e->n_ctab && !rc; i++) {
+        /* the store reads ahead, several records a system call */
+        const cold_user *next = i + WALK_AHEAD < e->n_ctab ? e->ctab[i + WALK_AHEAD] : NULL;
+        if (next && e->cold.prefetch) e->cold.prefetch(e->cold.ctx, next->handle, next->len);
         const cold_user *c = e->ctab[i];
         if (!c) continue;
         rc = cold_blob(e, c, &b);
