@@ -7,9 +7,9 @@
  * engine_foreach_user) and a restore rebuilds them from the snapshot and the
  * change log, evicting again as it goes. So the file is created unlinked
  * (O_TMPFILE, or created and unlinked at once): a crash leaves nothing to
- * clean up, there is no fsync, and the page cache does the caching (pread
- * and pwrite, no mmap: what the kernel caches is not the job's resident
- * memory).
+ * clean up, there is no fsync, and the page cache does the caching (reads
+ * and writes, no mmap: what the kernel caches is not the job's resident
+ * memory; reads hinted ahead go through an io_uring, coldstore.c).
  *
  * A record is u32 length | u64 XXH3(blob, seeded with the record's offset) |
  * blob; its handle is its offset. Puts are buffered (1 MiB) and a get of a
