@@ -32,6 +32,7 @@
 #include <xxhash.h>
 
 #include "checkpoint/changelog.h"
+#include "common/context.h"
 #include "common/fdio.h"
 #include "common/log.h"
 #include "common/sqlite_path.h"
@@ -806,7 +807,7 @@ static int write_snapshot(checkpoint *cp, const engine *e, uint64_t seq, int in_
         cp->bg_path = path;
         cp->bg_seq = seq;
         atomic_store(&cp->bg_done, 0);
-        if (pthread_create(&cp->bg, NULL, bg_finish_snapshot, cp) == 0) {
+        if (job_thread_start(&cp->bg, bg_finish_snapshot, cp) == 0) {
             cp->bg_running = 1;
             return 0;
         }
@@ -918,7 +919,7 @@ static void wr_stop(checkpoint *cp)
 static int wr_enqueue(checkpoint *cp, uint64_t seq, uint64_t ticket, char *err, size_t errlen)
 {
     if (!cp->wr_running && !cp->wr_errno && !cp->wr_stop &&
-        pthread_create(&cp->wr, NULL, wr_main, cp) == 0)
+        job_thread_start(&cp->wr, wr_main, cp) == 0)
         cp->wr_running = 1;
     if (!cp->wr_running) {
         if (cp->wr_errno) return write_failed(cp, cp->wr_errno, cp->wr_err_log, err, errlen);

@@ -7,6 +7,26 @@
 
 #include "common/xalloc.h"
 
+void job_block_stop_signals(sigset_t *old)
+{
+    sigset_t block;
+    sigemptyset(&block);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &block, old);
+}
+
+void job_restore_signals(const sigset_t *old) { pthread_sigmask(SIG_SETMASK, old, NULL); }
+
+int job_thread_start(pthread_t *thread, void *(*fn)(void *), void *arg)
+{
+    sigset_t old;
+    job_block_stop_signals(&old); /* the new thread inherits the mask */
+    int e = pthread_create(thread, NULL, fn, arg);
+    job_restore_signals(&old);
+    return e;
+}
+
 static void drop_kafka(kafka_cluster *k)
 {
     free(k->bootstrap);

@@ -13,6 +13,7 @@
 #ifndef SESSIONIZER_CONTEXT_H
 #define SESSIONIZER_CONTEXT_H
 
+#include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
 
@@ -47,6 +48,16 @@ typedef struct job_context {
      * nowhere. */
     struct job_status *status;
 } job_context;
+
+/* Stop requests (SIGINT, SIGTERM) are the job thread's: its handler sets
+ * the stop flag and its blocking calls return with EINTR. Every other thread
+ * blocks them, so that one never lands there instead: job_thread_start
+ * starts a thread so, job_block_stop_signals and job_restore_signals bracket
+ * a library that starts its own (libmicrohttpd). */
+void job_block_stop_signals(sigset_t *old);
+void job_restore_signals(const sigset_t *old);
+/* pthread_create's result. */
+int job_thread_start(pthread_t *thread, void *(*fn)(void *), void *arg);
 
 static inline int job_stopping(const job_context *ctx)
 {

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "common/context.h"
 #include "common/log.h"
 #include "common/xalloc.h"
 
@@ -148,11 +149,8 @@ metrics_server *metrics_server_start(const char *listen, metrics_shared *shared,
     if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
     /* Stop signals are the job thread's: the server's thread blocks them,
      * so that one never lands there instead of interrupting a job's wait. */
-    sigset_t block, old;
-    sigemptyset(&block);
-    sigaddset(&block, SIGINT);
-    sigaddset(&block, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &block, &old);
+    sigset_t old;
+    job_block_stop_signals(&old);
     srv->d = MHD_start_daemon(flags, 0, NULL, NULL, handle, srv,
                               MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, /* first, as it asks */
                               MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
@@ -160,7 +158,7 @@ metrics_server *metrics_server_start(const char *listen, metrics_shared *shared,
                               MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)5,
                               MHD_OPTION_END);
     int saved = errno;
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    job_restore_signals(&old);
     if (!srv->d) {
         snprintf(err, errlen, "cannot serve metrics on %s: %s", listen,
                  saved ? strerror(saved) : "libmicrohttpd refused to start");

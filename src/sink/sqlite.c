@@ -624,17 +624,10 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
-/* Starts the writer, with SIGINT and SIGTERM blocked in it so that a stop
- * request lands on the job's thread and interrupts its waits. */
+/* Starts the writer (stop signals blocked in it: context.h). */
 static int start_writer(sqlite_sink *s, char *err, size_t errlen)
 {
-    sigset_t block, old;
-    sigemptyset(&block);
-    sigaddset(&block, SIGINT);
-    sigaddset(&block, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &block, &old);
-    int e = pthread_create(&s->thread, NULL, writer_main, s);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    int e = job_thread_start(&s->thread, writer_main, s);
     if (e) {
         snprintf(err, errlen, "SQLite sink %s: cannot start its writer thread: %s", s->path,
                  strerror(e));

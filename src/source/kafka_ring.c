@@ -52,6 +52,7 @@
 #endif
 
 #include "common/clock.h"
+#include "common/context.h"
 #include "common/xalloc.h"
 #include "source/kafka_internal.h"
 
@@ -340,7 +341,7 @@ int kafka_start_thread(kafka_source *ks, char *err, size_t errlen)
     pthread_condattr_destroy(&ca);
     ks->ring_init = 1;
     atomic_store(&ks->job_alive_ms, mono_ms());
-    int e = pthread_create(&ks->thread, NULL, consumer_thread, ks);
+    int e = job_thread_start(&ks->thread, consumer_thread, ks);
     if (e) {
         snprintf(err, errlen, "reading %s: cannot start the consumer thread: %s", ks->describe,
                  strerror(e));
