@@ -108,7 +108,7 @@ static int64_t user_id(uint32_t idx) { return (int64_t)(mix64(idx * 2654435761UL
 static void put_u32(uint8_t **p, uint32_t v) { memcpy(*p, &v, 4), *p += 4; }
 static void put_i64(uint8_t **p, int64_t v) { memcpy(*p, &v, 8), *p += 8; }
 
-/* The layout of engine.c encode_user: n_sessions, then per session
+/* The layout of src/engine/snapshot.c encode_user (version 1): n_sessions, then per session
  * first_t, last_t, append_ts, partition, offset, n_pages, then per page
  * t, partition, offset, len, bytes. */
 static size_t make_blob(uint32_t idx, uint32_t version, uint8_t *out)

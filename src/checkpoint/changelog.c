@@ -10,7 +10,7 @@
 
 #define FRAME_MAGIC 0x46435a53u    /* "SZCF" */
 #define SNAPSHOT_MAGIC 0x4e535a53u /* "SZSN" */
-/* 3: a user's blob may carry its sessions' last positions (engine.c,
+/* 3: a user's blob may carry its sessions' last positions (engine/snapshot.c,
  * BLOB_WITH_LAST), which version 2's readers would take for damage; 2 is
  * still read. Format 1 was the SQLite checkpoint. */
 #define SNAPSHOT_VERSION 3u

@@ -100,7 +100,7 @@ typedef struct engine_config {
     uint32_t max_session_bytes; /* page text per session; 0: ENGINE_MAX_SESSION_BYTES */
     int64_t max_future_us; /* how far ahead a visit may be (engine_too_far_ahead); 0: no bound */
     int track_dirty;       /* remember changed users for incremental checkpoints */
-    int string_users;      /* users are strings (visit.user), interned (engine.c) */
+    int string_users;      /* users are strings (visit.user), interned (users.c) */
 } engine_config;
 
 typedef struct engine_stats {
@@ -185,8 +185,8 @@ void engine_get_stats(const engine *e, engine_stats *out);
  * for the metrics' snapshot every second. */
 void engine_get_counters(const engine *e, engine_stats *out);
 
-/* Checks the invariants written atop engine.c (O(state): for tests). Returns
- * 0, or the number of the first invariant found broken (1-6). */
+/* Checks the invariants written atop engine_internal.h (O(state): for
+ * tests). Returns 0, or the number of the first invariant found broken (1-7). */
 int engine_check_invariants(const engine *e);
 
 /* --- State larger than memory --------------------------------------------- */

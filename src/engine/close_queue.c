@@ -1,0 +1,207 @@
+/*
+ * close_queue.c - the sessions in the order they close: a radix heap keyed
+ * on each session's last event time, cold users keyed on their earliest
+ * session end (engine_internal.h: the layout; invariant I3).
+ */
+#include <assert.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/keyed_sort.h"
+#include "common/xalloc.h"
+#include "engine/engine_internal.h"
+
+void cq_place(engine *e, uint64_t key, void *s)
+{
+    assert(key >= e->cq_last);
+    unsigned b = cq_bucket_of(e->cq_last, key);
+    close_bucket *q = &e->cq[b];
+    if (q->len == q->cap) {
+        e->cq_cap -= q->cap;
+        q->cap = q->cap ? q->cap * 2 : 64;
+        e->cq_cap += q->cap;
+        e->budget_check_at = 0;
+        q->v = xrealloc(q->v, q->cap * sizeof *q->v);
+    }
+    q->v[q->len++] = (close_entry){key, s};
+    if (b) e->cq_nonempty |= UINT64_C(1) << (b - 1);
+}
+
+/* Gives back the arrays of empty buckets above 1 MiB. Entries move between
+ * buckets, so keeping every bucket's largest size would hold several times
+ * the queue's memory after a peak of open sessions; called once per commit,
+ * out of the per-visit path (freeing on every drain cost 5% there). */
+void cq_trim(engine *e)
+{
+    for (unsigned b = 0; b < CLOSE_BUCKETS; b++) {
+        close_bucket *q = &e->cq[b];
+        if (q->len == 0 && q->cap > 65536) {
+            e->cq_cap -= q->cap;
+            free(q->v);
+            q->v = NULL;
+            q->cap = 0;
+        }
+    }
+}
+
+void free_dead_session(engine *e, session *s)
+{
+    assert(s->store == NULL && e->dead_bytes >= heap_bytes(sizeof *s));
+    e->dead_bytes -= heap_bytes(sizeof *s);
+    e->mem -= heap_bytes(sizeof *s);
+    free(s);
+}
+
+void free_cold(engine *e, cold_user *c)
+{
+    if (c->dead) {
+        assert(e->dead_bytes >= heap_bytes(sizeof *c));
+        e->dead_bytes -= heap_bytes(sizeof *c);
+    }
+    e->mem -= heap_bytes(sizeof *c);
+    free(c);
+}
+
+static int64_t session_user(const keyed *k) { return ((const session *)k->ptr)->user_id; }
+
+/* Closes, in (last_t, user_id) order, every open session whose last_t has
+ * close key <= upto; frees merged-away sessions met on the way. */
+int close_upto(engine *e, uint64_t upto)
+{
+    for (;;) {
+        close_bucket *b0 = &e->cq[0];
+        if (b0->len == 0) {
+            if (!e->cq_nonempty) {
+                e->cq_last = 0; /* empty: any key may come next */
+                return 0;
+            }
+            unsigned b = (unsigned)__builtin_ctzll(e->cq_nonempty) + 1;
+            /* Every key in bucket b shares last's bits above b - 1 and has bit
+             * b - 1 set: none is below lo. */
+            uint64_t lo = ((e->cq_last >> (b - 1)) | 1) << (b - 1);
+            if (lo > upto) return 0;
+            close_bucket *q = &e->cq[b];
+            uint64_t min = UINT64_MAX;
+            size_t n = 0;
+            for (size_t i = 0; i < q->len; i++) {
+                close_entry c = q->v[i];
+                if (entry_is_cold(&c)) {
+                    if (entry_cold(&c)->dead) {
+                        free_cold(e, entry_cold(&c));
+                        continue;
+                    }
+                } else {
+                    session *s = entry_session(&c);
+                    if (session_dead(s)) {
+                        free_dead_session(e, s);
+                        continue;
+                    }
+                    c.key = close_key(s->last_t);
+                }
+                q->v[n++] = c;
+                if (c.key < min) min = c.key;
+            }
+            e->cq_nonempty &= ~(UINT64_C(1) << (b - 1));
+            q->len = 0;
+            if (n == 0) continue; /* only merged-away sessions: last stays */
+            /* The new last must stay in bucket b's range [lo, hi] for the
+             * entries of larger buckets to stay where they are, and at or
+             * below upto so that later pushes (>= the closing watermark >
+             * upto) are not below it. Re-keyed entries may have grown past
+             * hi: they move to larger buckets. Every entry leaves bucket b
+             * (q receives none: its array stays put). */
+            uint64_t hi = lo | ((UINT64_C(1) << (b - 1)) - 1);
+            uint64_t last = min < upto ? min : upto;
+            e->cq_last = last < hi ? last : hi;
+            /* From the end, a large array giving back its emptied half as
+             * it goes: the buckets the entries move to grow meanwhile, and
+             * the whole source beside them doubled the queue's memory at
+             * once (690k cold users' entries: +16 MiB within 4096 records,
+             * past --memory-limit before memory_check could see it). */
+            for (size_t i = n; i-- > 0;) {
+                cq_place(e, q->v[i].key, q->v[i].ptr);
+                if (q->cap > 65536 && i <= q->cap / 4) {
+                    size_t cap = q->cap / 2;
+                    e->cq_cap -= q->cap - cap;
+                    q->cap = cap;
+                    q->v = xrealloc(q->v, cap * sizeof *q->v);
+                }
+            }
+            /* and the last 1 MiB goes too (cq_trim keeps arrays up to it:
+             * one per bucket, kept after every such move, held 4 MiB more
+             * than the long shape's whole cold index needed) */
+            if (q->cap >= 65536) {
+                e->cq_cap -= q->cap;
+                free(q->v);
+                q->v = NULL;
+                q->cap = 0;
+            }
+            continue;
+        }
+        /* Cold users whose earliest session end the queue reached come back
+         * into memory first: their sessions then close in order with the
+         * others (the first one lands in bucket 0, the rest above). */
+        size_t n_due = 0, kept = 0;
+        for (size_t i = 0; i < b0->len; i++) {
+            close_entry c = b0->v[i];
+            if (!entry_is_cold(&c)) {
+                b0->v[kept++] = c;
+            } else if (entry_cold(&c)->dead) {
+                free_cold(e, entry_cold(&c));
+            } else {
+                if (n_due == e->cap_due) {
+                    e->budget_check_at = 0;
+                    e->cap_due = e->cap_due ? e->cap_due * 2 : 64;
+                    e->due = xrealloc(e->due, e->cap_due * sizeof *e->due);
+                }
+                e->due[n_due++] = entry_cold(&c);
+            }
+        }
+        b0->len = kept;
+        if (n_due > 0) {
+            /* their reads together (the store may submit them at once) */
+            if (e->cold.prefetch && n_due > 1)
+                for (size_t i = 0; i < n_due; i++) e->cold.prefetch(e->cold.ctx, e->due[i]->handle, e->due[i]->len);
+            for (size_t i = 0; i < n_due; i++) {
+                assert(cold_find(e, e->due[i]->user_id) == e->due[i]);
+                int rc = load_cold(e, e->due[i], 0, NULL);
+                if (rc) { /* queued again, so that engine_free finds them */
+                    for (size_t k = i; k < n_due; k++) cq_place(e, e->cq_last, cold_tag(e->due[k]));
+                    return rc;
+                }
+            }
+            continue;
+        }
+        /* Bucket 0: keys equal to last <= upto. Entries whose session grew
+         * since go back in at their new key (> last: a bucket above 0). The
+         * others close, in user_id order: their key field (all equal to
+         * last) now holds the user id, mapped to an unsigned in order. */
+        size_t n = 0, len = b0->len;
+        for (size_t i = 0; i < len; i++) {
+            session *s = entry_session(&b0->v[i]);
+            if (session_dead(s)) {
+                free_dead_session(e, s);
+            } else if (close_key(s->last_t) != e->cq_last) {
+                cq_place(e, close_key(s->last_t), s);
+            } else {
+                b0->v[n++] = (close_entry){e->cfg.string_users ? name_prefix(&e->names[s->user_id])
+                                                               : keyed_from_i64(s->user_id),
+                                           s};
+            }
+        }
+        keyed_sort(b0->v, n);
+        if (e->cfg.string_users) settle_string_ties(e, b0->v, n, session_user);
+        for (size_t i = 0; i < n; i++) {
+            int rc = emit_and_free(e, entry_session(&b0->v[i]));
+            if (rc) { /* keep the rest queued, so that engine_free finds them */
+                memmove(b0->v, b0->v + i + 1, (n - i - 1) * sizeof *b0->v);
+                b0->len = n - i - 1;
+                for (size_t k = 0; k < b0->len; k++) b0->v[k].key = e->cq_last;
+                return rc;
+            }
+        }
+        b0->len = 0;
+    }
+}
+
