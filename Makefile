@@ -39,7 +39,7 @@ test-asan: deps
 fuzz: deps
 	@cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_COMPILER=clang -DFUZZ=ON >/dev/null
 	@cmake --build $(FUZZ_BUILD) -j$(JOBS)
-	tests/fuzz/run-all.sh $(FUZZ_BUILD) 20
+	tests/fuzz/run-all.sh $(FUZZ_BUILD) 20 $(JOBS)
 
 test: test-fast test-asan fuzz
 
