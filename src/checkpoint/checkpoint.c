@@ -44,9 +44,10 @@
 #define LOG_VERSION 2u
 #define LOG_HEADER 24
 #define LOG_SEED 0x6c6f67ull
-/* A new snapshot once the logs since the last one exceed it, and at least
- * this much: the bytes written per visit then stay under twice the log's, and
- * a restore replays at most about one snapshot's worth of log. */
+/* A new snapshot once the logs since the last one exceed what a snapshot of
+ * the state would take now (compact_due), and at least this much: the bytes
+ * written per visit then stay under about twice the log's, and a restore
+ * replays at most about one snapshot's worth of log. */
 #define COMPACT_MIN_BYTES ((int64_t)16 << 20)
 /* Sealed frames waiting for the writer thread: past this many bytes (or
  * CHECKPOINT_MAX_IN_FLIGHT frames) a commit waits for the disk, so a slow
@@ -74,6 +75,7 @@ struct checkpoint {
     uint64_t seq;      /* last commit */
     uint64_t snap_seq, log_start;
     int64_t snap_bytes, log_bytes, written;
+    uint64_t snap_pages; /* the engine's open pages in the last snapshot (compact_due) */
     /* what checkpoint_restore replays, released after */
     void *snap_map;
     size_t snap_len;
@@ -219,6 +221,13 @@ static void log_header(uint64_t start, unsigned char h[LOG_HEADER])
     for (int i = 0; i < 8; i++) h[8 + i] = (unsigned char)(start >> (8 * i));
     uint64_t sum = XXH3_64bits_withSeed(h, 16, LOG_SEED);
     for (int i = 0; i < 8; i++) h[16 + i] = (unsigned char)(sum >> (8 * i));
+}
+
+static uint64_t open_pages(const engine *e)
+{
+    engine_stats st;
+    engine_get_counters(e, &st);
+    return st.open_pages;
 }
 
 static int cmp_u64(const void *a, const void *b)
@@ -681,8 +690,10 @@ int checkpoint_restore(checkpoint *cp, engine *e, char *err, size_t errlen)
         return rc;
     }
     uint64_t seq;
-    if (cp->snap_map) /* else the logs start from the empty state */
+    if (cp->snap_map) { /* else the logs start from the empty state */
         rc = changelog_load_snapshot(e, cp->snap_map, cp->snap_len, &seq, NULL, NULL);
+        cp->snap_pages = open_pages(e);
+    }
     if (rc == -1) rc = corrupt(cp, "the snapshot's open sessions do not decode", err, errlen);
     for (size_t i = 0; i < cp->n_logs && !rc; i++) {
         size_t at = LOG_HEADER;
@@ -705,6 +716,29 @@ int checkpoint_restore(checkpoint *cp, engine *e, char *err, size_t errlen)
 }
 
 /* ---- format 2: writing --------------------------------------------------------- */
+
+/* Whether the logs since the last snapshot have outgrown a snapshot of the
+ * state now: its size estimated from the last one's bytes per open page (a
+ * snapshot's bytes follow its pages: each is a fixed header and its text,
+ * and a session's header is shared by its pages), at most twice the last
+ * one's (a small snapshot's fixed part, its named blobs and watermarks,
+ * would inflate its bytes per page). Compared with the last snapshot's own
+ * size, a growing state was compacted against a smaller, older one: the
+ * long-session bench file (a state growing to 36 MB over 50 MB of log)
+ * wrote two snapshots instead of one, each ~4% of the durable run's time
+ * (docs/performance.md). A restore still replays at most about one
+ * snapshot's worth of log: a snapshot of the state it restores. */
+static int compact_due(const checkpoint *cp, const engine *e)
+{
+    int64_t est = cp->snap_bytes;
+    if (cp->snap_pages > 0) {
+        double per_page = (double)cp->snap_bytes / (double)cp->snap_pages;
+        double now = per_page * (double)open_pages(e);
+        est = now < 2.0 * (double)cp->snap_bytes ? (int64_t)now : 2 * cp->snap_bytes;
+    }
+    int64_t limit = est > cp->compact_min ? est : cp->compact_min;
+    return cp->log_bytes > limit;
+}
 
 void checkpoint_log_visit(checkpoint *cp, const visit *v) { changelog_add_visit(&cp->frame, v); }
 void checkpoint_log_close_all(checkpoint *cp) { changelog_add_close_all(&cp->frame); }
@@ -801,6 +835,7 @@ static int write_snapshot(checkpoint *cp, const engine *e, uint64_t seq, int in_
         }
         cp->written += o.bytes;
         cp->snap_bytes = o.bytes;
+        cp->snap_pages = open_pages(e);
         cp->snap_seq = seq;
         cp->bg_fd = o.fd;
         cp->bg_tmp = tmp;
@@ -832,6 +867,7 @@ static int write_snapshot(checkpoint *cp, const engine *e, uint64_t seq, int in_
     if (rc) return -1;
     cp->written += o.bytes;
     cp->snap_bytes = o.bytes;
+    cp->snap_pages = open_pages(e);
     cp->snap_seq = seq;
     if (open_log_for_append(cp, seq, 1, err, errlen)) return -1;
     remove_older(cp, seq);
@@ -1007,10 +1043,9 @@ int checkpoint_commit(checkpoint *cp, const engine *e, uint64_t ticket, char *er
         cp->log_bytes += (int64_t)cp->out.len;
         cp->written += (int64_t)cp->out.len;
         if (wr_enqueue(cp, seq, ticket, err, errlen)) return -1;
-        int64_t limit = cp->snap_bytes > cp->compact_min ? cp->snap_bytes : cp->compact_min;
         /* A compaction starts a new log: the frames up to seq go to the old
          * one first (and the writer is idle while log_fd changes). */
-        if (!busy && cp->log_bytes > limit &&
+        if (!busy && compact_due(cp, e) &&
             (checkpoint_sync(cp, err, errlen) || write_snapshot(cp, e, seq, 1, err, errlen)))
             return -1;
     }
