@@ -351,6 +351,7 @@ int engine_foreach_dirty(engine *e, engine_dirty_fn fn, void *ctx)
  * (half as far) that session's page store: the walk is over the whole open
  * state, and without the hints it waited on two cache misses per user. */
 #define WALK_AHEAD 16
+#define WALK_LINES 16
 
 int engine_foreach_user(const engine *e, engine_dirty_fn fn, void *ctx)
 {
@@ -361,8 +362,22 @@ int engine_foreach_user(const engine *e, engine_dirty_fn fn, void *ctx)
         if (i + WALK_AHEAD < e->n_slots && e->slots[i + WALK_AHEAD].head)
             __builtin_prefetch(e->slots[i + WALK_AHEAD].head);
         if (i + WALK_AHEAD / 2 < e->n_slots && e->slots[i + WALK_AHEAD / 2].head) {
-            const unsigned char *store = e->slots[i + WALK_AHEAD / 2].head->store;
-            if (store) __builtin_prefetch(store), __builtin_prefetch(store + 64);
+            /* The lines of the page store that encode_user reads, entries
+             * and text, up to WALK_LINES of each (further on the reads
+             * stream, and the hardware's prefetcher follows them): hinting
+             * the first two left the others of a long session's store to
+             * miss one after another (its snapshot took 45 ms instead of
+             * 30). And the user's next session. (GCC 12 drops the hints of
+             * this block when it is an inline function of its own.) */
+            const session *s = e->slots[i + WALK_AHEAD / 2].head;
+            const unsigned char *store = s->store;
+            size_t entries = (size_t)s->n_pages * sizeof(page_entry);
+            for (size_t at = 0; at < entries && at < WALK_LINES * 64; at += 64)
+                __builtin_prefetch(store + at);
+            const char *text = store ? arena_of(s) : NULL;
+            for (size_t at = 0; at < s->arena_len && at < WALK_LINES * 64; at += 64)
+                __builtin_prefetch(text + at);
+            if (s->next) __builtin_prefetch(s->next);
         }
         const user_slot *u = &e->slots[i];
         if (!u->used || !u->head) continue;
