@@ -197,9 +197,10 @@ int pg_setup(void *ud, char *err, size_t errlen)
     /* A dry run on no rows: the planner checks that a unique index matches
      * the ON CONFLICT target, and the executor checks the INSERT and UPDATE
      * privileges even when nothing is written; so both fail at open. */
+    static const pg_batch none;
     char ts[32], derr[1024];
     sink_now_iso8601(ts);
-    st = pg_upsert(s, 0, 0, ts, derr, sizeof derr);
+    st = pg_upsert(s, &none, 0, 0, ts, derr, sizeof derr);
     if (st && strstr(derr, "42P10"))
         return pg_conn_fail(&s->pc, err, errlen,
                             "postgresql: table %s has no primary key or unique constraint on "

@@ -8,6 +8,7 @@
 #define SESSIONIZER_SINK_PG_SINK_H
 
 #include <libpq-fe.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -43,6 +44,22 @@ typedef struct pg_row {
     uint64_t visits;
 } pg_row;
 
+/* The sessions of one flush (one transaction), deduplicated on the key. */
+typedef struct pg_batch {
+    pg_row *rows;
+    size_t n_rows, cap_rows;
+    buf literals;    /* the rows' pages as array literals, and string users */
+    uint32_t *slots; /* open addressing on (session_id, user_id): row index + 1 */
+    size_t n_slots;
+    uint64_t ticket; /* its flush's, once begun */
+    struct pg_batch *next;
+} pg_batch;
+
+/* Flushes begun and not yet committed before flush_begin waits: one
+ * committing and one waiting for it, so that the job runs ahead of the
+ * server by at most one commit's worth of sessions. */
+#define PG_MAX_QUEUED 2
+
 typedef struct pg_sink {
     sink base;
     pg_conninfo ci; /* the connection string, its masked copy, the secrets */
@@ -56,26 +73,48 @@ typedef struct pg_sink {
     pg_conn pc;          /* connection, io_timeout, retries, stop (pg_conn.h) */
     char *upsert_sql;
 
-    /* Sessions written since the last successful flush. */
-    pg_row *rows;
-    size_t n_rows, cap_rows;
-    buf literals;
-    uint32_t *slots; /* open addressing on (session_id, user_id): row index + 1 */
-    size_t n_slots;
-
-    buf p_sid, p_uid, p_pages; /* parameter scratch */
-    buf p_opt[SINK_N_OPTIONAL];
     int string_users;
     unsigned columns;
+
+    /* The job thread's: the batch write() fills, the ticket of the last
+     * flush begun. */
+    pg_batch *cur;
+    uint64_t last_ticket;
+
+    /* The committer (pg_write.c): once it runs it alone uses pc and the
+     * parameter scratch. */
+    buf p_sid, p_uid, p_pages; /* parameter scratch */
+    buf p_opt[SINK_N_OPTIONAL];
+    pthread_t committer;
+    int committer_running;
+
+    /* Shared, under mu. */
+    pthread_mutex_t mu;
+    pthread_cond_t work;       /* for the committer: a batch, or quit */
+    pthread_cond_t progress;   /* for the job: a batch committed (or failed) */
+    pg_batch *queue, *queue_tail; /* flushes begun, oldest first; the head is committing */
+    size_t n_queued;
+    pg_batch *spare;              /* committed batches, for write() to reuse */
+    uint64_t flush_done;          /* the last ticket committed or failed */
+    uint64_t failed_ticket;       /* the first that failed (0: none): sticky */
+    char flush_err[2048];
+    int quit;
 } pg_sink;
 
 /* pg_setup.c: pg_conn's setup (ud: the pg_sink) */
 int pg_setup(void *ud, char *err, size_t errlen);
 
 /* pg_write.c */
-int pg_upsert(pg_sink *s, size_t from, size_t to, const char *ts, char *err, size_t errlen);
+int pg_upsert(pg_sink *s, const pg_batch *b, size_t from, size_t to, const char *ts, char *err,
+              size_t errlen);
 char *pg_upsert_sql(const pg_sink *s);
 int pg_write(sink *base, const closed_session *cs, char *err, size_t errlen);
+uint64_t pg_flush_begin(sink *base);
+int pg_flush_wait(sink *base, uint64_t ticket, char *err, size_t errlen);
 int pg_flush(sink *base, char *err, size_t errlen);
+/* The committer: started once the first connection is up, stopped (after
+ * the commit in flight, if any) and its batches freed by pg_committer_stop. */
+int pg_committer_start(pg_sink *s, char *err, size_t errlen);
+void pg_committer_stop(pg_sink *s);
 
 #endif

@@ -17,8 +17,8 @@
  * The sink is split by concern (pg_sink.h is what its files share):
  *   postgresql.c   options, open and close, the identity (this file)
  *   pg_setup.c     the table: checked, or created, at every connection
- *   pg_write.c     the write path: write() buffers, flush() upserts in one
- *                  transaction
+ *   pg_write.c     the write path: write() buffers, a flush upserts in one
+ *                  transaction on the sink's commit thread
  *   pg_conninfo.c  the connection string: checked, masked in messages, and
  *                  the identity a checkpoint is bound to
  *   pg_conn.c      the connection, its bounded waits, failures and retries
@@ -116,6 +116,10 @@ static void pg_close(sink *base)
 {
     pg_sink *s = (pg_sink *)base;
     if (!s) return;
+    pg_committer_stop(s); /* first: it uses the connection */
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->work);
+    pthread_cond_destroy(&s->progress);
     pg_conn_drop(&s->pc);
     pg_conninfo_free(&s->ci);
     secret_free(s->password);
@@ -123,9 +127,6 @@ static void pg_close(sink *base)
     free(s->table_display);
     free(s->identity);
     free(s->upsert_sql);
-    free(s->rows);
-    free(s->slots);
-    buf_free(&s->literals);
     buf_free(&s->p_sid);
     buf_free(&s->p_uid);
     buf_free(&s->p_pages);
@@ -208,6 +209,9 @@ static sink *pg_open_as(const char *scheme, const char *target, const sink_optio
                         char *err, size_t errlen)
 {
     pg_sink *s = xcalloc(1, sizeof *s);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->work, NULL);
+    pthread_cond_init(&s->progress, NULL);
     s->string_users = opts->string_users;
     s->columns = opts->columns;
     for (unsigned c = 0; c < SINK_N_OPTIONAL; c++) buf_init(&s->p_opt[c]);
@@ -227,7 +231,6 @@ static sink *pg_open_as(const char *scheme, const char *target, const sink_optio
     s->create_schema = opts ? opts->create_schema : 1;
     s->batch_rows = PG_DEFAULT_BATCH_ROWS;
     s->batch_bytes = PG_DEFAULT_BATCH_BYTES;
-    buf_init(&s->literals);
     buf_init(&s->p_sid);
     buf_init(&s->p_uid);
     buf_init(&s->p_pages);
@@ -260,6 +263,10 @@ static sink *pg_open_as(const char *scheme, const char *target, const sink_optio
         return NULL;
     }
     s->identity = pg_conninfo_identity(s->pc.conn, s->table_sql);
+    if (pg_committer_start(s, err, errlen)) {
+        pg_close(&s->base);
+        return NULL;
+    }
     return &s->base;
 }
 
@@ -287,6 +294,8 @@ const sink_ops postgresql_sink_ops = {
     .open = pg_open_postgresql,
     .write = pg_write,
     .flush = pg_flush,
+    .flush_begin = pg_flush_begin,
+    .flush_wait = pg_flush_wait,
     .save = NULL,
     .restore = NULL,
     .identity = pg_identity,
@@ -300,6 +309,8 @@ const sink_ops postgres_sink_ops = {
     .open = pg_open_postgres,
     .write = pg_write,
     .flush = pg_flush,
+    .flush_begin = pg_flush_begin,
+    .flush_wait = pg_flush_wait,
     .save = NULL,
     .restore = NULL,
     .identity = pg_identity,

@@ -10,6 +10,8 @@
  * of failures (capped), so CTest reports any of them.
  */
 #include <libpq-fe.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -20,6 +22,7 @@
 #include <unistd.h>
 
 #include "common/buf.h"
+#include "common/context.h"
 #include "sink/sink.h"
 
 static int failures;
@@ -479,8 +482,9 @@ static void test_restarts(void)
     check(strcmp(sql_value("SELECT count(*) FROM sessions"), "3") == 0, "all 3 rows there");
     s->ops->close(s);
 
-    /* With a short retry_timeout the flush gives up, says why, and keeps the
-     * rows: a later flush (the server back) commits them. */
+    /* With a short retry_timeout the flush gives up and says why; the sink
+     * is then done (every later flush fails with that message: the job
+     * stops), and a new one (a restart) writes the session again. */
     const char *const props2[] = {"retry_timeout=1s", "retry_backoff_max=200ms", NULL};
     s = open_sink(uri, props2, 1, err, sizeof err);
     check(s != NULL, "open with retry_timeout=1s");
@@ -493,8 +497,121 @@ static void test_restarts(void)
     check(rc != 0 && strstr(err, "gave up") && took < 3, "flush gives up after retry_timeout (%.1f s): %s",
           took, err);
     server("start-again");
-    check(flush_sink(s, err, sizeof err) == 0, "a later flush commits the kept rows (%s)", err);
-    check(strcmp(sql_value("SELECT count(*) FROM sessions"), "4") == 0, "all 4 rows there");
+    write_session(s, 5, 1, one, 1, err, sizeof err);
+    char first[2048];
+    snprintf(first, sizeof first, "%s", err);
+    check(flush_sink(s, err, sizeof err) != 0 && strstr(err, "gave up"),
+          "a later flush fails with the first failure's message: %s", err);
+    s->ops->close(s);
+    s = open_sink(uri, props2, 1, err, sizeof err);
+    check(s != NULL, "reopen (a restart)");
+    if (!s) return;
+    write_session(s, 4, 1, one, 1, err, sizeof err);
+    write_session(s, 5, 1, one, 1, err, sizeof err);
+    check(flush_sink(s, err, sizeof err) == 0, "the restarted sink commits (%s)", err);
+    check(strcmp(sql_value("SELECT count(*) FROM sessions"), "5") == 0, "all 5 rows there");
+    s->ops->close(s);
+}
+
+/* The commit on the sink's own thread (sink.h: flush_begin, flush_wait):
+ * while the server holds the commit back (a lock on the table), begun
+ * flushes return at once, the writes after one go into the next, both
+ * commit in order once the lock goes; a third begin waits for room; a stop
+ * request fails the commit in flight within the stop grace, and every
+ * later one. */
+static PGconn *locker;
+
+static void lock_table(const char *table)
+{
+    locker = PQconnectdb(uri);
+    char q[256];
+    snprintf(q, sizeof q, "BEGIN; LOCK TABLE %s IN EXCLUSIVE MODE", table);
+    PGresult *r = PQexec(locker, q);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        fprintf(stderr, "lock failed: %s", PQerrorMessage(locker));
+        exit(99);
+    }
+    PQclear(r);
+}
+
+static void unlock_table(void)
+{
+    PQclear(PQexec(locker, "ROLLBACK"));
+    PQfinish(locker);
+    locker = NULL;
+}
+
+typedef struct begin_arg {
+    sink *s;
+    uint64_t ticket;
+    double took;
+} begin_arg;
+
+static void *begin_thread(void *p)
+{
+    begin_arg *a = p;
+    double t0 = now_s();
+    a->ticket = a->s->ops->flush_begin(a->s);
+    a->took = now_s() - t0;
+    return NULL;
+}
+
+static void test_pipelined(void)
+{
+    char err[2048] = "";
+    sql("DROP TABLE IF EXISTS piped");
+    volatile sig_atomic_t stop = 0;
+    job_context ctx = {.stop = &stop};
+    const char *const props[] = {"table=piped", NULL};
+    sink_options o = {.props = props, .create_schema = 1, .ctx = &ctx};
+    sink *s = sink_open(uri, &o, err, sizeof err);
+    check(s != NULL && s->ops->flush_begin && s->ops->flush_wait, "open, with flush_begin (%s)", err);
+    if (!s) return;
+    static const char *const one[] = {"A.html"};
+    check(s->ops->flush_begin(s) == 0, "nothing written: ticket 0");
+    check(s->ops->flush_wait(s, 0, err, sizeof err) == 0, "ticket 0 is done");
+
+    lock_table("piped");
+    for (int i = 0; i < 3000; i++) write_session(s, i, 1, one, 1, err, sizeof err);
+    double t0 = now_s();
+    uint64_t t1 = s->ops->flush_begin(s);
+    write_session(s, 3000, 1, one, 1, err, sizeof err);
+    uint64_t t2 = s->ops->flush_begin(s);
+    double took = now_s() - t0;
+    check(t1 == 1 && t2 == 2 && s->ops->flush_begin(s) == 2,
+          "tickets 1 and 2; a begin with nothing new gives the last again");
+    check(took < 1.0, "two begun flushes return at once while the server holds the commit (%.2f s)",
+          took);
+    write_session(s, 3001, 1, one, 1, err, sizeof err);
+    begin_arg third = {.s = s};
+    pthread_t th;
+    pthread_create(&th, NULL, begin_thread, &third);
+    usleep(500000);
+    check(strcmp(sql_value("SELECT count(*) FROM piped"), "0") == 0, "nothing committed meanwhile");
+    unlock_table();
+    pthread_join(th, NULL);
+    check(third.ticket == 3 && third.took > 0.3,
+          "a third begin waited for room (%.2f s) and got ticket 3", third.took);
+    check(s->ops->flush_wait(s, 1, err, sizeof err) == 0, "ticket 1 committed (%s)", err);
+    check(s->ops->flush_wait(s, 3, err, sizeof err) == 0, "ticket 3 committed (%s)", err);
+    check(strcmp(sql_value("SELECT count(*) FROM piped"), "3002") == 0, "every row there");
+
+    /* a stop request while the commit is held back */
+    lock_table("piped");
+    write_session(s, 5000, 1, one, 1, err, sizeof err);
+    uint64_t t4 = s->ops->flush_begin(s);
+    usleep(300000);
+    stop = 1;
+    t0 = now_s();
+    int rc = s->ops->flush_wait(s, t4, err, sizeof err);
+    took = now_s() - t0;
+    check(rc != 0 && took < 5, "a stop fails the commit in flight within the grace (%.1f s): %s", took,
+          err);
+    write_session(s, 5001, 1, one, 1, err, sizeof err);
+    check(s->ops->flush(s, err, sizeof err) != 0, "and every later flush: %s", err);
+    unlock_table();
+    check(strcmp(sql_value("SELECT count(*) FROM piped WHERE session_id >= 5000"), "0") == 0,
+          "nothing of them committed");
     s->ops->close(s);
 }
 
@@ -552,6 +669,7 @@ int main(void)
     test_auth();
     test_permissions();
     test_restarts();
+    test_pipelined();
     test_hang();
     if (admin) PQfinish(admin);
     printf("%d failed\n", failures);
