@@ -668,6 +668,7 @@ static int sqlite_write(sink *base, const closed_session *cs, char *err, size_t 
             s->cur->rows = xmalloc(CHUNK_ROWS * sizeof *s->cur->rows);
             buf_init(&s->cur->text);
         }
+        s->cur->next = NULL; /* out of the spare list: in no list until handed over */
     }
     chunk *c = s->cur;
     assert(c->n < CHUNK_ROWS);
