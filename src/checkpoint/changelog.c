@@ -33,11 +33,24 @@ static inline int64_t wrap_add(int64_t a, int64_t b) { return (int64_t)((uint64_
 
 /* ---- frames --------------------------------------------------------------- */
 
+/* The events are written after room for the frame's header and event count,
+ * so that a frame can be sealed where it was built (changelog_seal_in_place)
+ * instead of copied. */
+#define EVENTS_AT (CHANGELOG_FRAME_HEADER + 4)
+
+static void events_start(changelog_frame *f)
+{
+    static const unsigned char room[EVENTS_AT];
+    buf_reset(&f->events);
+    buf_append(&f->events, room, sizeof room);
+}
+
 void changelog_frame_init(changelog_frame *f)
 {
     memset(f, 0, sizeof *f);
     buf_init(&f->events);
     buf_init(&f->meta);
+    events_start(f);
 }
 
 void changelog_frame_free(changelog_frame *f)
@@ -48,7 +61,7 @@ void changelog_frame_free(changelog_frame *f)
 
 void changelog_frame_reset(changelog_frame *f)
 {
-    buf_reset(&f->events);
+    events_start(f);
     buf_reset(&f->meta);
     f->n_events = f->n_meta = 0;
     f->prev_t = f->prev_off = f->prev_ts = 0;
@@ -126,30 +139,41 @@ void changelog_add_meta(changelog_frame *f, const char *key, const void *val, si
     f->n_meta++;
 }
 
-void changelog_seal(const changelog_frame *f, uint64_t seq, const engine *e, buf *out)
+/* Completes the frame whose header room starts at b->data + start and
+ * whose events follow it up to b->len. */
+static void seal_at(buf *b, size_t start, const changelog_frame *f, uint64_t seq, const engine *e)
 {
-    size_t start = out->len;
-    unsigned char zero[CHANGELOG_FRAME_HEADER] = {0};
-    buf_append(out, zero, sizeof zero);
-    buf_put_u32le(out, f->n_events);
-    buf_append(out, f->events.data, f->events.len);
-    buf_put_u32le(out, f->n_meta);
-    buf_append(out, f->meta.data, f->meta.len);
-    size_t at = out->len;
-    buf_put_u32le(out, 0);
-    engine_save_meta(e, out);
-    uint32_t em = (uint32_t)(out->len - at - 4);
-    for (int i = 0; i < 4; i++) out->data[at + i] = (unsigned char)(em >> (8 * i));
-    size_t body = out->len - start - CHANGELOG_FRAME_HEADER;
+    assert(b->len >= start + EVENTS_AT);
+    buf_put_u32le(b, f->n_meta);
+    buf_append(b, f->meta.data, f->meta.len);
+    size_t at = b->len;
+    buf_put_u32le(b, 0);
+    engine_save_meta(e, b);
+    uint32_t em = (uint32_t)(b->len - at - 4);
+    for (int i = 0; i < 4; i++) b->data[at + i] = (unsigned char)(em >> (8 * i));
+    size_t body = b->len - start - CHANGELOG_FRAME_HEADER;
     assert(body <= UINT32_MAX);
-    unsigned char *h = out->data + start;
+    unsigned char *h = b->data + start;
     for (int i = 0; i < 4; i++) h[i] = (unsigned char)(FRAME_MAGIC >> (8 * i));
     for (int i = 0; i < 4; i++) h[4 + i] = (unsigned char)(body >> (8 * i));
     for (int i = 0; i < 8; i++) h[16 + i] = (unsigned char)(seq >> (8 * i));
+    for (int i = 0; i < 4; i++) h[24 + i] = (unsigned char)(f->n_events >> (8 * i));
     /* the checksum covers seq and body: a frame moved to another place in
      * the sequence does not verify */
     uint64_t sum = XXH3_64bits_withSeed(h + 16, 8 + body, FRAME_SEED);
     for (int i = 0; i < 8; i++) h[8 + i] = (unsigned char)(sum >> (8 * i));
+}
+
+void changelog_seal(const changelog_frame *f, uint64_t seq, const engine *e, buf *out)
+{
+    size_t start = out->len;
+    buf_append(out, f->events.data, f->events.len);
+    seal_at(out, start, f, seq, e);
+}
+
+void changelog_seal_in_place(changelog_frame *f, uint64_t seq, const engine *e)
+{
+    seal_at(&f->events, 0, f, seq, e);
 }
 
 static int skip_meta_entry(reader *r)

@@ -70,6 +70,11 @@ void changelog_add_advance(changelog_frame *f, int32_t partition, int64_t max_t)
 void changelog_add_meta(changelog_frame *f, const char *key, const void *val, size_t len);
 /* Appends the frame for commit seq to out, closed with e's meta. */
 void changelog_seal(const changelog_frame *f, uint64_t seq, const engine *e, buf *out);
+/* The same where the frame was built: f->events is then the whole frame
+ * (a caller may take the buffer, swapping an empty one in) until
+ * changelog_frame_reset. A commit's frame is megabytes, and copying it
+ * streamed it through the caches once more. */
+void changelog_seal_in_place(changelog_frame *f, uint64_t seq, const engine *e);
 
 /* ---- reading a frame ------------------------------------------------------ */
 

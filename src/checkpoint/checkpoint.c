@@ -81,8 +81,7 @@ struct checkpoint {
     size_t snap_len;
     log_file *logs;
     size_t n_logs;
-    changelog_frame frame;
-    buf out;
+    changelog_frame frame; /* sealed where it was built, and queued by swapping buffers */
     int64_t compact_min;
     int in_txn;
     /* A compaction's snapshot is made durable off the job thread (fsync,
@@ -542,7 +541,6 @@ checkpoint *checkpoint_open(const char *dir, char *err, size_t errlen)
     long long min = testenv_positive(TESTENV_SNAPSHOT_MIN_BYTES);
     cp->compact_min = min ? min : COMPACT_MIN_BYTES;
     changelog_frame_init(&cp->frame);
-    buf_init(&cp->out);
     buf_init(&cp->wr_queue);
     buf_init(&cp->wr_batch);
     pthread_mutex_init(&cp->wr_mu, NULL);
@@ -642,7 +640,6 @@ void checkpoint_close(checkpoint *cp)
     }
     free(cp->meta);
     changelog_frame_free(&cp->frame);
-    buf_free(&cp->out);
     buf_free(&cp->wr_queue);
     buf_free(&cp->wr_batch);
     pthread_mutex_destroy(&cp->wr_mu);
@@ -950,10 +947,11 @@ static void wr_stop(checkpoint *cp)
     cp->wr_running = 0;
 }
 
-/* Queues the sealed frame in cp->out (commit seq) for the writer; waits only
- * while the queue is full. Without a thread, writes it here. */
+/* Queues the sealed frame in cp->frame.events (commit seq) for the writer;
+ * waits only while the queue is full. Without a thread, writes it here. */
 static int wr_enqueue(checkpoint *cp, uint64_t seq, uint64_t ticket, char *err, size_t errlen)
 {
+    buf *out = &cp->frame.events;
     if (!cp->wr_running && !cp->wr_errno && !cp->wr_stop &&
         job_thread_start(&cp->wr, wr_main, cp) == 0)
         cp->wr_running = 1;
@@ -964,7 +962,7 @@ static int wr_enqueue(checkpoint *cp, uint64_t seq, uint64_t ticket, char *err, 
             cp->wr_errno = EIO;
             return -1;
         }
-        if (fd_write_all(cp->log_fd, cp->out.data, cp->out.len, FDIO_APPEND) || fdatasync(cp->log_fd)) {
+        if (fd_write_all(cp->log_fd, out->data, out->len, FDIO_APPEND) || fdatasync(cp->log_fd)) {
             cp->wr_errno = errno;
             cp->wr_err_log = cp->log_start;
             return write_failed(cp, cp->wr_errno, cp->log_start, err, errlen);
@@ -974,17 +972,17 @@ static int wr_enqueue(checkpoint *cp, uint64_t seq, uint64_t ticket, char *err, 
     }
     pthread_mutex_lock(&cp->wr_mu);
     while (!cp->wr_errno &&
-           ((cp->wr_queue.len > 0 && cp->wr_queue.len + cp->out.len > cp->wr_max_bytes) ||
+           ((cp->wr_queue.len > 0 && cp->wr_queue.len + out->len > cp->wr_max_bytes) ||
             cp->wr_queue_frames + cp->wr_batch_frames >= CHECKPOINT_MAX_IN_FLIGHT))
         pthread_cond_wait(&cp->wr_progress, &cp->wr_mu);
     int e = cp->wr_errno;
     if (!e) {
-        if (cp->wr_queue.len == 0) {
+        if (cp->wr_queue.len == 0) { /* the writer keeps up: no copy */
             buf t = cp->wr_queue;
-            cp->wr_queue = cp->out;
-            cp->out = t;
+            cp->wr_queue = *out;
+            *out = t;
         } else {
-            buf_append(&cp->wr_queue, cp->out.data, cp->out.len);
+            buf_append(&cp->wr_queue, out->data, out->len);
         }
         cp->wr_queue_seq = seq;
         if (ticket) cp->wr_queue_ticket = ticket; /* the later ticket covers the earlier */
@@ -1038,11 +1036,12 @@ int checkpoint_commit(checkpoint *cp, const engine *e, uint64_t ticket, char *er
         cp->need_snapshot = 0;
         atomic_store(&cp->durable, seq);
     } else {
-        buf_reset(&cp->out);
-        changelog_seal(&cp->frame, seq, e, &cp->out);
-        cp->log_bytes += (int64_t)cp->out.len;
-        cp->written += (int64_t)cp->out.len;
-        if (wr_enqueue(cp, seq, ticket, err, errlen)) return -1;
+        changelog_seal_in_place(&cp->frame, seq, e);
+        cp->log_bytes += (int64_t)cp->frame.events.len;
+        cp->written += (int64_t)cp->frame.events.len;
+        int queued = wr_enqueue(cp, seq, ticket, err, errlen);
+        changelog_frame_reset(&cp->frame); /* its buffer may be the writer's now */
+        if (queued) return -1;
         /* A compaction starts a new log: the frames up to seq go to the old
          * one first (and the writer is idle while log_fd changes). */
         if (!busy && compact_due(cp, e) &&
