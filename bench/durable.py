@@ -30,17 +30,10 @@ import subprocess
 import sys
 import time
 
+from shapes import DESCR, data_file  # bench/shapes.py
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-GEN = os.path.join(ROOT, "tests", "integration", "lib", "gen_visits.py")
-PY = "/usr/bin/python3"
-SHAPES = {
-    "short": ["--users", "100000", "--seed", "1"],
-    "long": ["--users", "100000", "--seed", "1", "--rate", "4400"],
-    "users": ["--users", "1000000", "--seed", "1", "--rate", "20000"],
-}
-DESCR = {"short": "short sessions (~1 visit)", "long": "long sessions (~9 visits over commits)",
-         "users": "1M users (~1M open)"}
 
 
 def log(msg):
@@ -77,12 +70,7 @@ def main():
     shapes = a.shapes.split(",")
     data = {}
     for s in shapes:
-        path = os.path.join(a.out, f"durable-{s}-{a.visits}.jsonl")
-        if not os.path.exists(path):
-            log(f"generating {path}")
-            subprocess.run([PY, GEN, str(a.visits), *SHAPES[s], "--out", path + ".tmp"], check=True)
-            os.rename(path + ".tmp", path)
-        data[s] = path
+        data[s] = data_file(s, a.visits, a.out, log)
     cp = os.path.join(a.out, "durable-cp")
     dlq = os.path.join(a.out, "durable-dlq.jsonl")
     res = {}

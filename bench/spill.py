@@ -29,15 +29,10 @@ import subprocess
 import sys
 import time
 
+from shapes import data_file  # bench/shapes.py
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-GEN = os.path.join(ROOT, "tests", "integration", "lib", "gen_visits.py")
-PY = "/usr/bin/python3"
-SHAPES = {
-    "short": ["--users", "100000", "--seed", "1"],
-    "long": ["--users", "100000", "--seed", "1", "--rate", "4400"],
-    "users": ["--users", "1000000", "--seed", "1", "--rate", "20000"],
-}
 
 
 def log(msg):
@@ -87,11 +82,7 @@ def main():
     loads = []
     rows = []
     for s in a.shapes.split(","):
-        path = os.path.join(a.out, f"durable-{s}-{a.visits}.jsonl")  # shared with bench/durable.py
-        if not os.path.exists(path):
-            log(f"generating {path}")
-            subprocess.run([PY, GEN, str(a.visits), *SHAPES[s], "--out", path + ".tmp"], check=True)
-            os.rename(path + ".tmp", path)
+        path = data_file(s, a.visits, a.out, log)
         for r in range(a.rounds):
             cmd = [sz, "run", "--source", "file:" + path, "--sink", "null:", "--checkpoint", cp]
             shutil.rmtree(cp, ignore_errors=True)
