@@ -67,17 +67,6 @@ void changelog_frame_reset(changelog_frame *f)
     f->prev_t = f->prev_off = f->prev_ts = 0;
 }
 
-/* A varint into room already reserved; returns the byte after it. */
-static inline unsigned char *put_varint_at(unsigned char *p, uint64_t v)
-{
-    while (v >= 0x80) {
-        *p++ = (unsigned char)(v | 0x80);
-        v >>= 7;
-    }
-    *p++ = (unsigned char)v;
-    return p;
-}
-
 /* Once per accepted visit, on the job's thread: one reservation for the
  * whole event (a buf_put_varint per field reserved six times). */
 void changelog_add_visit(changelog_frame *f, const visit *v)

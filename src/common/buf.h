@@ -74,6 +74,18 @@ static inline void buf_put_varint(buf *b, uint64_t v)
     b->len = (size_t)(p - b->data);
 }
 
+/* A varint into room already reserved (10 bytes at most); returns the byte
+ * after it. */
+static inline unsigned char *put_varint_at(unsigned char *p, uint64_t v)
+{
+    while (v >= 0x80) {
+        *p++ = (unsigned char)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (unsigned char)v;
+    return p;
+}
+
 /* Returns -1 and latches r->bad on a truncated or over-long varint. */
 static inline int reader_varint(reader *r, uint64_t *out)
 {
