@@ -79,8 +79,12 @@ static void print_summary(const job_config *cfg, const job_result *r)
         log_info("sessionizer",
                  "--memory-limit: %" PRIu64 " times a user's sessions were spilled to disk and %" PRIu64
                  " read back (%" PRIu64 " users on disk at the end, %" PRIu64 " of the reads "
-                 "queued ahead); the cold store wrote %.1f MiB and read %.1f MiB",
+                 "queued ahead); %" PRIu64 " visits kept for users on disk without reading "
+                 "them back (%" PRIu64 " new users' first, read back too), written %" PRIu64
+                 " times into their users' records; the cold store wrote %.1f MiB and read "
+                 "%.1f MiB",
                  e->users_evicted, e->users_loaded, e->cold_users, r->spill_read_ahead,
+                 e->cold_appends, e->cold_births, e->cold_folds,
                  (double)r->spill_written / 1048576.0, (double)r->spill_read / 1048576.0);
     if (e->open_sessions > 0 && !cfg->checkpoint_dir)
         log_warn("sessionizer", "%" PRIu64 " open sessions were not written: use --until-end "

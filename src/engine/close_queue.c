@@ -55,6 +55,7 @@ void free_dead_session(engine *e, session *s)
 
 void free_cold(engine *e, cold_user *c)
 {
+    cold_delta_free(e, c);
     if (c->dead) {
         assert(e->dead_bytes >= heap_bytes(sizeof *c));
         e->dead_bytes -= heap_bytes(sizeof *c);
@@ -91,6 +92,7 @@ int close_upto(engine *e, uint64_t upto)
                         free_cold(e, entry_cold(&c));
                         continue;
                     }
+                    c.key = cold_first_key(entry_cold(&c), c.key);
                 } else {
                     session *s = entry_session(&c);
                     if (session_dead(s)) {
@@ -149,6 +151,9 @@ int close_upto(engine *e, uint64_t upto)
                 b0->v[kept++] = c;
             } else if (entry_cold(&c)->dead) {
                 free_cold(e, entry_cold(&c));
+            } else if (cold_first_key(entry_cold(&c), c.key) != e->cq_last) {
+                /* its first session grew since (appended visits): later */
+                cq_place(e, cold_first_key(entry_cold(&c), c.key), c.ptr);
             } else {
                 if (n_due == e->cap_due) {
                     e->budget_check_at = 0;
@@ -162,7 +167,8 @@ int close_upto(engine *e, uint64_t upto)
         if (n_due > 0) {
             /* their reads together (the store may submit them at once) */
             if (e->cold.prefetch && n_due > 1)
-                for (size_t i = 0; i < n_due; i++) e->cold.prefetch(e->cold.ctx, e->due[i]->handle, e->due[i]->len);
+                for (size_t i = 0; i < n_due; i++)
+                    if (e->due[i]->len) e->cold.prefetch(e->cold.ctx, e->due[i]->handle, e->due[i]->len);
             for (size_t i = 0; i < n_due; i++) {
                 assert(cold_find(e, e->due[i]->user_id) == e->due[i]);
                 int rc = load_cold(e, e->due[i], 0, NULL);

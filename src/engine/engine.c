@@ -255,10 +255,15 @@ static int apply_visit(engine *e, partition_state *p, const visit *v)
     int64_t uid = user_of(e, v);
     user_slot *u = e->n_cold ? user_find(e, uid) : NULL;
     if (!u) {
+        /* a visit that only appends to a cold user (or makes a new user
+         * cold at once, while spilling) does not load it (cold_append.c) */
         cold_user *c = cold_find(e, uid);
+        if (c && cold_append(e, c, v)) goto applied;
         if (c) {
             int rc = load_cold(e, c, 1, &u);
             if (rc) return rc;
+        } else if (cold_birth(e, uid, v)) {
+            goto applied;
         } else {
             u = user_insert(e, uid);
         }
@@ -296,6 +301,7 @@ static int apply_visit(engine *e, partition_state *p, const visit *v)
     if (!rc) rc = rc2;
     if (rc) return rc;
 
+applied:
     if (t > p->max_t) {
         p->max_t = t;
         recompute_closing_wm(e);
@@ -315,12 +321,21 @@ void engine_prefetch(const engine *e, int64_t user_id, int stage)
     }
     /* Only the common case of a user in its home slot is worth a hint. */
     if (!u->used || u->user_id != user_id || !u->head) {
-        /* A cold user's blob: the store can read it ahead, several at
-         * once, instead of one system call when the visit needs it. */
-        if (stage == 1 && e->n_cold && e->cold.prefetch) {
-            const cold_user *c = cold_find(e, user_id);
-            if (c) e->cold.prefetch(e->cold.ctx, c->handle, c->len);
+        if (!e->n_cold) return;
+        /* A cold user: its stub (stage 1: the one in the home slot, if
+         * any), then the end of its appended visits or, for a visit that
+         * will likely need it whole, its blob: the store can read it
+         * ahead, several at once, instead of one system call when the
+         * visit needs it. */
+        if (stage == 1) {
+            const cold_user *home = e->ctab[h & (e->n_ctab - 1)];
+            if (home) __builtin_prefetch(home);
+            return;
         }
+        const cold_user *c = cold_find(e, user_id);
+        if (!c) return;
+        if (c->delta) __builtin_prefetch(c->delta->data + c->delta->len, 1);
+        if (e->cold.prefetch && c->len && !cold_may_append(c)) e->cold.prefetch(e->cold.ctx, c->handle, c->len);
         return;
     }
     const session *s = u->head;

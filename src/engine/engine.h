@@ -70,11 +70,16 @@ typedef struct engine_callbacks {
  * engine_foreach_user), and the engine keeps of each such "cold" user a
  * stub in its own table (out of the user table, which holds the hot users
  * only) and one close-queue entry on its earliest session end, so that the
- * watermark knows whom to load back without reading the store (59-71 bytes
- * per cold user: docs/checkpoint.md "Memory limit"). Eviction changes no
- * output: a cold user is loaded back, whole, when a visit of it is accepted,
- * when the closing watermark reaches its earliest session end, or for
- * engine_foreach_user/_dirty (loaded then only into a buffer). The store
+ * watermark knows whom to load back without reading the store (75-112
+ * bytes per cold user: docs/checkpoint.md "Memory limit"). A visit that only
+ * appends to a cold user's last session, or opens a new one after it, is
+ * kept beside the stub without loading the user (a few varints and the
+ * page), as is a new user's first visit while the engine spills; the
+ * appended visits go to the store with the user's blob when they pass
+ * their share of the budget. Eviction changes no output: a cold user is
+ * loaded back, whole, when a visit of it that does not only append is
+ * accepted, when the closing watermark reaches its earliest session end, or
+ * for engine_foreach_user/_dirty (loaded then only into a buffer). The store
  * need not be durable: a checkpoint's snapshot carries cold users' blobs like
  * the others', and a restore rebuilds them from it and the change log. */
 typedef struct engine_cold_store {
@@ -123,6 +128,9 @@ typedef struct engine_stats {
     uint64_t cold_users;       /* users whose sessions are in the store now */
     uint64_t users_evicted;    /* evictions */
     uint64_t users_loaded;     /* loads back into memory */
+    uint64_t cold_appends;     /* visits kept against a cold user without loading it */
+    uint64_t cold_folds;       /* a cold user's appended visits written into a new blob */
+    uint64_t cold_births;      /* of cold_appends: new users made cold at once */
     uint64_t memory_bytes;     /* engine_memory_bytes at the time */
 } engine_stats;
 

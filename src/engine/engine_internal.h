@@ -51,7 +51,13 @@
  *      that id again, and nothing else is (one id per slot, no leak).
  *  I7. The page-store free lists hold pool_bytes <= POOL_MAX_BYTES of heap,
  *      and mem is exactly the heap bytes of the sessions, their stores, the
- *      dead structs, the cold users, the string users' bytes and the lists.
+ *      dead structs, the cold users and their appended visits, the string
+ *      users' bytes and the lists.
+ *  I8. A cold user's stub says what its blob with its appended visits
+ *      holds: the last session's end, its room within the caps (at most
+ *      the truth; none past a cut), whether it is the only session, and
+ *      the first session's end (cold_first_key), which its close-queue
+ *      entry's key does not pass; a dead stub holds no appended visits.
  */
 #ifndef SESSIONIZER_ENGINE_INTERNAL_H
 #define SESSIONIZER_ENGINE_INTERNAL_H
@@ -136,26 +142,48 @@ static inline unsigned store_class_of(uint64_t n)
     return k;
 }
 
+/* Visits appended to a cold user without loading it (cold_append.c), each
+ * as varint(t - the last session's last_t before it, or t for a user's
+ * first visit) | zigzag(append_ts_ms) | varint(partition) | zigzag(offset) |
+ * varint(page length) | page: applied to its blob by blob_apply_delta. */
+typedef struct cold_delta {
+    /* INT64_MIN, or the user's first session's end when the appends opened
+     * a session after the only one it had (cold_first_key) */
+    int64_t first_end;
+    uint16_t len, cap; /* bytes of data */
+    unsigned char data[];
+} cold_delta;
+
 /* A user whose sessions were evicted to the cold store (engine_set_cold_store):
  * all that memory keeps of it. It leaves the user table (which thus holds
  * the hot users only, and does not grow with the cold ones) for the cold
  * table, an array of pointers to these, and has one close-queue entry keyed
  * on its earliest session end (the first session's last_t: a user's sessions
  * are disjoint and sorted), so that the watermark finds it without reading
- * the store. 24 bytes, a 32-byte heap chunk. */
+ * the store. With it, what cold_append decides a visit on (the last
+ * session's end and room) and the visits appended since the blob was
+ * written. 40 bytes, a 48-byte heap chunk. */
 typedef struct cold_user {
     int64_t user_id;
     uint64_t handle;   /* the store's name for the blob */
-    uint32_t len;      /* the blob's bytes */
-    uint8_t dead;      /* loaded back: freed when the close queue reaches it */
-    uint8_t persisted; /* the user slot's, kept while cold */
-    uint8_t listed;    /* in engine.dirty for the current epoch (its slot's dirty_epoch) */
+    int64_t last_t;    /* the last session's last_t, appended visits included */
+    cold_delta *delta; /* visits appended since the blob, or NULL */
+    uint32_t len;      /* the blob's bytes; 0: none yet (born cold, cold_birth) */
+    unsigned dead : 1;      /* loaded back: freed when the close queue reaches it */
+    unsigned persisted : 1; /* the user slot's, kept while cold */
+    unsigned listed : 1;    /* in engine.dirty for the current epoch (its slot's dirty_epoch) */
+    unsigned single : 1;    /* one open session (appended visits included) */
+    /* What the last session still takes within the caps (session_add_page):
+     * pages (0 also when it has a cut) and page text, saturated; appends
+     * count them down, so they stay at or below the truth. */
+    uint8_t room_pages;
+    uint16_t room_bytes;
 } cold_user;
 
 /* An entry of the close queue: key = close_key(t) for some t <= the
  * session's last_t (stale until re-keyed), ptr = the session; or, with the
- * pointer's low bit set, a cold user keyed on its earliest session end
- * (exact: a cold user does not change). */
+ * pointer's low bit set, a cold user keyed on its earliest session end or
+ * below it (appended visits may extend that session: cold_first_key). */
 typedef keyed close_entry;
 static inline int entry_is_cold(const close_entry *c) { return ((uintptr_t)c->ptr & 1) != 0; }
 static inline session *entry_session(const close_entry *c) { return c->ptr; }
@@ -182,7 +210,7 @@ typedef struct user_slot {
     uint8_t touched;   /* applied to since the eviction clock's hand last passed */
 } user_slot;
 _Static_assert(sizeof(user_slot) == 24, "a user slot stays 24 bytes: it is paid per hot user");
-_Static_assert(sizeof(cold_user) == 24, "a cold user fits a 32-byte heap chunk");
+_Static_assert(sizeof(cold_user) == 40, "a cold user fits a 48-byte heap chunk");
 
 /* An interned string user (see the top of this file). */
 typedef struct user_name {
@@ -262,8 +290,12 @@ struct engine {
     /* Page stores given back, by size class (store_release): counted in mem. */
     void *pool[STORE_CLASSES];
     uint64_t pool_bytes;
-    cold_user **due;    /* cold users the closing watermark reached, being loaded */
+    cold_user **due;    /* cold users the closing watermark reached, being loaded (or folded) */
     size_t cap_due;
+    /* Of mem, the cold users' appended visits (cold_append.c), how many
+     * users hold some, and cold_fold's clock over the cold table. */
+    uint64_t delta_bytes;
+    size_t n_delta, fold_hand;
 };
 
 /* What malloc takes for n bytes (glibc: 8 bytes of header, 16-byte
@@ -336,6 +368,17 @@ static inline cold_user *cold_find(const engine *e, int64_t user_id)
 
 static inline uint64_t close_key(int64_t last_t) { return keyed_from_i64(last_t); }
 
+/* The close key of a cold user's first session end, given its entry's key
+ * (at most that: appended visits only raise it, and the entry is re-keyed
+ * lazily, as a session's is). The entry's key is exact for a user evicted
+ * with several sessions, whose first one no append reaches. */
+static inline uint64_t cold_first_key(const cold_user *c, uint64_t key)
+{
+    if (c->single) return close_key(c->last_t);
+    if (c->delta && c->delta->first_end != INT64_MIN) return close_key(c->delta->first_end);
+    return key;
+}
+
 static inline unsigned cq_bucket_of(uint64_t last, uint64_t key)
 {
     return key == last ? 0 : 64 - (unsigned)__builtin_clzll(key ^ last);
@@ -378,8 +421,10 @@ void user_remove(engine *e, user_slot *s);
 void user_release_if_empty(engine *e, user_slot *u);
 void cold_insert(engine *e, cold_user *c);
 void cold_remove(engine *e, const cold_user *c);
+void cold_replace(engine *e, const cold_user *c, cold_user *n);
 void tables_shrink(engine *e);
 void dirty_append(engine *e, user_slot *u);
+void dirty_push(engine *e, int64_t user_id);
 
 /* The user of a visit: its int, or its string interned when new. */
 static inline int64_t user_of(engine *e, const visit *v)
@@ -425,11 +470,27 @@ partition_state *partition_get(engine *e, int32_t id);
 void encode_user(const session *head, buf *out);
 int decode_user(engine *e, user_slot *u, const void *blob, size_t len);
 user_key key_of(const engine *e, int64_t id);
+int blob_apply_delta(const engine *e, const cold_delta *d, buf *blob);
+int cold_blob(const engine *e, const cold_user *c, buf *out);
+int cold_stub_broken(const engine *e, const cold_user *c, uint64_t key);
 
 /* ---- spill.c: state larger than memory ------------------------------------- */
 
 int load_cold(engine *e, cold_user *c, int queued, user_slot **out);
 int evict_to_budget(engine *e);
+
+/* ---- cold_append.c: visits appended to cold users without loading them ---- */
+
+/* Cold users' appended visits may take 1/COLD_DELTA_SHARE of what eviction
+ * aims at before they are folded into their blobs. */
+#define COLD_DELTA_SHARE 2
+
+int cold_append(engine *e, cold_user *c, const visit *v);
+int cold_birth(engine *e, int64_t user_id, const visit *v);
+int cold_may_append(const cold_user *c);
+void cold_stub_init(const engine *e, cold_user *c, const session *head);
+void cold_delta_free(engine *e, cold_user *c);
+int cold_fold(engine *e, uint64_t goal);
 
 /* Evicts when over the budget (engine_set_cold_store); the test is on every
  * visit's path, the eviction is not. */

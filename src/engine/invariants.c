@@ -1,9 +1,10 @@
 /*
- * invariants.c - engine_check_invariants: I1-I7 of engine_internal.h,
+ * invariants.c - engine_check_invariants: I1-I8 of engine_internal.h,
  * checked from scratch. The unit tests call it after every operation on
  * random inputs; it is never on the job's path.
  */
 #include <assert.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,7 +14,7 @@
 
 int engine_check_invariants(const engine *e)
 {
-    uint64_t sessions = 0, pages = 0, cold = 0;
+    uint64_t sessions = 0, pages = 0, cold = 0, deltas = 0, delta_bytes = 0;
     for (size_t i = 0; i < e->n_slots; i++) {
         const user_slot *u = &e->slots[i];
         if (!u->used) continue;
@@ -43,8 +44,14 @@ int engine_check_invariants(const engine *e)
         const cold_user *c = e->ctab[i];
         if (!c) continue;
         cold++;
-        if (cold_find(e, c->user_id) != c || c->dead || c->len == 0) return 3;
+        if (cold_find(e, c->user_id) != c || c->dead || (c->len == 0 && !c->delta)) return 3;
+        if (c->delta) {
+            if (c->delta->len == 0 || c->delta->len > c->delta->cap) return 8;
+            deltas++;
+            delta_bytes += heap_bytes(offsetof(cold_delta, data) + c->delta->cap);
+        }
     }
+    if (deltas != e->n_delta || delta_bytes != e->delta_bytes) return 8;
     uint64_t live = 0, live_cold = 0, dead = 0;
     int64_t due_upto = 0;
     int any_due = e->closing_wm != INT64_MIN &&
@@ -57,11 +64,13 @@ int engine_check_invariants(const engine *e)
             if (c->key < e->cq_last || cq_bucket_of(e->cq_last, c->key) != b) return 3;
             if (entry_is_cold(c)) {
                 if (entry_cold(c)->dead) {
+                    if (entry_cold(c)->delta) return 8;
                     dead += heap_bytes(sizeof(cold_user));
                     continue;
                 }
                 live_cold++;
                 if (any_due && c->key <= close_key(due_upto)) return 4;
+                if (e->cold.get && cold_stub_broken(e, entry_cold(c), c->key)) return 8;
                 continue;
             }
             if (session_dead(entry_session(c))) {
@@ -79,7 +88,7 @@ int engine_check_invariants(const engine *e)
         pages + e->cold_pages != e->st.open_pages)
         return 5;
     /* I7: the free lists and mem */
-    uint64_t pooled = 0, mem = e->dead_bytes + cold * heap_bytes(sizeof(cold_user));
+    uint64_t pooled = 0, mem = e->dead_bytes + cold * heap_bytes(sizeof(cold_user)) + delta_bytes;
     for (unsigned k = 0; k < STORE_CLASSES; k++)
         for (const unsigned char *b = e->pool[k]; b;) {
             pooled += heap_bytes(store_class[k]);

@@ -12,6 +12,7 @@
 #include "common/keyed_sort.h"
 #include "common/xalloc.h"
 #include "engine/engine_internal.h"
+#include "engine/session_id.h"
 
 /* 2 added max_session_bytes; a version 1 checkpoint was written without a
  * byte cap and resumes with the largest one. 3 added max_future_us and its
@@ -271,6 +272,147 @@ void encode_user(const session *head, buf *out)
     out->len += need;
 }
 
+/* Offsets of encode_user's session fields. */
+#define BS_LAST_T 8
+#define BS_FIRST_POS 16 /* append_ts i64, partition u32, offset i64 */
+#define BS_VISITS 36
+#define BS_LAST_PART 44
+#define BS_LAST_OFF 48
+#define BS_PAGES 56
+_Static_assert(BS_PAGES + 4 == BLOB_SESSION_BYTES, "the offsets are encode_user's");
+
+/* Appends a page's fixed fields and text (room reserved). */
+static unsigned char *put_page(unsigned char *p, int64_t t, const log_position *pos, const unsigned char *text,
+                               uint32_t len)
+{
+    p = put_le64(p, (uint64_t)t);
+    p = put_le32(p, (uint32_t)pos->partition);
+    p = put_le64(p, (uint64_t)pos->offset);
+    p = put_le32(p, len);
+    if (len) memcpy(p, text, len);
+    return p + len;
+}
+
+/* What a blob's outline says of its first and last sessions (cold_user's
+ * fields, checked by engine_check_invariants). */
+typedef struct blob_outline {
+    uint32_t n;         /* sessions */
+    size_t last_at;     /* the last session's fixed fields: its pages end the blob */
+    int64_t first_end;  /* the first session's last_t */
+    int64_t last_end;
+    uint32_t last_pages, last_bytes;
+    int last_cut;
+} blob_outline;
+
+/* 0, or -1 if the blob is not one of encode_user's. */
+static int blob_outline_of(const unsigned char *b, size_t len, blob_outline *o)
+{
+    size_t at = 4;
+    if (len < 4) return -1;
+    uint32_t n = load_u32le(b);
+    if ((n & BLOB_FLAGS) != BLOB_FLAGS || (n &= ~BLOB_FLAGS) == 0) return -1;
+    *o = (blob_outline){.n = n};
+    for (uint32_t k = 0; k < n; k++) {
+        if (len - at < BLOB_SESSION_BYTES) return -1;
+        o->last_at = at;
+        uint32_t pages = load_u32le(b + at + BS_PAGES);
+        o->last_end = (int64_t)load_u64le(b + at + BS_LAST_T);
+        if (k == 0) o->first_end = o->last_end;
+        o->last_cut = (pages & BLOB_HAS_CUT) != 0;
+        at += BLOB_SESSION_BYTES + (o->last_cut ? BLOB_CUT_BYTES : 0);
+        o->last_pages = pages &= ~BLOB_HAS_CUT;
+        o->last_bytes = 0;
+        for (uint32_t i = 0; i < pages; i++) {
+            if (at > len || len - at < BLOB_PAGE_BYTES) return -1;
+            uint32_t plen = load_u32le(b + at + 20);
+            o->last_bytes += plen;
+            at += BLOB_PAGE_BYTES + (size_t)plen;
+        }
+        if (at > len) return -1;
+    }
+    return at == len ? 0 : -1;
+}
+
+/* Applies a cold user's appended visits (cold_append.c) to its blob, as
+ * engine_apply applied them to its sessions when they came: the result is
+ * encode_user's bytes for the sessions after them. 0, or -1 if the blob or
+ * the delta do not decode. */
+int blob_apply_delta(const engine *e, const cold_delta *d, buf *blob)
+{
+    if (!d || d->len == 0) return 0;
+    blob_outline o = {.n = 0};
+    /* an empty blob (a user born cold): its first visit's dt is its time */
+    if (!(blob->len == 4 && load_u32le(blob->data) == BLOB_FLAGS) &&
+        blob_outline_of(blob->data, blob->len, &o))
+        return -1;
+    size_t last = o.last_at;
+    uint32_t n = o.n;
+    reader r;
+    reader_init(&r, d->data, d->len);
+    while (reader_left(&r) > 0) {
+        uint64_t dt = 0, ts = 0, part = 0, off = 0, plen = 0;
+        const unsigned char *page = NULL;
+        reader_varint(&r, &dt);
+        reader_varint(&r, &ts);
+        reader_varint(&r, &part);
+        reader_varint(&r, &off);
+        reader_varint(&r, &plen);
+        if (r.bad || part > UINT32_MAX || plen > UINT32_MAX || reader_bytes(&r, &page, plen)) return -1;
+        log_position pos = {.append_ts_ms = zigzag_dec(ts), .partition = (int32_t)(uint32_t)part,
+                            .offset = zigzag_dec(off)};
+        int64_t t = (int64_t)((n ? load_u64le(blob->data + last + BS_LAST_T) : 0) + dt);
+        if (n == 0 || dt > (uint64_t)e->cfg.gap_us) {
+            /* a new session (session_new), one page */
+            if (n + 1 >= BLOB_WITH_LAST) return -1;
+            buf_reserve(blob, BLOB_SESSION_BYTES + BLOB_PAGE_BYTES + plen);
+            last = blob->len;
+            unsigned char *p = blob->data + last;
+            p = put_le64(p, (uint64_t)t);
+            p = put_le64(p, (uint64_t)t);
+            p = put_le64(p, (uint64_t)pos.append_ts_ms);
+            p = put_le32(p, (uint32_t)pos.partition);
+            p = put_le64(p, (uint64_t)pos.offset);
+            p = put_le64(p, 1);
+            p = put_le32(p, (uint32_t)pos.partition);
+            p = put_le64(p, (uint64_t)pos.offset);
+            p = put_le32(p, 1);
+            p = put_page(p, t, &pos, page, (uint32_t)plen);
+            blob->len = (size_t)(p - blob->data);
+            put_le32(blob->data, ++n | BLOB_FLAGS);
+            continue;
+        }
+        /* the last session grows by a page at its end (engine_apply's join
+         * of a visit after the session's pages, within its caps) */
+        buf_reserve(blob, BLOB_PAGE_BYTES + plen);
+        unsigned char *s = blob->data + last;
+        uint32_t pages = load_u32le(s + BS_PAGES);
+        if (pages & BLOB_HAS_CUT) return -1; /* cold_append never appends past a cut */
+        put_le64(s + BS_LAST_T, (uint64_t)t);
+        log_position first = {.append_ts_ms = (int64_t)load_u64le(s + BS_FIRST_POS),
+                              .partition = (int32_t)load_u32le(s + BS_FIRST_POS + 8),
+                              .offset = (int64_t)load_u64le(s + BS_FIRST_POS + 12)};
+        if (log_position_cmp(&pos, &first) < 0) {
+            put_le64(s + BS_FIRST_POS, (uint64_t)pos.append_ts_ms);
+            put_le32(s + BS_FIRST_POS + 8, (uint32_t)pos.partition);
+            put_le64(s + BS_FIRST_POS + 12, (uint64_t)pos.offset);
+        }
+        put_le64(s + BS_VISITS, load_u64le(s + BS_VISITS) + 1);
+        /* session_raise_last */
+        int32_t last_part = (int32_t)load_u32le(s + BS_LAST_PART);
+        int64_t last_off = (int64_t)load_u64le(s + BS_LAST_OFF);
+        if (last_part < 0 || pos.partition < 0) {
+            put_le32(s + BS_LAST_PART, UINT32_MAX);
+        } else if (pos.partition > last_part || (pos.partition == last_part && pos.offset > last_off)) {
+            put_le32(s + BS_LAST_PART, (uint32_t)pos.partition);
+            put_le64(s + BS_LAST_OFF, (uint64_t)pos.offset);
+        }
+        put_le32(s + BS_PAGES, pages + 1);
+        unsigned char *p = put_page(blob->data + blob->len, t, &pos, page, (uint32_t)plen);
+        blob->len = (size_t)(p - blob->data);
+    }
+    return 0;
+}
+
 static int cmp_i64(const void *a, const void *b)
 {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
@@ -305,11 +447,35 @@ user_key key_of(const engine *e, int64_t id)
 
 /* A cold user's blob, read back from the store (it stays cold: a snapshot
  * must not need the memory it was evicted to save). */
-static int cold_blob(const engine *e, const cold_user *c, buf *out)
+int cold_blob(const engine *e, const cold_user *c, buf *out)
 {
     buf_reset(out);
-    int rc = e->cold.get(e->cold.ctx, c->handle, c->len, out);
-    return rc ? rc : out->len == c->len ? 0 : -1;
+    if (c->len == 0) { /* born cold (cold_birth): no record, an empty blob */
+        buf_put_u32le(out, BLOB_FLAGS);
+    } else {
+        int rc = e->cold.get(e->cold.ctx, c->handle, c->len, out);
+        if (rc) return rc;
+        if (out->len != c->len) return -1;
+    }
+    return blob_apply_delta(e, c->delta, out) == 0 ? 0 : -1;
+}
+
+/* I8: a cold user's stub says what its blob, appended visits applied,
+ * holds: its last session's end, its room within the caps (at most the
+ * truth), whether it has one session, and its first session's end, which
+ * its close-queue entry's key does not pass (cold_first_key). */
+int cold_stub_broken(const engine *e, const cold_user *c, uint64_t key)
+{
+    buf b;
+    buf_init(&b);
+    blob_outline o;
+    int broken = cold_blob(e, c, &b) || blob_outline_of(b.data, b.len, &o);
+    buf_free(&b);
+    if (broken) return 1;
+    uint64_t room_pages = e->cfg.max_pages - o.last_pages, room_bytes = e->cfg.max_session_bytes - o.last_bytes;
+    return c->last_t != o.last_end || c->single != (o.n == 1) ||
+           (o.last_cut ? c->room_pages != 0 : c->room_pages > room_pages || c->room_bytes > room_bytes) ||
+           key > close_key(o.first_end) || cold_first_key(c, key) != close_key(o.first_end);
 }
 
 int engine_foreach_dirty(engine *e, engine_dirty_fn fn, void *ctx)
@@ -389,7 +555,7 @@ int engine_foreach_user(const engine *e, engine_dirty_fn fn, void *ctx)
     for (size_t i = 0; i < e->n_ctab && !rc; i++) {
         /* the store reads ahead, several records a system call */
         const cold_user *next = i + WALK_AHEAD < e->n_ctab ? e->ctab[i + WALK_AHEAD] : NULL;
-        if (next && e->cold.prefetch) e->cold.prefetch(e->cold.ctx, next->handle, next->len);
+        if (next && next->len && e->cold.prefetch) e->cold.prefetch(e->cold.ctx, next->handle, next->len);
         const cold_user *c = e->ctab[i];
         if (!c) continue;
         rc = cold_blob(e, c, &b);

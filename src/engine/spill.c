@@ -57,11 +57,10 @@ int load_cold(engine *e, cold_user *c, int queued, user_slot **out)
 {
     assert(!c->dead);
     e->budget_check_at = 0; /* cold_buf may grow */
-    buf_reset(&e->cold_buf);
-    int rc = e->cold.get(e->cold.ctx, c->handle, c->len, &e->cold_buf);
+    int rc = cold_blob(e, c, &e->cold_buf); /* its appended visits applied */
     if (rc) return rc;
-    if (e->cold_buf.len != c->len) return -1;
-    if (e->cold.drop) e->cold.drop(e->cold.ctx, c->handle, c->len);
+    cold_delta_free(e, c);
+    if (e->cold.drop && c->len) e->cold.drop(e->cold.ctx, c->handle, c->len);
     cold_remove(e, c);
     user_slot *u = user_insert(e, c->user_id);
     assert(u->head == NULL && !u->persisted);
@@ -126,6 +125,7 @@ static int evict_user(engine *e, user_slot *u)
                      .len = (uint32_t)e->cold_buf.len,
                      .persisted = u->persisted,
                      .listed = e->cfg.track_dirty && u->dirty_epoch == e->epoch};
+    cold_stub_init(e, c, u->head);
     /* the first session ends first: sessions are sorted and disjoint */
     uint64_t key = close_key(u->head->last_t);
     for (session *s = u->head, *next; s; s = next) {
@@ -149,8 +149,7 @@ static int evict_user(engine *e, user_slot *u)
 /* Where an entry's dead mark is: the line a sweep must read. */
 static inline const void *entry_mark(const close_entry *c)
 {
-    return entry_is_cold(c) ? (const void *)&entry_cold(c)->dead
-                            : (const void *)&entry_session(c)->visits;
+    return entry_is_cold(c) ? (const void *)entry_cold(c) : (const void *)&entry_session(c)->visits;
 }
 
 /* Removes the entries of dead sessions and dead cold users from the queue
@@ -186,6 +185,11 @@ int engine_evict(engine *e, uint64_t target_bytes)
     if (!e->cold.put || !e->cold.get) return 0;
     pool_free(e); /* memory is short: the free page stores go first */
     int rc = 0, any = 0;
+    /* Appended visits past their share are folded into their blobs first
+     * (down to 3/4 of it, so that folds come in batches): kept, each saves
+     * the load of its user, and a hot user saves only its own visits'. */
+    uint64_t share = target_bytes / COLD_DELTA_SHARE;
+    if (e->delta_bytes > share) rc = cold_fold(e, share - share / 4);
     /* A clock: a user applied to since the hand last passed gets a second
      * chance. Two turns at most: the first clears every mark. */
     for (size_t seen = 0; seen < 2 * e->n_slots && !rc; seen++) {
@@ -201,6 +205,11 @@ int engine_evict(engine *e, uint64_t target_bytes)
         rc = evict_user(e, u);
         any |= rc == 0;
     }
+    /* No hot user left to evict: the appended visits go (all of them if
+     * need be: the cold users' index alone may be over the target) */
+    uint64_t mem = engine_memory_bytes(e) - e->dead_bytes;
+    if (!rc && mem > target_bytes && e->delta_bytes)
+        rc = cold_fold(e, e->delta_bytes > mem - target_bytes ? e->delta_bytes - (mem - target_bytes) : 0);
     /* A sweep is a pass over the whole queue (cold users' entries
      * included): after every batch it was most of a spilling job's CPU.
      * Deferred until the dead pass an eighth of the target, the memory stays
@@ -214,7 +223,7 @@ int engine_cold_rehandle(engine *e, int (*fn)(void *ctx, uint64_t *handle, uint3
 {
     for (size_t i = 0; i < e->n_ctab; i++) {
         cold_user *c = e->ctab[i];
-        if (!c) continue;
+        if (!c || !c->len) continue; /* born cold: no record yet */
         int rc = fn(ctx, &c->handle, c->len);
         if (rc) return rc;
     }

@@ -228,6 +228,15 @@ void cold_insert(engine *e, cold_user *c)
     e->n_cold++;
 }
 
+/* Puts n where c is in the cold table (a new stub for the same user). */
+void cold_replace(engine *e, const cold_user *c, cold_user *n)
+{
+    assert(c->user_id == n->user_id);
+    size_t mask = e->n_ctab - 1, i = mix64((uint64_t)c->user_id) & mask;
+    while (e->ctab[i] != c) i = (i + 1) & mask;
+    e->ctab[i] = n;
+}
+
 void cold_remove(engine *e, const cold_user *c)
 {
     size_t mask = e->n_ctab - 1, hole = mix64((uint64_t)c->user_id) & mask;
@@ -252,15 +261,20 @@ void tables_shrink(engine *e)
     while (e->n_ctab > 1024 && e->n_cold * 6 < e->n_ctab) cold_resize(e, e->n_ctab / 2);
 }
 
-void dirty_append(engine *e, user_slot *u)
+void dirty_push(engine *e, int64_t user_id)
 {
-    u->dirty_epoch = e->epoch;
     if (e->n_dirty == e->cap_dirty) {
         e->budget_check_at = 0;
         e->cap_dirty = e->cap_dirty ? e->cap_dirty * 2 : 1024;
         e->dirty = xrealloc(e->dirty, e->cap_dirty * sizeof *e->dirty);
     }
-    e->dirty[e->n_dirty++] = u->user_id;
+    e->dirty[e->n_dirty++] = user_id;
+}
+
+void dirty_append(engine *e, user_slot *u)
+{
+    u->dirty_epoch = e->epoch;
+    dirty_push(e, u->user_id);
 }
 
 /* A user with no open session leaves the map at once, unless its deletion

@@ -484,16 +484,19 @@ def t_spill(c):
     run(*common, "--sink", f"sqlite:{d}/ref.db", "--checkpoint", f"{d}/cpr", "--memory-limit", "8GiB")
     ref = content(f"{d}/ref.db")
     unlimited, _ = peak_of([*common, "--sink", "null:", "--checkpoint", f"{d}/cpn", "--memory-limit", "8GiB"])
-    # About 2/3 of the state: cold users take ~65 bytes each out of the user
+    # About 2/3 of the state: cold users take ~75-110 bytes each out of the user
     # table, the frames of a commit are bounded (docs/checkpoint.md), so the
     # run completes, every spilled user read back.
     rc, err, peak = own_peak([*common, "--sink", "null:", "--checkpoint", f"{d}/cpm", "--memory-limit", str(limit)],
                              env)
     c.eq(rc, 0, f"the run at the limit completes: {err.decode()[-300:]}")
     import re
-    m = re.search(rb"(\d+) times a user's sessions were spilled to disk and (\d+) read back", err)
-    c.check(m is not None and int(m.group(1)) > n // 20 and int(m.group(2)) == int(m.group(1)),
-            f"users were spilled and read back: {m.group(0).decode() if m else err.decode()[-300:]}")
+    m = re.search(rb"(\d+) times a user's sessions were spilled to disk and (\d+) read back.*?"
+                  rb"(\d+) visits kept for users on disk without reading them back \((\d+) new users'", err)
+    c.check(m is not None and int(m.group(1)) > n // 20 and int(m.group(2)) == int(m.group(1)) + int(m.group(4))
+            and int(m.group(3)) > n // 20,
+            f"users were spilled, visits kept for them, and all read back (new users made cold at "
+            f"once too): {m.group(0).decode() if m else err.decode()[-300:]}")
     if asan:
         print(f"spill: peak {peak >> 20} MiB under ASan (not checked)")
     else:

@@ -1242,7 +1242,7 @@ static void test_eviction_changes_nothing(void)
 {
     char pages[64][16];
     for (int i = 0; i < 64; i++) snprintf(pages[i], sizeof pages[i], "p%d", i);
-    uint64_t evicted = 0, loaded = 0, by_watermark = 0;
+    uint64_t evicted = 0, loaded = 0, by_watermark = 0, appended = 0, folded = 0, born = 0;
     for (int trial = 0; trial < 300; trial++) {
         size_t n = 1 + rnd() % 500;
         int64_t g = (int64_t)(1 + rnd() % 20) * SEC, l = (int64_t)(rnd() % 15) * SEC;
@@ -1307,6 +1307,9 @@ static void test_eviction_changes_nothing(void)
         CHECK_EQ_I64(engine_check_invariants(e2), 0);
         evicted += st2.users_evicted;
         loaded += st2.users_loaded;
+        appended += st2.cold_appends;
+        folded += st2.cold_folds;
+        born += st2.cold_births;
         engine_free(e1);
         engine_free(e2);
         cstore_free(&cs);
@@ -1314,11 +1317,70 @@ static void test_eviction_changes_nothing(void)
         buf_free(&o2.text);
     }
     g_max_bytes = 0;
-    fprintf(stderr, "eviction trials: %" PRIu64 " evicted, %" PRIu64 " loaded, %" PRIu64 " trials loading for the watermark\n", evicted, loaded, by_watermark);
+    fprintf(stderr, "eviction trials: %" PRIu64 " evicted, %" PRIu64 " loaded, %" PRIu64 " trials loading for the watermark, %" PRIu64 " visits appended to cold users (%" PRIu64 " of them new users), %" PRIu64 " folds\n", evicted, loaded, by_watermark, appended, born, folded);
     /* the trials did evict, and load back both for visits and for closing */
     CHECK(evicted > 1000);
-    CHECK(loaded == evicted);
+    CHECK(loaded == evicted + born);
     CHECK(by_watermark > 50);
+    /* and visits were appended to cold users without loading them, some
+     * folded into their blobs before the users were loaded */
+    CHECK(appended > 1000);
+    CHECK(folded > 100);
+    CHECK(born > 100);
+}
+
+/* Visits after a cold user's last page are kept beside its stub without
+ * reading its blob; its close-queue entry, keyed on the session's end when
+ * it was evicted, follows the session's growth without a load; the user is
+ * read back once, when the watermark reaches its first session's end. The
+ * closes and the snapshot are those of an engine that never evicts. */
+static void test_cold_appends(void)
+{
+    out o1, o2;
+    engine *e1 = new_engine(&o1, 10 * SEC, 0, 5), *e2 = new_engine(&o2, 10 * SEC, 0, 5);
+    cstore cs = {0};
+    engine_cold_store ops = {.ctx = &cs, .put = cstore_put, .get = cstore_get, .drop = cstore_drop};
+    engine_set_cold_store(e2, &ops, 0);
+    const struct { int64_t user, t; int evict_after; } in[] = {
+        {1, 0, 0}, {2, 1, 1}, /* both cold */
+        {1, 5, 0}, {1, 9, 0}, /* appended to user 1's session, nothing read */
+        {1, 15, 0},           /* appended; user 2's session closes (read back), user 1's entry re-keyed */
+        {1, 40, 0},           /* a new session after it: the first one closes, user 1 read back */
+    };
+    engine_stats st;
+    unsigned long reads = 0; /* the engine's, not engine_check_invariants' */
+    for (size_t i = 0; i < sizeof in / sizeof *in; i++) {
+        visit v = mk(in[i].user, "pg", in[i].t * SEC, 0, (int64_t)i);
+        CHECK_EQ_I64(engine_apply(e1, &v), 0);
+        unsigned long gets = cs.gets;
+        CHECK_EQ_I64(engine_apply(e2, &v), 0);
+        if (in[i].evict_after) CHECK_EQ_I64(engine_evict(e2, 0), 0);
+        reads += cs.gets - gets;
+        CHECK_EQ_I64(engine_check_invariants(e2), 0);
+        engine_get_stats(e2, &st);
+        if (in[i].t == 9) CHECK_EQ_I64(reads, 0);
+        if (in[i].t == 15) {
+            char *a = snapshot_text(e1), *b = snapshot_text(e2);
+            CHECK_STR(b, a);
+            free(a);
+            free(b);
+            CHECK_EQ_I64(st.users_loaded, 1); /* user 2, for its close */
+            CHECK_EQ_I64(reads, 1);
+        }
+    }
+    CHECK_EQ_I64(st.cold_appends, 4);
+    CHECK_EQ_I64(st.users_loaded, 2);
+    CHECK_EQ_I64(reads, 2);
+    CHECK_STR(text(&o2), text(&o1));
+    CHECK(strstr(text(&o2), "user=1 [pg,pg,pg,pg]\n") != NULL); /* its first session, 0..15 s */
+    engine_close_all(e1);
+    engine_close_all(e2);
+    CHECK_STR(text(&o2), text(&o1));
+    engine_free(e1);
+    engine_free(e2);
+    cstore_free(&cs);
+    buf_free(&o1.text);
+    buf_free(&o2.text);
 }
 
 /* A store that fails: the engine call reports the store's error, the user
@@ -1489,6 +1551,7 @@ int main(void)
     test_idle_partition();
     test_corrupt_blobs_refused();
     test_eviction_changes_nothing();
+    test_cold_appends();
     test_eviction_store_failure();
     test_eviction_string_users();
     test_last_position();
