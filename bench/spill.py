@@ -3,6 +3,7 @@
 the open state, beside the unlimited run in the same round.
 
   bench/spill.py [--rounds N] [--visits N] [--shapes long,users,short] [--fractions 0.5,0.25]
+                 [--peer OTHER_SESSIONIZER]
 
 Shapes (tests/integration/lib/gen_visits.py, as bench/durable.py's):
   long    100k users, 4400 visits/s of event time: sessions of ~9 visits,
@@ -16,8 +17,11 @@ with --memory-limit at base + f x (unlimited peak - base) for each fraction f
 (base: the job's resident size on an empty input). Each run's own peak
 resident size is its VmHWM (read from /proc until it exits: rusage's maxrss
 would carry this Python's over exec). Prints wall and CPU seconds, ratios to
-the unlimited run of the same round, peak RSS, spills per visit, whether the
-run completed or stopped at the limit, and the load average.
+the unlimited run of the same round, peak RSS, spills per visit, visits
+kept for cold users without loading them (cold appends), whether the run
+completed or stopped at the limit, and the load average. With --peer (e.g.
+main's binary), the peer runs the same runs at the same limits right after
+each of this binary's, alternating, so that both see the same machine.
 Figures: docs/performance.md.
 """
 import argparse
@@ -71,6 +75,7 @@ def main():
     ap.add_argument("--fractions", default="0.5,0.25")
     ap.add_argument("--sessionizer", default=os.path.join(ROOT, "build", "sessionizer"))
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
+    ap.add_argument("--peer", help="another sessionizer binary, run alternately at the same limits")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     sz = a.sessionizer
@@ -84,34 +89,42 @@ def main():
     for s in a.shapes.split(","):
         path = data_file(s, a.visits, a.out, log)
         for r in range(a.rounds):
-            cmd = [sz, "run", "--source", "file:" + path, "--sink", "null:", "--checkpoint", cp]
-            shutil.rmtree(cp, ignore_errors=True)
-            log(f"round {r + 1}: {s} unlimited")
-            w0, c0, rss0, rc, err = run(cmd)
-            if rc != 0:
-                sys.exit(f"unlimited {s} exited {rc}: {err[-500:]}")
-            rows.append((s, r + 1, "unlimited", w0, c0, rss0, 1.0, 1.0, 0.0, "completed"))
-            for f in map(float, a.fractions.split(",")):
-                limit = int((base + f * (rss0 - base)) * 1048576)
+            limits = {}  # fraction -> bytes, from this binary's unlimited peak (the peer's too)
+            for who, binary in [("this", sz)] + ([("peer", a.peer)] if a.peer else []):
+                cmd = [binary, "run", "--source", "file:" + path, "--sink", "null:", "--checkpoint", cp]
                 shutil.rmtree(cp, ignore_errors=True)
-                log(f"round {r + 1}: {s} --memory-limit {limit >> 20} MiB")
-                w, c, rss, rc, err = run(cmd + ["--memory-limit", str(limit)])
-                m = re.search(r"(\d+) times a user's sessions were spilled", err)
-                spills = int(m.group(1)) / a.visits if m else 0.0
-                n = re.findall(r"sessionizer: (\d+) records:", err)
-                state = "completed" if rc == 0 else (
-                    f"stopped at the limit after {n[-1] if n else '?'} records" if "--memory-limit" in err
-                    else f"failed ({rc}): {err[-200:]}")
-                rows.append((s, r + 1, f"{f:g} ({limit >> 20} MiB)", w, c, rss, w / w0, c / c0, spills, state))
-            loads.append(open("/proc/loadavg").read().split()[0])
+                log(f"round {r + 1}: {s} {who} unlimited")
+                w0, c0, rss0, rc, err = run(cmd)
+                if rc != 0:
+                    sys.exit(f"unlimited {s} exited {rc}: {err[-500:]}")
+                rows.append((who, s, r + 1, "unlimited", w0, c0, rss0, 1.0, 1.0, 0.0, 0.0, "completed"))
+                for f in map(float, a.fractions.split(",")):
+                    limit = limits.setdefault(f, int((base + f * (rss0 - base)) * 1048576))
+                    shutil.rmtree(cp, ignore_errors=True)
+                    log(f"round {r + 1}: {s} {who} --memory-limit {limit >> 20} MiB")
+                    w, c, rss, rc, err = run(cmd + ["--memory-limit", str(limit)])
+                    m = re.search(r"(\d+) times a user's sessions were spilled", err)
+                    spills = int(m.group(1)) / a.visits if m else 0.0
+                    m = re.search(r"(\d+) visits kept for users on disk", err)
+                    kept = int(m.group(1)) / a.visits if m else 0.0
+                    n = re.findall(r"sessionizer: (\d+) records:", err)
+                    state = "completed" if rc == 0 else (
+                        f"stopped at the limit after {n[-1] if n else '?'} records" if "--memory-limit" in err
+                        else f"failed ({rc}): {err[-200:]}")
+                    rows.append((who, s, r + 1, f"{f:g} ({limit >> 20} MiB)", w, c, rss, w / w0, c / c0, spills,
+                                 kept, state))
+                loads.append(open("/proc/loadavg").read().split()[0])
     shutil.rmtree(cp, ignore_errors=True)
     print(f"state larger than memory: {a.visits} visits per shape, file -> null: with --checkpoint; "
           f"base {base:.1f} MiB; load average during the rounds {', '.join(loads)}")
-    print(f"{'shape':6} {'rnd':>3} {'limit (fraction of state)':26} {'wall s':>7} {'cpu s':>6} "
-          f"{'peak MiB':>8} {'wall x':>6} {'cpu x':>6} {'spills/visit':>12}  result")
-    for s, r, lim, w, c, rss, wr, cr, sp, state in rows:
-        print(f"{s:6} {r:3} {lim:26} {w:7.2f} {c:6.2f} {rss:8.1f} {wr:6.2f} {cr:6.2f} {sp:12.3f}  {state}")
-        if lim != "unlimited":
+    if a.peer:
+        print(f"this: {sz}; peer: {a.peer}")
+    print(f"{'binary':6} {'shape':6} {'rnd':>3} {'limit (fraction of state)':26} {'wall s':>7} {'cpu s':>6} "
+          f"{'peak MiB':>8} {'wall x':>6} {'cpu x':>6} {'spills/visit':>12} {'kept/visit':>10}  result")
+    for who, s, r, lim, w, c, rss, wr, cr, sp, kept, state in rows:
+        print(f"{who:6} {s:6} {r:3} {lim:26} {w:7.2f} {c:6.2f} {rss:8.1f} {wr:6.2f} {cr:6.2f} {sp:12.3f} "
+              f"{kept:10.3f}  {state}")
+        if lim != "unlimited" and who == "this":
             print("BENCH " + json.dumps({"section": "spill", "figure": f"{s}: --memory-limit {lim}: {state}",
                                          "value": c, "peer": "unlimited, same round", "unit": "CPU s",
                                          "ratio": cr, "peak_mib": rss}))

@@ -100,7 +100,10 @@ int evict_to_budget(engine *e)
     }
     int rc = engine_evict(e, e->budget - e->budget / 8);
     mem = engine_memory_bytes(e);
-    e->evict_again = mem > e->budget ? mem + e->budget / 16 : 0;
+    /* (a sixteenth of the state, not of the budget: a budget cut to almost
+     * nothing had every few hundred visits fold every cold user's kept
+     * visits, a pass over the whole cold table each time) */
+    e->evict_again = mem > e->budget ? mem + mem / 16 : 0;
     e->budget_check_at = 0;
     return rc;
 }

@@ -309,7 +309,9 @@ static int memory_check(job *j)
      * giving the freed pages back, and the job stops before it if that was
      * not enough. */
     uint64_t next = engine_growth_bytes(j->eng, MEMORY_CHECK_EVERY);
-    if (j->spill_budget && rss + next + margin > j->memory_limit && rss > j->rss_at_cut) {
+    /* (a budget already at its least has nothing more to give: evicting
+     * again at each look only folded every cold user's kept visits) */
+    if (j->spill_budget > SPILL_BUDGET_MIN && rss + next + margin > j->memory_limit && rss > j->rss_at_cut) {
         uint64_t cut = rss + next + margin - j->memory_limit + margin / 2;
         set_spill_budget(j, j->spill_budget > cut + SPILL_BUDGET_MIN ? j->spill_budget - cut
                                                                      : SPILL_BUDGET_MIN);
