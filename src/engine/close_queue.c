@@ -49,8 +49,7 @@ void free_dead_session(engine *e, session *s)
 {
     assert(s->store == NULL && e->dead_bytes >= heap_bytes(sizeof *s));
     e->dead_bytes -= heap_bytes(sizeof *s);
-    e->mem -= heap_bytes(sizeof *s);
-    free(s);
+    session_release(e, s);
 }
 
 void free_cold(engine *e, cold_user *c)

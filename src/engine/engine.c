@@ -278,7 +278,7 @@ static int apply_visit(engine *e, partition_state *p, const visit *v)
 
     int rc = 0;
     if (!hit) {
-        session *s = session_new(&e->mem, uid, v);
+        session *s = session_new(e, uid, v);
         s->next = *pp;
         *pp = s;
         close_queue_push(e, s);

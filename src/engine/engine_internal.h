@@ -49,10 +49,10 @@
  *  I5. The counters open_sessions and open_pages match the state.
  *  I6. String users: every user slot's id is interned, to bytes that find
  *      that id again, and nothing else is (one id per slot, no leak).
- *  I7. The page-store free lists hold pool_bytes <= POOL_MAX_BYTES of heap,
- *      and mem is exactly the heap bytes of the sessions, their stores, the
- *      dead structs, the cold users and their appended visits, the string
- *      users' bytes and the lists.
+ *  I7. The free lists (page stores, session structs) hold pool_bytes <=
+ *      POOL_MAX_BYTES of heap, and mem is exactly the heap bytes of the
+ *      sessions, their stores, the dead structs, the cold users and their
+ *      appended visits, the string users' bytes and the lists.
  *  I8. A cold user's stub says what its blob with its appended visits
  *      holds: the last session's end, its room within the caps (at most
  *      the truth; none past a cut), whether it is the only session, and
@@ -287,8 +287,10 @@ struct engine {
      * below evict_again) without adding it up at every visit */
     uint64_t budget_check_at;
     buf cold_buf;       /* a blob on its way to or from the store */
-    /* Page stores given back, by size class (store_release): counted in mem. */
+    /* Page stores given back, by size class (store_release), and session
+     * structs (session_release, linked through next): counted in mem. */
     void *pool[STORE_CLASSES];
+    session *pool_sessions;
     uint64_t pool_bytes;
     cold_user **due;    /* cold users the closing watermark reached, being loaded (or folded) */
     size_t cap_due;
@@ -451,7 +453,11 @@ static inline void close_queue_push(engine *e, session *s) { cq_place(e, close_k
 
 /* ---- session.c: sessions and their page stores ---------------------------- */
 
-session *session_new(uint64_t *mem, int64_t user_id, const visit *v);
+session *session_new(engine *e, int64_t user_id, const visit *v);
+/* A zeroed session struct, from the free list or malloc, counted in mem;
+ * session_release gives one back (session_free: with its store). */
+session *session_alloc(engine *e);
+void session_release(engine *e, session *s);
 void session_free(engine *e, session *s);
 int session_reserve(engine *e, session *s, uint32_t pages, uint32_t bytes);
 uint32_t arena_push(session *s, const char *data, uint32_t len);

@@ -96,6 +96,7 @@ int engine_check_invariants(const engine *e)
             memcpy(&next, b, sizeof next);
             b = next;
         }
+    for (const session *s = e->pool_sessions; s; s = s->next) pooled += heap_bytes(sizeof *s);
     if (pooled != e->pool_bytes || pooled > POOL_MAX_BYTES) return 7;
     for (size_t i = 0; i < e->n_slots; i++)
         for (const session *s = e->slots[i].used ? e->slots[i].head : NULL; s; s = s->next)

@@ -605,8 +605,7 @@ int decode_user(engine *e, user_slot *u, const void *blob, size_t len)
     session **tail = &u->head;
     int64_t prev_last = INT64_MIN;
     for (uint32_t k = 0; k < n; k++) {
-        session *s = xcalloc(1, sizeof *s);
-        e->mem += heap_bytes(sizeof *s);
+        session *s = session_alloc(e);
         s->user_id = user_id;
         uint32_t part = 0, n_pages = 0;
         reader_i64le(&r, &s->first_t);
