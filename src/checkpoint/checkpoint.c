@@ -806,7 +806,9 @@ static int bg_collect(checkpoint *cp, int wait, char *err, size_t errlen)
 
 /* Writes the state after commit seq as a snapshot, starts its log, deletes
  * what it replaces; in_background: the fsyncs and the deletion happen on
- * another thread (the commit's frame is already durable in the old log). */
+ * another thread, and the snapshot is encoded while the writer still
+ * appends the frames up to seq to the old log (the new log starts once they
+ * are durable there). */
 static int write_snapshot(checkpoint *cp, const engine *e, uint64_t seq, int in_background,
                           char *err, size_t errlen)
 {
@@ -822,8 +824,9 @@ static int write_snapshot(checkpoint *cp, const engine *e, uint64_t seq, int in_
     int rc = o.fd < 0 ? -1 : changelog_snapshot(e, seq, &all.meta, all.n_meta, snap_write, &o);
     changelog_frame_free(&all);
     if (!rc && in_background) {
-        /* the new log first: the frames after seq go there from now on */
-        if (open_log_for_append(cp, seq, 1, err, errlen)) {
+        /* the new log first: the frames after seq go there from now on (and
+         * the writer is idle while log_fd changes) */
+        if (checkpoint_sync(cp, err, errlen) || open_log_for_append(cp, seq, 1, err, errlen)) {
             close(o.fd);
             unlink(tmp);
             free(path);
@@ -1043,10 +1046,8 @@ int checkpoint_commit(checkpoint *cp, const engine *e, uint64_t ticket, char *er
         changelog_frame_reset(&cp->frame); /* its buffer may be the writer's now */
         if (queued) return -1;
         /* A compaction starts a new log: the frames up to seq go to the old
-         * one first (and the writer is idle while log_fd changes). */
-        if (!busy && compact_due(cp, e) &&
-            (checkpoint_sync(cp, err, errlen) || write_snapshot(cp, e, seq, 1, err, errlen)))
-            return -1;
+         * one first (write_snapshot waits for them). */
+        if (!busy && compact_due(cp, e) && write_snapshot(cp, e, seq, 1, err, errlen)) return -1;
     }
     cp->seq = seq;
     cp->has_state = 1;
