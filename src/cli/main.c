@@ -17,6 +17,7 @@
 #include "cli/options.h"
 #include "common/buf.h"
 #include "common/log.h"
+#include "common/memory.h"
 #include "common/status.h"
 #include "common/xalloc.h"
 #include "job/job.h"
@@ -74,6 +75,9 @@ static void print_summary(const job_config *cfg, const job_result *r)
                      r->records_this_run ? (double)r->checkpoint_written / (double)r->records_this_run
                                          : 0.0,
                      r->checkpoint_bytes);
+        log_info("sessionizer", "peak resident memory %.1f MiB (--memory-limit %.1f MiB)",
+                 (double)memory_peak_resident_bytes() / 1048576.0,
+                 (double)r->memory_limit / 1048576.0);
     }
     if (e->users_evicted > 0)
         log_info("sessionizer",

@@ -167,7 +167,8 @@ const opt_def cli_option_table[] = {
      .help = "progress lines on stderr even when it is not a terminal"},
     {.name = "stats", .type = OPT_BOOL, .def = "false", AT_INT(job.latency_stats),
      .help = "measure and print the latency from a session's close to the sink's "
-             "acknowledgement (p50, p99, max), and the bytes the checkpoint wrote"},
+             "acknowledgement (p50, p99, max), the bytes the checkpoint wrote, and the "
+             "job's peak resident memory against --memory-limit"},
     {.name = "quiet", .short_name = 'q', .type = OPT_BOOL, .def = "false", AT_INT(quiet),
      .help = "no progress and no summary"},
     {.name = "metrics-listen", .type = OPT_STRING, .arg = "HOST:PORT", AT_STRING(metrics_listen),

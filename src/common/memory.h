@@ -10,6 +10,12 @@
 /* Resident set size in bytes (/proc/self/statm), 0 if unknown. */
 uint64_t memory_resident_bytes(void);
 
+/* The highest resident set size so far, in bytes (VmHWM of
+ * /proc/self/status), 0 if unknown: --stats reports it, and the tests read
+ * it there (a parent's wait4() maxrss also counts what the parent held when
+ * it forked). */
+uint64_t memory_peak_resident_bytes(void);
+
 /* The default budget: half of the memory this process may use, the smaller
  * of the machine's physical memory and its cgroup's limit (memory.max, v2;
  * memory.limit_in_bytes, v1). 0 if neither is known. */

@@ -538,6 +538,7 @@ out:
     coldstore_stats cst;
     coldstore_get_stats(j.cold, &cst);
     res->spill_budget = j.spill_budget;
+    res->memory_limit = j.memory_limit;
     res->spill_written = cst.written;
     res->spill_read = cst.read;
     res->spill_read_ahead = cst.read_ahead;

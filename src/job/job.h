@@ -67,6 +67,7 @@ typedef struct job_result {
      * cold store's bytes written and read, its file's length at the end. */
     uint64_t spill_budget, spill_written, spill_read, spill_file_bytes;
     uint64_t spill_read_ahead; /* loads whose read was queued ahead (io_uring) */
+    uint64_t memory_limit;     /* the resolved --memory-limit, bytes (0: unknown) */
     /* With latency_stats: from the apply that closed a session to the sink's
      * acknowledgement of the flush that carried it, in microseconds. */
     histogram close_to_ack_us;
