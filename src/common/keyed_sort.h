@@ -27,5 +27,6 @@ void keyed_sort_depth(keyed *v, size_t n, unsigned depth);
 
 /* Order-preserving maps to unsigned keys. */
 static inline uint64_t keyed_from_i64(int64_t x) { return (uint64_t)x ^ (UINT64_C(1) << 63); }
+static inline int64_t keyed_to_i64(uint64_t k) { return (int64_t)(k ^ (UINT64_C(1) << 63)); }
 
 #endif

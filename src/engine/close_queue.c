@@ -65,6 +65,12 @@ void free_cold(engine *e, cold_user *c)
 
 static int64_t session_user(const keyed *k) { return ((const session *)k->ptr)->user_id; }
 
+/* How far ahead the closing loops hint the sessions they will reach:
+ * sessions close in (last, user) order, so each one's struct, user slot and
+ * page store is a cache miss of its own (emit_and_free was 9% of a Kafka
+ * run's job thread, nine tenths of it waiting for the slot and the store). */
+#define CLOSE_AHEAD 8
+
 /* Closes, in (last_t, user_id) order, every open session whose last_t has
  * close key <= upto; frees merged-away sessions met on the way. */
 int close_upto(engine *e, uint64_t upto)
@@ -184,6 +190,7 @@ int close_upto(engine *e, uint64_t upto)
          * last) now holds the user id, mapped to an unsigned in order. */
         size_t n = 0, len = b0->len;
         for (size_t i = 0; i < len; i++) {
+            if (i + CLOSE_AHEAD < len) __builtin_prefetch(entry_session(&b0->v[i + CLOSE_AHEAD]));
             session *s = entry_session(&b0->v[i]);
             if (session_dead(s)) {
                 free_dead_session(e, s);
@@ -198,6 +205,17 @@ int close_upto(engine *e, uint64_t upto)
         keyed_sort(b0->v, n);
         if (e->cfg.string_users) settle_string_ties(e, b0->v, n, session_user);
         for (size_t i = 0; i < n; i++) {
+            /* in the loop, not a function: GCC 12 dropped the hints of one */
+            if (i + CLOSE_AHEAD < n) {
+                const close_entry *a = &b0->v[i + CLOSE_AHEAD];
+                __builtin_prefetch(entry_session(a));
+                if (!e->cfg.string_users) /* the key is the user id (above) */
+                    __builtin_prefetch(&e->slots[mix64((uint64_t)keyed_to_i64(a->key)) & (e->n_slots - 1)]);
+            }
+            if (i + CLOSE_AHEAD / 2 < n) {
+                const session *a = entry_session(&b0->v[i + CLOSE_AHEAD / 2]);
+                if (a->store) __builtin_prefetch(a->store);
+            }
             int rc = emit_and_free(e, entry_session(&b0->v[i]));
             if (rc) { /* keep the rest queued, so that engine_free finds them */
                 memmove(b0->v, b0->v + i + 1, (n - i - 1) * sizeof *b0->v);
