@@ -95,9 +95,7 @@ typedef struct pg_sink {
     pg_batch *queue, *queue_tail; /* flushes begun, oldest first; the head is committing */
     size_t n_queued;
     pg_batch *spare;              /* committed batches, for write() to reuse */
-    uint64_t flush_done;          /* the last ticket committed or failed */
-    uint64_t failed_ticket;       /* the first that failed (0: none): sticky */
-    char flush_err[2048];
+    flush_tickets tickets;        /* committed (or failed) */
     int quit;
 } pg_sink;
 

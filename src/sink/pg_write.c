@@ -248,6 +248,14 @@ static void batch_free(pg_batch *b)
     free(b);
 }
 
+static void batch_free_list(pg_batch *b)
+{
+    for (pg_batch *next; b; b = next) {
+        next = b->next;
+        batch_free(b);
+    }
+}
+
 /* Empties a committed batch for reuse. */
 static void batch_clear(pg_batch *b)
 {
@@ -375,7 +383,7 @@ static int pg_commit_rows(void *ud, char *err, size_t errlen)
 static void *committer_main(void *arg)
 {
     pg_sink *s = arg;
-    char e[sizeof s->flush_err];
+    char e[sizeof s->tickets.err];
     pthread_mutex_lock(&s->mu);
     for (;;) {
         if (!s->queue) {
@@ -388,25 +396,19 @@ static void *committer_main(void *arg)
         /* after a failure nothing is committed again (its error is the
          * job's); closing, a flush not yet committed is dropped (nobody
          * counts on it: the checkpoint is closed first) */
-        int give_up = s->failed_ticket != 0 || s->quit;
+        int give_up = s->tickets.failed != 0 || s->quit;
         pthread_mutex_unlock(&s->mu);
         commit_job j = {s, b};
         int rc = give_up ? -1 : pg_conn_retry(&s->pc, pg_commit_rows, &j, "commit", e, sizeof e);
         pthread_mutex_lock(&s->mu);
-        if (rc && !s->failed_ticket) {
-            s->failed_ticket = b->ticket;
-            snprintf(s->flush_err, sizeof s->flush_err, "%s",
-                     give_up ? "postgresql: closed before its commit" : e);
-        }
-        assert(b->ticket == s->flush_done + 1); /* in ticket order, one at a time */
-        s->flush_done = b->ticket;
+        flush_tickets_finish(&s->tickets, &s->progress, b->ticket,
+                             !rc ? NULL : give_up ? "postgresql: closed before its commit" : e);
         s->queue = b->next;
         if (!s->queue) s->queue_tail = NULL;
         s->n_queued--;
         batch_clear(b);
         b->next = s->spare;
         s->spare = b;
-        pthread_cond_broadcast(&s->progress);
     }
     pthread_mutex_unlock(&s->mu);
     return NULL;
@@ -435,11 +437,8 @@ void pg_committer_stop(pg_sink *s)
     }
     batch_free(s->cur);
     s->cur = NULL;
-    for (pg_batch *lists[] = {s->queue, s->spare}, **l = lists; l < lists + 2; l++)
-        for (pg_batch *b = *l, *next; b; b = next) {
-            next = b->next;
-            batch_free(b);
-        }
+    batch_free_list(s->queue);
+    batch_free_list(s->spare);
     s->queue = s->queue_tail = s->spare = NULL;
     s->n_queued = 0;
 }
@@ -469,12 +468,7 @@ uint64_t pg_flush_begin(sink *base)
 int pg_flush_wait(sink *base, uint64_t ticket, char *err, size_t errlen)
 {
     pg_sink *s = (pg_sink *)base;
-    pthread_mutex_lock(&s->mu);
-    while (s->flush_done < ticket) pthread_cond_wait(&s->progress, &s->mu);
-    int failed = s->failed_ticket && s->failed_ticket <= ticket;
-    if (failed) snprintf(err, errlen, "%s", s->flush_err);
-    pthread_mutex_unlock(&s->mu);
-    return failed ? -1 : 0;
+    return flush_tickets_wait(&s->tickets, &s->mu, &s->progress, ticket, err, errlen);
 }
 
 int pg_flush(sink *base, char *err, size_t errlen)

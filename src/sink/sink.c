@@ -5,6 +5,7 @@
  */
 #include "sink/sink.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/time.h>
@@ -108,6 +109,29 @@ long long sink_now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void flush_tickets_finish(flush_tickets *t, pthread_cond_t *progress, uint64_t ticket,
+                          const char *failure)
+{
+    assert(ticket == t->done + 1); /* in ticket order, one at a time */
+    if (failure && !t->failed) {
+        t->failed = ticket;
+        snprintf(t->err, sizeof t->err, "%s", failure);
+    }
+    t->done = ticket;
+    pthread_cond_broadcast(progress);
+}
+
+int flush_tickets_wait(flush_tickets *t, pthread_mutex_t *mu, pthread_cond_t *progress,
+                       uint64_t ticket, char *err, size_t errlen)
+{
+    pthread_mutex_lock(mu);
+    while (t->done < ticket) pthread_cond_wait(progress, mu);
+    int failed = t->failed && t->failed <= ticket;
+    if (failed) snprintf(err, errlen, "%s", t->err);
+    pthread_mutex_unlock(mu);
+    return failed ? -1 : 0;
 }
 
 void sink_now_iso8601(char out[32])

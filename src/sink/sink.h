@@ -25,6 +25,7 @@
 #ifndef SESSIONIZER_SINK_H
 #define SESSIONIZER_SINK_H
 
+#include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -122,6 +123,24 @@ const sink_ops *sink_registered(size_t i);
  * 'K' (known: ...)", or not KEY=VALUE). */
 const sink_setting *sink_setting_find(const sink_ops *ops, const char *prop, const char **value,
                                       char *err, size_t errlen);
+
+/* The committed side of flush_begin/flush_wait, for a sink that commits on
+ * a thread of its own (sqlite.c, pg_write.c), kept under that sink's mutex:
+ * tickets finish one after another, and the first failure is sticky. */
+typedef struct flush_tickets {
+    uint64_t done;   /* the last ticket committed or failed */
+    uint64_t failed; /* the first that failed (0: none) */
+    char err[2048];  /* its reason */
+} flush_tickets;
+
+/* Under the sink's mutex: ticket (the one after done) committed, or failed
+ * with failure (NULL: committed); wakes the waiters on progress. */
+void flush_tickets_finish(flush_tickets *t, pthread_cond_t *progress, uint64_t ticket,
+                          const char *failure);
+/* flush_wait: waits (mu locked here) until ticket is finished; 0, or -1 and
+ * the first failure's reason when it or an earlier ticket failed. */
+int flush_tickets_wait(flush_tickets *t, pthread_mutex_t *mu, pthread_cond_t *progress,
+                       uint64_t ticket, char *err, size_t errlen);
 
 /* Shared by sinks: wall-clock now as ISO-8601 UTC with milliseconds
  * ("2024-01-27T06:20:45.422Z") and as milliseconds since the epoch. */

@@ -113,10 +113,9 @@ typedef struct sqlite_sink {
     /* Flush tickets: begun, committed (or failed); ticket k commits the
      * first flush_at[k % FLUSH_RING] chunks handed over, so a flush's
      * transaction ends where it was begun, whatever was written after. */
-    uint64_t flush_asked, flush_done;
+    uint64_t flush_asked;
     uint64_t flush_at[FLUSH_RING];
-    uint64_t failed_ticket;    /* the first flush that failed (0: none): sticky */
-    char flush_err[1024];
+    flush_tickets tickets;     /* committed (or failed) */
     int quit;
     pthread_t thread;
     int thread_running;
@@ -572,13 +571,13 @@ static void *writer_main(void *arg)
     sqlite_sink *s = arg;
     pthread_mutex_lock(&s->mu);
     for (;;) {
-        if (s->flush_done < s->flush_asked &&
-            s->chunks_taken == s->flush_at[(s->flush_done + 1) % FLUSH_RING]) {
-            uint64_t ticket = s->flush_done + 1;
+        if (s->tickets.done < s->flush_asked &&
+            s->chunks_taken == s->flush_at[(s->tickets.done + 1) % FLUSH_RING]) {
+            uint64_t ticket = s->tickets.done + 1;
             /* closing: a flush begun and not committed is dropped (nobody
              * counts on it: the checkpoint is closed first) */
-            int given_up = s->failed_ticket != 0 || s->quit;
-            if (s->quit && !s->failed_ticket)
+            int given_up = s->tickets.failed != 0 || s->quit;
+            if (s->quit && !s->tickets.failed)
                 snprintf(s->err, sizeof s->err, "SQLite sink %s: closed before its commit", s->path);
             pthread_mutex_unlock(&s->mu);
             int rc = given_up ? -1 : commit(s);
@@ -591,16 +590,11 @@ static void *writer_main(void *arg)
                 s->held = c->next;
                 recycle(s, c);
             }
-            if (rc && !s->failed_ticket) {
-                s->failed_ticket = ticket;
-                snprintf(s->flush_err, sizeof s->flush_err, "%s", s->err);
-            }
             s->failed = 0;
-            s->flush_done = ticket;
-            pthread_cond_broadcast(&s->progress);
+            flush_tickets_finish(&s->tickets, &s->progress, ticket, rc ? s->err : NULL);
         } else if (s->queue) {
-            assert(s->flush_done == s->flush_asked ||
-                   s->chunks_taken < s->flush_at[(s->flush_done + 1) % FLUSH_RING]);
+            assert(s->tickets.done == s->flush_asked ||
+                   s->chunks_taken < s->flush_at[(s->tickets.done + 1) % FLUSH_RING]);
             chunk *c = s->queue;
             s->queue = c->next;
             if (!s->queue) s->queue_tail = NULL;
@@ -608,7 +602,7 @@ static void *writer_main(void *arg)
             s->chunks_taken++;
             /* closing: what was not flushed is dropped; after a failed
              * flush nothing is written again (its error is the job's) */
-            int skip = s->quit || s->failed_ticket;
+            int skip = s->quit || s->tickets.failed;
             pthread_mutex_unlock(&s->mu);
             int kept = skip ? 0 : take_chunk(s, c);
             pthread_mutex_lock(&s->mu);
@@ -699,7 +693,7 @@ static uint64_t sqlite_flush_begin(sink *base)
     if (s->rows_since_flush == 0) return s->last_ticket;
     if (s->cur && s->cur->n) hand_over(s);
     pthread_mutex_lock(&s->mu);
-    while (s->flush_asked - s->flush_done >= FLUSH_RING - 1)
+    while (s->flush_asked - s->tickets.done >= FLUSH_RING - 1)
         pthread_cond_wait(&s->progress, &s->mu);
     uint64_t ticket = ++s->flush_asked;
     s->flush_at[ticket % FLUSH_RING] = s->chunks_handed;
@@ -713,12 +707,7 @@ static uint64_t sqlite_flush_begin(sink *base)
 static int sqlite_flush_wait(sink *base, uint64_t ticket, char *err, size_t errlen)
 {
     sqlite_sink *s = (sqlite_sink *)base;
-    pthread_mutex_lock(&s->mu);
-    while (s->flush_done < ticket) pthread_cond_wait(&s->progress, &s->mu);
-    int failed = s->failed_ticket && s->failed_ticket <= ticket;
-    if (failed) snprintf(err, errlen, "%s", s->flush_err);
-    pthread_mutex_unlock(&s->mu);
-    return failed ? -1 : 0;
+    return flush_tickets_wait(&s->tickets, &s->mu, &s->progress, ticket, err, errlen);
 }
 
 static int sqlite_flush(sink *base, char *err, size_t errlen)
