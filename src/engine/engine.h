@@ -218,6 +218,12 @@ uint64_t engine_memory_bytes(const engine *e);
  * cold (eviction moves many at once) (0 if neither would grow). A caller bounding resident memory makes room for it or
  * stops before it (job.c, memory_check). */
 uint64_t engine_growth_bytes(const engine *e, uint64_t more_users);
+/* Evicts users, least recently applied to first, until more_users new
+ * users fit the user table without its doubling (or only cold users and
+ * users awaiting their deletion's commit are left): while spilling, the
+ * hot users give way instead of the table growing. 0, or what put
+ * returned. */
+int engine_evict_for_growth(engine *e, uint64_t more_users);
 /* Renames every cold user's blob: fn may move it and change *handle (the
  * store's compaction), then or later: handle points into the cold user's
  * stub, which stays put until the next call on the engine. 0, or what fn

@@ -183,6 +183,40 @@ static void drop_dead_entries(engine *e)
     }
 }
 
+/* The eviction clock: a user applied to since the hand last passed gets a
+ * second chance. Evicts until the memory (less the dead structs, which go
+ * with a sweep) is at most target_bytes and at most max_hot users hold a
+ * slot, or two turns passed (the first clears every mark). */
+static int evict_clock(engine *e, uint64_t target_bytes, size_t max_hot, int *any)
+{
+    for (size_t seen = 0; seen < 2 * e->n_slots; seen++) {
+        if (engine_memory_bytes(e) - e->dead_bytes <= target_bytes && e->n_used <= max_hot) break;
+        user_slot *u = &e->slots[e->hand];
+        e->hand = (e->hand + 1) & (e->n_slots - 1);
+        if (!u->used || !u->head) continue;
+        if (u->touched) {
+            u->touched = 0;
+            continue;
+        }
+        int rc = evict_user(e, u);
+        if (rc) return rc;
+        *any = 1;
+    }
+    return 0;
+}
+
+int engine_evict_for_growth(engine *e, uint64_t more_users)
+{
+    if (!e->cold.put || !e->cold.get || e->n_slots == 0) return 0;
+    /* user_insert doubles the table once (n_used + 1) * 10 > n_slots * 7 */
+    size_t fit = e->n_slots * 7 / 10;
+    size_t max_hot = fit > more_users ? fit - (size_t)more_users : 0;
+    if (e->n_used <= max_hot) return 0;
+    int any = 0, rc = evict_clock(e, UINT64_MAX, max_hot, &any);
+    if (e->dead_bytes > e->budget / 8) drop_dead_entries(e);
+    return rc;
+}
+
 int engine_evict(engine *e, uint64_t target_bytes)
 {
     if (!e->cold.put || !e->cold.get) return 0;
@@ -193,21 +227,8 @@ int engine_evict(engine *e, uint64_t target_bytes)
      * the load of its user, and a hot user saves only its own visits'. */
     uint64_t share = target_bytes / COLD_DELTA_SHARE;
     if (e->delta_bytes > share) rc = cold_fold(e, share - share / 4);
-    /* A clock: a user applied to since the hand last passed gets a second
-     * chance. Two turns at most: the first clears every mark. */
-    for (size_t seen = 0; seen < 2 * e->n_slots && !rc; seen++) {
-        /* the dead structs go with the sweep below, or a later one */
-        if (engine_memory_bytes(e) - e->dead_bytes <= target_bytes) break;
-        user_slot *u = &e->slots[e->hand];
-        e->hand = (e->hand + 1) & (e->n_slots - 1);
-        if (!u->used || !u->head) continue;
-        if (u->touched) {
-            u->touched = 0;
-            continue;
-        }
-        rc = evict_user(e, u);
-        any |= rc == 0;
-    }
+    /* the dead structs go with the sweep below, or a later one */
+    if (!rc) rc = evict_clock(e, target_bytes, SIZE_MAX, &any);
     /* No hot user left to evict: the appended visits go (all of them if
      * need be: the cold users' index alone may be over the target) */
     uint64_t mem = engine_memory_bytes(e) - e->dead_bytes;

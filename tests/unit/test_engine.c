@@ -1409,6 +1409,43 @@ static void test_eviction_store_failure(void)
     buf_free(&o.text);
 }
 
+/* Hot users give way to the user table's doubling (job.c's memory_check
+ * under --memory-limit): after engine_evict_for_growth(e, k), k new users
+ * fit without it, no session is lost, and the ones that stayed are the
+ * ones applied to last. */
+static void test_evict_for_growth(void)
+{
+    out o;
+    engine *e = new_engine(&o, 10 * SEC, 0, 10);
+    cstore cs = {0};
+    engine_cold_store ops = {.ctx = &cs, .put = cstore_put, .get = cstore_get, .drop = cstore_drop};
+    engine_set_cold_store(e, &ops, 0);
+    /* 700 users in a table of 1024 slots, which doubles past 716 */
+    for (int u = 0; u < 700; u++) {
+        visit v = mk(u, "x", SEC, 0, u);
+        engine_apply(e, &v);
+    }
+    uint64_t before = engine_growth_bytes(e, 100);
+    CHECK_EQ_I64(engine_evict_for_growth(e, 100), 0);
+    engine_stats st;
+    engine_get_stats(e, &st);
+    CHECK(st.cold_users >= 84 && st.cold_users < 700);
+    /* only the cold table's growth is left (2048 slots for the 800 users
+     * there may be), not the user table's (2048 slots of 24 bytes) */
+    CHECK_EQ_I64(engine_growth_bytes(e, 100), 2048 * sizeof(void *));
+    CHECK(engine_growth_bytes(e, 100) < before);
+    /* a table with room asks for nothing */
+    CHECK_EQ_I64(engine_evict_for_growth(e, 10), 0);
+    engine_stats st2;
+    engine_get_stats(e, &st2);
+    CHECK_EQ_I64(st2.cold_users, st.cold_users);
+    CHECK_EQ_I64(engine_check_invariants(e), 0);
+    engine_close_all(e);
+    CHECK_EQ_I64(o.closed, 700);
+    engine_free(e);
+    cstore_free(&cs);
+    buf_free(&o.text);
+}
 
 /* String users evicted and loaded back: their interned ids stay while they
  * are cold (I6), and the sessions close as without eviction. */
@@ -1553,6 +1590,7 @@ int main(void)
     test_eviction_changes_nothing();
     test_cold_appends();
     test_eviction_store_failure();
+    test_evict_for_growth();
     test_eviction_string_users();
     test_last_position();
     return check_summary("test_engine");
