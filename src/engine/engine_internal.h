@@ -126,11 +126,14 @@ static inline char *arena_of(const session *s)
  * sessions (glibc splitting, coalescing and unlinking blocks of every size).
  * A growth always moves (a realloc in place would keep the old block from
  * its list, which then ran dry). The classes are malloc's chunk sizes less its 8-byte
- * header, about 1.5x apart; a session's first store is an exact fit (most
+ * header, about 1.5x apart (16 bytes apart up to 120: a cold user's kept
+ * visits, and second pages); a session's first store is an exact fit (most
  * sessions have one page), stores above the last class are sized exactly.
  * The lists hold at most POOL_MAX_BYTES (and a 64th of a memory budget),
- * counted as the engine's memory (mem), and go first when it evicts. */
-#define STORE_CLASSES 15
+ * counted as the engine's memory (mem), and go first when it evicts. A
+ * cold user's appended visits (cold_delta) take blocks of the same classes
+ * from the same lists. */
+#define STORE_CLASSES 19
 extern const uint32_t store_class[STORE_CLASSES]; /* session.c */
 #define POOL_MAX_BYTES ((uint64_t)4 << 20)
 
@@ -287,8 +290,9 @@ struct engine {
      * below evict_again) without adding it up at every visit */
     uint64_t budget_check_at;
     buf cold_buf;       /* a blob on its way to or from the store */
-    /* Page stores given back, by size class (store_release), and session
-     * structs (session_release, linked through next): counted in mem. */
+    /* Page stores and appended visits' blocks given back, by size class
+     * (pool_release), and session structs (session_release, linked through
+     * next): counted in mem. */
     void *pool[STORE_CLASSES];
     session *pool_sessions;
     uint64_t pool_bytes;
@@ -463,6 +467,11 @@ int session_reserve(engine *e, session *s, uint32_t pages, uint32_t bytes);
 uint32_t arena_push(session *s, const char *data, uint32_t len);
 int session_add_page(engine *e, session *s, const visit *v);
 int session_merge(engine *e, session *a, session *b);
+/* A free block of class k (< STORE_CLASSES) from its list, or NULL: it stays
+ * counted in mem. pool_release gives a block of `size` bytes back (to its
+ * class's list, or to malloc); pool_free empties the lists. */
+void *pool_pop(engine *e, unsigned k);
+void pool_release(engine *e, void *block, uint64_t size);
 void pool_free(engine *e);
 
 /* ---- engine.c: closing ----------------------------------------------------- */

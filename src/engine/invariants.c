@@ -46,9 +46,13 @@ int engine_check_invariants(const engine *e)
         cold++;
         if (cold_find(e, c->user_id) != c || c->dead || (c->len == 0 && !c->delta)) return 3;
         if (c->delta) {
-            if (c->delta->len == 0 || c->delta->len > c->delta->cap) return 8;
+            size_t size = offsetof(cold_delta, data) + c->delta->cap;
+            unsigned k = store_class_of(size); /* a block of a class (I7: the pool's) */
+            if (c->delta->len == 0 || c->delta->len > c->delta->cap || k == STORE_CLASSES ||
+                store_class[k] != size)
+                return 8;
             deltas++;
-            delta_bytes += heap_bytes(offsetof(cold_delta, data) + c->delta->cap);
+            delta_bytes += heap_bytes(size);
         }
     }
     if (deltas != e->n_delta || delta_bytes != e->delta_bytes) return 8;

@@ -12,8 +12,8 @@
 #include "engine/engine_internal.h"
 #include "engine/session_id.h"
 
-const uint32_t store_class[STORE_CLASSES] = {56,   88,   120,  184,  248,  376,  504, 760,
-                                             1016, 1528, 2040, 3064, 4088, 6136, 8184};
+const uint32_t store_class[STORE_CLASSES] = {40,  56,  72,   88,   104,  120,  152,  184,  248,  376,
+                                             504, 760, 1016, 1528, 2040, 3064, 4088, 6136, 8184};
 
 session *session_new(engine *e, int64_t user_id, const visit *v)
 {
@@ -33,9 +33,10 @@ static inline uint64_t pool_limit(const engine *e)
     return e->budget && e->budget / 64 < POOL_MAX_BYTES ? e->budget / 64 : POOL_MAX_BYTES;
 }
 
-/* Gives a store of `size` bytes back: to its class's list if it is a class's
- * size and the lists have room (it stays in mem), else to malloc. */
-static void store_release(engine *e, unsigned char *store, uint64_t size)
+/* Gives a block of `size` bytes (a page store or a cold user's appended
+ * visits) back: to its class's list if it is a class's size and the lists
+ * have room (it stays in mem), else to malloc. */
+void pool_release(engine *e, void *store, uint64_t size)
 {
     if (!store) return;
     unsigned k = store_class_of(size);
@@ -82,9 +83,9 @@ void session_release(engine *e, session *s)
     free(s);
 }
 
-/* A free block of class k, or NULL. It stays counted in mem. */
-static unsigned char *pool_pop(engine *e, unsigned k)
+void *pool_pop(engine *e, unsigned k)
 {
+    assert(k < STORE_CLASSES);
     unsigned char *b = e->pool[k];
     if (b) {
         memcpy(&e->pool[k], b, sizeof(void *));
@@ -115,7 +116,7 @@ void pool_free(engine *e)
 
 void session_free(engine *e, session *s)
 {
-    store_release(e, s->store, store_size(s));
+    pool_release(e, s->store, store_size(s));
     session_release(e, s);
 }
 
@@ -182,7 +183,7 @@ int session_reserve(engine *e, session *s, uint32_t pages, uint32_t bytes)
         }
         memcpy(store, s->store, (size_t)s->n_pages * sizeof(page_entry));
         memcpy(store + entries, s->store + old_entries, s->arena_len);
-        store_release(e, s->store, have);
+        pool_release(e, s->store, have);
     }
     assert(size >= want && size - entries <= UINT32_MAX - 1);
     s->store = store;
@@ -318,7 +319,7 @@ int session_merge(engine *e, session *a, session *b)
         pages_of(&merged)[merged.n_pages++] = q;
         merged.page_bytes += p->len;
     }
-    store_release(e, a->store, store_size(a));
+    pool_release(e, a->store, store_size(a));
     a->store = merged.store;
     a->cap_pages = merged.cap_pages;
     a->n_pages = merged.n_pages;
@@ -332,7 +333,7 @@ int session_merge(engine *e, session *a, session *b)
     if (b->last_t > a->last_t) a->last_t = b->last_t;
     if (log_position_cmp(&b->first_pos, &a->first_pos) < 0) a->first_pos = b->first_pos;
     session_raise_last(a, b->last_part, b->last_off);
-    store_release(e, b->store, store_size(b));
+    pool_release(e, b->store, store_size(b));
     b->store = NULL;
     a->visits += b->visits;
     b->visits = 0; /* dead: its close-queue entry still points here */
