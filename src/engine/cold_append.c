@@ -247,9 +247,9 @@ int cold_fold(engine *e, uint64_t goal)
         size_t n = 0;
         for (; n < FOLD_BATCH && turn < turns; turn++) {
             /* each stub a cache miss: fetched a few slots ahead */
-            const cold_user *ahead = e->ctab[(e->fold_hand + FOLD_AHEAD) & (e->n_ctab - 1)];
+            const cold_user *ahead = ctab_at(e, (e->fold_hand + FOLD_AHEAD) & (e->n_ctab - 1));
             if (ahead) __builtin_prefetch(ahead);
-            cold_user *c = e->ctab[e->fold_hand & (e->n_ctab - 1)];
+            cold_user *c = ctab_at(e, e->fold_hand & (e->n_ctab - 1));
             e->fold_hand = (e->fold_hand + 1) & (e->n_ctab - 1);
             if (!c || !c->delta) continue;
             if (turn < e->n_ctab && heap_bytes(delta_size(c->delta->cap)) < avg) continue;

@@ -4,7 +4,7 @@
  * session it joins), the watermarks, and the sessions' closing.
  *
  * The engine's files, along the data's way:
- *   engine_internal.h  the state: its layout and invariants I1-I7
+ *   engine_internal.h  the state: its layout and invariants I1-I9
  *   engine.c           apply, watermarks, closing, the public API
  *   users.c            the user map, the cold table, string users
  *   session.c          a session's pages, caps and merges
@@ -322,19 +322,26 @@ void engine_prefetch(const engine *e, int64_t user_id, int stage)
     /* Only the common case of a user in its home slot is worth a hint. */
     if (!u->used || u->user_id != user_id || !u->head) {
         if (!e->n_cold) return;
-        /* A cold user: its stub (stage 1: the one in the home slot, if
-         * any), then the end of its appended visits or, for a visit that
-         * will likely need it whole, its blob: the store can read it
-         * ahead, several at once, instead of one system call when the
-         * visit needs it. */
+        /* A cold user: its stub (stage 1: those of its chain whose tag
+         * matches, usually the one, without reading any), then the end of
+         * its appended visits or, for a visit that will likely need it
+         * whole, its blob: the store can read it ahead, several at once,
+         * instead of one system call when the visit needs it. */
         if (stage == 1) {
-            const cold_user *home = e->ctab[h & (e->n_ctab - 1)];
-            if (home) __builtin_prefetch(home);
+            size_t mask = e->n_ctab - 1, dist = 0;
+            for (size_t i = h & mask; e->ctab[i]; i = (i + 1) & mask, dist++)
+                if (ctab_tag_of(e->ctab[i]) == ctab_tag(h, dist)) __builtin_prefetch(ctab_at(e, i));
             return;
         }
+        /* stage 2: the head of its appended visits (their length); stage
+         * 3: their end, and the blob */
         const cold_user *c = cold_find(e, user_id);
-        if (!c) return;
-        if (c->delta) __builtin_prefetch(c->delta->data + c->delta->len, 1);
+        if (!c || !c->delta) return;
+        if (stage == 2) {
+            __builtin_prefetch(c->delta, 1);
+            return;
+        }
+        __builtin_prefetch(c->delta->data + c->delta->len, 1);
         if (e->cold.prefetch && c->len && !cold_may_append(c)) e->cold.prefetch(e->cold.ctx, c->handle, c->len);
         return;
     }
@@ -343,7 +350,7 @@ void engine_prefetch(const engine *e, int64_t user_id, int stage)
         __builtin_prefetch(s);
         return;
     }
-    if (s->store && s->n_pages > 0) {
+    if (stage == 2 && s->store && s->n_pages > 0) {
         __builtin_prefetch(&pages_of(s)[s->n_pages - 1], 1);
         __builtin_prefetch(arena_of(s) + s->arena_len, 1);
     }

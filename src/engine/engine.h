@@ -160,9 +160,12 @@ int engine_apply(engine *e, const visit *v);
 
 /* A hint, no effect on results: start loading what engine_apply will touch
  * for this user. The job calls it for visits a few records ahead, in stages
- * 0, 1, 2 (the user's slot, then the session, then its last page), each
- * stage reading only what the previous one brought into cache. A cold user
- * is found at stage 1 and its blob hinted to the store (its prefetch). */
+ * 0 to ENGINE_PREFETCH_STAGES - 1, evenly spaced (the user's slot, then the
+ * session, then its last page; for a cold user its table's slot, its stub,
+ * the head of its appended visits, their end), each stage reading only what
+ * the previous one brought into cache. A cold user's blob is hinted to the
+ * store (its prefetch) at the last stage. */
+#define ENGINE_PREFETCH_STAGES 4
 void engine_prefetch(const engine *e, int64_t user_id, int stage);
 
 /* The source's view of a partition: caught_up means it has delivered

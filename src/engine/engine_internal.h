@@ -58,6 +58,8 @@
  *      the truth; none past a cut), whether it is the only session, and
  *      the first session's end (cold_first_key), which its close-queue
  *      entry's key does not pass; a dead stub holds no appended visits.
+ *  I9. Each cold table word's tag holds its user's hash bits and its
+ *      distance from its home slot (ctab_tag).
  */
 #ifndef SESSIONIZER_ENGINE_INTERNAL_H
 #define SESSIONIZER_ENGINE_INTERNAL_H
@@ -241,8 +243,9 @@ struct engine {
     size_t n_slots; /* power of two */
     size_t n_used;
     /* Cold users: open addressing (linear probing on the user id) over
-     * pointers to their stubs; n_ctab 0 or a power of two. */
-    cold_user **ctab;
+     * their stubs' addresses with a tag each (ctab_word); n_ctab 0 or a
+     * power of two. */
+    uintptr_t *ctab;
     size_t n_ctab, n_cold;
 
     close_bucket cq[CLOSE_BUCKETS];
@@ -363,12 +366,57 @@ static inline user_slot *user_find(const engine *e, int64_t user_id)
     }
 }
 
+/* The cold table's words: a stub's address and, where the address leaves
+ * bits free, a tag: ten bits of its user's hash (above those the slot is
+ * chosen with) and its distance from its home slot (CTAB_FAR: 63 or more,
+ * not recorded). A lookup reads only the stubs whose tag matches, about one
+ * in 64k of the others: every stub read is a cache miss of its own (cold
+ * users are many and scattered), which on the probe chains of a 70% full
+ * table came to several per lookup, more for a user not in the table. And
+ * backward-shift deletion takes an entry's home from its distance, without
+ * reading its stub. x86-64 user-space addresses lie below 2^47 (cold_place
+ * checks each); elsewhere the words are plain addresses, every tag matches
+ * and every distance is unknown. */
+#define CTAB_FAR 63u
+#if defined(__x86_64__) && UINTPTR_MAX == UINT64_MAX
+#define CTAB_TAGGED 1
+#define CTAB_TAG_SHIFT 48
+_Static_assert(CTAB_FAR == (1u << 6) - 1, "the distance takes the tag's low 6 bits, the hash 10");
+static inline uintptr_t ctab_tag_of(uintptr_t w) { return w >> CTAB_TAG_SHIFT; }
+static inline uintptr_t ctab_tag(uint64_t h, size_t dist)
+{
+    return (uintptr_t)(h >> 54) << 6 | (dist < CTAB_FAR ? dist : CTAB_FAR);
+}
+static inline size_t ctab_dist(uintptr_t w) { return (size_t)(ctab_tag_of(w) & CTAB_FAR); }
+static inline cold_user *ctab_stub(uintptr_t w)
+{
+    return (cold_user *)(w & (((uintptr_t)1 << CTAB_TAG_SHIFT) - 1));
+}
+static inline uintptr_t ctab_word(const cold_user *c, uintptr_t tag)
+{
+    return (uintptr_t)c | tag << CTAB_TAG_SHIFT;
+}
+#else
+#define CTAB_TAGGED 0
+static inline uintptr_t ctab_tag_of(uintptr_t w) { return (void)w, 0; }
+static inline uintptr_t ctab_tag(uint64_t h, size_t dist) { return (void)h, (void)dist, 0; }
+static inline size_t ctab_dist(uintptr_t w) { return (void)w, CTAB_FAR; }
+static inline cold_user *ctab_stub(uintptr_t w) { return (cold_user *)w; }
+static inline uintptr_t ctab_word(const cold_user *c, uintptr_t tag) { return (void)tag, (uintptr_t)c; }
+#endif
+
+static inline cold_user *ctab_at(const engine *e, size_t i) { return ctab_stub(e->ctab[i]); }
+
 static inline cold_user *cold_find(const engine *e, int64_t user_id)
 {
     if (e->n_cold == 0) return NULL;
-    size_t mask = e->n_ctab - 1;
-    for (size_t i = mix64((uint64_t)user_id) & mask; e->ctab[i]; i = (i + 1) & mask)
-        if (e->ctab[i]->user_id == user_id) return e->ctab[i];
+    uint64_t h = mix64((uint64_t)user_id);
+    size_t mask = e->n_ctab - 1, dist = 0;
+    for (size_t i = h & mask; e->ctab[i]; i = (i + 1) & mask, dist++) {
+        uintptr_t w = e->ctab[i];
+        if (ctab_tag_of(w) == ctab_tag(h, dist) && ctab_stub(w)->user_id == user_id)
+            return ctab_stub(w);
+    }
     return NULL;
 }
 

@@ -1,5 +1,5 @@
 /*
- * invariants.c - engine_check_invariants: I1-I8 of engine_internal.h,
+ * invariants.c - engine_check_invariants: I1-I9 of engine_internal.h,
  * checked from scratch. The unit tests call it after every operation on
  * random inputs; it is never on the job's path.
  */
@@ -41,10 +41,12 @@ int engine_check_invariants(const engine *e)
         }
     }
     for (size_t i = 0; i < e->n_ctab; i++) {
-        const cold_user *c = e->ctab[i];
+        const cold_user *c = ctab_at(e, i);
         if (!c) continue;
         cold++;
         if (cold_find(e, c->user_id) != c || c->dead || (c->len == 0 && !c->delta)) return 3;
+        uint64_t h = mix64((uint64_t)c->user_id);
+        if (ctab_tag_of(e->ctab[i]) != ctab_tag(h, (i - h) & (e->n_ctab - 1))) return 3; /* its tag */
         if (c->delta) {
             size_t size = offsetof(cold_delta, data) + c->delta->cap;
             unsigned k = store_class_of(size); /* a block of a class (I7: the pool's) */
@@ -117,7 +119,7 @@ int engine_check_invariants(const engine *e)
                 id = e->slots[i].user_id;
             } else {
                 if (!e->ctab[i - e->n_slots]) continue;
-                id = e->ctab[i - e->n_slots]->user_id;
+                id = ctab_at(e, i - e->n_slots)->user_id;
             }
             if (id < 0 || (size_t)id >= e->n_names) return 6;
             const user_name *n = &e->names[id];

@@ -554,9 +554,9 @@ int engine_foreach_user(const engine *e, engine_dirty_fn fn, void *ctx)
     }
     for (size_t i = 0; i < e->n_ctab && !rc; i++) {
         /* the store reads ahead, several records a system call */
-        const cold_user *next = i + WALK_AHEAD < e->n_ctab ? e->ctab[i + WALK_AHEAD] : NULL;
+        const cold_user *next = i + WALK_AHEAD < e->n_ctab ? ctab_at(e, i + WALK_AHEAD) : NULL;
         if (next && next->len && e->cold.prefetch) e->cold.prefetch(e->cold.ctx, next->handle, next->len);
-        const cold_user *c = e->ctab[i];
+        const cold_user *c = ctab_at(e, i);
         if (!c) continue;
         rc = cold_blob(e, c, &b);
         user_key k = key_of(e, c->user_id);

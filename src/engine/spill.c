@@ -246,7 +246,7 @@ int engine_evict(engine *e, uint64_t target_bytes)
 int engine_cold_rehandle(engine *e, int (*fn)(void *ctx, uint64_t *handle, uint32_t len), void *ctx)
 {
     for (size_t i = 0; i < e->n_ctab; i++) {
-        cold_user *c = e->ctab[i];
+        cold_user *c = ctab_at(e, i);
         if (!c || !c->len) continue; /* born cold: no record yet */
         int rc = fn(ctx, &c->handle, c->len);
         if (rc) return rc;

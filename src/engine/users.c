@@ -202,21 +202,26 @@ void user_remove(engine *e, user_slot *s)
 
 static void cold_place(engine *e, cold_user *c)
 {
-    size_t mask = e->n_ctab - 1, i = mix64((uint64_t)c->user_id) & mask;
-    while (e->ctab[i]) i = (i + 1) & mask;
-    e->ctab[i] = c;
+    /* the tag takes the address's top bits (engine_internal.h): on x86-64
+     * Linux, malloc's addresses never reach them; checked, as a wrong word
+     * would be a stub's address gone astray */
+    if (ctab_tag_of((uintptr_t)c) != 0) abort();
+    uint64_t h = mix64((uint64_t)c->user_id);
+    size_t mask = e->n_ctab - 1, i = h & mask, dist = 0;
+    for (; e->ctab[i]; i = (i + 1) & mask) dist++;
+    e->ctab[i] = ctab_word(c, ctab_tag(h, dist));
 }
 
 static void cold_resize(engine *e, size_t n)
 {
-    cold_user **old = e->ctab;
+    uintptr_t *old = e->ctab;
     size_t n_old = e->n_ctab;
     assert(n > e->n_cold && (n & (n - 1)) == 0);
     e->budget_check_at = 0;
     e->n_ctab = n;
     e->ctab = xcalloc(n, sizeof *e->ctab);
     for (size_t i = 0; i < n_old; i++)
-        if (old[i]) cold_place(e, old[i]);
+        if (old[i]) cold_place(e, ctab_stub(old[i]));
     free(old);
 }
 
@@ -228,27 +233,43 @@ void cold_insert(engine *e, cold_user *c)
     e->n_cold++;
 }
 
+/* The slot holding c's word (its user's chain from the home slot holds it). */
+static size_t ctab_slot_of(const engine *e, const cold_user *c)
+{
+    size_t mask = e->n_ctab - 1, i = mix64((uint64_t)c->user_id) & mask;
+    while (ctab_at(e, i) != c) i = (i + 1) & mask;
+    return i;
+}
+
 /* Puts n where c is in the cold table (a new stub for the same user). */
 void cold_replace(engine *e, const cold_user *c, cold_user *n)
 {
     assert(c->user_id == n->user_id);
-    size_t mask = e->n_ctab - 1, i = mix64((uint64_t)c->user_id) & mask;
-    while (e->ctab[i] != c) i = (i + 1) & mask;
-    e->ctab[i] = n;
+    size_t i = ctab_slot_of(e, c);
+    e->ctab[i] = ctab_word(n, ctab_tag_of(e->ctab[i]));
 }
 
 void cold_remove(engine *e, const cold_user *c)
 {
-    size_t mask = e->n_ctab - 1, hole = mix64((uint64_t)c->user_id) & mask;
-    while (e->ctab[hole] != c) hole = (hole + 1) & mask;
+    size_t mask = e->n_ctab - 1, hole = ctab_slot_of(e, c);
     for (size_t i = (hole + 1) & mask; e->ctab[i]; i = (i + 1) & mask) {
-        size_t home = mix64((uint64_t)e->ctab[i]->user_id) & mask;
+        /* the entry's home from its distance (its stub is another cache
+         * miss), or its hash when that was too far to record */
+        uintptr_t w = e->ctab[i];
+        size_t dist = ctab_dist(w);
+        uint64_t h = dist < CTAB_FAR ? 0 : mix64((uint64_t)ctab_stub(w)->user_id);
+        size_t home = dist < CTAB_FAR ? (i - dist) & mask : h & mask;
+        assert(home == (mix64((uint64_t)ctab_stub(w)->user_id) & mask));
         int stays = hole <= i ? (hole < home && home <= i) : (hole < home || home <= i);
         if (stays) continue;
-        e->ctab[hole] = e->ctab[i];
+        /* moves nearer its home: the hash bits stay, the distance shrinks */
+        size_t moved = (hole - home) & mask;
+        uintptr_t tag = dist < CTAB_FAR ? (ctab_tag_of(w) & ~(uintptr_t)CTAB_FAR) | moved
+                                        : ctab_tag(h, moved);
+        e->ctab[hole] = ctab_word(ctab_stub(w), tag);
         hole = i;
     }
-    e->ctab[hole] = NULL;
+    e->ctab[hole] = 0;
     e->n_cold--;
 }
 

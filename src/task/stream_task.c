@@ -24,12 +24,12 @@
 
 /* Parsed visits wait this many records before the engine applies them, so
  * that the memory they will touch (user slot, session, last page) can be
- * prefetched in three stages: an engine with 100k users is bound by memory
+ * prefetched in stages (ENGINE_PREFETCH_STAGES): an engine with 100k users is bound by memory
  * latency, not by instructions. Results are unaffected: visits are applied
  * strictly in input order, a source's caught-up marks wait in the same
  * queue in their place among them, and the queue is drained before anything
  * that must see every polled record applied (commits, end). */
-#define PIPELINE 12
+#define PIPELINE 16
 _Static_assert(PIPELINE < RAW_RECORD_KEEP, "a record's key must outlive its wait in the queue");
 
 typedef struct pending {
@@ -233,13 +233,13 @@ static int enqueue(stream_task *t, const raw_record *rec)
         buf_append(&p->user, v.user, v.user_len);
         p->v.user = (const char *)p->user.data;
     }
-    /* stage 0 for the newest, 1 and 2 for those a third and two thirds along */
+    /* stage 0 for the newest, each next one for a record a stage further along */
     if (v.user) return 0; /* string users are found by their bytes: nothing to prefetch yet */
-    engine_prefetch(t->eng, v.user_id, 0);
-    if (t->q_len > PIPELINE / 3)
-        engine_prefetch(t->eng, t->queue[(t->q_head + t->q_len - 1 - PIPELINE / 3) % PIPELINE].v.user_id, 1);
-    if (t->q_len > 2 * PIPELINE / 3)
-        engine_prefetch(t->eng, t->queue[(t->q_head + t->q_len - 1 - 2 * PIPELINE / 3) % PIPELINE].v.user_id, 2);
+    for (size_t s = 0; s < ENGINE_PREFETCH_STAGES; s++) {
+        size_t back = s * PIPELINE / ENGINE_PREFETCH_STAGES;
+        if (t->q_len <= back) break;
+        engine_prefetch(t->eng, t->queue[(t->q_head + t->q_len - 1 - back) % PIPELINE].v.user_id, (int)s);
+    }
     return 0;
 }
 
