@@ -1118,8 +1118,15 @@ typedef struct cstore {
     buf *blobs;
     int *live;
     size_t n, cap;
-    unsigned long puts, gets, fail_puts_after;
+    unsigned long puts, gets, fail_puts_after, hints;
 } cstore;
+
+static void cstore_prefetch(void *ctx, uint64_t handle, size_t len)
+{
+    cstore *s = ctx;
+    (void)handle, (void)len;
+    s->hints++;
+}
 
 static int cstore_put(void *ctx, const user_key *user, const void *blob, size_t len, uint64_t *handle)
 {
@@ -1253,7 +1260,8 @@ static void test_eviction_changes_nothing(void)
         engine *e1 = new_engine(&o1, g, l, cap);
         engine *e2 = new_engine(&o2, g, l, cap);
         cstore cs = {0};
-        engine_cold_store ops = {.ctx = &cs, .put = cstore_put, .get = cstore_get, .drop = cstore_drop};
+        engine_cold_store ops = {.ctx = &cs, .put = cstore_put, .get = cstore_get, .drop = cstore_drop,
+                                 .prefetch = trial % 3 ? cstore_prefetch : NULL};
         /* budget 0 (manual evictions only) or a few KB: automatic ones too */
         engine_set_cold_store(e2, &ops, rnd() % 2 ? 0 : 16384 + rnd() % 65536);
         int broken = 0;
@@ -1261,8 +1269,11 @@ static void test_eviction_changes_nothing(void)
         for (size_t i = 0; i < n && !broken; i++) {
             int32_t p = (int32_t)(rnd() % (uint64_t)parts);
             clock[p] += (int64_t)(rnd() % 8) * SEC;
+            /* half the trials in ms too: cold users due within ms of one
+             * another are loaded together (close_queue.c, due_soon) */
+            int64_t ms = trial % 2 ? (int64_t)(rnd() % 50) * 1000 : 0;
             visit v = mk((int64_t)(rnd() % (uint64_t)users) - 3, pages[rnd() % 64],
-                         clock[p] - (int64_t)(rnd() % 25) * SEC, p, (int64_t)i * 100);
+                         clock[p] - (int64_t)(rnd() % 25) * SEC + ms, p, (int64_t)i * 100);
             CHECK_EQ_I64(engine_apply(e1, &v), 0);
             CHECK_EQ_I64(engine_apply(e2, &v), 0);
             if (rnd() % 16 == 0) {
@@ -1373,6 +1384,60 @@ static void test_cold_appends(void)
     CHECK_EQ_I64(reads, 2);
     CHECK_STR(text(&o2), text(&o1));
     CHECK(strstr(text(&o2), "user=1 [pg,pg,pg,pg]\n") != NULL); /* its first session, 0..15 s */
+    engine_close_all(e1);
+    engine_close_all(e2);
+    CHECK_STR(text(&o2), text(&o1));
+    engine_free(e1);
+    engine_free(e2);
+    cstore_free(&cs);
+    buf_free(&o1.text);
+    buf_free(&o2.text);
+}
+
+/* The watermark loads the cold users whose first session ends within ~33 ms
+ * of the one it reached with it, their reads hinted together (one system
+ * call for the batch in the job's store); the closes are those of an engine
+ * that never evicts. */
+static void test_watermark_loads_batched(void)
+{
+    out o1, o2;
+    engine *e1 = new_engine(&o1, 10 * SEC, 0, 5), *e2 = new_engine(&o2, 10 * SEC, 0, 5);
+    cstore cs = {0};
+    engine_cold_store ops = {.ctx = &cs, .put = cstore_put, .get = cstore_get, .drop = cstore_drop,
+                             .prefetch = cstore_prefetch};
+    engine_set_cold_store(e2, &ops, 0);
+    /* users 1-4 end 1 ms apart, user 5 100 ms after user 1 */
+    const int64_t end_ms[] = {0, 1, 2, 3, 100};
+    for (int u = 0; u < 5; u++) {
+        visit v = mk(u + 1, "pg", end_ms[u] * 1000, 0, u);
+        CHECK_EQ_I64(engine_apply(e1, &v), 0);
+        CHECK_EQ_I64(engine_apply(e2, &v), 0);
+    }
+    CHECK_EQ_I64(engine_evict(e2, 0), 0);
+    engine_stats st;
+    engine_get_stats(e2, &st);
+    CHECK_EQ_I64(st.cold_users, 5);
+    /* the watermark passes user 1's end only: users 1-4 are read, together */
+    visit v = mk(9, "pg", 10 * SEC + 500, 0, 9);
+    CHECK_EQ_I64(engine_apply(e1, &v), 0);
+    CHECK_EQ_I64(engine_apply(e2, &v), 0);
+    CHECK_EQ_I64(cs.hints, 4);
+    CHECK_EQ_I64(cs.gets, 4);
+    CHECK_EQ_I64(o1.closed, 1);
+    CHECK_STR(text(&o2), text(&o1));
+    engine_get_stats(e2, &st);
+    CHECK_EQ_I64(st.cold_users, 2); /* user 5, and user 9 born cold */
+    CHECK_EQ_I64(engine_check_invariants(e2), 0);
+    /* past user 5's end: the rest close in order, user 5 read alone (the
+     * invariants' check read it too: counted from here) */
+    unsigned long gets = cs.gets;
+    v = mk(9, "pg", 10 * SEC + 200000, 0, 10);
+    CHECK_EQ_I64(engine_apply(e1, &v), 0);
+    CHECK_EQ_I64(engine_apply(e2, &v), 0);
+    CHECK_EQ_I64(cs.gets - gets, 1);
+    CHECK_EQ_I64(o1.closed, 5);
+    CHECK_STR(text(&o2), text(&o1));
+    CHECK_EQ_I64(engine_check_invariants(e2), 0);
     engine_close_all(e1);
     engine_close_all(e2);
     CHECK_STR(text(&o2), text(&o1));
@@ -1589,6 +1654,7 @@ int main(void)
     test_corrupt_blobs_refused();
     test_eviction_changes_nothing();
     test_cold_appends();
+    test_watermark_loads_batched();
     test_eviction_store_failure();
     test_evict_for_growth();
     test_eviction_string_users();
