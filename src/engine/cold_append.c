@@ -114,13 +114,16 @@ static cold_delta *delta_reserve(engine *e, cold_user *c, size_t need)
     return n;
 }
 
-/* Adds v to c's appended visits (dt: its time less the last session's end
- * before it, or its time for a user's first visit) and to the stub and the
- * counters: 1, or 0 if they would pass COLD_DELTA_MAX. */
-static int delta_push(engine *e, cold_user *c, const visit *v, uint64_t dt, int opens)
+/* Adds v to c's appended visits and to the stub and the counters: 1, or 0
+ * if they would pass COLD_DELTA_MAX. dt: its time less the last session's
+ * end before it, or its time for a user's first visit; for a join (v at or
+ * before the end of c's only session), 0 and then how far before. */
+static int delta_push(engine *e, cold_user *c, const visit *v, uint64_t dt, int opens, int join)
 {
-    unsigned char head[5 * 10], *p = head;
+    unsigned char head[6 * 10], *p = head;
+    assert(!join || (dt == 0 && !opens && c->single));
     p = put_varint_at(p, dt);
+    if (join) p = put_varint_at(p, (uint64_t)c->last_t - (uint64_t)v->event_time_us);
     p = put_varint_at(p, zigzag_enc(v->pos.append_ts_ms));
     p = put_varint_at(p, (uint32_t)v->pos.partition);
     p = put_varint_at(p, zigzag_enc(v->pos.offset));
@@ -146,7 +149,7 @@ static int delta_push(engine *e, cold_user *c, const visit *v, uint64_t dt, int 
         c->room_pages--;
         c->room_bytes = (uint16_t)(c->room_bytes - v->page_len);
     }
-    c->last_t = v->event_time_us;
+    if (!join) c->last_t = v->event_time_us;
     e->st.open_pages++;
     e->cold_pages++;
     e->st.cold_appends++;
@@ -160,14 +163,24 @@ static int delta_push(engine *e, cold_user *c, const visit *v, uint64_t dt, int 
 int cold_append(engine *e, cold_user *c, const visit *v)
 {
     int64_t t = v->event_time_us;
-    /* at or before the last session's end: within or between its sessions */
-    if (t <= c->last_t) return 0;
+    if (t <= c->last_t) {
+        /* At or before the last session's end: it joins that session if it
+         * is the only one (no session before it to join or bridge to) and
+         * within G of its end (so not before its start less G), in page
+         * order, within the caps. Else it may join or bridge sessions the
+         * stub knows nothing of: loaded. (Visits out of order by less than
+         * the lateness were a quarter of the long shape's loads.) */
+        if (!c->single || (uint64_t)c->last_t - (uint64_t)t > (uint64_t)e->cfg.gap_us ||
+            c->room_pages == 0 || v->page_len > c->room_bytes)
+            return 0;
+        return delta_push(e, c, v, 0, 0, 1);
+    }
     uint64_t dt = (uint64_t)t - (uint64_t)c->last_t;
     int opens = dt > (uint64_t)e->cfg.gap_us;
     if (opens ? v->page_len > e->cfg.max_session_bytes
               : c->room_pages == 0 || v->page_len > c->room_bytes)
         return 0; /* over a cap: rejects to emit, loaded */
-    return delta_push(e, c, v, dt, opens);
+    return delta_push(e, c, v, dt, opens, 0);
 }
 
 /* A user the engine does not hold, while it spills: born cold, its first
@@ -183,7 +196,7 @@ int cold_birth(engine *e, int64_t user_id, const visit *v)
     cold_user *c = xmalloc(sizeof *c);
     *c = (cold_user){.user_id = user_id, .single = 1, .last_t = v->event_time_us};
     e->mem += heap_bytes(sizeof *c);
-    if (!delta_push(e, c, v, (uint64_t)v->event_time_us, 1)) {
+    if (!delta_push(e, c, v, (uint64_t)v->event_time_us, 1, 0)) {
         e->mem -= heap_bytes(sizeof *c);
         free(c);
         return 0;

@@ -149,8 +149,10 @@ static inline unsigned store_class_of(uint64_t n)
 
 /* Visits appended to a cold user without loading it (cold_append.c), each
  * as varint(t - the last session's last_t before it, or t for a user's
- * first visit) | zigzag(append_ts_ms) | varint(partition) | zigzag(offset) |
- * varint(page length) | page: applied to its blob by blob_apply_delta. */
+ * first visit; 0 for a join, then varint(last_t - t): a visit at or before
+ * the end of the user's only session) | zigzag(append_ts_ms) |
+ * varint(partition) | zigzag(offset) | varint(page length) | page: applied
+ * to its blob by blob_apply_delta. */
 typedef struct cold_delta {
     /* INT64_MIN, or the user's first session's end when the appends opened
      * a session after the only one it had (cold_first_key) */

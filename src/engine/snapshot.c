@@ -293,6 +293,41 @@ static unsigned char *put_page(unsigned char *p, int64_t t, const log_position *
     return p + len;
 }
 
+/* A session's fixed fields (s) take a visit at pos that joins it with a
+ * page (it had pages of them): its first position, visit count, last
+ * position (session_raise_last) and page count. */
+static void session_fields_take(unsigned char *s, const log_position *pos, uint32_t pages)
+{
+    log_position first = {.append_ts_ms = (int64_t)load_u64le(s + BS_FIRST_POS),
+                          .partition = (int32_t)load_u32le(s + BS_FIRST_POS + 8),
+                          .offset = (int64_t)load_u64le(s + BS_FIRST_POS + 12)};
+    if (log_position_cmp(pos, &first) < 0) {
+        put_le64(s + BS_FIRST_POS, (uint64_t)pos->append_ts_ms);
+        put_le32(s + BS_FIRST_POS + 8, (uint32_t)pos->partition);
+        put_le64(s + BS_FIRST_POS + 12, (uint64_t)pos->offset);
+    }
+    put_le64(s + BS_VISITS, load_u64le(s + BS_VISITS) + 1);
+    int32_t last_part = (int32_t)load_u32le(s + BS_LAST_PART);
+    int64_t last_off = (int64_t)load_u64le(s + BS_LAST_OFF);
+    if (last_part < 0 || pos->partition < 0) {
+        put_le32(s + BS_LAST_PART, UINT32_MAX);
+    } else if (pos->partition > last_part || (pos->partition == last_part && pos->offset > last_off)) {
+        put_le32(s + BS_LAST_PART, (uint32_t)pos->partition);
+        put_le64(s + BS_LAST_OFF, (uint64_t)pos->offset);
+    }
+    put_le32(s + BS_PAGES, pages + 1);
+}
+
+/* page_before for a page of a blob at q. */
+static int blob_page_before(const unsigned char *q, int64_t t, int32_t part, int64_t off)
+{
+    int64_t qt = (int64_t)load_u64le(q);
+    int32_t qpart = (int32_t)load_u32le(q + 8);
+    if (qt != t) return qt < t;
+    if (qpart != part) return qpart < part;
+    return (int64_t)load_u64le(q + 12) < off;
+}
+
 /* What a blob's outline says of its first and last sessions (cold_user's
  * fields, checked by engine_check_invariants). */
 typedef struct blob_outline {
@@ -350,9 +385,11 @@ int blob_apply_delta(const engine *e, const cold_delta *d, buf *blob)
     reader r;
     reader_init(&r, d->data, d->len);
     while (reader_left(&r) > 0) {
-        uint64_t dt = 0, ts = 0, part = 0, off = 0, plen = 0;
+        uint64_t dt = 0, back = 0, ts = 0, part = 0, off = 0, plen = 0;
         const unsigned char *page = NULL;
         reader_varint(&r, &dt);
+        int join = n > 0 && dt == 0; /* (a new user's first dt is its time, 0 or not) */
+        if (join) reader_varint(&r, &back);
         reader_varint(&r, &ts);
         reader_varint(&r, &part);
         reader_varint(&r, &off);
@@ -360,7 +397,25 @@ int blob_apply_delta(const engine *e, const cold_delta *d, buf *blob)
         if (r.bad || part > UINT32_MAX || plen > UINT32_MAX || reader_bytes(&r, &page, plen)) return -1;
         log_position pos = {.append_ts_ms = zigzag_dec(ts), .partition = (int32_t)(uint32_t)part,
                             .offset = zigzag_dec(off)};
-        int64_t t = (int64_t)((n ? load_u64le(blob->data + last + BS_LAST_T) : 0) + dt);
+        int64_t t = (int64_t)((n ? load_u64le(blob->data + last + BS_LAST_T) : 0) + dt - back);
+        if (join) {
+            /* the only session takes a page in page order (engine_apply's
+             * join of a visit at or before its end, within its caps) */
+            if (n != 1 || back > (uint64_t)e->cfg.gap_us) return -1;
+            buf_reserve(blob, BLOB_PAGE_BYTES + plen);
+            unsigned char *s = blob->data + last;
+            uint32_t pages = load_u32le(s + BS_PAGES);
+            if (pages & BLOB_HAS_CUT) return -1; /* cold_append never joins a cut session */
+            if (t < (int64_t)load_u64le(s)) put_le64(s, (uint64_t)t); /* first_t */
+            session_fields_take(s, &pos, pages);
+            unsigned char *q = s + BLOB_SESSION_BYTES, *end = blob->data + blob->len;
+            for (uint32_t i = 0; i < pages && blob_page_before(q, t, pos.partition, pos.offset); i++)
+                q += BLOB_PAGE_BYTES + load_u32le(q + 20);
+            memmove(q + BLOB_PAGE_BYTES + plen, q, (size_t)(end - q));
+            put_page(q, t, &pos, page, (uint32_t)plen);
+            blob->len += BLOB_PAGE_BYTES + plen;
+            continue;
+        }
         if (n == 0 || dt > (uint64_t)e->cfg.gap_us) {
             /* a new session (session_new), one page */
             if (n + 1 >= BLOB_WITH_LAST) return -1;
@@ -388,25 +443,7 @@ int blob_apply_delta(const engine *e, const cold_delta *d, buf *blob)
         uint32_t pages = load_u32le(s + BS_PAGES);
         if (pages & BLOB_HAS_CUT) return -1; /* cold_append never appends past a cut */
         put_le64(s + BS_LAST_T, (uint64_t)t);
-        log_position first = {.append_ts_ms = (int64_t)load_u64le(s + BS_FIRST_POS),
-                              .partition = (int32_t)load_u32le(s + BS_FIRST_POS + 8),
-                              .offset = (int64_t)load_u64le(s + BS_FIRST_POS + 12)};
-        if (log_position_cmp(&pos, &first) < 0) {
-            put_le64(s + BS_FIRST_POS, (uint64_t)pos.append_ts_ms);
-            put_le32(s + BS_FIRST_POS + 8, (uint32_t)pos.partition);
-            put_le64(s + BS_FIRST_POS + 12, (uint64_t)pos.offset);
-        }
-        put_le64(s + BS_VISITS, load_u64le(s + BS_VISITS) + 1);
-        /* session_raise_last */
-        int32_t last_part = (int32_t)load_u32le(s + BS_LAST_PART);
-        int64_t last_off = (int64_t)load_u64le(s + BS_LAST_OFF);
-        if (last_part < 0 || pos.partition < 0) {
-            put_le32(s + BS_LAST_PART, UINT32_MAX);
-        } else if (pos.partition > last_part || (pos.partition == last_part && pos.offset > last_off)) {
-            put_le32(s + BS_LAST_PART, (uint32_t)pos.partition);
-            put_le64(s + BS_LAST_OFF, (uint64_t)pos.offset);
-        }
-        put_le32(s + BS_PAGES, pages + 1);
+        session_fields_take(s, &pos, pages);
         unsigned char *p = put_page(blob->data + blob->len, t, &pos, page, (uint32_t)plen);
         blob->len = (size_t)(p - blob->data);
     }

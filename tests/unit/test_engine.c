@@ -1340,6 +1340,60 @@ static void test_eviction_changes_nothing(void)
     CHECK(born > 100);
 }
 
+/* Visits at or before the end of a cold user's only session (out of order
+ * within G of its end) join it without a read: in page order (a tie in
+ * time goes by position), the session's start moving back; once the user
+ * has a second session such a visit loads it. The closes and snapshots are
+ * those of an engine that never evicts. */
+static void test_cold_joins(void)
+{
+    out o1, o2;
+    /* lateness 30 s: the visits out of order are not late */
+    engine *e1 = new_engine(&o1, 10 * SEC, 30 * SEC, 8), *e2 = new_engine(&o2, 10 * SEC, 30 * SEC, 8);
+    cstore cs = {0};
+    engine_cold_store ops = {.ctx = &cs, .put = cstore_put, .get = cstore_get, .drop = cstore_drop};
+    engine_set_cold_store(e2, &ops, 0);
+    const struct { int64_t t; const char *page; int evict_after; } in[] = {
+        {10, "a", 1},                      /* cold */
+        {7, "b", 0},  {10, "c", 0},        /* before its start, and a tie: joined */
+        {12, "d", 0}, {11, "e", 0},        /* appended, then joined between */
+        {30, "f", 0},                      /* a second session: no longer the only one */
+        {25, "g", 0},                      /* loaded: it may join either */
+    };
+    unsigned long reads = 0;
+    engine_stats st;
+    for (size_t i = 0; i < sizeof in / sizeof *in; i++) {
+        visit v = mk(1, in[i].page, in[i].t * SEC, 0, (int64_t)i);
+        CHECK_EQ_I64(engine_apply(e1, &v), 0);
+        unsigned long gets = cs.gets;
+        CHECK_EQ_I64(engine_apply(e2, &v), 0);
+        if (in[i].evict_after) CHECK_EQ_I64(engine_evict(e2, 0), 0);
+        reads += cs.gets - gets;
+        CHECK_EQ_I64(engine_check_invariants(e2), 0);
+        char *a = snapshot_text(e1), *b = snapshot_text(e2);
+        CHECK_STR(b, a);
+        free(a);
+        free(b);
+        engine_get_stats(e2, &st);
+        if (in[i].t == 30) {
+            CHECK_EQ_I64(reads, 0);
+            CHECK_EQ_I64(st.users_loaded, 0);
+            CHECK_EQ_I64(st.cold_appends, 5);
+        }
+    }
+    CHECK_EQ_I64(st.users_loaded, 1);
+    CHECK_EQ_I64(reads, 1);
+    engine_close_all(e1);
+    engine_close_all(e2);
+    CHECK_STR(text(&o2), text(&o1));
+    CHECK(strstr(text(&o2), "user=1 [b,a,c,e,d]\n") != NULL);
+    engine_free(e1);
+    engine_free(e2);
+    cstore_free(&cs);
+    buf_free(&o1.text);
+    buf_free(&o2.text);
+}
+
 /* Visits after a cold user's last page are kept beside its stub without
  * reading its blob; its close-queue entry, keyed on the session's end when
  * it was evicted, follows the session's growth without a load; the user is
@@ -1655,6 +1709,7 @@ int main(void)
     test_eviction_changes_nothing();
     test_cold_appends();
     test_watermark_loads_batched();
+    test_cold_joins();
     test_eviction_store_failure();
     test_evict_for_growth();
     test_eviction_string_users();
