@@ -252,21 +252,21 @@ static int apply_visit(engine *e, partition_state *p, const visit *v)
         if (rc) return rc;
     }
 
+    /* The cold table first: while spilling, most visits find their user
+     * there (a user is hot or cold, never both), and engine_prefetch
+     * brought in the user's slot only when no stub's tag matched. A visit
+     * that only appends to a cold user (or makes a new user cold at once,
+     * while spilling) does not load it (cold_append.c). */
     int64_t uid = user_of(e, v);
-    user_slot *u = e->n_cold ? user_find(e, uid) : NULL;
-    if (!u) {
-        /* a visit that only appends to a cold user (or makes a new user
-         * cold at once, while spilling) does not load it (cold_append.c) */
-        cold_user *c = cold_find(e, uid);
-        if (c && cold_append(e, c, v)) goto applied;
-        if (c) {
-            int rc = load_cold(e, c, 1, &u);
-            if (rc) return rc;
-        } else if (cold_birth(e, uid, v)) {
-            goto applied;
-        } else {
-            u = user_insert(e, uid);
-        }
+    user_slot *u = NULL;
+    cold_user *c = cold_find(e, uid);
+    if (c) {
+        if (cold_append(e, c, v)) goto applied;
+        int rc = load_cold(e, c, 1, &u);
+        if (rc) return rc;
+    } else if (!e->n_cold || !(u = user_find(e, uid))) {
+        if (cold_birth(e, uid, v)) goto applied;
+        u = user_insert(e, uid);
     }
     u->touched = 1;
     mark_dirty(e, u);
@@ -313,38 +313,50 @@ void engine_prefetch(const engine *e, int64_t user_id, int stage)
 {
     if (e->cfg.string_users) return; /* the id is known only once interned */
     uint64_t h = mix64((uint64_t)user_id);
+    if (e->n_cold) {
+        /* While spilling, most visits find their user cold (apply_visit
+         * looks there first): its slot in the cold table, then the stubs of
+         * its chain whose tag matches (usually the one, none read yet) or,
+         * with none, the user's slot (the hot stages follow a stage
+         * behind), then the head of its appended visits, then their end
+         * and, for a visit that will likely need the user whole, its blob:
+         * the store can read it ahead, several at once, instead of one
+         * system call when the visit needs it. */
+        size_t mask = e->n_ctab - 1;
+        if (stage == 0) {
+            __builtin_prefetch(&e->ctab[h & mask]);
+            return;
+        }
+        if (stage == 1) {
+            int any = 0;
+            size_t dist = 0;
+            for (size_t i = h & mask; e->ctab[i]; i = (i + 1) & mask, dist++)
+                if (ctab_tag_of(e->ctab[i]) == ctab_tag(h, dist)) __builtin_prefetch(ctab_at(e, i)), any = 1;
+            if (!any) __builtin_prefetch(&e->slots[h & (e->n_slots - 1)]);
+            return;
+        }
+        const cold_user *c = cold_find(e, user_id);
+        if (c) {
+            if (!c->delta) return;
+            if (stage == 2) {
+                __builtin_prefetch(c->delta, 1);
+                return;
+            }
+            __builtin_prefetch(c->delta->data + c->delta->len, 1);
+            if (e->cold.prefetch && c->len && !cold_may_append(c)) e->cold.prefetch(e->cold.ctx, c->handle, c->len);
+            return;
+        }
+        stage--;
+    }
+    /* A hot user: its slot, its first session, that session's last page
+     * and the end of its text. */
     const user_slot *u = &e->slots[h & (e->n_slots - 1)];
     if (stage == 0) {
         __builtin_prefetch(u);
-        if (e->n_cold) __builtin_prefetch(&e->ctab[h & (e->n_ctab - 1)]);
         return;
     }
     /* Only the common case of a user in its home slot is worth a hint. */
-    if (!u->used || u->user_id != user_id || !u->head) {
-        if (!e->n_cold) return;
-        /* A cold user: its stub (stage 1: those of its chain whose tag
-         * matches, usually the one, without reading any), then the end of
-         * its appended visits or, for a visit that will likely need it
-         * whole, its blob: the store can read it ahead, several at once,
-         * instead of one system call when the visit needs it. */
-        if (stage == 1) {
-            size_t mask = e->n_ctab - 1, dist = 0;
-            for (size_t i = h & mask; e->ctab[i]; i = (i + 1) & mask, dist++)
-                if (ctab_tag_of(e->ctab[i]) == ctab_tag(h, dist)) __builtin_prefetch(ctab_at(e, i));
-            return;
-        }
-        /* stage 2: the head of its appended visits (their length); stage
-         * 3: their end, and the blob */
-        const cold_user *c = cold_find(e, user_id);
-        if (!c || !c->delta) return;
-        if (stage == 2) {
-            __builtin_prefetch(c->delta, 1);
-            return;
-        }
-        __builtin_prefetch(c->delta->data + c->delta->len, 1);
-        if (e->cold.prefetch && c->len && !cold_may_append(c)) e->cold.prefetch(e->cold.ctx, c->handle, c->len);
-        return;
-    }
+    if (!u->used || u->user_id != user_id || !u->head) return;
     const session *s = u->head;
     if (stage == 1) {
         __builtin_prefetch(s);

@@ -161,8 +161,9 @@ int engine_apply(engine *e, const visit *v);
 /* A hint, no effect on results: start loading what engine_apply will touch
  * for this user. The job calls it for visits a few records ahead, in stages
  * 0 to ENGINE_PREFETCH_STAGES - 1, evenly spaced (the user's slot, then the
- * session, then its last page; for a cold user its table's slot, its stub,
- * the head of its appended visits, their end), each stage reading only what
+ * session, then its last page; while the engine spills, first the user's
+ * slot in the cold table, then its stub (or its slot: a stage later), the
+ * head of its appended visits, their end), each stage reading only what
  * the previous one brought into cache. A cold user's blob is hinted to the
  * store (its prefetch) at the last stage. */
 #define ENGINE_PREFETCH_STAGES 4
