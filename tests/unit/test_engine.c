@@ -1448,7 +1448,7 @@ static void test_cold_appends(void)
     buf_free(&o2.text);
 }
 
-/* The watermark loads the cold users whose first session ends within ~33 ms
+/* The watermark loads the cold users whose first session ends within ~66 ms
  * of the one it reached with it, their reads hinted together (one system
  * call for the batch in the job's store); the closes are those of an engine
  * that never evicts. */
