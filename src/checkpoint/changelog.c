@@ -302,9 +302,11 @@ static int next_event(reader *r, int64_t prev[3], visit *out)
 }
 
 /* Visits are decoded this far ahead of the one applied, and the memory they
- * will touch prefetched in the engine's three stages, as the job does
- * (PIPELINE in job.c): a replay is as bound by memory latency as a run. */
-#define AHEAD 12
+ * will touch prefetched in the engine's stages, as the job does (PIPELINE
+ * in stream_task.c): a replay is as bound by memory latency as a run (and,
+ * under a memory limit, its cold users' blobs are read ahead at the last
+ * stage). */
+#define AHEAD 16
 
 /* During a replay the only output looked at: a logged visit refused as late
  * means the log does not match the state it is replayed into. */
@@ -339,11 +341,12 @@ int changelog_replay(engine *e, const changelog_view *v)
             }
             decoded++;
             len++;
-            if (kinds[at] == 1 && !ring[at].user) engine_prefetch(e, ring[at].user_id, 0);
-            size_t s1 = (head + len + AHEAD - 1 - AHEAD / 3) % AHEAD;
-            size_t s2 = (head + len + AHEAD - 1 - 2 * AHEAD / 3) % AHEAD;
-            if (len > AHEAD / 3 && kinds[s1] == 1) engine_prefetch(e, ring[s1].user_id, 1);
-            if (len > 2 * AHEAD / 3 && kinds[s2] == 1) engine_prefetch(e, ring[s2].user_id, 2);
+            for (size_t s = 0; s < ENGINE_PREFETCH_STAGES; s++) {
+                size_t back = s * AHEAD / ENGINE_PREFETCH_STAGES;
+                if (len <= back) break;
+                size_t k = (head + len - 1 - back) % AHEAD;
+                if (kinds[k] == 1 && !ring[k].user) engine_prefetch(e, ring[k].user_id, (int)s);
+            }
             if (len < AHEAD && decoded < v->n_events) continue;
         }
         /* the oldest: the ring is full, or everything is decoded. With its
