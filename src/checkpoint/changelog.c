@@ -490,7 +490,7 @@ int changelog_snapshot_meta(const void *data, size_t len, uint64_t *seq,
 }
 
 int changelog_load_snapshot(engine *e, const void *data, size_t len, uint64_t *seq,
-                            changelog_meta_fn meta_fn, void *ctx)
+                            changelog_meta_fn meta_fn, changelog_read_fn read_fn, void *ctx)
 {
     reader r, c, em;
     int strings;
@@ -515,6 +515,8 @@ int changelog_load_snapshot(engine *e, const void *data, size_t len, uint64_t *s
                 engine_load_user(e, &key, blob, ul))
                 return -1;
         }
+        if (read_fn) read_fn(ctx, len - reader_left(&r));
     }
+    if (read_fn && more == 0) read_fn(ctx, len - reader_left(&r)); /* its end, read */
     return more == 0 && reader_left(&r) == 0 ? 0 : -1;
 }

@@ -107,11 +107,15 @@ typedef int (*changelog_write_fn)(void *ctx, const void *data, size_t len);
  * frames carry them: changelog_frame.meta, n_meta entries). */
 int changelog_snapshot(const engine *e, uint64_t seq, const buf *meta, uint32_t n_meta,
                        changelog_write_fn write, void *ctx);
+/* The first n bytes of a snapshot being loaded are no longer read. */
+typedef void (*changelog_read_fn)(void *ctx, size_t n);
 /* Loads a whole snapshot into a new engine e: 0, -1 corrupt or cut short,
  * -2 written with other settings, -3 a newer format. Calls meta_fn for each
- * named blob; *seq is the snapshot's commit. */
+ * named blob, and read_fn (if any) after each chunk (a caller reading a
+ * mapped file gives the pages back: their resident size is the job's);
+ * *seq is the snapshot's commit. */
 int changelog_load_snapshot(engine *e, const void *data, size_t len, uint64_t *seq,
-                            changelog_meta_fn meta_fn, void *ctx);
+                            changelog_meta_fn meta_fn, changelog_read_fn read_fn, void *ctx);
 /* Only the commit number and named blobs of a snapshot, checked as above
  * except for the users (loading checks them). */
 int changelog_snapshot_meta(const void *data, size_t len, uint64_t *seq,

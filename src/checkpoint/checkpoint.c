@@ -78,6 +78,7 @@ struct checkpoint {
     uint64_t snap_pages; /* the engine's open pages in the last snapshot (compact_due) */
     /* what checkpoint_restore replays, released after */
     void *snap_map;
+    size_t snap_released; /* of snap_map, bytes given back (snap_read) */
     size_t snap_len;
     log_file *logs;
     size_t n_logs;
@@ -667,6 +668,20 @@ int checkpoint_get(checkpoint *cp, const char *key, buf *out, char *err, size_t 
     return 0;
 }
 
+/* The snapshot's pages read so far leave the job's resident memory (the
+ * file stays in the page cache): a restore under --memory-limit had the
+ * whole mapped snapshot resident beside the state it rebuilt (the long
+ * shape's 26 MB at a 36 MiB limit peaked at 58 MiB). */
+static void snap_read(void *ctx, size_t n)
+{
+    checkpoint *cp = ctx;
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), done = n / page * page;
+    if (done > cp->snap_released) {
+        madvise((char *)cp->snap_map + cp->snap_released, done - cp->snap_released, MADV_DONTNEED);
+        cp->snap_released = done;
+    }
+}
+
 int checkpoint_restore(checkpoint *cp, engine *e, char *err, size_t errlen)
 {
     int rc = 0;
@@ -688,7 +703,7 @@ int checkpoint_restore(checkpoint *cp, engine *e, char *err, size_t errlen)
     }
     uint64_t seq;
     if (cp->snap_map) { /* else the logs start from the empty state */
-        rc = changelog_load_snapshot(e, cp->snap_map, cp->snap_len, &seq, NULL, NULL);
+        rc = changelog_load_snapshot(e, cp->snap_map, cp->snap_len, &seq, NULL, snap_read, cp);
         cp->snap_pages = open_pages(e);
     }
     if (rc == -1) rc = corrupt(cp, "the snapshot's open sessions do not decode", err, errlen);

@@ -419,7 +419,7 @@ static int load_rows(task_store *ts, engine *e, changelog_meta_fn fn, void *ctx,
     }
     if (k.snap_seq > 0) {
         uint64_t s = 0;
-        int rc = changelog_load_snapshot(e, sn->data, sn->len, &s, fn, ctx);
+        int rc = changelog_load_snapshot(e, sn->data, sn->len, &s, fn, NULL, ctx);
         if (rc == -2) return undecodable(ts, "its snapshot (other settings)", err, errlen), -1;
         if (rc || s != k.snap_seq) return undecodable(ts, "its snapshot", err, errlen), -1;
     }

@@ -51,7 +51,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         break;
     default:
         (void)changelog_snapshot_meta(blob, len, &seq, NULL, NULL);
-        loaded = changelog_load_snapshot(e, blob, len, &seq, NULL, NULL) == 0;
+        loaded = changelog_load_snapshot(e, blob, len, &seq, NULL, NULL, NULL) == 0;
         break;
     }
     if (loaded) {
