@@ -22,10 +22,10 @@ void engine_set_cold_store(engine *e, const engine_cold_store *store, uint64_t b
 
 uint64_t engine_memory_bytes(const engine *e)
 {
-    /* The user and cold tables count half again: when one doubles, the old
-     * and the new array are both live, and the new one is one block that
-     * malloc's free lists (the freed sessions of evicted users) cannot
-     * provide. */
+    /* The user and cold tables count half again: a doubling takes one
+     * block (the user table's new array beside the old one, the cold
+     * table's added half) that malloc's free lists (the freed sessions of
+     * evicted users) cannot provide. */
     return e->mem + (uint64_t)e->n_slots * sizeof(user_slot) * 3 / 2 +
            (uint64_t)e->n_ctab * sizeof(cold_user *) * 3 / 2 + e->cq_cap * sizeof(close_entry) +
            (uint64_t)e->cap_names * sizeof(user_name) + (uint64_t)e->n_itab * sizeof(uint32_t) +
@@ -44,7 +44,7 @@ uint64_t engine_growth_bytes(const engine *e, uint64_t more_users)
     if (e->cold.put) {
         uint64_t users = e->n_cold + e->n_used + more_users, size = e->n_ctab ? e->n_ctab : 1024;
         while (users * 10 > size * 7) size *= 2;
-        if (size > e->n_ctab) n += size * sizeof(cold_user *);
+        if (size > e->n_ctab) n += (size - e->n_ctab) * sizeof(cold_user *); /* grows where it is */
     }
     return n;
 }
