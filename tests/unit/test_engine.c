@@ -1186,6 +1186,25 @@ static void cstore_free(cstore *s)
     free(s->live);
 }
 
+/* The end of a test comparing an engine that evicts (e2) with one that
+ * never does (e1): both close everything, emitting the same; then both go,
+ * with e2's store. */
+static void close_both(engine *e1, out *o1, engine *e2, out *o2)
+{
+    engine_close_all(e1);
+    engine_close_all(e2);
+    CHECK_STR(text(o2), text(o1));
+}
+
+static void free_both(engine *e1, out *o1, engine *e2, out *o2, cstore *cs)
+{
+    engine_free(e1);
+    engine_free(e2);
+    cstore_free(cs);
+    buf_free(&o1->text);
+    buf_free(&o2->text);
+}
+
 
 /* A snapshot as text, users sorted (slot order differs with evictions). */
 static int snap_line(void *ctx, const user_key *user, const void *blob, size_t len)
@@ -1383,15 +1402,9 @@ static void test_cold_joins(void)
     }
     CHECK_EQ_I64(st.users_loaded, 1);
     CHECK_EQ_I64(reads, 1);
-    engine_close_all(e1);
-    engine_close_all(e2);
-    CHECK_STR(text(&o2), text(&o1));
+    close_both(e1, &o1, e2, &o2);
     CHECK(strstr(text(&o2), "user=1 [b,a,c,e,d]\n") != NULL);
-    engine_free(e1);
-    engine_free(e2);
-    cstore_free(&cs);
-    buf_free(&o1.text);
-    buf_free(&o2.text);
+    free_both(e1, &o1, e2, &o2, &cs);
 }
 
 /* Visits after a cold user's last page are kept beside its stub without
@@ -1438,14 +1451,8 @@ static void test_cold_appends(void)
     CHECK_EQ_I64(reads, 2);
     CHECK_STR(text(&o2), text(&o1));
     CHECK(strstr(text(&o2), "user=1 [pg,pg,pg,pg]\n") != NULL); /* its first session, 0..15 s */
-    engine_close_all(e1);
-    engine_close_all(e2);
-    CHECK_STR(text(&o2), text(&o1));
-    engine_free(e1);
-    engine_free(e2);
-    cstore_free(&cs);
-    buf_free(&o1.text);
-    buf_free(&o2.text);
+    close_both(e1, &o1, e2, &o2);
+    free_both(e1, &o1, e2, &o2, &cs);
 }
 
 /* The watermark loads the cold users whose first session ends within ~66 ms
@@ -1492,14 +1499,8 @@ static void test_watermark_loads_batched(void)
     CHECK_EQ_I64(o1.closed, 5);
     CHECK_STR(text(&o2), text(&o1));
     CHECK_EQ_I64(engine_check_invariants(e2), 0);
-    engine_close_all(e1);
-    engine_close_all(e2);
-    CHECK_STR(text(&o2), text(&o1));
-    engine_free(e1);
-    engine_free(e2);
-    cstore_free(&cs);
-    buf_free(&o1.text);
-    buf_free(&o2.text);
+    close_both(e1, &o1, e2, &o2);
+    free_both(e1, &o1, e2, &o2, &cs);
 }
 
 /* A store that fails: the engine call reports the store's error, the user
